@@ -1,0 +1,1 @@
+"""Database layer: settings, SQLAlchemy models, sessions and Alembic migrations."""

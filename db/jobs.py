@@ -1,0 +1,150 @@
+"""Job lifecycle in the database: claim, heartbeat, per-epoch records, finish, reap.
+
+Every write that a worker makes is guarded by the job's ``claim_token``: a worker whose claim was
+taken away (reaped after a stale heartbeat, or a second delivery) can no longer change the job.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db.models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
+
+
+def claim_job(s: Session, job_id: int, host: str) -> str | None:
+    """Atomically move a queued job to running; returns the new claim token, or None if not claimable.
+
+    Args:
+        s: session (the caller commits).
+        job_id: the job.
+        host: worker host name, recorded on the row.
+    Returns:
+        The claim token for later guarded writes, or None (already running elsewhere, finished,
+        cancelled).
+    """
+    token = uuid.uuid4().hex
+    now = utcnow()
+    res = s.execute(
+        update(TrainJob)
+        .where(TrainJob.id == job_id, TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False))
+        .values(
+            status=JobStatus.running, claim_token=token, worker_host=host, heartbeat_at=now,
+            attempts=TrainJob.attempts + 1, error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        return None
+    s.execute(update(TrainJob).where(TrainJob.id == job_id, TrainJob.started_at.is_(None)).values(started_at=now))
+    return token
+
+
+def heartbeat(s: Session, job_id: int, token: str) -> str:
+    """Refresh the heartbeat; returns ``ok``, ``cancel`` (cancel requested) or ``lost`` (claim gone)."""
+    res = s.execute(
+        update(TrainJob)
+        .where(TrainJob.id == job_id, TrainJob.claim_token == token, TrainJob.status == JobStatus.running)
+        .values(heartbeat_at=utcnow())
+    )
+    if res.rowcount != 1:
+        return "lost"
+    cancel = s.scalar(select(TrainJob.cancel_requested).where(TrainJob.id == job_id))
+    return "cancel" if cancel else "ok"
+
+
+def _owned(s: Session, job_id: int, token: str) -> TrainJob | None:
+    job = s.get(TrainJob, job_id, with_for_update=True)
+    if job is None or job.claim_token != token or job.status != JobStatus.running:
+        return None
+    return job
+
+
+def record_epoch(s: Session, job_id: int, token: str, record: dict[str, Any]) -> bool:
+    """Store one finished epoch (idempotent: an epoch already stored is overwritten, never duplicated)."""
+    job = _owned(s, job_id, token)
+    if job is None:
+        return False
+    fields = {k: float(record[k]) for k in ("train_loss", "val_loss", "val_ap", "lr", "seconds", "images_per_s")}
+    row = s.scalar(select(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch == record["epoch"]))
+    if row is None:
+        s.add(EpochMetric(job_id=job_id, epoch=int(record["epoch"]), **fields))
+    else:
+        for k, v in fields.items():
+            setattr(row, k, v)
+    job.epochs_done = int(record["epoch"])
+    job.latest_val_ap = fields["val_ap"]
+    job.heartbeat_at = utcnow()
+    return True
+
+
+def finish_job(s: Session, job_id: int, token: str, result: dict[str, Any]) -> Detector | None:
+    """Mark the job succeeded and make its detector the active one for the class."""
+    job = _owned(s, job_id, token)
+    if job is None:
+        return None
+    existing = s.scalar(select(Detector).where(Detector.job_id == job_id))
+    if existing is not None:  # a re-delivered job that already finished: keep the first result
+        detector = existing
+    else:
+        s.execute(update(Detector).where(Detector.voc_class == job.voc_class, Detector.active.is_(True)).values(active=False))
+        s.flush()
+        metrics = dict(result["metrics"])
+        metrics.update(
+            val=result["val_metrics"], best_epoch=result["best_epoch"], skipped_images=result["skipped_images"],
+        )
+        detector = Detector(
+            voc_class=job.voc_class, job_id=job_id, checkpoint_path=result["checkpoint"], sha256=result["sha256"],
+            threshold=float(result["threshold"]), ap=float(result["metrics"]["ap"]), metrics=metrics, active=True,
+        )
+        s.add(detector)
+    job.status = JobStatus.succeeded
+    job.finished_at = utcnow()
+    job.error = None
+    return detector
+
+
+def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str | None = None) -> bool:
+    """Mark an owned job failed or cancelled (with the reason), or queued again (released)."""
+    job = _owned(s, job_id, token)
+    if job is None:
+        return False
+    job.status = status
+    job.error = error
+    job.claim_token = None
+    if status.finished:
+        job.finished_at = utcnow()
+    return True
+
+
+def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None) -> tuple[list[int], list[int]]:
+    """Put running jobs whose heartbeat is older than ``stale_after`` back in the queue.
+
+    Jobs that used up their attempts fail with the reason instead.
+
+    Returns:
+        (requeued job ids, failed job ids).
+    """
+    now = now or utcnow()
+    stale = s.scalars(
+        select(TrainJob)
+        .where(TrainJob.status == JobStatus.running, TrainJob.heartbeat_at < now - stale_after)
+        .with_for_update(skip_locked=True)
+    ).all()
+    requeued, failed = [], []
+    for job in stale:
+        job.claim_token = None
+        if job.cancel_requested:
+            job.status, job.finished_at, job.error = JobStatus.cancelled, now, "cancelled (worker gone)"
+        elif job.attempts >= job.max_attempts:
+            job.status, job.finished_at = JobStatus.failed, now
+            job.error = f"worker {job.worker_host} stopped heartbeating; gave up after {job.attempts} attempts"
+            failed.append(job.id)
+        else:
+            job.status = JobStatus.queued
+            job.error = f"requeued: worker {job.worker_host} stopped heartbeating (attempt {job.attempts})"
+            requeued.append(job.id)
+    return requeued, failed

@@ -1,0 +1,121 @@
+"""SQLAlchemy models: training jobs, their per-epoch metrics, and trained detectors."""
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+# Stored as plain strings (native_enum=False) so SQLite and PostgreSQL share one schema.
+_status_type = Enum(JobStatus, native_enum=False, length=16, validate_strings=True, name="job_status")
+
+
+class TrainJob(Base):
+    """One training job: one VOC class, one frozen config. The system of record for a job."""
+
+    __tablename__ = "train_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    voc_class: Mapped[str] = mapped_column(String(32), index=True)
+    config: Mapped[dict[str, Any]]
+    status: Mapped[JobStatus] = mapped_column(_status_type, default=JobStatus.queued, index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    epochs_done: Mapped[int] = mapped_column(default=0)
+    latest_val_ap: Mapped[float | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    # A fresh token per claim: a worker that lost its claim (reaped, re-delivered) sees it change.
+    claim_token: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    epochs: Mapped[list[EpochMetric]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="EpochMetric.epoch"
+    )
+
+    @property
+    def total_epochs(self) -> int:
+        return int(self.config.get("epochs", 0))
+
+    def __repr__(self) -> str:
+        return f"TrainJob(id={self.id}, class={self.voc_class!r}, status={self.status.value}, epochs={self.epochs_done}/{self.total_epochs})"
+
+
+class EpochMetric(Base):
+    """Metrics of one finished epoch of one job; (job, epoch) is unique so a retry never duplicates."""
+
+    __tablename__ = "epoch_metrics"
+    __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_epoch_metrics_job_epoch"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("train_jobs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int]
+    train_loss: Mapped[float]
+    val_loss: Mapped[float]
+    val_ap: Mapped[float]
+    lr: Mapped[float]
+    seconds: Mapped[float]
+    images_per_s: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[TrainJob] = relationship(back_populates="epochs")
+
+    def __repr__(self) -> str:
+        return f"EpochMetric(job={self.job_id}, epoch={self.epoch}, loss={self.train_loss:.4f}, val_ap={self.val_ap:.4f})"
+
+
+class Detector(Base):
+    """A trained detector: its checkpoint, evaluation metrics and decision threshold."""
+
+    __tablename__ = "detectors"
+    __table_args__ = (
+        # One active detector per class, enforced by the database itself.
+        Index(
+            "uq_detectors_active_class",
+            "voc_class",
+            unique=True,
+            sqlite_where=text("active"),
+            postgresql_where=text("active"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    voc_class: Mapped[str] = mapped_column(String(32), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("train_jobs.id", ondelete="SET NULL"), unique=True, nullable=True)
+    checkpoint_path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float]
+    ap: Mapped[float]
+    metrics: Mapped[dict[str, Any]]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Detector(id={self.id}, class={self.voc_class!r}, ap={self.ap:.3f}, active={self.active})"

@@ -1,0 +1,82 @@
+"""The one frozen dataclass of training settings, stored whole in the job row and every checkpoint."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from model import ConfigError
+from model.data import check_class
+from model.net import MIN_IMAGE_SIZE
+
+OPTIMIZERS = ("adamw", "sgd")
+BALANCE = ("pos_weight", "sampler", "none")
+DIFFICULT = ("exclude", "positive", "negative")
+SCHEDULES = ("onecycle", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (infrastructure paths excluded).
+
+    ``eval_split`` is a list name (``val``, ``test``) or ``holdout``: a fixed, seed-independent
+    ``eval_fraction`` of the training split that is never trained on (for roots with one split).
+    ``val_fraction`` of the remaining training images is held out to pick the threshold and the
+    best epoch.
+    """
+
+    voc_class: str
+    voc_root: str
+    train_split: str = "train"
+    eval_split: str = "holdout"
+    eval_fraction: float = 0.25
+    val_fraction: float = 0.15
+    image_size: int = 224
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    schedule: str = "onecycle"
+    init: str = "scratch"
+    augment: bool = True
+    balance: str = "pos_weight"
+    difficult: str = "exclude"
+    seed: int = 0
+    max_batches: int | None = None
+    device: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        check_class(self.voc_class)
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs {self.epochs}: must be at least 1")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(f"--image-size {self.image_size}: ResNet-50 needs at least {MIN_IMAGE_SIZE} px (64 or more recommended)")
+        if self.batch_size < 2:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be at least 2 (batch norm needs two samples)")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr {self.lr}: must be positive")
+        for name, value, valid in (
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("balance", self.balance, BALANCE),
+            ("difficult", self.difficult, DIFFICULT),
+            ("schedule", self.schedule, SCHEDULES),
+        ):
+            if value not in valid:
+                raise ConfigError(f"--{name} {value!r}: only {', '.join(valid)} are supported")
+        for name in ("eval_fraction", "val_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be between 0 and 1")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ConfigError(f"--max-batches {self.max_batches}: must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)

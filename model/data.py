@@ -1,0 +1,210 @@
+"""VOC lists, image decoding, and the decode-once cache of resized uint8 images."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from filelock import FileLock
+from PIL import Image, ImageFile, ImageOps
+
+from model import VOC_CLASSES, ConfigError
+
+log = logging.getLogger(__name__)
+
+# Images above this many pixels are refused as decompression bombs (Pillow warns at ~89M).
+MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+CACHE_VERSION = 1
+
+
+def check_class(name: str) -> str:
+    if name not in VOC_CLASSES:
+        raise ConfigError(f"unknown class {name!r}: choose from {', '.join(VOC_CLASSES)} (or 'all')")
+    return name
+
+
+def check_voc_root(root: str | os.PathLike) -> Path:
+    """Return ``root`` resolved, or raise ConfigError if it does not look like a VOC year folder."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"VOC root {str(root)!r} does not exist: pass --voc-root pointing at VOCdevkit/VOC2007")
+    for sub in ("ImageSets/Main", "JPEGImages"):
+        if not (path / sub).is_dir():
+            raise ConfigError(f"VOC root {str(root)!r} has no {sub}/: pass --voc-root pointing at VOCdevkit/VOC2007")
+    return path.resolve()
+
+
+def list_path(root: Path, voc_class: str, split: str) -> Path:
+    return root / "ImageSets" / "Main" / f"{voc_class}_{split}.txt"
+
+
+def has_split(root: Path, split: str) -> bool:
+    return list_path(root, VOC_CLASSES[0], split).is_file()
+
+
+def read_class_list(root: Path, voc_class: str, split: str) -> dict[str, int]:
+    """Read ``ImageSets/Main/<class>_<split>.txt``.
+
+    Args:
+        root: a VOC year folder.
+        voc_class: one of :data:`VOC_CLASSES`.
+        split: e.g. ``train``, ``val``, ``trainval``, ``test``.
+    Returns:
+        image id -> label (1 present, -1 absent, 0 difficult only), in file order.
+    Raises:
+        ConfigError: the list is missing or a line is malformed.
+    """
+    path = list_path(root, voc_class, split)
+    if not path.is_file():
+        raise ConfigError(f"no list {path}: split {split!r} does not exist in this VOC root (check --voc-root and the split name)")
+    labels: dict[str, int] = {}
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("1", "-1", "0"):
+                raise ConfigError(
+                    f"{path}:{lineno}: malformed line {line.strip()!r}: expected '<image id> <1|-1|0>' (fix or replace the list file)"
+                )
+            labels[parts[0]] = int(parts[1])
+    if not labels:
+        raise ConfigError(f"{path} is empty: replace it with the original devkit list")
+    return labels
+
+
+def split_ids(root: Path, split: str, voc_class: str | None = None) -> list[str]:
+    """Image ids of a split: ``<split>.txt`` if present, else the ids of a class list."""
+    plain = root / "ImageSets" / "Main" / f"{split}.txt"
+    if plain.is_file():
+        return [line.split()[0] for line in plain.read_text().splitlines() if line.strip()]
+    return list(read_class_list(root, voc_class or VOC_CLASSES[0], split))
+
+
+def in_holdout(image_id: str, fraction: float) -> bool:
+    """Deterministic, seed-independent membership of the evaluation hold-out (same for every class)."""
+    return (zlib.crc32(f"vocfleet-holdout:{image_id}".encode()) % 10_000) < fraction * 10_000
+
+
+def load_rgb(path: str | os.PathLike, size: int | None = None) -> Image.Image:
+    """Decode any image file to RGB with EXIF orientation applied, optionally resized to size x size.
+
+    JPEGs are decoded in draft mode (DCT downscaling) when the target is much smaller than the file:
+    decoding at 1/2, 1/4 or 1/8 scale costs a fraction of a full decode.
+
+    Raises:
+        OSError, ValueError, Image.DecompressionBombError: unreadable or unsafe file.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if size is not None and im.format == "JPEG":
+                im.draft("RGB", (size * 2, size * 2))
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                # Composite on white so transparent areas do not turn black.
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            im = im.convert("RGB")
+            if size is not None:
+                im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            im.load()
+            return im
+
+
+@dataclass
+class DecodedImages:
+    """A split decoded once: ``images[i]`` is an (S, S, 3) uint8 view, ``ok[i]`` False if unreadable."""
+
+    ids: list[str]
+    images: np.ndarray
+    ok: np.ndarray
+    bad: dict[str, str]
+
+    def index(self) -> dict[str, int]:
+        return {image_id: i for i, image_id in enumerate(self.ids)}
+
+
+def _decode_into(arr: np.ndarray, i: int, path: Path, size: int) -> str | None:
+    try:
+        arr[i] = np.asarray(load_rgb(path, size))
+        return None
+    except FileNotFoundError:
+        return "missing"
+    except Exception as exc:  # noqa: BLE001 - any decode failure is reported per image
+        return f"unreadable: {exc.__class__.__name__}: {exc}"
+
+
+def decoded_cache(
+    root: Path,
+    ids: Sequence[str],
+    size: int,
+    cache_dir: Path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
+) -> DecodedImages:
+    """Return the images ``ids`` of ``root`` decoded and resized to ``size``, building the cache once.
+
+    The cache is a uint8 ``.npy`` memory map keyed by the VOC root, the id list and the size, so the
+    twenty class jobs of one machine share it. Building takes a file lock and publishes the finished
+    array with ``os.replace``: two jobs starting at once build it once, and a killed build leaves
+    nothing that looks finished.
+
+    Args:
+        root: VOC year folder.
+        ids: image ids, in the order the array should have.
+        size: side of the square images.
+        cache_dir: where cache files live (one per key).
+        progress: called with (done, total) while building.
+        threads: decode threads (Pillow releases the GIL while decoding); default: CPU count.
+    Returns:
+        A :class:`DecodedImages` over a read-only memory map.
+    """
+    key = hashlib.sha256(
+        json.dumps([CACHE_VERSION, str(root), list(ids), size]).encode()
+    ).hexdigest()[:24]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    data_path = cache_dir / f"{key}.npy"
+    meta_path = cache_dir / f"{key}.json"
+    with FileLock(str(cache_dir / f"{key}.lock")):
+        if not (data_path.is_file() and meta_path.is_file()):
+            _build_cache(root, ids, size, data_path, meta_path, progress, threads)
+    meta = json.loads(meta_path.read_text())
+    images = np.load(data_path, mmap_mode="r")
+    ok = np.array([image_id not in meta["bad"] for image_id in ids], dtype=bool)
+    if meta["bad"]:
+        log.warning("%d listed image(s) missing or unreadable, skipped: %s", len(meta["bad"]), ", ".join(sorted(meta["bad"])[:20]))
+    return DecodedImages(ids=list(ids), images=images, ok=ok, bad=meta["bad"])
+
+
+def _build_cache(root, ids, size, data_path, meta_path, progress, threads) -> None:
+    tmp = data_path.with_suffix(f".tmp{os.getpid()}.npy")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
+    bad: dict[str, str] = {}
+    jpeg_dir = root / "JPEGImages"
+    threads = threads or os.cpu_count() or 1
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(_decode_into, arr, i, jpeg_dir / f"{image_id}.jpg", size) for i, image_id in enumerate(ids)]
+        for done, (image_id, fut) in enumerate(zip(ids, futures), 1):
+            reason = fut.result()
+            if reason:
+                bad[image_id] = reason
+            if progress and (done % 64 == 0 or done == len(ids)):
+                progress(done, len(ids))
+    arr.flush()
+    del arr
+    os.replace(tmp, data_path)
+    meta_tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
+    meta_tmp.write_text(json.dumps({"root": str(root), "size": size, "count": len(ids), "bad": bad}))
+    os.replace(meta_tmp, meta_path)

@@ -1,0 +1,376 @@
+"""Training and evaluation loops: ``train_one_epoch``, ``evaluate`` and the ``fit`` that a task calls."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from model import ConfigError
+from model.augment import NoAugment, TrainAugment, preprocess_eval
+from model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from model.config import TrainConfig
+from model.data import DecodedImages, check_voc_root, decoded_cache, in_holdout, read_class_list, split_ids
+from model.metrics import average_precision, binary_report, choose_threshold
+from model.net import build_model
+
+log = logging.getLogger(__name__)
+Progress = Callable[[dict[str, Any]], None]
+
+
+class Stopped(Exception):
+    """``should_stop`` asked the run to stop (cancelled, or the job was claimed elsewhere)."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class SplitData:
+    """Images of one role (train, val or eval) as rows of a decoded array, with 0/1 labels."""
+
+    decoded: DecodedImages
+    rows: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def positives(self) -> int:
+        return int(self.labels.sum())
+
+
+def _labels_for(labels: dict[str, int], difficult: str) -> dict[str, int]:
+    """Map VOC labels to 0/1; 'difficult only' images are dropped or counted as asked."""
+    out = {}
+    for image_id, label in labels.items():
+        if label == 0:
+            if difficult == "exclude":
+                continue
+            label = 1 if difficult == "positive" else -1
+        out[image_id] = 1 if label == 1 else 0
+    return out
+
+
+def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None = None) -> tuple[SplitData, SplitData, SplitData, list[str]]:
+    """Read the lists, build or open the decoded caches, and return train, val and eval splits.
+
+    Returns:
+        (train, val, eval, skipped) where ``skipped`` lists ids named by a list but missing or
+        unreadable (reported, never fatal).
+    """
+    root = check_voc_root(cfg.voc_root)
+
+    def cache_progress(done: int, total: int) -> None:
+        if progress:
+            progress({"event": "cache", "done": done, "total": total})
+
+    def decode(split: str) -> DecodedImages:
+        return decoded_cache(root, split_ids(root, split, cfg.voc_class), cfg.image_size, cache_dir, progress=cache_progress)
+
+    train_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.train_split), cfg.difficult)
+    train_dec = decode(cfg.train_split)
+    if cfg.eval_split == "holdout":
+        eval_labels = {i: v for i, v in train_labels.items() if in_holdout(i, cfg.eval_fraction)}
+        train_labels = {i: v for i, v in train_labels.items() if i not in eval_labels}
+        eval_dec = train_dec
+    else:
+        eval_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.eval_split), cfg.difficult)
+        overlap = set(eval_labels) & set(train_labels)
+        if overlap:
+            raise ConfigError(
+                f"--eval-split {cfg.eval_split} shares {len(overlap)} images with --train-split {cfg.train_split}: choose disjoint splits (e.g. train/val or trainval/test)"
+            )
+        eval_dec = decode(cfg.eval_split)
+
+    skipped = sorted(set(train_dec.bad) | set(eval_dec.bad))
+
+    def to_split(decoded: DecodedImages, labels: dict[str, int], ids: list[str]) -> SplitData:
+        index = decoded.index()
+        keep = [i for i in ids if i in index and decoded.ok[index[i]]]
+        return SplitData(decoded, np.array([index[i] for i in keep], dtype=np.int64), np.array([labels[i] for i in keep], dtype=np.float32))
+
+    # Validation: a seeded, stratified part of the training images (threshold and best epoch).
+    rng = np.random.default_rng(cfg.seed)
+    train_ids = sorted(train_labels)
+    val_ids: list[str] = []
+    for want in (0, 1):
+        group = [i for i in train_ids if train_labels[i] == want]
+        n_val = max(1, round(len(group) * cfg.val_fraction)) if len(group) > 1 else 0
+        val_ids += list(rng.choice(group, size=n_val, replace=False)) if n_val else []
+    val_set = set(val_ids)
+    train = to_split(train_dec, train_labels, [i for i in train_ids if i not in val_set])
+    val = to_split(train_dec, train_labels, sorted(val_set))
+    evaluation = to_split(eval_dec, eval_labels, sorted(eval_labels))
+    for name, split in (("training", train), ("validation", val), ("evaluation", evaluation)):
+        if split.positives == 0 or split.positives == len(split):
+            raise ConfigError(
+                f"class {cfg.voc_class!r}: the {name} part has {split.positives} positives of {len(split)} images; use a larger VOC split"
+            )
+    return train, val, evaluation, skipped
+
+
+class BatchFeeder:
+    """Yields uint8 (B, H, W, 3) batches on the device from rows of the decoded array.
+
+    On a GPU with room to spare the whole split is uploaded once and indexed there; otherwise each
+    batch is gathered into pinned memory and copied without blocking.
+    """
+
+    def __init__(self, split: SplitData, device: torch.device):
+        self.split = split
+        self.device = device
+        self.on_device: torch.Tensor | None = None
+        if device.type == "cuda":
+            nbytes = len(split.rows) * int(np.prod(split.decoded.images.shape[1:]))
+            free, _total = torch.cuda.mem_get_info(device)
+            if nbytes < free * 0.25:
+                self.on_device = torch.from_numpy(np.ascontiguousarray(split.decoded.images[np.sort(split.rows)])).to(device)
+                self._pos = {int(r): i for i, r in enumerate(np.sort(split.rows))}
+        self.labels = torch.from_numpy(split.labels).to(device)
+
+    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``positions`` index ``split.rows``/``split.labels``."""
+        labels = self.labels[torch.from_numpy(positions).to(self.device)]
+        rows = self.split.rows[positions]
+        if self.on_device is not None:
+            idx = torch.tensor([self._pos[int(r)] for r in rows], device=self.device)
+            return self.on_device[idx], labels
+        # Sorted gather reads the memory map sequentially; order inside a batch does not matter.
+        order = np.argsort(rows, kind="stable")
+        host = torch.from_numpy(np.ascontiguousarray(self.split.decoded.images[rows[order]]))
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True), labels[torch.from_numpy(order).to(self.device)]
+
+
+def epoch_positions(split: SplitData, *, balance: str, generator: torch.Generator) -> np.ndarray:
+    """The order of training samples for one epoch: a permutation, or a class-balanced draw."""
+    n = len(split)
+    if balance == "sampler":
+        pos = split.labels == 1
+        weights = torch.from_numpy(np.where(pos, 0.5 / pos.sum(), 0.5 / (~pos).sum()))
+        return torch.multinomial(weights, n, replacement=True, generator=generator).numpy()
+    return torch.randperm(n, generator=generator).numpy()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    feeder: BatchFeeder,
+    positions: np.ndarray,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loss_fn: nn.Module,
+    augment: Callable[..., torch.Tensor],
+    batch_size: int,
+    generator: torch.Generator,
+    max_batches: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``positions``.
+
+    Returns:
+        ``loss`` (mean over samples), ``images``, ``seconds``, ``images_per_s``.
+    """
+    model.train()
+    device = feeder.device
+    n_batches = len(positions) // batch_size  # drop the ragged last batch: batch norm needs > 1 sample
+    if max_batches:
+        n_batches = min(n_batches, max_batches)
+    total = torch.zeros((), device=device)
+    start = time.perf_counter()
+    for b in range(n_batches):
+        images, labels = feeder.batch(positions[b * batch_size : (b + 1) * batch_size])
+        x = augment(images, generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x).squeeze(1)
+        loss = loss_fn(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach() * len(labels)  # no .item(): no host-device sync inside the step
+        if on_batch:
+            on_batch(b + 1, n_batches)
+    images = n_batches * batch_size
+    loss_value = float(total) / max(images, 1)  # the one sync of the epoch
+    seconds = time.perf_counter() - start
+    return {"loss": loss_value, "images": images, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}
+
+
+@torch.inference_mode()
+def predict_uint8(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Probabilities for uint8 (N, H, W, 3) images, through the shared eval preprocessing."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        batch = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(chunk))
+        x = preprocess_eval(batch.to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(torch.sigmoid(model(x).float().squeeze(1)))
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0, np.float32)
+
+
+def evaluate(model: nn.Module, split: SplitData, device: torch.device, batch_size: int = 256) -> dict[str, Any]:
+    """Probabilities, loss and AP of ``model`` on one split.
+
+    Returns:
+        ``probs`` (numpy, in ``split.rows`` order), ``loss`` (unweighted BCE), ``ap``.
+    """
+    rows = split.rows
+    order = np.argsort(rows, kind="stable")
+    probs = np.empty(len(rows), np.float32)
+    probs[order] = predict_uint8(model, split.decoded.images[rows[order]], device, batch_size)
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    loss = float(-np.mean(split.labels * np.log(p) + (1 - split.labels) * np.log(1 - p)))
+    return {"probs": probs, "loss": loss, "ap": average_precision(probs, split.labels.astype(int))}
+
+
+def _make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    # No weight decay on batch-norm and bias parameters (standard for ResNet training).
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+
+
+def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    if cfg.schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=max(cfg.epochs * steps_per_epoch, 1), pct_start=0.25
+    )
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # Seeded per epoch, so a run resumed at epoch k draws exactly what an uninterrupted run draws.
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def fit(
+    cfg: TrainConfig,
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Train one detector; resume from ``out_dir/last.pt`` if an earlier attempt left one.
+
+    Args:
+        cfg: the training settings.
+        out_dir: this job's folder: ``last.pt`` (resume state), ``detector.pt`` (the result).
+        cache_dir: the decoded-image cache shared by every job on this machine.
+        progress: called with dicts: ``{"event": "cache"|"batch"|"epoch"|"done", ...}``.
+        should_stop: polled between batches; returning True raises :class:`Stopped`.
+    Returns:
+        ``checkpoint`` (path of detector.pt), ``sha256``, ``threshold``, ``metrics`` (evaluation
+        split, see :func:`model.metrics.binary_report`), ``val_metrics``, ``best_epoch``,
+        ``skipped_images``, ``resumed_from`` (epochs already done when this call started).
+    """
+    emit = progress or (lambda _event: None)
+    device = resolve_device(cfg.device)
+    train, val, evaluation, skipped = prepare_splits(cfg, cache_dir, progress)
+    log.info(
+        "class %s: %d train (%d pos), %d val (%d pos), %d eval (%d pos), %d skipped",
+        cfg.voc_class, len(train), train.positives, len(val), val.positives, len(evaluation), evaluation.positives, len(skipped),
+    )
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.init).to(device)
+    steps = len(train) // cfg.batch_size
+    if steps == 0:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images of {cfg.voc_class!r}")
+    steps = min(steps, cfg.max_batches or steps)
+    optimizer = _make_optimizer(cfg, model, device)
+    scheduler = _make_scheduler(cfg, optimizer, steps)
+    pos_weight = None
+    if cfg.balance == "pos_weight":
+        pos_weight = torch.tensor((len(train) - train.positives) / train.positives, device=device)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    augment = TrainAugment() if cfg.augment else NoAugment()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    step_model = torch.compile(model) if cfg.compile else model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path, final_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "detector.pt"
+    start_epoch, history, best = 1, [], {"ap": -1.0, "epoch": 0}
+    if last_path.is_file():
+        state = load_checkpoint(last_path, device)
+        if state["config"] == cfg.to_dict():
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler"):
+                scheduler.load_state_dict(state["scheduler"])
+            start_epoch, history, best = state["epoch"] + 1, state["metrics"]["history"], state["metrics"]["best"]
+            log.info("resuming %s from epoch %d", cfg.voc_class, state["epoch"])
+        else:
+            log.warning("ignoring %s: written for a different config", last_path)
+    resumed_from = start_epoch - 1
+    feeder = BatchFeeder(train, device)
+
+    def on_batch(b: int, n: int) -> None:
+        if should_stop and should_stop():
+            raise Stopped(f"stopped in epoch {epoch}, batch {b}")
+        emit({"event": "batch", "epoch": epoch, "batch": b, "batches": n})
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        gen = _epoch_generator(cfg.seed, epoch)
+        positions = epoch_positions(train, balance=cfg.balance, generator=gen)
+        stats = train_one_epoch(
+            step_model, feeder, positions, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+            augment=augment, batch_size=cfg.batch_size, generator=gen, max_batches=cfg.max_batches, on_batch=on_batch,
+        )
+        if not math.isfinite(stats["loss"]):
+            raise FloatingPointError(f"training loss became {stats['loss']} in epoch {epoch}: lower --lr")
+        ev = evaluate(model, val, device)
+        record = {
+            "epoch": epoch, "train_loss": stats["loss"], "val_loss": ev["loss"], "val_ap": ev["ap"],
+            "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"], "images_per_s": stats["images_per_s"],
+        }
+        history.append(record)
+        if ev["ap"] > best["ap"]:
+            best = {"ap": ev["ap"], "epoch": epoch}
+            save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, "config": cfg.to_dict()})
+        save_checkpoint(last_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "epoch": epoch, "config": cfg.to_dict(), "metrics": {"history": history, "best": best},
+        })
+        emit({"event": "epoch", **record, "epochs": cfg.epochs})
+
+    # The detector is the best epoch on validation; its threshold comes from validation too.
+    model.load_state_dict(load_checkpoint(best_path, device)["model"])
+    val_ev = evaluate(model, val, device)
+    threshold = choose_threshold(val_ev["probs"], val.labels)
+    eval_ev = evaluate(model, evaluation, device)
+    metrics = binary_report(eval_ev["probs"], evaluation.labels, threshold)
+    metrics["split"] = cfg.eval_split
+    val_metrics = binary_report(val_ev["probs"], val.labels, threshold)
+    save_checkpoint(final_path, {
+        "model": model.state_dict(), "epoch": best["epoch"], "config": cfg.to_dict(),
+        "metrics": {"eval": metrics, "val": val_metrics, "history": history}, "threshold": threshold,
+    })
+    result = {
+        "checkpoint": str(final_path), "sha256": sha256_file(final_path), "threshold": threshold,
+        "metrics": metrics, "val_metrics": val_metrics, "best_epoch": best["epoch"], "history": history,
+        "skipped_images": skipped, "resumed_from": resumed_from,
+    }
+    emit({"event": "done", "metrics": metrics})
+    return result

@@ -1,0 +1,85 @@
+"""Build the ResNet-50 binary detector (single logit) with the chosen initialisation."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import ResNet50_Weights, resnet50
+
+from model import ConfigError
+
+log = logging.getLogger(__name__)
+IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
+MIN_IMAGE_SIZE = 32  # ResNet-50 downsamples 32x: below this the last stage sees less than one pixel
+
+
+def imagenet_weights_path() -> Path:
+    """Where torchvision caches the ImageNet ResNet-50 weights on this machine."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_WEIGHTS.url)
+
+
+def ensure_imagenet_weights(timeout: float = 15.0) -> Path:
+    """Return the cached ImageNet weights, downloading them once if needed.
+
+    Raises:
+        ConfigError: not cached and the download failed (offline): fails in seconds, never hangs.
+    """
+    path = imagenet_weights_path()
+    if path.is_file():
+        return path
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        torch.hub.load_state_dict_from_url(IMAGENET_WEIGHTS.url, progress=True, check_hash=True)
+    except Exception as exc:  # noqa: BLE001 - any network failure means the same thing to the user
+        raise ConfigError(
+            f"--init imagenet: weights not cached at {path} and download failed ({exc.__class__.__name__}); "
+            f"fetch {IMAGENET_WEIGHTS.url} into that path, or use --init scratch or --init PATH"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old)
+    return path
+
+
+def check_init(init: str) -> str:
+    """Validate an ``--init`` value without loading anything heavy."""
+    if init in ("scratch", "imagenet"):
+        return init
+    if not Path(init).expanduser().is_file():
+        raise ConfigError(f"--init {init!r}: not 'scratch', 'imagenet' or an existing state-dict file")
+    return str(Path(init).expanduser().resolve())
+
+
+def build_model(init: str = "scratch") -> nn.Module:
+    """Build torchvision's ResNet-50 with a single-logit head.
+
+    Args:
+        init: ``scratch`` (random, as the origin), ``imagenet`` (torchvision weights; backbone only),
+            or a path to a state dict (a torchvision ResNet-50 or a vocfleet checkpoint).
+    Returns:
+        The model, on the CPU, in channels_last layout.
+    """
+    model = resnet50(weights=None, num_classes=1)
+    if init == "imagenet":
+        state = torch.load(ensure_imagenet_weights(), map_location="cpu", weights_only=True)
+        _load_backbone(model, state)
+    elif init != "scratch":
+        state = torch.load(check_init(init), map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        _load_backbone(model, state)
+    return model.to(memory_format=torch.channels_last)
+
+
+def _load_backbone(model: nn.Module, state: dict) -> None:
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in usable and not k.startswith("fc.")]
+    if missing:
+        raise ConfigError(f"--init state dict does not fit ResNet-50: {len(missing)} tensors missing (e.g. {missing[0]})")
+    model.load_state_dict(usable, strict=False)
+    log.info("initialised %d tensors from the given weights (head %s)", len(usable), "kept" if "fc.weight" in usable else "fresh")

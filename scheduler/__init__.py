@@ -1,0 +1,1 @@
+"""The ``vocfleet`` CLI, queueing and reaping."""

@@ -1,0 +1,245 @@
+"""The ``vocfleet`` command line: submit, run, status, detectors, worker, reap."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import timedelta
+from typing import Any
+
+import click
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from db.jobs import reap_stale
+from db.models import Detector, JobStatus, TrainJob
+from db.session import session_scope, upgrade_database
+from db.settings import get_settings
+from model import ConfigError
+from model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
+from scheduler.output import FORMATS, render
+from scheduler.queueing import build_configs, create_jobs, enqueue, next_queued, parse_classes
+
+log = logging.getLogger("vocfleet")
+_DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
+
+
+class VocfleetGroup(click.Group):
+    """Turns bad input into one line on stderr and exit code 2 (connection problems: exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"vocfleet: error: {exc}", err=True)
+            ctx.exit(2)
+        except OperationalError as exc:
+            url = get_settings().database_url
+            click.echo(f"vocfleet: error: cannot use the database {url!r} ({exc.orig}): check VOCFLEET_DATABASE_URL", err=True)
+            ctx.exit(1)
+
+
+_db_ready = False
+
+
+def ensure_db() -> None:
+    """Create or upgrade the schema once per process (cheap when already current)."""
+    global _db_ready
+    if not _db_ready:
+        upgrade_database()
+        _db_ready = True
+
+
+def format_option(f):
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")(f)
+
+
+@click.group(cls=VocfleetGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def cli(verbose: bool) -> None:
+    """Train one ResNet-50 detector per PASCAL VOC class and score image folders with all of them.
+
+    State lives in VOCFLEET_DATA_DIR (default ~/.local/share/vocfleet); VOCFLEET_DATABASE_URL and
+    VOCFLEET_BROKER_URL switch from the embedded default to a fleet.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--classes", required=True, help="Comma-separated VOC classes, or 'all'.")
+@click.option("--voc-root", required=True, type=click.Path(), envvar="VOCFLEET_VOC_ROOT", help="VOCdevkit/VOC2007 folder [env VOCFLEET_VOC_ROOT].")
+@click.option("--epochs", type=int, default=_DEFAULTS.epochs)
+@click.option("--image-size", type=int, default=_DEFAULTS.image_size, help="Square training size in pixels.")
+@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size)
+@click.option("--lr", type=float, default=_DEFAULTS.lr, help="Peak learning rate.")
+@click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer)
+@click.option("--init", default=_DEFAULTS.init, help="scratch, imagenet, or a path to a state dict.")
+@click.option("--augment/--no-augment", default=_DEFAULTS.augment, help="Random scale, flip and rotation.")
+@click.option("--balance", type=click.Choice(BALANCE), default=_DEFAULTS.balance, help="Class-imbalance handling.")
+@click.option("--difficult", type=click.Choice(DIFFICULT), default=_DEFAULTS.difficult, help="'Difficult only' images (label 0).")
+@click.option("--train-split", default=_DEFAULTS.train_split)
+@click.option("--eval-split", default="auto", help="A split name, 'holdout' (part of the training split), or 'auto'.")
+@click.option("--seed", type=int, default=_DEFAULTS.seed)
+@click.option("--max-batches", type=int, default=None, help="Cap on batches per epoch (quick trials).")
+@click.option("--device", default=_DEFAULTS.device, help="auto, cpu, cuda, cuda:N.")
+@click.option("--max-attempts", type=int, default=3, help="Attempts before a job whose worker keeps dying fails.")
+def submit(classes: str, max_attempts: int, **options: Any) -> None:
+    """Queue one training job per class."""
+    configs = build_configs(parse_classes(classes), **options)
+    ensure_db()
+    with session_scope() as s:
+        jobs = create_jobs(s, configs, max_attempts=max_attempts)
+        ids = [j.id for j in jobs]
+    sent = enqueue(ids)
+    where = f"sent to the broker ({sent})" if sent else "run them with: vocfleet run"
+    cfg = configs[0]
+    click.echo(
+        f"queued {len(ids)} job(s) {ids[0]}..{ids[-1]} for {', '.join(c.voc_class for c in configs)} "
+        f"({cfg.epochs} epochs, {cfg.image_size} px, eval split: {cfg.eval_split}); {where}"
+    )
+
+
+def _as_utc(dt):
+    from datetime import timezone
+
+    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Include finished jobs older than the newest batch.")
+@format_option
+def status(show_all: bool, fmt: str) -> None:
+    """Jobs with progress: epoch x of y and the latest validation AP."""
+    ensure_db()
+    with session_scope() as s:
+        jobs = s.scalars(select(TrainJob).order_by(TrainJob.id)).all()
+        rows = [
+            {
+                "job": j.id, "class": j.voc_class, "status": j.status.value, "epoch": f"{j.epochs_done}/{j.total_epochs}",
+                "val_ap": j.latest_val_ap, "attempts": j.attempts, "worker": j.worker_host,
+                "heartbeat": _as_utc(j.heartbeat_at), "error": (j.error or "").splitlines()[0] if j.error else None,
+            }
+            for j in jobs
+        ]
+    if not rows:
+        click.echo("no jobs yet: vocfleet submit --classes car --voc-root PATH")
+        return
+    click.echo(render(rows, ["job", "class", "status", "epoch", "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
+
+
+def detector_rows(s, include_inactive: bool = False) -> list[dict[str, Any]]:
+    q = select(Detector).order_by(Detector.voc_class, Detector.id)
+    if not include_inactive:
+        q = q.where(Detector.active.is_(True))
+    rows = []
+    for d in s.scalars(q):
+        m = d.metrics
+        rows.append({
+            "id": d.id, "class": d.voc_class, "job": d.job_id, "active": d.active, "ap": d.ap, "ap11": m.get("ap11"),
+            "auc": m.get("auc"), "accuracy": m.get("accuracy"), "always_absent": m.get("baseline_accuracy"),
+            "f1": m.get("f1"), "threshold": d.threshold, "pos_rate": m["positives"] / max(m["images"], 1),
+            "eval_images": m.get("images"), "split": m.get("split"), "checkpoint": d.checkpoint_path,
+        })
+    return rows
+
+
+DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split"]
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Include detectors replaced by newer ones.")
+@format_option
+def detectors(show_all: bool, fmt: str) -> None:
+    """Trained detectors: AP on the evaluation split, accuracy beside 'always absent', threshold."""
+    ensure_db()
+    with session_scope() as s:
+        rows = detector_rows(s, show_all)
+    if not rows:
+        click.echo("no detectors yet: vocfleet submit ... then vocfleet run")
+        return
+    cols = DETECTOR_COLUMNS + (["active"] if show_all else []) + (["checkpoint"] if fmt != "table" else [])
+    click.echo(render(rows, cols, fmt))
+
+
+@cli.command()
+@click.option("--stale-after", type=float, default=None, help="Seconds without heartbeat before a running job is taken back [default: VOCFLEET_STALE_SECONDS].")
+def run(stale_after: float | None) -> None:
+    """Embedded default: run every queued job in this process, then print the detector table.
+
+    Jobs left 'running' by an interrupted earlier run resume from their last checkpoint.
+    """
+    from scheduler.progress import TrainProgress
+    from worker.tasks import run_train_job
+
+    if get_settings().broker_url:
+        raise ConfigError("VOCFLEET_BROKER_URL is set, so jobs go to the fleet: start 'vocfleet worker' instead (or unset it)")
+    ensure_db()
+    _requeue_stale(stale_after)
+    done: list[tuple[int, str, str]] = []
+    while True:
+        with session_scope() as s:
+            job_id = next_queued(s)
+            voc_class = s.get(TrainJob, job_id).voc_class if job_id else None
+        if job_id is None:
+            break
+        click.echo(f"job {job_id}: training {voc_class}", err=True)
+        try:
+            outcome = run_train_job(job_id, progress=TrainProgress(f"job {job_id} {voc_class}"))
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted: job {job_id} will resume from its last checkpoint on the next 'vocfleet run'", err=True)
+            sys.exit(130)
+        done.append((job_id, voc_class, outcome))
+        if outcome == "failed":
+            with session_scope() as s:
+                click.echo(f"job {job_id} ({voc_class}) failed: {s.get(TrainJob, job_id).error.splitlines()[0]}", err=True)
+    if not done:
+        click.echo("nothing queued: vocfleet submit --classes car --voc-root PATH", err=True)
+    with session_scope() as s:
+        rows = detector_rows(s)
+    if rows:
+        click.echo(render(rows, DETECTOR_COLUMNS))
+    if any(o == "failed" for _, _, o in done):
+        sys.exit(1)
+
+
+def _requeue_stale(stale_after: float | None) -> None:
+    seconds = stale_after if stale_after is not None else get_settings().stale_seconds
+    with session_scope() as s:
+        requeued, failed = reap_stale(s, timedelta(seconds=seconds))
+    for job_id in requeued:
+        click.echo(f"job {job_id}: its worker stopped; requeued to resume from its checkpoint", err=True)
+    for job_id in failed:
+        click.echo(f"job {job_id}: failed after too many attempts", err=True)
+    return requeued
+
+
+@cli.command()
+@click.option("--stale-after", type=float, default=None, help="Seconds without heartbeat [default: VOCFLEET_STALE_SECONDS].")
+def reap(stale_after: float | None) -> None:
+    """Put jobs whose worker stopped heartbeating back on the queue (they resume from their checkpoint)."""
+    ensure_db()
+    requeued = _requeue_stale(stale_after)
+    enqueue(requeued)
+    click.echo(f"requeued {len(requeued)} job(s)")
+
+
+@cli.command()
+@click.option("--queues", default="train,score", help="Queues this host serves.")
+@click.option("--loglevel", default="info")
+def worker(queues: str, loglevel: str) -> None:
+    """Start a Celery worker for the fleet (needs VOCFLEET_BROKER_URL)."""
+    if not get_settings().broker_url:
+        raise ConfigError("vocfleet worker needs VOCFLEET_BROKER_URL (e.g. redis://localhost:6379/0); without a broker use 'vocfleet run'")
+    ensure_db()
+    from worker.celery_app import app
+
+    app.worker_main(["worker", "-Q", queues, "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", loglevel, "-O", "fair"])
+
+
+def main() -> None:
+    cli(prog_name="vocfleet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Progress for long commands: a tqdm bar on a terminal, plain lines otherwise."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+
+class TrainProgress:
+    """Turns ``fit`` progress events into a bar (terminal) or one line per epoch (logs, pipes)."""
+
+    def __init__(self, label: str, stream=None):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.bar: tqdm | None = None
+        self.desc = ""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "cache":
+            if event["done"] == event["total"] or self.tty:
+                self._bar(f"{self.label} decoding", event["total"], "img").n = event["done"]
+                self.bar.refresh()
+            if event["done"] == event["total"]:
+                self._close()
+        elif kind == "batch":
+            bar = self._bar(f"{self.label} epoch {event['epoch']}", event["batches"], "batch")
+            bar.n = event["batch"]
+            bar.refresh() if self.tty else None
+        elif kind == "epoch":
+            self._close()
+            print(
+                f"{self.label} epoch {event['epoch']}/{event['epochs']}: loss {event['train_loss']:.4f}  "
+                f"val loss {event['val_loss']:.4f}  val AP {event['val_ap']:.3f}  {event['images_per_s']:.0f} img/s",
+                file=self.stream, flush=True,
+            )
+
+    def _bar(self, desc: str, total: int, unit: str) -> tqdm:
+        if self.bar is None or self.desc != desc:
+            self._close()
+            self.desc = desc
+            self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, disable=not self.tty, leave=False, dynamic_ncols=True)
+        return self.bar
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,85 @@
+"""Turn a user's request into validated job rows, and hand them to the broker when there is one."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import JobStatus, TrainJob
+from db.settings import get_settings
+from model import VOC_CLASSES, ConfigError
+from model.config import TrainConfig
+from model.data import check_class, check_voc_root, has_split, read_class_list
+from model.net import check_init, ensure_imagenet_weights
+
+log = logging.getLogger(__name__)
+
+
+def parse_classes(spec: str) -> list[str]:
+    """``all`` or a comma list of VOC class names (validated, de-duplicated, in the given order)."""
+    if spec.strip() == "all":
+        return list(VOC_CLASSES)
+    names = [c.strip() for c in spec.split(",") if c.strip()]
+    if not names:
+        raise ConfigError("--classes is empty: give class names separated by commas, or 'all'")
+    return list(dict.fromkeys(check_class(c) for c in names))
+
+
+def resolve_eval_split(root, train_split: str, eval_split: str) -> str:
+    """``auto`` picks the VOC convention: ``test`` if present, else ``val`` after ``train``, else a hold-out."""
+    if eval_split != "auto":
+        return eval_split
+    if train_split != "test" and has_split(root, "test") and train_split in ("train", "trainval"):
+        return "test"
+    if train_split == "train" and has_split(root, "val"):
+        return "val"
+    return "holdout"
+
+
+def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
+    """Validate everything a job will need before anything is written.
+
+    Raises:
+        ConfigError: with one line naming the bad input and the fix.
+    """
+    root = check_voc_root(options.pop("voc_root"))
+    options["eval_split"] = resolve_eval_split(root, options.get("train_split", "train"), options.get("eval_split", "auto"))
+    options["init"] = check_init(options.get("init", "scratch"))
+    if options["init"] == "imagenet":
+        ensure_imagenet_weights()
+    configs = []
+    for voc_class in classes:
+        cfg = TrainConfig(voc_class=voc_class, voc_root=str(root), **options)
+        read_class_list(root, voc_class, cfg.train_split)  # raises on a missing list or a malformed line
+        if cfg.eval_split != "holdout":
+            read_class_list(root, voc_class, cfg.eval_split)
+        configs.append(cfg)
+    return configs
+
+
+def create_jobs(s: Session, configs: list[TrainConfig], max_attempts: int = 3) -> list[TrainJob]:
+    jobs = [TrainJob(voc_class=c.voc_class, config=c.to_dict(), max_attempts=max_attempts) for c in configs]
+    s.add_all(jobs)
+    s.flush()
+    return jobs
+
+
+def enqueue(job_ids: Iterable[int]) -> int:
+    """Send jobs to the Celery ``train`` queue; a no-op on the embedded default (no broker)."""
+    if not get_settings().broker_url:
+        return 0
+    from worker.celery_app import app
+
+    n = 0
+    for job_id in job_ids:
+        app.send_task("vocfleet.train_detector", args=[job_id], queue="train")
+        n += 1
+    return n
+
+
+def next_queued(s: Session) -> int | None:
+    return s.scalar(
+        select(TrainJob.id).where(TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False)).order_by(TrainJob.id).limit(1)
+    )

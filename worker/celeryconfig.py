@@ -1,0 +1,26 @@
+"""Celery configuration, loaded by name from ``worker.celery_app``."""
+from kombu import Queue
+
+from db.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url or "memory://"
+broker_connection_retry_on_startup = True
+# Redis redelivers an unacknowledged message after this long; long jobs are protected from a
+# second run by the database claim, not by this number.
+broker_transport_options = {"visibility_timeout": 3600}
+task_serializer = "json"
+accept_content = ["json"]
+result_serializer = "json"
+task_ignore_result = True  # results live in our tables
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+worker_max_tasks_per_child = 20
+task_queues = (Queue("train"), Queue("score"))
+task_default_queue = "train"
+task_routes = {"vocfleet.train_detector": {"queue": "train"}, "vocfleet.score_folder": {"queue": "score"}}
+task_soft_time_limit = 24 * 3600
+task_time_limit = 24 * 3600 + 600
+worker_hijack_root_logger = False
