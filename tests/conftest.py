@@ -1,0 +1,85 @@
+"""Shared fixtures: an isolated data dir per test and a small fake VOC tree built in tmp_path."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from db import session as db_session
+
+SHARED_VOC = Path(__file__).resolve().parents[1].parent / "shared" / "voc2007" / "VOCdevkit" / "VOC2007"
+PG_URL = os.environ.get("VOCFLEET_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    """Every test gets its own data dir (SQLite file, artifacts, cache) and no broker."""
+    d = tmp_path / "vocfleet-data"
+    monkeypatch.setenv("VOCFLEET_DATA_DIR", str(d))
+    for var in ("VOCFLEET_DATABASE_URL", "VOCFLEET_BROKER_URL", "VOCFLEET_ARTIFACT_ROOT", "VOCFLEET_CACHE_DIR", "VOCFLEET_SCORE_ROOTS"):
+        monkeypatch.delenv(var, raising=False)
+    import scheduler.cli
+
+    monkeypatch.setattr(scheduler.cli, "_db_ready", False)
+    db_session.dispose_engines()
+    yield d
+    db_session.dispose_engines()
+
+
+def make_fake_voc(root: Path, n: int = 48, classes=("car", "dog"), size: int = 40, missing=("000007",), seed: int = 0) -> Path:
+    """A VOC-shaped tree: car images carry a red square, dog images a blue one, so a net can learn them."""
+    rng = np.random.default_rng(seed)
+    (root / "JPEGImages").mkdir(parents=True)
+    main = root / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    ids = [f"{i:06d}" for i in range(1, n + 1)]
+    labels = {c: {} for c in classes}
+    for k, image_id in enumerate(ids):
+        arr = rng.integers(60, 120, size=(size, size + 8, 3), dtype=np.uint8)
+        for ci, c in enumerate(classes):
+            lab = 1 if (k + ci) % 3 == 0 else -1
+            if k % 11 == 5:
+                lab = 0
+            labels[c][image_id] = lab
+            if lab == 1:
+                arr[5:20, 5 + ci * 15 : 20 + ci * 15, ci * 2 % 3] = 250
+        if image_id not in missing:
+            Image.fromarray(arr).save(root / "JPEGImages" / f"{image_id}.jpg", quality=90)
+    for c in classes:
+        (main / f"{c}_train.txt").write_text("".join(f"{i} {labels[c][i]:>2}\n" for i in ids))
+    (main / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+@pytest.fixture
+def fake_voc(tmp_path) -> Path:
+    return make_fake_voc(tmp_path / "VOC2007")
+
+
+@pytest.fixture
+def shared_voc() -> Path:
+    if not (SHARED_VOC / "ImageSets" / "Main" / "car_train.txt").is_file():
+        pytest.skip(f"the shared VOC2007 sample is not at {SHARED_VOC}")
+    return SHARED_VOC
+
+
+@pytest.fixture
+def pg_url(monkeypatch) -> str:
+    """A clean PostgreSQL database (the real server on 127.0.0.1), used as VOCFLEET_DATABASE_URL."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_URL)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable ({exc}); start it (see .ci/run)")
+    finally:
+        engine.dispose()
+    monkeypatch.setenv("VOCFLEET_DATABASE_URL", PG_URL)
+    db_session.dispose_engines()
+    return PG_URL
