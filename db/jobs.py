@@ -12,16 +12,19 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
+from db.models import Claimable, Detector, EpochMetric, JobStatus, TrainJob, utcnow
+
+Work = type[Claimable]
 
 
-def claim_job(s: Session, job_id: int, host: str) -> str | None:
+def claim_job(s: Session, job_id: int, host: str, model: Work = TrainJob) -> str | None:
     """Atomically move a queued job to running; returns the new claim token, or None if not claimable.
 
     Args:
         s: session (the caller commits).
         job_id: the job.
         host: worker host name, recorded on the row.
+        model: the table of work (:class:`TrainJob` or :class:`ScoreRun`).
     Returns:
         The claim token for later guarded writes, or None (already running elsewhere, finished,
         cancelled).
@@ -29,35 +32,36 @@ def claim_job(s: Session, job_id: int, host: str) -> str | None:
     token = uuid.uuid4().hex
     now = utcnow()
     res = s.execute(
-        update(TrainJob)
-        .where(TrainJob.id == job_id, TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False))
+        update(model)
+        .where(model.id == job_id, model.status == JobStatus.queued, model.cancel_requested.is_(False))
         .values(
             status=JobStatus.running, claim_token=token, worker_host=host, heartbeat_at=now,
-            attempts=TrainJob.attempts + 1, error=None,
+            attempts=model.attempts + 1, error=None,
         )
         .execution_options(synchronize_session=False)
     )
     if res.rowcount != 1:
         return None
-    s.execute(update(TrainJob).where(TrainJob.id == job_id, TrainJob.started_at.is_(None)).values(started_at=now))
+    s.execute(update(model).where(model.id == job_id, model.started_at.is_(None)).values(started_at=now))
     return token
 
 
-def heartbeat(s: Session, job_id: int, token: str) -> str:
+def heartbeat(s: Session, job_id: int, token: str, model: Work = TrainJob) -> str:
     """Refresh the heartbeat; returns ``ok``, ``cancel`` (cancel requested) or ``lost`` (claim gone)."""
     res = s.execute(
-        update(TrainJob)
-        .where(TrainJob.id == job_id, TrainJob.claim_token == token, TrainJob.status == JobStatus.running)
+        update(model)
+        .where(model.id == job_id, model.claim_token == token, model.status == JobStatus.running)
         .values(heartbeat_at=utcnow())
     )
     if res.rowcount != 1:
         return "lost"
-    cancel = s.scalar(select(TrainJob.cancel_requested).where(TrainJob.id == job_id))
+    cancel = s.scalar(select(model.cancel_requested).where(model.id == job_id))
     return "cancel" if cancel else "ok"
 
 
-def _owned(s: Session, job_id: int, token: str) -> TrainJob | None:
-    job = s.get(TrainJob, job_id, with_for_update=True)
+def owned(s: Session, job_id: int, token: str, model: Work = TrainJob):
+    """The row, locked, if ``token`` still holds its claim; else None."""
+    job = s.get(model, job_id, with_for_update=True)
     if job is None or job.claim_token != token or job.status != JobStatus.running:
         return None
     return job
@@ -65,7 +69,7 @@ def _owned(s: Session, job_id: int, token: str) -> TrainJob | None:
 
 def record_epoch(s: Session, job_id: int, token: str, record: dict[str, Any]) -> bool:
     """Store one finished epoch (idempotent: an epoch already stored is overwritten, never duplicated)."""
-    job = _owned(s, job_id, token)
+    job = owned(s, job_id, token)
     if job is None:
         return False
     fields = {k: float(record[k]) for k in ("train_loss", "val_loss", "val_ap", "lr", "seconds", "images_per_s")}
@@ -83,7 +87,7 @@ def record_epoch(s: Session, job_id: int, token: str, record: dict[str, Any]) ->
 
 def finish_job(s: Session, job_id: int, token: str, result: dict[str, Any]) -> Detector | None:
     """Mark the job succeeded and make its detector the active one for the class."""
-    job = _owned(s, job_id, token)
+    job = owned(s, job_id, token)
     if job is None:
         return None
     existing = s.scalar(select(Detector).where(Detector.job_id == job_id))
@@ -107,9 +111,9 @@ def finish_job(s: Session, job_id: int, token: str, result: dict[str, Any]) -> D
     return detector
 
 
-def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str | None = None) -> bool:
+def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str | None = None, model: Work = TrainJob) -> bool:
     """Mark an owned job failed or cancelled (with the reason), or queued again (released)."""
-    job = _owned(s, job_id, token)
+    job = owned(s, job_id, token, model)
     if job is None:
         return False
     job.status = status
@@ -120,7 +124,7 @@ def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str |
     return True
 
 
-def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None) -> tuple[list[int], list[int]]:
+def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None, model: Work = TrainJob) -> tuple[list[int], list[int]]:
     """Put running jobs whose heartbeat is older than ``stale_after`` back in the queue.
 
     Jobs that used up their attempts fail with the reason instead.
@@ -130,8 +134,8 @@ def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None) 
     """
     now = now or utcnow()
     stale = s.scalars(
-        select(TrainJob)
-        .where(TrainJob.status == JobStatus.running, TrainJob.heartbeat_at < now - stale_after)
+        select(model)
+        .where(model.status == JobStatus.running, model.heartbeat_at < now - stale_after)
         .with_for_update(skip_locked=True)
     ).all()
     requeued, failed = [], []

@@ -33,19 +33,12 @@ class JobStatus(str, enum.Enum):
 _status_type = Enum(JobStatus, native_enum=False, length=16, validate_strings=True, name="job_status")
 
 
-class TrainJob(Base):
-    """One training job: one VOC class, one frozen config. The system of record for a job."""
+class Claimable:
+    """Columns of a unit of work that one worker at a time claims, heartbeats and finishes."""
 
-    __tablename__ = "train_jobs"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    voc_class: Mapped[str] = mapped_column(String(32), index=True)
-    config: Mapped[dict[str, Any]]
     status: Mapped[JobStatus] = mapped_column(_status_type, default=JobStatus.queued, index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
-    epochs_done: Mapped[int] = mapped_column(default=0)
-    latest_val_ap: Mapped[float | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -55,6 +48,18 @@ class TrainJob(Base):
     claim_token: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class TrainJob(Claimable, Base):
+    """One training job: one VOC class, one frozen config. The system of record for a job."""
+
+    __tablename__ = "train_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    voc_class: Mapped[str] = mapped_column(String(32), index=True)
+    config: Mapped[dict[str, Any]]
+    epochs_done: Mapped[int] = mapped_column(default=0)
+    latest_val_ap: Mapped[float | None]
 
     epochs: Mapped[list[EpochMetric]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="EpochMetric.epoch"
@@ -119,3 +124,74 @@ class Detector(Base):
 
     def __repr__(self) -> str:
         return f"Detector(id={self.id}, class={self.voc_class!r}, ap={self.ap:.3f}, active={self.active})"
+
+
+class ScoreRun(Claimable, Base):
+    """One request to score folders with a set of detectors; counts are updated chunk by chunk."""
+
+    __tablename__ = "score_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folders: Mapped[list[Any]]
+    classes: Mapped[list[Any]]
+    detector_ids: Mapped[list[Any]]
+    batch_size: Mapped[int] = mapped_column(default=64)
+    total_files: Mapped[int | None]
+    scored_images: Mapped[int] = mapped_column(default=0)
+    error_files: Mapped[int] = mapped_column(default=0)
+
+    def __repr__(self) -> str:
+        return f"ScoreRun(id={self.id}, status={self.status.value}, scored={self.scored_images}, errors={self.error_files}, total={self.total_files})"
+
+
+class ScoredImage(Base):
+    """An image a run scored: where it was, and size plus content hash to recognise a renamed copy."""
+
+    __tablename__ = "scored_images"
+    __table_args__ = (UniqueConstraint("run_id", "folder", "rel_path", name="uq_scored_images_run_path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("score_runs.id", ondelete="CASCADE"), index=True)
+    folder: Mapped[str] = mapped_column(Text)
+    rel_path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    width: Mapped[int]
+    height: Mapped[int]
+
+    def __repr__(self) -> str:
+        return f"ScoredImage(id={self.id}, run={self.run_id}, path={self.rel_path!r})"
+
+
+class Score(Base):
+    """One probability per (run, image, detector)."""
+
+    __tablename__ = "scores"
+    __table_args__ = (UniqueConstraint("run_id", "image_id", "detector_id", name="uq_scores_run_image_detector"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("score_runs.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("scored_images.id", ondelete="CASCADE"), index=True)
+    detector_id: Mapped[int] = mapped_column(ForeignKey("detectors.id"), index=True)
+    voc_class: Mapped[str] = mapped_column(String(32))
+    probability: Mapped[float]
+    present: Mapped[bool] = mapped_column(Boolean)
+
+    def __repr__(self) -> str:
+        return f"Score(image={self.image_id}, class={self.voc_class!r}, p={self.probability:.3f})"
+
+
+class FileError(Base):
+    """A file a run saw but could not score, with the reason."""
+
+    __tablename__ = "file_errors"
+    __table_args__ = (UniqueConstraint("run_id", "folder", "rel_path", name="uq_file_errors_run_path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("score_runs.id", ondelete="CASCADE"), index=True)
+    folder: Mapped[str] = mapped_column(Text)
+    rel_path: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"FileError(run={self.run_id}, path={self.rel_path!r}, reason={self.reason!r})"

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # Images above this many pixels are refused as decompression bombs (Pillow warns at ~89M).
 MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+Image.init()  # register every plugin now, so open(formats=...) can name them
 CACHE_VERSION = 1
 
 
@@ -95,31 +96,46 @@ def in_holdout(image_id: str, fraction: float) -> bool:
     return (zlib.crc32(f"vocfleet-holdout:{image_id}".encode()) % 10_000) < fraction * 10_000
 
 
-def load_rgb(path: str | os.PathLike, size: int | None = None) -> Image.Image:
-    """Decode any image file to RGB with EXIF orientation applied, optionally resized to size x size.
+# What scoring accepts (multi-picture JPEGs from phones open as JPEG, format "MPO").
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
-    JPEGs are decoded in draft mode (DCT downscaling) when the target is much smaller than the file:
-    decoding at 1/2, 1/4 or 1/8 scale costs a fraction of a full decode.
+
+def open_rgb(source, draft: int | None = None) -> Image.Image:
+    """Decode an image file (path or file object) to RGB with EXIF orientation applied.
+
+    JPEGs are decoded in draft mode (DCT downscaling) when ``draft`` is much smaller than the
+    file: decoding at 1/2, 1/4 or 1/8 scale costs a fraction of a full decode.
 
     Raises:
-        OSError, ValueError, Image.DecompressionBombError: unreadable or unsafe file.
+        OSError, ValueError, Image.DecompressionBombError/Warning: unreadable or unsafe file.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            if size is not None and im.format == "JPEG":
-                im.draft("RGB", (size * 2, size * 2))
+        with Image.open(source, formats=IMAGE_FORMATS) as im:
+            if draft is not None and im.format in ("JPEG", "MPO"):
+                im.draft("RGB", (draft * 2, draft * 2))
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 # Composite on white so transparent areas do not turn black.
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
+            elif im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey: keep the top 8 bits
+                im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
             im = im.convert("RGB")
-            if size is not None:
-                im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
             im.load()
             return im
+
+
+def resize_square(im: Image.Image, size: int) -> np.ndarray:
+    """The one resize used for training, validation and scoring: squash to size x size (whole picture kept)."""
+    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+
+def load_rgb(source, size: int | None = None) -> Image.Image:
+    """:func:`open_rgb`, then resized to size x size when ``size`` is given."""
+    im = open_rgb(source, size)
+    return Image.fromarray(resize_square(im, size)) if size is not None else im
 
 
 @dataclass
@@ -137,7 +153,7 @@ class DecodedImages:
 
 def _decode_into(arr: np.ndarray, i: int, path: Path, size: int) -> str | None:
     try:
-        arr[i] = np.asarray(load_rgb(path, size))
+        arr[i] = resize_square(open_rgb(path, size), size)
         return None
     except FileNotFoundError:
         return "missing"

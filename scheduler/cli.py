@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from db.jobs import reap_stale
-from db.models import Detector, JobStatus, TrainJob
+from db.models import Detector, JobStatus, ScoreRun, TrainJob, utcnow
+from db.scoring import error_rows, result_rows
 from db.session import session_scope, upgrade_database
 from db.settings import get_settings
 from model import ConfigError
@@ -101,6 +103,7 @@ def submit(classes: str, max_attempts: int, **options: Any) -> None:
 
 
 def _as_utc(dt):
+    """SQLite hands back naive datetimes; everything stored is UTC."""
     from datetime import timezone
 
     return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
@@ -235,6 +238,205 @@ def worker(queues: str, loglevel: str) -> None:
     from worker.celery_app import app
 
     app.worker_main(["worker", "-Q", queues, "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", loglevel, "-O", "fair"])
+
+
+def _active_detectors(s, classes: str | None) -> list[Detector]:
+    q = select(Detector).where(Detector.active.is_(True)).order_by(Detector.voc_class)
+    found = list(s.scalars(q))
+    if classes:
+        wanted = parse_classes(classes)
+        have = {d.voc_class for d in found}
+        missing = [c for c in wanted if c not in have]
+        if missing:
+            raise ConfigError(f"no trained detector for {', '.join(missing)}: train with 'vocfleet submit --classes {','.join(missing)} ...' first")
+        found = [d for d in found if d.voc_class in wanted]
+    if not found:
+        raise ConfigError("no trained detectors yet: run 'vocfleet submit ...' and 'vocfleet run' first")
+    return found
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True)
+@click.option("--classes", default=None, help="Comma-separated classes [default: every active detector].")
+@click.option("--batch-size", type=int, default=64)
+@click.option("--max-attempts", type=int, default=3)
+def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_attempts: int) -> None:
+    """Score every picture under FOLDERS with every active detector (or --classes).
+
+    On the embedded default the run happens now, with progress; in a fleet it is queued on the
+    'score' queue. Files that are not pictures, broken or unsafe are recorded with a reason.
+    """
+    from worker.safety import check_score_folder
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    resolved = [str(check_score_folder(f)) for f in folders]
+    ensure_db()
+    with session_scope() as s:
+        dets = _active_detectors(s, classes)
+        run = ScoreRun(folders=resolved, classes=[d.voc_class for d in dets], detector_ids=[d.id for d in dets], batch_size=batch_size, max_attempts=max_attempts)
+        s.add(run)
+        s.flush()
+        run_id, names = run.id, run.classes
+    if get_settings().broker_url:
+        from worker.celery_app import app
+
+        app.send_task("vocfleet.score_folder", args=[run_id], queue="score")
+        click.echo(f"scoring run {run_id} queued for {', '.join(names)}; follow it with: vocfleet runs")
+        return
+    _run_scoring(run_id, names)
+
+
+def _run_scoring(run_id: int, names: list[str]) -> None:
+    from tqdm import tqdm
+
+    from worker.tasks import run_score_run
+
+    click.echo(f"scoring run {run_id} with {len(names)} detector(s): {', '.join(names)}", err=True)
+    bar = tqdm(desc=f"run {run_id}", unit="file", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        outcome = run_score_run(run_id, progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: resume with 'vocfleet resume-run {run_id}'", err=True)
+        sys.exit(130)
+    finally:
+        bar.close()
+    with session_scope() as s:
+        run = s.get(ScoreRun, run_id)
+        errors = error_rows(s, run_id)
+        click.echo(f"run {run_id} {run.status.value}: {run.scored_images} image(s) scored, {run.error_files} file(s) not scored, of {run.total_files} seen")
+        if run.error:
+            click.echo(f"reason: {run.error}", err=True)
+    if errors:
+        click.echo(render(errors, ["file", "reason"]))
+    click.echo(f"results: vocfleet results {run_id} [--by-image] [--present] [--format csv|json]")
+    if outcome != "succeeded":
+        sys.exit(1)
+
+
+@cli.command("resume-run")
+@click.argument("run_id", type=int)
+def resume_run(run_id: int) -> None:
+    """Continue an interrupted scoring run where it stopped (already recorded files are not redone)."""
+    ensure_db()
+    with session_scope() as s:
+        run = s.get(ScoreRun, run_id)
+        if run is None:
+            raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+        if run.status == JobStatus.succeeded:
+            click.echo(f"run {run_id} already finished")
+            return
+        stale = run.status == JobStatus.running and _as_utc(run.heartbeat_at) < utcnow() - timedelta(seconds=get_settings().stale_seconds)
+        if run.status in (JobStatus.failed, JobStatus.cancelled) or stale:
+            run.status, run.claim_token, run.cancel_requested = JobStatus.queued, None, False
+        elif run.status == JobStatus.running:
+            raise ConfigError(f"run {run_id} is running on {run.worker_host} (heartbeat {run.heartbeat_at}); wait or cancel it")
+        names = list(run.classes)
+    if get_settings().broker_url:
+        from worker.celery_app import app
+
+        app.send_task("vocfleet.score_folder", args=[run_id], queue="score")
+        click.echo(f"scoring run {run_id} queued again")
+        return
+    _run_scoring(run_id, names)
+
+
+@cli.command()
+@format_option
+def runs(fmt: str) -> None:
+    """Scoring runs with status and counts."""
+    ensure_db()
+    with session_scope() as s:
+        rows = [
+            {"run": r.id, "status": r.status.value, "folders": " ".join(r.folders), "classes": ",".join(r.classes),
+             "files": r.total_files, "scored": r.scored_images, "errors": r.error_files,
+             "created": _as_utc(r.created_at), "finished": _as_utc(r.finished_at)}
+            for r in s.scalars(select(ScoreRun).order_by(ScoreRun.id))
+        ]
+    if not rows:
+        click.echo("no scoring runs yet: vocfleet score FOLDER")
+        return
+    click.echo(render(rows, ["run", "status", "files", "scored", "errors", "classes", "created", "finished", "folders"], fmt))
+
+
+@cli.command()
+@click.argument("run_id", type=int)
+@click.option("--class", "voc_class", default=None, help="Only this class.")
+@click.option("--min-prob", type=float, default=None, help="Only probabilities at or above this.")
+@click.option("--present/--absent", default=None, help="Only images judged present (or absent) at the detector's threshold.")
+@click.option("--image", default=None, help="One image (path relative to its folder, or sha256): which classes are in it.")
+@click.option("--by-image", is_flag=True, help="One row per image: the classes found, most probable first.")
+@click.option("--errors", "show_errors", is_flag=True, help="The files that could not be scored, with reasons.")
+@format_option
+def results(run_id: int, voc_class, min_prob, present, image, by_image: bool, show_errors: bool, fmt: str) -> None:
+    """Query a scoring run's results."""
+    ensure_db()
+    if voc_class:
+        parse_classes(voc_class)
+    with session_scope() as s:
+        if s.get(ScoreRun, run_id) is None:
+            raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+        if show_errors:
+            click.echo(render(error_rows(s, run_id), ["file", "reason", "folder"], fmt))
+            return
+        rows = result_rows(s, run_id, voc_class=voc_class, min_prob=min_prob, present=present, image=image)
+    if image and not rows:
+        raise ConfigError(f"run {run_id} has no scored image {image!r}: see 'vocfleet results {run_id} --by-image'")
+    if by_image:
+        grouped: dict[tuple[str, str], list[dict]] = {}
+        for r in rows:
+            grouped.setdefault((r["folder"], r["image"]), []).append(r)
+        rows = [
+            {"image": img, "folder": folder, "present": ",".join(r["class"] for r in rs if r["present"]),
+             "top": ", ".join(f"{r['class']} {r['probability']:.2f}" for r in rs[:3]), "sha256": rs[0]["sha256"]}
+            for (folder, img), rs in grouped.items()
+        ]
+        click.echo(render(rows, ["image", "present", "top"] + (["folder", "sha256"] if fmt != "table" else []), fmt))
+        return
+    click.echo(render(rows, ["image", "class", "probability", "present"] + (["folder", "detector", "sha256"] if fmt != "table" else []), fmt))
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--classes", default=None, help="Comma-separated classes [default: every active detector].")
+@format_option
+def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
+    """Quick answer for a few images, without creating a run: classes by probability."""
+    from model.engine import resolve_device
+    from model.score import DetectorSpec, FileEntry, iter_chunks, load_detectors
+
+    ensure_db()
+    with session_scope() as s:
+        specs = [DetectorSpec(d.id, d.voc_class, d.checkpoint_path, d.sha256, d.threshold) for d in _active_detectors(s, classes)]
+    entries = []
+    for img in images:
+        p = Path(img).expanduser().resolve()
+        if not p.is_file():
+            raise ConfigError(f"image {img!r} does not exist or is not a file")
+        entries.append(FileEntry(str(p.parent), p.name))
+    device = resolve_device()
+    try:
+        loaded = load_detectors(specs, device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    rows, failed = [], 0
+    for chunk in iter_chunks(entries, loaded, device):
+        for j, f in enumerate(chunk.scored):
+            per = sorted(((float(chunk.probs[k, j]), d) for k, d in enumerate(loaded)), key=lambda t: -t[0])
+            rows += [{"image": str(f.entry.path), "class": d.spec.voc_class, "probability": p, "present": p >= d.spec.threshold} for p, d in per]
+        for e, reason in chunk.errors:
+            click.echo(f"vocfleet: error: {e.path}: {reason}", err=True)
+            failed += 1
+    if rows:
+        click.echo(render(rows, ["image", "class", "probability", "present"], fmt))
+    if failed:
+        sys.exit(1)
 
 
 def main() -> None:

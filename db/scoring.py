@@ -1,0 +1,102 @@
+"""Scoring runs in the database: what is done already, and one bulk write per chunk."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from db.jobs import owned
+from db.models import FileError, Score, ScoredImage, ScoreRun
+
+
+def done_paths(s: Session, run_id: int) -> set[tuple[str, str]]:
+    """(folder, rel_path) of every file this run already recorded, scored or failed."""
+    scored = s.execute(select(ScoredImage.folder, ScoredImage.rel_path).where(ScoredImage.run_id == run_id))
+    failed = s.execute(select(FileError.folder, FileError.rel_path).where(FileError.run_id == run_id))
+    return {tuple(r) for r in scored} | {tuple(r) for r in failed}
+
+
+def store_chunk(
+    s: Session,
+    run_id: int,
+    token: str,
+    images: Sequence[dict[str, Any]],
+    scores: Sequence[Sequence[tuple[int, str, float, bool]]],
+    errors: Sequence[dict[str, str]],
+) -> bool:
+    """Write one chunk in one transaction: images, their scores, and per-file errors.
+
+    Args:
+        s: session (the caller commits; a crash before that loses only this chunk).
+        run_id: the run; ``token`` must still hold its claim.
+        images: rows for :class:`ScoredImage` (folder, rel_path, size_bytes, sha256, width, height).
+        scores: per image, (detector_id, voc_class, probability, present) for every detector.
+        errors: rows for :class:`FileError` (folder, rel_path, reason).
+    Returns:
+        False if the claim was lost (nothing written).
+    """
+    run = owned(s, run_id, token, ScoreRun)
+    if run is None:
+        return False
+    if images:
+        ids = s.scalars(
+            insert(ScoredImage).returning(ScoredImage.id, sort_by_parameter_order=True),
+            [{"run_id": run_id, **img} for img in images],
+        ).all()
+        rows = [
+            {"run_id": run_id, "image_id": image_id, "detector_id": det, "voc_class": cls, "probability": p, "present": present}
+            for image_id, per_image in zip(ids, scores)
+            for det, cls, p, present in per_image
+        ]
+        s.execute(insert(Score), rows)
+    if errors:
+        s.execute(insert(FileError), [{"run_id": run_id, **e} for e in errors])
+    s.flush()
+    refresh_counts(s, run)
+    return True
+
+
+def refresh_counts(s: Session, run: ScoreRun) -> None:
+    run.scored_images = s.scalar(select(func.count()).select_from(ScoredImage).where(ScoredImage.run_id == run.id))
+    run.error_files = s.scalar(select(func.count()).select_from(FileError).where(FileError.run_id == run.id))
+
+
+def set_total(s: Session, run_id: int, token: str, total: int) -> None:
+    s.execute(update(ScoreRun).where(ScoreRun.id == run_id, ScoreRun.claim_token == token).values(total_files=total))
+
+
+def result_rows(
+    s: Session,
+    run_id: int,
+    *,
+    voc_class: str | None = None,
+    min_prob: float | None = None,
+    present: bool | None = None,
+    image: str | None = None,
+) -> list[dict[str, Any]]:
+    """Scores of a run, one row per (image, detector), best first within each image."""
+    q = (
+        select(ScoredImage.folder, ScoredImage.rel_path, ScoredImage.sha256, Score.voc_class, Score.probability, Score.present, Score.detector_id)
+        .join(Score, Score.image_id == ScoredImage.id)
+        .where(ScoredImage.run_id == run_id)
+        .order_by(ScoredImage.folder, ScoredImage.rel_path, Score.probability.desc())
+    )
+    if voc_class:
+        q = q.where(Score.voc_class == voc_class)
+    if min_prob is not None:
+        q = q.where(Score.probability >= min_prob)
+    if present is not None:
+        q = q.where(Score.present.is_(present))
+    if image:
+        q = q.where((ScoredImage.rel_path == image) | (ScoredImage.sha256 == image))
+    return [
+        {"image": r.rel_path, "folder": r.folder, "class": r.voc_class, "probability": r.probability, "present": r.present,
+         "detector": r.detector_id, "sha256": r.sha256}
+        for r in s.execute(q)
+    ]
+
+
+def error_rows(s: Session, run_id: int) -> list[dict[str, Any]]:
+    q = select(FileError).where(FileError.run_id == run_id).order_by(FileError.folder, FileError.rel_path)
+    return [{"file": e.rel_path, "folder": e.folder, "reason": e.reason} for e in s.scalars(q)]

@@ -1,0 +1,249 @@
+"""Scoring: walk real folders, decode each picture once, run it through every detector."""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import stat
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from model.augment import preprocess_eval
+from model.checkpoint import load_checkpoint, sha256_file
+from model.data import IMAGE_FORMATS, open_rgb, resize_square
+from model.net import build_model
+
+log = logging.getLogger(__name__)
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file a scan saw: the folder it was asked for and its path relative to that folder."""
+
+    folder: str
+    rel_path: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.folder) / self.rel_path
+
+
+def scan_folders(folders: Sequence[str | os.PathLike]) -> tuple[list[FileEntry], list[tuple[FileEntry, str]]]:
+    """Every non-hidden file under ``folders``, recursively, in a stable order.
+
+    Returns:
+        (candidates, errors): candidates are regular files to try decoding; errors are files that
+        cannot be scored whatever they hold (links leading out of the folder, broken links,
+        devices), each with a reason. Hidden files and folders (a leading dot) are skipped.
+    """
+    candidates: list[FileEntry] = []
+    errors: list[tuple[FileEntry, str]] = []
+    for folder in folders:
+        top = Path(folder).resolve()
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            here = Path(dirpath)
+            for d in list(dirnames):
+                if (here / d).is_symlink():  # never followed: it could loop or leave the folder
+                    dirnames.remove(d)
+                    entry = FileEntry(str(top), str((here / d).relative_to(top)))
+                    target = (here / d).resolve()
+                    if not target.is_relative_to(top):
+                        errors.append((entry, f"link leads outside the folder (to {target})"))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                p = here / name
+                entry = FileEntry(str(top), str(p.relative_to(top)))
+                if p.is_symlink():
+                    target = p.resolve()
+                    if not target.exists():
+                        errors.append((entry, "broken link"))
+                        continue
+                    if not target.is_relative_to(top):
+                        errors.append((entry, f"link leads outside the folder (to {target})"))
+                        continue
+                try:
+                    mode = p.stat().st_mode
+                except OSError as exc:
+                    errors.append((entry, f"cannot read: {exc.strerror}"))
+                    continue
+                if not stat.S_ISREG(mode):
+                    errors.append((entry, "not a regular file"))
+                    continue
+                candidates.append(entry)
+    return candidates, errors
+
+
+@dataclass
+class DecodedFile:
+    entry: FileEntry
+    arrays: dict[int, np.ndarray]
+    width: int
+    height: int
+    size_bytes: int
+    sha256: str
+
+
+class BadImage(Exception):
+    """A file that is not a scorable picture; the message is the reason recorded for it."""
+
+
+def decode_file(entry: FileEntry, sizes: Iterable[int]) -> DecodedFile:
+    """Read a file once: hash it, decode it once, and resize it for each detector input size.
+
+    Raises:
+        BadImage: empty, not an image, an unsupported format, broken, or too large to decode safely.
+    """
+    sizes = sorted(set(sizes))
+    path = entry.path
+    try:
+        size_bytes = path.stat().st_size
+        if size_bytes == 0:
+            raise BadImage("empty file")
+        if size_bytes > MAX_FILE_BYTES:
+            raise BadImage(f"file too large ({size_bytes} bytes; limit {MAX_FILE_BYTES})")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadImage(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            probe = Image.open(io.BytesIO(data))
+        with probe:
+            width, height = probe.size
+            fmt = probe.format
+            if probe.getexif().get(0x0112) in (5, 6, 7, 8):
+                width, height = height, width
+        if fmt not in IMAGE_FORMATS:
+            raise BadImage(f"unsupported image format {fmt} (supported: JPEG, PNG, WebP, BMP, GIF, TIFF)")
+        im = open_rgb(io.BytesIO(data), max(sizes))
+        arrays = {s: resize_square(im, s) for s in sizes}
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not an image (unrecognised content)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"too large to decode safely: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, unsupported mode: all "broken"
+        raise BadImage(f"broken image: {exc}") from None
+    return DecodedFile(entry, arrays, width, height, size_bytes, hashlib.sha256(data).hexdigest())
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What scoring needs of a detector row."""
+
+    id: int
+    voc_class: str
+    checkpoint_path: str
+    sha256: str
+    threshold: float
+
+
+@dataclass
+class LoadedDetector:
+    spec: DetectorSpec
+    model: nn.Module
+    image_size: int
+
+
+_loaded: dict[tuple[int, str, str], LoadedDetector] = {}
+
+
+def load_detectors(specs: Sequence[DetectorSpec], device: torch.device) -> list[LoadedDetector]:
+    """Load each detector once per process and keep it (checksum verified on first load).
+
+    Raises:
+        FileNotFoundError / ValueError: a checkpoint is missing or no longer matches its sha256.
+    """
+    out = []
+    for spec in specs:
+        key = (spec.id, spec.sha256, str(device))
+        if key not in _loaded:
+            path = Path(spec.checkpoint_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"detector {spec.id} ({spec.voc_class}): checkpoint {path} is missing; retrain or restore it")
+            if sha256_file(path) != spec.sha256:
+                raise ValueError(f"detector {spec.id} ({spec.voc_class}): checkpoint {path} changed on disk (sha256 mismatch)")
+            ckpt = load_checkpoint(path)
+            model = build_model("scratch")
+            model.load_state_dict(ckpt["model"])
+            model.to(device).eval()
+            _loaded[key] = LoadedDetector(spec, model, int(ckpt["config"]["image_size"]))
+        out.append(_loaded[key])
+    return out
+
+
+@torch.inference_mode()
+def score_batch(detectors: Sequence[LoadedDetector], batch: dict[int, np.ndarray], device: torch.device) -> np.ndarray:
+    """Probabilities, shape (detectors, images), for one batch decoded at every needed size."""
+    inputs = {s: preprocess_eval(torch.from_numpy(a).to(device, non_blocking=True)) for s, a in batch.items()}
+    out = []
+    for det in detectors:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = det.model(inputs[det.image_size])
+        out.append(torch.sigmoid(logits.float().squeeze(1)))
+    return torch.stack(out).cpu().numpy()
+
+
+@dataclass
+class ChunkResult:
+    """One chunk's outcome: scored files with their probabilities (detectors x files), and errors."""
+
+    scored: list[DecodedFile] = field(default_factory=list)
+    probs: np.ndarray | None = None
+    errors: list[tuple[FileEntry, str]] = field(default_factory=list)
+
+
+def iter_chunks(
+    entries: Sequence[FileEntry],
+    detectors: Sequence[LoadedDetector],
+    device: torch.device,
+    *,
+    chunk_size: int = 256,
+    batch_size: int = 64,
+    threads: int | None = None,
+) -> Iterator[ChunkResult]:
+    """Decode and score ``entries`` chunk by chunk; decoding of the next chunk overlaps inference.
+
+    Each file is read and decoded once (threads; Pillow releases the GIL) and the same batch goes
+    through every detector.
+    """
+    sizes = sorted({d.image_size for d in detectors})
+    threads = threads or min(8, os.cpu_count() or 1)
+
+    def decode(entry: FileEntry) -> DecodedFile | tuple[FileEntry, str]:
+        try:
+            return decode_file(entry, sizes)
+        except BadImage as exc:
+            return (entry, str(exc))
+
+    chunks = [entries[i : i + chunk_size] for i in range(0, len(entries), chunk_size)]
+    with ThreadPoolExecutor(threads) as pool:
+        pending: list[Future] = [pool.submit(decode, e) for e in chunks[0]] if chunks else []
+        for k in range(len(chunks)):
+            done = [f.result() for f in pending]
+            pending = [pool.submit(decode, e) for e in chunks[k + 1]] if k + 1 < len(chunks) else []
+            result = ChunkResult()
+            for item in done:
+                (result.scored if isinstance(item, DecodedFile) else result.errors).append(item)
+            if result.scored:
+                parts = []
+                for b in range(0, len(result.scored), batch_size):
+                    group = result.scored[b : b + batch_size]
+                    parts.append(score_batch(detectors, {s: np.stack([f.arrays[s] for f in group]) for s in sizes}, device))
+                result.probs = np.concatenate(parts, axis=1)
+                for f in result.scored:
+                    f.arrays = {}  # the pixels are not needed past inference
+            yield result

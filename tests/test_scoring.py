@@ -1,0 +1,238 @@
+"""Bulk scoring of a real messy folder: per-file outcomes, counts, resume, queries, safety."""
+import csv
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sqlalchemy import func, select
+
+from db.models import Detector, FileError, JobStatus, Score, ScoredImage, ScoreRun
+from db.session import session_scope
+from model.config import TrainConfig
+from model.engine import fit
+from scheduler.cli import cli, ensure_db
+from tests.conftest import make_fake_voc
+
+WILD = Path(__file__).resolve().parents[1].parent / "shared" / "wild"
+WILD_IMAGES = 16  # pictures in ../shared/wild (the rest: README, empty, text-as-jpg, truncated)
+WILD_BROKEN = {"README.txt", "empty.jpg", "notes.jpg", "truncated.jpg"}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Two real detectors (car at 32 px, dog at 48 px), trained briefly on a fake VOC tree."""
+    base = tmp_path_factory.mktemp("detectors")
+    voc = make_fake_voc(base / "VOC2007")
+    out = {}
+    for cls, size in (("car", 32), ("dog", 48)):
+        cfg = TrainConfig(voc_class=cls, voc_root=str(voc), image_size=size, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3)
+        out[cls] = fit(cfg, out_dir=base / cls, cache_dir=base / "cache")
+    return out
+
+
+@pytest.fixture
+def detectors(trained):
+    ensure_db()
+    with session_scope() as s:
+        for cls, r in trained.items():
+            s.add(Detector(voc_class=cls, checkpoint_path=r["checkpoint"], sha256=r["sha256"], threshold=r["threshold"], ap=r["metrics"]["ap"], metrics=r["metrics"], active=True))
+    return trained
+
+
+@pytest.fixture
+def wild(tmp_path):
+    if not WILD.is_dir():
+        pytest.skip(f"the shared messy folder is not at {WILD}")
+    dst = tmp_path / "wild"
+    shutil.copytree(WILD, dst)
+    return dst
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def counts(run_id=1):
+    with session_scope() as s:
+        run = s.get(ScoreRun, run_id)
+        n_scores = s.scalar(select(func.count()).select_from(Score).where(Score.run_id == run_id))
+        n_images = s.scalar(select(func.count()).select_from(ScoredImage).where(ScoredImage.run_id == run_id))
+        n_errors = s.scalar(select(func.count()).select_from(FileError).where(FileError.run_id == run_id))
+        return run, n_images, n_scores, n_errors
+
+
+def _score_wild_and_check(wild):
+    res = invoke("score", wild)
+    assert res.exit_code == 0, res.output
+    run, n_images, n_scores, n_errors = counts()
+    assert run.status == JobStatus.succeeded
+    assert n_images == run.scored_images == WILD_IMAGES
+    assert n_scores == 2 * WILD_IMAGES
+    assert n_errors == run.error_files == len(WILD_BROKEN)
+    assert run.total_files == n_images + n_errors == sum(len(f) for _, _, f in os.walk(wild))
+    with session_scope() as s:
+        reasons = {e.rel_path: e.reason for e in s.scalars(select(FileError))}
+    assert set(reasons) == WILD_BROKEN and all(reasons.values())
+    assert reasons["empty.jpg"] == "empty file" and "truncated" in reasons["truncated.jpg"]
+    return res
+
+
+def test_score_wild_every_file_has_an_outcome(detectors, wild):
+    res = _score_wild_and_check(wild)
+    assert "16 image(s) scored, 4 file(s) not scored, of 20 seen" in res.output
+    with session_scope() as s:
+        img = s.scalar(select(ScoredImage).where(ScoredImage.rel_path == "holiday/DSC 0001 été.JPG"))
+        assert img.width > 0 and len(img.sha256) == 64 and img.size_bytes > 0
+        rotated = s.scalar(select(ScoredImage).where(ScoredImage.rel_path == "phone_rotated.jpg"))
+        with Image.open(wild / "phone_rotated.jpg") as im:
+            w, h = im.size
+            assert (rotated.width, rotated.height) == ((h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h))
+
+
+@pytest.mark.services
+def test_score_wild_on_postgresql(pg_url, detectors, wild):
+    _score_wild_and_check(wild)
+
+
+def test_running_again_adds_no_rows(detectors, wild):
+    from worker.tasks import run_score_run
+
+    invoke("score", wild)
+    before = counts()[1:]
+    assert "already finished" in invoke("resume-run", 1).output
+    with session_scope() as s:  # force a second delivery of a finished run
+        s.get(ScoreRun, 1).status = JobStatus.queued
+    assert run_score_run(1) == "succeeded"
+    assert counts()[1:] == before
+
+
+def test_interrupted_run_resumes_without_duplicates(detectors, wild, monkeypatch):
+    import worker.tasks
+
+    monkeypatch.setattr(worker.tasks, "SCORE_CHUNK", 5)
+    ensure_db()
+    res = invoke("score", wild)
+    full = counts()[1:]
+
+    calls = []
+
+    def crash_after_two_chunks(done, total):
+        calls.append(done)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    from worker.tasks import run_score_run
+
+    with session_scope() as s:
+        s.add(ScoreRun(folders=[str(wild)], classes=["car", "dog"], detector_ids=[1, 2]))
+    with pytest.raises(KeyboardInterrupt):
+        run_score_run(2, progress=crash_after_two_chunks)
+    run, n_images, _, n_errors = counts(2)
+    assert run.status == JobStatus.queued and 0 < n_images + n_errors < 20
+    res = invoke("resume-run", 2)
+    assert res.exit_code == 0, res.output
+    assert counts(2)[1:] == full
+
+
+def test_results_formats_agree(detectors, wild):
+    invoke("score", wild)
+    table = invoke("results", 1).output.strip().splitlines()
+    data = json.loads(invoke("results", 1, "--format", "json").output)
+    rows = list(csv.DictReader(io.StringIO(invoke("results", 1, "--format", "csv").output)))
+    assert len(table) - 1 == len(data) == len(rows) == 2 * WILD_IMAGES
+    for line, d, r in zip(table[1:], data, rows):
+        assert line.split()[0] == d["image"].split()[0] == r["image"].split()[0]
+        assert d["class"] == r["class"] and float(r["probability"]) == pytest.approx(d["probability"])
+        assert f"{d['probability']:.3f}" in line
+    present = json.loads(invoke("results", 1, "--present", "--format", "json").output)
+    assert present and all(d["present"] for d in present)
+    dogs = json.loads(invoke("results", 1, "--class", "dog", "--min-prob", "0", "--format", "json").output)
+    assert len(dogs) == WILD_IMAGES and {d["class"] for d in dogs} == {"dog"}
+    one = json.loads(invoke("results", 1, "--image", "grey.jpg", "--format", "json").output)
+    assert [d["image"] for d in one] == ["grey.jpg"] * 2 and one[0]["probability"] >= one[1]["probability"]
+    by_image = json.loads(invoke("results", 1, "--by-image", "--format", "json").output)
+    assert len(by_image) == WILD_IMAGES
+    errors = json.loads(invoke("results", 1, "--errors", "--format", "json").output)
+    assert {e["file"] for e in errors} == WILD_BROKEN
+
+
+def test_renamed_copy_is_recognised_by_hash(detectors, tmp_path):
+    d = tmp_path / "pics"
+    d.mkdir()
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(d / "a.png")
+    shutil.copy(d / "a.png", d / "renamed.png")
+    invoke("score", d)
+    with session_scope() as s:
+        hashes = {i.rel_path: i.sha256 for i in s.scalars(select(ScoredImage))}
+    assert hashes["a.png"] == hashes["renamed.png"]
+
+
+def test_links_hidden_files_and_bombs(detectors, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (20, 20)).save(outside / "secret.png")
+    d = tmp_path / "pics"
+    (d / "sub").mkdir(parents=True)
+    (d / ".hidden").mkdir()
+    Image.new("RGB", (20, 20)).save(d / ".hidden" / "x.png")
+    Image.new("RGB", (20, 20)).save(d / ".dot.png")
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(d / "sub" / "ok.tiff")
+    Image.new("RGB", (20, 20)).save(d / "sub" / "inside.png")
+    os.symlink(outside / "secret.png", d / "leak.png")
+    os.symlink(outside, d / "leakdir")
+    os.symlink(d / "sub" / "inside.png", d / "alias.png")
+    os.symlink(d / "missing.png", d / "dangling.png")
+    Image.new("1", (9000, 9000)).save(d / "bomb.png")
+    invoke("score", d)
+    with session_scope() as s:
+        scored = sorted(i.rel_path for i in s.scalars(select(ScoredImage)))
+        errors = {e.rel_path: e.reason for e in s.scalars(select(FileError))}
+    assert scored == ["alias.png", "sub/inside.png", "sub/ok.tiff"]
+    assert "outside the folder" in errors["leak.png"] and "outside the folder" in errors["leakdir"]
+    assert errors["dangling.png"] == "broken link"
+    assert "too large to decode safely" in errors["bomb.png"]
+
+
+def test_score_roots_refuse_before_queueing(detectors, tmp_path, monkeypatch):
+    root = tmp_path / "allowed"
+    (root / "pics").mkdir(parents=True)
+    os.symlink("/etc", root / "etc-link")
+    monkeypatch.setenv("VOCFLEET_SCORE_ROOTS", str(root))
+    for bad in ("/etc", root / "pics" / ".." / "..", root / "etc-link"):
+        res = invoke("score", bad)
+        assert res.exit_code == 2 and "outside the scoring roots" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert invoke("score", tmp_path / "nope").exit_code == 2
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(ScoreRun)) == 0
+    assert invoke("score", root / "pics").exit_code == 0
+
+
+def test_fleet_needs_score_roots(detectors, tmp_path, monkeypatch):
+    monkeypatch.setenv("VOCFLEET_BROKER_URL", "redis://127.0.0.1:6379/15")
+    res = invoke("score", tmp_path)
+    assert res.exit_code == 2 and "VOCFLEET_SCORE_ROOTS" in res.output
+
+
+def test_score_without_detectors_or_unknown_class(tmp_path):
+    res = invoke("score", tmp_path)
+    assert res.exit_code == 2 and "no trained detectors yet" in res.output
+
+
+def test_missing_class_detector(detectors, tmp_path):
+    res = invoke("score", tmp_path, "--classes", "cat")
+    assert res.exit_code == 2 and "no trained detector for cat" in res.output
+
+
+def test_predict(detectors, wild):
+    res = invoke("predict", wild / "grey.jpg", wild / "modern.webp", "--format", "json")
+    assert res.exit_code == 0
+    rows = json.loads(res.output)
+    assert len(rows) == 4 and {r["class"] for r in rows} == {"car", "dog"}
+    bad = invoke("predict", wild / "notes.jpg")
+    assert bad.exit_code == 1 and "notes.jpg: not an image" in bad.output

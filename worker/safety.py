@@ -1,0 +1,32 @@
+"""Which folders a scoring run may read: checked by the CLI before queueing and by the worker again."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from db.settings import get_settings
+from model import ConfigError
+
+
+def check_score_folder(folder: str | os.PathLike) -> Path:
+    """Return the folder resolved (links and ``..`` followed), or raise ConfigError.
+
+    With ``VOCFLEET_SCORE_ROOTS`` set, the resolved folder must lie under one of the roots; in a
+    fleet (a broker is configured) the roots are required, since workers read with their own rights.
+    """
+    settings = get_settings()
+    path = Path(folder).expanduser()
+    if not path.exists():
+        raise ConfigError(f"folder {str(folder)!r} does not exist: check the path")
+    if not path.is_dir():
+        raise ConfigError(f"{str(folder)!r} is not a folder: pass folders (use 'vocfleet predict' for single images)")
+    resolved = path.resolve()
+    roots = settings.score_roots
+    if not roots and settings.broker_url:
+        raise ConfigError("scoring in a fleet needs VOCFLEET_SCORE_ROOTS: set it to the folders workers may read (separated by ':')")
+    if roots and not any(resolved.is_relative_to(r) for r in roots):
+        raise ConfigError(
+            f"folder {str(folder)!r} (really {resolved}) is outside the scoring roots {os.pathsep.join(map(str, roots))}: "
+            "move the pictures under a root or add one to VOCFLEET_SCORE_ROOTS"
+        )
+    return resolved
