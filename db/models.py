@@ -40,6 +40,9 @@ class Claimable:
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Last time it was handed to the broker; the scheduler re-sends rows queued too long (a broker
+    # that restarted without persistence forgets its messages, the database does not).
+    enqueued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]

@@ -20,7 +20,9 @@ from db.settings import get_settings
 from model import ConfigError
 from model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
 from scheduler.output import FORMATS, render
-from scheduler.queueing import build_configs, create_jobs, enqueue, next_queued, parse_classes
+from scheduler.fleet import cancel as cancel_rows
+from scheduler.fleet import enqueue, tick
+from scheduler.queueing import build_configs, create_jobs, next_queued, parse_classes
 
 log = logging.getLogger("vocfleet")
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
@@ -93,8 +95,11 @@ def submit(classes: str, max_attempts: int, **options: Any) -> None:
     with session_scope() as s:
         jobs = create_jobs(s, configs, max_attempts=max_attempts)
         ids = [j.id for j in jobs]
-    sent = enqueue(ids)
-    where = f"sent to the broker ({sent})" if sent else "run them with: vocfleet run"
+    if get_settings().broker_url:
+        sent = enqueue(TrainJob, ids)
+        where = f"sent {sent} to the broker" if sent == len(ids) else f"sent {sent}; 'vocfleet scheduler' sends the rest when the broker is back"
+    else:
+        where = "run them with: vocfleet run"
     cfg = configs[0]
     click.echo(
         f"queued {len(ids)} job(s) {ids[0]}..{ids[-1]} for {', '.join(c.voc_class for c in configs)} "
@@ -206,10 +211,9 @@ def run(stale_after: float | None) -> None:
         sys.exit(1)
 
 
-def _requeue_stale(stale_after: float | None) -> None:
-    seconds = stale_after if stale_after is not None else get_settings().stale_seconds
+def _requeue_stale(stale_after: float | None) -> list[int]:
     with session_scope() as s:
-        requeued, failed = reap_stale(s, timedelta(seconds=seconds))
+        requeued, failed = reap_stale(s, _stale(stale_after))
     for job_id in requeued:
         click.echo(f"job {job_id}: its worker stopped; requeued to resume from its checkpoint", err=True)
     for job_id in failed:
@@ -217,27 +221,144 @@ def _requeue_stale(stale_after: float | None) -> None:
     return requeued
 
 
+def _stale(seconds: float | None) -> timedelta:
+    return timedelta(seconds=seconds if seconds is not None else get_settings().stale_seconds)
+
+
 @cli.command()
 @click.option("--stale-after", type=float, default=None, help="Seconds without heartbeat [default: VOCFLEET_STALE_SECONDS].")
-def reap(stale_after: float | None) -> None:
-    """Put jobs whose worker stopped heartbeating back on the queue (they resume from their checkpoint)."""
+@click.option("--resend-after", type=float, default=60.0, help="Re-send rows queued this long when the broker's queue is empty.")
+def reap(stale_after: float | None, resend_after: float) -> None:
+    """Once: put work whose worker stopped heartbeating back on the queue, and re-send what the broker lost."""
     ensure_db()
-    requeued = _requeue_stale(stale_after)
-    enqueue(requeued)
-    click.echo(f"requeued {len(requeued)} job(s)")
+    out = tick(_stale(stale_after), timedelta(seconds=resend_after))
+    click.echo(" ".join(f"{k}={len(v)}" for k, v in out.items()))
+
+
+@cli.command("scheduler")
+@click.option("--interval", type=float, default=30.0, help="Seconds between passes.")
+@click.option("--stale-after", type=float, default=None, help="Seconds without heartbeat [default: VOCFLEET_STALE_SECONDS].")
+@click.option("--resend-after", type=float, default=60.0, help="Re-send rows queued this long when the broker's queue is empty.")
+def scheduler_daemon(interval: float, stale_after: float | None, resend_after: float) -> None:
+    """Long-running: every --interval, what 'vocfleet reap' does once. Survives database and broker outages."""
+    import signal
+    import time
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    ensure_db()
+    click.echo(f"scheduler: every {interval:g}s, stale after {_stale(stale_after).total_seconds():g}s", err=True)
+    while not stop:
+        try:
+            out = tick(_stale(stale_after), timedelta(seconds=resend_after))
+            changed = {k: v for k, v in out.items() if v}
+            if changed:
+                click.echo(f"scheduler: {changed}", err=True)
+        except SQLAlchemyError as exc:
+            click.echo(f"scheduler: database unavailable ({exc.__class__.__name__}); retrying", err=True)
+        except KeyboardInterrupt:
+            break
+        for _ in range(int(interval * 10)):
+            if stop:
+                break
+            time.sleep(0.1)
 
 
 @cli.command()
-@click.option("--queues", default="train,score", help="Queues this host serves.")
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option("--all", "cancel_all", is_flag=True, help="Every queued or running training job.")
+@click.option("--run", "run_ids", multiple=True, type=int, help="A scoring run to cancel (repeatable).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before --all.")
+def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...], yes: bool) -> None:
+    """Cancel training jobs (or scoring runs): queued ones at once, running ones within a few batches."""
+    if not (job_ids or cancel_all or run_ids):
+        raise ConfigError("name job ids, --run RUN, or --all")
+    if cancel_all and not yes:
+        click.confirm("Cancel every queued and running training job?", abort=True)
+    ensure_db()
+    with session_scope() as s:
+        results = []
+        if job_ids or cancel_all:
+            results.append(("job", *cancel_rows(s, TrainJob, None if cancel_all else list(job_ids))))
+        if run_ids:
+            results.append(("run", *cancel_rows(s, ScoreRun, list(run_ids))))
+    for kind, now, asked in results:
+        for i in now:
+            click.echo(f"{kind} {i}: cancelled")
+        for i in asked:
+            click.echo(f"{kind} {i}: running; its worker stops it within a few batches")
+    if not any(now or asked for _, now, asked in results):
+        click.echo("nothing to cancel (finished, or no such id)")
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the schema to the newest migration (the fleet's migration step)."""
+    upgrade_database()
+    click.echo(f"database at newest schema: {get_settings().database_url.split('@')[-1]}")
+
+
+def _visible_gpus() -> list[str]:
+    """GPU indices, read without initialising CUDA (this process forks workers)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True)
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+@cli.command()
+@click.option("--gpus", default="auto", help="'auto' (every visible GPU), 'none' (CPU), or indices like 0,1.")
+@click.option("--queues", default="train,score", help="Queues this host serves: train, score or both.")
+@click.option("--name", default="vocfleet", help="Worker name prefix (the host name is appended).")
 @click.option("--loglevel", default="info")
-def worker(queues: str, loglevel: str) -> None:
-    """Start a Celery worker for the fleet (needs VOCFLEET_BROKER_URL)."""
+def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
+    """Start fleet workers: one Celery worker per GPU, pinned with CUDA_VISIBLE_DEVICES, one job at a time.
+
+    Each worker acknowledges late, prefetches one message and runs tasks in a forked child, so
+    the process that forks never initialises CUDA.
+    """
+    import signal
+    import subprocess
+
     if not get_settings().broker_url:
         raise ConfigError("vocfleet worker needs VOCFLEET_BROKER_URL (e.g. redis://localhost:6379/0); without a broker use 'vocfleet run'")
+    bad = [q for q in queues.split(",") if q not in ("train", "score")]
+    if bad:
+        raise ConfigError(f"--queues {queues!r}: only train and score exist")
+    devices: list[str | None]
+    if gpus == "auto":
+        devices = _visible_gpus() or [None]
+    elif gpus in ("none", "cpu"):
+        devices = [None]
+    else:
+        devices = [g.strip() for g in gpus.split(",") if g.strip()]
+        if not all(g.isdigit() for g in devices):
+            raise ConfigError(f"--gpus {gpus!r}: use 'auto', 'none' or indices like 0,1")
     ensure_db()
-    from worker.celery_app import app
-
-    app.worker_main(["worker", "-Q", queues, "--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", loglevel, "-O", "fair"])
+    procs = []
+    for dev in devices:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if dev is None else dev)
+        node = f"{name}-{'cpu' if dev is None else 'gpu' + dev}@%h"
+        cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, "-n", node,
+               "--concurrency", "1", "--prefetch-multiplier", "1", "-O", "fair", "--loglevel", loglevel]
+        if len(devices) == 1:
+            os.execvpe(cmd[0], cmd, env)  # one worker: become it, so signals reach Celery directly
+        procs.append(subprocess.Popen(cmd, env=env))
+    forward = lambda signum, _frame: [p.send_signal(signum) for p in procs]  # noqa: E731
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    sys.exit(max(p.wait() for p in procs))
 
 
 def _active_detectors(s, classes: str | None) -> list[Detector]:
@@ -279,9 +400,7 @@ def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_at
         s.flush()
         run_id, names = run.id, run.classes
     if get_settings().broker_url:
-        from worker.celery_app import app
-
-        app.send_task("vocfleet.score_folder", args=[run_id], queue="score")
+        enqueue(ScoreRun, [run_id])
         click.echo(f"scoring run {run_id} queued for {', '.join(names)}; follow it with: vocfleet runs")
         return
     _run_scoring(run_id, names)
@@ -339,9 +458,7 @@ def resume_run(run_id: int) -> None:
             raise ConfigError(f"run {run_id} is running on {run.worker_host} (heartbeat {run.heartbeat_at}); wait or cancel it")
         names = list(run.classes)
     if get_settings().broker_url:
-        from worker.celery_app import app
-
-        app.send_task("vocfleet.score_folder", args=[run_id], queue="score")
+        enqueue(ScoreRun, [run_id])
         click.echo(f"scoring run {run_id} queued again")
         return
     _run_scoring(run_id, names)

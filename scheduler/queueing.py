@@ -8,7 +8,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import JobStatus, TrainJob
-from db.settings import get_settings
 from model import VOC_CLASSES, ConfigError
 from model.config import TrainConfig
 from model.data import check_class, check_voc_root, has_split, read_class_list
@@ -64,19 +63,6 @@ def create_jobs(s: Session, configs: list[TrainConfig], max_attempts: int = 3) -
     s.add_all(jobs)
     s.flush()
     return jobs
-
-
-def enqueue(job_ids: Iterable[int]) -> int:
-    """Send jobs to the Celery ``train`` queue; a no-op on the embedded default (no broker)."""
-    if not get_settings().broker_url:
-        return 0
-    from worker.celery_app import app
-
-    n = 0
-    for job_id in job_ids:
-        app.send_task("vocfleet.train_detector", args=[job_id], queue="train")
-        n += 1
-    return n
 
 
 def next_queued(s: Session) -> int | None:

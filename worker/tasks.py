@@ -57,17 +57,18 @@ class Heartbeat:
         self._thread.join()
 
 
-def run_train_job(job_id: int, progress=None) -> str:
+def run_train_job(job_id: int, progress=None, host: str | None = None) -> str:
     """Run one training job to its end state; safe to call again for the same id (at-least-once delivery).
 
     Args:
         job_id: the ``train_jobs`` row.
         progress: optional extra callback receiving ``fit``'s progress events (the CLI's bar).
+        host: the worker's name recorded on the row (default: this machine's host name).
     Returns:
         The job's status afterwards, or ``skipped`` when another worker holds it.
     """
     settings = get_settings()
-    token, config = _claim(TrainJob, job_id, lambda job: dict(job.config))
+    token, config = _claim(TrainJob, job_id, lambda job: dict(job.config), host)
     if token is None:
         return config
 
@@ -112,7 +113,7 @@ def run_train_job(job_id: int, progress=None) -> str:
         return "succeeded" if finish_job(s, job_id, token, result) is not None else "skipped"
 
 
-def _claim(model, row_id: int, read):
+def _claim(model, row_id: int, read, host: str | None):
     """Claim a queued row; returns (token, read(row)) or (None, outcome) when there is nothing to run."""
     with session_scope() as s:
         row = s.get(model, row_id)
@@ -122,21 +123,22 @@ def _claim(model, row_id: int, read):
         if row.status != JobStatus.queued:
             log.info("%s %d is %s; not running it again", model.__tablename__, row_id, row.status.value)
             return None, (row.status.value if row.status.finished else "skipped")
-        token = claim_job(s, row_id, socket.gethostname(), model)
+        token = claim_job(s, row_id, host or socket.gethostname(), model)
         return (token, read(row)) if token else (None, "skipped")
 
 
-def run_score_run(run_id: int, progress=None) -> str:
+def run_score_run(run_id: int, progress=None, host: str | None = None) -> str:
     """Score every file of a run's folders with its detectors; resumes where an earlier attempt stopped.
 
     Args:
         run_id: the ``score_runs`` row.
         progress: optional callback ``(done, total)`` in files.
+        host: the worker's name recorded on the row.
     Returns:
         The run's status afterwards, or ``skipped`` when another worker holds it.
     """
     settings = get_settings()
-    token, run = _claim(ScoreRun, run_id, lambda r: {"folders": list(r.folders), "detector_ids": list(r.detector_ids), "batch_size": r.batch_size})
+    token, run = _claim(ScoreRun, run_id, lambda r: {"folders": list(r.folders), "detector_ids": list(r.detector_ids), "batch_size": r.batch_size}, host)
     if token is None:
         return run
 
@@ -211,7 +213,7 @@ def run_score_run(run_id: int, progress=None) -> str:
 def score_folder(self, run_id: int) -> str:
     """Celery entry point for scoring runs (``score`` queue)."""
     try:
-        return run_score_run(run_id)
+        return run_score_run(run_id, host=self.request.hostname)
     except OperationalError as exc:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries * 5, 120))
 
@@ -220,6 +222,6 @@ def score_folder(self, run_id: int) -> str:
 def train_detector(self, job_id: int) -> str:
     """Celery entry point: retries transient database errors with backoff."""
     try:
-        return run_train_job(job_id)
+        return run_train_job(job_id, host=self.request.hostname)
     except OperationalError as exc:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries * 5, 120))

@@ -1,0 +1,65 @@
+"""docker-compose.yml and Dockerfile, checked statically (no Docker engine here)."""
+import re
+from pathlib import Path
+
+import yaml
+
+from db import settings as settings_module
+from scheduler.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_services_present():
+    assert {"redis", "postgres", "migrate", "scheduler", "train-worker", "score-worker", "flower"} <= set(compose()["services"])
+
+
+def test_vocfleet_commands_exist():
+    services = compose()["services"]
+    for name in ("migrate", "scheduler", "train-worker", "score-worker"):
+        cmd = services[name]["command"]
+        command = cli.commands.get(cmd[0])
+        assert command is not None, f"{name}: no 'vocfleet {cmd[0]}'"
+        if hasattr(command, "commands"):
+            assert cmd[1] in command.commands, f"{name}: no 'vocfleet {cmd[0]} {cmd[1]}'"
+            command, cmd = command.commands[cmd[1]], cmd[1:]
+        options = {o for p in command.params for o in p.opts}
+        for arg in cmd[1:]:
+            if arg.startswith("--"):
+                assert arg in options, f"{name}: 'vocfleet {cmd[0]}' has no {arg}"
+
+
+def test_broker_and_database_durability():
+    services = compose()["services"]
+    redis_cmd = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
+    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+
+
+def test_gpu_worker_reserves_nvidia_device_and_queues_split():
+    services = compose()["services"]
+    devices = services["train-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert "container_name" not in services["train-worker"]  # --scale needs unnamed containers
+    assert services["train-worker"]["command"][2] == "train" and services["score-worker"]["command"][2] == "score"
+
+
+def test_environment_names_are_read_by_the_code():
+    env = compose()["services"]["scheduler"]["environment"]
+    code = "".join(p.read_text() for p in (ROOT / "db").glob("*.py")) + (ROOT / "scheduler" / "cli.py").read_text()
+    for name in env:
+        assert name in code, f"{name} is set in compose but read nowhere"
+    assert Path(settings_module.__file__).is_file()
+
+
+def test_dockerfile_copies_existing_sources_and_runs_the_cli():
+    text = (ROOT / "Dockerfile").read_text()
+    for src in re.findall(r"^COPY (\S+)", text, re.M):
+        assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+    assert 'ENTRYPOINT ["vocfleet"]' in text
+    assert 'vocfleet = "scheduler.cli:main"' in (ROOT / "pyproject.toml").read_text()

@@ -1,0 +1,265 @@
+"""The fleet for real: Redis broker, PostgreSQL, `celery worker` subprocesses, kill -9, restarts, cancel."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from db.models import Detector, EpochMetric, JobStatus, ScoreRun, TrainJob
+from db.session import dispose_engines, get_engine, session_scope
+from model.config import TrainConfig
+from model.engine import fit
+from scheduler.cli import ensure_db
+from tests.conftest import make_fake_voc
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+VOCFLEET = [sys.executable, "-m", "scheduler.cli"]
+REDIS = shutil.which("redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """A private, restartable redis-server (no persistence, like the default broker here)."""
+
+    def __init__(self, port: int, workdir: Path):
+        self.port, self.workdir, self.proc = port, workdir, None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: _connectable(self.port), 20, "redis-server to accept connections")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _connectable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Fleet:
+    def __init__(self, tmp: Path, voc: Path):
+        self.tmp, self.voc = tmp, voc
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start_worker(self, name: str, queues: str = "train,score") -> None:
+        log = open(self.tmp / f"{name}.log", "w")
+        self.procs[name] = subprocess.Popen(
+            [*VOCFLEET, "worker", "--gpus", "none", "--name", name, "--queues", queues, "--loglevel", "info"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def start_scheduler(self) -> None:
+        log = open(self.tmp / "scheduler.log", "w")
+        self.procs["scheduler"] = subprocess.Popen(
+            [*VOCFLEET, "scheduler", "--interval", "1", "--resend-after", "3"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def kill(self, name: str, sig=signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        try:
+            os.killpg(proc.pid, sig)  # the worker and its forked child: the whole host is gone
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=60)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGKILL)
+
+    def submit(self, classes: str, epochs: int, max_batches: int = 3) -> None:
+        subprocess.run(
+            [*VOCFLEET, "submit", "--classes", classes, "--voc-root", str(self.voc), "--epochs", str(epochs),
+             "--image-size", "32", "--batch-size", "8", "--max-batches", str(max_batches)],
+            check=True, capture_output=True, text=True,
+        )
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+
+
+@pytest.fixture
+def fleet(tmp_path, pg_url, monkeypatch):
+    if REDIS is None:
+        pytest.skip("redis-server is not installed")
+    voc = make_fake_voc(tmp_path / "VOC2007", n=64, classes=("car", "dog", "cat"))
+    redis = Redis(_free_port(), tmp_path)
+    redis.start()
+    monkeypatch.setenv("VOCFLEET_BROKER_URL", f"redis://127.0.0.1:{redis.port}/0")
+    monkeypatch.setenv("VOCFLEET_HEARTBEAT_SECONDS", "0.5")
+    monkeypatch.setenv("VOCFLEET_STALE_SECONDS", "5")
+    monkeypatch.setenv("VOCFLEET_VISIBILITY_TIMEOUT", "30")
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    ensure_db()
+    f = Fleet(tmp_path, voc)
+    f.redis = redis
+    yield f
+    f.stop_all()
+    redis.stop()
+    dispose_engines()
+
+
+def job_rows():
+    with session_scope() as s:
+        return {j.id: (j.status, j.epochs_done, j.worker_host, j.attempts) for j in s.scalars(select(TrainJob))}
+
+
+def all_finished(n: int):
+    rows = job_rows()
+    return len(rows) == n and all(st.finished for st, *_ in rows.values())
+
+
+def assert_ran_once_each(epochs: int):
+    with session_scope() as s:
+        for job in s.scalars(select(TrainJob)):
+            assert job.status == JobStatus.succeeded, (job, job.error)
+            assert [e.epoch for e in job.epochs] == list(range(1, epochs + 1))
+            assert s.scalar(select(func.count()).select_from(Detector).where(Detector.job_id == job.id)) == 1
+        assert s.scalar(select(func.count()).select_from(Detector).where(Detector.active.is_(True))) == len(job_rows())
+
+
+def test_three_classes_two_workers(fleet):
+    fleet.start_worker("w0")
+    fleet.start_worker("w1")
+    fleet.submit("car,dog,cat", epochs=2)
+    try:
+        wait_for(lambda: all_finished(3), 240, "three jobs to finish")
+    except AssertionError:
+        raise AssertionError(f"{job_rows()}\n{fleet.logs()}")
+    assert_ran_once_each(2)
+    assert all(attempts == 1 for *_, attempts in job_rows().values())
+
+
+def test_kill_9_worker_mid_job_resumes_elsewhere(fleet):
+    fleet.start_worker("w0")
+    fleet.start_scheduler()
+    fleet.submit("car", epochs=8, max_batches=4)
+    first = wait_for(lambda: (r := job_rows()[1])[1] >= 2 and r[0] == JobStatus.running and r, 180, "two epochs on the first worker")
+    with session_scope() as s:
+        epoch1 = s.scalar(select(EpochMetric).where(EpochMetric.epoch == 1))
+        epoch1_at, epoch1_loss = epoch1.created_at, epoch1.train_loss
+    fleet.start_worker("w1")
+    fleet.kill("w0")
+    try:
+        wait_for(lambda: all_finished(1), 240, "the job to finish on the other worker")
+    except AssertionError:
+        raise AssertionError(f"{job_rows()}\n{fleet.logs()}")
+    status, epochs, host, attempts = job_rows()[1]
+    assert first[2].startswith("w0") and host.startswith("w1") and attempts == 2
+    assert_ran_once_each(8)
+    with session_scope() as s:
+        epoch1 = s.scalar(select(EpochMetric).where(EpochMetric.epoch == 1))
+        assert (epoch1.created_at, epoch1.train_loss) == (epoch1_at, epoch1_loss)  # resumed, not started over
+    assert "requeued" in (fleet.tmp / "scheduler.log").read_text()
+
+
+def test_redis_restart_mid_run_loses_nothing(fleet):
+    fleet.start_worker("w0")
+    fleet.start_scheduler()
+    fleet.submit("car,dog,cat", epochs=3)
+    wait_for(lambda: job_rows()[1][1] >= 1, 180, "the first job to train")
+    fleet.redis.stop()  # queued messages for jobs 2 and 3 die with it
+    time.sleep(2)
+    fleet.redis.start()
+    try:
+        wait_for(lambda: all_finished(3), 120, "all jobs to finish after the broker restart")
+    except AssertionError:
+        raise AssertionError(f"{job_rows()}\n{fleet.logs()}")
+    assert_ran_once_each(3)
+
+
+def test_postgres_connections_dropped_worker_recovers(fleet):
+    fleet.start_worker("w0")
+    fleet.start_scheduler()
+    fleet.submit("car", epochs=6, max_batches=4)
+    wait_for(lambda: job_rows()[1][1] >= 1, 180, "the job to train")
+    with get_engine().connect() as conn:
+        killed = conn.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )).scalar()
+    assert killed >= 1
+    dispose_engines()
+    try:
+        wait_for(lambda: all_finished(1), 240, "the job to finish after its connections were dropped")
+    except AssertionError:
+        raise AssertionError(f"{job_rows()}\n{fleet.logs()}")
+    assert_ran_once_each(6)
+
+
+def test_cancel_running_and_queued(fleet):
+    fleet.start_worker("w0")
+    fleet.submit("car,dog", epochs=40, max_batches=4)
+    wait_for(lambda: job_rows()[1][1] >= 1, 180, "the first job to train")
+    out = subprocess.run([*VOCFLEET, "cancel", "--all", "-y"], capture_output=True, text=True, check=True).stdout
+    assert "job 1: running" in out and "job 2: cancelled" in out
+    wait_for(lambda: job_rows()[1][0] == JobStatus.cancelled, 30, "the running job to stop")
+    rows = job_rows()
+    assert rows[1][1] < 40 and rows[2][0] == JobStatus.cancelled and rows[2][1] == 0
+    with session_scope() as s:
+        assert s.get(TrainJob, 1).error == "cancelled by user"
+
+
+def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch):
+    for cls in ("car", "dog"):
+        cfg = TrainConfig(voc_class=cls, voc_root=str(fleet.voc), image_size=32, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3)
+        r = fit(cfg, out_dir=tmp_path / "det" / cls, cache_dir=tmp_path / "cache")
+        with session_scope() as s:
+            s.add(Detector(voc_class=cls, checkpoint_path=r["checkpoint"], sha256=r["sha256"], threshold=r["threshold"], ap=r["metrics"]["ap"], metrics=r["metrics"]))
+    pics = tmp_path / "roots" / "pics"
+    pics.mkdir(parents=True)
+    for i, p in enumerate(sorted((fleet.voc / "JPEGImages").glob("*.jpg"))[:12]):
+        shutil.copy(p, pics / f"img{i}.jpg")
+    (pics / "broken.jpg").write_bytes(b"nope")
+    monkeypatch.setenv("VOCFLEET_SCORE_ROOTS", str(tmp_path / "roots"))
+    fleet.start_worker("w0", queues="score")
+    fleet.start_worker("w1", queues="score")
+    from click.testing import CliRunner
+
+    from scheduler.cli import cli
+
+    for _ in range(20):  # submitted back to back, before the workers get far
+        res = CliRunner().invoke(cli, ["score", str(pics)], catch_exceptions=False)
+        assert res.exit_code == 0 and "queued" in res.output, res.output
+
+    def done():
+        with session_scope() as s:
+            runs = s.scalars(select(ScoreRun)).all()
+            return len(runs) == 20 and all(r.status.finished for r in runs) and runs
+
+    try:
+        runs = wait_for(done, 240, "twenty scoring runs")
+    except AssertionError:
+        raise AssertionError(f"{job_rows()}\n{fleet.logs()}")
+    assert all((r.status, r.total_files, r.scored_images, r.error_files) == (JobStatus.succeeded, 13, 12, 1) for r in runs)
+    assert {r.worker_host.split("-")[0] for r in runs} == {"w0", "w1"}
