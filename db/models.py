@@ -167,15 +167,20 @@ class ScoredImage(Base):
 
 
 class Score(Base):
-    """One probability per (run, image, detector)."""
+    """One probability per (image, detector); the image belongs to one run, so this is unique per run too.
+
+    Kept lean for bulk writes (tens of thousands of rows per second): each foreign key costs a
+    lookup per inserted row, so only the image is one (deleting an image deletes its scores);
+    ``run_id`` and ``detector_id`` are plain columns (detectors are deactivated, never deleted),
+    ``run_id`` indexed for per-run queries.
+    """
 
     __tablename__ = "scores"
-    __table_args__ = (UniqueConstraint("run_id", "image_id", "detector_id", name="uq_scores_run_image_detector"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("score_runs.id", ondelete="CASCADE"), index=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("scored_images.id", ondelete="CASCADE"), index=True)
-    detector_id: Mapped[int] = mapped_column(ForeignKey("detectors.id"), index=True)
+    # The key is (image, detector): no surrogate id, no second unique index to maintain.
+    image_id: Mapped[int] = mapped_column(ForeignKey("scored_images.id", ondelete="CASCADE"), primary_key=True)
+    detector_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    run_id: Mapped[int] = mapped_column(index=True)
     voc_class: Mapped[str] = mapped_column(String(32))
     probability: Mapped[float]
     present: Mapped[bool] = mapped_column(Boolean)

@@ -1,9 +1,9 @@
 """Scoring runs in the database: what is done already, and one bulk write per chunk."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
 from db.jobs import owned
@@ -40,26 +40,56 @@ def store_chunk(
     if run is None:
         return False
     if images:
-        ids = s.scalars(
-            insert(ScoredImage).returning(ScoredImage.id, sort_by_parameter_order=True),
-            [{"run_id": run_id, **img} for img in images],
-        ).all()
+        ids = _insert_images(s, run_id, images)
         rows = [
-            {"run_id": run_id, "image_id": image_id, "detector_id": det, "voc_class": cls, "probability": p, "present": present}
+            (run_id, image_id, det, cls, p, present)
             for image_id, per_image in zip(ids, scores)
             for det, cls, p, present in per_image
         ]
-        s.execute(insert(Score), rows)
+        _insert_scores(s, rows)
     if errors:
         s.execute(insert(FileError), [{"run_id": run_id, **e} for e in errors])
-    s.flush()
-    refresh_counts(s, run)
+    # Plain increments are exact: the unique keys would have failed the whole chunk on a repeat.
+    run.scored_images += len(images)
+    run.error_files += len(errors)
     return True
 
 
-def refresh_counts(s: Session, run: ScoreRun) -> None:
-    run.scored_images = s.scalar(select(func.count()).select_from(ScoredImage).where(ScoredImage.run_id == run.id))
-    run.error_files = s.scalar(select(func.count()).select_from(FileError).where(FileError.run_id == run.id))
+SCORE_COLUMNS = ("run_id", "image_id", "detector_id", "voc_class", "probability", "present")
+IMAGE_COLUMNS = ("id", "run_id", "folder", "rel_path", "size_bytes", "sha256", "width", "height")
+
+
+def _postgres(s: Session) -> bool:
+    return s.get_bind().dialect.name == "postgresql"
+
+
+def _copy(s: Session, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    """COPY rows in the session's own transaction (several times faster than INSERT on PostgreSQL)."""
+    raw = s.connection().connection.driver_connection  # the psycopg connection under the session
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _insert_images(s: Session, run_id: int, images: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert image rows and return their ids, in order."""
+    if _postgres(s):
+        # Ids drawn from the sequence in one round trip, then one COPY (RETURNING costs ~40 ms a chunk).
+        ids = list(s.scalars(
+            text("SELECT nextval(pg_get_serial_sequence('scored_images', 'id')) FROM generate_series(1, :n)"), {"n": len(images)}
+        ))
+        _copy(s, "scored_images", IMAGE_COLUMNS, ((i, run_id, *(img[c] for c in IMAGE_COLUMNS[2:])) for i, img in zip(ids, images)))
+        return ids
+    return list(s.scalars(
+        insert(ScoredImage).returning(ScoredImage.id, sort_by_parameter_order=True), [{"run_id": run_id, **img} for img in images]
+    ))
+
+
+def _insert_scores(s: Session, rows: list[tuple]) -> None:
+    if _postgres(s):
+        _copy(s, "scores", SCORE_COLUMNS, rows)
+    else:
+        s.execute(insert(Score), [dict(zip(SCORE_COLUMNS, row)) for row in rows])
 
 
 def set_total(s: Session, run_id: int, token: str, total: int) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 
 def _pr(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +43,8 @@ def average_precision_11pt(probs, labels) -> float:
 
 
 def roc_auc(probs, labels) -> float:
+    from sklearn.metrics import roc_auc_score  # imported here: training and scoring hosts can run without it
+
     labels = np.asarray(labels) == 1
     if labels.all() or not labels.any():
         return float("nan")
@@ -52,6 +53,8 @@ def roc_auc(probs, labels) -> float:
 
 def choose_threshold(probs, labels) -> float:
     """The probability threshold that maximises F1 (chosen on validation, never on the evaluation split)."""
+    from sklearn.metrics import precision_recall_curve
+
     probs, labels = np.asarray(probs, np.float64), np.asarray(labels) == 1
     if not labels.any():
         return 0.5

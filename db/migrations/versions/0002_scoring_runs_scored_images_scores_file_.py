@@ -71,22 +71,16 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_scored_images_sha256'), ['sha256'], unique=False)
 
     op.create_table('scores',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('run_id', sa.Integer(), nullable=False),
     sa.Column('image_id', sa.Integer(), nullable=False),
-    sa.Column('detector_id', sa.Integer(), nullable=False),
+    sa.Column('detector_id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('run_id', sa.Integer(), nullable=False),
     sa.Column('voc_class', sa.String(length=32), nullable=False),
     sa.Column('probability', sa.Double(), nullable=False),
     sa.Column('present', sa.Boolean(), nullable=False),
-    sa.ForeignKeyConstraint(['detector_id'], ['detectors.id'], ),
     sa.ForeignKeyConstraint(['image_id'], ['scored_images.id'], ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['run_id'], ['score_runs.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('run_id', 'image_id', 'detector_id', name='uq_scores_run_image_detector')
+    sa.PrimaryKeyConstraint('image_id', 'detector_id')
     )
     with op.batch_alter_table('scores', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_scores_detector_id'), ['detector_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_scores_image_id'), ['image_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_scores_run_id'), ['run_id'], unique=False)
 
 
@@ -94,8 +88,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('scores', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_scores_run_id'))
-        batch_op.drop_index(batch_op.f('ix_scores_image_id'))
-        batch_op.drop_index(batch_op.f('ix_scores_detector_id'))
 
     op.drop_table('scores')
     with op.batch_alter_table('scored_images', schema=None) as batch_op:

@@ -1,0 +1,62 @@
+"""Shared helpers for the benchmarks: machine description, the sample location, a timer."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_VOC = ROOT.parent / "shared" / "voc2007" / "VOCdevkit" / "VOC2007"
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
+
+
+def voc_root(arg: str | None) -> Path:
+    root = Path(arg or os.environ.get("VOCFLEET_VOC_ROOT") or DEFAULT_VOC)
+    if not (root / "JPEGImages").is_dir():
+        sys.exit(f"no VOC images at {root}: pass --voc-root (a VOCdevkit/VOC2007 folder)")
+    return root
+
+
+def jpeg_ids(root: Path, limit: int | None = None) -> list[str]:
+    ids = sorted(p.stem for p in (root / "JPEGImages").glob("*.jpg"))
+    return ids[:limit] if limit else ids
+
+
+def sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def timed(out: dict, key: str, device=None):
+    sync(device)
+    start = time.perf_counter()
+    yield
+    sync(device)
+    out[key] = time.perf_counter() - start
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    cells = [tuple(str(c) for c in r) for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells)

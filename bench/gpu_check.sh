@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The prepared GPU check (issue 5): benchmarks 2 and 3 at 224 px on one GPU, printing train
+# images/s, scoring images/s through 20 detectors (decode included) and the efficiency ratios.
+# Needs only PyTorch, torchvision, Pillow and numpy; finishes in a few minutes on one H100.
+#
+# Images: ../shared is not beside the checkout on a lent GPU machine, so first, here:
+#   bash bench/prepare_gpu_data.sh          # copies 1,200 real VOC JPEGs into .bench-data/ (ignored)
+# then run with .bench-data carried:  bash bench/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+VOC="${VOC_ROOT:-../../shared/voc2007/VOCdevkit/VOC2007}"
+[ -d "$VOC/JPEGImages" ] || VOC=../.bench-data/VOC2007
+[ -d "$VOC/JPEGImages" ] || { echo "no images: run bench/prepare_gpu_data.sh first (or set VOC_ROOT)"; exit 2; }
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+echo "== 2. training efficiency, 224 px"
+timeout 300 python3 train_efficiency.py --voc-root "$VOC" --size 224 --batch 256 --steps 25 --rounds 2 --device cuda
+echo "== 3. scoring through 20 detectors, 224 px"
+timeout 200 python3 scoring.py --voc-root "$VOC" --size 224 --detectors 20 --images 1024 --batch 256 --plain-images 8 --device cuda

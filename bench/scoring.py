@@ -1,0 +1,102 @@
+"""Benchmark 3: scoring a folder through N detectors, images/s, decode included.
+
+vocfleet: ``model.score.iter_chunks`` (threads decode each file once, the same batch goes through
+every detector). Plain: each detector decodes the folder itself, one image at a time. Bound: the
+detectors alone on batches already decoded and on the device. Side by side in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import jpeg_ids, machine, sync, table, voc_root
+
+from model.augment import preprocess_eval
+from model.checkpoint import save_checkpoint, sha256_file
+from model.data import load_rgb
+from model.net import build_model
+from model.score import DetectorSpec, FileEntry, decode_file, iter_chunks, load_detectors, score_batch
+
+
+def make_detectors(n: int, size: int, folder: Path) -> list[DetectorSpec]:
+    specs = []
+    for i in range(n):
+        torch.manual_seed(i)
+        path = folder / f"det{i}.pt"
+        save_checkpoint(path, {"model": build_model("scratch").state_dict(), "config": {"image_size": size}, "epoch": 0})
+        specs.append(DetectorSpec(i, f"class{i}", str(path), sha256_file(path), 0.5))
+    return specs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--voc-root")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--detectors", type=int, default=20)
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--plain-images", type=int, default=8, help="images for the plain way (it is slow)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    root, device = voc_root(args.voc_root), torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    entries = [FileEntry(str(root / "JPEGImages"), f"{i}.jpg") for i in jpeg_ids(root, args.images)]
+    print(f"machine: {machine()}")
+    print(f"{len(entries)} VOC JPEGs, {args.detectors} ResNet-50 detectors at {args.size} px, batch {args.batch}, device {device}")
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = load_detectors(make_detectors(args.detectors, args.size, Path(tmp)), device)
+
+    # Warm-up: one batch through every detector (cudnn autotuning, allocator).
+    warm = np.stack([decode_file(e, [args.size]).arrays[args.size] for e in entries[: args.batch]])
+    score_batch(loaded, {args.size: warm}, device)
+
+    # Bound: decoded batches already on the device.
+    batches = [torch.from_numpy(np.stack([decode_file(e, [args.size]).arrays[args.size] for e in entries[i : i + args.batch]])).to(device)
+               for i in range(0, len(entries), args.batch)]
+    sync(device)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for b in batches:
+            x = preprocess_eval(b)
+            for det in loaded:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    torch.sigmoid(det.model(x).float())
+    sync(device)
+    bound = len(entries) / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    n = 0
+    for chunk in iter_chunks(entries, loaded, device, batch_size=args.batch):
+        n += len(chunk.scored)
+    sync(device)
+    ours = n / (time.perf_counter() - t)
+
+    plain_entries = entries[: args.plain_images]
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for det in loaded:
+            for e in plain_entries:
+                x = preprocess_eval(torch.from_numpy(np.asarray(load_rgb(e.path, args.size)))[None].to(device))
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    torch.sigmoid(det.model(x).float()).cpu()
+    plain = len(plain_entries) / (time.perf_counter() - t)
+
+    print(table(
+        [
+            ("plain: each detector decodes, one image at a time", f"{plain:,.1f}", f"{plain / bound:.2f}"),
+            ("vocfleet: decode once, batch through all detectors", f"{ours:,.1f}", f"{ours / bound:.2f}"),
+            ("bound: detectors alone, batches already on the device", f"{bound:,.1f}", "1.00"),
+        ],
+        ("way", f"images/s through {args.detectors} detectors", "of bound"),
+    ))
+    print(f"scoring images/s through {args.detectors} detectors: {ours:,.1f}")
+    print(f"vocfleet / plain: {ours / plain:.1f}x; vocfleet / bound: {ours / bound:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Benchmark 2: training efficiency = images/s of real training / images/s of the model alone.
+
+Real: ``model.engine.train_one_epoch`` fed from the decode-once cache with batch augmentation.
+Bound: the same function and model on one batch already on the device, already preprocessed.
+Both run side by side in one process; the ratio says how much the input pipeline costs.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import jpeg_ids, machine, table, voc_root
+from torch import nn
+
+from model.augment import TrainAugment, preprocess_eval
+from model.data import decoded_cache
+from model.engine import BatchFeeder, SplitData, train_one_epoch
+from model.net import build_model
+
+
+class StaticFeeder:
+    """One preprocessed batch kept on the device: what the model would see with a free input pipeline."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y, self.device = x, y, x.device
+
+    def batch(self, positions):
+        return self.x, self.y
+
+
+def run(model, feeder, augment, steps: int, batch: int, device, compile_model: bool) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    step_model = torch.compile(model) if compile_model else model
+    n = len(feeder.split) if hasattr(feeder, "split") else batch * (steps + 3)
+    positions = np.random.default_rng(0).permutation(n)[: batch * (steps + 3)] if hasattr(feeder, "split") else np.arange(batch * (steps + 3))
+    gen = torch.Generator().manual_seed(0)
+    kwargs = dict(optimizer=optimizer, scheduler=None, loss_fn=nn.BCEWithLogitsLoss(), augment=augment, batch_size=batch, generator=gen)
+    train_one_epoch(step_model, feeder, positions[: batch * 3], max_batches=3, **kwargs)  # warm-up (cudnn autotune, compile)
+    return train_one_epoch(step_model, feeder, positions[batch * 3 :], max_batches=steps, **kwargs)["images_per_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--voc-root")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (both sides)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternate real/bound this many times (noise)")
+    args = ap.parse_args()
+    root, device = voc_root(args.voc_root), torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    ids = jpeg_ids(root)
+    print(f"machine: {machine()}")
+    print(f"ResNet-50, {args.size} px, batch {args.batch}, {args.steps} steps per measurement, device {device}, compile={args.compile}")
+    cache_dir = Path(tempfile.mkdtemp(prefix="vocfleet-bench-cache-"))
+    try:
+        decoded = decoded_cache(root, ids, args.size, cache_dir)
+        labels = (np.random.default_rng(0).random(int(decoded.ok.sum())) < 0.15).astype(np.float32)
+        split = SplitData(decoded, np.flatnonzero(decoded.ok), labels)
+        feeder = BatchFeeder(split, device)
+        x0, y0 = feeder.batch(np.arange(args.batch))
+        static = StaticFeeder(preprocess_eval(x0), y0)
+        torch.manual_seed(0)
+        model = build_model("scratch").to(device)
+        real, bound = [], []
+        for _ in range(args.rounds):
+            real.append(run(model, feeder, TrainAugment(), args.steps, args.batch, device, args.compile))
+            bound.append(run(model, static, lambda x, g: x, args.steps, args.batch, device, args.compile))
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    r, b = float(np.median(real)), float(np.median(bound))
+    print(table(
+        [("real training (cache + augmentation + model)", f"{r:,.1f}"), ("model alone on a batch already on the device", f"{b:,.1f}")],
+        ("measurement", "images/s"),
+    ))
+    print(f"train images/s: {r:,.1f}")
+    print(f"training efficiency (real / model-only): {r / b:.2f}")
+
+
+if __name__ == "__main__":
+    main()
