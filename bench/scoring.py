@@ -81,7 +81,7 @@ def main() -> None:
     with torch.inference_mode():
         for det in loaded:
             for e in plain_entries:
-                x = preprocess_eval(torch.from_numpy(np.asarray(load_rgb(e.path, args.size)))[None].to(device))
+                x = preprocess_eval(torch.from_numpy(np.array(load_rgb(e.path, args.size)))[None].to(device))
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     torch.sigmoid(det.model(x).float()).cpu()
     plain = len(plain_entries) / (time.perf_counter() - t)

@@ -10,10 +10,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+def _scale_shift(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    std = torch.tensor(IMAGENET_STD, device=device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device)
+    return (1.0 / (255.0 * std)).view(1, 3, 1, 1), (-mean / std).view(1, 3, 1, 1)
 
 
 def preprocess_eval(batch: torch.Tensor) -> torch.Tensor:
@@ -25,9 +25,11 @@ def preprocess_eval(batch: torch.Tensor) -> torch.Tensor:
         (B, 3, H, W) float32 normalised with ImageNet statistics, channels_last.
     """
     if batch.shape[-1] == 3 and batch.shape[1] != 3:
-        batch = batch.permute(0, 3, 1, 2)
-    x = batch.float().div_(255.0)
-    return _normalize(x).contiguous(memory_format=torch.channels_last)
+        batch = batch.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW is already channels_last
+    scale, shift = _scale_shift(batch.device)
+    # One conversion pass and one in-place multiply-add: on a CPU this is memory-bound.
+    x = batch.to(torch.float32, memory_format=torch.channels_last).mul_(scale).add_(shift)
+    return x
 
 
 class TrainAugment:

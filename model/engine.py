@@ -135,8 +135,8 @@ class BatchFeeder:
             nbytes = len(split.rows) * int(np.prod(split.decoded.images.shape[1:]))
             free, _total = torch.cuda.mem_get_info(device)
             if nbytes < free * 0.25:
-                self.on_device = torch.from_numpy(np.ascontiguousarray(split.decoded.images[np.sort(split.rows)])).to(device)
-                self._pos = {int(r): i for i, r in enumerate(np.sort(split.rows))}
+                self._sorted_rows = np.sort(split.rows)
+                self.on_device = torch.from_numpy(np.ascontiguousarray(split.decoded.images[self._sorted_rows])).to(device)
         self.labels = torch.from_numpy(split.labels).to(device)
 
     def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +144,7 @@ class BatchFeeder:
         labels = self.labels[torch.from_numpy(positions).to(self.device)]
         rows = self.split.rows[positions]
         if self.on_device is not None:
-            idx = torch.tensor([self._pos[int(r)] for r in rows], device=self.device)
+            idx = torch.from_numpy(np.searchsorted(self._sorted_rows, rows)).to(self.device, non_blocking=True)
             return self.on_device[idx], labels
         # Sorted gather reads the memory map sequentially; order inside a batch does not matter.
         order = np.argsort(rows, kind="stable")

@@ -87,6 +87,7 @@ def cli(verbose: bool) -> None:
 @click.option("--seed", type=int, default=_DEFAULTS.seed)
 @click.option("--max-batches", type=int, default=None, help="Cap on batches per epoch (quick trials).")
 @click.option("--device", default=_DEFAULTS.device, help="auto, cpu, cuda, cuda:N.")
+@click.option("--compile/--no-compile", default=_DEFAULTS.compile, help="torch.compile the model (GPU; minutes of warm-up).")
 @click.option("--max-attempts", type=int, default=3, help="Attempts before a job whose worker keeps dying fails.")
 def submit(classes: str, max_attempts: int, **options: Any) -> None:
     """Queue one training job per class."""

@@ -41,3 +41,16 @@ def test_flip_only_mirrors():
 def test_no_augment_is_eval_preprocessing():
     b = _batch()
     assert torch.equal(NoAugment()(b), preprocess_eval(b))
+
+
+def test_eval_preprocess_matches_torchvision_reference():
+    """The fused uint8 -> normalised path gives what ToTensor + Normalize give (the origin's preprocessing)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from model.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    b = _batch()
+    ref = torch.stack([T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(Image.fromarray(np.asarray(im)))) for im in b])
+    assert torch.allclose(preprocess_eval(b), ref, atol=1e-5)

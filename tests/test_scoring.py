@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -236,3 +237,21 @@ def test_predict(detectors, wild):
     assert len(rows) == 4 and {r["class"] for r in rows} == {"car", "dog"}
     bad = invoke("predict", wild / "notes.jpg")
     assert bad.exit_code == 1 and "notes.jpg: not an image" in bad.output
+
+
+def test_scoring_path_agrees_with_validation_path(trained, tmp_path):
+    """One eval preprocessing: a VOC image scored from its file gets the probability evaluation gave it."""
+    import torch
+
+    from model.engine import evaluate, prepare_splits
+    from model.score import DetectorSpec, FileEntry, iter_chunks, load_detectors
+
+    r = trained["dog"]
+    cfg = TrainConfig.from_dict(torch.load(r["checkpoint"], weights_only=True)["config"])
+    _, _, ev, _ = prepare_splits(cfg, tmp_path / "cache")
+    det = load_detectors([DetectorSpec(99, "dog", r["checkpoint"], r["sha256"], r["threshold"])], torch.device("cpu"))
+    expected = evaluate(det[0].model, ev, torch.device("cpu"))["probs"]
+    root = Path(cfg.voc_root) / "JPEGImages"
+    entries = [FileEntry(str(root), f"{ev.decoded.ids[row]}.jpg") for row in ev.rows]
+    got = np.concatenate([c.probs[0] for c in iter_chunks(entries, det, torch.device("cpu"), chunk_size=7, batch_size=5)])
+    assert np.allclose(got, expected, atol=1e-5)
