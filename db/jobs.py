@@ -99,6 +99,7 @@ def finish_job(s: Session, job_id: int, token: str, result: dict[str, Any]) -> D
         metrics = dict(result["metrics"])
         metrics.update(
             val=result["val_metrics"], best_epoch=result["best_epoch"], skipped_images=result["skipped_images"],
+            plots=result.get("plots", {}),
         )
         detector = Detector(
             voc_class=job.voc_class, job_id=job_id, checkpoint_path=result["checkpoint"], sha256=result["sha256"],

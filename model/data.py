@@ -224,3 +224,27 @@ def _build_cache(root, ids, size, data_path, meta_path, progress, threads) -> No
     meta_tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
     meta_tmp.write_text(json.dumps({"root": str(root), "size": size, "count": len(ids), "bad": bad}))
     os.replace(meta_tmp, meta_path)
+
+
+def voc_summary(root: Path) -> dict:
+    """What a VOC root holds: per split, images listed, present and missing; per class, positives.
+
+    Returns:
+        {"splits": {split: {"listed", "present", "missing": [ids]}},
+         "classes": {class: {split: {"positive", "difficult", "negative"}}}}
+    """
+    main = root / "ImageSets" / "Main"
+    splits = sorted({p.stem.split("_", 1)[1] for p in main.glob("*_*.txt") if p.stem.split("_", 1)[0] in VOC_CLASSES})
+    present = {p.stem for p in (root / "JPEGImages").glob("*.jpg")}
+    out: dict = {"splits": {}, "classes": {}}
+    for split in splits:
+        ids = split_ids(root, split)
+        missing = [i for i in ids if i not in present]
+        out["splits"][split] = {"listed": len(ids), "present": len(ids) - len(missing), "missing": missing}
+    for cls in VOC_CLASSES:
+        out["classes"][cls] = {}
+        for split in splits:
+            if list_path(root, cls, split).is_file():
+                labels = list(read_class_list(root, cls, split).values())
+                out["classes"][cls][split] = {"positive": labels.count(1), "difficult": labels.count(0), "negative": labels.count(-1)}
+    return out

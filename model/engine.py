@@ -282,7 +282,8 @@ def fit(
     Returns:
         ``checkpoint`` (path of detector.pt), ``sha256``, ``threshold``, ``metrics`` (evaluation
         split, see :func:`model.metrics.binary_report`), ``val_metrics``, ``best_epoch``,
-        ``skipped_images``, ``resumed_from`` (epochs already done when this call started).
+        ``skipped_images``, ``resumed_from`` (epochs already done when this call started),
+        ``plots`` (PNG paths: training curves and the evaluation precision-recall curve).
     """
     emit = progress or (lambda _event: None)
     device = resolve_device(cfg.device)
@@ -367,7 +368,11 @@ def fit(
         "model": model.state_dict(), "epoch": best["epoch"], "config": cfg.to_dict(),
         "metrics": {"eval": metrics, "val": val_metrics, "history": history}, "threshold": threshold,
     })
+    from model.plots import save_training_plots  # matplotlib only where plots are made
+
+    plots = save_training_plots(out_dir, history, eval_ev["probs"], evaluation.labels, title=cfg.voc_class, ap=metrics["ap"])
     result = {
+        "plots": plots,
         "checkpoint": str(final_path), "sha256": sha256_file(final_path), "threshold": threshold,
         "metrics": metrics, "val_metrics": val_metrics, "best_epoch": best["epoch"], "history": history,
         "skipped_images": skipped, "resumed_from": resumed_from,

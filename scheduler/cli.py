@@ -1,6 +1,7 @@
 """The ``vocfleet`` command line: submit, run, status, detectors, worker, reap."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ from db.session import session_scope, upgrade_database
 from db.settings import get_settings
 from model import ConfigError
 from model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
+from model.download import DownloadError
 from scheduler.output import FORMATS, render
 from scheduler.fleet import cancel as cancel_rows
 from scheduler.fleet import enqueue, tick
@@ -37,6 +39,9 @@ class VocfleetGroup(click.Group):
         except ConfigError as exc:
             click.echo(f"vocfleet: error: {exc}", err=True)
             ctx.exit(2)
+        except DownloadError as exc:
+            click.echo(f"vocfleet: error: {exc}", err=True)
+            ctx.exit(1)
         except OperationalError as exc:
             url = get_settings().database_url
             click.echo(f"vocfleet: error: cannot use the database {url!r} ({exc.orig}): check VOCFLEET_DATABASE_URL", err=True)
@@ -116,11 +121,30 @@ def _as_utc(dt):
 
 
 @cli.command()
-@click.option("--all", "show_all", is_flag=True, help="Include finished jobs older than the newest batch.")
+@click.option("--watch", is_flag=True, help="Refresh until every job has finished.")
+@click.option("--interval", type=float, default=5.0, help="Seconds between refreshes with --watch.")
 @format_option
-def status(show_all: bool, fmt: str) -> None:
+def status(watch: bool, interval: float, fmt: str) -> None:
     """Jobs with progress: epoch x of y and the latest validation AP."""
+    import time
+
     ensure_db()
+    while True:
+        rows = _status_rows()
+        if watch and sys.stdout.isatty():
+            click.clear()
+        if not rows:
+            click.echo("no jobs yet: vocfleet submit --classes car --voc-root PATH")
+            return
+        click.echo(render(rows, ["job", "class", "status", "epoch", "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
+        if not watch or all(JobStatus(r["status"]).finished for r in rows):
+            return
+        if not sys.stdout.isatty():
+            click.echo("")
+        time.sleep(interval)
+
+
+def _status_rows() -> list[dict[str, Any]]:
     with session_scope() as s:
         jobs = s.scalars(select(TrainJob).order_by(TrainJob.id)).all()
         rows = [
@@ -131,10 +155,7 @@ def status(show_all: bool, fmt: str) -> None:
             }
             for j in jobs
         ]
-    if not rows:
-        click.echo("no jobs yet: vocfleet submit --classes car --voc-root PATH")
-        return
-    click.echo(render(rows, ["job", "class", "status", "epoch", "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
+    return rows
 
 
 def detector_rows(s, include_inactive: bool = False) -> list[dict[str, Any]]:
@@ -149,6 +170,7 @@ def detector_rows(s, include_inactive: bool = False) -> list[dict[str, Any]]:
             "auc": m.get("auc"), "accuracy": m.get("accuracy"), "always_absent": m.get("baseline_accuracy"),
             "f1": m.get("f1"), "threshold": d.threshold, "pos_rate": m["positives"] / max(m["images"], 1),
             "eval_images": m.get("images"), "split": m.get("split"), "checkpoint": d.checkpoint_path,
+            "curves": m.get("plots", {}).get("curves"), "pr_curve": m.get("plots", {}).get("pr"),
         })
     return rows
 
@@ -158,8 +180,9 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 
 @cli.command()
 @click.option("--all", "show_all", is_flag=True, help="Include detectors replaced by newer ones.")
+@click.option("--plots", is_flag=True, help="List each detector's PNG plots (training curves, precision-recall).")
 @format_option
-def detectors(show_all: bool, fmt: str) -> None:
+def detectors(show_all: bool, plots: bool, fmt: str) -> None:
     """Trained detectors: AP on the evaluation split, accuracy beside 'always absent', threshold."""
     ensure_db()
     with session_scope() as s:
@@ -167,7 +190,10 @@ def detectors(show_all: bool, fmt: str) -> None:
     if not rows:
         click.echo("no detectors yet: vocfleet submit ... then vocfleet run")
         return
-    cols = DETECTOR_COLUMNS + (["active"] if show_all else []) + (["checkpoint"] if fmt != "table" else [])
+    if plots:
+        click.echo(render(rows, ["id", "class", "curves", "pr_curve"], fmt))
+        return
+    cols = DETECTOR_COLUMNS + (["active"] if show_all else []) + (["checkpoint", "curves", "pr_curve"] if fmt != "table" else [])
     click.echo(render(rows, cols, fmt))
 
 
@@ -555,6 +581,89 @@ def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
         click.echo(render(rows, ["image", "class", "probability", "present"], fmt))
     if failed:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("run_id", type=int, required=False)
+@click.option("--fleet", is_flag=True, help="Report on the active detectors (table and training curves) instead of a run.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HTML file to write.")
+def report(run_id: int | None, fleet: bool, out: str) -> None:
+    """Write a self-contained HTML page: a scoring run (RUN_ID) or the fleet's detectors (--fleet)."""
+    from scheduler.report import fleet_report, run_report
+
+    if (run_id is None) == (not fleet):
+        raise ConfigError("give a scoring run id, or --fleet (not both)")
+    ensure_db()
+    with session_scope() as s:
+        page = fleet_report(s) if fleet else run_report(s, run_id)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)  # never a half-written report
+    click.echo(f"wrote {path} ({len(page) // 1024} KiB)")
+
+
+@cli.group()
+def data() -> None:
+    """Get and check PASCAL VOC data."""
+
+
+@data.command("download")
+@click.option("--year", default="2007", help="VOC year (2007: trainval and test).")
+@click.option("--dest", default=None, type=click.Path(file_okay=False), help="Folder for archives and VOCdevkit [default: VOCFLEET_DATA_DIR/voc].")
+@click.option("--timeout", type=float, default=20.0, help="Seconds without data before giving up.")
+def data_download(year: str, dest: str | None, timeout: float) -> None:
+    """Download VOC (torchvision's archive list and MD5s), verify, extract; resumes an interrupted download."""
+    from tqdm import tqdm
+
+    from model.download import download_voc
+
+    dest_path = Path(dest) if dest else get_settings().data_dir / "voc"
+    bars: dict[str, tqdm] = {}
+    tty = sys.stderr.isatty()
+    last = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        if tty:
+            bar = bars.setdefault(name, tqdm(desc=name, total=total or None, unit="B", unit_scale=True, file=sys.stderr, initial=done))
+            bar.update(done - bar.n)
+        elif done - last.get(name, 0) >= 50 << 20 or done == total:  # a line every 50 MB
+            last[name] = done
+            click.echo(f"{name}: {done >> 20} MiB" + (f" of {total >> 20} MiB" if total else ""), err=True)
+
+    try:
+        root = download_voc(dest_path, year, progress=progress, timeout=timeout)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    click.echo(f"VOC{year} ready at {root}; next: vocfleet data check {root}")
+
+
+@data.command("check")
+@click.argument("voc_root", type=click.Path())
+@format_option
+def data_check(voc_root: str, fmt: str) -> None:
+    """Validate a VOC root: images per split, positives per class, files listed but missing."""
+    from model.data import check_voc_root, voc_summary
+
+    root = check_voc_root(voc_root)
+    summary = voc_summary(root)
+    if not summary["splits"]:
+        raise ConfigError(f"{root}/ImageSets/Main has no <class>_<split>.txt lists: is this a VOC year folder?")
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=2))
+        return
+    split_rows = [
+        {"split": k, "listed": v["listed"], "present": v["present"], "missing": len(v["missing"]),
+         "missing_ids": " ".join(v["missing"][:8]) + (" ..." if len(v["missing"]) > 8 else "")}
+        for k, v in summary["splits"].items()
+    ]
+    click.echo(render(split_rows, ["split", "listed", "present", "missing", "missing_ids"], fmt))
+    splits = list(summary["splits"])
+    class_rows = [{"class": c, **{f"{sp}_pos": v.get(sp, {}).get("positive") for sp in splits}} for c, v in summary["classes"].items()]
+    click.echo("")
+    click.echo(render(class_rows, ["class", *[f"{sp}_pos" for sp in splits]], fmt))
 
 
 def main() -> None:

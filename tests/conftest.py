@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,13 @@ import pytest
 from PIL import Image
 
 from db import session as db_session
+from db.models import Detector
+from db.session import session_scope
+from model.config import TrainConfig
+from model.engine import fit
 
 SHARED_VOC = Path(__file__).resolve().parents[1].parent / "shared" / "voc2007" / "VOCdevkit" / "VOC2007"
+WILD = Path(__file__).resolve().parents[1].parent / "shared" / "wild"
 PG_URL = os.environ.get("VOCFLEET_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -83,3 +89,37 @@ def pg_url(monkeypatch) -> str:
     monkeypatch.setenv("VOCFLEET_DATABASE_URL", PG_URL)
     db_session.dispose_engines()
     return PG_URL
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Two real detectors (car at 32 px, dog at 48 px), trained briefly on a fake VOC tree."""
+    base = tmp_path_factory.mktemp("detectors")
+    voc = make_fake_voc(base / "VOC2007")
+    out = {}
+    for cls, size in (("car", 32), ("dog", 48)):  # two input sizes: scoring decodes once for both
+        cfg = TrainConfig(voc_class=cls, voc_root=str(voc), image_size=size, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3)
+        out[cls] = fit(cfg, out_dir=base / cls, cache_dir=base / "cache")
+    return out
+
+
+@pytest.fixture
+def detectors(trained):
+    from scheduler.cli import ensure_db
+
+    ensure_db()
+    with session_scope() as s:
+        for cls, r in trained.items():
+            s.add(Detector(voc_class=cls, checkpoint_path=r["checkpoint"], sha256=r["sha256"], threshold=r["threshold"], ap=r["metrics"]["ap"], metrics={**r["metrics"], "plots": r["plots"]}, active=True))
+    return trained
+
+
+@pytest.fixture
+def wild(tmp_path):
+    if not WILD.is_dir():
+        pytest.skip(f"the shared messy folder is not at {WILD}")
+    dst = tmp_path / "wild"
+    shutil.copytree(WILD, dst)
+    return dst
+
+

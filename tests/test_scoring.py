@@ -17,41 +17,10 @@ from db.session import session_scope
 from model.config import TrainConfig
 from model.engine import fit
 from scheduler.cli import cli, ensure_db
-from tests.conftest import make_fake_voc
+from tests.conftest import WILD
 
-WILD = Path(__file__).resolve().parents[1].parent / "shared" / "wild"
 WILD_IMAGES = 16  # pictures in ../shared/wild (the rest: README, empty, text-as-jpg, truncated)
 WILD_BROKEN = {"README.txt", "empty.jpg", "notes.jpg", "truncated.jpg"}
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """Two real detectors (car at 32 px, dog at 48 px), trained briefly on a fake VOC tree."""
-    base = tmp_path_factory.mktemp("detectors")
-    voc = make_fake_voc(base / "VOC2007")
-    out = {}
-    for cls, size in (("car", 32), ("dog", 48)):
-        cfg = TrainConfig(voc_class=cls, voc_root=str(voc), image_size=size, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3)
-        out[cls] = fit(cfg, out_dir=base / cls, cache_dir=base / "cache")
-    return out
-
-
-@pytest.fixture
-def detectors(trained):
-    ensure_db()
-    with session_scope() as s:
-        for cls, r in trained.items():
-            s.add(Detector(voc_class=cls, checkpoint_path=r["checkpoint"], sha256=r["sha256"], threshold=r["threshold"], ap=r["metrics"]["ap"], metrics=r["metrics"], active=True))
-    return trained
-
-
-@pytest.fixture
-def wild(tmp_path):
-    if not WILD.is_dir():
-        pytest.skip(f"the shared messy folder is not at {WILD}")
-    dst = tmp_path / "wild"
-    shutil.copytree(WILD, dst)
-    return dst
 
 
 def invoke(*args):

@@ -1,0 +1,70 @@
+"""Training curves and precision-recall plots, saved as PNG beside a job's checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window (workers have no display)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_training_plots(
+    out_dir: Path, history: Sequence[dict[str, Any]], probs: np.ndarray, labels: np.ndarray, *, title: str, ap: float
+) -> dict[str, str]:
+    """Write ``curves.png`` (loss and validation AP per epoch) and ``pr.png`` (evaluation PR curve).
+
+    Args:
+        out_dir: the job's folder.
+        history: per-epoch records from ``fit`` (``epoch``, ``train_loss``, ``val_loss``, ``val_ap``).
+        probs, labels: evaluation-split probabilities and 0/1 labels of the final detector.
+        title: e.g. the class name.
+        ap: the detector's evaluation AP, printed on the PR plot.
+    Returns:
+        {"curves": path, "pr": path}.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_title("loss")
+    ax1.legend()
+    ax2.plot(epochs, [h["val_ap"] for h in history], "o-", color="tab:green")
+    ax2.axhline(float(np.mean(labels)), ls="--", color="grey", label="chance (positive rate)")
+    ax2.set_ylim(0, 1)
+    ax2.set_xlabel("epoch")
+    ax2.set_title("validation AP")
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    curves = out_dir / "curves.png"
+    fig.savefig(curves, dpi=80)
+    plt.close(fig)
+
+    prec, rec, _ = precision_recall_curve(np.asarray(labels) == 1, probs)
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.step(rec, prec, where="post")
+    ax.axhline(float(np.mean(labels)), ls="--", color="grey", label="chance (positive rate)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"{title}: AP {ap:.3f} (evaluation split)")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    pr = out_dir / "pr.png"
+    fig.savefig(pr, dpi=80)
+    plt.close(fig)
+    return {"curves": str(curves), "pr": str(pr)}

@@ -1,0 +1,157 @@
+"""Self-contained HTML reports: one scoring run (thumbnails, classes, errors) or the whole fleet."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Detector, ScoreRun
+from db.scoring import error_rows, result_rows
+from model import ConfigError
+from model.data import open_rgb
+
+THUMB = 160
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
+table{border-collapse:collapse;font-size:.9rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}
+th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}
+#grid{display:flex;flex-wrap:wrap;gap:.8rem}
+.card{width:180px;border:1px solid #ddd;border-radius:6px;padding:.4rem;font-size:.8rem}
+.card img{width:160px;height:160px;object-fit:contain;background:#eee;display:block;margin:auto}
+.card .path{word-break:break-all;font-weight:600;margin:.3rem 0}
+.present{color:#0a6b0a;font-weight:700}.absent{color:#777}
+.controls{margin:.6rem 0}.muted{color:#777}
+"""
+
+
+def _data_uri(png_or_jpeg: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(png_or_jpeg).decode()}"
+
+
+def thumbnail(path: Path) -> str | None:
+    """A small JPEG of the picture as a data URI (None if the file is gone or unreadable now)."""
+    try:
+        im = open_rgb(path, THUMB)
+    except Exception:  # noqa: BLE001 - a report still renders without the picture
+        return None
+    im.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80)
+    return _data_uri(buf.getvalue(), "image/jpeg")
+
+
+def _png(path: str | None) -> str | None:
+    return _data_uri(Path(path).read_bytes(), "image/png") if path and Path(path).is_file() else None
+
+
+def _detector_table(dets: list[Detector]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(d.voc_class)}</td><td class=num>{d.ap:.3f}</td><td class=num>{d.metrics.get('ap11', 0):.3f}</td>"
+        f"<td class=num>{d.metrics.get('auc', float('nan')):.3f}</td><td class=num>{d.metrics.get('accuracy', 0):.3f}</td>"
+        f"<td class=num>{d.metrics.get('baseline_accuracy', 0):.3f}</td><td class=num>{d.threshold:.3f}</td>"
+        f"<td class=num>{d.metrics.get('positives', 0)}/{d.metrics.get('images', 0)}</td><td>{html.escape(str(d.metrics.get('split', '')))}</td></tr>"
+        for d in dets
+    )
+    return (
+        "<table><tr><th>class</th><th>AP</th><th>AP (11-pt)</th><th>ROC AUC</th><th>accuracy</th>"
+        "<th>always absent</th><th>threshold</th><th>positives</th><th>eval split</th></tr>" + rows + "</table>"
+    )
+
+
+def _page(title: str, body: str, script: str = "") -> str:
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{body}<script>{script}</script></body></html>"
+    )
+
+
+RUN_SCRIPT = """
+const cards = Array.from(document.querySelectorAll('.card'));
+const grid = document.getElementById('grid');
+const select = document.getElementById('cls');
+const presentOnly = document.getElementById('present');
+const count = document.getElementById('count');
+function update() {
+  const c = select.value;
+  const keyOf = card => { const p = JSON.parse(card.dataset.probs); return c ? (p[c] ?? -1) : Math.max(...Object.values(p)); };
+  const shown = cards.filter(card => {
+    const present = JSON.parse(card.dataset.present);
+    return !presentOnly.checked || (c ? present.includes(c) : present.length > 0);
+  });
+  cards.forEach(card => { card.hidden = !shown.includes(card); });
+  shown.sort((a, b) => keyOf(b) - keyOf(a)).forEach(card => grid.appendChild(card));
+  count.textContent = shown.length + ' of ' + cards.length + ' pictures';
+}
+select.addEventListener('change', update);
+presentOnly.addEventListener('change', update);
+update();
+"""
+
+
+def run_report(s: Session, run_id: int) -> str:
+    """HTML for one scoring run: pictures with classes found, filterable by class, sorted by confidence."""
+    run = s.get(ScoreRun, run_id)
+    if run is None:
+        raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+    dets = list(s.scalars(select(Detector).where(Detector.id.in_(run.detector_ids)).order_by(Detector.voc_class)))
+    images: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in result_rows(s, run_id):
+        images.setdefault((r["folder"], r["image"]), []).append(r)
+    cards = []
+    for (folder, rel), rows in images.items():
+        probs = {r["class"]: round(r["probability"], 4) for r in rows}
+        present = [r["class"] for r in rows if r["present"]]
+        src = thumbnail(Path(folder) / rel)
+        img = f"<img alt='{html.escape(rel)}' src='{src}'>" if src else "<div class=muted>(file no longer readable)</div>"
+        lines = "".join(
+            f"<div class={'present' if r['present'] else 'absent'}>{html.escape(r['class'])} {r['probability']:.2f}</div>" for r in rows
+        )
+        cards.append(
+            f"<div class=card data-probs='{html.escape(json.dumps(probs))}' data-present='{html.escape(json.dumps(present))}'>"
+            f"{img}<div class=path>{html.escape(rel)}</div>{lines}</div>"
+        )
+    errors = error_rows(s, run_id)
+    err_html = (
+        "<table><tr><th>file</th><th>reason</th></tr>"
+        + "".join(f"<tr><td>{html.escape(e['file'])}</td><td>{html.escape(e['reason'])}</td></tr>" for e in errors)
+        + "</table>"
+        if errors else "<p class=muted>none</p>"
+    )
+    options = "".join(f"<option value='{html.escape(d.voc_class)}'>{html.escape(d.voc_class)}</option>" for d in dets)
+    body = (
+        f"<h1>vocfleet scoring run {run.id}</h1>"
+        f"<p>{html.escape(', '.join(run.folders))} — {run.status.value}: {run.scored_images} pictures scored, "
+        f"{run.error_files} files not scored, of {run.total_files} seen. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"
+        f"<h2>Pictures</h2><div class=controls><label>class <select id=cls><option value=''>any class</option>{options}</select></label> "
+        f"<label><input type=checkbox id=present> present only</label> <span id=count class=muted></span></div>"
+        f"<div id=grid>{''.join(cards)}</div>"
+        f"<h2>Files not scored ({len(errors)})</h2>{err_html}"
+        f"<h2>Detectors used</h2>{_detector_table(dets)}"
+        "<p class=muted>Accuracy is shown beside the accuracy of answering 'absent' for every image; AP is the measure that matters.</p>"
+    )
+    return _page(f"vocfleet run {run.id}", body, RUN_SCRIPT)
+
+
+def fleet_report(s: Session) -> str:
+    """HTML for the active detectors: the per-class table and each one's training curves."""
+    dets = list(s.scalars(select(Detector).where(Detector.active.is_(True)).order_by(Detector.voc_class)))
+    if not dets:
+        raise ConfigError("no trained detectors yet: run 'vocfleet submit ...' and 'vocfleet run' first")
+    sections = []
+    for d in dets:
+        plots = d.metrics.get("plots", {})
+        imgs = "".join(f"<img alt='{k} of {html.escape(d.voc_class)}' src='{uri}'> " for k in ("curves", "pr") if (uri := _png(plots.get(k))))
+        sections.append(f"<h2>{html.escape(d.voc_class)} (detector {d.id}, job {d.job_id})</h2>{imgs or '<p class=muted>no plots</p>'}")
+    body = (
+        f"<h1>vocfleet detectors</h1><p>{len(dets)} active detector(s). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"
+        f"{_detector_table(dets)}{''.join(sections)}"
+    )
+    return _page("vocfleet detectors", body)
