@@ -21,7 +21,8 @@ class TrainConfig:
     ``eval_split`` is a list name (``val``, ``test``) or ``holdout``: a fixed, seed-independent
     ``eval_fraction`` of the training split that is never trained on (for roots with one split).
     ``val_fraction`` of the remaining training images is held out to pick the threshold and the
-    best epoch.
+    best epoch. ``aux_classes`` trains with the other 19 classes' labels of the same training
+    images as auxiliary targets; the saved detector keeps only its own class's logit.
     """
 
     voc_class: str
@@ -40,6 +41,7 @@ class TrainConfig:
     init: str = "scratch"
     augment: bool = True
     balance: str = "pos_weight"
+    aux_classes: bool = False
     difficult: str = "exclude"
     seed: int = 0
     max_batches: int | None = None

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from model import ConfigError
+from model import VOC_CLASSES, ConfigError
 from model.augment import NoAugment, TrainAugment, preprocess_eval
 from model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from model.config import TrainConfig
-from model.data import DecodedImages, check_voc_root, decoded_cache, in_holdout, read_class_list, split_ids
+from model.data import DecodedImages, check_voc_root, decoded_cache, in_holdout, list_path, read_class_list, split_ids
 from model.metrics import average_precision, binary_report, choose_threshold
 from model.net import build_model
 
@@ -41,6 +41,8 @@ class SplitData:
     decoded: DecodedImages
     rows: np.ndarray
     labels: np.ndarray
+    # (N, 20) labels of every VOC class (1, 0, or -1 where unknown) for auxiliary supervision.
+    aux: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -95,10 +97,20 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
 
     skipped = sorted(set(train_dec.bad) | set(eval_dec.bad))
 
-    def to_split(decoded: DecodedImages, labels: dict[str, int], ids: list[str]) -> SplitData:
+    aux_labels = None
+    if cfg.aux_classes:  # every class's list of the training split; only training images are used
+        aux_labels = {c: read_class_list(root, c, cfg.train_split) if list_path(root, c, cfg.train_split).is_file() else {} for c in VOC_CLASSES}
+
+    def to_split(decoded: DecodedImages, labels: dict[str, int], ids: list[str], aux: bool = False) -> SplitData:
         index = decoded.index()
         keep = [i for i in ids if i in index and decoded.ok[index[i]]]
-        return SplitData(decoded, np.array([index[i] for i in keep], dtype=np.int64), np.array([labels[i] for i in keep], dtype=np.float32))
+        matrix = None
+        if aux and aux_labels is not None:
+            lookup = {1: 1.0, -1: 0.0, 0: -1.0}  # difficult-only: unknown, masked out of the loss
+            matrix = np.array([[lookup[aux_labels[c].get(i, 0)] for c in VOC_CLASSES] for i in keep], dtype=np.float32)
+        return SplitData(
+            decoded, np.array([index[i] for i in keep], dtype=np.int64), np.array([labels[i] for i in keep], dtype=np.float32), matrix
+        )
 
     # Validation: a seeded, stratified part of the training images (threshold and best epoch).
     rng = np.random.default_rng(cfg.seed)
@@ -109,7 +121,7 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
         n_val = max(1, round(len(group) * cfg.val_fraction)) if len(group) > 1 else 0
         val_ids += list(rng.choice(group, size=n_val, replace=False)) if n_val else []
     val_set = set(val_ids)
-    train = to_split(train_dec, train_labels, [i for i in train_ids if i not in val_set])
+    train = to_split(train_dec, train_labels, [i for i in train_ids if i not in val_set], aux=True)
     val = to_split(train_dec, train_labels, sorted(val_set))
     evaluation = to_split(eval_dec, eval_labels, sorted(eval_labels))
     for name, split in (("training", train), ("validation", val), ("evaluation", evaluation)):
@@ -137,7 +149,7 @@ class BatchFeeder:
             if nbytes < free * 0.25:
                 self._sorted_rows = np.sort(split.rows)
                 self.on_device = torch.from_numpy(np.ascontiguousarray(split.decoded.images[self._sorted_rows])).to(device)
-        self.labels = torch.from_numpy(split.labels).to(device)
+        self.labels = torch.from_numpy(split.aux if split.aux is not None else split.labels).to(device)
 
     def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``positions`` index ``split.rows``/``split.labels``."""
@@ -152,6 +164,45 @@ class BatchFeeder:
         if self.device.type == "cuda":
             host = host.pin_memory()
         return host.to(self.device, non_blocking=True), labels[torch.from_numpy(order).to(self.device)]
+
+
+class AuxLoss(nn.Module):
+    """BCE on the detector's own class (with ``pos_weight``) plus the mean BCE of the other classes.
+
+    The other 19 VOC labels of the same training images are extra supervision for the shared
+    features; the detector that is kept has only its own class's logit.
+    """
+
+    def __init__(self, index: int, pos_weight: torch.Tensor | None, aux_weight: float = 1.0):
+        super().__init__()
+        self.index, self.pos_weight, self.aux_weight = index, pos_weight, aux_weight
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        k = self.index
+        main = nn.functional.binary_cross_entropy_with_logits(logits[:, k], targets[:, k], pos_weight=self.pos_weight)
+        mask = targets >= 0
+        mask[:, k] = False
+        aux = nn.functional.binary_cross_entropy_with_logits(logits, targets.clamp(min=0), reduction="none")
+        return main + self.aux_weight * (aux * mask).sum() / mask.sum().clamp(min=1)
+
+
+class SelectLogit(nn.Module):
+    """View of a multi-output network as the single-logit detector of one class."""
+
+    def __init__(self, model: nn.Module, index: int):
+        super().__init__()
+        self.model, self.index = model, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, self.index : self.index + 1]
+
+
+def single_logit_state(state: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """State dict of the single-logit ResNet-50 for one output of a multi-output one."""
+    out = dict(state)
+    out["fc.weight"] = state["fc.weight"][index : index + 1].clone()
+    out["fc.bias"] = state["fc.bias"][index : index + 1].clone()
+    return out
 
 
 def epoch_positions(split: SplitData, *, balance: str, generator: torch.Generator) -> np.ndarray:
@@ -293,7 +344,9 @@ def fit(
         cfg.voc_class, len(train), train.positives, len(val), val.positives, len(evaluation), evaluation.positives, len(skipped),
     )
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.init).to(device)
+    head = VOC_CLASSES.index(cfg.voc_class) if cfg.aux_classes else 0
+    model = build_model(cfg.init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1).to(device)
+    detector = SelectLogit(model, head) if cfg.aux_classes else model
     steps = len(train) // cfg.batch_size
     if steps == 0:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images of {cfg.voc_class!r}")
@@ -303,7 +356,7 @@ def fit(
     pos_weight = None
     if cfg.balance == "pos_weight":
         pos_weight = torch.tensor((len(train) - train.positives) / train.positives, device=device)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    loss_fn = AuxLoss(head, pos_weight) if cfg.aux_classes else nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     augment = TrainAugment() if cfg.augment else NoAugment()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -340,7 +393,7 @@ def fit(
         )
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"training loss became {stats['loss']} in epoch {epoch}: lower --lr")
-        ev = evaluate(model, val, device)
+        ev = evaluate(detector, val, device)
         record = {
             "epoch": epoch, "train_loss": stats["loss"], "val_loss": ev["loss"], "val_ap": ev["ap"],
             "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"], "images_per_s": stats["images_per_s"],
@@ -358,14 +411,15 @@ def fit(
 
     # The detector is the best epoch on validation; its threshold comes from validation too.
     model.load_state_dict(load_checkpoint(best_path, device)["model"])
-    val_ev = evaluate(model, val, device)
+    val_ev = evaluate(detector, val, device)
     threshold = choose_threshold(val_ev["probs"], val.labels)
-    eval_ev = evaluate(model, evaluation, device)
+    eval_ev = evaluate(detector, evaluation, device)
     metrics = binary_report(eval_ev["probs"], evaluation.labels, threshold)
     metrics["split"] = cfg.eval_split
     val_metrics = binary_report(val_ev["probs"], val.labels, threshold)
+    final_state = single_logit_state(model.state_dict(), head) if cfg.aux_classes else model.state_dict()
     save_checkpoint(final_path, {
-        "model": model.state_dict(), "epoch": best["epoch"], "config": cfg.to_dict(),
+        "model": final_state, "epoch": best["epoch"], "config": cfg.to_dict(),
         "metrics": {"eval": metrics, "val": val_metrics, "history": history}, "threshold": threshold,
     })
     from model.plots import save_training_plots  # matplotlib only where plots are made

@@ -54,16 +54,17 @@ def check_init(init: str) -> str:
     return str(Path(init).expanduser().resolve())
 
 
-def build_model(init: str = "scratch") -> nn.Module:
-    """Build torchvision's ResNet-50 with a single-logit head.
+def build_model(init: str = "scratch", outputs: int = 1) -> nn.Module:
+    """Build torchvision's ResNet-50 with a single-logit head (or ``outputs`` logits while training).
 
     Args:
         init: ``scratch`` (random, as the origin), ``imagenet`` (torchvision weights; backbone only),
             or a path to a state dict (a torchvision ResNet-50 or a vocfleet checkpoint).
+        outputs: logits of the head; detectors are saved with one.
     Returns:
         The model, on the CPU, in channels_last layout.
     """
-    model = resnet50(weights=None, num_classes=1)
+    model = resnet50(weights=None, num_classes=outputs)
     if init == "imagenet":
         state = torch.load(ensure_imagenet_weights(), map_location="cpu", weights_only=True)
         _load_backbone(model, state)

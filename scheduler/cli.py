@@ -86,6 +86,7 @@ def cli(verbose: bool) -> None:
 @click.option("--init", default=_DEFAULTS.init, help="scratch, imagenet, or a path to a state dict.")
 @click.option("--augment/--no-augment", default=_DEFAULTS.augment, help="Random scale, flip and rotation.")
 @click.option("--balance", type=click.Choice(BALANCE), default=_DEFAULTS.balance, help="Class-imbalance handling.")
+@click.option("--aux-classes/--no-aux-classes", default=_DEFAULTS.aux_classes, help="Also learn the other 19 classes' labels of the training images (the detector keeps one logit).")
 @click.option("--difficult", type=click.Choice(DIFFICULT), default=_DEFAULTS.difficult, help="'Difficult only' images (label 0).")
 @click.option("--train-split", default=_DEFAULTS.train_split)
 @click.option("--eval-split", default="auto", help="A split name, 'holdout' (part of the training split), or 'auto'.")

@@ -99,3 +99,18 @@ def test_retraining_replaces_active_detector(fake_voc):
 def test_run_with_nothing_queued():
     res = invoke("run")
     assert res.exit_code == 0 and "nothing queued" in res.output
+
+
+def test_plots_listed_and_watch_returns_when_done(fake_voc):
+    from pathlib import Path
+
+    from PIL import Image
+
+    invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL)
+    assert invoke("run").exit_code == 0
+    rows = json.loads(invoke("detectors", "--plots", "--format", "json").output)
+    for key in ("curves", "pr_curve"):
+        with Image.open(Path(rows[0][key])) as im:
+            assert im.format == "PNG" and im.width > 100
+    res = invoke("status", "--watch", "--interval", "0.1")
+    assert res.exit_code == 0 and "succeeded" in res.output

@@ -93,3 +93,22 @@ def test_fit_learns_the_fake_signal(fake_voc, tmp_path):
     result = fit(cfg, out_dir=tmp_path / "j", cache_dir=tmp_path / "cache")
     pos_rate = result["metrics"]["positives"] / result["metrics"]["images"]
     assert result["metrics"]["ap"] > pos_rate
+
+
+def test_aux_classes_saves_a_single_logit_detector(fake_voc, tmp_path):
+    from model.engine import AuxLoss
+
+    cfg = _cfg(fake_voc, aux_classes=True)
+    train, _, _, _ = prepare_splits(cfg, tmp_path / "cache")
+    assert train.aux.shape == (len(train), 20) and set(np.unique(train.aux)) <= {-1.0, 0.0, 1.0}
+    result = fit(cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache")
+    ckpt = load_checkpoint(tmp_path / "job" / "detector.pt")
+    assert ckpt["model"]["fc.weight"].shape == (1, 2048)
+    model = build_model("scratch")
+    model.load_state_dict(ckpt["model"])
+    _, _, ev, _ = prepare_splits(cfg, tmp_path / "cache")
+    assert evaluate(model, ev, torch.device("cpu"))["ap"] == pytest.approx(result["metrics"]["ap"], abs=1e-6)
+    # Unknown labels (-1) are masked out of the auxiliary part of the loss.
+    loss = AuxLoss(0, None)
+    t = torch.tensor([[1.0, -1.0, 0.0]])
+    assert torch.isclose(loss(torch.tensor([[0.0, 100.0, 0.0]]), t), loss(torch.tensor([[0.0, -100.0, 0.0]]), t))
