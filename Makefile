@@ -18,9 +18,19 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+REPORT   ?= vocfleet-report.html
+
+# Uses VOC_ROOT if it holds VOC images, else downloads VOC2007 (needs internet) into the data dir.
 demo: install
-	$(BIN)/vocfleet submit --classes $(CLASSES) --epochs $(EPOCHS) --image-size $(SIZE) --voc-root $(VOC_ROOT)
-	$(BIN)/vocfleet run
+	@root="$(VOC_ROOT)"; \
+	if [ ! -d "$$root/JPEGImages" ]; then \
+	  echo "no VOC images at $$root: downloading VOC2007"; \
+	  $(BIN)/vocfleet data download --year 2007 > .demo-download.log || exit 1; cat .demo-download.log; \
+	  root=$$(sed -n 's/^VOC2007 ready at \(.*\); next.*/\1/p' .demo-download.log); rm -f .demo-download.log; \
+	fi; \
+	$(BIN)/vocfleet submit --classes $(CLASSES) --epochs $(EPOCHS) --image-size $(SIZE) --voc-root "$$root" && \
+	$(BIN)/vocfleet run && \
+	$(BIN)/vocfleet report --fleet --out $(REPORT)
 
 test: install
 	$(BIN)/pytest
