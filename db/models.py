@@ -147,16 +147,21 @@ class ScoreRun(Claimable, Base):
         return f"ScoreRun(id={self.id}, status={self.status.value}, scored={self.scored_images}, errors={self.error_files}, total={self.total_files})"
 
 
-class ScoredImage(Base):
-    """An image a run scored: where it was, and size plus content hash to recognise a renamed copy."""
-
-    __tablename__ = "scored_images"
-    __table_args__ = (UniqueConstraint("run_id", "folder", "rel_path", name="uq_scored_images_run_path"),)
+class RunFile:
+    """A file one scoring run saw: the folder it was asked to score and the path relative to it."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("score_runs.id", ondelete="CASCADE"), index=True)
     folder: Mapped[str] = mapped_column(Text)
     rel_path: Mapped[str] = mapped_column(Text)
+
+
+class ScoredImage(RunFile, Base):
+    """An image a run scored: where it was, and size plus content hash to recognise a renamed copy."""
+
+    __tablename__ = "scored_images"
+    __table_args__ = (UniqueConstraint("run_id", "folder", "rel_path", name="uq_scored_images_run_path"),)
+
     size_bytes: Mapped[int]
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     width: Mapped[int]
@@ -189,16 +194,12 @@ class Score(Base):
         return f"Score(image={self.image_id}, class={self.voc_class!r}, p={self.probability:.3f})"
 
 
-class FileError(Base):
+class FileError(RunFile, Base):
     """A file a run saw but could not score, with the reason."""
 
     __tablename__ = "file_errors"
     __table_args__ = (UniqueConstraint("run_id", "folder", "rel_path", name="uq_file_errors_run_path"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("score_runs.id", ondelete="CASCADE"), index=True)
-    folder: Mapped[str] = mapped_column(Text)
-    rel_path: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
 
     def __repr__(self) -> str:

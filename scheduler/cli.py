@@ -373,7 +373,8 @@ def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
         devices = [g.strip() for g in gpus.split(",") if g.strip()]
         if not all(g.isdigit() for g in devices):
             raise ConfigError(f"--gpus {gpus!r}: use 'auto', 'none' or indices like 0,1")
-    ensure_db()
+    # No schema upgrade here: many hosts starting at once would race; 'vocfleet db upgrade' (the
+    # compose 'migrate' step) or any submit creates it.
     procs = []
     for dev in devices:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if dev is None else dev)

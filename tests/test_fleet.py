@@ -105,6 +105,13 @@ class Fleet:
             check=True, capture_output=True, text=True,
         )
 
+    def wait(self, predicate, timeout: float, what: str):
+        """wait_for, with the job rows and every process's log in the failure message."""
+        try:
+            return wait_for(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{job_rows()}\n{self.logs()}") from None
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
 
@@ -153,10 +160,7 @@ def test_three_classes_two_workers(fleet):
     fleet.start_worker("w0")
     fleet.start_worker("w1")
     fleet.submit("car,dog,cat", epochs=2)
-    try:
-        wait_for(lambda: all_finished(3), 240, "three jobs to finish")
-    except AssertionError:
-        raise AssertionError(f"{job_rows()}\n{fleet.logs()}")
+    fleet.wait(lambda: all_finished(3), 240, "three jobs to finish")
     assert_ran_once_each(2)
     assert all(attempts == 1 for *_, attempts in job_rows().values())
 
@@ -171,10 +175,7 @@ def test_kill_9_worker_mid_job_resumes_elsewhere(fleet):
         epoch1_at, epoch1_loss = epoch1.created_at, epoch1.train_loss
     fleet.start_worker("w1")
     fleet.kill("w0")
-    try:
-        wait_for(lambda: all_finished(1), 240, "the job to finish on the other worker")
-    except AssertionError:
-        raise AssertionError(f"{job_rows()}\n{fleet.logs()}")
+    fleet.wait(lambda: all_finished(1), 240, "the job to finish on the other worker")
     status, epochs, host, attempts = job_rows()[1]
     assert first[2].startswith("w0") and host.startswith("w1") and attempts == 2
     assert_ran_once_each(8)
@@ -192,10 +193,7 @@ def test_redis_restart_mid_run_loses_nothing(fleet):
     fleet.redis.stop()  # queued messages for jobs 2 and 3 die with it
     time.sleep(2)
     fleet.redis.start()
-    try:
-        wait_for(lambda: all_finished(3), 120, "all jobs to finish after the broker restart")
-    except AssertionError:
-        raise AssertionError(f"{job_rows()}\n{fleet.logs()}")
+    fleet.wait(lambda: all_finished(3), 240, "all jobs to finish after the broker restart")
     assert_ran_once_each(3)
 
 
@@ -210,10 +208,7 @@ def test_postgres_connections_dropped_worker_recovers(fleet):
         )).scalar()
     assert killed >= 1
     dispose_engines()
-    try:
-        wait_for(lambda: all_finished(1), 240, "the job to finish after its connections were dropped")
-    except AssertionError:
-        raise AssertionError(f"{job_rows()}\n{fleet.logs()}")
+    fleet.wait(lambda: all_finished(1), 240, "the job to finish after its connections were dropped")
     assert_ran_once_each(6)
 
 
@@ -257,9 +252,6 @@ def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch):
             runs = s.scalars(select(ScoreRun)).all()
             return len(runs) == 20 and all(r.status.finished for r in runs) and runs
 
-    try:
-        runs = wait_for(done, 240, "twenty scoring runs")
-    except AssertionError:
-        raise AssertionError(f"{job_rows()}\n{fleet.logs()}")
+    runs = fleet.wait(done, 240, "twenty scoring runs")
     assert all((r.status, r.total_files, r.scored_images, r.error_files) == (JobStatus.succeeded, 13, 12, 1) for r in runs)
     assert {r.worker_host.split("-")[0] for r in runs} == {"w0", "w1"}

@@ -209,19 +209,21 @@ def run_score_run(run_id: int, progress=None, host: str | None = None) -> str:
         return "succeeded" if end_job(s, run_id, token, JobStatus.succeeded, None, ScoreRun) else "skipped"
 
 
+def _retry_transient(task, run, row_id: int) -> str:
+    """Run a task body; a lost database connection is retried with backoff (the row resumes), anything else is final."""
+    try:
+        return run(row_id, host=task.request.hostname)
+    except OperationalError as exc:
+        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries * 5, 120))
+
+
 @app.task(name="vocfleet.score_folder", bind=True, max_retries=5)
 def score_folder(self, run_id: int) -> str:
     """Celery entry point for scoring runs (``score`` queue)."""
-    try:
-        return run_score_run(run_id, host=self.request.hostname)
-    except OperationalError as exc:
-        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries * 5, 120))
+    return _retry_transient(self, run_score_run, run_id)
 
 
 @app.task(name="vocfleet.train_detector", bind=True, max_retries=5)
 def train_detector(self, job_id: int) -> str:
-    """Celery entry point: retries transient database errors with backoff."""
-    try:
-        return run_train_job(job_id, host=self.request.hostname)
-    except OperationalError as exc:
-        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries * 5, 120))
+    """Celery entry point for training jobs (``train`` queue)."""
+    return _retry_transient(self, run_train_job, job_id)
