@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from filelock import FileLock
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 from model import VOC_CLASSES, ConfigError
 

@@ -7,7 +7,6 @@ from model import ConfigError
 from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
 from model.engine import Stopped, evaluate, fit, prepare_splits
-from model.metrics import average_precision
 from model.net import build_model
 
 

@@ -1,5 +1,4 @@
 """HTML reports, checked in a real headless Chromium: no console errors, pictures show, the class filter works."""
-import json
 import shutil
 from pathlib import Path
 

@@ -12,12 +12,10 @@ from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import func, select
 
-from db.models import Detector, FileError, JobStatus, Score, ScoredImage, ScoreRun
+from db.models import FileError, JobStatus, Score, ScoredImage, ScoreRun
 from db.session import session_scope
 from model.config import TrainConfig
-from model.engine import fit
 from scheduler.cli import cli, ensure_db
-from tests.conftest import WILD
 
 WILD_IMAGES = 16  # pictures in ../shared/wild (the rest: README, empty, text-as-jpg, truncated)
 WILD_BROKEN = {"README.txt", "empty.jpg", "notes.jpg", "truncated.jpg"}

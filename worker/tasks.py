@@ -5,7 +5,6 @@ import logging
 import socket
 import threading
 import traceback
-from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
