@@ -39,6 +39,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     schedule: str = "onecycle"
     init: str = "scratch"
+    zero_init_residual: bool = True
     augment: bool = True
     balance: str = "pos_weight"
     aux_classes: bool = False

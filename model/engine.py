@@ -345,7 +345,7 @@ def fit(
     )
     torch.manual_seed(cfg.seed)
     head = VOC_CLASSES.index(cfg.voc_class) if cfg.aux_classes else 0
-    model = build_model(cfg.init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1).to(device)
+    model = build_model(cfg.init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1, zero_init_residual=cfg.zero_init_residual).to(device)
     detector = SelectLogit(model, head) if cfg.aux_classes else model
     steps = len(train) // cfg.batch_size
     if steps == 0:

@@ -54,17 +54,20 @@ def check_init(init: str) -> str:
     return str(Path(init).expanduser().resolve())
 
 
-def build_model(init: str = "scratch", outputs: int = 1) -> nn.Module:
+def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: bool = False) -> nn.Module:
     """Build torchvision's ResNet-50 with a single-logit head (or ``outputs`` logits while training).
 
     Args:
         init: ``scratch`` (random, as the origin), ``imagenet`` (torchvision weights; backbone only),
             or a path to a state dict (a torchvision ResNet-50 or a vocfleet checkpoint).
         outputs: logits of the head; detectors are saved with one.
+        zero_init_residual: start each residual branch's last batch norm at zero, so every block
+            begins as the identity (torchvision's option; markedly better for short training from
+            scratch). Irrelevant when weights are loaded.
     Returns:
         The model, on the CPU, in channels_last layout.
     """
-    model = resnet50(weights=None, num_classes=outputs)
+    model = resnet50(weights=None, num_classes=outputs, zero_init_residual=zero_init_residual)
     if init == "imagenet":
         state = torch.load(ensure_imagenet_weights(), map_location="cpu", weights_only=True)
         _load_backbone(model, state)
