@@ -114,3 +114,19 @@ def test_plots_listed_and_watch_returns_when_done(fake_voc):
             assert im.format == "PNG" and im.width > 100
     res = invoke("status", "--watch", "--interval", "0.1")
     assert res.exit_code == 0 and "succeeded" in res.output
+
+
+def test_bad_input_at_run_time_fails_once_with_reason(fake_voc):
+    """A VOC root that breaks after submit: the job fails with the reason and is not tried again."""
+    from worker.tasks import run_train_job
+
+    invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
+    (fake_voc / "ImageSets/Main/dog_train.txt").unlink()
+    res = invoke("run")
+    assert res.exit_code == 1 and "dog_train.txt" in res.output
+    with session_scope() as s:
+        job = s.scalars(select(TrainJob)).one()
+        assert job.status == JobStatus.failed and job.attempts == 1 and "dog_train.txt" in job.error
+    assert run_train_job(job.id) == "failed"  # a second delivery changes nothing
+    with session_scope() as s:
+        assert s.scalars(select(TrainJob)).one().attempts == 1
