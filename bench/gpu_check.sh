@@ -11,9 +11,12 @@ cd "$(dirname "$0")"
 VOC="${VOC_ROOT:-../../shared/voc2007/VOCdevkit/VOC2007}"
 [ -d "$VOC/JPEGImages" ] || VOC=../.bench-data/VOC2007
 [ -d "$VOC/JPEGImages" ] || { echo "no images: run bench/prepare_gpu_data.sh first (or set VOC_ROOT)"; exit 2; }
+# Overrides for a smoke test on a CPU: DEVICE=cpu SIZE=32 BATCH=8 STEPS=2 IMAGES=32 bash bench/gpu_check.sh
+DEVICE="${DEVICE:-cuda}" SIZE="${SIZE:-224}" BATCH="${BATCH:-256}" STEPS="${STEPS:-25}" IMAGES="${IMAGES:-1024}"
 export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-echo "== 2. training efficiency, 224 px"
-timeout 300 python3 train_efficiency.py --voc-root "$VOC" --size 224 --batch 256 --steps 25 --rounds 2 --device cuda
-echo "== 3. scoring through 20 detectors, 224 px"
-timeout 200 python3 scoring.py --voc-root "$VOC" --size 224 --detectors 20 --images 1024 --batch 256 --plain-images 8 --device cuda
+echo "== 2. training efficiency, $SIZE px"
+timeout 300 "$PY" train_efficiency.py --voc-root "$VOC" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --rounds 2 --device "$DEVICE"
+echo "== 3. scoring through 20 detectors, $SIZE px"
+timeout 200 "$PY" scoring.py --voc-root "$VOC" --size "$SIZE" --detectors 20 --images "$IMAGES" --batch "$BATCH" --plain-images 4 --device "$DEVICE"

@@ -10,6 +10,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor to ``device`` without a host-device sync.
+
+    A copy from pageable memory makes the host wait for the GPU's queue; from pinned memory it
+    is queued like a kernel.
+    """
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _scale_shift(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     std = torch.tensor(IMAGENET_STD, device=device)
     mean = torch.tensor(IMAGENET_MEAN, device=device)
@@ -50,7 +61,7 @@ class TrainAugment:
         x = preprocess_eval(batch)
         b = x.shape[0]
         dev = x.device
-        rand = torch.rand(b, 3, generator=generator, device=generator.device if generator else "cpu").to(dev)
+        rand = host_to_device(torch.rand(b, 3, generator=generator), dev)
         lo, hi = self.scale
         # Log-uniform zoom: s > 1 zooms in (object larger), s < 1 zooms out (reflection-padded).
         s = torch.exp(math.log(lo) + rand[:, 0] * (math.log(hi) - math.log(lo)))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from model import VOC_CLASSES, ConfigError
-from model.augment import NoAugment, TrainAugment, preprocess_eval
+from model.augment import NoAugment, TrainAugment, host_to_device, preprocess_eval
 from model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from model.config import TrainConfig
 from model.data import DecodedImages, check_voc_root, decoded_cache, in_holdout, list_path, read_class_list, split_ids
@@ -152,18 +152,15 @@ class BatchFeeder:
         self.labels = torch.from_numpy(split.aux if split.aux is not None else split.labels).to(device)
 
     def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """``positions`` index ``split.rows``/``split.labels``."""
-        labels = self.labels[torch.from_numpy(positions).to(self.device)]
+        """``positions`` index ``split.rows``/``split.labels``. No host-device sync on a GPU."""
         rows = self.split.rows[positions]
         if self.on_device is not None:
-            idx = torch.from_numpy(np.searchsorted(self._sorted_rows, rows)).to(self.device, non_blocking=True)
-            return self.on_device[idx], labels
+            both = host_to_device(torch.from_numpy(np.stack([positions, np.searchsorted(self._sorted_rows, rows)])), self.device)
+            return self.on_device[both[1]], self.labels[both[0]]
         # Sorted gather reads the memory map sequentially; order inside a batch does not matter.
         order = np.argsort(rows, kind="stable")
         host = torch.from_numpy(np.ascontiguousarray(self.split.decoded.images[rows[order]]))
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        return host.to(self.device, non_blocking=True), labels[torch.from_numpy(order).to(self.device)]
+        return host_to_device(host, self.device), self.labels[host_to_device(torch.from_numpy(positions[order]), self.device)]
 
 
 class AuxLoss(nn.Module):
@@ -269,7 +266,7 @@ def predict_uint8(model: nn.Module, images: np.ndarray | torch.Tensor, device: t
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         batch = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(chunk))
-        x = preprocess_eval(batch.to(device, non_blocking=True))
+        x = preprocess_eval(host_to_device(batch, device) if batch.device.type == "cpu" else batch)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(torch.sigmoid(model(x).float().squeeze(1)))
     return torch.cat(out).cpu().numpy() if out else np.zeros(0, np.float32)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from model.augment import preprocess_eval
+from model.augment import host_to_device, preprocess_eval
 from model.checkpoint import load_checkpoint, sha256_file
 from model.data import IMAGE_FORMATS, open_rgb, resize_square
 from model.net import build_model
@@ -188,7 +188,7 @@ def load_detectors(specs: Sequence[DetectorSpec], device: torch.device) -> list[
 @torch.inference_mode()
 def score_batch(detectors: Sequence[LoadedDetector], batch: dict[int, np.ndarray], device: torch.device) -> np.ndarray:
     """Probabilities, shape (detectors, images), for one batch decoded at every needed size."""
-    inputs = {s: preprocess_eval(torch.from_numpy(a).to(device, non_blocking=True)) for s, a in batch.items()}
+    inputs = {s: preprocess_eval(host_to_device(torch.from_numpy(a), device)) for s, a in batch.items()}
     out = []
     for det in detectors:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
