@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 SRC="${VOC_ROOT:-../shared/voc2007/VOCdevkit/VOC2007}"
 DST=.bench-data/VOC2007
 mkdir -p "$DST/JPEGImages" "$DST/ImageSets/Main"
-ls "$SRC/JPEGImages" | sort | head -"${N:-1200}" | while read -r f; do cp "$SRC/JPEGImages/$f" "$DST/JPEGImages/"; done
+files=("$SRC"/JPEGImages/*.jpg)  # sorted by the shell
+cp "${files[@]:0:${N:-1200}}" "$DST/JPEGImages/"
 cp "$SRC"/ImageSets/Main/*.txt "$DST/ImageSets/Main/"
 du -sh .bench-data
