@@ -411,7 +411,8 @@ def _active_detectors(s, classes: str | None) -> list[Detector]:
 @click.option("--classes", default=None, help="Comma-separated classes [default: every active detector].")
 @click.option("--batch-size", type=int, default=64)
 @click.option("--max-attempts", type=int, default=3)
-def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_attempts: int) -> None:
+@click.option("--wait", is_flag=True, help="In a fleet: show progress until the run has finished.")
+def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_attempts: int, wait: bool) -> None:
     """Score every picture under FOLDERS with every active detector (or --classes).
 
     On the embedded default the run happens now, with progress; in a fleet it is queued on the
@@ -432,8 +433,34 @@ def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_at
     if get_settings().broker_url:
         enqueue(ScoreRun, [run_id])
         click.echo(f"scoring run {run_id} queued for {', '.join(names)}; follow it with: vocfleet runs")
+        if wait:
+            _wait_for_run(run_id)
         return
     _run_scoring(run_id, names)
+
+
+def _wait_for_run(run_id: int, interval: float = 1.0) -> None:
+    """Progress of a run the fleet is scoring (files done of total), until it finishes."""
+    import time
+
+    from tqdm import tqdm
+
+    bar = tqdm(desc=f"run {run_id}", unit="file", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    try:
+        while True:
+            with session_scope() as s:
+                run = s.get(ScoreRun, run_id)
+                status, done, total = run.status, run.scored_images + run.error_files, run.total_files
+            bar.total, bar.n = total, done
+            bar.refresh()
+            if status.finished:
+                break
+            time.sleep(interval)
+    finally:
+        bar.close()
+    click.echo(f"run {run_id} {status.value}: {done} of {total} files")
+    if status != JobStatus.succeeded:
+        sys.exit(1)
 
 
 def _run_scoring(run_id: int, names: list[str]) -> None:

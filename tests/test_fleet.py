@@ -243,9 +243,11 @@ def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch):
 
     from scheduler.cli import cli
 
-    for _ in range(20):  # submitted back to back, before the workers get far
+    for _ in range(19):  # submitted back to back, before the workers get far
         res = CliRunner().invoke(cli, ["score", str(pics)], catch_exceptions=False)
         assert res.exit_code == 0 and "queued" in res.output, res.output
+    res = CliRunner().invoke(cli, ["score", str(pics), "--wait"], catch_exceptions=False)
+    assert res.exit_code == 0 and "run 20 succeeded: 13 of 13 files" in res.output, res.output
 
     def done():
         with session_scope() as s:
