@@ -150,6 +150,11 @@ class DetectorSpec:
     sha256: str
     threshold: float
 
+    @classmethod
+    def of(cls, row) -> DetectorSpec:
+        """From anything with the detector row's attributes (``db.models.Detector``)."""
+        return cls(row.id, row.voc_class, row.checkpoint_path, row.sha256, row.threshold)
+
 
 @dataclass
 class LoadedDetector:

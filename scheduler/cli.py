@@ -443,46 +443,33 @@ def _wait_for_run(run_id: int, interval: float = 1.0) -> None:
     """Progress of a run the fleet is scoring (files done of total), until it finishes."""
     import time
 
-    from tqdm import tqdm
+    from scheduler.progress import CountProgress
 
-    bar = tqdm(desc=f"run {run_id}", unit="file", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
-    try:
+    with CountProgress(f"run {run_id}", "file") as progress:
         while True:
             with session_scope() as s:
                 run = s.get(ScoreRun, run_id)
                 status, done, total = run.status, run.scored_images + run.error_files, run.total_files
-            bar.total, bar.n = total, done
-            bar.refresh()
+            progress(done, total)
             if status.finished:
                 break
             time.sleep(interval)
-    finally:
-        bar.close()
     click.echo(f"run {run_id} {status.value}: {done} of {total} files")
     if status != JobStatus.succeeded:
         sys.exit(1)
 
 
 def _run_scoring(run_id: int, names: list[str]) -> None:
-    from tqdm import tqdm
-
+    from scheduler.progress import CountProgress
     from worker.tasks import run_score_run
 
     click.echo(f"scoring run {run_id} with {len(names)} detector(s): {', '.join(names)}", err=True)
-    bar = tqdm(desc=f"run {run_id}", unit="file", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
     try:
-        outcome = run_score_run(run_id, progress=progress)
+        with CountProgress(f"run {run_id}", "file") as progress:
+            outcome = run_score_run(run_id, progress=progress)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: resume with 'vocfleet resume-run {run_id}'", err=True)
         sys.exit(130)
-    finally:
-        bar.close()
     with session_scope() as s:
         run = s.get(ScoreRun, run_id)
         errors = error_rows(s, run_id)
@@ -587,7 +574,7 @@ def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
 
     ensure_db()
     with session_scope() as s:
-        specs = [DetectorSpec(d.id, d.voc_class, d.checkpoint_path, d.sha256, d.threshold) for d in _active_detectors(s, classes)]
+        specs = [DetectorSpec.of(d) for d in _active_detectors(s, classes)]
     entries = []
     for img in images:
         p = Path(img).expanduser().resolve()

@@ -48,3 +48,33 @@ class TrainProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class CountProgress:
+    """Progress of ``done`` of ``total`` items: a bar on a terminal, a plain line every 10% otherwise.
+
+    Used as a context manager; call it with (done, total) as often as wanted.
+    """
+
+    def __init__(self, label: str, unit: str, stream=None):
+        self.label, self.unit = label, unit
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.bar = tqdm(desc=label, unit=unit, file=self.stream, disable=not self.tty, dynamic_ncols=True)
+        self.last_tenth = -1
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.tty:
+            self.bar.total, self.bar.n = total, done
+            self.bar.refresh()
+        elif total:
+            tenth = done * 10 // total
+            if tenth != self.last_tenth:
+                self.last_tenth = tenth
+                print(f"{self.label}: {done} of {total} {self.unit}s", file=self.stream, flush=True)
+
+    def __enter__(self) -> CountProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()

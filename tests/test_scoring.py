@@ -53,6 +53,7 @@ def _score_wild_and_check(wild):
 def test_score_wild_every_file_has_an_outcome(detectors, wild):
     res = _score_wild_and_check(wild)
     assert "16 image(s) scored, 4 file(s) not scored, of 20 seen" in res.output
+    assert "run 1: 20 of 20 files" in res.output  # plain progress lines when not on a terminal
     with session_scope() as s:
         img = s.scalar(select(ScoredImage).where(ScoredImage.rel_path == "holiday/DSC 0001 été.JPG"))
         assert img.width > 0 and len(img.sha256) == 64 and img.size_bytes > 0

@@ -154,7 +154,7 @@ def run_score_run(run_id: int, progress=None, host: str | None = None) -> str:
                 missing = [i for i in run["detector_ids"] if i not in dets]
                 if missing:
                     raise ConfigError(f"detector(s) {missing} no longer exist: submit a new scoring run")
-                specs = [DetectorSpec(d.id, d.voc_class, d.checkpoint_path, d.sha256, d.threshold) for d in (dets[i] for i in run["detector_ids"])]
+                specs = [DetectorSpec.of(dets[i]) for i in run["detector_ids"]]
                 already = done_paths(s, run_id)
             device = resolve_device()
             loaded = load_detectors(specs, device)
