@@ -1,22 +1,42 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 5): benchmarks 2 and 3 at 224 px on one GPU, printing train
-# images/s, scoring images/s through 20 detectors (decode included) and the efficiency ratios.
-# Needs only PyTorch, torchvision, Pillow and numpy; finishes in a few minutes on one H100.
+# The prepared GPU check (issue 5), one command on one GPU machine:
+#   2. training efficiency at 224 px (train images/s, real / model-only),
+#   3. scoring through 20 detectors at 224 px (images/s, decode included; of the bound),
+#   Q. detector quality, car at 64 px, 5 epochs, three recipes x five seeds (bench/quality.py),
+#   2c. training efficiency again with torch.compile (last: it compiles for a minute or two).
+# Needs only PyTorch, torchvision, Pillow, numpy, filelock and matplotlib; about 5 minutes on an H100.
 #
 # Images: ../shared is not beside the checkout on a lent GPU machine, so first, here:
-#   bash bench/prepare_gpu_data.sh          # copies 1,200 real VOC JPEGs into .bench-data/ (ignored)
+#   bash bench/prepare_gpu_data.sh    # real VOC sample images into .bench-data/ (git-ignored)
 # then run with .bench-data carried:  bash bench/gpu_check.sh
-set -euo pipefail
+# Smoke test on a CPU: DEVICE=cpu SIZE=32 BATCH=8 STEPS=2 IMAGES=32 QSIZE=32 QEPOCHS=1 SEEDS=0 bash bench/gpu_check.sh
+set -uo pipefail
 cd "$(dirname "$0")"
 VOC="${VOC_ROOT:-../../shared/voc2007/VOCdevkit/VOC2007}"
 [ -d "$VOC/JPEGImages" ] || VOC=../.bench-data/VOC2007
 [ -d "$VOC/JPEGImages" ] || { echo "no images: run bench/prepare_gpu_data.sh first (or set VOC_ROOT)"; exit 2; }
-# Overrides for a smoke test on a CPU: DEVICE=cpu SIZE=32 BATCH=8 STEPS=2 IMAGES=32 bash bench/gpu_check.sh
-DEVICE="${DEVICE:-cuda}" SIZE="${SIZE:-224}" BATCH="${BATCH:-256}" STEPS="${STEPS:-25}" IMAGES="${IMAGES:-1024}"
+QVOC="${QVOC_ROOT:-../.bench-data/VOC2007-64}"
+[ -d "$QVOC/JPEGImages" ] || QVOC="$VOC"
+DEVICE="${DEVICE:-cuda}" SIZE="${SIZE:-224}" BATCH="${BATCH:-256}" STEPS="${STEPS:-25}" IMAGES="${IMAGES:-1000}"
+QSIZE="${QSIZE:-64}" QEPOCHS="${QEPOCHS:-5}" SEEDS="${SEEDS:-0 1 2 3 4}"
+LOG="${OUT:-/tmp}/gpu_check.log"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-echo "== 2. training efficiency, $SIZE px"
-timeout 300 "$PY" train_efficiency.py --voc-root "$VOC" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --rounds 2 --device "$DEVICE"
-echo "== 3. scoring through 20 detectors, $SIZE px"
-timeout 200 "$PY" scoring.py --voc-root "$VOC" --size "$SIZE" --detectors 20 --images "$IMAGES" --batch "$BATCH" --plain-images 4 --device "$DEVICE"
+failed=()
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep going if it fails
+  local name=$1 limit=$2; shift 2
+  echo "== $name"
+  timeout "$limit" "$@" || { echo "!! $name failed or ran out of time (exit $?)"; failed+=("$name"); }
+}
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
+  "$PY" -c 'import torch, torchvision, PIL; print("torch", torch.__version__, "torchvision", torchvision.__version__, "Pillow", PIL.__version__)'
+  step "2. training efficiency, $SIZE px" 200 "$PY" train_efficiency.py --voc-root "$VOC" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --rounds 2 --device "$DEVICE"
+  step "3. scoring through 20 detectors, $SIZE px" 150 "$PY" scoring.py --voc-root "$VOC" --size "$SIZE" --detectors 20 --images "$IMAGES" --batch "$BATCH" --plain-images 4 --device "$DEVICE"
+  # shellcheck disable=SC2086
+  step "Q. quality, car, $QSIZE px, $QEPOCHS epochs, seeds $SEEDS" 200 "$PY" quality.py --voc-root "$QVOC" --size "$QSIZE" --epochs "$QEPOCHS" --seeds $SEEDS --device "$DEVICE"
+  step "2c. training efficiency with torch.compile, $SIZE px" 180 "$PY" train_efficiency.py --voc-root "$VOC" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --rounds 1 --device "$DEVICE" --compile
+  echo "== done; failed: ${failed[*]:-none}"
+} 2>&1 | tee "$LOG"
+grep -q "failed: none" "$LOG"

@@ -1,12 +1,29 @@
 #!/usr/bin/env bash
-# Copy a subset of the real VOC2007 sample into .bench-data/ (git-ignored) so it can travel to a
-# GPU machine with the working tree (the device tool's 64 MiB limit: 1,200 JPEGs are about 43 MB).
+# Copy real VOC2007 sample images into .bench-data/ (git-ignored) so they can travel to a GPU
+# machine with the working tree (the device tool carries at most 64 MiB):
+#   VOC2007/     the first 1,000 JPEGs, untouched (about 37 MB): benchmarks 2 and 3 decode these.
+#   VOC2007-64/  every image of the sample as the 64 px training cache holds it, stored losslessly
+#                as PNG under its usual .jpg name (Pillow reads by content; about 19 MB), so
+#                bench/quality.py sees the same pixels there as here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC="${VOC_ROOT:-../shared/voc2007/VOCdevkit/VOC2007}"
-DST=.bench-data/VOC2007
-mkdir -p "$DST/JPEGImages" "$DST/ImageSets/Main"
+PY="${PYTHON:-.venv/bin/python}"
+rm -rf .bench-data
+for d in VOC2007 VOC2007-64; do mkdir -p ".bench-data/$d/JPEGImages" ".bench-data/$d/ImageSets/Main"; cp "$SRC"/ImageSets/Main/*.txt ".bench-data/$d/ImageSets/Main/"; done
 files=("$SRC"/JPEGImages/*.jpg)  # sorted by the shell
-cp "${files[@]:0:${N:-1200}}" "$DST/JPEGImages/"
-cp "$SRC"/ImageSets/Main/*.txt "$DST/ImageSets/Main/"
-du -sh .bench-data
+cp "${files[@]:0:${N:-1000}}" .bench-data/VOC2007/JPEGImages/
+"$PY" - "$SRC" <<'PY'
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, ".")
+from model.data import load_rgb
+
+for path in sorted(Path(sys.argv[1], "JPEGImages").glob("*.jpg")):
+    Image.fromarray(np.asarray(load_rgb(path, 64))).save(Path(".bench-data/VOC2007-64/JPEGImages", path.name), "PNG", optimize=True)
+PY
+du -sh .bench-data .bench-data/*

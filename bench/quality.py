@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from common import machine, table, voc_root
 
 from model.config import TrainConfig
@@ -34,31 +35,42 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per recipe and seed; the table shows mean and spread")
     ap.add_argument("--only", nargs="*", help="run only recipes whose name starts with one of these")
+    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     root = voc_root(args.voc_root)
     print(f"machine: {machine()}")
-    print(f"class {args.voc_class}, {args.size} px, {args.epochs} epochs, batch {args.batch}, seed {args.seed}, from scratch")
+    print(f"class {args.voc_class}, {args.size} px, {args.epochs} epochs, batch {args.batch}, seeds {args.seeds}, from scratch, device {args.device}")
     work = Path(tempfile.mkdtemp(prefix="vocfleet-quality-"))
-    rows, origin_ap = [], None
+    results: dict[str, list[dict]] = {}
     try:
         for name, overrides in RECIPES.items():
             if args.only and not any(name.startswith(o) for o in args.only):
                 continue
-            cfg = TrainConfig(voc_class=args.voc_class, voc_root=str(root), image_size=args.size, epochs=args.epochs,
-                              batch_size=args.batch, seed=args.seed, **overrides)
-            t = time.perf_counter()
-            r = fit(cfg, out_dir=work / str(len(rows)), cache_dir=work / "cache")
-            m = r["metrics"]
-            origin_ap = m["ap"] if name.startswith("origin") else origin_ap
-            rows.append((name, f"{m['ap']:.3f}", f"{m['ap11']:.3f}", f"{m['auc']:.3f}", f"{m['accuracy']:.3f}",
-                         f"{m['baseline_accuracy']:.3f}", f"{m['ap'] / origin_ap:.2f}x" if origin_ap else "-",
-                         f"{time.perf_counter() - t:.0f}s"))
-            print(f"{name}: AP {m['ap']:.3f} on {m['images']} {m['split']} images ({m['positives']} positives)", flush=True)
+            for seed in args.seeds:
+                cfg = TrainConfig(voc_class=args.voc_class, voc_root=str(root), image_size=args.size, epochs=args.epochs,
+                                  batch_size=args.batch, seed=seed, device=args.device, **overrides)
+                t = time.perf_counter()
+                m = fit(cfg, out_dir=work / f"{len(results)}-{seed}", cache_dir=work / "cache")["metrics"]
+                m["seconds"] = time.perf_counter() - t
+                results.setdefault(name, []).append(m)
+                print(f"{name}, seed {seed}: AP {m['ap']:.3f} on {m['images']} {m['split']} images ({m['positives']} positives)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(table(rows, ("recipe", "AP", "AP 11-pt", "AUC", "accuracy", "always absent", "AP vs origin", "time")))
+
+    def stat(runs: list[dict], key: str) -> str:
+        v = np.array([r[key] for r in runs])
+        return f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
+
+    origin = next((np.mean([r["ap"] for r in runs]) for name, runs in results.items() if name.startswith("origin")), None)
+    rows = [
+        (name, len(runs), stat(runs, "ap"), stat(runs, "ap11"), stat(runs, "auc"), stat(runs, "accuracy"),
+         f"{runs[0]['baseline_accuracy']:.3f}", f"{np.mean([r['ap'] for r in runs]) / origin:.2f}x" if origin else "-",
+         f"{np.mean([r['seconds'] for r in runs]):.0f}s")
+        for name, runs in results.items()
+    ]
+    print(table(rows, ("recipe", "seeds", "AP", "AP 11-pt", "AUC", "accuracy", "always absent", "mean AP vs origin", "time per run")))
 
 
 if __name__ == "__main__":

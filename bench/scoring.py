@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from common import jpeg_ids, machine, sync, table, voc_root
 
-from model.augment import preprocess_eval
 from model.checkpoint import save_checkpoint, sha256_file
 from model.data import load_rgb
 from model.net import build_model
-from model.score import DetectorSpec, FileEntry, decode_file, iter_chunks, load_detectors, score_batch
+from model.score import DetectorSpec, FileEntry, decode_file, iter_chunks, load_detectors, run_detectors, score_batch
 
 
 def make_detectors(n: int, size: int, folder: Path) -> list[DetectorSpec]:
@@ -60,12 +59,8 @@ def main() -> None:
                for i in range(0, len(entries), args.batch)]
     sync(device)
     t = time.perf_counter()
-    with torch.inference_mode():
-        for b in batches:
-            x = preprocess_eval(b)
-            for det in loaded:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    torch.sigmoid(det.model(x).float())
+    for b in batches:
+        run_detectors(loaded, {args.size: b})
     sync(device)
     bound = len(entries) / (time.perf_counter() - t)
 
@@ -78,12 +73,9 @@ def main() -> None:
 
     plain_entries = entries[: args.plain_images]
     t = time.perf_counter()
-    with torch.inference_mode():
-        for det in loaded:
-            for e in plain_entries:
-                x = preprocess_eval(torch.from_numpy(np.array(load_rgb(e.path, args.size)))[None].to(device))
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    torch.sigmoid(det.model(x).float()).cpu()
+    for det in loaded:
+        for e in plain_entries:
+            run_detectors([det], {args.size: torch.from_numpy(np.array(load_rgb(e.path, args.size)))[None].to(device)}).cpu()
     plain = len(plain_entries) / (time.perf_counter() - t)
 
     print(table(

@@ -139,14 +139,15 @@ class BatchFeeder:
     batch is gathered into pinned memory and copied without blocking.
     """
 
-    def __init__(self, split: SplitData, device: torch.device):
+    def __init__(self, split: SplitData, device: torch.device, *, upload: bool | None = None):
+        """``upload``: keep the split on the GPU (None: when it takes under a quarter of free memory)."""
         self.split = split
         self.device = device
         self.on_device: torch.Tensor | None = None
-        if device.type == "cuda":
+        if device.type == "cuda" and upload is not False:
             nbytes = len(split.rows) * int(np.prod(split.decoded.images.shape[1:]))
             free, _total = torch.cuda.mem_get_info(device)
-            if nbytes < free * 0.25:
+            if upload or nbytes < free * 0.25:
                 self._sorted_rows = np.sort(split.rows)
                 self.on_device = torch.from_numpy(np.ascontiguousarray(split.decoded.images[self._sorted_rows])).to(device)
         self.labels = torch.from_numpy(split.aux if split.aux is not None else split.labels).to(device)

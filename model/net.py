@@ -1,6 +1,7 @@
 """Build the ResNet-50 binary detector (single logit) with the chosen initialisation."""
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models.resnet import Bottleneck
 
 from model import ConfigError
 
@@ -87,3 +89,31 @@ def _load_backbone(model: nn.Module, state: dict) -> None:
         raise ConfigError(f"--init state dict does not fit ResNet-50: {len(missing)} tensors missing (e.g. {missing[0]})")
     model.load_state_dict(usable, strict=False)
     log.info("initialised %d tensors from the given weights (head %s)", len(usable), "kept" if "fc.weight" in usable else "fresh")
+
+
+def inference_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of a trained ResNet-50 made for scoring: batch norms folded into their convolutions.
+
+    Folding removes a quarter of the network's kernels (and their memory traffic) without changing
+    the function beyond float rounding. On a GPU the weights become bfloat16 in channels_last, so
+    no autocast casts are paid on every call; inputs must then be bfloat16 too (see
+    :func:`inference_dtype`).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    pairs = [(model, "conv1", "bn1")]
+    for block in model.modules():
+        if isinstance(block, Bottleneck):
+            pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+            if block.downsample is not None:
+                pairs.append((block.downsample, "0", "1"))
+    for parent, conv, bn in pairs:
+        setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn)))
+        setattr(parent, bn, nn.Identity())
+    return model.to(device, dtype=inference_dtype(device), memory_format=torch.channels_last)
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on a GPU; float32 on a CPU (few CPUs run bfloat16 convolutions faster)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -20,7 +20,7 @@ from torch import nn
 from model.augment import host_to_device, preprocess_eval
 from model.checkpoint import load_checkpoint, sha256_file
 from model.data import IMAGE_FORMATS, open_rgb, resize_square
-from model.net import build_model
+from model.net import build_model, inference_dtype, inference_model
 
 log = logging.getLogger(__name__)
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -184,22 +184,21 @@ def load_detectors(specs: Sequence[DetectorSpec], device: torch.device) -> list[
             ckpt = load_checkpoint(path)
             model = build_model("scratch")
             model.load_state_dict(ckpt["model"])
-            model.to(device).eval()
-            _loaded[key] = LoadedDetector(spec, model, int(ckpt["config"]["image_size"]))
+            _loaded[key] = LoadedDetector(spec, inference_model(model, device), int(ckpt["config"]["image_size"]))
         out.append(_loaded[key])
     return out
 
 
 @torch.inference_mode()
+def run_detectors(detectors: Sequence[LoadedDetector], images: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Probabilities (detectors x images) for uint8 (B, H, W, 3) batches already on the device, one per input size."""
+    inputs = {s: preprocess_eval(x).to(inference_dtype(x.device)) for s, x in images.items()}
+    return torch.stack([torch.sigmoid(det.model(inputs[det.image_size]).float().squeeze(1)) for det in detectors])
+
+
 def score_batch(detectors: Sequence[LoadedDetector], batch: dict[int, np.ndarray], device: torch.device) -> np.ndarray:
     """Probabilities, shape (detectors, images), for one batch decoded at every needed size."""
-    inputs = {s: preprocess_eval(host_to_device(torch.from_numpy(a), device)) for s, a in batch.items()}
-    out = []
-    for det in detectors:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = det.model(inputs[det.image_size])
-        out.append(torch.sigmoid(logits.float().squeeze(1)))
-    return torch.stack(out).cpu().numpy()
+    return run_detectors(detectors, {s: host_to_device(torch.from_numpy(a), device) for s, a in batch.items()}).cpu().numpy()
 
 
 @dataclass
@@ -226,7 +225,7 @@ def iter_chunks(
     through every detector.
     """
     sizes = sorted({d.image_size for d in detectors})
-    threads = threads or min(8, os.cpu_count() or 1)
+    threads = threads or min(16, os.cpu_count() or 1)
 
     def decode(entry: FileEntry) -> DecodedFile | tuple[FileEntry, str]:
         try:

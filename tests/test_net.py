@@ -4,7 +4,7 @@ import torch
 from torchvision.models import resnet50
 
 from model import ConfigError
-from model.net import build_model, check_init
+from model.net import build_model, check_init, inference_model
 
 
 def test_single_logit_head():
@@ -30,3 +30,20 @@ def test_init_rejects_wrong_state_dict(tmp_path):
 def test_init_rejects_unknown_value():
     with pytest.raises(ConfigError, match="not 'scratch', 'imagenet'"):
         check_init("imagenette")
+
+
+def test_inference_model_folds_batch_norm_without_changing_outputs():
+    torch.manual_seed(0)
+    model = build_model("scratch")
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics, as after training
+        for _ in range(3):
+            model(torch.randn(8, 3, 64, 64))
+    model.eval()
+    fast = inference_model(model, torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected, got = model(x), fast(x)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
