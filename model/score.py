@@ -161,20 +161,25 @@ class LoadedDetector:
     spec: DetectorSpec
     model: nn.Module
     image_size: int
+    compiled: bool = False
 
 
-_loaded: dict[tuple[int, str, str], LoadedDetector] = {}
+_loaded: dict[tuple[int, str, str, bool], LoadedDetector] = {}
 
 
-def load_detectors(specs: Sequence[DetectorSpec], device: torch.device) -> list[LoadedDetector]:
+def load_detectors(specs: Sequence[DetectorSpec], device: torch.device, *, compile: bool = False) -> list[LoadedDetector]:
     """Load each detector once per process and keep it (checksum verified on first load).
+
+    ``compile``: wrap each detector in ``torch.compile``. All detectors share one compiled graph
+    (their weights are its inputs), so the compile cost (about a minute) is paid once per process
+    and input size; batches are then padded to one size (see :func:`run_detectors`).
 
     Raises:
         FileNotFoundError / ValueError: a checkpoint is missing or no longer matches its sha256.
     """
     out = []
     for spec in specs:
-        key = (spec.id, spec.sha256, str(device))
+        key = (spec.id, spec.sha256, str(device), compile)
         if key not in _loaded:
             path = Path(spec.checkpoint_path)
             if not path.is_file():
@@ -184,21 +189,31 @@ def load_detectors(specs: Sequence[DetectorSpec], device: torch.device) -> list[
             ckpt = load_checkpoint(path)
             model = build_model("scratch")
             model.load_state_dict(ckpt["model"])
-            _loaded[key] = LoadedDetector(spec, inference_model(model, device), int(ckpt["config"]["image_size"]))
+            model = inference_model(model, device)
+            if compile:
+                model = torch.compile(model, dynamic=False)
+            _loaded[key] = LoadedDetector(spec, model, int(ckpt["config"]["image_size"]), compile)
         out.append(_loaded[key])
     return out
 
 
 @torch.inference_mode()
-def run_detectors(detectors: Sequence[LoadedDetector], images: dict[int, torch.Tensor]) -> torch.Tensor:
-    """Probabilities (detectors x images) for uint8 (B, H, W, 3) batches already on the device, one per input size."""
+def run_detectors(detectors: Sequence[LoadedDetector], images: dict[int, torch.Tensor], pad_to: int | None = None) -> torch.Tensor:
+    """Probabilities (detectors x images) for uint8 (B, H, W, 3) batches already on the device, one per input size.
+
+    ``pad_to``: with compiled detectors, a smaller batch (a run's last) is padded to this size, so
+    it reuses the compiled graph instead of compiling another.
+    """
+    n = next(iter(images.values())).shape[0]
+    if pad_to and n < pad_to and any(d.compiled for d in detectors):
+        images = {s: torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))]) for s, x in images.items()}
     inputs = {s: preprocess_eval(x).to(inference_dtype(x.device)) for s, x in images.items()}
-    return torch.stack([torch.sigmoid(det.model(inputs[det.image_size]).float().squeeze(1)) for det in detectors])
+    return torch.stack([torch.sigmoid(det.model(inputs[det.image_size]).float()[:n, 0]) for det in detectors])
 
 
-def score_batch(detectors: Sequence[LoadedDetector], batch: dict[int, np.ndarray], device: torch.device) -> np.ndarray:
+def score_batch(detectors: Sequence[LoadedDetector], batch: dict[int, np.ndarray], device: torch.device, pad_to: int | None = None) -> np.ndarray:
     """Probabilities, shape (detectors, images), for one batch decoded at every needed size."""
-    return run_detectors(detectors, {s: host_to_device(torch.from_numpy(a), device) for s, a in batch.items()}).cpu().numpy()
+    return run_detectors(detectors, {s: host_to_device(torch.from_numpy(a), device) for s, a in batch.items()}, pad_to).cpu().numpy()
 
 
 @dataclass
@@ -246,7 +261,7 @@ def iter_chunks(
                 parts = []
                 for b in range(0, len(result.scored), batch_size):
                     group = result.scored[b : b + batch_size]
-                    parts.append(score_batch(detectors, {s: np.stack([f.arrays[s] for f in group]) for s in sizes}, device))
+                    parts.append(score_batch(detectors, {s: np.stack([f.arrays[s] for f in group]) for s in sizes}, device, batch_size))
                 result.probs = np.concatenate(parts, axis=1)
                 for f in result.scored:
                     f.arrays = {}  # the pixels are not needed past inference
