@@ -33,7 +33,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep going if i
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
   "$PY" -c 'import torch, torchvision, PIL; print("torch", torch.__version__, "torchvision", torchvision.__version__, "Pillow", PIL.__version__)'
   step "2. training efficiency, $SIZE px" 150 "$PY" train_efficiency.py --voc-root "$VOC" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --rounds 2 --device "$DEVICE"
-  step "3. scoring through 20 detectors, $SIZE px" 120 "$PY" scoring.py --voc-root "$VOC" --size "$SIZE" --detectors 20 --images "$IMAGES" --batch "$BATCH" --plain-images 4 --device "$DEVICE"
+  step "3. scoring through 20 detectors, $SIZE px" 120 "$PY" scoring.py --voc-root "$VOC" --size "$SIZE" --detectors 20 --images "$IMAGES" --batch "$BATCH" --plain-images 4 --device "$DEVICE" --compile
   # shellcheck disable=SC2086
   step "Q. quality, car, $QSIZE px, $QEPOCHS epochs, seeds $SEEDS" 160 "$PY" quality.py --voc-root "$QVOC" --size "$QSIZE" --epochs "$QEPOCHS" --seeds $SEEDS --device "$DEVICE"
   step "2c. training efficiency with torch.compile, $SIZE px" 110 "$PY" train_efficiency.py --voc-root "$VOC" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --rounds 1 --device "$DEVICE" --compile

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class SettingsError(ValueError):
+    """A ``VOCFLEET_*`` variable holds a value that cannot be used."""
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "vocfleet"
@@ -22,6 +26,7 @@ class Settings:
         artifact_root: checkpoints and plots; must be shared by every worker in a fleet.
         cache_dir: decoded-image cache, local to each host.
         score_roots: folders workers may read when scoring (empty: no restriction).
+        score_compile: ``torch.compile`` the detectors when scoring (None: on a GPU only).
     """
 
     data_dir: Path
@@ -32,6 +37,7 @@ class Settings:
     score_roots: tuple[Path, ...]
     heartbeat_seconds: float
     stale_seconds: float
+    score_compile: bool | None = None
 
 
 def get_settings() -> Settings:
@@ -50,4 +56,17 @@ def get_settings() -> Settings:
         score_roots=roots,
         heartbeat_seconds=float(env.get("VOCFLEET_HEARTBEAT_SECONDS", "10")),
         stale_seconds=float(env.get("VOCFLEET_STALE_SECONDS", "120")),
+        score_compile=_switch("VOCFLEET_SCORE_COMPILE", env.get("VOCFLEET_SCORE_COMPILE", "auto")),
     )
+
+
+def _switch(name: str, value: str) -> bool | None:
+    """``auto`` -> None, ``on``/``1``/``true`` -> True, ``off``/``0``/``false`` -> False."""
+    v = value.strip().lower()
+    if v in ("auto", ""):
+        return None
+    if v in ("on", "1", "true", "yes"):
+        return True
+    if v in ("off", "0", "false", "no"):
+        return False
+    raise SettingsError(f"{name}={value!r}: use auto, on or off")

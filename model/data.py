@@ -112,19 +112,24 @@ def open_rgb(source, draft: int | None = None) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(source, formats=IMAGE_FORMATS) as im:
-            if draft is not None and im.format in ("JPEG", "MPO"):
-                im.draft("RGB", (draft * 2, draft * 2))
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                # Composite on white so transparent areas do not turn black.
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            elif im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey: keep the top 8 bits
-                im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-            im = im.convert("RGB")
-            im.load()
-            return im
+            return to_rgb(im, draft)
+
+
+def to_rgb(im: Image.Image, draft: int | None = None) -> Image.Image:
+    """Decode an opened (not yet loaded) image: :func:`open_rgb` for callers that opened it already."""
+    if draft is not None and im.format in ("JPEG", "MPO"):
+        im.draft("RGB", (draft * 2, draft * 2))
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Composite on white so transparent areas do not turn black.
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    elif im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey: keep the top 8 bits
+        im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+    im = im.convert("RGB")
+    im.load()
+    return im
 
 
 def resize_square(im: Image.Image, size: int) -> np.ndarray:

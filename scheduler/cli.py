@@ -17,7 +17,7 @@ from db.jobs import reap_stale
 from db.models import Detector, JobStatus, ScoreRun, TrainJob, utcnow
 from db.scoring import error_rows, result_rows
 from db.session import session_scope, upgrade_database
-from db.settings import get_settings
+from db.settings import SettingsError, get_settings
 from model import ConfigError
 from model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
 from model.download import DownloadError
@@ -36,7 +36,7 @@ class VocfleetGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
+        except (ConfigError, SettingsError) as exc:
             click.echo(f"vocfleet: error: {exc}", err=True)
             ctx.exit(2)
         except DownloadError as exc:
@@ -583,7 +583,8 @@ def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
         entries.append(FileEntry(str(p.parent), p.name))
     device = resolve_device()
     try:
-        loaded = load_detectors(specs, device)
+        # A few images: compiling would cost more than it saves, unless asked for explicitly.
+        loaded = load_detectors(specs, device, compile=bool(get_settings().score_compile))
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     rows, failed = [], 0

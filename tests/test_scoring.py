@@ -212,14 +212,45 @@ def test_scoring_path_agrees_with_validation_path(trained, tmp_path):
     import torch
 
     from model.engine import evaluate, prepare_splits
+    from model.net import build_model
     from model.score import DetectorSpec, FileEntry, iter_chunks, load_detectors
 
     r = trained["dog"]
-    cfg = TrainConfig.from_dict(torch.load(r["checkpoint"], weights_only=True)["config"])
+    ckpt = torch.load(r["checkpoint"], weights_only=True)
+    cfg = TrainConfig.from_dict(ckpt["config"])
     _, _, ev, _ = prepare_splits(cfg, tmp_path / "cache")
-    det = load_detectors([DetectorSpec(99, "dog", r["checkpoint"], r["sha256"], r["threshold"])], torch.device("cpu"))
-    expected = evaluate(det[0].model, ev, torch.device("cpu"))["probs"]
+    trained_model = build_model("scratch")
+    trained_model.load_state_dict(ckpt["model"])
+    expected = evaluate(trained_model, ev, torch.device("cpu"))["probs"]  # the training network, batch norms and all
+    spec = DetectorSpec(99, "dog", r["checkpoint"], r["sha256"], r["threshold"])
     root = Path(cfg.voc_root) / "JPEGImages"
     entries = [FileEntry(str(root), f"{ev.decoded.ids[row]}.jpg") for row in ev.rows]
-    got = np.concatenate([c.probs[0] for c in iter_chunks(entries, det, torch.device("cpu"), chunk_size=7, batch_size=5)])
-    assert np.allclose(got, expected, atol=1e-5)
+    for compile in (False, True):  # compiled: one graph, the ragged last batch padded
+        det = load_detectors([spec], torch.device("cpu"), compile=compile)
+        got = np.concatenate([c.probs[0] for c in iter_chunks(entries, det, torch.device("cpu"), chunk_size=7, batch_size=5)])
+        assert det[0].compiled == compile
+        assert np.allclose(got, expected, atol=1e-4), f"compile={compile}"
+
+
+def test_compile_failure_falls_back_to_uncompiled(caplog):
+    import torch
+
+    from model.net import build_model, inference_model
+    from model.score import DetectorSpec, LoadedDetector, run_detectors
+
+    class FailsToCompile(torch.nn.Module):  # what torch.compile's wrapper looks like when no toolchain works
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, x):
+            raise RuntimeError("no working C compiler")
+
+    torch.manual_seed(0)
+    plain = inference_model(build_model("scratch"), torch.device("cpu"))
+    det = LoadedDetector(DetectorSpec(1, "car", "-", "-", 0.5), FailsToCompile(plain), 32, compiled=True)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
+    probs = run_detectors([det], {32: images}, pad_to=4)
+    assert probs.shape == (1, 3) and not det.compiled and det.model is plain
+    assert torch.allclose(probs, run_detectors([det], {32: images}))
+    assert "scoring uncompiled" in caplog.text

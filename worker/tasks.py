@@ -157,7 +157,7 @@ def run_score_run(run_id: int, progress=None, host: str | None = None) -> str:
                 specs = [DetectorSpec.of(dets[i]) for i in run["detector_ids"]]
                 already = done_paths(s, run_id)
             device = resolve_device()
-            loaded = load_detectors(specs, device)
+            loaded = load_detectors(specs, device, compile=get_settings().score_compile)
             candidates, scan_errors = scan_folders(folders)
             total = len(candidates) + len(scan_errors)
             with session_scope() as s:
