@@ -25,7 +25,7 @@ from model.engine import BatchFeeder, SplitData
 def vocfleet_rate(decoded, device: torch.device, size: int, batch: int, images: int) -> float:
     split = SplitData(decoded, np.flatnonzero(decoded.ok), np.zeros(int(decoded.ok.sum()), np.float32))
     feeder = BatchFeeder(split, device)
-    augment = TrainAugment()
+    augment = TrainAugment(reuse_output=True)
     gen = torch.Generator().manual_seed(0)
     order = torch.randperm(len(split), generator=gen).numpy()
     x, _ = feeder.batch(order[:batch])

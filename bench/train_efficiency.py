@@ -75,10 +75,10 @@ def main() -> None:
         model = build_model("scratch").to(device)
         real, bound, real_host = [], [], []
         for _ in range(args.rounds):
-            real.append(run(model, feeder, TrainAugment(), args.steps, args.batch, device, args.compile))
+            real.append(run(model, feeder, TrainAugment(reuse_output=True), args.steps, args.batch, device, args.compile))
             bound.append(run(model, static, lambda x, g: x, args.steps, args.batch, device, args.compile))
             if host is not None:
-                real_host.append(run(model, host, TrainAugment(), args.steps, args.batch, device, args.compile))
+                real_host.append(run(model, host, TrainAugment(reuse_output=True), args.steps, args.batch, device, args.compile))
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     r, b = float(np.median(real)), float(np.median(bound))

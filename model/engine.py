@@ -355,7 +355,7 @@ def fit(
     if cfg.balance == "pos_weight":
         pos_weight = torch.tensor((len(train) - train.positives) / train.positives, device=device)
     loss_fn = AuxLoss(head, pos_weight) if cfg.aux_classes else nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    augment = TrainAugment() if cfg.augment else NoAugment()
+    augment = TrainAugment(reuse_output=True) if cfg.augment else NoAugment()  # each batch is done with before the next
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     step_model = torch.compile(model) if cfg.compile else model

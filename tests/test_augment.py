@@ -54,3 +54,36 @@ def test_eval_preprocess_matches_torchvision_reference():
     b = _batch()
     ref = torch.stack([T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(Image.fromarray(np.asarray(im)))) for im in b])
     assert torch.allclose(preprocess_eval(b), ref, atol=1e-5)
+
+
+def test_cpu_sampler_equals_grid_sample_on_real_pictures():
+    """The CPU path (OpenCV, uint8) and the GPU path (grid_sample, float) apply the same random maps."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    from model.augment import warp_cpu
+    from model.data import load_rgb
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "voc2007" / "VOCdevkit" / "VOC2007" / "JPEGImages"
+    b = torch.from_numpy(np.stack([np.asarray(load_rgb(p, 48)) for p in sorted(root.glob("*.jpg"))[:12]]))
+    aug = TrainAugment(scale=(0.6, 1.4), max_degrees=30)  # wider than the default: more border
+    theta = aug.thetas(len(b), torch.Generator().manual_seed(3))
+    x = preprocess_eval(b)
+    expected = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode="bilinear", padding_mode="reflection", align_corners=False)
+    got = warp_cpu(b, theta)
+    assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
+    grey_levels = (got - expected).abs() * 255 * 0.229  # normalised units back to 0-255 (the smallest std)
+    assert grey_levels.max() < 1.0  # OpenCV rounds to whole levels: nothing more than that differs
+    assert not torch.allclose(got, x, atol=0.1)  # and the pictures did move
+
+
+def test_reused_output_buffer_gives_the_same_batches():
+    b = _batch()
+    fresh, reused = TrainAugment(), TrainAugment(reuse_output=True)
+    first = reused(b, torch.Generator().manual_seed(5))
+    assert torch.equal(first, fresh(b, torch.Generator().manual_seed(5)))
+    second = reused(b, torch.Generator().manual_seed(6))
+    assert second.data_ptr() == first.data_ptr()  # one buffer: the previous batch is overwritten
+    assert torch.equal(second, fresh(b, torch.Generator().manual_seed(6)))
