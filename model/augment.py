@@ -141,10 +141,20 @@ def warp_cpu(batch: torch.Tensor, theta: torch.Tensor, out: np.ndarray | None = 
     maps, lut = pixel_maps(theta, h, w), _normalise_lut()
     out = np.empty((b, h, w, 3), np.float32) if out is None else out
 
+    # OpenCV's per-pixel border path is slow: reflect each image once into a margin that holds every
+    # source pixel its map reaches (the output corners' sources, plus the bilinear neighbour).
+    corners = np.array([[-0.5, -0.5, 1], [w - 0.5, -0.5, 1], [-0.5, h - 0.5, 1], [w - 0.5, h - 0.5, 1]]).T
+    reach = maps @ corners  # (B, 2, 4) source pixel coordinates
+    outside = np.maximum(-reach.min(axis=2), reach.max(axis=2) - np.array([w - 1, h - 1])[None]).max(axis=1)
+    margins = np.ceil(np.maximum(outside, 0)).astype(int) + 2
+
     def work(rows: np.ndarray) -> None:
         cv2.setNumThreads(1)  # parallel over images instead (the setting is per thread)
         for i in rows:
-            warped = cv2.warpAffine(images[i], maps[i], (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+            m = int(margins[i])
+            padded = cv2.copyMakeBorder(images[i], m, m, m, m, cv2.BORDER_REFLECT)
+            shifted = maps[i] + np.array([[0, 0, m], [0, 0, m]])
+            warped = cv2.warpAffine(padded, shifted, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
             cv2.LUT(warped, lut, dst=out[i])
 
     threads = max(1, min(torch.get_num_threads(), b))
