@@ -74,7 +74,7 @@ class TrainAugment:
 
     def thetas(self, b: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 2, 3) float32 maps from output to input coordinates, normalised to [-1, 1] (``affine_grid``'s)."""
-        rand = torch.rand(b, 3, generator=generator, dtype=torch.float64)
+        rand = torch.rand(b, 3, generator=generator).double()  # float32 draws: the same stream as earlier versions
         lo, hi = self.scale
         # Log-uniform zoom: s > 1 zooms in (object larger), s < 1 zooms out (reflection-padded).
         s = torch.exp(math.log(lo) + rand[:, 0] * (math.log(hi) - math.log(lo)))
