@@ -70,7 +70,7 @@ class TrainAugment:
         self.max_degrees = max_degrees
         self.hflip = hflip
         self.reuse_output = reuse_output
-        self._out: np.ndarray | None = None
+        self._last: torch.Tensor | None = None
 
     def thetas(self, b: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 2, 3) float32 maps from output to input coordinates, normalised to [-1, 1] (``affine_grid``'s)."""
@@ -86,13 +86,10 @@ class TrainAugment:
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         theta = self.thetas(batch.shape[0], generator)
         if batch.device.type == "cpu":
-            out = None
+            result = warp_cpu(batch, theta, self._last if self.reuse_output else None)
             if self.reuse_output:
-                shape = (batch.shape[0], *batch.shape[1:3], 3) if batch.shape[-1] == 3 else (batch.shape[0], *batch.shape[2:], 3)
-                if self._out is None or self._out.shape != shape:
-                    self._out = np.empty(shape, np.float32)
-                out = self._out
-            return warp_cpu(batch, theta, out)
+                self._last = result
+            return result
         x = preprocess_eval(batch)
         grid = F.affine_grid(host_to_device(theta, x.device), list(x.shape), align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
@@ -124,10 +121,10 @@ def _normalise_lut() -> np.ndarray:
     return ((v - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype(np.float32).reshape(256, 1, 3)
 
 
-def warp_cpu(batch: torch.Tensor, theta: torch.Tensor, out: np.ndarray | None = None) -> torch.Tensor:
+def warp_cpu(batch: torch.Tensor, theta: torch.Tensor, reuse: torch.Tensor | None = None) -> torch.Tensor:
     """``TrainAugment`` on a CPU: (B, H, W, 3) uint8 -> (B, 3, H, W) normalised float32, channels_last.
 
-    ``out``: a (B, H, W, 3) float32 array to write into (the result is a view of it).
+    ``reuse``: an earlier result to overwrite, when it has the right shape.
 
     Equals ``grid_sample(preprocess_eval(batch), affine_grid(theta), padding_mode="reflection")``
     up to OpenCV's fixed-point rounding (about a grey level; tests/test_augment.py).
@@ -139,7 +136,8 @@ def warp_cpu(batch: torch.Tensor, theta: torch.Tensor, out: np.ndarray | None = 
     images = np.ascontiguousarray(batch.numpy())
     b, h, w, _ = images.shape
     maps, lut = pixel_maps(theta, h, w), _normalise_lut()
-    out = np.empty((b, h, w, 3), np.float32) if out is None else out
+    fits = reuse is not None and tuple(reuse.shape) == (b, 3, h, w)
+    out = reuse.permute(0, 2, 3, 1).numpy() if fits else np.empty((b, h, w, 3), np.float32)
 
     # OpenCV's per-pixel border path is slow: reflect each image once into a margin that holds every
     # source pixel its map reaches (the output corners' sources, plus the bilinear neighbour).
