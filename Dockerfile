@@ -5,6 +5,7 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 VOCFLEET_DATA_DIR=/data
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY vocfleet ./vocfleet
 COPY model ./model
 COPY worker ./worker
 COPY scheduler ./scheduler

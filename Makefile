@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` (train detectors on the embedded default)
-# and `make test` (the test suite, as CI runs it).
+# and `make test` (lint, the wheel check and the test suite, as CI runs it).
 VENV     ?= .venv
 PYTHON   ?= python3
 VOC_ROOT ?= ../shared/voc2007/VOCdevkit/VOC2007
@@ -8,7 +8,7 @@ EPOCHS   ?= 2
 SIZE     ?= 64
 BIN      := $(VENV)/bin
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast lint format wheel-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,21 @@ demo: install
 	$(BIN)/vocfleet run && \
 	$(BIN)/vocfleet report --fleet --out $(REPORT)
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# The wheel holds one top-level package, `vocfleet`, and works on its own (migrations included).
+wheel-check: install
+	$(BIN)/python .ci/check_wheel.py
+
+test: lint wheel-check
 	$(BIN)/pytest
+
+# The edit loop: no end-to-end training on the VOC sample, no PostgreSQL/Redis/Celery processes.
+test-fast: install
+	$(BIN)/pytest -m "not slow and not services"

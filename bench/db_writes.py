@@ -13,10 +13,10 @@ import time
 
 from common import machine, table
 
-from db.jobs import claim_job
-from db.models import Detector, Score, ScoredImage, ScoreRun
-from db.scoring import store_chunk
-from db.session import dispose_engines, session_scope, upgrade_database
+from vocfleet.db.jobs import claim_job
+from vocfleet.db.models import Detector, Score, ScoredImage, ScoreRun
+from vocfleet.db.scoring import store_chunk
+from vocfleet.db.session import dispose_engines, session_scope, upgrade_database
 
 
 def ensure_pg_database(url: str) -> None:

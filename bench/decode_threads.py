@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from common import jpeg_ids, machine, table, voc_root
 
-from model.score import FileEntry, decode_file
+from vocfleet.model.score import FileEntry, decode_file
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import time
 import torch
 from common import machine, table
 
-from model.net import build_model, inference_model
+from vocfleet.model.net import build_model, inference_model
 
 
 def rate(fn, x: torch.Tensor, repeats: int) -> float:

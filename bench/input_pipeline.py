@@ -17,9 +17,9 @@ import torch
 from common import jpeg_ids, machine, sync, table, voc_root
 from reference import reference_batches
 
-from model.augment import TrainAugment
-from model.data import decoded_cache
-from model.engine import BatchFeeder, SplitData
+from vocfleet.model.augment import TrainAugment
+from vocfleet.model.data import decoded_cache
+from vocfleet.model.splits import BatchFeeder, SplitData
 
 
 def vocfleet_rate(decoded, device: torch.device, size: int, batch: int, images: int) -> float:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from common import machine, table, voc_root
 
-from model.config import TrainConfig
-from model.engine import fit
+from vocfleet.model.config import TrainConfig
+from vocfleet.model.engine import fit
 
 RECIPES = {
     "origin (SGD, constant LR, no balancing)": dict(
@@ -52,7 +52,7 @@ def main() -> None:
                 cfg = TrainConfig(voc_class=args.voc_class, voc_root=str(root), image_size=args.size, epochs=args.epochs,
                                   batch_size=args.batch, seed=seed, device=args.device, **overrides)
                 t = time.perf_counter()
-                m = fit(cfg, out_dir=work / f"{len(results)}-{seed}", cache_dir=work / "cache")["metrics"]
+                m = fit(cfg, out_dir=work / f"{len(results)}-{seed}", cache_dir=work / "cache").metrics
                 m["seconds"] = time.perf_counter() - t
                 results.setdefault(name, []).append(m)
                 print(f"{name}, seed {seed}: AP {m['ap']:.3f} on {m['images']} {m['split']} images ({m['positives']} positives)", flush=True)

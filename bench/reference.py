@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from model.augment import IMAGENET_MEAN, IMAGENET_STD
+from vocfleet.model.augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def reference_transform(size: int) -> T.Compose:

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from common import jpeg_ids, machine, sync, table, voc_root
 
-from model.checkpoint import save_checkpoint, sha256_file
-from model.data import load_rgb
-from model.net import build_model
-from model.score import DetectorSpec, FileEntry, decode_file, iter_chunks, load_detectors, run_detectors, score_batch
+from vocfleet.model.checkpoint import save_checkpoint, sha256_file
+from vocfleet.model.data import load_rgb
+from vocfleet.model.net import build_model
+from vocfleet.model.score import DetectorSpec, FileEntry, decode_file, iter_chunks, load_detectors, run_detectors, score_batch
 
 
 def make_detectors(n: int, size: int, folder: Path) -> list[DetectorSpec]:

@@ -16,10 +16,11 @@ import torch
 from common import jpeg_ids, machine, table, voc_root
 from torch import nn
 
-from model.augment import TrainAugment, preprocess_eval
-from model.data import decoded_cache
-from model.engine import BatchFeeder, SplitData, train_one_epoch
-from model.net import build_model
+from vocfleet.model.augment import TrainAugment, preprocess_eval
+from vocfleet.model.data import decoded_cache
+from vocfleet.model.engine import train_one_epoch
+from vocfleet.model.splits import BatchFeeder, SplitData
+from vocfleet.model.net import build_model
 
 
 class StaticFeeder:

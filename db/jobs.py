@@ -6,25 +6,28 @@ taken away (reaped after a stale heartbeat, or a second delivery) can no longer 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.models import Claimable, Detector, EpochMetric, JobStatus, TrainJob, utcnow
+from .models import Claimable, Detector, EpochMetric, JobStatus, TrainJob, utcnow
+
+if TYPE_CHECKING:
+    from vocfleet.model.engine import FitResult
 
 Work = type[Claimable]
 
 
-def claim_job(s: Session, job_id: int, host: str, model: Work = TrainJob) -> str | None:
+def claim_job(s: Session, job_id: int, host: str, table: Work = TrainJob) -> str | None:
     """Atomically move a queued job to running; returns the new claim token, or None if not claimable.
 
     Args:
         s: session (the caller commits).
         job_id: the job.
         host: worker host name, recorded on the row.
-        model: the table of work (:class:`TrainJob` or :class:`ScoreRun`).
+        table: the table of work (:class:`TrainJob` or :class:`ScoreRun`).
     Returns:
         The claim token for later guarded writes, or None (already running elsewhere, finished,
         cancelled).
@@ -32,36 +35,36 @@ def claim_job(s: Session, job_id: int, host: str, model: Work = TrainJob) -> str
     token = uuid.uuid4().hex
     now = utcnow()
     res = s.execute(
-        update(model)
-        .where(model.id == job_id, model.status == JobStatus.queued, model.cancel_requested.is_(False))
+        update(table)
+        .where(table.id == job_id, table.status == JobStatus.queued, table.cancel_requested.is_(False))
         .values(
             status=JobStatus.running, claim_token=token, worker_host=host, heartbeat_at=now,
-            attempts=model.attempts + 1, error=None,
+            attempts=table.attempts + 1, error=None,
         )
         .execution_options(synchronize_session=False)
     )
     if res.rowcount != 1:
         return None
-    s.execute(update(model).where(model.id == job_id, model.started_at.is_(None)).values(started_at=now))
+    s.execute(update(table).where(table.id == job_id, table.started_at.is_(None)).values(started_at=now))
     return token
 
 
-def heartbeat(s: Session, job_id: int, token: str, model: Work = TrainJob) -> str:
+def heartbeat(s: Session, job_id: int, token: str, table: Work = TrainJob) -> str:
     """Refresh the heartbeat; returns ``ok``, ``cancel`` (cancel requested) or ``lost`` (claim gone)."""
     res = s.execute(
-        update(model)
-        .where(model.id == job_id, model.claim_token == token, model.status == JobStatus.running)
+        update(table)
+        .where(table.id == job_id, table.claim_token == token, table.status == JobStatus.running)
         .values(heartbeat_at=utcnow())
     )
     if res.rowcount != 1:
         return "lost"
-    cancel = s.scalar(select(model.cancel_requested).where(model.id == job_id))
+    cancel = s.scalar(select(table.cancel_requested).where(table.id == job_id))
     return "cancel" if cancel else "ok"
 
 
-def owned(s: Session, job_id: int, token: str, model: Work = TrainJob):
+def owned(s: Session, job_id: int, token: str, table: Work = TrainJob):
     """The row, locked, if ``token`` still holds its claim; else None."""
-    job = s.get(model, job_id, with_for_update=True)
+    job = s.get(table, job_id, with_for_update=True)
     if job is None or job.claim_token != token or job.status != JobStatus.running:
         return None
     return job
@@ -85,7 +88,7 @@ def record_epoch(s: Session, job_id: int, token: str, record: dict[str, Any]) ->
     return True
 
 
-def finish_job(s: Session, job_id: int, token: str, result: dict[str, Any]) -> Detector | None:
+def finish_job(s: Session, job_id: int, token: str, result: FitResult) -> Detector | None:
     """Mark the job succeeded and make its detector the active one for the class."""
     job = owned(s, job_id, token)
     if job is None:
@@ -96,14 +99,14 @@ def finish_job(s: Session, job_id: int, token: str, result: dict[str, Any]) -> D
     else:
         s.execute(update(Detector).where(Detector.voc_class == job.voc_class, Detector.active.is_(True)).values(active=False))
         s.flush()
-        metrics = dict(result["metrics"])
+        metrics = dict(result.metrics)
         metrics.update(
-            val=result["val_metrics"], best_epoch=result["best_epoch"], skipped_images=result["skipped_images"],
-            plots=result.get("plots", {}),
+            val=result.val_metrics, best_epoch=result.best_epoch, skipped_images=result.skipped_images,
+            plots=result.plots,
         )
         detector = Detector(
-            voc_class=job.voc_class, job_id=job_id, checkpoint_path=result["checkpoint"], sha256=result["sha256"],
-            threshold=float(result["threshold"]), ap=float(result["metrics"]["ap"]), metrics=metrics, active=True,
+            voc_class=job.voc_class, job_id=job_id, checkpoint_path=result.checkpoint, sha256=result.sha256,
+            threshold=float(result.threshold), ap=float(result.metrics["ap"]), metrics=metrics, active=True,
         )
         s.add(detector)
     job.status = JobStatus.succeeded
@@ -112,9 +115,9 @@ def finish_job(s: Session, job_id: int, token: str, result: dict[str, Any]) -> D
     return detector
 
 
-def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str | None = None, model: Work = TrainJob) -> bool:
+def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str | None = None, table: Work = TrainJob) -> bool:
     """Mark an owned job failed or cancelled (with the reason), or queued again (released)."""
-    job = owned(s, job_id, token, model)
+    job = owned(s, job_id, token, table)
     if job is None:
         return False
     job.status = status
@@ -125,7 +128,15 @@ def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str |
     return True
 
 
-def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None, model: Work = TrainJob) -> tuple[list[int], list[int]]:
+def is_stale(row: Claimable, stale_after: timedelta, now: datetime | None = None) -> bool:
+    """A running row whose heartbeat is older than ``stale_after`` (its worker is presumed dead)."""
+    beat = row.heartbeat_at
+    if beat is not None and beat.tzinfo is None:  # SQLite hands back naive datetimes; all are UTC
+        beat = beat.replace(tzinfo=timezone.utc)
+    return row.status == JobStatus.running and (beat is None or beat < (now or utcnow()) - stale_after)
+
+
+def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None, table: Work = TrainJob) -> tuple[list[int], list[int]]:
     """Put running jobs whose heartbeat is older than ``stale_after`` back in the queue.
 
     Jobs that used up their attempts fail with the reason instead.
@@ -135,8 +146,8 @@ def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None, 
     """
     now = now or utcnow()
     stale = s.scalars(
-        select(model)
-        .where(model.status == JobStatus.running, model.heartbeat_at < now - stale_after)
+        select(table)
+        .where(table.status == JobStatus.running, table.heartbeat_at < now - stale_after)
         .with_for_update(skip_locked=True)
     ).all()
     requeued, failed = [], []
@@ -153,3 +164,38 @@ def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None, 
             job.error = f"requeued: worker {job.worker_host} stopped heartbeating (attempt {job.attempts})"
             requeued.append(job.id)
     return requeued, failed
+
+
+def create_jobs(s: Session, configs: list[dict[str, Any]], max_attempts: int = 3) -> list[TrainJob]:
+    """Add one queued training job per config (``TrainConfig.to_dict()``); ids are set on return."""
+    jobs = [TrainJob(voc_class=c["voc_class"], config=c, max_attempts=max_attempts) for c in configs]
+    s.add_all(jobs)
+    s.flush()
+    return jobs
+
+
+def next_queued(s: Session) -> int | None:
+    """The oldest queued training job that nobody asked to cancel, or None."""
+    return s.scalar(
+        select(TrainJob.id).where(TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False)).order_by(TrainJob.id).limit(1)
+    )
+
+
+def cancel_work(s: Session, table: Work, ids: list[int] | None) -> tuple[list[int], list[int]]:
+    """Cancel rows (``None``: every unfinished one): queued ones at once, running ones at their next heartbeat.
+
+    Returns:
+        (cancelled now, cancel requested from the running worker).
+    """
+    q = select(table).where(table.status.in_([JobStatus.queued, JobStatus.running]))
+    if ids is not None:
+        q = q.where(table.id.in_(ids))
+    now, asked = [], []
+    for row in s.scalars(q.with_for_update()):
+        row.cancel_requested = True
+        if row.status == JobStatus.queued:
+            row.status, row.finished_at, row.error = JobStatus.cancelled, utcnow(), "cancelled by user before it started"
+            now.append(row.id)
+        else:
+            asked.append(row.id)
+    return now, asked

@@ -1,13 +1,15 @@
 """Scoring runs in the database: what is done already, and one bulk write per chunk."""
 from __future__ import annotations
 
+import enum
+from datetime import timedelta
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
-from db.jobs import owned
-from db.models import FileError, Score, ScoredImage, ScoreRun
+from .jobs import is_stale, owned
+from .models import Detector, FileError, JobStatus, Score, ScoredImage, ScoreRun
 
 
 def done_paths(s: Session, run_id: int) -> set[tuple[str, str]]:
@@ -43,7 +45,7 @@ def store_chunk(
         ids = _insert_images(s, run_id, images)
         rows = [
             (run_id, image_id, det, cls, p, present)
-            for image_id, per_image in zip(ids, scores)
+            for image_id, per_image in zip(ids, scores, strict=True)
             for det, cls, p, present in per_image
         ]
         _insert_scores(s, rows)
@@ -78,7 +80,7 @@ def _insert_images(s: Session, run_id: int, images: Sequence[dict[str, Any]]) ->
         ids = list(s.scalars(
             text("SELECT nextval(pg_get_serial_sequence('scored_images', 'id')) FROM generate_series(1, :n)"), {"n": len(images)}
         ))
-        _copy(s, "scored_images", IMAGE_COLUMNS, ((i, run_id, *(img[c] for c in IMAGE_COLUMNS[2:])) for i, img in zip(ids, images)))
+        _copy(s, "scored_images", IMAGE_COLUMNS, ((i, run_id, *(img[c] for c in IMAGE_COLUMNS[2:])) for i, img in zip(ids, images, strict=True)))
         return ids
     return list(s.scalars(
         insert(ScoredImage).returning(ScoredImage.id, sort_by_parameter_order=True), [{"run_id": run_id, **img} for img in images]
@@ -89,7 +91,7 @@ def _insert_scores(s: Session, rows: list[tuple]) -> None:
     if _postgres(s):
         _copy(s, "scores", SCORE_COLUMNS, rows)
     else:
-        s.execute(insert(Score), [dict(zip(SCORE_COLUMNS, row)) for row in rows])
+        s.execute(insert(Score), [dict(zip(SCORE_COLUMNS, row, strict=True)) for row in rows])
 
 
 def set_total(s: Session, run_id: int, token: str, total: int) -> None:
@@ -130,3 +132,41 @@ def result_rows(
 def error_rows(s: Session, run_id: int) -> list[dict[str, Any]]:
     q = select(FileError).where(FileError.run_id == run_id).order_by(FileError.folder, FileError.rel_path)
     return [{"file": e.rel_path, "folder": e.folder, "reason": e.reason} for e in s.scalars(q)]
+
+
+def create_run(s: Session, folders: list[str], detectors: Sequence[Detector], *, batch_size: int, max_attempts: int) -> ScoreRun:
+    """Add a queued scoring run of ``folders`` with ``detectors``; its id is set on return."""
+    run = ScoreRun(
+        folders=list(folders), classes=[d.voc_class for d in detectors], detector_ids=[d.id for d in detectors],
+        batch_size=batch_size, max_attempts=max_attempts,
+    )
+    s.add(run)
+    s.flush()
+    return run
+
+
+class Reopen(enum.Enum):
+    """What :func:`reopen_run` found."""
+
+    missing = "missing"
+    finished = "finished"  # succeeded already: nothing to do
+    running = "running"  # a live worker holds it
+    ready = "ready"  # queued (again): run or send it
+
+
+def reopen_run(s: Session, run_id: int, stale_after: timedelta) -> tuple[Reopen, ScoreRun | None]:
+    """Put a failed, cancelled or abandoned (heartbeat older than ``stale_after``) run back in the queue.
+
+    Unlike :func:`vocfleet.db.jobs.reap_stale`, a run that used up its attempts is queued too: a
+    person asked for it explicitly. Files already recorded are not redone when it runs.
+    """
+    run = s.get(ScoreRun, run_id, with_for_update=True)
+    if run is None:
+        return Reopen.missing, None
+    if run.status == JobStatus.succeeded:
+        return Reopen.finished, run
+    if run.status == JobStatus.running and not is_stale(run, stale_after):
+        return Reopen.running, run
+    if run.status != JobStatus.queued:
+        run.status, run.claim_token, run.cancel_requested, run.finished_at = JobStatus.queued, None, False, None
+    return Reopen.ready, run

@@ -6,17 +6,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.settings import get_settings
+from .settings import get_settings
 
 log = logging.getLogger(__name__)
 
 _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker[Session]] = {}
+_current: set[str] = set()  # URLs whose schema this process has seen at SCHEMA_HEAD
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The newest Alembic revision (tests/test_db.py checks it against the migrations folder): a
+# database already there is used without importing Alembic, which costs a CLI command ~0.5 s.
+SCHEMA_HEAD = "0003"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -58,6 +63,7 @@ def dispose_engines() -> None:
         engine.dispose(close=False)
     _engines.clear()
     _makers.clear()
+    _current.clear()
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
@@ -88,3 +94,26 @@ def upgrade_database(url: str | None = None) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def schema_revision(url: str | None = None) -> str | None:
+    """The database's Alembic revision, or None if it has no schema yet."""
+    try:
+        with get_engine(url).connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except ProgrammingError:  # PostgreSQL: no such table
+        return None
+    except OperationalError as exc:  # SQLite says "no such table" this way; anything else is real
+        if "no such table" in str(exc):
+            return None
+        raise
+
+
+def ensure_schema(url: str | None = None) -> None:
+    """Create or upgrade the schema unless it is already current (checked once per process and URL)."""
+    url = url or get_settings().database_url
+    if url in _current:
+        return
+    if schema_revision(url) != SCHEMA_HEAD:
+        upgrade_database(url)
+    _current.add(url)

@@ -1,6 +1,7 @@
 """The vocfleet library: network, VOC data, augmentation, training, metrics, scoring.
 
-Imports no Celery, SQLAlchemy or CLI code; everything else calls it.
+Imports no Celery, SQLAlchemy or CLI code; everything else calls it. This file and ``config``
+import nothing heavy (no torch, numpy or Pillow), so the CLI can validate input and show help fast.
 """
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -12,3 +13,14 @@ VOC_CLASSES: tuple[str, ...] = (
 
 class ConfigError(ValueError):
     """Bad input from the user (never retried): the message is one line naming the input and the fix."""
+
+
+class DetectorUnavailable(ConfigError):
+    """A detector's checkpoint is missing or no longer matches its recorded sha256 (retrain or restore it)."""
+
+
+def check_class(name: str) -> str:
+    """Return ``name`` if it is a VOC class, else raise ConfigError listing the valid ones."""
+    if name not in VOC_CLASSES:
+        raise ConfigError(f"unknown class {name!r}: choose from {', '.join(VOC_CLASSES)} (or 'all')")
+    return name

@@ -2,16 +2,26 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
-from model import ConfigError
-from model.data import check_class
-from model.net import MIN_IMAGE_SIZE
+from . import ConfigError, check_class
+
+MIN_IMAGE_SIZE = 32  # ResNet-50 downsamples 32x: below this the last stage sees less than one pixel
 
 OPTIMIZERS = ("adamw", "sgd")
 BALANCE = ("pos_weight", "sampler", "none")
 DIFFICULT = ("exclude", "positive", "negative")
 SCHEDULES = ("onecycle", "constant")
+
+
+def check_init(init: str) -> str:
+    """Validate an ``--init`` value without loading anything heavy."""
+    if init in ("scratch", "imagenet"):
+        return init
+    if not Path(init).expanduser().is_file():
+        raise ConfigError(f"--init {init!r}: not 'scratch', 'imagenet' or an existing state-dict file")
+    return str(Path(init).expanduser().resolve())
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageOps
 
-from model import VOC_CLASSES, ConfigError
+from . import VOC_CLASSES, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,6 @@ MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 Image.init()  # register every plugin now, so open(formats=...) can name them
 CACHE_VERSION = 1
-
-
-def check_class(name: str) -> str:
-    if name not in VOC_CLASSES:
-        raise ConfigError(f"unknown class {name!r}: choose from {', '.join(VOC_CLASSES)} (or 'all')")
-    return name
 
 
 def check_voc_root(root: str | os.PathLike) -> Path:
@@ -217,7 +211,7 @@ def _build_cache(root, ids, size, data_path, meta_path, progress, threads) -> No
     threads = threads or os.cpu_count() or 1
     with ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(_decode_into, arr, i, jpeg_dir / f"{image_id}.jpg", size) for i, image_id in enumerate(ids)]
-        for done, (image_id, fut) in enumerate(zip(ids, futures), 1):
+        for done, (image_id, fut) in enumerate(zip(ids, futures, strict=True), 1):
             reason = fut.result()
             if reason:
                 bad[image_id] = reason

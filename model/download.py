@@ -73,7 +73,7 @@ def download_voc(dest: Path, year: str = "2007", *, progress: Callable[[str, int
         entry = DATASET_YEAR_DICT[key]
         archive = dest / entry["filename"]
         if not check_integrity(str(archive), entry["md5"]):
-            fetch(entry["url"], archive, progress=(lambda d, t: progress(entry["filename"], d, t)) if progress else None, timeout=timeout)
+            fetch(entry["url"], archive, progress=(lambda d, t, name=entry["filename"]: progress(name, d, t)) if progress else None, timeout=timeout)
             if not check_integrity(str(archive), entry["md5"]):
                 archive.unlink()
                 raise DownloadError(f"{entry['filename']}: checksum mismatch (corrupt download, removed); run the command again")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,16 +12,44 @@ import numpy as np
 import torch
 from torch import nn
 
-from model import VOC_CLASSES, ConfigError
-from model.augment import NoAugment, TrainAugment, host_to_device, preprocess_eval
-from model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
-from model.config import TrainConfig
-from model.data import DecodedImages, check_voc_root, decoded_cache, in_holdout, list_path, read_class_list, split_ids
-from model.metrics import average_precision, binary_report, choose_threshold
-from model.net import build_model
+from . import VOC_CLASSES, ConfigError
+from .augment import NoAugment, TrainAugment, host_to_device, preprocess_eval
+from .checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from .config import TrainConfig
+from .metrics import average_precision, binary_report, choose_threshold
+from .net import build_model
+from .splits import BatchFeeder, Progress, SplitData, epoch_positions, prepare_splits
 
 log = logging.getLogger(__name__)
-Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` hands back: the detector file, its threshold and its metrics.
+
+    Attributes:
+        checkpoint: path of ``detector.pt`` (single-logit weights, config, threshold, metrics).
+        sha256: of that file; scoring refuses a checkpoint that no longer matches.
+        threshold: decision threshold chosen on validation (max F1).
+        metrics: evaluation split report (:func:`vocfleet.model.metrics.binary_report`) plus ``split``.
+        val_metrics: the same report on the validation part.
+        best_epoch: the epoch whose weights were kept (best validation AP).
+        history: one dict per epoch (losses, validation AP, learning rate, speed).
+        skipped_images: ids named by a list but missing or unreadable.
+        resumed_from: epochs already done when this call started.
+        plots: PNG paths (``curves``, ``pr``).
+    """
+
+    checkpoint: str
+    sha256: str
+    threshold: float
+    metrics: dict[str, Any]
+    val_metrics: dict[str, Any]
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_images: list[str] = field(default_factory=list)
+    resumed_from: int = 0
+    plots: dict[str, str] = field(default_factory=dict)
 
 
 class Stopped(Exception):
@@ -32,136 +60,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-@dataclass
-class SplitData:
-    """Images of one role (train, val or eval) as rows of a decoded array, with 0/1 labels."""
-
-    decoded: DecodedImages
-    rows: np.ndarray
-    labels: np.ndarray
-    # (N, 20) labels of every VOC class (1, 0, or -1 where unknown) for auxiliary supervision.
-    aux: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def positives(self) -> int:
-        return int(self.labels.sum())
-
-
-def _labels_for(labels: dict[str, int], difficult: str) -> dict[str, int]:
-    """Map VOC labels to 0/1; 'difficult only' images are dropped or counted as asked."""
-    out = {}
-    for image_id, label in labels.items():
-        if label == 0:
-            if difficult == "exclude":
-                continue
-            label = 1 if difficult == "positive" else -1
-        out[image_id] = 1 if label == 1 else 0
-    return out
-
-
-def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None = None) -> tuple[SplitData, SplitData, SplitData, list[str]]:
-    """Read the lists, build or open the decoded caches, and return train, val and eval splits.
-
-    Returns:
-        (train, val, eval, skipped) where ``skipped`` lists ids named by a list but missing or
-        unreadable (reported, never fatal).
-    """
-    root = check_voc_root(cfg.voc_root)
-
-    def cache_progress(done: int, total: int) -> None:
-        if progress:
-            progress({"event": "cache", "done": done, "total": total})
-
-    def decode(split: str) -> DecodedImages:
-        return decoded_cache(root, split_ids(root, split, cfg.voc_class), cfg.image_size, cache_dir, progress=cache_progress)
-
-    train_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.train_split), cfg.difficult)
-    train_dec = decode(cfg.train_split)
-    if cfg.eval_split == "holdout":
-        eval_labels = {i: v for i, v in train_labels.items() if in_holdout(i, cfg.eval_fraction)}
-        train_labels = {i: v for i, v in train_labels.items() if i not in eval_labels}
-        eval_dec = train_dec
-    else:
-        eval_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.eval_split), cfg.difficult)
-        overlap = set(eval_labels) & set(train_labels)
-        if overlap:
-            raise ConfigError(
-                f"--eval-split {cfg.eval_split} shares {len(overlap)} images with --train-split {cfg.train_split}: choose disjoint splits (e.g. train/val or trainval/test)"
-            )
-        eval_dec = decode(cfg.eval_split)
-
-    skipped = sorted(set(train_dec.bad) | set(eval_dec.bad))
-
-    aux_labels = None
-    if cfg.aux_classes:  # every class's list of the training split; only training images are used
-        aux_labels = {c: read_class_list(root, c, cfg.train_split) if list_path(root, c, cfg.train_split).is_file() else {} for c in VOC_CLASSES}
-
-    def to_split(decoded: DecodedImages, labels: dict[str, int], ids: list[str], aux: bool = False) -> SplitData:
-        index = decoded.index()
-        keep = [i for i in ids if i in index and decoded.ok[index[i]]]
-        matrix = None
-        if aux and aux_labels is not None:
-            lookup = {1: 1.0, -1: 0.0, 0: -1.0}  # difficult-only: unknown, masked out of the loss
-            matrix = np.array([[lookup[aux_labels[c].get(i, 0)] for c in VOC_CLASSES] for i in keep], dtype=np.float32)
-        return SplitData(
-            decoded, np.array([index[i] for i in keep], dtype=np.int64), np.array([labels[i] for i in keep], dtype=np.float32), matrix
-        )
-
-    # Validation: a seeded, stratified part of the training images (threshold and best epoch).
-    rng = np.random.default_rng(cfg.seed)
-    train_ids = sorted(train_labels)
-    val_ids: list[str] = []
-    for want in (0, 1):
-        group = [i for i in train_ids if train_labels[i] == want]
-        n_val = max(1, round(len(group) * cfg.val_fraction)) if len(group) > 1 else 0
-        val_ids += list(rng.choice(group, size=n_val, replace=False)) if n_val else []
-    val_set = set(val_ids)
-    train = to_split(train_dec, train_labels, [i for i in train_ids if i not in val_set], aux=True)
-    val = to_split(train_dec, train_labels, sorted(val_set))
-    evaluation = to_split(eval_dec, eval_labels, sorted(eval_labels))
-    for name, split in (("training", train), ("validation", val), ("evaluation", evaluation)):
-        if split.positives == 0 or split.positives == len(split):
-            raise ConfigError(
-                f"class {cfg.voc_class!r}: the {name} part has {split.positives} positives of {len(split)} images; use a larger VOC split"
-            )
-    return train, val, evaluation, skipped
-
-
-class BatchFeeder:
-    """Yields uint8 (B, H, W, 3) batches on the device from rows of the decoded array.
-
-    On a GPU with room to spare the whole split is uploaded once and indexed there; otherwise each
-    batch is gathered into pinned memory and copied without blocking.
-    """
-
-    def __init__(self, split: SplitData, device: torch.device, *, upload: bool | None = None):
-        """``upload``: keep the split on the GPU (None: when it takes under a quarter of free memory)."""
-        self.split = split
-        self.device = device
-        self.on_device: torch.Tensor | None = None
-        if device.type == "cuda" and upload is not False:
-            nbytes = len(split.rows) * int(np.prod(split.decoded.images.shape[1:]))
-            free, _total = torch.cuda.mem_get_info(device)
-            if upload or nbytes < free * 0.25:
-                self._sorted_rows = np.sort(split.rows)
-                self.on_device = torch.from_numpy(np.ascontiguousarray(split.decoded.images[self._sorted_rows])).to(device)
-        self.labels = torch.from_numpy(split.aux if split.aux is not None else split.labels).to(device)
-
-    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """``positions`` index ``split.rows``/``split.labels``. No host-device sync on a GPU."""
-        rows = self.split.rows[positions]
-        if self.on_device is not None:
-            both = host_to_device(torch.from_numpy(np.stack([positions, np.searchsorted(self._sorted_rows, rows)])), self.device)
-            return self.on_device[both[1]], self.labels[both[0]]
-        # Sorted gather reads the memory map sequentially; order inside a batch does not matter.
-        order = np.argsort(rows, kind="stable")
-        host = torch.from_numpy(np.ascontiguousarray(self.split.decoded.images[rows[order]]))
-        return host_to_device(host, self.device), self.labels[host_to_device(torch.from_numpy(positions[order]), self.device)]
 
 
 class AuxLoss(nn.Module):
@@ -201,16 +99,6 @@ def single_logit_state(state: dict[str, torch.Tensor], index: int) -> dict[str, 
     out["fc.weight"] = state["fc.weight"][index : index + 1].clone()
     out["fc.bias"] = state["fc.bias"][index : index + 1].clone()
     return out
-
-
-def epoch_positions(split: SplitData, *, balance: str, generator: torch.Generator) -> np.ndarray:
-    """The order of training samples for one epoch: a permutation, or a class-balanced draw."""
-    n = len(split)
-    if balance == "sampler":
-        pos = split.labels == 1
-        weights = torch.from_numpy(np.where(pos, 0.5 / pos.sum(), 0.5 / (~pos).sum()))
-        return torch.multinomial(weights, n, replacement=True, generator=generator).numpy()
-    return torch.randperm(n, generator=generator).numpy()
 
 
 def train_one_epoch(
@@ -319,7 +207,7 @@ def fit(
     cache_dir: Path,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> dict[str, Any]:
+) -> FitResult:
     """Train one detector; resume from ``out_dir/last.pt`` if an earlier attempt left one.
 
     Args:
@@ -329,10 +217,7 @@ def fit(
         progress: called with dicts: ``{"event": "cache"|"batch"|"epoch"|"done", ...}``.
         should_stop: polled between batches; returning True raises :class:`Stopped`.
     Returns:
-        ``checkpoint`` (path of detector.pt), ``sha256``, ``threshold``, ``metrics`` (evaluation
-        split, see :func:`model.metrics.binary_report`), ``val_metrics``, ``best_epoch``,
-        ``skipped_images``, ``resumed_from`` (epochs already done when this call started),
-        ``plots`` (PNG paths: training curves and the evaluation precision-recall curve).
+        A :class:`FitResult`.
     """
     emit = progress or (lambda _event: None)
     device = resolve_device(cfg.device)
@@ -420,14 +305,13 @@ def fit(
         "model": final_state, "epoch": best["epoch"], "config": cfg.to_dict(),
         "metrics": {"eval": metrics, "val": val_metrics, "history": history}, "threshold": threshold,
     })
-    from model.plots import save_training_plots  # matplotlib only where plots are made
+    from .plots import save_training_plots  # matplotlib only where plots are made
 
     plots = save_training_plots(out_dir, history, eval_ev["probs"], evaluation.labels, title=cfg.voc_class, ap=metrics["ap"])
-    result = {
-        "plots": plots,
-        "checkpoint": str(final_path), "sha256": sha256_file(final_path), "threshold": threshold,
-        "metrics": metrics, "val_metrics": val_metrics, "best_epoch": best["epoch"], "history": history,
-        "skipped_images": skipped, "resumed_from": resumed_from,
-    }
+    result = FitResult(
+        checkpoint=str(final_path), sha256=sha256_file(final_path), threshold=threshold, metrics=metrics,
+        val_metrics=val_metrics, best_epoch=best["epoch"], history=history, skipped_images=skipped,
+        resumed_from=resumed_from, plots=plots,
+    )
     emit({"event": "done", "metrics": metrics})
     return result

@@ -43,7 +43,7 @@ def average_precision_11pt(probs, labels) -> float:
 
 
 def roc_auc(probs, labels) -> float:
-    from sklearn.metrics import roc_auc_score  # imported here: training and scoring hosts can run without it
+    from sklearn.metrics import roc_auc_score  # a dependency; imported here so scoring never pays its ~1 s import
 
     labels = np.asarray(labels) == 1
     if labels.all() or not labels.any():

@@ -12,11 +12,11 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.resnet import Bottleneck
 
-from model import ConfigError
+from . import ConfigError
+from .config import check_init
 
 log = logging.getLogger(__name__)
 IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
-MIN_IMAGE_SIZE = 32  # ResNet-50 downsamples 32x: below this the last stage sees less than one pixel
 
 
 def imagenet_weights_path() -> Path:
@@ -45,15 +45,6 @@ def ensure_imagenet_weights(timeout: float = 15.0) -> Path:
     finally:
         socket.setdefaulttimeout(old)
     return path
-
-
-def check_init(init: str) -> str:
-    """Validate an ``--init`` value without loading anything heavy."""
-    if init in ("scratch", "imagenet"):
-        return init
-    if not Path(init).expanduser().is_file():
-        raise ConfigError(f"--init {init!r}: not 'scratch', 'imagenet' or an existing state-dict file")
-    return str(Path(init).expanduser().resolve())
 
 
 def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: bool = False) -> nn.Module:

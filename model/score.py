@@ -17,10 +17,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from model.augment import host_to_device, preprocess_eval
-from model.checkpoint import load_checkpoint, sha256_file
-from model.data import IMAGE_FORMATS, resize_square, to_rgb
-from model.net import build_model, inference_dtype, inference_model
+from . import DetectorUnavailable
+from .augment import host_to_device, preprocess_eval
+from .checkpoint import load_checkpoint, sha256_file
+from .data import IMAGE_FORMATS, resize_square, to_rgb
+from .net import build_model, inference_dtype, inference_model
 
 log = logging.getLogger(__name__)
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -175,7 +176,7 @@ def load_detectors(specs: Sequence[DetectorSpec], device: torch.device, *, compi
     batches are padded (see :func:`run_detectors`). If compiling fails, scoring goes on uncompiled.
 
     Raises:
-        FileNotFoundError / ValueError: a checkpoint is missing or no longer matches its sha256.
+        DetectorUnavailable: a checkpoint is missing or no longer matches its sha256.
     """
     compile = device.type == "cuda" if compile is None else compile
     out = []
@@ -184,9 +185,9 @@ def load_detectors(specs: Sequence[DetectorSpec], device: torch.device, *, compi
         if key not in _loaded:
             path = Path(spec.checkpoint_path)
             if not path.is_file():
-                raise FileNotFoundError(f"detector {spec.id} ({spec.voc_class}): checkpoint {path} is missing; retrain or restore it")
+                raise DetectorUnavailable(f"detector {spec.id} ({spec.voc_class}): checkpoint {path} is missing; retrain or restore it")
             if sha256_file(path) != spec.sha256:
-                raise ValueError(f"detector {spec.id} ({spec.voc_class}): checkpoint {path} changed on disk (sha256 mismatch)")
+                raise DetectorUnavailable(f"detector {spec.id} ({spec.voc_class}): checkpoint {path} changed on disk (sha256 mismatch)")
             ckpt = load_checkpoint(path)
             model = build_model("scratch")
             model.load_state_dict(ckpt["model"])

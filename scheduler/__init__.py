@@ -1,1 +1,1 @@
-"""The ``vocfleet`` CLI, queueing and reaping."""
+"""The ``vocfleet`` CLI (``cli.py`` and ``commands/``), input validation, queueing and the fleet scheduler."""

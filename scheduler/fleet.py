@@ -7,18 +7,17 @@ from typing import Iterable
 
 from kombu.exceptions import ChannelError
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
 
-from db.jobs import reap_stale
-from db.models import JobStatus, ScoreRun, TrainJob, utcnow
-from db.session import session_scope
-from db.settings import get_settings
+from vocfleet.db.jobs import Work, reap_stale
+from vocfleet.db.models import JobStatus, ScoreRun, TrainJob, utcnow
+from vocfleet.db.session import session_scope
+from vocfleet.db.settings import get_settings
 
 log = logging.getLogger(__name__)
 TASKS = {TrainJob: ("vocfleet.train_detector", "train"), ScoreRun: ("vocfleet.score_folder", "score")}
 
 
-def enqueue(model, ids: Iterable[int]) -> int:
+def enqueue(table: Work, ids: Iterable[int]) -> int:
     """Send rows to their Celery queue and stamp ``enqueued_at``; a no-op without a broker.
 
     A broker that cannot be reached is logged, not raised: the rows stay queued in the database
@@ -30,9 +29,9 @@ def enqueue(model, ids: Iterable[int]) -> int:
     ids = list(ids)
     if not ids or not get_settings().broker_url:
         return 0
-    from worker.celery_app import app
+    from vocfleet.worker.celery_app import app
 
-    name, queue = TASKS[model]
+    name, queue = TASKS[table]
     sent = []
     try:
         for row_id in ids:
@@ -42,13 +41,13 @@ def enqueue(model, ids: Iterable[int]) -> int:
         log.warning("broker unreachable (%s); %d row(s) stay queued for the scheduler to send", exc, len(ids) - len(sent))
     if sent:
         with session_scope() as s:
-            s.execute(update(model).where(model.id.in_(sent)).values(enqueued_at=utcnow()))
+            s.execute(update(table).where(table.id.in_(sent)).values(enqueued_at=utcnow()))
     return len(sent)
 
 
 def broker_queue_length(queue: str) -> int | None:
     """Messages waiting in a broker queue, or None if the broker cannot be asked."""
-    from worker.celery_app import app
+    from vocfleet.worker.celery_app import app
 
     try:
         with app.connection_for_write() as conn:
@@ -71,40 +70,20 @@ def tick(stale_after: timedelta, resend_after: timedelta) -> dict[str, list[int]
     a worker must claim the row before running it.
     """
     out: dict[str, list[int]] = {}
-    for model, (_name, queue) in TASKS.items():
+    for table, (_name, queue) in TASKS.items():
         with session_scope() as s:
-            requeued, failed = reap_stale(s, stale_after, model=model)
-        out[f"{model.__tablename__}_requeued"], out[f"{model.__tablename__}_failed"] = requeued, failed
-        enqueue(model, requeued)
+            requeued, failed = reap_stale(s, stale_after, table=table)
+        out[f"{table.__tablename__}_requeued"], out[f"{table.__tablename__}_failed"] = requeued, failed
+        enqueue(table, requeued)
         resend: list[int] = []
         if get_settings().broker_url and broker_queue_length(queue) == 0:
             with session_scope() as s:
                 resend = list(s.scalars(
-                    select(model.id).where(
-                        model.status == JobStatus.queued, model.cancel_requested.is_(False),
-                        or_(model.enqueued_at.is_(None), model.enqueued_at < utcnow() - resend_after),
-                    ).order_by(model.id)
+                    select(table.id).where(
+                        table.status == JobStatus.queued, table.cancel_requested.is_(False),
+                        or_(table.enqueued_at.is_(None), table.enqueued_at < utcnow() - resend_after),
+                    ).order_by(table.id)
                 ))
-            enqueue(model, resend)
-        out[f"{model.__tablename__}_resent"] = resend
+            enqueue(table, resend)
+        out[f"{table.__tablename__}_resent"] = resend
     return out
-
-
-def cancel(s: Session, model, ids: list[int] | None) -> tuple[list[int], list[int]]:
-    """Cancel rows (``None``: every unfinished one): queued ones at once, running ones at their next heartbeat.
-
-    Returns:
-        (cancelled now, cancel requested from the running worker).
-    """
-    q = select(model).where(model.status.in_([JobStatus.queued, JobStatus.running]))
-    if ids is not None:
-        q = q.where(model.id.in_(ids))
-    now, asked = [], []
-    for row in s.scalars(q.with_for_update()):
-        row.cancel_requested = True
-        if row.status == JobStatus.queued:
-            row.status, row.finished_at, row.error = JobStatus.cancelled, utcnow(), "cancelled by user before it started"
-            now.append(row.id)
-        else:
-            asked.append(row.id)
-    return now, asked

@@ -1,17 +1,11 @@
-"""Turn a user's request into validated job rows, and hand them to the broker when there is one."""
+"""Turn a user's request into validated training configs before anything is written."""
 from __future__ import annotations
 
 import logging
 from typing import Any, Iterable
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from db.models import JobStatus, TrainJob
-from model import VOC_CLASSES, ConfigError
-from model.config import TrainConfig
-from model.data import check_class, check_voc_root, has_split, read_class_list
-from model.net import check_init, ensure_imagenet_weights
+from vocfleet.model import VOC_CLASSES, ConfigError, check_class
+from vocfleet.model.config import TrainConfig, check_init
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +22,8 @@ def parse_classes(spec: str) -> list[str]:
 
 def resolve_eval_split(root, train_split: str, eval_split: str) -> str:
     """``auto`` picks the VOC convention: ``test`` if present, else ``val`` after ``train``, else a hold-out."""
+    from vocfleet.model.data import has_split
+
     if eval_split != "auto":
         return eval_split
     if train_split != "test" and has_split(root, "test") and train_split in ("train", "trainval"):
@@ -43,10 +39,14 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     Raises:
         ConfigError: with one line naming the bad input and the fix.
     """
+    from vocfleet.model.data import check_voc_root, read_class_list
+
     root = check_voc_root(options.pop("voc_root"))
     options["eval_split"] = resolve_eval_split(root, options.get("train_split", "train"), options.get("eval_split", "auto"))
     options["init"] = check_init(options.get("init", "scratch"))
     if options["init"] == "imagenet":
+        from vocfleet.model.net import ensure_imagenet_weights  # torch: only when ImageNet weights are asked for
+
         ensure_imagenet_weights()
     configs = []
     for voc_class in classes:
@@ -56,16 +56,3 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
             read_class_list(root, voc_class, cfg.eval_split)
         configs.append(cfg)
     return configs
-
-
-def create_jobs(s: Session, configs: list[TrainConfig], max_attempts: int = 3) -> list[TrainJob]:
-    jobs = [TrainJob(voc_class=c.voc_class, config=c.to_dict(), max_attempts=max_attempts) for c in configs]
-    s.add_all(jobs)
-    s.flush()
-    return jobs
-
-
-def next_queued(s: Session) -> int | None:
-    return s.scalar(
-        select(TrainJob.id).where(TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False)).order_by(TrainJob.id).limit(1)
-    )

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Detector, ScoreRun
-from db.scoring import error_rows, result_rows
-from model import ConfigError
-from model.data import open_rgb
+from vocfleet.db.models import Detector, ScoreRun
+from vocfleet.db.scoring import error_rows, result_rows
+from vocfleet.model import ConfigError
+from vocfleet.model.data import open_rgb
 
 THUMB = 160
 STYLE = """

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from db import session as db_session
-from db.models import Detector
-from db.session import session_scope
-from model.config import TrainConfig
-from model.engine import fit
+from vocfleet.db import session as db_session
+from vocfleet.db.models import Detector
+from vocfleet.db.session import session_scope
+from vocfleet.model.config import TrainConfig
+from vocfleet.model.engine import fit
 
 SHARED_VOC = Path(__file__).resolve().parents[1].parent / "shared" / "voc2007" / "VOCdevkit" / "VOC2007"
 WILD = Path(__file__).resolve().parents[1].parent / "shared" / "wild"
@@ -27,9 +27,6 @@ def data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("VOCFLEET_DATA_DIR", str(d))
     for var in ("VOCFLEET_DATABASE_URL", "VOCFLEET_BROKER_URL", "VOCFLEET_ARTIFACT_ROOT", "VOCFLEET_CACHE_DIR", "VOCFLEET_SCORE_ROOTS"):
         monkeypatch.delenv(var, raising=False)
-    import scheduler.cli
-
-    monkeypatch.setattr(scheduler.cli, "_db_ready", False)
     db_session.dispose_engines()
     yield d
     db_session.dispose_engines()
@@ -58,6 +55,17 @@ def make_fake_voc(root: Path, n: int = 48, classes=("car", "dog"), size: int = 4
         (main / f"{c}_train.txt").write_text("".join(f"{i} {labels[c][i]:>2}\n" for i in ids))
     (main / "train.txt").write_text("".join(f"{i}\n" for i in ids))
     return root
+
+
+@pytest.fixture
+def invoke():
+    """The CLI in-process, as a user types it: ``invoke("score", folder)`` -> click's Result (exit_code, output)."""
+    from click.testing import CliRunner
+
+    from vocfleet.scheduler.cli import cli
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -105,12 +113,10 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def detectors(trained):
-    from scheduler.cli import ensure_db
-
-    ensure_db()
+    db_session.ensure_schema()
     with session_scope() as s:
         for cls, r in trained.items():
-            s.add(Detector(voc_class=cls, checkpoint_path=r["checkpoint"], sha256=r["sha256"], threshold=r["threshold"], ap=r["metrics"]["ap"], metrics={**r["metrics"], "plots": r["plots"]}, active=True))
+            s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics={**r.metrics, "plots": r.plots}, active=True))
     return trained
 
 

@@ -1,7 +1,7 @@
 """Batch augmentation on tensors and the shared eval preprocessing."""
 import torch
 
-from model.augment import NoAugment, TrainAugment, preprocess_eval
+from vocfleet.model.augment import NoAugment, TrainAugment, preprocess_eval
 
 
 def _batch():
@@ -49,7 +49,7 @@ def test_eval_preprocess_matches_torchvision_reference():
     from PIL import Image
     from torchvision import transforms as T
 
-    from model.augment import IMAGENET_MEAN, IMAGENET_STD
+    from vocfleet.model.augment import IMAGENET_MEAN, IMAGENET_STD
 
     b = _batch()
     ref = torch.stack([T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(Image.fromarray(np.asarray(im)))) for im in b])
@@ -63,8 +63,8 @@ def test_cpu_sampler_equals_grid_sample_on_real_pictures():
     import numpy as np
     import torch.nn.functional as F
 
-    from model.augment import warp_cpu
-    from model.data import load_rgb
+    from vocfleet.model.augment import warp_cpu
+    from vocfleet.model.data import load_rgb
 
     root = Path(__file__).resolve().parents[2] / "shared" / "voc2007" / "VOCdevkit" / "VOC2007" / "JPEGImages"
     b = torch.from_numpy(np.stack([np.asarray(load_rgb(p, 48)) for p in sorted(root.glob("*.jpg"))[:12]]))

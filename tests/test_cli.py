@@ -4,22 +4,15 @@ import io
 import json
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from db.models import Detector, EpochMetric, JobStatus, TrainJob
-from db.session import session_scope
-from scheduler.cli import cli
+from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob
+from vocfleet.db.session import ensure_schema, session_scope
 
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def job_count():
-    from scheduler.cli import ensure_db
-
-    ensure_db()
+    ensure_schema()
     with session_scope() as s:
         return s.scalar(select(func.count()).select_from(TrainJob))
 
@@ -38,7 +31,7 @@ SMALL = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 
         (["--classes", ","], "--classes is empty"),
     ],
 )
-def test_bad_input_one_line_exit_2_no_rows(fake_voc, args, message):
+def test_bad_input_one_line_exit_2_no_rows(fake_voc, args, message, invoke):
     res = invoke("submit", "--voc-root", fake_voc, *args)
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
@@ -46,13 +39,13 @@ def test_bad_input_one_line_exit_2_no_rows(fake_voc, args, message):
     assert job_count() == 0
 
 
-def test_missing_voc_root(tmp_path):
+def test_missing_voc_root(tmp_path, invoke):
     res = invoke("submit", "--classes", "car", "--voc-root", tmp_path / "nowhere")
     assert res.exit_code == 2 and "does not exist" in res.output
     assert job_count() == 0
 
 
-def test_malformed_list_line(fake_voc):
+def test_malformed_list_line(fake_voc, invoke):
     p = fake_voc / "ImageSets/Main/dog_train.txt"
     p.write_text(p.read_text() + "oops\n")
     res = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc)
@@ -60,7 +53,7 @@ def test_malformed_list_line(fake_voc):
     assert job_count() == 0
 
 
-def test_submit_run_status_detectors(fake_voc):
+def test_submit_run_status_detectors(fake_voc, invoke):
     res = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, *SMALL, "--eval-split", "auto")
     assert res.exit_code == 0 and "queued 2 job(s)" in res.output and "eval split: holdout" in res.output
     st = invoke("status")
@@ -85,7 +78,7 @@ def test_submit_run_status_detectors(fake_voc):
     assert "car" in table and "dog" in table
 
 
-def test_retraining_replaces_active_detector(fake_voc):
+def test_retraining_replaces_active_detector(fake_voc, invoke):
     for _ in range(2):
         invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL)
         assert invoke("run").exit_code == 0
@@ -96,12 +89,12 @@ def test_retraining_replaces_active_detector(fake_voc):
     assert len(json.loads(invoke("detectors", "--all", "--format", "json").output)) == 2
 
 
-def test_run_with_nothing_queued():
+def test_run_with_nothing_queued(invoke):
     res = invoke("run")
     assert res.exit_code == 0 and "nothing queued" in res.output
 
 
-def test_plots_listed_and_watch_returns_when_done(fake_voc):
+def test_plots_listed_and_watch_returns_when_done(fake_voc, invoke):
     from pathlib import Path
 
     from PIL import Image
@@ -116,9 +109,9 @@ def test_plots_listed_and_watch_returns_when_done(fake_voc):
     assert res.exit_code == 0 and "succeeded" in res.output
 
 
-def test_bad_input_at_run_time_fails_once_with_reason(fake_voc):
+def test_bad_input_at_run_time_fails_once_with_reason(fake_voc, invoke):
     """A VOC root that breaks after submit: the job fails with the reason and is not tried again."""
-    from worker.tasks import run_train_job
+    from vocfleet.worker.runner import run_train_job
 
     invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
     (fake_voc / "ImageSets/Main/dog_train.txt").unlink()

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from db import settings as settings_module
-from scheduler.cli import cli
+from vocfleet.db import settings as settings_module
+from vocfleet.scheduler.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_gpu_worker_reserves_nvidia_device_and_queues_split():
 
 def test_environment_names_are_read_by_the_code():
     env = compose()["services"]["scheduler"]["environment"]
-    code = "".join(p.read_text() for p in (ROOT / "db").glob("*.py")) + (ROOT / "scheduler" / "cli.py").read_text()
+    code = "".join(p.read_text() for folder in ("db", "scheduler") for p in (ROOT / folder).rglob("*.py"))
     for name in env:
         assert name in code, f"{name} is set in compose but read nowhere"
     assert Path(settings_module.__file__).is_file()
@@ -62,4 +62,4 @@ def test_dockerfile_copies_existing_sources_and_runs_the_cli():
     for src in re.findall(r"^COPY (\S+)", text, re.M):
         assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
     assert 'ENTRYPOINT ["vocfleet"]' in text
-    assert 'vocfleet = "scheduler.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    assert 'vocfleet = "vocfleet.scheduler.cli:main"' in (ROOT / "pyproject.toml").read_text()

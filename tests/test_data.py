@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import ConfigError
-from model.data import check_voc_root, decoded_cache, in_holdout, load_rgb, read_class_list, split_ids
+from vocfleet.model import ConfigError
+from vocfleet.model.data import check_voc_root, decoded_cache, in_holdout, load_rgb, read_class_list, split_ids
 
 
 def test_read_class_list_labels(fake_voc):
@@ -44,7 +44,7 @@ def test_cache_reports_missing_and_broken(fake_voc, tmp_path):
 
 
 def test_cache_built_once_when_jobs_start_together(fake_voc, tmp_path, monkeypatch):
-    import model.data as data
+    import vocfleet.model.data as data
 
     builds = []
     real = data._build_cache

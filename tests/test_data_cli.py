@@ -7,15 +7,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from click.testing import CliRunner
 
-import model.download as download
-from scheduler.cli import cli
+import vocfleet.model.download as download
+from vocfleet.scheduler.cli import cli
 from tests.conftest import make_fake_voc
 
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 class Archive(BaseHTTPRequestHandler):
@@ -54,7 +50,7 @@ def server(tmp_path, monkeypatch):
     httpd.shutdown()
 
 
-def test_download_verifies_and_extracts(server, tmp_path):
+def test_download_verifies_and_extracts(server, tmp_path, invoke):
     res = invoke("data", "download", "--dest", tmp_path / "voc")
     assert res.exit_code == 0, res.output
     root = tmp_path / "voc" / "VOCdevkit" / "VOC2007"
@@ -63,7 +59,7 @@ def test_download_verifies_and_extracts(server, tmp_path):
     assert again.exit_code == 0 and Archive.ranges == [None]
 
 
-def test_interrupted_download_resumes(server, tmp_path):
+def test_interrupted_download_resumes(server, tmp_path, invoke):
     dest = tmp_path / "voc"
     dest.mkdir()
     half = len(Archive.body) // 2
@@ -73,14 +69,14 @@ def test_interrupted_download_resumes(server, tmp_path):
     assert hashlib.md5((dest / "VOCtrainval.tar").read_bytes()).hexdigest() == server["md5"]
 
 
-def test_checksum_mismatch_removes_archive(server, tmp_path, monkeypatch):
+def test_checksum_mismatch_removes_archive(server, tmp_path, monkeypatch, invoke):
     monkeypatch.setitem(server, "md5", "0" * 32)
     res = invoke("data", "download", "--dest", tmp_path / "voc")
     assert res.exit_code == 1 and "checksum mismatch" in res.output
     assert not (tmp_path / "voc" / "VOCtrainval.tar").exists()
 
 
-def test_offline_fails_fast_with_one_line(server, tmp_path, monkeypatch):
+def test_offline_fails_fast_with_one_line(server, tmp_path, monkeypatch, invoke):
     monkeypatch.setitem(server, "url", "http://127.0.0.1:9/VOCtrainval.tar")  # nothing listens there
     res = invoke("data", "download", "--dest", tmp_path / "voc", "--timeout", "3")
     assert res.exit_code == 1
@@ -88,7 +84,7 @@ def test_offline_fails_fast_with_one_line(server, tmp_path, monkeypatch):
     assert len(lines) == 1 and "cannot download" in lines[0] and "fetch it by hand" in lines[0]
 
 
-def test_data_check(fake_voc):
+def test_data_check(fake_voc, invoke):
     res = invoke("data", "check", fake_voc)
     assert res.exit_code == 0
     assert "train  48      47       1        000007" in res.output
@@ -97,6 +93,6 @@ def test_data_check(fake_voc):
     assert data["classes"]["car"]["train"]["positive"] == sum(1 for k in range(48) if k % 3 == 0 and k % 11 != 5)
 
 
-def test_data_check_bad_root(tmp_path):
+def test_data_check_bad_root(tmp_path, invoke):
     res = invoke("data", "check", tmp_path)
     assert res.exit_code == 2 and "has no ImageSets/Main" in res.output

@@ -5,16 +5,17 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from db.jobs import claim_job, end_job, finish_job, heartbeat, reap_stale, record_epoch
-from db.models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
-from db.session import session_scope, upgrade_database
+from vocfleet.db.jobs import claim_job, end_job, finish_job, heartbeat, reap_stale, record_epoch
+from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
+from vocfleet.model.engine import FitResult
+from vocfleet.db.session import session_scope, upgrade_database
 
 RECORD = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_ap": 0.3, "lr": 0.1, "seconds": 1.0, "images_per_s": 10.0}
 
 
 def _result(path="/x/detector.pt"):
     m = {"ap": 0.4, "ap11": 0.41, "auc": 0.8, "accuracy": 0.9, "baseline_accuracy": 0.85, "positives": 5, "images": 50}
-    return {"checkpoint": path, "sha256": "0" * 64, "threshold": 0.3, "metrics": m, "val_metrics": m, "best_epoch": 1, "skipped_images": []}
+    return FitResult(checkpoint=path, sha256="0" * 64, threshold=0.3, metrics=m, val_metrics=m, best_epoch=1)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
@@ -100,3 +101,81 @@ def test_one_active_detector_per_class(db):
     with session_scope() as s:
         job = s.get(TrainJob, db)
         assert job.status == JobStatus.succeeded and end_job(s, db, token, JobStatus.failed) is False
+
+
+def test_schema_head_is_the_newest_migration(db):
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from vocfleet.db.session import MIGRATIONS, SCHEMA_HEAD, ensure_schema, schema_revision
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_HEAD == schema_revision()
+    ensure_schema()  # current already: a no-op
+
+
+def test_ensure_schema_creates_a_fresh_database(tmp_path):
+    from vocfleet.db.session import SCHEMA_HEAD, ensure_schema, schema_revision
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    assert schema_revision(url) is None
+    ensure_schema(url)
+    assert schema_revision(url) == SCHEMA_HEAD
+
+
+def test_create_jobs_and_next_queued(db):
+    from vocfleet.db.jobs import create_jobs, next_queued
+
+    with session_scope() as s:
+        jobs = create_jobs(s, [{"voc_class": "dog", "epochs": 1}, {"voc_class": "cat", "epochs": 1}], max_attempts=5)
+        ids = [j.id for j in jobs]
+    with session_scope() as s:
+        assert [s.get(TrainJob, i).max_attempts for i in ids] == [5, 5]
+        assert next_queued(s) == db  # the oldest first
+        s.get(TrainJob, db).cancel_requested = True
+    with session_scope() as s:
+        assert next_queued(s) == ids[0]
+
+
+def test_cancel_work_queued_now_running_asked(db):
+    from vocfleet.db.jobs import cancel_work, create_jobs
+
+    with session_scope() as s:
+        other = create_jobs(s, [{"voc_class": "dog"}])[0].id
+    with session_scope() as s:
+        claim_job(s, db, "h")
+    with session_scope() as s:
+        assert cancel_work(s, TrainJob, [db, other, 999]) == ([other], [db])
+    with session_scope() as s:
+        assert s.get(TrainJob, other).status == JobStatus.cancelled
+        assert s.get(TrainJob, db).status == JobStatus.running and s.get(TrainJob, db).cancel_requested
+        assert heartbeat(s, db, s.get(TrainJob, db).claim_token) == "cancel"
+    with session_scope() as s:
+        assert cancel_work(s, TrainJob, None) == ([], [db])  # every unfinished one
+
+
+def test_reopen_run(db):
+    from vocfleet.db.models import ScoreRun
+    from vocfleet.db.scoring import Reopen, create_run, reopen_run
+
+    with session_scope() as s:
+        det = Detector(voc_class="car", checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=0.3, metrics={}, active=True)
+        s.add(det)
+        s.flush()
+        run_id = create_run(s, ["/pics"], [det], batch_size=8, max_attempts=1).id
+    with session_scope() as s:
+        assert reopen_run(s, 12345, timedelta(seconds=60))[0] == Reopen.missing
+        assert reopen_run(s, run_id, timedelta(seconds=60))[0] == Reopen.ready  # queued: left as it is
+    with session_scope() as s:
+        claim_job(s, run_id, "h", ScoreRun)
+    with session_scope() as s:
+        assert reopen_run(s, run_id, timedelta(seconds=60))[0] == Reopen.running  # fresh heartbeat
+    with session_scope() as s:
+        state, run = reopen_run(s, run_id, timedelta(seconds=-1))  # its heartbeat is now stale
+        assert state == Reopen.ready and run.status == JobStatus.queued and run.claim_token is None
+    with session_scope() as s:
+        claim_job(s, run_id, "h2", ScoreRun)  # attempts (2) exceed max_attempts (1): reopened anyway
+        s.get(ScoreRun, run_id).status = JobStatus.succeeded
+    with session_scope() as s:
+        assert reopen_run(s, run_id, timedelta(seconds=-1))[0] == Reopen.finished

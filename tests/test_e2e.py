@@ -7,26 +7,24 @@ import time
 
 import pytest
 import torch
-from click.testing import CliRunner
 from sqlalchemy import select
 
-from db.models import Detector, EpochMetric, JobStatus, TrainJob
-from db.session import session_scope
-from model.checkpoint import load_checkpoint, sha256_file
-from model.config import TrainConfig
-from model.engine import evaluate, prepare_splits
-from model.net import build_model
-from scheduler.cli import cli
+from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob
+from vocfleet.db.session import session_scope
+from vocfleet.model.checkpoint import load_checkpoint, sha256_file
+from vocfleet.model.config import TrainConfig
+from vocfleet.model.engine import evaluate
+from vocfleet.model.splits import prepare_splits
+from vocfleet.model.net import build_model
 
 pytestmark = pytest.mark.slow
 SMALL = ["--epochs", "2", "--image-size", "32", "--batch-size", "16", "--max-batches", "6"]
 
 
-def test_two_classes_end_to_end(shared_voc, data_dir):
-    runner = CliRunner()
-    res = runner.invoke(cli, ["submit", "--classes", "car,dog", "--voc-root", str(shared_voc), *SMALL], catch_exceptions=False)
+def test_two_classes_end_to_end(shared_voc, data_dir, invoke):
+    res = invoke("submit", "--classes", "car,dog", "--voc-root", shared_voc, *SMALL)
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, ["run"], catch_exceptions=False)
+    res = invoke("run")
     assert res.exit_code == 0, res.output
     with session_scope() as s:
         jobs = s.scalars(select(TrainJob).order_by(TrainJob.id)).all()
@@ -52,7 +50,7 @@ def test_two_classes_end_to_end(shared_voc, data_dir):
 def test_killed_run_resumes_from_checkpoint(shared_voc, data_dir):
     """kill -9 the embedded runner mid-job; the next 'vocfleet run' resumes at the next epoch."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    vocfleet = [sys.executable, "-m", "scheduler.cli"]
+    vocfleet = [sys.executable, "-m", "vocfleet"]
     subprocess.run([*vocfleet, "submit", "--classes", "car", "--voc-root", str(shared_voc), *SMALL[:-1], "12", "--epochs", "3"], env=env, check=True)
     proc = subprocess.Popen([*vocfleet, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = data_dir / "artifacts" / "jobs" / "1" / "last.pt"

@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from model import ConfigError
-from model.checkpoint import load_checkpoint
-from model.config import TrainConfig
-from model.engine import Stopped, evaluate, fit, prepare_splits
-from model.net import build_model
+from vocfleet.model import ConfigError
+from vocfleet.model.checkpoint import load_checkpoint
+from vocfleet.model.config import TrainConfig
+from vocfleet.model.engine import Stopped, evaluate, fit
+from vocfleet.model.splits import prepare_splits
+from vocfleet.model.net import build_model
 
 
 def _cfg(root, **kw):
@@ -36,8 +37,8 @@ def test_fit_writes_detector_and_reproduces_its_ap(fake_voc, tmp_path):
     events = []
     result = fit(cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache", progress=events.append)
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
-    assert result["resumed_from"] == 0 and result["skipped_images"] == ["000007"]
-    m = result["metrics"]
+    assert result.resumed_from == 0 and result.skipped_images == ["000007"]
+    m = result.metrics
     assert {"ap", "ap11", "auc", "accuracy", "baseline_accuracy", "precision", "recall", "f1", "threshold"} <= set(m)
     ckpt = load_checkpoint(tmp_path / "job" / "detector.pt")
     assert ckpt["config"] == cfg.to_dict() and set(ckpt) >= {"model", "epoch", "config", "metrics", "threshold"}
@@ -51,8 +52,8 @@ def test_fit_writes_detector_and_reproduces_its_ap(fake_voc, tmp_path):
 def test_seeded_runs_are_reproducible(fake_voc, tmp_path):
     a = fit(_cfg(fake_voc), out_dir=tmp_path / "a", cache_dir=tmp_path / "cache")
     b = fit(_cfg(fake_voc), out_dir=tmp_path / "b", cache_dir=tmp_path / "cache")
-    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
-    assert a["metrics"] == b["metrics"]
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert a.metrics == b.metrics
 
 
 def test_interrupted_fit_resumes_and_matches_uninterrupted(fake_voc, tmp_path):
@@ -71,9 +72,9 @@ def test_interrupted_fit_resumes_and_matches_uninterrupted(fake_voc, tmp_path):
     assert load_checkpoint(tmp_path / "job" / "last.pt")["epoch"] == 1
     epochs = []
     resumed = fit(cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache", progress=lambda e: e["event"] == "epoch" and epochs.append(e["epoch"]))
-    assert resumed["resumed_from"] == 1 and epochs == [2, 3]
-    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in full["history"]], rel=1e-4)
-    assert resumed["metrics"]["ap"] == pytest.approx(full["metrics"]["ap"], abs=1e-4)
+    assert resumed.resumed_from == 1 and epochs == [2, 3]
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history], rel=1e-4)
+    assert resumed.metrics["ap"] == pytest.approx(full.metrics["ap"], abs=1e-4)
 
 
 def test_should_stop_raises_between_batches(fake_voc, tmp_path):
@@ -90,12 +91,12 @@ def test_fit_learns_the_fake_signal(fake_voc, tmp_path):
     """Positives carry a bright square; a few epochs without caps must rank them above chance."""
     cfg = _cfg(fake_voc, max_batches=None, epochs=6, batch_size=8, lr=3e-3, eval_fraction=0.4)
     result = fit(cfg, out_dir=tmp_path / "j", cache_dir=tmp_path / "cache")
-    pos_rate = result["metrics"]["positives"] / result["metrics"]["images"]
-    assert result["metrics"]["ap"] > pos_rate
+    pos_rate = result.metrics["positives"] / result.metrics["images"]
+    assert result.metrics["ap"] > pos_rate
 
 
 def test_aux_classes_saves_a_single_logit_detector(fake_voc, tmp_path):
-    from model.engine import AuxLoss
+    from vocfleet.model.engine import AuxLoss
 
     cfg = _cfg(fake_voc, aux_classes=True)
     train, _, _, _ = prepare_splits(cfg, tmp_path / "cache")
@@ -106,7 +107,7 @@ def test_aux_classes_saves_a_single_logit_detector(fake_voc, tmp_path):
     model = build_model("scratch")
     model.load_state_dict(ckpt["model"])
     _, _, ev, _ = prepare_splits(cfg, tmp_path / "cache")
-    assert evaluate(model, ev, torch.device("cpu"))["ap"] == pytest.approx(result["metrics"]["ap"], abs=1e-6)
+    assert evaluate(model, ev, torch.device("cpu"))["ap"] == pytest.approx(result.metrics["ap"], abs=1e-6)
     # Unknown labels (-1) are masked out of the auxiliary part of the loss.
     loss = AuxLoss(0, None)
     t = torch.tensor([[1.0, -1.0, 0.0]])

@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from db.models import Detector, EpochMetric, JobStatus, ScoreRun, TrainJob
-from db.session import dispose_engines, get_engine, session_scope
-from model.config import TrainConfig
-from model.engine import fit
-from scheduler.cli import ensure_db
+from vocfleet.db.models import Detector, EpochMetric, JobStatus, ScoreRun, TrainJob
+from vocfleet.db.session import ensure_schema, dispose_engines, get_engine, session_scope
+from vocfleet.model.config import TrainConfig
+from vocfleet.model.engine import fit
 from tests.conftest import make_fake_voc
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
-VOCFLEET = [sys.executable, "-m", "scheduler.cli"]
+VOCFLEET = [sys.executable, "-m", "vocfleet"]
 REDIS = shutil.which("redis-server")
 
 
@@ -128,7 +127,7 @@ def fleet(tmp_path, pg_url, monkeypatch):
     monkeypatch.setenv("VOCFLEET_STALE_SECONDS", "5")
     monkeypatch.setenv("VOCFLEET_VISIBILITY_TIMEOUT", "30")
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-    ensure_db()
+    ensure_schema()
     f = Fleet(tmp_path, voc)
     f.redis = redis
     yield f
@@ -225,12 +224,12 @@ def test_cancel_running_and_queued(fleet):
         assert s.get(TrainJob, 1).error == "cancelled by user"
 
 
-def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch):
+def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch, invoke):
     for cls in ("car", "dog"):
         cfg = TrainConfig(voc_class=cls, voc_root=str(fleet.voc), image_size=32, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3)
         r = fit(cfg, out_dir=tmp_path / "det" / cls, cache_dir=tmp_path / "cache")
         with session_scope() as s:
-            s.add(Detector(voc_class=cls, checkpoint_path=r["checkpoint"], sha256=r["sha256"], threshold=r["threshold"], ap=r["metrics"]["ap"], metrics=r["metrics"]))
+            s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics=r.metrics))
     pics = tmp_path / "roots" / "pics"
     pics.mkdir(parents=True)
     for i, p in enumerate(sorted((fleet.voc / "JPEGImages").glob("*.jpg"))[:12]):
@@ -241,12 +240,11 @@ def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch):
     fleet.start_worker("w1", queues="score")
     from click.testing import CliRunner
 
-    from scheduler.cli import cli
-
+    
     for _ in range(19):  # submitted back to back, before the workers get far
-        res = CliRunner().invoke(cli, ["score", str(pics)], catch_exceptions=False)
+        res = invoke("score", pics)
         assert res.exit_code == 0 and "queued" in res.output, res.output
-    res = CliRunner().invoke(cli, ["score", str(pics), "--wait"], catch_exceptions=False)
+    res = invoke("score", pics, "--wait")
     assert res.exit_code == 0 and "run 20 succeeded: 13 of 13 files" in res.output, res.output
 
     def done():

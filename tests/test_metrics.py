@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from model.metrics import average_precision, average_precision_11pt, binary_report, choose_threshold, roc_auc
+from vocfleet.model.metrics import average_precision, average_precision_11pt, binary_report, choose_threshold, roc_auc
 
 
 def test_perfect_ranking():

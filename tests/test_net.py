@@ -3,8 +3,9 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
-from model import ConfigError
-from model.net import build_model, check_init, inference_model
+from vocfleet.model import ConfigError
+from vocfleet.model.config import check_init
+from vocfleet.model.net import build_model, inference_model
 
 
 def test_single_logit_head():

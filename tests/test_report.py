@@ -3,19 +3,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import select
 
-from db.models import Score, ScoredImage
-from db.session import session_scope
-from scheduler.cli import cli
+from vocfleet.db.models import Score, ScoredImage
+from vocfleet.db.session import session_scope
+from vocfleet.scheduler.cli import cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -40,7 +36,7 @@ def open_page(browser, path: Path):
     return page, errors
 
 
-def test_run_report_in_browser(detectors, wild, tmp_path, browser):
+def test_run_report_in_browser(detectors, wild, tmp_path, browser, invoke):
     assert invoke("score", wild).exit_code == 0
     out = tmp_path / "report.html"
     res = invoke("report", 1, "--out", out)
@@ -67,7 +63,7 @@ def test_run_report_in_browser(detectors, wild, tmp_path, browser):
     assert errors == []
 
 
-def test_fleet_report_in_browser(detectors, tmp_path, browser):
+def test_fleet_report_in_browser(detectors, tmp_path, browser, invoke):
     out = tmp_path / "fleet.html"
     assert invoke("report", "--fleet", "--out", out).exit_code == 0
     page, errors = open_page(browser, out)
@@ -77,12 +73,12 @@ def test_fleet_report_in_browser(detectors, tmp_path, browser):
     assert errors == []
 
 
-def test_report_needs_run_or_fleet(tmp_path):
+def test_report_needs_run_or_fleet(tmp_path, invoke):
     res = invoke("report", "--out", tmp_path / "x.html")
     assert res.exit_code == 2 and "give a scoring run id, or --fleet" in res.output
     assert not (tmp_path / "x.html").exists()
 
 
-def test_report_unknown_run(tmp_path):
+def test_report_unknown_run(tmp_path, invoke):
     res = invoke("report", 42, "--out", tmp_path / "x.html")
     assert res.exit_code == 2 and "no scoring run 42" in res.output

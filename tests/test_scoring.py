@@ -8,21 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import func, select
 
-from db.models import FileError, JobStatus, Score, ScoredImage, ScoreRun
-from db.session import session_scope
-from model.config import TrainConfig
-from scheduler.cli import cli, ensure_db
+from vocfleet.db.models import FileError, JobStatus, Score, ScoredImage, ScoreRun
+from vocfleet.db.session import ensure_schema, session_scope
+from vocfleet.model.config import TrainConfig
 
 WILD_IMAGES = 16  # pictures in ../shared/wild (the rest: README, empty, text-as-jpg, truncated)
 WILD_BROKEN = {"README.txt", "empty.jpg", "notes.jpg", "truncated.jpg"}
 
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def counts(run_id=1):
@@ -34,7 +29,7 @@ def counts(run_id=1):
         return run, n_images, n_scores, n_errors
 
 
-def _score_wild_and_check(wild):
+def _score_wild_and_check(invoke, wild):
     res = invoke("score", wild)
     assert res.exit_code == 0, res.output
     run, n_images, n_scores, n_errors = counts()
@@ -50,8 +45,8 @@ def _score_wild_and_check(wild):
     return res
 
 
-def test_score_wild_every_file_has_an_outcome(detectors, wild):
-    res = _score_wild_and_check(wild)
+def test_score_wild_every_file_has_an_outcome(detectors, wild, invoke):
+    res = _score_wild_and_check(invoke, wild)
     assert "16 image(s) scored, 4 file(s) not scored, of 20 seen" in res.output
     assert "run 1: 20 of 20 files" in res.output  # plain progress lines when not on a terminal
     with session_scope() as s:
@@ -64,12 +59,12 @@ def test_score_wild_every_file_has_an_outcome(detectors, wild):
 
 
 @pytest.mark.services
-def test_score_wild_on_postgresql(pg_url, detectors, wild):
-    _score_wild_and_check(wild)
+def test_score_wild_on_postgresql(pg_url, detectors, wild, invoke):
+    _score_wild_and_check(invoke, wild)
 
 
-def test_running_again_adds_no_rows(detectors, wild):
-    from worker.tasks import run_score_run
+def test_running_again_adds_no_rows(detectors, wild, invoke):
+    from vocfleet.worker.runner import run_score_run
 
     invoke("score", wild)
     before = counts()[1:]
@@ -80,11 +75,11 @@ def test_running_again_adds_no_rows(detectors, wild):
     assert counts()[1:] == before
 
 
-def test_interrupted_run_resumes_without_duplicates(detectors, wild, monkeypatch):
-    import worker.tasks
+def test_interrupted_run_resumes_without_duplicates(detectors, wild, monkeypatch, invoke):
+    import vocfleet.worker.runner
 
-    monkeypatch.setattr(worker.tasks, "SCORE_CHUNK", 5)
-    ensure_db()
+    monkeypatch.setattr(vocfleet.worker.runner, "SCORE_CHUNK", 5)
+    ensure_schema()
     res = invoke("score", wild)
     full = counts()[1:]
 
@@ -95,7 +90,7 @@ def test_interrupted_run_resumes_without_duplicates(detectors, wild, monkeypatch
         if len(calls) == 3:
             raise KeyboardInterrupt
 
-    from worker.tasks import run_score_run
+    from vocfleet.worker.runner import run_score_run
 
     with session_scope() as s:
         s.add(ScoreRun(folders=[str(wild)], classes=["car", "dog"], detector_ids=[1, 2]))
@@ -108,13 +103,13 @@ def test_interrupted_run_resumes_without_duplicates(detectors, wild, monkeypatch
     assert counts(2)[1:] == full
 
 
-def test_results_formats_agree(detectors, wild):
+def test_results_formats_agree(detectors, wild, invoke):
     invoke("score", wild)
     table = invoke("results", 1).output.strip().splitlines()
     data = json.loads(invoke("results", 1, "--format", "json").output)
     rows = list(csv.DictReader(io.StringIO(invoke("results", 1, "--format", "csv").output)))
     assert len(table) - 1 == len(data) == len(rows) == 2 * WILD_IMAGES
-    for line, d, r in zip(table[1:], data, rows):
+    for line, d, r in zip(table[1:], data, rows, strict=True):
         assert line.split()[0] == d["image"].split()[0] == r["image"].split()[0]
         assert d["class"] == r["class"] and float(r["probability"]) == pytest.approx(d["probability"])
         assert f"{d['probability']:.3f}" in line
@@ -130,7 +125,7 @@ def test_results_formats_agree(detectors, wild):
     assert {e["file"] for e in errors} == WILD_BROKEN
 
 
-def test_renamed_copy_is_recognised_by_hash(detectors, tmp_path):
+def test_renamed_copy_is_recognised_by_hash(detectors, tmp_path, invoke):
     d = tmp_path / "pics"
     d.mkdir()
     Image.new("RGB", (50, 40), (10, 200, 30)).save(d / "a.png")
@@ -141,7 +136,7 @@ def test_renamed_copy_is_recognised_by_hash(detectors, tmp_path):
     assert hashes["a.png"] == hashes["renamed.png"]
 
 
-def test_links_hidden_files_and_bombs(detectors, tmp_path):
+def test_links_hidden_files_and_bombs(detectors, tmp_path, invoke):
     outside = tmp_path / "outside"
     outside.mkdir()
     Image.new("RGB", (20, 20)).save(outside / "secret.png")
@@ -167,7 +162,7 @@ def test_links_hidden_files_and_bombs(detectors, tmp_path):
     assert "too large to decode safely" in errors["bomb.png"]
 
 
-def test_score_roots_refuse_before_queueing(detectors, tmp_path, monkeypatch):
+def test_score_roots_refuse_before_queueing(detectors, tmp_path, monkeypatch, invoke):
     root = tmp_path / "allowed"
     (root / "pics").mkdir(parents=True)
     os.symlink("/etc", root / "etc-link")
@@ -182,23 +177,23 @@ def test_score_roots_refuse_before_queueing(detectors, tmp_path, monkeypatch):
     assert invoke("score", root / "pics").exit_code == 0
 
 
-def test_fleet_needs_score_roots(detectors, tmp_path, monkeypatch):
+def test_fleet_needs_score_roots(detectors, tmp_path, monkeypatch, invoke):
     monkeypatch.setenv("VOCFLEET_BROKER_URL", "redis://127.0.0.1:6379/15")
     res = invoke("score", tmp_path)
     assert res.exit_code == 2 and "VOCFLEET_SCORE_ROOTS" in res.output
 
 
-def test_score_without_detectors_or_unknown_class(tmp_path):
+def test_score_without_detectors_or_unknown_class(tmp_path, invoke):
     res = invoke("score", tmp_path)
     assert res.exit_code == 2 and "no trained detectors yet" in res.output
 
 
-def test_missing_class_detector(detectors, tmp_path):
+def test_missing_class_detector(detectors, tmp_path, invoke):
     res = invoke("score", tmp_path, "--classes", "cat")
     assert res.exit_code == 2 and "no trained detector for cat" in res.output
 
 
-def test_predict(detectors, wild):
+def test_predict(detectors, wild, invoke):
     res = invoke("predict", wild / "grey.jpg", wild / "modern.webp", "--format", "json")
     assert res.exit_code == 0
     rows = json.loads(res.output)
@@ -211,18 +206,20 @@ def test_scoring_path_agrees_with_validation_path(trained, tmp_path):
     """One eval preprocessing: a VOC image scored from its file gets the probability evaluation gave it."""
     import torch
 
-    from model.engine import evaluate, prepare_splits
-    from model.net import build_model
-    from model.score import DetectorSpec, FileEntry, iter_chunks, load_detectors
+    from vocfleet.model.engine import evaluate
+
+    from vocfleet.model.splits import prepare_splits
+    from vocfleet.model.net import build_model
+    from vocfleet.model.score import DetectorSpec, FileEntry, iter_chunks, load_detectors
 
     r = trained["dog"]
-    ckpt = torch.load(r["checkpoint"], weights_only=True)
+    ckpt = torch.load(r.checkpoint, weights_only=True)
     cfg = TrainConfig.from_dict(ckpt["config"])
     _, _, ev, _ = prepare_splits(cfg, tmp_path / "cache")
     trained_model = build_model("scratch")
     trained_model.load_state_dict(ckpt["model"])
     expected = evaluate(trained_model, ev, torch.device("cpu"))["probs"]  # the training network, batch norms and all
-    spec = DetectorSpec(99, "dog", r["checkpoint"], r["sha256"], r["threshold"])
+    spec = DetectorSpec(99, "dog", r.checkpoint, r.sha256, r.threshold)
     root = Path(cfg.voc_root) / "JPEGImages"
     entries = [FileEntry(str(root), f"{ev.decoded.ids[row]}.jpg") for row in ev.rows]
     for compile in (False, True):  # compiled: one graph, the ragged last batch padded
@@ -235,8 +232,8 @@ def test_scoring_path_agrees_with_validation_path(trained, tmp_path):
 def test_compile_failure_falls_back_to_uncompiled(caplog):
     import torch
 
-    from model.net import build_model, inference_model
-    from model.score import DetectorSpec, LoadedDetector, run_detectors
+    from vocfleet.model.net import build_model, inference_model
+    from vocfleet.model.score import DetectorSpec, LoadedDetector, run_detectors
 
     class FailsToCompile(torch.nn.Module):  # what torch.compile's wrapper looks like when no toolchain works
         def __init__(self, inner):

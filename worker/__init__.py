@@ -1,1 +1,1 @@
-"""Celery app and the thin tasks that the fleet workers and the local executor both run."""
+"""The runner (claim, call ``vocfleet.model``, record) and the Celery app and tasks that wrap it for the fleet."""

@@ -1,9 +1,9 @@
-"""Celery configuration, loaded by name from ``worker.celery_app``."""
+"""Celery configuration, loaded by name from ``vocfleet.worker.celery_app``."""
 import os
 
 from kombu import Queue
 
-from db.settings import get_settings
+from vocfleet.db.settings import get_settings
 
 _settings = get_settings()
 

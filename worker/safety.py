@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from db.settings import get_settings
-from model import ConfigError
+from vocfleet.db.settings import get_settings
+from vocfleet.model import ConfigError
 
 
 def check_score_folder(folder: str | os.PathLike) -> Path:

@@ -1,219 +1,18 @@
-"""Tasks: take an id, load the row, call ``model``, write the results. Same code for Celery and the local executor."""
+"""Celery tasks: thin wrappers that hand an id to the runner (``runner.py``) on the fleet's workers."""
 from __future__ import annotations
 
-import logging
-import socket
-import threading
-import traceback
-
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from db.jobs import claim_job, end_job, finish_job, heartbeat, record_epoch
-from db.models import Detector, JobStatus, ScoreRun, TrainJob
-from db.scoring import done_paths, set_total, store_chunk
-from db.session import session_scope
-from db.settings import get_settings
-from model import ConfigError
-from model.config import TrainConfig
-from model.engine import Stopped, fit, resolve_device
-from model.score import DetectorSpec, iter_chunks, load_detectors, scan_folders
-from worker.celery_app import app
-from worker.safety import check_score_folder
-
-log = logging.getLogger(__name__)
-SCORE_CHUNK = 256  # files per committed chunk: a crash loses at most this much work
-
-
-class Heartbeat:
-    """Background thread that keeps the job's heartbeat fresh and notices cancel or a lost claim."""
-
-    def __init__(self, job_id: int, token: str, interval: float, model=TrainJob):
-        self.job_id, self.token, self.interval, self.model = job_id, token, interval, model
-        self.state = "ok"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                with session_scope() as s:
-                    self.state = heartbeat(s, self.job_id, self.token, self.model)
-            except OperationalError as exc:  # database briefly away: try again next beat
-                log.warning("heartbeat for job %d failed: %s", self.job_id, exc)
-            if self.state != "ok":
-                return
-
-    def should_stop(self) -> bool:
-        return self.state != "ok"
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def run_train_job(job_id: int, progress=None, host: str | None = None) -> str:
-    """Run one training job to its end state; safe to call again for the same id (at-least-once delivery).
-
-    Args:
-        job_id: the ``train_jobs`` row.
-        progress: optional extra callback receiving ``fit``'s progress events (the CLI's bar).
-        host: the worker's name recorded on the row (default: this machine's host name).
-    Returns:
-        The job's status afterwards, or ``skipped`` when another worker holds it.
-    """
-    settings = get_settings()
-    token, config = _claim(TrainJob, job_id, lambda job: dict(job.config), host)
-    if token is None:
-        return config
-
-    out_dir = settings.artifact_root / "jobs" / str(job_id)
-
-    def on_progress(event: dict) -> None:
-        if event["event"] == "epoch":
-            with session_scope() as s:
-                record_epoch(s, job_id, token, event)
-        if progress:
-            progress(event)
-
-    with Heartbeat(job_id, token, settings.heartbeat_seconds) as hb:
-        try:
-            cfg = TrainConfig.from_dict(config)
-            result = fit(cfg, out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop)
-        except Stopped:
-            if hb.state == "cancel":
-                with session_scope() as s:
-                    end_job(s, job_id, token, JobStatus.cancelled, "cancelled by user")
-                return "cancelled"
-            log.warning("job %d: claim lost (reaped or re-delivered); leaving it to its new owner", job_id)
-            return "skipped"
-        except (ConfigError, FloatingPointError) as exc:  # bad input: fail once, never retry
-            with session_scope() as s:
-                end_job(s, job_id, token, JobStatus.failed, str(exc))
-            return "failed"
-        except (KeyboardInterrupt, OperationalError):
-            # Interrupted, or the database went away: hand the job back so it resumes from its checkpoint.
-            try:
-                with session_scope() as s:
-                    end_job(s, job_id, token, JobStatus.queued, "interrupted; will resume from the last checkpoint")
-            except OperationalError:
-                pass  # the reaper requeues it once the heartbeat goes stale
-            raise
-        except Exception as exc:  # noqa: BLE001 - any crash is recorded with its reason
-            log.exception("job %d failed", job_id)
-            with session_scope() as s:
-                end_job(s, job_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=3)}")
-            return "failed"
-    with session_scope() as s:
-        return "succeeded" if finish_job(s, job_id, token, result) is not None else "skipped"
-
-
-def _claim(model, row_id: int, read, host: str | None):
-    """Claim a queued row; returns (token, read(row)) or (None, outcome) when there is nothing to run."""
-    with session_scope() as s:
-        row = s.get(model, row_id)
-        if row is None:
-            log.warning("%s %d does not exist; nothing to do", model.__tablename__, row_id)
-            return None, "missing"
-        if row.status != JobStatus.queued:
-            log.info("%s %d is %s; not running it again", model.__tablename__, row_id, row.status.value)
-            return None, (row.status.value if row.status.finished else "skipped")
-        token = claim_job(s, row_id, host or socket.gethostname(), model)
-        return (token, read(row)) if token else (None, "skipped")
-
-
-def run_score_run(run_id: int, progress=None, host: str | None = None) -> str:
-    """Score every file of a run's folders with its detectors; resumes where an earlier attempt stopped.
-
-    Args:
-        run_id: the ``score_runs`` row.
-        progress: optional callback ``(done, total)`` in files.
-        host: the worker's name recorded on the row.
-    Returns:
-        The run's status afterwards, or ``skipped`` when another worker holds it.
-    """
-    settings = get_settings()
-    token, run = _claim(ScoreRun, run_id, lambda r: {"folders": list(r.folders), "detector_ids": list(r.detector_ids), "batch_size": r.batch_size}, host)
-    if token is None:
-        return run
-
-    def fail(status: JobStatus, reason: str) -> str:
-        with session_scope() as s:
-            end_job(s, run_id, token, status, reason, ScoreRun)
-        return status.value
-
-    with Heartbeat(run_id, token, settings.heartbeat_seconds, ScoreRun) as hb:
-        try:
-            folders = [str(check_score_folder(f)) for f in run["folders"]]
-            with session_scope() as s:
-                dets = {d.id: d for d in s.scalars(select(Detector).where(Detector.id.in_(run["detector_ids"])))}
-                missing = [i for i in run["detector_ids"] if i not in dets]
-                if missing:
-                    raise ConfigError(f"detector(s) {missing} no longer exist: submit a new scoring run")
-                specs = [DetectorSpec.of(dets[i]) for i in run["detector_ids"]]
-                already = done_paths(s, run_id)
-            device = resolve_device()
-            loaded = load_detectors(specs, device, compile=get_settings().score_compile)
-            candidates, scan_errors = scan_folders(folders)
-            total = len(candidates) + len(scan_errors)
-            with session_scope() as s:
-                set_total(s, run_id, token, total)
-            todo = [e for e in candidates if (e.folder, e.rel_path) not in already]
-            pending_errors = [{"folder": e.folder, "rel_path": e.rel_path, "reason": r} for e, r in scan_errors if (e.folder, e.rel_path) not in already]
-            done = total - len(todo) - len(pending_errors)
-            if progress:
-                progress(done, total)
-            for chunk in iter_chunks(todo, loaded, device, chunk_size=SCORE_CHUNK, batch_size=run["batch_size"]):
-                if hb.should_stop():
-                    raise Stopped("stopped between chunks")
-                images = [
-                    {"folder": f.entry.folder, "rel_path": f.entry.rel_path, "size_bytes": f.size_bytes, "sha256": f.sha256, "width": f.width, "height": f.height}
-                    for f in chunk.scored
-                ]
-                scores = [
-                    [(d.spec.id, d.spec.voc_class, float(chunk.probs[k, j]), bool(chunk.probs[k, j] >= d.spec.threshold)) for k, d in enumerate(loaded)]
-                    for j in range(len(chunk.scored))
-                ]
-                errors = pending_errors + [{"folder": e.folder, "rel_path": e.rel_path, "reason": r} for e, r in chunk.errors]
-                with session_scope() as s:
-                    if not store_chunk(s, run_id, token, images, scores, errors):
-                        raise Stopped("claim lost")
-                done += len(images) + len(errors)
-                pending_errors = []
-                if progress:
-                    progress(done, total)
-            if pending_errors:  # nothing left to decode, only scan errors to record
-                with session_scope() as s:
-                    store_chunk(s, run_id, token, [], [], pending_errors)
-        except Stopped:
-            if hb.state == "cancel":
-                return fail(JobStatus.cancelled, "cancelled by user")
-            return "skipped"
-        except (ConfigError, FileNotFoundError, ValueError) as exc:
-            return fail(JobStatus.failed, str(exc))
-        except (KeyboardInterrupt, OperationalError):
-            try:
-                fail(JobStatus.queued, "interrupted; will resume where it stopped")
-            except OperationalError:
-                pass
-            raise
-        except Exception as exc:  # noqa: BLE001
-            log.exception("scoring run %d failed", run_id)
-            return fail(JobStatus.failed, f"{exc.__class__.__name__}: {exc}")
-    with session_scope() as s:
-        return "succeeded" if end_job(s, run_id, token, JobStatus.succeeded, None, ScoreRun) else "skipped"
+from .celery_app import app
+from .runner import Outcome, run_score_run, run_train_job
 
 
 def _retry_transient(task, run, row_id: int) -> str:
     """Run a task body; a lost database connection is retried with backoff (the row resumes), anything else is final."""
     try:
-        return run(row_id, host=task.request.hostname)
+        return run(row_id, host=task.request.hostname).value
     except OperationalError as exc:
-        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries * 5, 120))
+        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries * 5, 120)) from exc
 
 
 @app.task(name="vocfleet.score_folder", bind=True, max_retries=5)
@@ -226,3 +25,6 @@ def score_folder(self, run_id: int) -> str:
 def train_detector(self, job_id: int) -> str:
     """Celery entry point for training jobs (``train`` queue)."""
     return _retry_transient(self, run_train_job, job_id)
+
+
+__all__ = ["Outcome", "score_folder", "train_detector"]

@@ -2,7 +2,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from db.models import Base
+from vocfleet.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -11,7 +11,7 @@ target_metadata = Base.metadata
 def run() -> None:
     conn = config.attributes.get("connection")
     if conn is None:  # plain `alembic` command line: build an engine from the URL
-        from db.settings import get_settings
+        from vocfleet.db.settings import get_settings
 
         url = config.attributes.get("connection_url") or get_settings().database_url
         with create_engine(url).begin() as conn:

@@ -1,0 +1,165 @@
+"""Fleet operations: worker, scheduler, reap, cancel, db upgrade."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import click
+
+from vocfleet.db.settings import get_settings
+from vocfleet.model import ConfigError
+
+from .base import database, stale_option, stale_window
+
+resend_option = click.option("--resend-after", type=float, default=60.0, help="Re-send rows queued this long when the broker's queue is empty.")
+
+
+@click.command()
+@stale_option
+@resend_option
+def reap(stale_after: float | None, resend_after: float) -> None:
+    """Once: put work whose worker stopped heartbeating back on the queue, and re-send what the broker lost."""
+    from vocfleet.db.session import ensure_schema
+
+    from ..fleet import tick
+
+    ensure_schema()
+    out = tick(stale_window(stale_after), timedelta(seconds=resend_after))
+    click.echo(" ".join(f"{k}={len(v)}" for k, v in out.items()))
+
+
+@click.command("scheduler")
+@click.option("--interval", type=float, default=30.0, help="Seconds between passes.")
+@stale_option
+@resend_option
+def scheduler_daemon(interval: float, stale_after: float | None, resend_after: float) -> None:
+    """Long-running: every --interval, what 'vocfleet reap' does once. Survives database and broker outages."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from vocfleet.db.session import ensure_schema
+
+    from ..fleet import tick
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    ensure_schema()
+    click.echo(f"scheduler: every {interval:g}s, stale after {stale_window(stale_after).total_seconds():g}s", err=True)
+    while not stop:
+        try:
+            out = tick(stale_window(stale_after), timedelta(seconds=resend_after))
+            changed = {k: v for k, v in out.items() if v}
+            if changed:
+                click.echo(f"scheduler: {changed}", err=True)
+        except SQLAlchemyError as exc:
+            click.echo(f"scheduler: database unavailable ({exc.__class__.__name__}); retrying", err=True)
+        except KeyboardInterrupt:
+            break
+        for _ in range(int(interval * 10)):
+            if stop:
+                break
+            time.sleep(0.1)
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option("--all", "cancel_all", is_flag=True, help="Every queued or running training job.")
+@click.option("--run", "run_ids", multiple=True, type=int, help="A scoring run to cancel (repeatable).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before --all.")
+def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...], yes: bool) -> None:
+    """Cancel training jobs (or scoring runs): queued ones at once, running ones within a few batches."""
+    from vocfleet.db.jobs import cancel_work
+    from vocfleet.db.models import ScoreRun, TrainJob
+
+    if not (job_ids or cancel_all or run_ids):
+        raise ConfigError("name job ids, --run RUN, or --all")
+    if cancel_all and not yes:
+        click.confirm("Cancel every queued and running training job?", abort=True)
+    with database() as s:
+        results = []
+        if job_ids or cancel_all:
+            results.append(("job", *cancel_work(s, TrainJob, None if cancel_all else list(job_ids))))
+        if run_ids:
+            results.append(("run", *cancel_work(s, ScoreRun, list(run_ids))))
+    for kind, now, asked in results:
+        for i in now:
+            click.echo(f"{kind} {i}: cancelled")
+        for i in asked:
+            click.echo(f"{kind} {i}: running; its worker stops it within a few batches")
+    if not any(now or asked for _, now, asked in results):
+        click.echo("nothing to cancel (finished, or no such id)")
+
+
+@click.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the schema to the newest migration (the fleet's migration step)."""
+    from vocfleet.db.session import upgrade_database
+
+    upgrade_database()
+    click.echo(f"database at newest schema: {get_settings().database_url.split('@')[-1]}")
+
+
+def _visible_gpus() -> list[str]:
+    """GPU indices, read without initialising CUDA (this process forks workers)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    import shutil
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True)
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+@click.command()
+@click.option("--gpus", default="auto", help="'auto' (every visible GPU), 'none' (CPU), or indices like 0,1.")
+@click.option("--queues", default="train,score", help="Queues this host serves: train, score or both.")
+@click.option("--name", default="vocfleet", help="Worker name prefix (the host name is appended).")
+@click.option("--loglevel", default="info")
+def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
+    """Start fleet workers: one Celery worker per GPU, pinned with CUDA_VISIBLE_DEVICES, one job at a time.
+
+    Each worker acknowledges late, prefetches one message and runs tasks in a forked child, so
+    the process that forks never initialises CUDA.
+    """
+    if not get_settings().broker_url:
+        raise ConfigError("vocfleet worker needs VOCFLEET_BROKER_URL (e.g. redis://localhost:6379/0); without a broker use 'vocfleet run'")
+    bad = [q for q in queues.split(",") if q not in ("train", "score")]
+    if bad:
+        raise ConfigError(f"--queues {queues!r}: only train and score exist")
+    devices: list[str | None]
+    if gpus == "auto":
+        devices = _visible_gpus() or [None]
+    elif gpus in ("none", "cpu"):
+        devices = [None]
+    else:
+        devices = [g.strip() for g in gpus.split(",") if g.strip()]
+        if not all(g.isdigit() for g in devices):
+            raise ConfigError(f"--gpus {gpus!r}: use 'auto', 'none' or indices like 0,1")
+    # No schema upgrade here: many hosts starting at once would race; 'vocfleet db upgrade' (the
+    # compose 'migrate' step) or any submit creates it.
+    procs = []
+    for dev in devices:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if dev is None else dev)
+        node = f"{name}-{'cpu' if dev is None else 'gpu' + dev}@%h"
+        cmd = [sys.executable, "-m", "celery", "-A", "vocfleet.worker.celery_app", "worker", "-Q", queues, "-n", node,
+               "--concurrency", "1", "--prefetch-multiplier", "1", "-O", "fair", "--loglevel", loglevel]
+        if len(devices) == 1:
+            os.execvpe(cmd[0], cmd, env)  # one worker: become it, so signals reach Celery directly
+        procs.append(subprocess.Popen(cmd, env=env))
+    forward = lambda signum, _frame: [p.send_signal(signum) for p in procs]  # noqa: E731
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    sys.exit(max(p.wait() for p in procs))
+
+
+COMMANDS = [worker, scheduler_daemon, reap, cancel, db]

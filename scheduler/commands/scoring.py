@@ -1,0 +1,250 @@
+"""Scoring and results commands: score, resume-run, runs, results, predict, report."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from vocfleet.db.settings import get_settings
+from vocfleet.model import ConfigError
+
+from ..output import render
+from .base import database, format_option, stale_window
+
+
+def _detectors_for(s, classes: str | None) -> list:
+    """The active detectors to score with: every one, or those of ``classes`` (each must exist)."""
+    from vocfleet.db.queries import active_detectors
+
+    from ..queueing import parse_classes
+
+    wanted = parse_classes(classes) if classes else None
+    found = active_detectors(s, wanted)
+    if wanted:
+        missing = [c for c in wanted if c not in {d.voc_class for d in found}]
+        if missing:
+            raise ConfigError(f"no trained detector for {', '.join(missing)}: train with 'vocfleet submit --classes {','.join(missing)} ...' first")
+    if not found:
+        raise ConfigError("no trained detectors yet: run 'vocfleet submit ...' and 'vocfleet run' first")
+    return found
+
+
+@click.command()
+@click.argument("folders", nargs=-1, required=True)
+@click.option("--classes", default=None, help="Comma-separated classes [default: every active detector].")
+@click.option("--batch-size", type=int, default=64)
+@click.option("--max-attempts", type=int, default=3)
+@click.option("--wait", is_flag=True, help="In a fleet: show progress until the run has finished.")
+def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_attempts: int, wait: bool) -> None:
+    """Score every picture under FOLDERS with every active detector (or --classes).
+
+    On the embedded default the run happens now, with progress; in a fleet it is queued on the
+    'score' queue. Files that are not pictures, broken or unsafe are recorded with a reason.
+    """
+    from vocfleet.db.models import ScoreRun
+    from vocfleet.db.scoring import create_run
+    from vocfleet.worker.safety import check_score_folder
+
+    from ..fleet import enqueue
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    resolved = [str(check_score_folder(f)) for f in folders]
+    with database() as s:
+        run = create_run(s, resolved, _detectors_for(s, classes), batch_size=batch_size, max_attempts=max_attempts)
+        run_id, names = run.id, list(run.classes)
+    if get_settings().broker_url:
+        enqueue(ScoreRun, [run_id])
+        click.echo(f"scoring run {run_id} queued for {', '.join(names)}; follow it with: vocfleet runs")
+        if wait:
+            _wait_for_run(run_id)
+        return
+    _run_scoring(run_id, names)
+
+
+def _wait_for_run(run_id: int, interval: float = 1.0) -> None:
+    """Progress of a run the fleet is scoring (files done of total), until it finishes."""
+    from vocfleet.db.models import JobStatus, ScoreRun
+
+    from ..progress import CountProgress
+
+    with CountProgress(f"run {run_id}", "file") as progress:
+        while True:
+            with database() as s:
+                run = s.get(ScoreRun, run_id)
+                status, done, total = run.status, run.scored_images + run.error_files, run.total_files
+            progress(done, total)
+            if status.finished:
+                break
+            time.sleep(interval)
+    click.echo(f"run {run_id} {status.value}: {done} of {total} files")
+    if status != JobStatus.succeeded:
+        sys.exit(1)
+
+
+def _run_scoring(run_id: int, names: list[str]) -> None:
+    """The embedded default: score the run in this process, with progress, then print what was not scored."""
+    from vocfleet.db.models import ScoreRun
+    from vocfleet.db.scoring import error_rows
+    from vocfleet.worker.runner import Outcome, run_score_run
+
+    from ..progress import CountProgress
+
+    click.echo(f"scoring run {run_id} with {len(names)} detector(s): {', '.join(names)}", err=True)
+    try:
+        with CountProgress(f"run {run_id}", "file") as progress:
+            outcome = run_score_run(run_id, progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: resume with 'vocfleet resume-run {run_id}'", err=True)
+        sys.exit(130)
+    with database() as s:
+        run = s.get(ScoreRun, run_id)
+        errors = error_rows(s, run_id)
+        click.echo(f"run {run_id} {run.status.value}: {run.scored_images} image(s) scored, {run.error_files} file(s) not scored, of {run.total_files} seen")
+        if run.error:
+            click.echo(f"reason: {run.error}", err=True)
+    if errors:
+        click.echo(render(errors, ["file", "reason"]))
+    click.echo(f"results: vocfleet results {run_id} [--by-image] [--present] [--format csv|json]")
+    if outcome != Outcome.succeeded:
+        sys.exit(1)
+
+
+@click.command("resume-run")
+@click.argument("run_id", type=int)
+def resume_run(run_id: int) -> None:
+    """Continue an interrupted scoring run where it stopped (already recorded files are not redone)."""
+    from vocfleet.db.models import ScoreRun
+    from vocfleet.db.scoring import Reopen, reopen_run
+
+    from ..fleet import enqueue
+
+    with database() as s:
+        state, run = reopen_run(s, run_id, stale_window(None))
+        if state == Reopen.missing:
+            raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+        if state == Reopen.running:
+            raise ConfigError(f"run {run_id} is running on {run.worker_host} (heartbeat {run.heartbeat_at}); wait or cancel it")
+        names = list(run.classes)
+    if state == Reopen.finished:
+        click.echo(f"run {run_id} already finished")
+        return
+    if get_settings().broker_url:
+        enqueue(ScoreRun, [run_id])
+        click.echo(f"scoring run {run_id} queued again")
+        return
+    _run_scoring(run_id, names)
+
+
+@click.command()
+@format_option
+def runs(fmt: str) -> None:
+    """Scoring runs with status and counts."""
+    from vocfleet.db.queries import run_rows
+
+    with database() as s:
+        rows = run_rows(s)
+    if not rows:
+        click.echo("no scoring runs yet: vocfleet score FOLDER")
+        return
+    click.echo(render(rows, ["run", "status", "files", "scored", "errors", "classes", "created", "finished", "folders"], fmt))
+
+
+@click.command()
+@click.argument("run_id", type=int)
+@click.option("--class", "voc_class", default=None, help="Only this class.")
+@click.option("--min-prob", type=float, default=None, help="Only probabilities at or above this.")
+@click.option("--present/--absent", default=None, help="Only images judged present (or absent) at the detector's threshold.")
+@click.option("--image", default=None, help="One image (path relative to its folder, or sha256): which classes are in it.")
+@click.option("--by-image", is_flag=True, help="One row per image: the classes found, most probable first.")
+@click.option("--errors", "show_errors", is_flag=True, help="The files that could not be scored, with reasons.")
+@format_option
+def results(run_id: int, voc_class, min_prob, present, image, by_image: bool, show_errors: bool, fmt: str) -> None:
+    """Query a scoring run's results."""
+    from vocfleet.db.models import ScoreRun
+    from vocfleet.db.scoring import error_rows, result_rows
+
+    from ..queueing import parse_classes
+
+    if voc_class:
+        parse_classes(voc_class)
+    with database() as s:
+        if s.get(ScoreRun, run_id) is None:
+            raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+        if show_errors:
+            click.echo(render(error_rows(s, run_id), ["file", "reason", "folder"], fmt))
+            return
+        rows = result_rows(s, run_id, voc_class=voc_class, min_prob=min_prob, present=present, image=image)
+    if image and not rows:
+        raise ConfigError(f"run {run_id} has no scored image {image!r}: see 'vocfleet results {run_id} --by-image'")
+    if by_image:
+        grouped: dict[tuple[str, str], list[dict]] = {}
+        for r in rows:
+            grouped.setdefault((r["folder"], r["image"]), []).append(r)
+        rows = [
+            {"image": img, "folder": folder, "present": ",".join(r["class"] for r in rs if r["present"]),
+             "top": ", ".join(f"{r['class']} {r['probability']:.2f}" for r in rs[:3]), "sha256": rs[0]["sha256"]}
+            for (folder, img), rs in grouped.items()
+        ]
+        click.echo(render(rows, ["image", "present", "top"] + (["folder", "sha256"] if fmt != "table" else []), fmt))
+        return
+    click.echo(render(rows, ["image", "class", "probability", "present"] + (["folder", "detector", "sha256"] if fmt != "table" else []), fmt))
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--classes", default=None, help="Comma-separated classes [default: every active detector].")
+@format_option
+def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
+    """Quick answer for a few images, without creating a run: classes by probability."""
+    from vocfleet.model.engine import resolve_device
+    from vocfleet.model.score import DetectorSpec, FileEntry, iter_chunks, load_detectors
+
+    with database() as s:
+        specs = [DetectorSpec.of(d) for d in _detectors_for(s, classes)]
+    entries = []
+    for img in images:
+        p = Path(img).expanduser().resolve()
+        if not p.is_file():
+            raise ConfigError(f"image {img!r} does not exist or is not a file")
+        entries.append(FileEntry(str(p.parent), p.name))
+    device = resolve_device()
+    # A few images: compiling would cost more than it saves, unless asked for explicitly.
+    loaded = load_detectors(specs, device, compile=bool(get_settings().score_compile))
+    rows, failed = [], 0
+    for chunk in iter_chunks(entries, loaded, device):
+        for j, f in enumerate(chunk.scored):
+            per = sorted(((float(chunk.probs[k, j]), d) for k, d in enumerate(loaded)), key=lambda t: -t[0])
+            rows += [{"image": str(f.entry.path), "class": d.spec.voc_class, "probability": p, "present": p >= d.spec.threshold} for p, d in per]
+        for e, reason in chunk.errors:
+            click.echo(f"vocfleet: error: {e.path}: {reason}", err=True)
+            failed += 1
+    if rows:
+        click.echo(render(rows, ["image", "class", "probability", "present"], fmt))
+    if failed:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("run_id", type=int, required=False)
+@click.option("--fleet", is_flag=True, help="Report on the active detectors (table and training curves) instead of a run.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HTML file to write.")
+def report(run_id: int | None, fleet: bool, out: str) -> None:
+    """Write a self-contained HTML page: a scoring run (RUN_ID) or the fleet's detectors (--fleet)."""
+    from ..report import fleet_report, run_report
+
+    if (run_id is None) == (not fleet):
+        raise ConfigError("give a scoring run id, or --fleet (not both)")
+    with database() as s:
+        page = fleet_report(s) if fleet else run_report(s, run_id)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)  # never a half-written report
+    click.echo(f"wrote {path} ({len(page) // 1024} KiB)")
+
+
+COMMANDS = [score, resume_run, runs, results, predict, report]

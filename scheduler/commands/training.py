@@ -1,0 +1,160 @@
+"""Training commands: submit, run (the embedded executor), status, detectors."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from vocfleet.db.settings import get_settings
+from vocfleet.model import ConfigError
+from vocfleet.model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
+
+from ..output import render
+from .base import database, format_option, stale_option, stale_window
+
+_DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
+DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split"]
+
+
+@click.command()
+@click.option("--classes", required=True, help="Comma-separated VOC classes, or 'all'.")
+@click.option("--voc-root", required=True, type=click.Path(), envvar="VOCFLEET_VOC_ROOT", help="VOCdevkit/VOC2007 folder [env VOCFLEET_VOC_ROOT].")
+@click.option("--epochs", type=int, default=_DEFAULTS.epochs)
+@click.option("--image-size", type=int, default=_DEFAULTS.image_size, help="Square training size in pixels.")
+@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size)
+@click.option("--lr", type=float, default=_DEFAULTS.lr, help="Peak learning rate.")
+@click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer)
+@click.option("--init", default=_DEFAULTS.init, help="scratch, imagenet, or a path to a state dict.")
+@click.option("--zero-init-residual/--no-zero-init-residual", default=_DEFAULTS.zero_init_residual, help="Residual blocks start as the identity (from scratch).")
+@click.option("--augment/--no-augment", default=_DEFAULTS.augment, help="Random scale, flip and rotation.")
+@click.option("--balance", type=click.Choice(BALANCE), default=_DEFAULTS.balance, help="Class-imbalance handling.")
+@click.option("--aux-classes/--no-aux-classes", default=_DEFAULTS.aux_classes, help="Also learn the other 19 classes' labels of the training images (the detector keeps one logit).")
+@click.option("--difficult", type=click.Choice(DIFFICULT), default=_DEFAULTS.difficult, help="'Difficult only' images (label 0).")
+@click.option("--train-split", default=_DEFAULTS.train_split)
+@click.option("--eval-split", default="auto", help="A split name, 'holdout' (part of the training split), or 'auto'.")
+@click.option("--seed", type=int, default=_DEFAULTS.seed)
+@click.option("--max-batches", type=int, default=None, help="Cap on batches per epoch (quick trials).")
+@click.option("--device", default=_DEFAULTS.device, help="auto, cpu, cuda, cuda:N.")
+@click.option("--compile/--no-compile", default=_DEFAULTS.compile, help="torch.compile the model (GPU; minutes of warm-up).")
+@click.option("--max-attempts", type=int, default=3, help="Attempts before a job whose worker keeps dying fails.")
+def submit(classes: str, max_attempts: int, **options: Any) -> None:
+    """Queue one training job per class."""
+    from vocfleet.db.jobs import create_jobs
+    from vocfleet.db.models import TrainJob
+
+    from ..fleet import enqueue
+    from ..queueing import build_configs, parse_classes
+
+    configs = build_configs(parse_classes(classes), **options)
+    with database() as s:
+        ids = [j.id for j in create_jobs(s, [c.to_dict() for c in configs], max_attempts=max_attempts)]
+    if get_settings().broker_url:
+        sent = enqueue(TrainJob, ids)
+        where = f"sent {sent} to the broker" if sent == len(ids) else f"sent {sent}; 'vocfleet scheduler' sends the rest when the broker is back"
+    else:
+        where = "run them with: vocfleet run"
+    cfg = configs[0]
+    click.echo(
+        f"queued {len(ids)} job(s) {ids[0]}..{ids[-1]} for {', '.join(c.voc_class for c in configs)} "
+        f"({cfg.epochs} epochs, {cfg.image_size} px, eval split: {cfg.eval_split}); {where}"
+    )
+
+
+@click.command()
+@click.option("--watch", is_flag=True, help="Refresh until every job has finished.")
+@click.option("--interval", type=float, default=5.0, help="Seconds between refreshes with --watch.")
+@format_option
+def status(watch: bool, interval: float, fmt: str) -> None:
+    """Jobs with progress: epoch x of y and the latest validation AP."""
+    from vocfleet.db.models import JobStatus
+    from vocfleet.db.queries import status_rows
+
+    while True:
+        with database() as s:
+            rows = status_rows(s)
+        if watch and sys.stdout.isatty():
+            click.clear()
+        if not rows:
+            click.echo("no jobs yet: vocfleet submit --classes car --voc-root PATH")
+            return
+        click.echo(render(rows, ["job", "class", "status", "epoch", "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
+        if not watch or all(JobStatus(r["status"]).finished for r in rows):
+            return
+        if not sys.stdout.isatty():
+            click.echo("")
+        time.sleep(interval)
+
+
+@click.command()
+@click.option("--all", "show_all", is_flag=True, help="Include detectors replaced by newer ones.")
+@click.option("--plots", is_flag=True, help="List each detector's PNG plots (training curves, precision-recall).")
+@format_option
+def detectors(show_all: bool, plots: bool, fmt: str) -> None:
+    """Trained detectors: AP on the evaluation split, accuracy beside 'always absent', threshold."""
+    from vocfleet.db.queries import detector_rows
+
+    with database() as s:
+        rows = detector_rows(s, show_all)
+    if not rows:
+        click.echo("no detectors yet: vocfleet submit ... then vocfleet run")
+        return
+    if plots:
+        click.echo(render(rows, ["id", "class", "curves", "pr_curve"], fmt))
+        return
+    cols = DETECTOR_COLUMNS + (["active"] if show_all else []) + (["checkpoint", "curves", "pr_curve"] if fmt != "table" else [])
+    click.echo(render(rows, cols, fmt))
+
+
+@click.command()
+@stale_option
+def run(stale_after: float | None) -> None:
+    """Embedded default: run every queued job in this process, then print the detector table.
+
+    Jobs left 'running' by an interrupted earlier run resume from their last checkpoint.
+    """
+    from vocfleet.db.jobs import next_queued, reap_stale
+    from vocfleet.db.models import TrainJob
+    from vocfleet.db.queries import detector_rows
+    from vocfleet.worker.runner import Outcome, run_train_job
+
+    from ..progress import TrainProgress
+
+    if get_settings().broker_url:
+        raise ConfigError("VOCFLEET_BROKER_URL is set, so jobs go to the fleet: start 'vocfleet worker' instead (or unset it)")
+    with database() as s:
+        requeued, failed = reap_stale(s, stale_window(stale_after))
+    for job_id in requeued:
+        click.echo(f"job {job_id}: its worker stopped; requeued to resume from its checkpoint", err=True)
+    for job_id in failed:
+        click.echo(f"job {job_id}: failed after too many attempts", err=True)
+    outcomes: list[Outcome] = []
+    while True:
+        with database() as s:
+            job_id = next_queued(s)
+            voc_class = s.get(TrainJob, job_id).voc_class if job_id else None
+        if job_id is None:
+            break
+        click.echo(f"job {job_id}: training {voc_class}", err=True)
+        try:
+            outcome = run_train_job(job_id, progress=TrainProgress(f"job {job_id} {voc_class}"))
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted: job {job_id} will resume from its last checkpoint on the next 'vocfleet run'", err=True)
+            sys.exit(130)
+        outcomes.append(outcome)
+        if outcome == Outcome.failed:
+            with database() as s:
+                click.echo(f"job {job_id} ({voc_class}) failed: {s.get(TrainJob, job_id).error.splitlines()[0]}", err=True)
+    if not outcomes:
+        click.echo("nothing queued: vocfleet submit --classes car --voc-root PATH", err=True)
+    with database() as s:
+        rows = detector_rows(s)
+    if rows:
+        click.echo(render(rows, DETECTOR_COLUMNS))
+    if Outcome.failed in outcomes:
+        sys.exit(1)
+
+
+COMMANDS = [submit, run, status, detectors]

@@ -1,0 +1,36 @@
+"""The CLI starts without its heavy dependencies: commands that need no network import no torch."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "torchvision", "numpy", "PIL", "matplotlib", "sklearn", "cv2", "celery")
+PROBE = """
+import json, sys
+from vocfleet.scheduler.cli import cli
+try:
+    cli.main(sys.argv[1:], prog_name="vocfleet")
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules], "sqlalchemy": "sqlalchemy" in sys.modules}))
+""" % (HEAVY,)
+
+
+def probe(*args, data_dir):
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env={"VOCFLEET_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"}, check=False
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["submit", "--help"], ["score", "--help"], ["data", "--help"]])
+def test_help_imports_neither_torch_nor_sqlalchemy(args, data_dir):
+    got = probe(*args, data_dir=data_dir)
+    assert got == {"code": 0, "heavy": [], "sqlalchemy": False}
+
+
+@pytest.mark.parametrize("args", [["status"], ["runs"], ["detectors"], ["results", "1"], ["cancel", "7"]])
+def test_database_commands_import_no_torch(args, data_dir):
+    got = probe(*args, data_dir=data_dir)
+    assert got["heavy"] == [] and got["code"] in (0, 2)
