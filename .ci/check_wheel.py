@@ -2,6 +2,7 @@
 
 Run by `make wheel-check` (so by `make test` and CI). Exits non-zero with the reason on the first failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,11 @@ def main() -> int:
         top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
         if top != {"vocfleet"}:
             sys.exit(f"{wheel.name}: top-level entries {sorted(top)}; only 'vocfleet' may be installed")
-        for needed in ("vocfleet/db/migrations/env.py", "vocfleet/db/migrations/script.py.mako", "vocfleet/db/migrations/versions/0001_training_jobs_epoch_metrics_detectors.py"):
+        for needed in (
+            "vocfleet/db/migrations/env.py",
+            "vocfleet/db/migrations/script.py.mako",
+            "vocfleet/db/migrations/versions/0001_training_jobs_epoch_metrics_detectors.py",
+        ):
             if needed not in names:
                 sys.exit(f"{wheel.name}: {needed} is missing")
         # Installed on its own and run from an empty folder: imports and migrations come from the wheel.
@@ -33,7 +38,11 @@ def main() -> int:
         env.pop("VOCFLEET_DATABASE_URL", None)
         where = subprocess.run(
             [sys.executable, "-c", "import vocfleet.scheduler.cli, vocfleet.worker.tasks, vocfleet.model.score; print(vocfleet.model.score.__file__)"],
-            cwd=tmp, env=env, capture_output=True, text=True, check=True,
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         if not where.startswith(str(site)):
             sys.exit(f"the installed wheel was not the one imported ({where})")

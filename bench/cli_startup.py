@@ -5,6 +5,7 @@ median wall time and the peak memory of each are printed beside the bare interpr
 ratios hold on a noisy machine. `import torch` is what every command paid before the CLI imported
 torch lazily.
 """
+
 from __future__ import annotations
 
 import argparse

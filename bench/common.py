@@ -1,4 +1,5 @@
 """Shared helpers for the benchmarks: machine description, the sample location, a timer."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Runs on SQLite (a temporary file) and PostgreSQL (VOCFLEET_BENCH_PG_URL, default a database
 ``vocfleet_bench`` on the local server, created if missing; its public schema is recreated). Prints rows/s and the bulk/ORM ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,10 @@ def bulk(url: str, images: int, detectors: int, chunk: int) -> float:
     run_id, token, det_ids = setup(url, detectors)
     start = time.perf_counter()
     for c0 in range(0, images, chunk):
-        imgs = [{"folder": "/bench", "rel_path": f"img{i}.jpg", "size_bytes": 1000, "sha256": f"{i:064d}", "width": 500, "height": 375} for i in range(c0, min(c0 + chunk, images))]
+        imgs = [
+            {"folder": "/bench", "rel_path": f"img{i}.jpg", "size_bytes": 1000, "sha256": f"{i:064d}", "width": 500, "height": 375}
+            for i in range(c0, min(c0 + chunk, images))
+        ]
         scores = [[(d, "c", 0.5, False) for d in det_ids] for _ in imgs]
         with session_scope(url) as s:
             store_chunk(s, run_id, token, imgs, scores, [])

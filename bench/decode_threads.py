@@ -2,6 +2,7 @@
 
 Says whether decoding or the detectors limit scoring on a host, and which thread count to use.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ Variants: the training model in eval mode under bf16 autocast (what validation r
 model (batch norms folded, bf16 weights), and that model under torch.compile; at a few batch sizes.
 Timed with CUDA events after warm-up, median of the repeats.
 """
+
 from __future__ import annotations
 
 import argparse

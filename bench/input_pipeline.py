@@ -4,6 +4,7 @@ vocfleet: the decode-once uint8 cache, batches gathered from it, random scale/fl
 whole batches (``model.augment.TrainAugment``). Reference (bench/reference.py): the origin's way,
 every JPEG decoded each epoch and augmented per image with PIL. Both run side by side here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,14 +73,16 @@ def main() -> None:
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     per_epoch_build = len(ids) / build
-    print(table(
-        [
-            ("reference: decode + PIL augment per image, every epoch", f"{ref:,.0f}", "1.0x"),
-            ("vocfleet: cached uint8 batches + batch augmentation", f"{ours:,.0f}", f"{ours / ref:.1f}x"),
-            ("vocfleet cache build (once per machine, shared by 20 jobs)", f"{per_epoch_build:,.0f}", f"{per_epoch_build / ref:.1f}x"),
-        ],
-        ("pipeline", "images/s", "vs reference"),
-    ))
+    print(
+        table(
+            [
+                ("reference: decode + PIL augment per image, every epoch", f"{ref:,.0f}", "1.0x"),
+                ("vocfleet: cached uint8 batches + batch augmentation", f"{ours:,.0f}", f"{ours / ref:.1f}x"),
+                ("vocfleet cache build (once per machine, shared by 20 jobs)", f"{per_epoch_build:,.0f}", f"{per_epoch_build / ref:.1f}x"),
+            ],
+            ("pipeline", "images/s", "vs reference"),
+        )
+    )
     # One job of E epochs pays the build once; twenty class jobs share it.
     for jobs, epochs in ((1, 1), (1, 5), (20, 5)):
         total = jobs * epochs * len(ids)

@@ -5,6 +5,7 @@ AP, accuracy beside "always absent", and each recipe's AP as a ratio of the orig
 The origin (a blog post): ResNet-50 from scratch, random scale/flip/rotate, no class balancing,
 plain SGD at a constant learning rate, torchvision's default initialisation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,7 @@ from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import fit
 
 RECIPES = {
-    "origin (SGD, constant LR, no balancing)": dict(
-        optimizer="sgd", lr=0.01, weight_decay=1e-4, schedule="constant", balance="none", zero_init_residual=False
-    ),
+    "origin (SGD, constant LR, no balancing)": dict(optimizer="sgd", lr=0.01, weight_decay=1e-4, schedule="constant", balance="none", zero_init_residual=False),
     "vocfleet default (AdamW, one-cycle, pos_weight, zero-init residuals)": dict(),
     "vocfleet without zero-init residuals": dict(zero_init_residual=False),
 }
@@ -49,8 +48,16 @@ def main() -> None:
             if args.only and not any(name.startswith(o) for o in args.only):
                 continue
             for seed in args.seeds:
-                cfg = TrainConfig(voc_class=args.voc_class, voc_root=str(root), image_size=args.size, epochs=args.epochs,
-                                  batch_size=args.batch, seed=seed, device=args.device, **overrides)
+                cfg = TrainConfig(
+                    voc_class=args.voc_class,
+                    voc_root=str(root),
+                    image_size=args.size,
+                    epochs=args.epochs,
+                    batch_size=args.batch,
+                    seed=seed,
+                    device=args.device,
+                    **overrides,
+                )
                 t = time.perf_counter()
                 m = fit(cfg, out_dir=work / f"{len(results)}-{seed}", cache_dir=work / "cache").metrics
                 m["seconds"] = time.perf_counter() - t
@@ -65,9 +72,17 @@ def main() -> None:
 
     origin = next((np.mean([r["ap"] for r in runs]) for name, runs in results.items() if name.startswith("origin")), None)
     rows = [
-        (name, len(runs), stat(runs, "ap"), stat(runs, "ap11"), stat(runs, "auc"), stat(runs, "accuracy"),
-         f"{runs[0]['baseline_accuracy']:.3f}", f"{np.mean([r['ap'] for r in runs]) / origin:.2f}x" if origin else "-",
-         f"{np.mean([r['seconds'] for r in runs]):.0f}s")
+        (
+            name,
+            len(runs),
+            stat(runs, "ap"),
+            stat(runs, "ap11"),
+            stat(runs, "auc"),
+            stat(runs, "accuracy"),
+            f"{runs[0]['baseline_accuracy']:.3f}",
+            f"{np.mean([r['ap'] for r in runs]) / origin:.2f}x" if origin else "-",
+            f"{np.mean([r['seconds'] for r in runs]):.0f}s",
+        )
         for name, runs in results.items()
     ]
     print(table(rows, ("recipe", "seeds", "AP", "AP 11-pt", "AUC", "accuracy", "always absent", "mean AP vs origin", "time per run")))

@@ -1,8 +1,9 @@
 """The origin's input pipeline, kept as the baseline: decode every JPEG every epoch, augment per image with PIL."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from PIL import Image
@@ -12,13 +13,15 @@ from vocfleet.model.augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def reference_transform(size: int) -> T.Compose:
-    return T.Compose([
-        T.RandomAffine(degrees=15, scale=(0.75, 1.25)),
-        T.RandomHorizontalFlip(),
-        T.Resize((size, size)),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return T.Compose(
+        [
+            T.RandomAffine(degrees=15, scale=(0.75, 1.25)),
+            T.RandomHorizontalFlip(),
+            T.Resize((size, size)),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def reference_batches(root: Path, ids: list[str], size: int, batch: int, device: torch.device) -> Iterator[torch.Tensor]:

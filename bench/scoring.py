@@ -4,6 +4,7 @@ vocfleet: ``model.score.iter_chunks`` (threads decode each file once, the same b
 every detector). Plain: each detector decodes the folder itself, one image at a time. Bound: the
 detectors alone on batches already decoded and on the device. Side by side in one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,10 @@ def main() -> None:
         print(f"compiling: {time.perf_counter() - t:.0f} s, once for all {args.detectors} detectors")
 
     # Bound: decoded batches already on the device.
-    batches = [torch.from_numpy(np.stack([decode_file(e, [args.size]).arrays[args.size] for e in entries[i : i + args.batch]])).to(device)
-               for i in range(0, len(entries), args.batch)]
+    batches = [
+        torch.from_numpy(np.stack([decode_file(e, [args.size]).arrays[args.size] for e in entries[i : i + args.batch]])).to(device)
+        for i in range(0, len(entries), args.batch)
+    ]
 
     def bound(dets) -> float:
         for b in batches:  # untimed pass: every batch shape tuned (cudnn) or compiled first
@@ -96,10 +99,12 @@ def main() -> None:
         b = bound_eager if dets is loaded else bound(dets)
         rows.append((f"vocfleet: decode once, batch through all detectors{label}", ours(dets), b))
         rows.append((f"bound: detectors alone, batches already on the device{label}", b, b))
-    print(table(
-        [(name, f"{v:,.1f}", f"{v / b:.2f}") for name, v, b in rows],
-        ("way", f"images/s through {args.detectors} detectors", "of its bound"),
-    ))
+    print(
+        table(
+            [(name, f"{v:,.1f}", f"{v / b:.2f}") for name, v, b in rows],
+            ("way", f"images/s through {args.detectors} detectors", "of its bound"),
+        )
+    )
     best = max(rows[1::2], key=lambda r: r[1])
     print(f"scoring images/s through {args.detectors} detectors: {best[1]:,.1f} ({best[0].split(': ', 1)[1]})")
     print(f"vocfleet / plain: {best[1] / plain:.1f}x; vocfleet / bound: {best[1] / best[2]:.2f}")

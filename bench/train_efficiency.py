@@ -4,6 +4,7 @@ Real: ``model.engine.train_one_epoch`` fed from the decode-once cache with batch
 Bound: the same function and model on one batch already on the device, already preprocessed.
 Both run side by side in one process; the ratio says how much the input pipeline costs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,8 @@ from torch import nn
 from vocfleet.model.augment import TrainAugment, preprocess_eval
 from vocfleet.model.data import decoded_cache
 from vocfleet.model.engine import train_one_epoch
-from vocfleet.model.splits import BatchFeeder, SplitData
 from vocfleet.model.net import build_model
+from vocfleet.model.splits import BatchFeeder, SplitData
 
 
 class StaticFeeder:

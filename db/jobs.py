@@ -3,10 +3,11 @@
 Every write that a worker makes is guarded by the job's ``claim_token``: a worker whose claim was
 taken away (reaped after a stale heartbeat, or a second delivery) can no longer change the job.
 """
+
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
@@ -38,8 +39,12 @@ def claim_job(s: Session, job_id: int, host: str, table: Work = TrainJob) -> str
         update(table)
         .where(table.id == job_id, table.status == JobStatus.queued, table.cancel_requested.is_(False))
         .values(
-            status=JobStatus.running, claim_token=token, worker_host=host, heartbeat_at=now,
-            attempts=table.attempts + 1, error=None,
+            status=JobStatus.running,
+            claim_token=token,
+            worker_host=host,
+            heartbeat_at=now,
+            attempts=table.attempts + 1,
+            error=None,
         )
         .execution_options(synchronize_session=False)
     )
@@ -51,11 +56,7 @@ def claim_job(s: Session, job_id: int, host: str, table: Work = TrainJob) -> str
 
 def heartbeat(s: Session, job_id: int, token: str, table: Work = TrainJob) -> str:
     """Refresh the heartbeat; returns ``ok``, ``cancel`` (cancel requested) or ``lost`` (claim gone)."""
-    res = s.execute(
-        update(table)
-        .where(table.id == job_id, table.claim_token == token, table.status == JobStatus.running)
-        .values(heartbeat_at=utcnow())
-    )
+    res = s.execute(update(table).where(table.id == job_id, table.claim_token == token, table.status == JobStatus.running).values(heartbeat_at=utcnow()))
     if res.rowcount != 1:
         return "lost"
     cancel = s.scalar(select(table.cancel_requested).where(table.id == job_id))
@@ -101,12 +102,20 @@ def finish_job(s: Session, job_id: int, token: str, result: FitResult) -> Detect
         s.flush()
         metrics = dict(result.metrics)
         metrics.update(
-            val=result.val_metrics, best_epoch=result.best_epoch, skipped_images=result.skipped_images,
+            val=result.val_metrics,
+            best_epoch=result.best_epoch,
+            skipped_images=result.skipped_images,
             plots=result.plots,
         )
         detector = Detector(
-            voc_class=job.voc_class, job_id=job_id, checkpoint_path=result.checkpoint, sha256=result.sha256,
-            threshold=float(result.threshold), ap=float(result.metrics["ap"]), metrics=metrics, active=True,
+            voc_class=job.voc_class,
+            job_id=job_id,
+            checkpoint_path=result.checkpoint,
+            sha256=result.sha256,
+            threshold=float(result.threshold),
+            ap=float(result.metrics["ap"]),
+            metrics=metrics,
+            active=True,
         )
         s.add(detector)
     job.status = JobStatus.succeeded
@@ -132,7 +141,7 @@ def is_stale(row: Claimable, stale_after: timedelta, now: datetime | None = None
     """A running row whose heartbeat is older than ``stale_after`` (its worker is presumed dead)."""
     beat = row.heartbeat_at
     if beat is not None and beat.tzinfo is None:  # SQLite hands back naive datetimes; all are UTC
-        beat = beat.replace(tzinfo=timezone.utc)
+        beat = beat.replace(tzinfo=UTC)
     return row.status == JobStatus.running and (beat is None or beat < (now or utcnow()) - stale_after)
 
 
@@ -145,11 +154,7 @@ def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None, 
         (requeued job ids, failed job ids).
     """
     now = now or utcnow()
-    stale = s.scalars(
-        select(table)
-        .where(table.status == JobStatus.running, table.heartbeat_at < now - stale_after)
-        .with_for_update(skip_locked=True)
-    ).all()
+    stale = s.scalars(select(table).where(table.status == JobStatus.running, table.heartbeat_at < now - stale_after).with_for_update(skip_locked=True)).all()
     requeued, failed = [], []
     for job in stale:
         job.claim_token = None
@@ -176,9 +181,7 @@ def create_jobs(s: Session, configs: list[dict[str, Any]], max_attempts: int = 3
 
 def next_queued(s: Session) -> int | None:
     """The oldest queued training job that nobody asked to cancel, or None."""
-    return s.scalar(
-        select(TrainJob.id).where(TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False)).order_by(TrainJob.id).limit(1)
-    )
+    return s.scalar(select(TrainJob.id).where(TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False)).order_by(TrainJob.id).limit(1))
 
 
 def cancel_work(s: Session, table: Work, ids: list[int] | None) -> tuple[list[int], list[int]]:

@@ -1,8 +1,9 @@
 """SQLAlchemy models: training jobs, their per-epoch metrics, and trained detectors."""
+
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Enum, ForeignKey, Index, String, Text, UniqueConstraint, text
@@ -10,14 +11,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -64,9 +65,7 @@ class TrainJob(Claimable, Base):
     epochs_done: Mapped[int] = mapped_column(default=0)
     latest_val_ap: Mapped[float | None]
 
-    epochs: Mapped[list[EpochMetric]] = relationship(
-        back_populates="job", cascade="all, delete-orphan", order_by="EpochMetric.epoch"
-    )
+    epochs: Mapped[list[EpochMetric]] = relationship(back_populates="job", cascade="all, delete-orphan", order_by="EpochMetric.epoch")
 
     @property
     def total_epochs(self) -> int:

@@ -1,7 +1,8 @@
 """Read-only questions the CLI and reports ask: jobs with progress, detectors, scoring runs."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -12,16 +13,22 @@ from .models import Detector, ScoreRun, TrainJob
 
 def as_utc(dt: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything stored is UTC."""
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
 
 
 def status_rows(s: Session) -> list[dict[str, Any]]:
     """One row per training job: status, epochs done of total, latest validation AP, worker, first line of the error."""
     return [
         {
-            "job": j.id, "class": j.voc_class, "status": j.status.value, "epoch": f"{j.epochs_done}/{j.total_epochs}",
-            "val_ap": j.latest_val_ap, "attempts": j.attempts, "worker": j.worker_host,
-            "heartbeat": as_utc(j.heartbeat_at), "error": j.error.splitlines()[0] if j.error else None,
+            "job": j.id,
+            "class": j.voc_class,
+            "status": j.status.value,
+            "epoch": f"{j.epochs_done}/{j.total_epochs}",
+            "val_ap": j.latest_val_ap,
+            "attempts": j.attempts,
+            "worker": j.worker_host,
+            "heartbeat": as_utc(j.heartbeat_at),
+            "error": j.error.splitlines()[0] if j.error else None,
         }
         for j in s.scalars(select(TrainJob).order_by(TrainJob.id))
     ]
@@ -35,13 +42,27 @@ def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, 
     rows = []
     for d in s.scalars(q):
         m = d.metrics
-        rows.append({
-            "id": d.id, "class": d.voc_class, "job": d.job_id, "active": d.active, "ap": d.ap, "ap11": m.get("ap11"),
-            "auc": m.get("auc"), "accuracy": m.get("accuracy"), "always_absent": m.get("baseline_accuracy"),
-            "f1": m.get("f1"), "threshold": d.threshold, "pos_rate": m["positives"] / max(m["images"], 1),
-            "eval_images": m.get("images"), "split": m.get("split"), "checkpoint": d.checkpoint_path,
-            "curves": m.get("plots", {}).get("curves"), "pr_curve": m.get("plots", {}).get("pr"),
-        })
+        rows.append(
+            {
+                "id": d.id,
+                "class": d.voc_class,
+                "job": d.job_id,
+                "active": d.active,
+                "ap": d.ap,
+                "ap11": m.get("ap11"),
+                "auc": m.get("auc"),
+                "accuracy": m.get("accuracy"),
+                "always_absent": m.get("baseline_accuracy"),
+                "f1": m.get("f1"),
+                "threshold": d.threshold,
+                "pos_rate": m["positives"] / max(m["images"], 1),
+                "eval_images": m.get("images"),
+                "split": m.get("split"),
+                "checkpoint": d.checkpoint_path,
+                "curves": m.get("plots", {}).get("curves"),
+                "pr_curve": m.get("plots", {}).get("pr"),
+            }
+        )
     return rows
 
 
@@ -56,8 +77,16 @@ def active_detectors(s: Session, classes: list[str] | None = None) -> list[Detec
 def run_rows(s: Session) -> list[dict[str, Any]]:
     """One row per scoring run with its counts."""
     return [
-        {"run": r.id, "status": r.status.value, "folders": " ".join(r.folders), "classes": ",".join(r.classes),
-         "files": r.total_files, "scored": r.scored_images, "errors": r.error_files,
-         "created": as_utc(r.created_at), "finished": as_utc(r.finished_at)}
+        {
+            "run": r.id,
+            "status": r.status.value,
+            "folders": " ".join(r.folders),
+            "classes": ",".join(r.classes),
+            "files": r.total_files,
+            "scored": r.scored_images,
+            "errors": r.error_files,
+            "created": as_utc(r.created_at),
+            "finished": as_utc(r.finished_at),
+        }
         for r in s.scalars(select(ScoreRun).order_by(ScoreRun.id))
     ]

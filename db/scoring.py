@@ -1,9 +1,11 @@
 """Scoring runs in the database: what is done already, and one bulk write per chunk."""
+
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
@@ -43,11 +45,7 @@ def store_chunk(
         return False
     if images:
         ids = _insert_images(s, run_id, images)
-        rows = [
-            (run_id, image_id, det, cls, p, present)
-            for image_id, per_image in zip(ids, scores, strict=True)
-            for det, cls, p, present in per_image
-        ]
+        rows = [(run_id, image_id, det, cls, p, present) for image_id, per_image in zip(ids, scores, strict=True) for det, cls, p, present in per_image]
         _insert_scores(s, rows)
     if errors:
         s.execute(insert(FileError), [{"run_id": run_id, **e} for e in errors])
@@ -77,14 +75,10 @@ def _insert_images(s: Session, run_id: int, images: Sequence[dict[str, Any]]) ->
     """Insert image rows and return their ids, in order."""
     if _postgres(s):
         # Ids drawn from the sequence in one round trip, then one COPY (RETURNING costs ~40 ms a chunk).
-        ids = list(s.scalars(
-            text("SELECT nextval(pg_get_serial_sequence('scored_images', 'id')) FROM generate_series(1, :n)"), {"n": len(images)}
-        ))
+        ids = list(s.scalars(text("SELECT nextval(pg_get_serial_sequence('scored_images', 'id')) FROM generate_series(1, :n)"), {"n": len(images)}))
         _copy(s, "scored_images", IMAGE_COLUMNS, ((i, run_id, *(img[c] for c in IMAGE_COLUMNS[2:])) for i, img in zip(ids, images, strict=True)))
         return ids
-    return list(s.scalars(
-        insert(ScoredImage).returning(ScoredImage.id, sort_by_parameter_order=True), [{"run_id": run_id, **img} for img in images]
-    ))
+    return list(s.scalars(insert(ScoredImage).returning(ScoredImage.id, sort_by_parameter_order=True), [{"run_id": run_id, **img} for img in images]))
 
 
 def _insert_scores(s: Session, rows: list[tuple]) -> None:
@@ -123,8 +117,15 @@ def result_rows(
     if image:
         q = q.where((ScoredImage.rel_path == image) | (ScoredImage.sha256 == image))
     return [
-        {"image": r.rel_path, "folder": r.folder, "class": r.voc_class, "probability": r.probability, "present": r.present,
-         "detector": r.detector_id, "sha256": r.sha256}
+        {
+            "image": r.rel_path,
+            "folder": r.folder,
+            "class": r.voc_class,
+            "probability": r.probability,
+            "present": r.present,
+            "detector": r.detector_id,
+            "sha256": r.sha256,
+        }
         for r in s.execute(q)
     ]
 
@@ -137,8 +138,11 @@ def error_rows(s: Session, run_id: int) -> list[dict[str, Any]]:
 def create_run(s: Session, folders: list[str], detectors: Sequence[Detector], *, batch_size: int, max_attempts: int) -> ScoreRun:
     """Add a queued scoring run of ``folders`` with ``detectors``; its id is set on return."""
     run = ScoreRun(
-        folders=list(folders), classes=[d.voc_class for d in detectors], detector_ids=[d.id for d in detectors],
-        batch_size=batch_size, max_attempts=max_attempts,
+        folders=list(folders),
+        classes=[d.voc_class for d in detectors],
+        detector_ids=[d.id for d in detectors],
+        batch_size=batch_size,
+        max_attempts=max_attempts,
     )
     s.add(run)
     s.flush()

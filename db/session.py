@@ -1,10 +1,11 @@
 """Engines and sessions. The caller owns the session: ``with session_scope() as s: ...``."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine

@@ -1,4 +1,5 @@
 """Infrastructure settings, read from ``VOCFLEET_*`` environment variables."""
+
 from __future__ import annotations
 
 import os
@@ -44,9 +45,7 @@ def get_settings() -> Settings:
     """Read the settings from the environment (cheap; called where needed, never cached)."""
     env = os.environ
     data_dir = Path(env.get("VOCFLEET_DATA_DIR") or _default_data_dir()).expanduser().resolve()
-    roots = tuple(
-        Path(p).expanduser().resolve() for p in env.get("VOCFLEET_SCORE_ROOTS", "").split(os.pathsep) if p
-    )
+    roots = tuple(Path(p).expanduser().resolve() for p in env.get("VOCFLEET_SCORE_ROOTS", "").split(os.pathsep) if p)
     return Settings(
         data_dir=data_dir,
         database_url=env.get("VOCFLEET_DATABASE_URL") or f"sqlite:///{data_dir / 'vocfleet.db'}",

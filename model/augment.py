@@ -1,4 +1,5 @@
 """Train and eval presets, applied to whole uint8 batches on the training device."""
+
 from __future__ import annotations
 
 import functools
@@ -58,9 +59,7 @@ class TrainAugment:
     resampling there.
     """
 
-    def __init__(
-        self, *, scale: tuple[float, float] = (0.75, 1.25), max_degrees: float = 15.0, hflip: float = 0.5, reuse_output: bool = False
-    ):
+    def __init__(self, *, scale: tuple[float, float] = (0.75, 1.25), max_degrees: float = 15.0, hflip: float = 0.5, reuse_output: bool = False):
         """``reuse_output``: on a CPU, write every batch into one buffer, so each call overwrites the
         last call's result; for a training loop that is done with a batch before it asks for the
         next. A fresh 38 MB buffer per batch costs more in page faults than the resampling itself."""

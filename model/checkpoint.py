@@ -1,4 +1,5 @@
 """Checkpoints: plain dicts written atomically, loaded with ``weights_only=True``."""
+
 from __future__ import annotations
 
 import hashlib

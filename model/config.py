@@ -1,4 +1,5 @@
 """The one frozen dataclass of training settings, stored whole in the job row and every checkpoint."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace

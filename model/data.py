@@ -1,4 +1,5 @@
 """VOC lists, image decoding, and the decode-once cache of resized uint8 images."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,10 +8,10 @@ import logging
 import os
 import warnings
 import zlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from filelock import FileLock
@@ -68,9 +69,7 @@ def read_class_list(root: Path, voc_class: str, split: str) -> dict[str, int]:
                 continue
             parts = line.split()
             if len(parts) != 2 or parts[1] not in ("1", "-1", "0"):
-                raise ConfigError(
-                    f"{path}:{lineno}: malformed line {line.strip()!r}: expected '<image id> <1|-1|0>' (fix or replace the list file)"
-                )
+                raise ConfigError(f"{path}:{lineno}: malformed line {line.strip()!r}: expected '<image id> <1|-1|0>' (fix or replace the list file)")
             labels[parts[0]] = int(parts[1])
     if not labels:
         raise ConfigError(f"{path} is empty: replace it with the original devkit list")
@@ -186,9 +185,7 @@ def decoded_cache(
     Returns:
         A :class:`DecodedImages` over a read-only memory map.
     """
-    key = hashlib.sha256(
-        json.dumps([CACHE_VERSION, str(root), list(ids), size]).encode()
-    ).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, str(root), list(ids), size]).encode()).hexdigest()[:24]
     cache_dir.mkdir(parents=True, exist_ok=True)
     data_path = cache_dir / f"{key}.npy"
     meta_path = cache_dir / f"{key}.json"

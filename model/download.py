@@ -1,12 +1,13 @@
 """Get PASCAL VOC: torchvision's archive list and checksums, a download that resumes, extraction."""
+
 from __future__ import annotations
 
 import logging
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torchvision.datasets.utils import USER_AGENT, check_integrity, extract_archive
 from torchvision.datasets.voc import DATASET_YEAR_DICT
@@ -49,9 +50,7 @@ def fetch(url: str, path: Path, *, progress: Callable[[int, int], None] | None =
         raise DownloadError(f"{url}: server answered {exc.code} {exc.reason}; try again later") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DownloadError(
-            f"cannot download {url} ({reason}); check the network, or fetch it by hand into {path.parent} and run the command again"
-        ) from None
+        raise DownloadError(f"cannot download {url} ({reason}); check the network, or fetch it by hand into {path.parent} and run the command again") from None
     os.replace(part, path)
 
 

@@ -1,12 +1,14 @@
 """Training and evaluation loops: ``train_one_epoch``, ``evaluate`` and the ``fit`` that a task calls."""
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,9 +192,7 @@ def _make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) ->
 def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     if cfg.schedule == "constant":
         return None
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=max(cfg.epochs * steps_per_epoch, 1), pct_start=0.25
-    )
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(cfg.epochs * steps_per_epoch, 1), pct_start=0.25)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -224,7 +224,14 @@ def fit(
     train, val, evaluation, skipped = prepare_splits(cfg, cache_dir, progress)
     log.info(
         "class %s: %d train (%d pos), %d val (%d pos), %d eval (%d pos), %d skipped",
-        cfg.voc_class, len(train), train.positives, len(val), val.positives, len(evaluation), evaluation.positives, len(skipped),
+        cfg.voc_class,
+        len(train),
+        train.positives,
+        len(val),
+        val.positives,
+        len(evaluation),
+        evaluation.positives,
+        len(skipped),
     )
     torch.manual_seed(cfg.seed)
     head = VOC_CLASSES.index(cfg.voc_class) if cfg.aux_classes else 0
@@ -271,25 +278,45 @@ def fit(
         gen = _epoch_generator(cfg.seed, epoch)
         positions = epoch_positions(train, balance=cfg.balance, generator=gen)
         stats = train_one_epoch(
-            step_model, feeder, positions, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
-            augment=augment, batch_size=cfg.batch_size, generator=gen, max_batches=cfg.max_batches, on_batch=on_batch,
+            step_model,
+            feeder,
+            positions,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=loss_fn,
+            augment=augment,
+            batch_size=cfg.batch_size,
+            generator=gen,
+            max_batches=cfg.max_batches,
+            on_batch=on_batch,
         )
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"training loss became {stats['loss']} in epoch {epoch}: lower --lr")
         ev = evaluate(detector, val, device)
         record = {
-            "epoch": epoch, "train_loss": stats["loss"], "val_loss": ev["loss"], "val_ap": ev["ap"],
-            "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"], "images_per_s": stats["images_per_s"],
+            "epoch": epoch,
+            "train_loss": stats["loss"],
+            "val_loss": ev["loss"],
+            "val_ap": ev["ap"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": stats["seconds"],
+            "images_per_s": stats["images_per_s"],
         }
         history.append(record)
         if ev["ap"] > best["ap"]:
             best = {"ap": ev["ap"], "epoch": epoch}
             save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, "config": cfg.to_dict()})
-        save_checkpoint(last_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "epoch": epoch, "config": cfg.to_dict(), "metrics": {"history": history, "best": best},
-        })
+        save_checkpoint(
+            last_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "epoch": epoch,
+                "config": cfg.to_dict(),
+                "metrics": {"history": history, "best": best},
+            },
+        )
         emit({"event": "epoch", **record, "epochs": cfg.epochs})
 
     # The detector is the best epoch on validation; its threshold comes from validation too.
@@ -301,17 +328,30 @@ def fit(
     metrics["split"] = cfg.eval_split
     val_metrics = binary_report(val_ev["probs"], val.labels, threshold)
     final_state = single_logit_state(model.state_dict(), head) if cfg.aux_classes else model.state_dict()
-    save_checkpoint(final_path, {
-        "model": final_state, "epoch": best["epoch"], "config": cfg.to_dict(),
-        "metrics": {"eval": metrics, "val": val_metrics, "history": history}, "threshold": threshold,
-    })
+    save_checkpoint(
+        final_path,
+        {
+            "model": final_state,
+            "epoch": best["epoch"],
+            "config": cfg.to_dict(),
+            "metrics": {"eval": metrics, "val": val_metrics, "history": history},
+            "threshold": threshold,
+        },
+    )
     from .plots import save_training_plots  # matplotlib only where plots are made
 
     plots = save_training_plots(out_dir, history, eval_ev["probs"], evaluation.labels, title=cfg.voc_class, ap=metrics["ap"])
     result = FitResult(
-        checkpoint=str(final_path), sha256=sha256_file(final_path), threshold=threshold, metrics=metrics,
-        val_metrics=val_metrics, best_epoch=best["epoch"], history=history, skipped_images=skipped,
-        resumed_from=resumed_from, plots=plots,
+        checkpoint=str(final_path),
+        sha256=sha256_file(final_path),
+        threshold=threshold,
+        metrics=metrics,
+        val_metrics=val_metrics,
+        best_epoch=best["epoch"],
+        history=history,
+        skipped_images=skipped,
+        resumed_from=resumed_from,
+        plots=plots,
     )
     emit({"event": "done", "metrics": metrics})
     return result

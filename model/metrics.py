@@ -1,4 +1,5 @@
 """Detector metrics: VOC AP (all-point and 11-point), ROC AUC, and thresholded scores with the trivial baseline."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Build the ResNet-50 binary detector (single logit) with the chosen initialisation."""
+
 from __future__ import annotations
 
 import copy

@@ -1,8 +1,10 @@
 """Training curves and precision-recall plots, saved as PNG beside a job's checkpoint."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -16,9 +18,7 @@ def _pyplot():
     return plt
 
 
-def save_training_plots(
-    out_dir: Path, history: Sequence[dict[str, Any]], probs: np.ndarray, labels: np.ndarray, *, title: str, ap: float
-) -> dict[str, str]:
+def save_training_plots(out_dir: Path, history: Sequence[dict[str, Any]], probs: np.ndarray, labels: np.ndarray, *, title: str, ap: float) -> dict[str, str]:
     """Write ``curves.png`` (loss and validation AP per epoch) and ``pr.png`` (evaluation PR curve).
 
     Args:

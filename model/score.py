@@ -1,4 +1,5 @@
 """Scoring: walk real folders, decode each picture once, run it through every detector."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,10 +8,10 @@ import logging
 import os
 import stat
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch

@@ -1,9 +1,11 @@
 """Training data as the loop sees it: the train/val/eval splits of one class and the batches fed to the device."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,7 +75,8 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
         overlap = set(eval_labels) & set(train_labels)
         if overlap:
             raise ConfigError(
-                f"--eval-split {cfg.eval_split} shares {len(overlap)} images with --train-split {cfg.train_split}: choose disjoint splits (e.g. train/val or trainval/test)"
+                f"--eval-split {cfg.eval_split} shares {len(overlap)} images with --train-split {cfg.train_split}: "
+                "choose disjoint splits (e.g. train/val or trainval/test)"
             )
         eval_dec = decode(cfg.eval_split)
 
@@ -90,9 +93,7 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
         if aux and aux_labels is not None:
             lookup = {1: 1.0, -1: 0.0, 0: -1.0}  # difficult-only: unknown, masked out of the loss
             matrix = np.array([[lookup[aux_labels[c].get(i, 0)] for c in VOC_CLASSES] for i in keep], dtype=np.float32)
-        return SplitData(
-            decoded, np.array([index[i] for i in keep], dtype=np.int64), np.array([labels[i] for i in keep], dtype=np.float32), matrix
-        )
+        return SplitData(decoded, np.array([index[i] for i in keep], dtype=np.int64), np.array([labels[i] for i in keep], dtype=np.float32), matrix)
 
     # Validation: a seeded, stratified part of the training images (threshold and best epoch).
     rng = np.random.default_rng(cfg.seed)
@@ -108,9 +109,7 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
     evaluation = to_split(eval_dec, eval_labels, sorted(eval_labels))
     for name, split in (("training", train), ("validation", val), ("evaluation", evaluation)):
         if split.positives == 0 or split.positives == len(split):
-            raise ConfigError(
-                f"class {cfg.voc_class!r}: the {name} part has {split.positives} positives of {len(split)} images; use a larger VOC split"
-            )
+            raise ConfigError(f"class {cfg.voc_class!r}: the {name} part has {split.positives} positives of {len(split)} images; use a larger VOC split")
     return train, val, evaluation, skipped
 
 

@@ -5,6 +5,7 @@
 - ``commands/operations.py``: worker, scheduler, reap, cancel, db
 - ``commands/data.py``: data download, data check
 """
+
 from __future__ import annotations
 
 import logging

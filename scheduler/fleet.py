@@ -1,9 +1,10 @@
 """Talking to the fleet: hand rows to the broker, re-send what it lost, reap dead workers, cancel."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import Iterable
 
 from kombu.exceptions import ChannelError
 from sqlalchemy import or_, select, update
@@ -78,12 +79,17 @@ def tick(stale_after: timedelta, resend_after: timedelta) -> dict[str, list[int]
         resend: list[int] = []
         if get_settings().broker_url and broker_queue_length(queue) == 0:
             with session_scope() as s:
-                resend = list(s.scalars(
-                    select(table.id).where(
-                        table.status == JobStatus.queued, table.cancel_requested.is_(False),
-                        or_(table.enqueued_at.is_(None), table.enqueued_at < utcnow() - resend_after),
-                    ).order_by(table.id)
-                ))
+                resend = list(
+                    s.scalars(
+                        select(table.id)
+                        .where(
+                            table.status == JobStatus.queued,
+                            table.cancel_requested.is_(False),
+                            or_(table.enqueued_at.is_(None), table.enqueued_at < utcnow() - resend_after),
+                        )
+                        .order_by(table.id)
+                    )
+                )
             enqueue(table, resend)
         out[f"{table.__tablename__}_resent"] = resend
     return out

@@ -1,11 +1,13 @@
 """Render rows as an aligned table, CSV or JSON."""
+
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 FORMATS = ("table", "csv", "json")
 

@@ -1,4 +1,5 @@
 """Progress for long commands: a tqdm bar on a terminal, plain lines otherwise."""
+
 from __future__ import annotations
 
 import sys
@@ -34,7 +35,8 @@ class TrainProgress:
             print(
                 f"{self.label} epoch {event['epoch']}/{event['epochs']}: loss {event['train_loss']:.4f}  "
                 f"val loss {event['val_loss']:.4f}  val AP {event['val_ap']:.3f}  {event['images_per_s']:.0f} img/s",
-                file=self.stream, flush=True,
+                file=self.stream,
+                flush=True,
             )
 
     def _bar(self, desc: str, total: int, unit: str) -> tqdm:

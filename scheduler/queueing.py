@@ -1,8 +1,10 @@
 """Turn a user's request into validated training configs before anything is written."""
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from vocfleet.model import VOC_CLASSES, ConfigError, check_class
 from vocfleet.model.config import TrainConfig, check_init

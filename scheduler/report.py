@@ -1,11 +1,12 @@
 """Self-contained HTML reports: one scoring run (thumbnails, classes, errors) or the whole fleet."""
+
 from __future__ import annotations
 
 import base64
 import html
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,7 @@ def run_report(s: Session, run_id: int) -> str:
         present = [r["class"] for r in rows if r["present"]]
         src = thumbnail(Path(folder) / rel)
         img = f"<img alt='{html.escape(rel)}' src='{src}'>" if src else "<div class=muted>(file no longer readable)</div>"
-        lines = "".join(
-            f"<div class={'present' if r['present'] else 'absent'}>{html.escape(r['class'])} {r['probability']:.2f}</div>" for r in rows
-        )
+        lines = "".join(f"<div class={'present' if r['present'] else 'absent'}>{html.escape(r['class'])} {r['probability']:.2f}</div>" for r in rows)
         cards.append(
             f"<div class=card data-probs='{html.escape(json.dumps(probs))}' data-present='{html.escape(json.dumps(present))}'>"
             f"{img}<div class=path>{html.escape(rel)}</div>{lines}</div>"
@@ -123,13 +122,14 @@ def run_report(s: Session, run_id: int) -> str:
         "<table><tr><th>file</th><th>reason</th></tr>"
         + "".join(f"<tr><td>{html.escape(e['file'])}</td><td>{html.escape(e['reason'])}</td></tr>" for e in errors)
         + "</table>"
-        if errors else "<p class=muted>none</p>"
+        if errors
+        else "<p class=muted>none</p>"
     )
     options = "".join(f"<option value='{html.escape(d.voc_class)}'>{html.escape(d.voc_class)}</option>" for d in dets)
     body = (
         f"<h1>vocfleet scoring run {run.id}</h1>"
         f"<p>{html.escape(', '.join(run.folders))} — {run.status.value}: {run.scored_images} pictures scored, "
-        f"{run.error_files} files not scored, of {run.total_files} seen. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"
+        f"{run.error_files} files not scored, of {run.total_files} seen. Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>"
         f"<h2>Pictures</h2><div class=controls><label>class <select id=cls><option value=''>any class</option>{options}</select></label> "
         f"<label><input type=checkbox id=present> present only</label> <span id=count class=muted></span></div>"
         f"<div id=grid>{''.join(cards)}</div>"
@@ -151,7 +151,7 @@ def fleet_report(s: Session) -> str:
         imgs = "".join(f"<img alt='{k} of {html.escape(d.voc_class)}' src='{uri}'> " for k in ("curves", "pr") if (uri := _png(plots.get(k))))
         sections.append(f"<h2>{html.escape(d.voc_class)} (detector {d.id}, job {d.job_id})</h2>{imgs or '<p class=muted>no plots</p>'}")
     body = (
-        f"<h1>vocfleet detectors</h1><p>{len(dets)} active detector(s). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"
+        f"<h1>vocfleet detectors</h1><p>{len(dets)} active detector(s). Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>"
         f"{_detector_table(dets)}{''.join(sections)}"
     )
     return _page("vocfleet detectors", body)

@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated data dir per test and a small fake VOC tree built in tmp_path."""
+
 from __future__ import annotations
 
 import os
@@ -116,7 +117,17 @@ def detectors(trained):
     db_session.ensure_schema()
     with session_scope() as s:
         for cls, r in trained.items():
-            s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics={**r.metrics, "plots": r.plots}, active=True))
+            s.add(
+                Detector(
+                    voc_class=cls,
+                    checkpoint_path=r.checkpoint,
+                    sha256=r.sha256,
+                    threshold=r.threshold,
+                    ap=r.metrics["ap"],
+                    metrics={**r.metrics, "plots": r.plots},
+                    active=True,
+                )
+            )
     return trained
 
 
@@ -127,5 +138,3 @@ def wild(tmp_path):
     dst = tmp_path / "wild"
     shutil.copytree(WILD, dst)
     return dst
-
-

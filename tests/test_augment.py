@@ -1,4 +1,5 @@
 """Batch augmentation on tensors and the shared eval preprocessing."""
+
 import torch
 
 from vocfleet.model.augment import NoAugment, TrainAugment, preprocess_eval

@@ -1,4 +1,5 @@
 """The CLI as a user drives it: bad input, submit, run, status, detectors."""
+
 import csv
 import io
 import json
@@ -8,7 +9,6 @@ from sqlalchemy import func, select
 
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob
 from vocfleet.db.session import ensure_schema, session_scope
-
 
 
 def job_count():

@@ -1,4 +1,5 @@
 """docker-compose.yml and Dockerfile, checked statically (no Docker engine here)."""
+
 import re
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """VOC lists, decoding and the decode-once cache."""
+
 import threading
 
 import numpy as np

@@ -1,4 +1,5 @@
 """vocfleet data download (against a local HTTP server on loopback) and data check."""
+
 import hashlib
 import io
 import json
@@ -9,9 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import vocfleet.model.download as download
-from vocfleet.scheduler.cli import cli
 from tests.conftest import make_fake_voc
-
 
 
 class Archive(BaseHTTPRequestHandler):
@@ -42,8 +41,12 @@ def server(tmp_path, monkeypatch):
     Archive.body, Archive.ranges = buf.getvalue(), []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Archive)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    entry = {"url": f"http://127.0.0.1:{httpd.server_port}/VOCtrainval.tar", "filename": "VOCtrainval.tar",
-             "md5": hashlib.md5(Archive.body).hexdigest(), "base_dir": "VOCdevkit/VOC2007"}
+    entry = {
+        "url": f"http://127.0.0.1:{httpd.server_port}/VOCtrainval.tar",
+        "filename": "VOCtrainval.tar",
+        "md5": hashlib.md5(Archive.body).hexdigest(),
+        "base_dir": "VOCdevkit/VOC2007",
+    }
     monkeypatch.setattr(download, "DATASET_YEAR_DICT", {"2007": entry})
     monkeypatch.setattr(download, "ARCHIVES", {"2007": ["2007"]})
     yield entry

@@ -1,4 +1,5 @@
 """Job lifecycle in the database: claims, guarded writes, reaping, one active detector (SQLite and PostgreSQL)."""
+
 from datetime import timedelta
 
 import pytest
@@ -7,8 +8,8 @@ from sqlalchemy.exc import IntegrityError
 
 from vocfleet.db.jobs import claim_job, end_job, finish_job, heartbeat, reap_stale, record_epoch
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
-from vocfleet.model.engine import FitResult
 from vocfleet.db.session import session_scope, upgrade_database
+from vocfleet.model.engine import FitResult
 
 RECORD = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_ap": 0.3, "lr": 0.1, "seconds": 1.0, "images_per_s": 10.0}
 

@@ -1,4 +1,5 @@
 """End to end on the real VOC2007 sample: CLI submit and run, database rows, checkpoints, crash and resume."""
+
 import os
 import signal
 import subprocess
@@ -14,8 +15,8 @@ from vocfleet.db.session import session_scope
 from vocfleet.model.checkpoint import load_checkpoint, sha256_file
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import evaluate
-from vocfleet.model.splits import prepare_splits
 from vocfleet.model.net import build_model
+from vocfleet.model.splits import prepare_splits
 
 pytestmark = pytest.mark.slow
 SMALL = ["--epochs", "2", "--image-size", "32", "--batch-size", "16", "--max-batches", "6"]

@@ -1,4 +1,5 @@
 """fit(): results, reproducibility, resume from checkpoint, bad splits."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +8,8 @@ from vocfleet.model import ConfigError
 from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import Stopped, evaluate, fit
-from vocfleet.model.splits import prepare_splits
 from vocfleet.model.net import build_model
+from vocfleet.model.splits import prepare_splits
 
 
 def _cfg(root, **kw):

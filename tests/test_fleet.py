@@ -1,4 +1,5 @@
 """The fleet for real: Redis broker, PostgreSQL, `celery worker` subprocesses, kill -9, restarts, cancel."""
+
 from __future__ import annotations
 
 import os
@@ -13,11 +14,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
+from tests.conftest import make_fake_voc
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, ScoreRun, TrainJob
-from vocfleet.db.session import ensure_schema, dispose_engines, get_engine, session_scope
+from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import fit
-from tests.conftest import make_fake_voc
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 VOCFLEET = [sys.executable, "-m", "vocfleet"]
@@ -39,7 +40,8 @@ class Redis:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: _connectable(self.port), 20, "redis-server to accept connections")
 
@@ -76,13 +78,18 @@ class Fleet:
         log = open(self.tmp / f"{name}.log", "w")
         self.procs[name] = subprocess.Popen(
             [*VOCFLEET, "worker", "--gpus", "none", "--name", name, "--queues", queues, "--loglevel", "info"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def start_scheduler(self) -> None:
         log = open(self.tmp / "scheduler.log", "w")
         self.procs["scheduler"] = subprocess.Popen(
-            [*VOCFLEET, "scheduler", "--interval", "1", "--resend-after", "3"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [*VOCFLEET, "scheduler", "--interval", "1", "--resend-after", "3"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def kill(self, name: str, sig=signal.SIGKILL) -> None:
@@ -99,9 +106,25 @@ class Fleet:
 
     def submit(self, classes: str, epochs: int, max_batches: int = 3) -> None:
         subprocess.run(
-            [*VOCFLEET, "submit", "--classes", classes, "--voc-root", str(self.voc), "--epochs", str(epochs),
-             "--image-size", "32", "--batch-size", "8", "--max-batches", str(max_batches)],
-            check=True, capture_output=True, text=True,
+            [
+                *VOCFLEET,
+                "submit",
+                "--classes",
+                classes,
+                "--voc-root",
+                str(self.voc),
+                "--epochs",
+                str(epochs),
+                "--image-size",
+                "32",
+                "--batch-size",
+                "8",
+                "--max-batches",
+                str(max_batches),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
 
     def wait(self, predicate, timeout: float, what: str):
@@ -202,9 +225,9 @@ def test_postgres_connections_dropped_worker_recovers(fleet):
     fleet.submit("car", epochs=6, max_batches=4)
     wait_for(lambda: job_rows()[1][1] >= 1, 180, "the job to train")
     with get_engine().connect() as conn:
-        killed = conn.execute(text(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )).scalar()
+        killed = conn.execute(
+            text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        ).scalar()
     assert killed >= 1
     dispose_engines()
     fleet.wait(lambda: all_finished(1), 240, "the job to finish after its connections were dropped")
@@ -238,9 +261,7 @@ def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch, invoke):
     monkeypatch.setenv("VOCFLEET_SCORE_ROOTS", str(tmp_path / "roots"))
     fleet.start_worker("w0", queues="score")
     fleet.start_worker("w1", queues="score")
-    from click.testing import CliRunner
 
-    
     for _ in range(19):  # submitted back to back, before the workers get far
         res = invoke("score", pics)
         assert res.exit_code == 0 and "queued" in res.output, res.output

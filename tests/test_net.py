@@ -1,4 +1,5 @@
 """Network construction and initialisation options."""
+
 import pytest
 import torch
 from torchvision.models import resnet50

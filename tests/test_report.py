@@ -1,4 +1,5 @@
 """HTML reports, checked in a real headless Chromium: no console errors, pictures show, the class filter works."""
+
 import shutil
 from pathlib import Path
 
@@ -7,11 +8,9 @@ from sqlalchemy import select
 
 from vocfleet.db.models import Score, ScoredImage
 from vocfleet.db.session import session_scope
-from vocfleet.scheduler.cli import cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 
 
 @pytest.fixture
@@ -49,7 +48,8 @@ def test_run_report_in_browser(detectors, wild, tmp_path, browser, invoke):
 
     with session_scope() as s:
         car_present = {
-            r.rel_path for r in s.execute(
+            r.rel_path
+            for r in s.execute(
                 select(ScoredImage.rel_path).join(Score, Score.image_id == ScoredImage.id).where(Score.voc_class == "car", Score.present.is_(True))
             )
         }

@@ -1,4 +1,5 @@
 """Bulk scoring of a real messy folder: per-file outcomes, counts, resume, queries, safety."""
+
 import csv
 import io
 import json
@@ -17,7 +18,6 @@ from vocfleet.model.config import TrainConfig
 
 WILD_IMAGES = 16  # pictures in ../shared/wild (the rest: README, empty, text-as-jpg, truncated)
 WILD_BROKEN = {"README.txt", "empty.jpg", "notes.jpg", "truncated.jpg"}
-
 
 
 def counts(run_id=1):
@@ -207,10 +207,9 @@ def test_scoring_path_agrees_with_validation_path(trained, tmp_path):
     import torch
 
     from vocfleet.model.engine import evaluate
-
-    from vocfleet.model.splits import prepare_splits
     from vocfleet.model.net import build_model
     from vocfleet.model.score import DetectorSpec, FileEntry, iter_chunks, load_detectors
+    from vocfleet.model.splits import prepare_splits
 
     r = trained["dog"]
     ckpt = torch.load(r.checkpoint, weights_only=True)

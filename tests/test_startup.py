@@ -1,4 +1,5 @@
 """The CLI starts without its heavy dependencies: commands that need no network import no torch."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,8 @@ try:
     cli.main(sys.argv[1:], prog_name="vocfleet")
 except SystemExit as exc:
     code = exc.code
-print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules], "sqlalchemy": "sqlalchemy" in sys.modules}))
-""" % (HEAVY,)
+print(json.dumps({"code": code, "heavy": [m for m in HEAVY if m in sys.modules], "sqlalchemy": "sqlalchemy" in sys.modules}))
+""".replace("HEAVY", repr(HEAVY))
 
 
 def probe(*args, data_dir):

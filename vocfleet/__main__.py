@@ -1,4 +1,5 @@
 """``python -m vocfleet``: the same as the ``vocfleet`` command."""
+
 from vocfleet.scheduler.cli import main
 
 main()

@@ -1,4 +1,5 @@
 """The Celery application (configuration from ``vocfleet.worker.celeryconfig``)."""
+
 from celery import Celery
 from celery.signals import worker_process_init
 

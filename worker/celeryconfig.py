@@ -1,4 +1,5 @@
 """Celery configuration, loaded by name from ``vocfleet.worker.celery_app``."""
+
 import os
 
 from kombu import Queue

@@ -3,6 +3,7 @@
 ``vocfleet run`` (the embedded default) calls these functions in-process; the Celery tasks in
 ``tasks.py`` are thin wrappers around the same functions, so both paths run the same code.
 """
+
 from __future__ import annotations
 
 import enum
@@ -10,7 +11,8 @@ import logging
 import socket
 import threading
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -32,8 +34,8 @@ log = logging.getLogger(__name__)
 SCORE_CHUNK = 256  # files per committed chunk: a crash loses at most this much work
 
 
-class Outcome(str, enum.Enum):
-    """How one call of a runner ended (a ``str``, so it compares equal to its name)."""
+class Outcome(enum.StrEnum):
+    """How one call of a runner ended (a ``StrEnum``: it compares equal to its name)."""
 
     succeeded = "succeeded"
     failed = "failed"
@@ -189,7 +191,14 @@ def run_score_run(run_id: int, progress: Callable[[int, int | None], None] | Non
                 if hb.should_stop():
                     raise Stopped("stopped between chunks")
                 images = [
-                    {"folder": f.entry.folder, "rel_path": f.entry.rel_path, "size_bytes": f.size_bytes, "sha256": f.sha256, "width": f.width, "height": f.height}
+                    {
+                        "folder": f.entry.folder,
+                        "rel_path": f.entry.rel_path,
+                        "size_bytes": f.size_bytes,
+                        "sha256": f.sha256,
+                        "width": f.width,
+                        "height": f.height,
+                    }
                     for f in chunk.scored
                 ]
                 scores = [

@@ -1,4 +1,5 @@
 """Which folders a scoring run may read: checked by the CLI before queueing and by the worker again."""
+
 from __future__ import annotations
 
 import os

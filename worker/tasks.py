@@ -1,4 +1,5 @@
 """Celery tasks: thin wrappers that hand an id to the runner (``runner.py``) on the fleet's workers."""
+
 from __future__ import annotations
 
 from sqlalchemy.exc import OperationalError
@@ -12,7 +13,7 @@ def _retry_transient(task, run, row_id: int) -> str:
     try:
         return run(row_id, host=task.request.hostname).value
     except OperationalError as exc:
-        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries * 5, 120)) from exc
+        raise task.retry(exc=exc, countdown=min(2**task.request.retries * 5, 120)) from exc
 
 
 @app.task(name="vocfleet.score_folder", bind=True, max_retries=5)

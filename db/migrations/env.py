@@ -1,4 +1,5 @@
 """Alembic environment: runs on the connection handed over by ``db.session.upgrade_database``."""
+
 from alembic import context
 from sqlalchemy import create_engine
 

@@ -1,4 +1,5 @@
 """Data commands: download and check PASCAL VOC."""
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,13 @@ def data_check(voc_root: str, fmt: str) -> None:
         click.echo(json.dumps(summary, indent=2))
         return
     split_rows = [
-        {"split": k, "listed": v["listed"], "present": v["present"], "missing": len(v["missing"]),
-         "missing_ids": " ".join(v["missing"][:8]) + (" ..." if len(v["missing"]) > 8 else "")}
+        {
+            "split": k,
+            "listed": v["listed"],
+            "present": v["present"],
+            "missing": len(v["missing"]),
+            "missing_ids": " ".join(v["missing"][:8]) + (" ..." if len(v["missing"]) > 8 else ""),
+        }
         for k, v in summary["splits"].items()
     ]
     click.echo(render(split_rows, ["split", "listed", "present", "missing", "missing_ids"], fmt))

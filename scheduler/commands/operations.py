@@ -1,4 +1,5 @@
 """Fleet operations: worker, scheduler, reap, cancel, db upgrade."""
+
 from __future__ import annotations
 
 import os
@@ -151,8 +152,26 @@ def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
     for dev in devices:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if dev is None else dev)
         node = f"{name}-{'cpu' if dev is None else 'gpu' + dev}@%h"
-        cmd = [sys.executable, "-m", "celery", "-A", "vocfleet.worker.celery_app", "worker", "-Q", queues, "-n", node,
-               "--concurrency", "1", "--prefetch-multiplier", "1", "-O", "fair", "--loglevel", loglevel]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "vocfleet.worker.celery_app",
+            "worker",
+            "-Q",
+            queues,
+            "-n",
+            node,
+            "--concurrency",
+            "1",
+            "--prefetch-multiplier",
+            "1",
+            "-O",
+            "fair",
+            "--loglevel",
+            loglevel,
+        ]
         if len(devices) == 1:
             os.execvpe(cmd[0], cmd, env)  # one worker: become it, so signals reach Celery directly
         procs.append(subprocess.Popen(cmd, env=env))

@@ -1,4 +1,5 @@
 """Scoring and results commands: score, resume-run, runs, results, predict, report."""
+
 from __future__ import annotations
 
 import sys
@@ -184,8 +185,13 @@ def results(run_id: int, voc_class, min_prob, present, image, by_image: bool, sh
         for r in rows:
             grouped.setdefault((r["folder"], r["image"]), []).append(r)
         rows = [
-            {"image": img, "folder": folder, "present": ",".join(r["class"] for r in rs if r["present"]),
-             "top": ", ".join(f"{r['class']} {r['probability']:.2f}" for r in rs[:3]), "sha256": rs[0]["sha256"]}
+            {
+                "image": img,
+                "folder": folder,
+                "present": ",".join(r["class"] for r in rs if r["present"]),
+                "top": ", ".join(f"{r['class']} {r['probability']:.2f}" for r in rs[:3]),
+                "sha256": rs[0]["sha256"],
+            }
             for (folder, img), rs in grouped.items()
         ]
         click.echo(render(rows, ["image", "present", "top"] + (["folder", "sha256"] if fmt != "table" else []), fmt))

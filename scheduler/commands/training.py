@@ -1,4 +1,5 @@
 """Training commands: submit, run (the embedded executor), status, detectors."""
+
 from __future__ import annotations
 
 import sys
@@ -28,10 +29,16 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 @click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer)
 @click.option("--init", default=_DEFAULTS.init, help="scratch, imagenet, or a path to a state dict.")
-@click.option("--zero-init-residual/--no-zero-init-residual", default=_DEFAULTS.zero_init_residual, help="Residual blocks start as the identity (from scratch).")
+@click.option(
+    "--zero-init-residual/--no-zero-init-residual", default=_DEFAULTS.zero_init_residual, help="Residual blocks start as the identity (from scratch)."
+)
 @click.option("--augment/--no-augment", default=_DEFAULTS.augment, help="Random scale, flip and rotation.")
 @click.option("--balance", type=click.Choice(BALANCE), default=_DEFAULTS.balance, help="Class-imbalance handling.")
-@click.option("--aux-classes/--no-aux-classes", default=_DEFAULTS.aux_classes, help="Also learn the other 19 classes' labels of the training images (the detector keeps one logit).")
+@click.option(
+    "--aux-classes/--no-aux-classes",
+    default=_DEFAULTS.aux_classes,
+    help="Also learn the other 19 classes' labels of the training images (the detector keeps one logit).",
+)
 @click.option("--difficult", type=click.Choice(DIFFICULT), default=_DEFAULTS.difficult, help="'Difficult only' images (label 0).")
 @click.option("--train-split", default=_DEFAULTS.train_split)
 @click.option("--eval-split", default="auto", help="A split name, 'holdout' (part of the training split), or 'auto'.")
