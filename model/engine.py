@@ -19,7 +19,7 @@ from .augment import NoAugment, TrainAugment, host_to_device, preprocess_eval
 from .checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from .config import TrainConfig
 from .metrics import average_precision, binary_report, choose_threshold
-from .net import build_model
+from .net import AuxLoss, SelectLogit, build_model, single_logit_state
 from .splits import BatchFeeder, Progress, SplitData, epoch_positions, prepare_splits
 
 log = logging.getLogger(__name__)
@@ -62,45 +62,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-class AuxLoss(nn.Module):
-    """BCE on the detector's own class (with ``pos_weight``) plus the mean BCE of the other classes.
-
-    The other 19 VOC labels of the same training images are extra supervision for the shared
-    features; the detector that is kept has only its own class's logit.
-    """
-
-    def __init__(self, index: int, pos_weight: torch.Tensor | None, aux_weight: float = 1.0):
-        super().__init__()
-        self.index, self.pos_weight, self.aux_weight = index, pos_weight, aux_weight
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        k = self.index
-        main = nn.functional.binary_cross_entropy_with_logits(logits[:, k], targets[:, k], pos_weight=self.pos_weight)
-        mask = targets >= 0
-        mask[:, k] = False
-        aux = nn.functional.binary_cross_entropy_with_logits(logits, targets.clamp(min=0), reduction="none")
-        return main + self.aux_weight * (aux * mask).sum() / mask.sum().clamp(min=1)
-
-
-class SelectLogit(nn.Module):
-    """View of a multi-output network as the single-logit detector of one class."""
-
-    def __init__(self, model: nn.Module, index: int):
-        super().__init__()
-        self.model, self.index = model, index
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[:, self.index : self.index + 1]
-
-
-def single_logit_state(state: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
-    """State dict of the single-logit ResNet-50 for one output of a multi-output one."""
-    out = dict(state)
-    out["fc.weight"] = state["fc.weight"][index : index + 1].clone()
-    out["fc.bias"] = state["fc.bias"][index : index + 1].clone()
-    return out
 
 
 def train_one_epoch(

@@ -97,7 +97,7 @@ def test_fit_learns_the_fake_signal(fake_voc, tmp_path):
 
 
 def test_aux_classes_saves_a_single_logit_detector(fake_voc, tmp_path):
-    from vocfleet.model.engine import AuxLoss
+    from vocfleet.model.net import AuxLoss
 
     cfg = _cfg(fake_voc, aux_classes=True)
     train, _, _, _ = prepare_splits(cfg, tmp_path / "cache")
