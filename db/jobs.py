@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .models import Claimable, Detector, EpochMetric, JobStatus, TrainJob, utcnow
+from .models import Claimable, Detector, EpochMetric, JobStatus, ScoreRun, TrainJob, utcnow
 
 if TYPE_CHECKING:
     from vocfleet.model.engine import FitResult
@@ -154,7 +154,9 @@ def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None, 
         (requeued job ids, failed job ids).
     """
     now = now or utcnow()
-    stale = s.scalars(select(table).where(table.status == JobStatus.running, table.heartbeat_at < now - stale_after).with_for_update(skip_locked=True)).all()
+    # Claimed rows only: a scanned scoring run stays running, unclaimed, while its shards run.
+    claimed_stale = (table.status == JobStatus.running, table.claim_token.is_not(None), table.heartbeat_at < now - stale_after)
+    stale = s.scalars(select(table).where(*claimed_stale).with_for_update(skip_locked=True)).all()
     requeued, failed = [], []
     for job in stale:
         job.claim_token = None
@@ -201,4 +203,10 @@ def cancel_work(s: Session, table: Work, ids: list[int] | None) -> tuple[list[in
             now.append(row.id)
         else:
             asked.append(row.id)
+    if table is ScoreRun and (now or asked):
+        from .runs import cancel_shards, finish_run_if_done
+
+        cancel_shards(s, now + asked)
+        for run_id in asked:  # a scanned run whose shards just ended as cancelled ends now
+            finish_run_if_done(s, run_id)
     return now, asked

@@ -129,7 +129,12 @@ class Detector(Base):
 
 
 class ScoreRun(Claimable, Base):
-    """One request to score folders with a set of detectors; counts are updated chunk by chunk."""
+    """One request to score folders with a set of detectors.
+
+    Claimed first by the worker that scans the folders into :class:`ScoreShard` rows; once
+    ``scanned``, the run stays ``running`` with no claim while workers score its shards, and ends
+    when its last shard does. Counts are the sum of its shards' work, added chunk by chunk.
+    """
 
     __tablename__ = "score_runs"
 
@@ -138,12 +143,37 @@ class ScoreRun(Claimable, Base):
     classes: Mapped[list[Any]]
     detector_ids: Mapped[list[Any]]
     batch_size: Mapped[int] = mapped_column(default=64)
+    shard_size: Mapped[int] = mapped_column(default=2000)
+    scanned: Mapped[bool] = mapped_column(Boolean, default=False)
     total_files: Mapped[int | None]
     scored_images: Mapped[int] = mapped_column(default=0)
     error_files: Mapped[int] = mapped_column(default=0)
 
     def __repr__(self) -> str:
         return f"ScoreRun(id={self.id}, status={self.status.value}, scored={self.scored_images}, errors={self.error_files}, total={self.total_files})"
+
+
+class ScoreShard(Claimable, Base):
+    """A slice of a run's scan: up to ``shard_size`` files, scored by one worker at a time.
+
+    ``files`` holds ``[folder index, path relative to that folder, reason or null]`` in scan
+    order; a reason marks a file the scan already knows cannot be scored (a link out of the
+    folder, a device, a name that is not UTF-8).
+    """
+
+    __tablename__ = "score_shards"
+    __table_args__ = (UniqueConstraint("run_id", "number", name="uq_score_shards_run_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("score_runs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int]
+    files: Mapped[list[Any]] = mapped_column(deferred=True)  # up to shard_size paths: loaded only when asked for
+    total_files: Mapped[int]
+    scored_images: Mapped[int] = mapped_column(default=0)
+    error_files: Mapped[int] = mapped_column(default=0)
+
+    def __repr__(self) -> str:
+        return f"ScoreShard(id={self.id}, run={self.run_id}, number={self.number}, status={self.status.value}, files={self.total_files})"
 
 
 class RunFile:

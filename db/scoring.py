@@ -1,48 +1,58 @@
-"""Scoring runs in the database: what is done already, and one bulk write per chunk."""
+"""Scoring results in the database: what a shard already recorded, one bulk write per chunk, and the result queries."""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
-from .jobs import is_stale, owned
-from .models import Detector, FileError, JobStatus, Score, ScoredImage, ScoreRun
+from .jobs import owned
+from .models import FileError, Score, ScoredImage, ScoreRun, ScoreShard
 
 
-def done_paths(s: Session, run_id: int) -> set[tuple[str, str]]:
-    """(folder, rel_path) of every file this run already recorded, scored or failed."""
-    scored = s.execute(select(ScoredImage.folder, ScoredImage.rel_path).where(ScoredImage.run_id == run_id))
-    failed = s.execute(select(FileError.folder, FileError.rel_path).where(FileError.run_id == run_id))
-    return {tuple(r) for r in scored} | {tuple(r) for r in failed}
+def recorded_paths(s: Session, run_id: int, entries: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of ``entries`` ((folder, rel_path) pairs) the run already recorded, scored or failed.
+
+    One indexed lookup per table for a shard's files, so a redelivered shard redoes nothing and
+    memory stays bounded by the shard, not the run.
+    """
+    if not entries:
+        return set()
+    found: set[tuple[str, str]] = set()
+    for folder in {f for f, _ in entries}:
+        paths = [p for f, p in entries if f == folder]
+        for table in (ScoredImage, FileError):
+            for i in range(0, len(paths), 5000):  # stay under every driver's bound-parameter limit
+                q = select(table.rel_path).where(table.run_id == run_id, table.folder == folder, table.rel_path.in_(paths[i : i + 5000]))
+                found.update((folder, p) for p in s.scalars(q))
+    return found
 
 
 def store_chunk(
     s: Session,
-    run_id: int,
+    shard_id: int,
     token: str,
     images: Sequence[dict[str, Any]],
     scores: Sequence[Sequence[tuple[int, str, float, bool]]],
     errors: Sequence[dict[str, str]],
 ) -> bool:
-    """Write one chunk in one transaction: images, their scores, and per-file errors.
+    """Write one chunk of a shard in one transaction: images, their scores, and per-file errors.
 
     Args:
         s: session (the caller commits; a crash before that loses only this chunk).
-        run_id: the run; ``token`` must still hold its claim.
+        shard_id: the shard; ``token`` must still hold its claim.
         images: rows for :class:`ScoredImage` (folder, rel_path, size_bytes, sha256, width, height).
         scores: per image, (detector_id, voc_class, probability, present) for every detector.
         errors: rows for :class:`FileError` (folder, rel_path, reason).
     Returns:
         False if the claim was lost (nothing written).
     """
-    run = owned(s, run_id, token, ScoreRun)
-    if run is None:
+    shard = owned(s, shard_id, token, ScoreShard)
+    if shard is None:
         return False
+    run_id = shard.run_id
     if images:
         ids = _insert_images(s, run_id, images)
         rows = [(run_id, image_id, det, cls, p, present) for image_id, per_image in zip(ids, scores, strict=True) for det, cls, p, present in per_image]
@@ -50,8 +60,13 @@ def store_chunk(
     if errors:
         s.execute(insert(FileError), [{"run_id": run_id, **e} for e in errors])
     # Plain increments are exact: the unique keys would have failed the whole chunk on a repeat.
-    run.scored_images += len(images)
-    run.error_files += len(errors)
+    shard.scored_images += len(images)
+    shard.error_files += len(errors)
+    # The run's counts are the sum of its shards' chunks. An atomic increment, last, so the run
+    # row is locked only while this transaction commits, however many workers write at once.
+    s.execute(
+        update(ScoreRun).where(ScoreRun.id == run_id).values(scored_images=ScoreRun.scored_images + len(images), error_files=ScoreRun.error_files + len(errors))
+    )
     return True
 
 
@@ -86,10 +101,6 @@ def _insert_scores(s: Session, rows: list[tuple]) -> None:
         _copy(s, "scores", SCORE_COLUMNS, rows)
     else:
         s.execute(insert(Score), [dict(zip(SCORE_COLUMNS, row, strict=True)) for row in rows])
-
-
-def set_total(s: Session, run_id: int, token: str, total: int) -> None:
-    s.execute(update(ScoreRun).where(ScoreRun.id == run_id, ScoreRun.claim_token == token).values(total_files=total))
 
 
 def result_rows(
@@ -133,44 +144,3 @@ def result_rows(
 def error_rows(s: Session, run_id: int) -> list[dict[str, Any]]:
     q = select(FileError).where(FileError.run_id == run_id).order_by(FileError.folder, FileError.rel_path)
     return [{"file": e.rel_path, "folder": e.folder, "reason": e.reason} for e in s.scalars(q)]
-
-
-def create_run(s: Session, folders: list[str], detectors: Sequence[Detector], *, batch_size: int, max_attempts: int) -> ScoreRun:
-    """Add a queued scoring run of ``folders`` with ``detectors``; its id is set on return."""
-    run = ScoreRun(
-        folders=list(folders),
-        classes=[d.voc_class for d in detectors],
-        detector_ids=[d.id for d in detectors],
-        batch_size=batch_size,
-        max_attempts=max_attempts,
-    )
-    s.add(run)
-    s.flush()
-    return run
-
-
-class Reopen(enum.Enum):
-    """What :func:`reopen_run` found."""
-
-    missing = "missing"
-    finished = "finished"  # succeeded already: nothing to do
-    running = "running"  # a live worker holds it
-    ready = "ready"  # queued (again): run or send it
-
-
-def reopen_run(s: Session, run_id: int, stale_after: timedelta) -> tuple[Reopen, ScoreRun | None]:
-    """Put a failed, cancelled or abandoned (heartbeat older than ``stale_after``) run back in the queue.
-
-    Unlike :func:`vocfleet.db.jobs.reap_stale`, a run that used up its attempts is queued too: a
-    person asked for it explicitly. Files already recorded are not redone when it runs.
-    """
-    run = s.get(ScoreRun, run_id, with_for_update=True)
-    if run is None:
-        return Reopen.missing, None
-    if run.status == JobStatus.succeeded:
-        return Reopen.finished, run
-    if run.status == JobStatus.running and not is_stale(run, stale_after):
-        return Reopen.running, run
-    if run.status != JobStatus.queued:
-        run.status, run.claim_token, run.cancel_requested, run.finished_at = JobStatus.queued, None, False, None
-    return Reopen.ready, run

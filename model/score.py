@@ -8,7 +8,7 @@ import logging
 import os
 import stat
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,50 +40,128 @@ class FileEntry:
         return Path(self.folder) / self.rel_path
 
 
-def scan_folders(folders: Sequence[str | os.PathLike]) -> tuple[list[FileEntry], list[tuple[FileEntry, str]]]:
-    """Every non-hidden file under ``folders``, recursively, in a stable order.
+@dataclass(frozen=True)
+class ScanEntry:
+    """One file a scan saw, in scan order; ``reason`` says why it cannot be scored, if the scan already knows.
 
-    Returns:
-        (candidates, errors): candidates are regular files to try decoding; errors are files that
-        cannot be scored whatever they hold (links leading out of the folder, broken links,
-        devices), each with a reason. Hidden files and folders (a leading dot) are skipped.
+    ``key`` orders entries: (folder index, path components), the order the scan yields them in,
+    so a scan can resume after any entry.
     """
+
+    folder_index: int
+    entry: FileEntry
+    reason: str | None
+
+    @property
+    def key(self) -> tuple:
+        return (self.folder_index, *self.entry.rel_path.split("/"))
+
+
+def entry_key(folder_index: int, rel_path: str) -> tuple:
+    return (folder_index, *rel_path.split("/"))
+
+
+def _printable(name: str) -> str | None:
+    """None if ``name`` is valid UTF-8, else the name with its undecodable bytes written as \\xNN."""
+    try:
+        name.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _shown(name: str) -> str:
+    """The name as stored and ordered: itself, or with undecodable bytes escaped."""
+    return _printable(name) or name
+
+
+def iter_scan(folders: Sequence[str | os.PathLike], after: tuple | None = None) -> Iterator[ScanEntry]:
+    """Every non-hidden file under ``folders``, recursively, one at a time, in a stable order.
+
+    The order is that of :attr:`ScanEntry.key` (names sorted within each folder, a subfolder's files
+    at its name's place), so ``after`` (a key) resumes a scan right after that entry. Memory is
+    bounded by the largest single folder's listing, never by the whole tree.
+
+    Files that cannot be scored whatever they hold come with a reason: links leading out of the
+    folder, broken links or link loops, devices and pipes, names that are not UTF-8 (stored with
+    their bytes escaped), folders that cannot be listed. Links are never followed into folders.
+    """
+    for index, folder in enumerate(folders):
+        if after is not None and (index,) < after[:1]:
+            continue
+        top = str(Path(folder).resolve())
+        yield from _walk(index, top, top, (index,), after if after is not None and after[:1] == (index,) else None)
+
+
+def _walk(index: int, top: str, here: str, prefix: tuple, after: tuple | None) -> Iterator[ScanEntry]:
+    # Plain strings, not pathlib: a million Path objects cost time, and pathlib interns every part.
+    cut = len(top.rstrip(os.sep)) + 1
+
+    def found(path: str, reason: str | None = None) -> ScanEntry:
+        rel = path[cut:] or "."
+        return ScanEntry(index, FileEntry(top, _printable(rel) or rel), reason)
+
+    try:
+        with os.scandir(here) as it:
+            listing = sorted(it, key=lambda e: _shown(e.name))
+    except OSError as exc:
+        yield found(here, f"cannot list folder: {exc.strerror or exc}")
+        return
+    for item in listing:
+        if item.name.startswith("."):
+            continue
+        key = prefix + (_shown(item.name),)
+        path = item.path
+        try:
+            is_dir = item.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if after is not None:
+            head = after[: len(key)]
+            if key < head or (not is_dir and key <= after):
+                continue  # at or before where the scan resumes
+        sub_after = after if after is not None and after[: len(key)] == key else None
+        if _printable(item.name) is not None:  # a folder too: one row, its files are not reachable by name
+            yield found(path, f"{'folder' if is_dir else 'file'} name is not valid UTF-8: rename it")
+            continue
+        if item.is_symlink():
+            try:
+                target = Path(path).resolve(strict=True)
+            except FileNotFoundError:
+                yield found(path, "broken link")
+                continue
+            except (OSError, RuntimeError):
+                yield found(path, "link loop")
+                continue
+            if not target.is_relative_to(top):
+                yield found(path, f"link leads outside the folder (to {target})")
+                continue
+            if target.is_dir():
+                continue  # never followed (it could loop); its files are scanned where they really are
+            if not target.is_file():
+                yield found(path, "not a regular file")
+                continue
+            yield found(path)
+        elif is_dir:
+            yield from _walk(index, top, path, key, sub_after)
+        else:
+            try:
+                mode = item.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                yield found(path, f"cannot read: {exc.strerror or exc}")
+                continue
+            yield found(path, None if stat.S_ISREG(mode) else "not a regular file")
+
+
+def scan_folders(folders: Sequence[str | os.PathLike]) -> tuple[list[FileEntry], list[tuple[FileEntry, str]]]:
+    """The whole scan in memory: (files to try decoding, files with a reason). For small folders and tests."""
     candidates: list[FileEntry] = []
     errors: list[tuple[FileEntry, str]] = []
-    for folder in folders:
-        top = Path(folder).resolve()
-        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            here = Path(dirpath)
-            for d in list(dirnames):
-                if (here / d).is_symlink():  # never followed: it could loop or leave the folder
-                    dirnames.remove(d)
-                    entry = FileEntry(str(top), str((here / d).relative_to(top)))
-                    target = (here / d).resolve()
-                    if not target.is_relative_to(top):
-                        errors.append((entry, f"link leads outside the folder (to {target})"))
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                p = here / name
-                entry = FileEntry(str(top), str(p.relative_to(top)))
-                if p.is_symlink():
-                    target = p.resolve()
-                    if not target.exists():
-                        errors.append((entry, "broken link"))
-                        continue
-                    if not target.is_relative_to(top):
-                        errors.append((entry, f"link leads outside the folder (to {target})"))
-                        continue
-                try:
-                    mode = p.stat().st_mode
-                except OSError as exc:
-                    errors.append((entry, f"cannot read: {exc.strerror}"))
-                    continue
-                if not stat.S_ISREG(mode):
-                    errors.append((entry, "not a regular file"))
-                    continue
-                candidates.append(entry)
+    for item in iter_scan(folders):
+        if item.reason is None:
+            candidates.append(item.entry)
+        else:
+            errors.append((item.entry, item.reason))
     return candidates, errors
 
 
@@ -246,11 +324,13 @@ def iter_chunks(
     chunk_size: int = 256,
     batch_size: int = 64,
     threads: int | None = None,
+    on_files: Callable[[int], None] | None = None,
 ) -> Iterator[ChunkResult]:
     """Decode and score ``entries`` chunk by chunk; decoding of the next chunk overlaps inference.
 
     Each file is read and decoded once (threads; Pillow releases the GIL) and the same batch goes
-    through every detector.
+    through every detector. ``on_files(n)`` is told of files as they finish (after each batch,
+    not each chunk), for progress.
     """
     sizes = sorted({d.image_size for d in detectors})
     threads = threads or min(8, os.cpu_count() or 1)  # 16 decoded slower than 8 on a 16-vCPU GPU host (bench/RESULTS.md)
@@ -270,11 +350,15 @@ def iter_chunks(
             result = ChunkResult()
             for item in done:
                 (result.scored if isinstance(item, DecodedFile) else result.errors).append(item)
+            if on_files and result.errors:
+                on_files(len(result.errors))
             if result.scored:
                 parts = []
                 for b in range(0, len(result.scored), batch_size):
                     group = result.scored[b : b + batch_size]
                     parts.append(score_batch(detectors, {s: np.stack([f.arrays[s] for f in group]) for s in sizes}, device, batch_size))
+                    if on_files:
+                        on_files(len(group))
                 result.probs = np.concatenate(parts, axis=1)
                 for f in result.scored:
                     f.arrays = {}  # the pixels are not needed past inference

@@ -1,49 +1,21 @@
-"""Talking to the fleet: hand rows to the broker, re-send what it lost, reap dead workers, cancel."""
+"""The fleet scheduler's pass: reap dead workers' rows, re-send what the broker lost, end finished runs."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from datetime import timedelta
 
 from kombu.exceptions import ChannelError
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 
-from vocfleet.db.jobs import Work, reap_stale
-from vocfleet.db.models import JobStatus, ScoreRun, TrainJob, utcnow
+from vocfleet.db.jobs import reap_stale
+from vocfleet.db.models import JobStatus, utcnow
+from vocfleet.db.runs import finish_run_if_done, running_runs
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
+from vocfleet.worker.dispatch import TASKS, enqueue
 
 log = logging.getLogger(__name__)
-TASKS = {TrainJob: ("vocfleet.train_detector", "train"), ScoreRun: ("vocfleet.score_folder", "score")}
-
-
-def enqueue(table: Work, ids: Iterable[int]) -> int:
-    """Send rows to their Celery queue and stamp ``enqueued_at``; a no-op without a broker.
-
-    A broker that cannot be reached is logged, not raised: the rows stay queued in the database
-    and ``vocfleet scheduler`` sends them once the broker is back.
-
-    Returns:
-        How many were sent.
-    """
-    ids = list(ids)
-    if not ids or not get_settings().broker_url:
-        return 0
-    from vocfleet.worker.celery_app import app
-
-    name, queue = TASKS[table]
-    sent = []
-    try:
-        for row_id in ids:
-            app.send_task(name, args=[row_id], queue=queue)
-            sent.append(row_id)
-    except Exception as exc:  # noqa: BLE001 - kombu raises several types for "broker away"
-        log.warning("broker unreachable (%s); %d row(s) stay queued for the scheduler to send", exc, len(ids) - len(sent))
-    if sent:
-        with session_scope() as s:
-            s.execute(update(table).where(table.id.in_(sent)).values(enqueued_at=utcnow()))
-    return len(sent)
 
 
 def broker_queue_length(queue: str) -> int | None:
@@ -92,4 +64,17 @@ def tick(stale_after: timedelta, resend_after: timedelta) -> dict[str, list[int]
                 )
             enqueue(table, resend)
         out[f"{table.__tablename__}_resent"] = resend
+    # Runs whose last shard ended without ending the run (its worker died at that moment, or the
+    # reaper just failed a shard that used up its attempts).
+    ended = []
+    for run_id in _scanned_running():
+        with session_scope() as s:
+            if finish_run_if_done(s, run_id) is not None:
+                ended.append(run_id)
+    out["score_runs_ended"] = ended
     return out
+
+
+def _scanned_running() -> list[int]:
+    with session_scope() as s:
+        return running_runs(s)

@@ -158,7 +158,7 @@ def test_cancel_work_queued_now_running_asked(db):
 
 def test_reopen_run(db):
     from vocfleet.db.models import ScoreRun
-    from vocfleet.db.scoring import Reopen, create_run, reopen_run
+    from vocfleet.db.runs import Reopen, create_run, reopen_run
 
     with session_scope() as s:
         det = Detector(voc_class="car", checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=0.3, metrics={}, active=True)
@@ -180,3 +180,15 @@ def test_reopen_run(db):
         s.get(ScoreRun, run_id).status = JobStatus.succeeded
     with session_scope() as s:
         assert reopen_run(s, run_id, timedelta(seconds=-1))[0] == Reopen.finished
+
+
+def test_migrations_match_the_models(db):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from vocfleet.db.models import Base
+    from vocfleet.db.session import get_engine
+
+    with get_engine().connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.conftest import make_fake_voc
-from vocfleet.db.models import Detector, EpochMetric, JobStatus, ScoreRun, TrainJob
+from tests.conftest import SHARED_VOC, make_fake_voc
+from vocfleet.db.models import Detector, EpochMetric, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import fit
@@ -247,12 +247,17 @@ def test_cancel_running_and_queued(fleet):
         assert s.get(TrainJob, 1).error == "cancelled by user"
 
 
-def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch, invoke):
+def add_detectors(fleet, tmp_path) -> None:
+    """Two small real detectors (car, dog) trained on the fleet's fake VOC tree, made active."""
     for cls in ("car", "dog"):
         cfg = TrainConfig(voc_class=cls, voc_root=str(fleet.voc), image_size=32, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3)
         r = fit(cfg, out_dir=tmp_path / "det" / cls, cache_dir=tmp_path / "cache")
         with session_scope() as s:
             s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics=r.metrics))
+
+
+def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch, invoke):
+    add_detectors(fleet, tmp_path)
     pics = tmp_path / "roots" / "pics"
     pics.mkdir(parents=True)
     for i, p in enumerate(sorted((fleet.voc / "JPEGImages").glob("*.jpg"))[:12]):
@@ -275,4 +280,63 @@ def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch, invoke):
 
     runs = fleet.wait(done, 240, "twenty scoring runs")
     assert all((r.status, r.total_files, r.scored_images, r.error_files) == (JobStatus.succeeded, 13, 12, 1) for r in runs)
-    assert {r.worker_host.split("-")[0] for r in runs} == {"w0", "w1"}
+    with session_scope() as s:  # the scoring itself (the shards) spread over both workers
+        assert {h.split("-")[0] for h in s.scalars(select(ScoreShard.worker_host))} == {"w0", "w1"}
+
+
+def shard_rows(run_id: int = 1):
+    with session_scope() as s:
+        return s.execute(
+            select(ScoreShard.number, ScoreShard.status, ScoreShard.worker_host, ScoreShard.attempts)
+            .where(ScoreShard.run_id == run_id)
+            .order_by(ScoreShard.number)
+        ).all()
+
+
+def test_one_run_sharded_over_three_workers_survives_kill_9(fleet, tmp_path, monkeypatch, invoke):
+    add_detectors(fleet, tmp_path)
+    pics = tmp_path / "roots" / "pics"
+    pics.mkdir(parents=True)
+    sources = sorted(SHARED_VOC.glob("JPEGImages/*.jpg"))[:150] or sorted((fleet.voc / "JPEGImages").glob("*.jpg"))
+    for i in range(600):  # hard links: 600 files in 6 folders to scan and score, little disk
+        folder = pics / f"{i // 100}"
+        folder.mkdir(exist_ok=True)
+        os.link(sources[i % len(sources)], folder / f"img{i:04d}.jpg")
+    (pics / "broken.jpg").write_bytes(b"nope")
+    (pics / "notes.txt").write_text("not a picture")
+    monkeypatch.setenv("VOCFLEET_SCORE_ROOTS", str(tmp_path / "roots"))
+    for name in ("w0", "w1", "w2"):
+        fleet.start_worker(name, queues="score")
+    fleet.start_scheduler()
+    res = invoke("score", pics, "--shard-size", 20)
+    assert res.exit_code == 0 and "queued" in res.output, res.output
+
+    def w0_mid_shard():
+        rows = shard_rows()
+        mine = [r for r in rows if (r.worker_host or "").startswith("w0-")]
+        return any(r.status == JobStatus.succeeded for r in mine) and any(r.status == JobStatus.running for r in mine) and rows
+
+    fleet.wait(w0_mid_shard, 240, "w0 to finish one shard and start another")
+    fleet.kill("w0")  # the whole host, mid-shard
+
+    def run_done():
+        with session_scope() as s:
+            run = s.get(ScoreRun, 1)
+            return run.status.finished and run
+
+    run = fleet.wait(run_done, 300, "the run to finish without w0")
+    assert (run.status, run.error) == (JobStatus.succeeded, None)
+    assert (run.total_files, run.scored_images, run.error_files) == (602, 600, 2)
+    rows = shard_rows()
+    assert len(rows) == 31 and all(r.status == JobStatus.succeeded for r in rows)
+    took = {r.worker_host.split("-")[0] for r in rows}
+    assert took == {"w0", "w1", "w2"} and any(r.attempts == 2 for r in rows), rows  # w0's last shard was finished elsewhere
+    with session_scope() as s:  # no duplicates: every file once, every image scored by each detector once
+        files = s.execute(
+            text(
+                "SELECT count(*), count(DISTINCT folder || '/' || rel_path) FROM "
+                "(SELECT folder, rel_path FROM scored_images WHERE run_id = 1 UNION ALL SELECT folder, rel_path FROM file_errors WHERE run_id = 1) f"
+            )
+        ).one()
+        assert tuple(files) == (602, 602)
+        assert s.execute(text("SELECT count(*), count(DISTINCT (image_id, detector_id)) FROM scores WHERE run_id = 1")).one() == (1200, 1200)

@@ -20,6 +20,13 @@ WILD_IMAGES = 16  # pictures in ../shared/wild (the rest: README, empty, text-as
 WILD_BROKEN = {"README.txt", "empty.jpg", "notes.jpg", "truncated.jpg"}
 
 
+def shard_states(run_id):
+    from vocfleet.db.models import ScoreShard
+
+    with session_scope() as s:
+        return [(sh.status.value, sh.attempts) for sh in s.scalars(select(ScoreShard).where(ScoreShard.run_id == run_id).order_by(ScoreShard.number))]
+
+
 def counts(run_id=1):
     with session_scope() as s:
         run = s.get(ScoreRun, run_id)
@@ -64,43 +71,50 @@ def test_score_wild_on_postgresql(pg_url, detectors, wild, invoke):
 
 
 def test_running_again_adds_no_rows(detectors, wild, invoke):
-    from vocfleet.worker.runner import run_score_run
+    from vocfleet.db.models import ScoreShard
+    from vocfleet.worker.scoring import run_score_run, run_score_shard
 
-    invoke("score", wild)
+    invoke("score", wild, "--shard-size", 7)
     before = counts()[1:]
     assert "already finished" in invoke("resume-run", 1).output
-    with session_scope() as s:  # force a second delivery of a finished run
+    with session_scope() as s:  # force a second delivery of a finished run and of each shard
         s.get(ScoreRun, 1).status = JobStatus.queued
+        for shard in s.scalars(select(ScoreShard)):
+            shard.status = JobStatus.queued
     assert run_score_run(1) == "succeeded"
     assert counts()[1:] == before
+    with session_scope() as s:
+        assert [sh.total_files for sh in s.scalars(select(ScoreShard).order_by(ScoreShard.number))] == [7, 7, 6]
+    assert run_score_shard(1) == "succeeded"  # a redelivered shard that already finished: nothing to do
 
 
 def test_interrupted_run_resumes_without_duplicates(detectors, wild, monkeypatch, invoke):
-    import vocfleet.worker.runner
+    import vocfleet.worker.scoring
 
-    monkeypatch.setattr(vocfleet.worker.runner, "SCORE_CHUNK", 5)
+    monkeypatch.setattr(vocfleet.worker.scoring, "SCORE_CHUNK", 5)
     ensure_schema()
     res = invoke("score", wild)
     full = counts()[1:]
 
-    calls = []
-
     def crash_after_two_chunks(done, total):
-        calls.append(done)
-        if len(calls) == 3:
+        if done >= 15:  # in the second chunk of the second shard
             raise KeyboardInterrupt
 
-    from vocfleet.worker.runner import run_score_run
+    from vocfleet.worker.scoring import run_score_run
 
     with session_scope() as s:
-        s.add(ScoreRun(folders=[str(wild)], classes=["car", "dog"], detector_ids=[1, 2]))
+        s.add(ScoreRun(folders=[str(wild)], classes=["car", "dog"], detector_ids=[1, 2], shard_size=8))
     with pytest.raises(KeyboardInterrupt):
         run_score_run(2, progress=crash_after_two_chunks)
     run, n_images, _, n_errors = counts(2)
-    assert run.status == JobStatus.queued and 0 < n_images + n_errors < 20
+    # Scanned into shards of 8, 8 and 4; the first scored, the second handed back half done.
+    assert run.status == JobStatus.running and 8 < n_images + n_errors < 20
+    assert shard_states(2) == [("succeeded", 1), ("queued", 1), ("queued", 0)]
     res = invoke("resume-run", 2)
     assert res.exit_code == 0, res.output
     assert counts(2)[1:] == full
+    assert shard_states(2) == [("succeeded", 1), ("succeeded", 1), ("succeeded", 1)]  # the first was not redone
+    assert counts(2)[0].scored_images + counts(2)[0].error_files == counts(2)[0].total_files == 20
 
 
 def test_results_formats_agree(detectors, wild, invoke):

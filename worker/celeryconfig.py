@@ -26,7 +26,11 @@ worker_prefetch_multiplier = 1
 worker_max_tasks_per_child = 20
 task_queues = (Queue("train"), Queue("score"))
 task_default_queue = "train"
-task_routes = {"vocfleet.train_detector": {"queue": "train"}, "vocfleet.score_folder": {"queue": "score"}}
+task_routes = {
+    "vocfleet.train_detector": {"queue": "train"},
+    "vocfleet.score_folder": {"queue": "score"},
+    "vocfleet.score_shard": {"queue": "score"},
+}
 task_soft_time_limit = 24 * 3600
 task_time_limit = 24 * 3600 + 600
 worker_hijack_root_logger = False

@@ -2,6 +2,7 @@
 
 ``vocfleet run`` (the embedded default) calls these functions in-process; the Celery tasks in
 ``tasks.py`` are thin wrappers around the same functions, so both paths run the same code.
+Training is here; scoring runs and shards are in ``scoring.py``.
 """
 
 from __future__ import annotations
@@ -11,27 +12,20 @@ import logging
 import socket
 import threading
 import traceback
-from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from vocfleet.db.jobs import Work, claim_job, end_job, finish_job, heartbeat, record_epoch
-from vocfleet.db.models import Detector, JobStatus, ScoreRun, TrainJob
-from vocfleet.db.scoring import done_paths, set_total, store_chunk
+from vocfleet.db.models import JobStatus, TrainJob
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 from vocfleet.model.config import TrainConfig
-from vocfleet.model.engine import Stopped, fit, resolve_device
-from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors, scan_folders
+from vocfleet.model.engine import Stopped, fit
 from vocfleet.model.splits import Progress
 
-from .safety import check_score_folder
-
 log = logging.getLogger(__name__)
-SCORE_CHUNK = 256  # files per committed chunk: a crash loses at most this much work
 
 
 class Outcome(enum.StrEnum):
@@ -41,6 +35,7 @@ class Outcome(enum.StrEnum):
     failed = "failed"
     cancelled = "cancelled"
     queued = "queued"  # handed back (interrupted); it resumes on the next delivery
+    dispatched = "dispatched"  # a scoring run scanned into shards that the fleet now scores
     skipped = "skipped"  # another worker holds the row, or this one lost its claim
     missing = "missing"  # no such row
 
@@ -87,7 +82,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
         What happened; ``skipped`` when another worker holds the job.
     """
     settings = get_settings()
-    token, config = _claim(TrainJob, job_id, lambda job: dict(job.config), host)
+    token, config = claim(TrainJob, job_id, lambda job: dict(job.config), host)
     if token is None:
         return config
 
@@ -132,7 +127,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
         return Outcome.succeeded if finish_job(s, job_id, token, result) is not None else Outcome.skipped
 
 
-def _claim(table: Work, row_id: int, read, host: str | None) -> tuple[str | None, Any]:
+def claim(table: Work, row_id: int, read, host: str | None) -> tuple[str | None, Any]:
     """Claim a queued row; returns (token, read(row)) or (None, outcome) when there is nothing to run."""
     with session_scope() as s:
         row = s.get(table, row_id)
@@ -144,92 +139,3 @@ def _claim(table: Work, row_id: int, read, host: str | None) -> tuple[str | None
             return None, (Outcome(row.status.value) if row.status.finished else Outcome.skipped)
         token = claim_job(s, row_id, host or socket.gethostname(), table)
         return (token, read(row)) if token else (None, Outcome.skipped)
-
-
-def run_score_run(run_id: int, progress: Callable[[int, int | None], None] | None = None, host: str | None = None) -> Outcome:
-    """Score every file of a run's folders with its detectors; resumes where an earlier attempt stopped.
-
-    Args:
-        run_id: the ``score_runs`` row.
-        progress: optional callback ``(done, total)`` in files.
-        host: the worker's name recorded on the row.
-    Returns:
-        What happened; ``skipped`` when another worker holds the run.
-    """
-    settings = get_settings()
-    token, run = _claim(ScoreRun, run_id, lambda r: {"folders": list(r.folders), "detector_ids": list(r.detector_ids), "batch_size": r.batch_size}, host)
-    if token is None:
-        return run
-
-    def fail(status: JobStatus, reason: str) -> Outcome:
-        with session_scope() as s:
-            end_job(s, run_id, token, status, reason, ScoreRun)
-        return Outcome(status.value)
-
-    with Heartbeat(run_id, token, settings.heartbeat_seconds, ScoreRun) as hb:
-        try:
-            folders = [str(check_score_folder(f)) for f in run["folders"]]
-            with session_scope() as s:
-                dets = {d.id: d for d in s.scalars(select(Detector).where(Detector.id.in_(run["detector_ids"])))}
-                missing = [i for i in run["detector_ids"] if i not in dets]
-                if missing:
-                    raise ConfigError(f"detector(s) {missing} no longer exist: submit a new scoring run")
-                specs = [DetectorSpec.of(dets[i]) for i in run["detector_ids"]]
-                already = done_paths(s, run_id)
-            device = resolve_device()
-            loaded = load_detectors(specs, device, compile=get_settings().score_compile)
-            candidates, scan_errors = scan_folders(folders)
-            total = len(candidates) + len(scan_errors)
-            with session_scope() as s:
-                set_total(s, run_id, token, total)
-            todo = [e for e in candidates if (e.folder, e.rel_path) not in already]
-            pending_errors = [{"folder": e.folder, "rel_path": e.rel_path, "reason": r} for e, r in scan_errors if (e.folder, e.rel_path) not in already]
-            done = total - len(todo) - len(pending_errors)
-            if progress:
-                progress(done, total)
-            for chunk in iter_chunks(todo, loaded, device, chunk_size=SCORE_CHUNK, batch_size=run["batch_size"]):
-                if hb.should_stop():
-                    raise Stopped("stopped between chunks")
-                images = [
-                    {
-                        "folder": f.entry.folder,
-                        "rel_path": f.entry.rel_path,
-                        "size_bytes": f.size_bytes,
-                        "sha256": f.sha256,
-                        "width": f.width,
-                        "height": f.height,
-                    }
-                    for f in chunk.scored
-                ]
-                scores = [
-                    [(d.spec.id, d.spec.voc_class, float(chunk.probs[k, j]), bool(chunk.probs[k, j] >= d.spec.threshold)) for k, d in enumerate(loaded)]
-                    for j in range(len(chunk.scored))
-                ]
-                errors = pending_errors + [{"folder": e.folder, "rel_path": e.rel_path, "reason": r} for e, r in chunk.errors]
-                with session_scope() as s:
-                    if not store_chunk(s, run_id, token, images, scores, errors):
-                        raise Stopped("claim lost")
-                done += len(images) + len(errors)
-                pending_errors = []
-                if progress:
-                    progress(done, total)
-            if pending_errors:  # nothing left to decode, only scan errors to record
-                with session_scope() as s:
-                    store_chunk(s, run_id, token, [], [], pending_errors)
-        except Stopped:
-            if hb.state == "cancel":
-                return fail(JobStatus.cancelled, "cancelled by user")
-            return Outcome.skipped
-        except ConfigError as exc:  # bad input, a detector file gone (DetectorUnavailable): fail once
-            return fail(JobStatus.failed, str(exc))
-        except (KeyboardInterrupt, OperationalError):
-            try:
-                fail(JobStatus.queued, "interrupted; will resume where it stopped")
-            except OperationalError:
-                pass
-            raise
-        except Exception as exc:  # noqa: BLE001
-            log.exception("scoring run %d failed", run_id)
-            return fail(JobStatus.failed, f"{exc.__class__.__name__}: {exc}")
-    with session_scope() as s:
-        return Outcome.succeeded if end_job(s, run_id, token, JobStatus.succeeded, None, ScoreRun) else Outcome.skipped

@@ -31,3 +31,15 @@ def check_score_folder(folder: str | os.PathLike) -> Path:
             "move the pictures under a root or add one to VOCFLEET_SCORE_ROOTS"
         )
     return resolved
+
+
+def distinct_folders(folders: list[Path]) -> list[Path]:
+    """Resolved folders without repeats: one inside another is dropped (its files are the outer one's), order kept.
+
+    So ``score A A`` and ``score A A/sub`` score each file once, under ``A``.
+    """
+    kept: list[Path] = []
+    for folder in sorted(dict.fromkeys(folders), key=lambda p: len(p.parts)):
+        if not any(folder.is_relative_to(k) for k in kept):
+            kept.append(folder)
+    return [f for f in dict.fromkeys(folders) if f in kept]

@@ -4,22 +4,36 @@ from __future__ import annotations
 
 from sqlalchemy.exc import OperationalError
 
+from vocfleet.db.models import ScoreShard
+
 from .celery_app import app
-from .runner import Outcome, run_score_run, run_train_job
+from .dispatch import enqueue
+from .runner import Outcome, run_train_job
+from .scoring import run_score_run, run_score_shard
 
 
-def _retry_transient(task, run, row_id: int) -> str:
+def _retry_transient(task, run, row_id: int, **kwargs) -> str:
     """Run a task body; a lost database connection is retried with backoff (the row resumes), anything else is final."""
     try:
-        return run(row_id, host=task.request.hostname).value
+        return run(row_id, host=task.request.hostname, **kwargs).value
     except OperationalError as exc:
         raise task.retry(exc=exc, countdown=min(2**task.request.retries * 5, 120)) from exc
 
 
+def _send_shards(ids: list[int]) -> None:
+    enqueue(ScoreShard, ids)
+
+
 @app.task(name="vocfleet.score_folder", bind=True, max_retries=5)
 def score_folder(self, run_id: int) -> str:
-    """Celery entry point for scoring runs (``score`` queue)."""
-    return _retry_transient(self, run_score_run, run_id)
+    """Celery entry point for scoring runs (``score`` queue): scan into shards and send each to the fleet."""
+    return _retry_transient(self, run_score_run, run_id, dispatch=_send_shards)
+
+
+@app.task(name="vocfleet.score_shard", bind=True, max_retries=5)
+def score_shard(self, shard_id: int) -> str:
+    """Celery entry point for one shard of a scoring run (``score`` queue); any score worker takes any shard."""
+    return _retry_transient(self, run_score_shard, shard_id)
 
 
 @app.task(name="vocfleet.train_detector", bind=True, max_retries=5)
@@ -28,4 +42,4 @@ def train_detector(self, job_id: int) -> str:
     return _retry_transient(self, run_train_job, job_id)
 
 
-__all__ = ["Outcome", "score_folder", "train_detector"]
+__all__ = ["Outcome", "score_folder", "score_shard", "train_detector"]

@@ -36,25 +36,28 @@ def _detectors_for(s, classes: str | None) -> list:
 @click.argument("folders", nargs=-1, required=True)
 @click.option("--classes", default=None, help="Comma-separated classes [default: every active detector].")
 @click.option("--batch-size", type=int, default=64)
-@click.option("--max-attempts", type=int, default=3)
+@click.option("--max-attempts", type=int, default=3, help="Attempts per shard before a shard whose worker keeps dying fails.")
+@click.option("--shard-size", type=int, default=2000, help="Files per shard: the unit of work one score worker takes at a time.")
 @click.option("--wait", is_flag=True, help="In a fleet: show progress until the run has finished.")
-def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_attempts: int, wait: bool) -> None:
+def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_attempts: int, shard_size: int, wait: bool) -> None:
     """Score every picture under FOLDERS with every active detector (or --classes).
 
-    On the embedded default the run happens now, with progress; in a fleet it is queued on the
-    'score' queue. Files that are not pictures, broken or unsafe are recorded with a reason.
+    The folders are scanned once into shards of --shard-size files. On the embedded default the
+    shards are scored now, one after another, with progress; in a fleet every score worker takes
+    shards of the run at once. Files that are not pictures, broken or unsafe are recorded with a
+    reason. A folder given twice, or inside another given folder, is scored once.
     """
     from vocfleet.db.models import ScoreRun
-    from vocfleet.db.scoring import create_run
-    from vocfleet.worker.safety import check_score_folder
+    from vocfleet.db.runs import create_run
+    from vocfleet.worker.dispatch import enqueue
+    from vocfleet.worker.safety import check_score_folder, distinct_folders
 
-    from ..fleet import enqueue
-
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
-    resolved = [str(check_score_folder(f)) for f in folders]
+    for name, value in (("--batch-size", batch_size), ("--max-attempts", max_attempts), ("--shard-size", shard_size)):
+        if value < 1:
+            raise ConfigError(f"{name} {value}: must be at least 1")
+    resolved = [str(f) for f in distinct_folders([check_score_folder(f) for f in folders])]
     with database() as s:
-        run = create_run(s, resolved, _detectors_for(s, classes), batch_size=batch_size, max_attempts=max_attempts)
+        run = create_run(s, resolved, _detectors_for(s, classes), batch_size=batch_size, max_attempts=max_attempts, shard_size=shard_size)
         run_id, names = run.id, list(run.classes)
     if get_settings().broker_url:
         enqueue(ScoreRun, [run_id])
@@ -89,7 +92,8 @@ def _run_scoring(run_id: int, names: list[str]) -> None:
     """The embedded default: score the run in this process, with progress, then print what was not scored."""
     from vocfleet.db.models import ScoreRun
     from vocfleet.db.scoring import error_rows
-    from vocfleet.worker.runner import Outcome, run_score_run
+    from vocfleet.worker.runner import Outcome
+    from vocfleet.worker.scoring import run_score_run
 
     from ..progress import CountProgress
 
@@ -118,9 +122,8 @@ def _run_scoring(run_id: int, names: list[str]) -> None:
 def resume_run(run_id: int) -> None:
     """Continue an interrupted scoring run where it stopped (already recorded files are not redone)."""
     from vocfleet.db.models import ScoreRun
-    from vocfleet.db.scoring import Reopen, reopen_run
-
-    from ..fleet import enqueue
+    from vocfleet.db.runs import Reopen, reopen_run
+    from vocfleet.worker.dispatch import enqueue
 
     with database() as s:
         state, run = reopen_run(s, run_id, stale_window(None))

@@ -51,8 +51,8 @@ def submit(classes: str, max_attempts: int, **options: Any) -> None:
     """Queue one training job per class."""
     from vocfleet.db.jobs import create_jobs
     from vocfleet.db.models import TrainJob
+    from vocfleet.worker.dispatch import enqueue
 
-    from ..fleet import enqueue
     from ..queueing import build_configs, parse_classes
 
     configs = build_configs(parse_classes(classes), **options)

@@ -1,0 +1,159 @@
+"""Scoring runs and their shards: create, scan into shards, finish, reopen, cancel.
+
+A run is scanned once, by the worker that claims it, into shards of ``shard_size`` files in a
+stable order (:func:`add_shard`, guarded by the run's claim). The scan then releases the run
+(:func:`finish_scan`): it stays ``running``, unclaimed, while any worker claims its shards, and
+:func:`finish_run_if_done` ends it when the last shard ends.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from .jobs import is_stale, owned
+from .models import Detector, JobStatus, ScoreRun, ScoreShard, utcnow
+
+UNFINISHED = (JobStatus.queued, JobStatus.running)
+
+
+def create_run(s: Session, folders: list[str], detectors: Sequence[Detector], *, batch_size: int, max_attempts: int, shard_size: int = 2000) -> ScoreRun:
+    """Add a queued scoring run of ``folders`` with ``detectors``; its id is set on return."""
+    run = ScoreRun(
+        folders=list(folders),
+        classes=[d.voc_class for d in detectors],
+        detector_ids=[d.id for d in detectors],
+        batch_size=batch_size,
+        max_attempts=max_attempts,
+        shard_size=shard_size,
+    )
+    s.add(run)
+    s.flush()
+    return run
+
+
+def scan_position(s: Session, run_id: int, token: str) -> tuple[int, list[Any] | None, int] | None:
+    """Where the run's scan stands: (shards written, the last file of the last shard, files in them); None if the claim is lost.
+
+    A scan that starts from nothing resets ``total_files`` (a run from before shards counted
+    differently; the files it already recorded stay recorded and are skipped, not counted again).
+    """
+    run = owned(s, run_id, token, ScoreRun)
+    if run is None:
+        return None
+    last = s.scalar(select(ScoreShard).where(ScoreShard.run_id == run_id).order_by(ScoreShard.number.desc()).limit(1))
+    if last is None:
+        run.total_files = 0
+        return 0, None, 0
+    return last.number + 1, last.files[-1], run.total_files
+
+
+def add_shard(s: Session, run_id: int, token: str, number: int, files: list[list[Any]]) -> int | None:
+    """Write shard ``number`` of a run being scanned and count its files; None if the run's claim is lost."""
+    run = owned(s, run_id, token, ScoreRun)
+    if run is None:
+        return None
+    shard = ScoreShard(run_id=run_id, number=number, files=files, total_files=len(files), max_attempts=run.max_attempts)
+    s.add(shard)
+    run.total_files = (run.total_files or 0) + len(files)
+    s.flush()
+    return shard.id
+
+
+def finish_scan(s: Session, run_id: int, token: str) -> list[int] | None:
+    """Mark the scan complete and release the run to its shards; returns the queued shard ids (None: claim lost)."""
+    run = owned(s, run_id, token, ScoreRun)
+    if run is None:
+        return None
+    run.scanned, run.claim_token = True, None
+    return queued_shards(s, run_id)
+
+
+def queued_shards(s: Session, run_id: int) -> list[int]:
+    return list(
+        s.scalars(
+            select(ScoreShard.id)
+            .where(ScoreShard.run_id == run_id, ScoreShard.status == JobStatus.queued, ScoreShard.cancel_requested.is_(False))
+            .order_by(ScoreShard.number)
+        )
+    )
+
+
+def finish_run_if_done(s: Session, run_id: int) -> JobStatus | None:
+    """End a scanned run whose shards have all ended; returns its final status, or None if it goes on.
+
+    Failed if any shard failed (with the first failure's reason), cancelled if a cancel was asked
+    for, else succeeded. The run row is locked first, so of two shards ending at once the one that
+    commits last sees the other finished and ends the run.
+    """
+    run = s.get(ScoreRun, run_id, with_for_update=True)
+    if run is None or not run.scanned or run.status != JobStatus.running:
+        return None
+    counts = dict(s.execute(select(ScoreShard.status, func.count()).where(ScoreShard.run_id == run_id).group_by(ScoreShard.status)).all())
+    if any(counts.get(st) for st in UNFINISHED):
+        return None
+    if counts.get(JobStatus.failed):
+        first = s.scalar(select(ScoreShard).where(ScoreShard.run_id == run_id, ScoreShard.status == JobStatus.failed).order_by(ScoreShard.number).limit(1))
+        run.status, run.error = JobStatus.failed, f"shard {first.number}: {first.error}"
+    elif counts.get(JobStatus.cancelled) or run.cancel_requested:
+        run.status, run.error = JobStatus.cancelled, "cancelled by user"
+    else:
+        run.status, run.error = JobStatus.succeeded, None
+    run.finished_at = utcnow()
+    return run.status
+
+
+def running_runs(s: Session) -> list[int]:
+    """Scanned runs still running: the reaper ends those whose shards have all ended."""
+    return list(s.scalars(select(ScoreRun.id).where(ScoreRun.status == JobStatus.running, ScoreRun.scanned.is_(True))))
+
+
+def cancel_shards(s: Session, run_ids: list[int]) -> None:
+    """A run's cancel reaches its shards: queued ones end now, running ones at their next heartbeat."""
+    now = utcnow()
+    base = update(ScoreShard).where(ScoreShard.run_id.in_(run_ids))
+    s.execute(
+        base.where(ScoreShard.status == JobStatus.queued).values(
+            status=JobStatus.cancelled, cancel_requested=True, finished_at=now, error="cancelled by user before it started"
+        )
+    )
+    s.execute(base.where(ScoreShard.status == JobStatus.running).values(cancel_requested=True))
+
+
+class Reopen(enum.Enum):
+    """What :func:`reopen_run` found."""
+
+    missing = "missing"
+    finished = "finished"  # succeeded already: nothing to do
+    running = "running"  # a live worker holds it or one of its shards
+    ready = "ready"  # queued (again): run or send it
+
+
+def reopen_run(s: Session, run_id: int, stale_after: timedelta) -> tuple[Reopen, ScoreRun | None]:
+    """Put a failed, cancelled or abandoned run back in the queue, with the shards that did not succeed.
+
+    Abandoned: its scanner's or a shard's heartbeat is older than ``stale_after``. Unlike
+    :func:`vocfleet.db.jobs.reap_stale`, rows that used up their attempts are queued too: a person
+    asked for it. Shards that succeeded, and files already recorded, are not redone.
+    """
+    run = s.get(ScoreRun, run_id, with_for_update=True)
+    if run is None:
+        return Reopen.missing, None
+    if run.status == JobStatus.succeeded:
+        return Reopen.finished, run
+    shards = list(s.scalars(select(ScoreShard).where(ScoreShard.run_id == run_id, ScoreShard.status != JobStatus.succeeded).with_for_update()))
+    live = [sh for sh in shards if sh.status == JobStatus.running and not is_stale(sh, stale_after)]
+    scanning = run.status == JobStatus.running and run.claim_token is not None
+    if live or (scanning and not is_stale(run, stale_after)):
+        return Reopen.running, run
+    for sh in shards:
+        sh.status, sh.claim_token, sh.cancel_requested, sh.finished_at, sh.error = JobStatus.queued, None, False, None, None
+        sh.attempts = 0
+    run.status, run.claim_token, run.cancel_requested, run.finished_at, run.error = JobStatus.queued, None, False, None, None
+    run.attempts = 0
+    return Reopen.ready, run

@@ -1,0 +1,48 @@
+"""Handing rows to the broker: the Celery task and queue of each table of work."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from sqlalchemy import update
+
+from vocfleet.db.jobs import Work
+from vocfleet.db.models import ScoreRun, ScoreShard, TrainJob, utcnow
+from vocfleet.db.session import session_scope
+from vocfleet.db.settings import get_settings
+
+log = logging.getLogger(__name__)
+TASKS = {
+    TrainJob: ("vocfleet.train_detector", "train"),
+    ScoreRun: ("vocfleet.score_folder", "score"),
+    ScoreShard: ("vocfleet.score_shard", "score"),
+}
+
+
+def enqueue(table: Work, ids: Iterable[int]) -> int:
+    """Send rows to their Celery queue and stamp ``enqueued_at``; a no-op without a broker.
+
+    A broker that cannot be reached is logged, not raised: the rows stay queued in the database
+    and ``vocfleet scheduler`` sends them once the broker is back.
+
+    Returns:
+        How many were sent.
+    """
+    ids = list(ids)
+    if not ids or not get_settings().broker_url:
+        return 0
+    from .celery_app import app
+
+    name, queue = TASKS[table]
+    sent = []
+    try:
+        for row_id in ids:
+            app.send_task(name, args=[row_id], queue=queue)
+            sent.append(row_id)
+    except Exception as exc:  # noqa: BLE001 - kombu raises several types for "broker away"
+        log.warning("broker unreachable (%s); %d row(s) stay queued for the scheduler to send", exc, len(ids) - len(sent))
+    if sent:
+        with session_scope() as s:
+            s.execute(update(table).where(table.id.in_(sent)).values(enqueued_at=utcnow()))
+    return len(sent)

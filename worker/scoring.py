@@ -1,0 +1,251 @@
+"""Scoring runs: scan a run's folders into shards once, then score shards, here or on any worker of the fleet.
+
+``run_score_run`` claims the run and scans it into shards; on the embedded default it then scores
+them here, one after another, and in a fleet it hands each shard to ``dispatch`` as soon as it is
+written, so every score worker takes shards of the same run at once. ``run_score_shard`` claims
+one shard and scores its files; each ended shard tries to end its run. No Celery here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from vocfleet.db.jobs import end_job
+from vocfleet.db.models import Detector, JobStatus, ScoreRun, ScoreShard
+from vocfleet.db.runs import add_shard, finish_run_if_done, finish_scan, scan_position
+from vocfleet.db.scoring import recorded_paths, store_chunk
+from vocfleet.db.session import session_scope
+from vocfleet.db.settings import get_settings
+from vocfleet.model import ConfigError
+from vocfleet.model.engine import Stopped, resolve_device
+from vocfleet.model.score import DetectorSpec, FileEntry, entry_key, iter_chunks, iter_scan, load_detectors
+
+from .runner import Heartbeat, Outcome, claim
+from .safety import check_score_folder
+
+log = logging.getLogger(__name__)
+SCORE_CHUNK = 256  # files per committed chunk: a crash loses at most this much work
+
+
+class RunCancelled(Stopped):
+    """The shard's run was cancelled before the shard started."""
+
+
+class Tally:
+    """Files of a run finished (scored or not) of files found so far, reported to ``progress(done, total)`` as they change."""
+
+    def __init__(self, progress: Callable[[int, int | None], None] | None, done: int = 0, total: int | None = None):
+        self.progress, self.done, self.total = progress, done, total
+
+    def scanned(self, files: int) -> None:
+        self.total = (self.total or 0) + files
+        self._emit()
+
+    def finished(self, files: int) -> None:
+        self.done += files
+        self._emit()
+
+    def _emit(self) -> None:
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
+def run_score_run(
+    run_id: int,
+    *,
+    progress: Callable[[int, int | None], None] | None = None,
+    host: str | None = None,
+    dispatch: Callable[[list[int]], None] | None = None,
+) -> Outcome:
+    """Scan a run into shards (resuming an interrupted scan), then score them here or hand them out.
+
+    Args:
+        run_id: the ``score_runs`` row.
+        progress: optional callback ``(files finished, files found so far)``, called per file.
+        host: the worker's name recorded on the rows.
+        dispatch: the fleet: called with shard ids to send to the workers, each as soon as it is
+            written. None: the embedded default scores every shard here, in order.
+    Returns:
+        The run's end (``dispatched`` in a fleet once its shards are out), or ``skipped``.
+    """
+    settings = get_settings()
+    token, run = claim(ScoreRun, run_id, _run_fields, host)
+    if token is None:
+        return run
+    tally = Tally(progress, run["done"], run["total"] if run["scanned"] else None)
+    sent: set[int] = set()
+
+    def on_shard(shard_id: int) -> None:
+        if dispatch is not None:
+            dispatch([shard_id])
+            sent.add(shard_id)
+
+    with Heartbeat(run_id, token, settings.heartbeat_seconds, ScoreRun) as hb:
+        try:
+            if not run["scanned"]:
+                folders = [str(check_score_folder(f)) for f in run["folders"]]
+                _scan(run_id, token, folders, run["shard_size"], hb, on_shard, tally)
+            with session_scope() as s:
+                shard_ids = finish_scan(s, run_id, token)
+            if shard_ids is None:
+                return Outcome.skipped
+        except Stopped:
+            if hb.state == "cancel":
+                with session_scope() as s:
+                    end_job(s, run_id, token, JobStatus.cancelled, "cancelled by user", ScoreRun)
+                return Outcome.cancelled
+            return Outcome.skipped
+        except ConfigError as exc:  # a folder gone or outside the scoring roots: fail once
+            with session_scope() as s:
+                end_job(s, run_id, token, JobStatus.failed, str(exc), ScoreRun)
+            return Outcome.failed
+        except (KeyboardInterrupt, OperationalError):
+            try:
+                with session_scope() as s:
+                    end_job(s, run_id, token, JobStatus.queued, "interrupted; will resume where it stopped", ScoreRun)
+            except OperationalError:
+                pass  # the reaper requeues it once the heartbeat goes stale
+            raise
+        except Exception as exc:  # noqa: BLE001 - any crash is recorded with its reason
+            log.exception("scoring run %d failed while scanning", run_id)
+            with session_scope() as s:
+                end_job(s, run_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}", ScoreRun)
+            return Outcome.failed
+    if dispatch is not None:
+        unsent = [i for i in shard_ids if i not in sent]  # a resumed run: shards written by an earlier scan
+        if unsent:
+            dispatch(unsent)
+    else:
+        for shard_id in shard_ids:
+            if run_score_shard(shard_id, tally=tally, host=host) == Outcome.cancelled:
+                break
+    with session_scope() as s:
+        status = finish_run_if_done(s, run_id)  # a run of no files ends here
+        if status is None and dispatch is None:
+            status = s.get(ScoreRun, run_id).status
+    return Outcome(status.value) if status is not None else Outcome.dispatched
+
+
+def _run_fields(r: ScoreRun) -> dict:
+    return {"folders": list(r.folders), "scanned": r.scanned, "shard_size": r.shard_size, "done": r.scored_images + r.error_files, "total": r.total_files}
+
+
+def _scan(run_id: int, token: str, folders: list[str], shard_size: int, hb: Heartbeat, on_shard, tally: Tally) -> None:
+    """Write the run's shards, resuming after the last file of the last shard an earlier scan wrote."""
+    with session_scope() as s:
+        position = scan_position(s, run_id, token)
+    if position is None:
+        raise Stopped("claim lost")
+    number, last, tally.total = position
+    after = entry_key(last[0], last[1]) if last else None
+    batch: list[list] = []
+
+    def flush() -> None:
+        nonlocal number
+        if hb.should_stop():
+            raise Stopped("stopped while scanning")
+        with session_scope() as s:
+            shard_id = add_shard(s, run_id, token, number, batch)
+        if shard_id is None:
+            raise Stopped("claim lost")
+        number += 1
+        on_shard(shard_id)
+
+    for item in iter_scan(folders, after):
+        batch.append([item.folder_index, item.entry.rel_path, item.reason])
+        tally.scanned(1)
+        if len(batch) == shard_size:
+            flush()
+            batch = []
+    if batch:
+        flush()
+
+
+def run_score_shard(shard_id: int, *, tally: Tally | None = None, host: str | None = None) -> Outcome:
+    """Score one shard's files with its run's detectors; resumes where an earlier attempt stopped.
+
+    ``tally``: the embedded run's progress, told of each file finished.
+
+    Returns:
+        The shard's end, or ``skipped`` when another worker holds it.
+    """
+    settings = get_settings()
+    token, run_id = claim(ScoreShard, shard_id, lambda sh: sh.run_id, host)
+    if token is None:
+        return run_id
+
+    def end(status: JobStatus, reason: str | None) -> Outcome:
+        with session_scope() as s:
+            ended = end_job(s, shard_id, token, status, reason, ScoreShard)
+        with session_scope() as s:
+            finish_run_if_done(s, run_id)
+        return Outcome(status.value) if ended else Outcome.skipped
+
+    with Heartbeat(shard_id, token, settings.heartbeat_seconds, ScoreShard) as hb:
+        try:
+            _score_shard(shard_id, token, run_id, hb, tally or Tally(None))
+        except Stopped as exc:
+            cancelled = isinstance(exc, RunCancelled) or hb.state == "cancel"
+            return end(JobStatus.cancelled, "cancelled by user") if cancelled else Outcome.skipped
+        except ConfigError as exc:  # bad input, a detector file gone (DetectorUnavailable): fail once
+            return end(JobStatus.failed, str(exc))
+        except (KeyboardInterrupt, OperationalError):
+            try:
+                with session_scope() as s:
+                    end_job(s, shard_id, token, JobStatus.queued, "interrupted; will resume where it stopped", ScoreShard)
+            except OperationalError:
+                pass
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.exception("shard %d of scoring run %d failed", shard_id, run_id)
+            return end(JobStatus.failed, f"{exc.__class__.__name__}: {exc}")
+    return end(JobStatus.succeeded, None)
+
+
+def _score_shard(shard_id: int, token: str, run_id: int, hb: Heartbeat, tally: Tally) -> None:
+    with session_scope() as s:
+        run = s.get(ScoreRun, run_id)
+        if run.cancel_requested:
+            raise RunCancelled("the run was cancelled")
+        folders, detector_ids, batch_size = list(run.folders), list(run.detector_ids), run.batch_size
+        files = s.get(ScoreShard, shard_id).files
+        dets = {d.id: d for d in s.scalars(select(Detector).where(Detector.id.in_(detector_ids)))}
+        missing = [i for i in detector_ids if i not in dets]
+        if missing:
+            raise ConfigError(f"detector(s) {missing} no longer exist: submit a new scoring run")
+        specs = [DetectorSpec.of(dets[i]) for i in detector_ids]
+    for folder in folders:
+        check_score_folder(folder)  # again, on this worker: the folder may have moved since the scan
+    listed = [(folders[index], rel_path, reason) for index, rel_path, reason in files]
+    with session_scope() as s:
+        already = recorded_paths(s, run_id, [(f, p) for f, p, _ in listed])
+    todo = [FileEntry(f, p) for f, p, reason in listed if reason is None and (f, p) not in already]
+    pending_errors = [{"folder": f, "rel_path": p, "reason": reason} for f, p, reason in listed if reason is not None and (f, p) not in already]
+    device = resolve_device()
+    loaded = load_detectors(specs, device, compile=get_settings().score_compile)
+    for chunk in iter_chunks(todo, loaded, device, chunk_size=SCORE_CHUNK, batch_size=batch_size, on_files=tally.finished):
+        if hb.should_stop():
+            raise Stopped("stopped between chunks")
+        images = [
+            {"folder": f.entry.folder, "rel_path": f.entry.rel_path, "size_bytes": f.size_bytes, "sha256": f.sha256, "width": f.width, "height": f.height}
+            for f in chunk.scored
+        ]
+        scores = [
+            [(d.spec.id, d.spec.voc_class, float(chunk.probs[k, j]), bool(chunk.probs[k, j] >= d.spec.threshold)) for k, d in enumerate(loaded)]
+            for j in range(len(chunk.scored))
+        ]
+        errors = pending_errors + [{"folder": e.folder, "rel_path": e.rel_path, "reason": r} for e, r in chunk.errors]
+        with session_scope() as s:
+            if not store_chunk(s, shard_id, token, images, scores, errors):
+                raise Stopped("claim lost")
+        tally.finished(len(pending_errors))  # the scan's errors, written with this chunk
+        pending_errors = []
+    if pending_errors:  # nothing left to decode, only the scan's errors to record
+        with session_scope() as s:
+            if not store_chunk(s, shard_id, token, [], [], pending_errors):
+                raise Stopped("claim lost")
+        tally.finished(len(pending_errors))
