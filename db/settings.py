@@ -28,6 +28,7 @@ class Settings:
         cache_dir: decoded-image cache, local to each host.
         score_roots: folders workers may read when scoring (empty: no restriction).
         score_compile: ``torch.compile`` the detectors when scoring (None: on a GPU only).
+        decode_threads: threads decoding images while scoring (None: up to 8, one per core).
     """
 
     data_dir: Path
@@ -39,6 +40,7 @@ class Settings:
     heartbeat_seconds: float
     stale_seconds: float
     score_compile: bool | None = None
+    decode_threads: int | None = None
 
 
 def get_settings() -> Settings:
@@ -56,7 +58,21 @@ def get_settings() -> Settings:
         heartbeat_seconds=float(env.get("VOCFLEET_HEARTBEAT_SECONDS", "10")),
         stale_seconds=float(env.get("VOCFLEET_STALE_SECONDS", "120")),
         score_compile=_switch("VOCFLEET_SCORE_COMPILE", env.get("VOCFLEET_SCORE_COMPILE", "auto")),
+        decode_threads=_count("VOCFLEET_DECODE_THREADS", env.get("VOCFLEET_DECODE_THREADS")),
     )
+
+
+def _count(name: str, value: str | None) -> int | None:
+    """A positive whole number, or None when unset."""
+    if value is None or not value.strip():
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise SettingsError(f"{name}={value!r}: use a whole number of at least 1")
+    return n
 
 
 def _switch(name: str, value: str) -> bool | None:

@@ -23,7 +23,9 @@ task_ignore_result = True  # results live in our tables
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-worker_max_tasks_per_child = 20
+# A fresh child per 200 tasks guards against leaks; each new child reloads (and on a GPU recompiles)
+# the detectors, so a score worker must not restart every few shards.
+worker_max_tasks_per_child = 200
 task_queues = (Queue("train"), Queue("score"))
 task_default_queue = "train"
 task_routes = {

@@ -227,7 +227,9 @@ def _score_shard(shard_id: int, token: str, run_id: int, hb: Heartbeat, tally: T
     pending_errors = [{"folder": f, "rel_path": p, "reason": reason} for f, p, reason in listed if reason is not None and (f, p) not in already]
     device = resolve_device()
     loaded = load_detectors(specs, device, compile=get_settings().score_compile)
-    for chunk in iter_chunks(todo, loaded, device, chunk_size=SCORE_CHUNK, batch_size=batch_size, on_files=tally.finished):
+    for chunk in iter_chunks(
+        todo, loaded, device, chunk_size=SCORE_CHUNK, batch_size=batch_size, threads=get_settings().decode_threads, on_files=tally.finished
+    ):
         if hb.should_stop():
             raise Stopped("stopped between chunks")
         images = [
