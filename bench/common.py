@@ -11,6 +11,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+try:
+    import vocfleet.model  # noqa: F401 - installed (pip install -e . or the wheel)
+except ModuleNotFoundError:  # a bare checkout (a lent GPU host): map the folders as pyproject's package-dir does
+    import vocfleet
+
+    vocfleet.__path__.append(str(ROOT))
 DEFAULT_VOC = ROOT.parent / "shared" / "voc2007" / "VOCdevkit" / "VOC2007"
 
 

@@ -1,4 +1,4 @@
-"""Scoring's decode step alone (``model.score.decode_file``: read, hash, decode, resize), images/s by thread count.
+"""Scoring's decode step alone (``model.decode.decode_file``: read, hash, decode, resize), images/s by thread count.
 
 Says whether decoding or the detectors limit scoring on a host, and which thread count to use.
 """
@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from common import jpeg_ids, machine, table, voc_root
 
-from vocfleet.model.score import FileEntry, decode_file
+from vocfleet.model.decode import decode_file
+from vocfleet.model.scan import FileEntry
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 # The prepared GPU check (issue 5), one command on one GPU machine:
 #   2. training efficiency at 224 px (train images/s, real / model-only),
 #   3. scoring through 20 detectors at 224 px (images/s, decode included; eager and compiled, each
-#      of its bound), after scoring's decode step alone by thread count (bench/decode_threads.py),
+#      of its bound; JPEGs decoded by Pillow on the CPU and by nvJPEG on the GPU, target 0.9 of the
+#      compiled bound), after scoring's decode step alone by thread count (bench/decode_threads.py)
+#      and the check that GPU-decoded scores match Pillow's within 0.02 (bench/decode_match.py),
 #   Q. detector quality, car at 64 px, 5 epochs, three recipes x five seeds (bench/quality.py),
 #   2c. training efficiency again with torch.compile (last: it compiles for a minute or two).
 # Needs only PyTorch, torchvision, Pillow, numpy, filelock and matplotlib; about 5 minutes on an H100.
@@ -35,7 +37,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep going if i
   "$PY" -c 'import torch, torchvision, PIL; print("torch", torch.__version__, "torchvision", torchvision.__version__, "Pillow", PIL.__version__)'
   step "2. training efficiency, $SIZE px" 150 "$PY" train_efficiency.py --voc-root "$VOC" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --rounds 2 --device "$DEVICE"
   step "3a. scoring's decode step alone, $SIZE px" 60 "$PY" decode_threads.py --voc-root "$VOC" --size "$SIZE" --images "$IMAGES" --threads 1 4 8 16
-  step "3. scoring through 20 detectors, $SIZE px" 120 "$PY" scoring.py --voc-root "$VOC" --size "$SIZE" --detectors 20 --images "$IMAGES" --batch "$BATCH" --plain-images 4 --device "$DEVICE" --compile
+  step "3d. GPU JPEG decoding vs Pillow, 64 and $SIZE px" 90 "$PY" decode_match.py --voc-root "$VOC" --images "$IMAGES" --sizes 64 "$SIZE" --device "$DEVICE"
+  step "3. scoring through 20 detectors, $SIZE px" 150 "$PY" scoring.py --voc-root "$VOC" --size "$SIZE" --detectors 20 --images "$IMAGES" --batch "$BATCH" --plain-images 4 --device "$DEVICE" --compile
   # shellcheck disable=SC2086
   step "Q. quality, car, $QSIZE px, $QEPOCHS epochs, seeds $SEEDS" 160 "$PY" quality.py --voc-root "$QVOC" --size "$QSIZE" --epochs "$QEPOCHS" --seeds $SEEDS --device "$DEVICE"
   step "2c. training efficiency with torch.compile, $SIZE px" 110 "$PY" train_efficiency.py --voc-root "$VOC" --size "$SIZE" --batch "$BATCH" --steps "$STEPS" --rounds 1 --device "$DEVICE" --compile

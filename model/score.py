@@ -1,222 +1,26 @@
-"""Scoring: walk real folders, decode each picture once, run it through every detector."""
+"""Scoring: load detectors once, and run each decoded picture through all of them, chunk by chunk."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
-import stat
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from . import DetectorUnavailable
 from .augment import host_to_device, preprocess_eval
 from .checkpoint import load_checkpoint, sha256_file
-from .data import IMAGE_FORMATS, resize_square, to_rgb
+from .decode import BadImage, DecodedFile, RawJpeg, decode_bytes, decode_file, decode_jpegs
 from .net import build_model, inference_dtype, inference_model
+from .scan import FileEntry
 
 log = logging.getLogger(__name__)
-MAX_FILE_BYTES = 256 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """A file a scan saw: the folder it was asked for and its path relative to that folder."""
-
-    folder: str
-    rel_path: str
-
-    @property
-    def path(self) -> Path:
-        return Path(self.folder) / self.rel_path
-
-
-@dataclass(frozen=True)
-class ScanEntry:
-    """One file a scan saw, in scan order; ``reason`` says why it cannot be scored, if the scan already knows.
-
-    ``key`` orders entries: (folder index, path components), the order the scan yields them in,
-    so a scan can resume after any entry.
-    """
-
-    folder_index: int
-    entry: FileEntry
-    reason: str | None
-
-    @property
-    def key(self) -> tuple:
-        return (self.folder_index, *self.entry.rel_path.split("/"))
-
-
-def entry_key(folder_index: int, rel_path: str) -> tuple:
-    return (folder_index, *rel_path.split("/"))
-
-
-def _printable(name: str) -> str | None:
-    """None if ``name`` is valid UTF-8, else the name with its undecodable bytes written as \\xNN."""
-    try:
-        name.encode("utf-8")
-        return None
-    except UnicodeEncodeError:
-        return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
-def _shown(name: str) -> str:
-    """The name as stored and ordered: itself, or with undecodable bytes escaped."""
-    return _printable(name) or name
-
-
-def iter_scan(folders: Sequence[str | os.PathLike], after: tuple | None = None) -> Iterator[ScanEntry]:
-    """Every non-hidden file under ``folders``, recursively, one at a time, in a stable order.
-
-    The order is that of :attr:`ScanEntry.key` (names sorted within each folder, a subfolder's files
-    at its name's place), so ``after`` (a key) resumes a scan right after that entry. Memory is
-    bounded by the largest single folder's listing, never by the whole tree.
-
-    Files that cannot be scored whatever they hold come with a reason: links leading out of the
-    folder, broken links or link loops, devices and pipes, names that are not UTF-8 (stored with
-    their bytes escaped), folders that cannot be listed. Links are never followed into folders.
-    """
-    for index, folder in enumerate(folders):
-        if after is not None and (index,) < after[:1]:
-            continue
-        top = str(Path(folder).resolve())
-        yield from _walk(index, top, top, (index,), after if after is not None and after[:1] == (index,) else None)
-
-
-def _walk(index: int, top: str, here: str, prefix: tuple, after: tuple | None) -> Iterator[ScanEntry]:
-    # Plain strings, not pathlib: a million Path objects cost time, and pathlib interns every part.
-    cut = len(top.rstrip(os.sep)) + 1
-
-    def found(path: str, reason: str | None = None) -> ScanEntry:
-        rel = path[cut:] or "."
-        return ScanEntry(index, FileEntry(top, _printable(rel) or rel), reason)
-
-    try:
-        with os.scandir(here) as it:
-            listing = sorted(it, key=lambda e: _shown(e.name))
-    except OSError as exc:
-        yield found(here, f"cannot list folder: {exc.strerror or exc}")
-        return
-    for item in listing:
-        if item.name.startswith("."):
-            continue
-        key = prefix + (_shown(item.name),)
-        path = item.path
-        try:
-            is_dir = item.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        if after is not None:
-            head = after[: len(key)]
-            if key < head or (not is_dir and key <= after):
-                continue  # at or before where the scan resumes
-        sub_after = after if after is not None and after[: len(key)] == key else None
-        if _printable(item.name) is not None:  # a folder too: one row, its files are not reachable by name
-            yield found(path, f"{'folder' if is_dir else 'file'} name is not valid UTF-8: rename it")
-            continue
-        if item.is_symlink():
-            try:
-                target = Path(path).resolve(strict=True)
-            except FileNotFoundError:
-                yield found(path, "broken link")
-                continue
-            except (OSError, RuntimeError):
-                yield found(path, "link loop")
-                continue
-            if not target.is_relative_to(top):
-                yield found(path, f"link leads outside the folder (to {target})")
-                continue
-            if target.is_dir():
-                continue  # never followed (it could loop); its files are scanned where they really are
-            if not target.is_file():
-                yield found(path, "not a regular file")
-                continue
-            yield found(path)
-        elif is_dir:
-            yield from _walk(index, top, path, key, sub_after)
-        else:
-            try:
-                mode = item.stat(follow_symlinks=False).st_mode
-            except OSError as exc:
-                yield found(path, f"cannot read: {exc.strerror or exc}")
-                continue
-            yield found(path, None if stat.S_ISREG(mode) else "not a regular file")
-
-
-def scan_folders(folders: Sequence[str | os.PathLike]) -> tuple[list[FileEntry], list[tuple[FileEntry, str]]]:
-    """The whole scan in memory: (files to try decoding, files with a reason). For small folders and tests."""
-    candidates: list[FileEntry] = []
-    errors: list[tuple[FileEntry, str]] = []
-    for item in iter_scan(folders):
-        if item.reason is None:
-            candidates.append(item.entry)
-        else:
-            errors.append((item.entry, item.reason))
-    return candidates, errors
-
-
-@dataclass
-class DecodedFile:
-    entry: FileEntry
-    arrays: dict[int, np.ndarray]
-    width: int
-    height: int
-    size_bytes: int
-    sha256: str
-
-
-class BadImage(Exception):
-    """A file that is not a scorable picture; the message is the reason recorded for it."""
-
-
-def decode_file(entry: FileEntry, sizes: Iterable[int]) -> DecodedFile:
-    """Read a file once: hash it, decode it once, and resize it for each detector input size.
-
-    Raises:
-        BadImage: empty, not an image, an unsupported format, broken, or too large to decode safely.
-    """
-    sizes = sorted(set(sizes))
-    path = entry.path
-    try:
-        size_bytes = path.stat().st_size
-        if size_bytes == 0:
-            raise BadImage("empty file")
-        if size_bytes > MAX_FILE_BYTES:
-            raise BadImage(f"file too large ({size_bytes} bytes; limit {MAX_FILE_BYTES})")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadImage(f"cannot read: {exc.strerror or exc}") from None
-    try:
-        # One parse of the header: format, size and orientation, then the decode itself.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as opened:
-                width, height = opened.size
-                if opened.format not in IMAGE_FORMATS:
-                    raise BadImage(f"unsupported image format {opened.format} (supported: JPEG, PNG, WebP, BMP, GIF, TIFF)")
-                if opened.getexif().get(0x0112) in (5, 6, 7, 8):
-                    width, height = height, width
-                im = to_rgb(opened, max(sizes))
-        arrays = {s: resize_square(im, s) for s in sizes}
-    except BadImage:
-        raise
-    except UnidentifiedImageError:
-        raise BadImage("not an image (unrecognised content)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"too large to decode safely: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, unsupported mode: all "broken"
-        raise BadImage(f"broken image: {exc}") from None
-    return DecodedFile(entry, arrays, width, height, size_bytes, hashlib.sha256(data).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -307,6 +111,14 @@ def score_batch(detectors: Sequence[LoadedDetector], batch: dict[int, np.ndarray
     return run_detectors(detectors, {s: host_to_device(torch.from_numpy(a), device) for s, a in batch.items()}, pad_to).cpu().numpy()
 
 
+def _on_device(group: Sequence[DecodedFile], size: int, device: torch.device) -> torch.Tensor:
+    """One (B, size, size, 3) uint8 batch on the device from host arrays, device tensors, or both."""
+    arrays = [f.arrays[size] for f in group]
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        return host_to_device(torch.from_numpy(np.stack(arrays)), device)
+    return torch.stack([a if isinstance(a, torch.Tensor) else torch.tensor(a, device=device) for a in arrays])
+
+
 @dataclass
 class ChunkResult:
     """One chunk's outcome: scored files with their probabilities (detectors x files), and errors."""
@@ -324,20 +136,24 @@ def iter_chunks(
     chunk_size: int = 256,
     batch_size: int = 64,
     threads: int | None = None,
+    device_decode: bool | None = None,
     on_files: Callable[[int], None] | None = None,
 ) -> Iterator[ChunkResult]:
-    """Decode and score ``entries`` chunk by chunk; decoding of the next chunk overlaps inference.
+    """Decode and score ``entries`` chunk by chunk; reading and decoding the next chunk overlaps inference.
 
     Each file is read and decoded once (threads; Pillow releases the GIL) and the same batch goes
-    through every detector. ``on_files(n)`` is told of files as they finish (after each batch,
-    not each chunk), for progress.
+    through every detector. ``device_decode`` (None: on a GPU): the threads only read, hash and
+    check baseline JPEGs, which are then decoded and resized on ``device`` in batches (nvJPEG);
+    everything else, and any JPEG the device refuses, goes through Pillow with the same reasons.
+    ``on_files(n)`` is told of files as they finish (after each batch, not each chunk).
     """
     sizes = sorted({d.image_size for d in detectors})
     threads = threads or min(8, os.cpu_count() or 1)  # 16 decoded slower than 8 on a 16-vCPU GPU host (bench/RESULTS.md)
+    device_decode = device.type == "cuda" if device_decode is None else device_decode
 
-    def decode(entry: FileEntry) -> DecodedFile | tuple[FileEntry, str]:
+    def decode(entry: FileEntry) -> DecodedFile | RawJpeg | tuple[FileEntry, str]:
         try:
-            return decode_file(entry, sizes)
+            return decode_file(entry, sizes, jpeg_raw=device_decode)
         except BadImage as exc:
             return (entry, str(exc))
 
@@ -348,15 +164,28 @@ def iter_chunks(
             done = [f.result() for f in pending]
             pending = [pool.submit(decode, e) for e in chunks[k + 1]] if k + 1 < len(chunks) else []
             result = ChunkResult()
+            raws = []
             for item in done:
-                (result.scored if isinstance(item, DecodedFile) else result.errors).append(item)
+                if isinstance(item, RawJpeg):
+                    raws.append(item)
+                else:
+                    (result.scored if isinstance(item, DecodedFile) else result.errors).append(item)
+            if raws:
+                on_device, refused = decode_jpegs(raws, sizes, device, batch_size)
+                result.scored += on_device
+                for raw in refused:
+                    try:
+                        result.scored.append(decode_bytes(raw.entry, raw.data, raw.size_bytes, sizes))
+                    except BadImage as exc:
+                        result.errors.append((raw.entry, str(exc)))
             if on_files and result.errors:
                 on_files(len(result.errors))
             if result.scored:
                 parts = []
                 for b in range(0, len(result.scored), batch_size):
                     group = result.scored[b : b + batch_size]
-                    parts.append(score_batch(detectors, {s: np.stack([f.arrays[s] for f in group]) for s in sizes}, device, batch_size))
+                    batch = {s: _on_device(group, s, device) for s in sizes}
+                    parts.append(run_detectors(detectors, batch, batch_size).cpu().numpy())
                     if on_files:
                         on_files(len(group))
                 result.probs = np.concatenate(parts, axis=1)

@@ -222,7 +222,8 @@ def test_scoring_path_agrees_with_validation_path(trained, tmp_path):
 
     from vocfleet.model.engine import evaluate
     from vocfleet.model.net import build_model
-    from vocfleet.model.score import DetectorSpec, FileEntry, iter_chunks, load_detectors
+    from vocfleet.model.scan import FileEntry
+    from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
     from vocfleet.model.splits import prepare_splits
 
     r = trained["dog"]
@@ -264,3 +265,51 @@ def test_compile_failure_falls_back_to_uncompiled(caplog):
     assert probs.shape == (1, 3) and not det.compiled and det.model is plain
     assert torch.allclose(probs, run_detectors([det], {32: images}))
     assert "scoring uncompiled" in caplog.text
+
+
+def test_device_jpeg_decoding_matches_pillow(trained, wild, shared_voc):
+    """The GPU path's decode and resize (torchvision's decode_jpeg, run here on the CPU) against Pillow's."""
+    import torch
+
+    from vocfleet.model.decode import RawJpeg, decode_file, decode_jpegs
+    from vocfleet.model.scan import FileEntry, scan_folders
+    from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
+
+    cpu = torch.device("cpu")
+    voc = [FileEntry(str(shared_voc / "JPEGImages"), p.name) for p in sorted((shared_voc / "JPEGImages").glob("*.jpg"))[:40]]
+    candidates, _ = scan_folders([wild])
+    entries = voc + candidates
+    # Pixels: every JPEG the device path takes, at both detector sizes, against Pillow's draft + resize.
+    raws = [r for e in voc + candidates if isinstance(r := _try_raw(decode_file, e), RawJpeg)]
+    assert len(raws) >= 40 + 3  # the VOC JPEGs and the wild folder's plain JPEGs (rotated phone photo included)
+    on_device, refused = decode_jpegs(raws, [32, 48], cpu)
+    assert [r.entry.rel_path for r in refused] == ["truncated.jpg"]  # left to Pillow, which says why
+    for got in on_device:
+        want = decode_file(got.entry, [32, 48])
+        for size in (32, 48):
+            diff = np.abs(got.arrays[size].numpy().astype(int) - want.arrays[size].astype(int))
+            assert diff.mean() < 3 and np.percentile(diff, 99) < 24, (got.entry.rel_path, size, diff.mean())
+        assert (got.width, got.height, got.sha256) == (want.width, want.height, want.sha256)
+    # Scores and reasons: the same files scored or refused, probabilities within 0.02.
+    specs = [DetectorSpec(i, cls, r.checkpoint, r.sha256, r.threshold) for i, (cls, r) in enumerate(trained.items())]
+    dets = load_detectors(specs, cpu, compile=False)
+    results = {}
+    for device_decode in (False, True):
+        probs, errors = {}, {}
+        for chunk in iter_chunks(entries, dets, cpu, chunk_size=16, batch_size=8, device_decode=device_decode):
+            probs.update({f.entry.path: chunk.probs[:, j] for j, f in enumerate(chunk.scored)})
+            errors.update({e.path: reason for e, reason in chunk.errors})
+        results[device_decode] = probs, errors
+    (pil, pil_errors), (dev, dev_errors) = results[False], results[True]
+    assert pil_errors == dev_errors and set(pil) == set(dev) and len(pil) == 40 + 16
+    worst = max(float(np.abs(pil[p] - dev[p]).max()) for p in pil)
+    assert worst <= 0.02, worst
+
+
+def _try_raw(decode_file, entry):
+    from vocfleet.model.decode import BadImage
+
+    try:
+        return decode_file(entry, [32, 48], jpeg_raw=True)
+    except BadImage:
+        return None

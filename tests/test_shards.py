@@ -173,7 +173,7 @@ def test_scan_memory_is_bounded_by_a_folder_not_the_tree(big_tree):
     probe = textwrap.dedent(
         """
         import sys, tracemalloc
-        from vocfleet.model.score import iter_scan
+        from vocfleet.model.scan import iter_scan
         tracemalloc.start()
         count, last = 0, None
         for item in iter_scan([sys.argv[1]]):

@@ -22,7 +22,8 @@ from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 from vocfleet.model.engine import Stopped, resolve_device
-from vocfleet.model.score import DetectorSpec, FileEntry, entry_key, iter_chunks, iter_scan, load_detectors
+from vocfleet.model.scan import FileEntry, entry_key, iter_scan
+from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
 from .runner import Heartbeat, Outcome, claim
 from .safety import check_score_folder

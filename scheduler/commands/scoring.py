@@ -209,7 +209,8 @@ def results(run_id: int, voc_class, min_prob, present, image, by_image: bool, sh
 def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
     """Quick answer for a few images, without creating a run: classes by probability."""
     from vocfleet.model.engine import resolve_device
-    from vocfleet.model.score import DetectorSpec, FileEntry, iter_chunks, load_detectors
+    from vocfleet.model.scan import FileEntry
+    from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
     with database() as s:
         specs = [DetectorSpec.of(d) for d in _detectors_for(s, classes)]

@@ -1,0 +1,146 @@
+"""Scanning folders to score: every file once, in a stable order that a scan can resume from."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file a scan saw: the folder it was asked for and its path relative to that folder."""
+
+    folder: str
+    rel_path: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.folder) / self.rel_path
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    """One file a scan saw, in scan order; ``reason`` says why it cannot be scored, if the scan already knows.
+
+    ``key`` orders entries: (folder index, path components), the order the scan yields them in,
+    so a scan can resume after any entry.
+    """
+
+    folder_index: int
+    entry: FileEntry
+    reason: str | None
+
+    @property
+    def key(self) -> tuple:
+        return (self.folder_index, *self.entry.rel_path.split("/"))
+
+
+def entry_key(folder_index: int, rel_path: str) -> tuple:
+    return (folder_index, *rel_path.split("/"))
+
+
+def _printable(name: str) -> str | None:
+    """None if ``name`` is valid UTF-8, else the name with its undecodable bytes written as \\xNN."""
+    try:
+        name.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _shown(name: str) -> str:
+    """The name as stored and ordered: itself, or with undecodable bytes escaped."""
+    return _printable(name) or name
+
+
+def iter_scan(folders: Sequence[str | os.PathLike], after: tuple | None = None) -> Iterator[ScanEntry]:
+    """Every non-hidden file under ``folders``, recursively, one at a time, in a stable order.
+
+    The order is that of :attr:`ScanEntry.key` (names sorted within each folder, a subfolder's files
+    at its name's place), so ``after`` (a key) resumes a scan right after that entry. Memory is
+    bounded by the largest single folder's listing, never by the whole tree.
+
+    Files that cannot be scored whatever they hold come with a reason: links leading out of the
+    folder, broken links or link loops, devices and pipes, names that are not UTF-8 (stored with
+    their bytes escaped), folders that cannot be listed. Links are never followed into folders.
+    """
+    for index, folder in enumerate(folders):
+        if after is not None and (index,) < after[:1]:
+            continue
+        top = str(Path(folder).resolve())
+        yield from _walk(index, top, top, (index,), after if after is not None and after[:1] == (index,) else None)
+
+
+def _walk(index: int, top: str, here: str, prefix: tuple, after: tuple | None) -> Iterator[ScanEntry]:
+    # Plain strings, not pathlib: a million Path objects cost time, and pathlib interns every part.
+    cut = len(top.rstrip(os.sep)) + 1
+
+    def found(path: str, reason: str | None = None) -> ScanEntry:
+        rel = path[cut:] or "."
+        return ScanEntry(index, FileEntry(top, _printable(rel) or rel), reason)
+
+    try:
+        with os.scandir(here) as it:
+            listing = sorted(it, key=lambda e: _shown(e.name))
+    except OSError as exc:
+        yield found(here, f"cannot list folder: {exc.strerror or exc}")
+        return
+    for item in listing:
+        if item.name.startswith("."):
+            continue
+        key = prefix + (_shown(item.name),)
+        path = item.path
+        try:
+            is_dir = item.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if after is not None:
+            head = after[: len(key)]
+            if key < head or (not is_dir and key <= after):
+                continue  # at or before where the scan resumes
+        sub_after = after if after is not None and after[: len(key)] == key else None
+        if _printable(item.name) is not None:  # a folder too: one row, its files are not reachable by name
+            yield found(path, f"{'folder' if is_dir else 'file'} name is not valid UTF-8: rename it")
+            continue
+        if item.is_symlink():
+            try:
+                target = Path(path).resolve(strict=True)
+            except FileNotFoundError:
+                yield found(path, "broken link")
+                continue
+            except (OSError, RuntimeError):
+                yield found(path, "link loop")
+                continue
+            if not target.is_relative_to(top):
+                yield found(path, f"link leads outside the folder (to {target})")
+                continue
+            if target.is_dir():
+                continue  # never followed (it could loop); its files are scanned where they really are
+            if not target.is_file():
+                yield found(path, "not a regular file")
+                continue
+            yield found(path)
+        elif is_dir:
+            yield from _walk(index, top, path, key, sub_after)
+        else:
+            try:
+                mode = item.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                yield found(path, f"cannot read: {exc.strerror or exc}")
+                continue
+            yield found(path, None if stat.S_ISREG(mode) else "not a regular file")
+
+
+def scan_folders(folders: Sequence[str | os.PathLike]) -> tuple[list[FileEntry], list[tuple[FileEntry, str]]]:
+    """The whole scan in memory: (files to try decoding, files with a reason). For small folders and tests."""
+    candidates: list[FileEntry] = []
+    errors: list[tuple[FileEntry, str]] = []
+    for item in iter_scan(folders):
+        if item.reason is None:
+            candidates.append(item.entry)
+        else:
+            errors.append((item.entry, item.reason))
+    return candidates, errors
