@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Enum, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -14,8 +15,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# JSON columns are JSONB on PostgreSQL (indexable, compact, operators for ad-hoc SQL), JSON text elsewhere.
+_json = JSON().with_variant(JSONB(), "postgresql")
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: _json, list[Any]: _json, datetime: DateTime(timezone=True)}
 
 
 class JobStatus(enum.StrEnum):
@@ -189,7 +194,11 @@ class ScoredImage(RunFile, Base):
     """An image a run scored: where it was, and size plus content hash to recognise a renamed copy."""
 
     __tablename__ = "scored_images"
-    __table_args__ = (UniqueConstraint("run_id", "folder", "rel_path", name="uq_scored_images_run_path"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "folder", "rel_path", name="uq_scored_images_run_path"),
+        Index("ix_scored_images_run_rel_path", "run_id", "rel_path"),  # results --image NAME
+        Index("ix_scored_images_run_order", "run_id", "id"),  # a run's images in the order they were recorded
+    )
 
     size_bytes: Mapped[int]
     sha256: Mapped[str] = mapped_column(String(64), index=True)
@@ -205,16 +214,18 @@ class Score(Base):
 
     Kept lean for bulk writes (tens of thousands of rows per second): each foreign key costs a
     lookup per inserted row, so only the image is one (deleting an image deletes its scores);
-    ``run_id`` and ``detector_id`` are plain columns (detectors are deactivated, never deleted),
-    ``run_id`` indexed for per-run queries.
+    ``run_id`` and ``detector_id`` are plain columns (detectors are deactivated, never deleted).
     """
 
     __tablename__ = "scores"
+    # One class of one run, present or not, most probable first: results --class X --present
+    # --limit N reads N index entries; per-run queries use its first column.
+    __table_args__ = (Index("ix_scores_run_class_present_prob", "run_id", "voc_class", "present", "probability"),)
 
     # The key is (image, detector): no surrogate id, no second unique index to maintain.
     image_id: Mapped[int] = mapped_column(ForeignKey("scored_images.id", ondelete="CASCADE"), primary_key=True)
     detector_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    run_id: Mapped[int] = mapped_column(index=True)
+    run_id: Mapped[int]
     voc_class: Mapped[str] = mapped_column(String(32))
     probability: Mapped[float]
     present: Mapped[bool] = mapped_column(Boolean)

@@ -1,4 +1,4 @@
-"""Scoring results in the database: what a shard already recorded, one bulk write per chunk, and the result queries."""
+"""Scoring results in the database: what a shard already recorded, and one bulk write per chunk."""
 
 from __future__ import annotations
 
@@ -101,46 +101,3 @@ def _insert_scores(s: Session, rows: list[tuple]) -> None:
         _copy(s, "scores", SCORE_COLUMNS, rows)
     else:
         s.execute(insert(Score), [dict(zip(SCORE_COLUMNS, row, strict=True)) for row in rows])
-
-
-def result_rows(
-    s: Session,
-    run_id: int,
-    *,
-    voc_class: str | None = None,
-    min_prob: float | None = None,
-    present: bool | None = None,
-    image: str | None = None,
-) -> list[dict[str, Any]]:
-    """Scores of a run, one row per (image, detector), best first within each image."""
-    q = (
-        select(ScoredImage.folder, ScoredImage.rel_path, ScoredImage.sha256, Score.voc_class, Score.probability, Score.present, Score.detector_id)
-        .join(Score, Score.image_id == ScoredImage.id)
-        .where(ScoredImage.run_id == run_id)
-        .order_by(ScoredImage.folder, ScoredImage.rel_path, Score.probability.desc())
-    )
-    if voc_class:
-        q = q.where(Score.voc_class == voc_class)
-    if min_prob is not None:
-        q = q.where(Score.probability >= min_prob)
-    if present is not None:
-        q = q.where(Score.present.is_(present))
-    if image:
-        q = q.where((ScoredImage.rel_path == image) | (ScoredImage.sha256 == image))
-    return [
-        {
-            "image": r.rel_path,
-            "folder": r.folder,
-            "class": r.voc_class,
-            "probability": r.probability,
-            "present": r.present,
-            "detector": r.detector_id,
-            "sha256": r.sha256,
-        }
-        for r in s.execute(q)
-    ]
-
-
-def error_rows(s: Session, run_id: int) -> list[dict[str, Any]]:
-    q = select(FileError).where(FileError.run_id == run_id).order_by(FileError.folder, FileError.rel_path)
-    return [{"file": e.rel_path, "folder": e.folder, "reason": e.reason} for e in s.scalars(q)]

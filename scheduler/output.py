@@ -1,15 +1,21 @@
-"""Render rows as an aligned table, CSV or JSON."""
+"""Write rows as an aligned table, CSV, JSON or JSON Lines, streamed: a row in, a line out."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections.abc import Sequence
+import re
+import sys
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from itertools import islice
+from typing import Any, TextIO
 
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "csv", "json", "jsonl")
+TABLE_PROBE = 1000  # rows read before a table's column widths are fixed
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # escape sequences and newlines in file names
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run a cell starting with these
 
 
 def _cell(value: Any) -> str:
@@ -19,21 +25,55 @@ def _cell(value: Any) -> str:
         return f"{value:.3f}"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA):
+        return "'" + value  # OWASP's advice against formula injection: shown as text
+    return value
+
+
+def stream(rows: Iterable[dict[str, Any]], columns: Sequence[str], fmt: str = "table", out: TextIO | None = None) -> int:
+    """Write ``rows`` to ``out`` (default stdout) as they come; returns how many were written."""
+    out = out or sys.stdout
+    n = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([_csv_value(r.get(c)) for c in columns])
+            n += 1
+    elif fmt in ("json", "jsonl"):
+        sep, first = ("\n", "") if fmt == "jsonl" else (",\n", "[\n")
+        out.write(first)
+        for r in rows:
+            out.write((sep if n else "") + json.dumps({c: r.get(c) for c in columns}, default=str))
+            n += 1
+        out.write("\n]\n" if fmt == "json" else ("\n" if n else ""))
+    else:
+        rows = iter(rows)
+        head = [[_cell(r.get(c)) for c in columns] for r in islice(rows, TABLE_PROBE)]
+        widths = [max([len(c)] + [len(row[i]) for row in head]) for i, c in enumerate(columns)]
+
+        def line(cells: Sequence[str]) -> str:
+            return "  ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)).rstrip() + "\n"
+
+        out.write(line(columns))
+        for cells in head:
+            out.write(line(cells))
+        n = len(head)
+        for r in rows:  # later rows keep the widths of the first ones
+            out.write(line([_cell(r.get(c)) for c in columns]))
+            n += 1
+    out.flush()
+    return n
 
 
 def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str = "table") -> str:
-    if fmt == "json":
-        return json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2, default=str)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
-        return buf.getvalue().rstrip("\n")
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return "\n".join(lines)
+    """:func:`stream` into a string (for short outputs), without the final newline."""
+    buf = io.StringIO()
+    stream(rows, columns, fmt, buf)
+    return buf.getvalue().rstrip("\n")

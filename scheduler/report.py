@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vocfleet.db.models import Detector, ScoreRun
-from vocfleet.db.scoring import error_rows, result_rows
+from vocfleet.db.results import ResultQuery, error_rows, image_scores, iter_results, summary_rows
 from vocfleet.model import ConfigError
 from vocfleet.model.data import open_rgb
 
@@ -97,17 +97,27 @@ update();
 """
 
 
+PER_CLASS = 24  # pictures per class in a run's report: the most confident present ones
+MAX_ERRORS = 500  # files not scored listed in a report (the count is always shown)
+
+
 def run_report(s: Session, run_id: int) -> str:
-    """HTML for one scoring run: pictures with classes found, filterable by class, sorted by confidence."""
+    """HTML for one scoring run, the same size at any run size: per-class counts, the most confident
+    pictures of each class (filterable), the files not scored (the first few hundred), the detectors.
+    """
     run = s.get(ScoreRun, run_id)
     if run is None:
         raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
     dets = list(s.scalars(select(Detector).where(Detector.id.in_(run.detector_ids)).order_by(Detector.voc_class)))
-    images: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in result_rows(s, run_id):
-        images.setdefault((r["folder"], r["image"]), []).append(r)
+    picked: dict[int, dict[str, Any]] = {}
+    for d in dets:
+        for r in iter_results(s, ResultQuery((run_id,), voc_class=d.voc_class, present=True, sort="margin", limit=PER_CLASS)):
+            picked.setdefault(r["image_id"], r)
+    scores = image_scores(s, list(picked))
     cards = []
-    for (folder, rel), rows in images.items():
+    for image_id, first in picked.items():
+        rows = scores[image_id]
+        folder, rel = first["folder"], first["image"]
         probs = {r["class"]: round(r["probability"], 4) for r in rows}
         present = [r["class"] for r in rows if r["present"]]
         src = thumbnail(Path(folder) / rel)
@@ -117,11 +127,24 @@ def run_report(s: Session, run_id: int) -> str:
             f"<div class=card data-probs='{html.escape(json.dumps(probs))}' data-present='{html.escape(json.dumps(present))}'>"
             f"{img}<div class=path>{html.escape(rel)}</div>{lines}</div>"
         )
-    errors = error_rows(s, run_id)
+    counts = summary_rows(s, (run_id,))
+    count_html = (
+        "<table><tr><th>class</th><th>images</th><th>present</th><th>mean probability</th></tr>"
+        + "".join(
+            f"<tr><td>{html.escape(c['class'])}</td><td>{c['images']}</td><td>{c['present']}</td><td>{c['mean_probability']:.3f}</td></tr>" for c in counts
+        )
+        + "</table>"
+    )
+    errors = error_rows(s, run_id, limit=MAX_ERRORS)
     err_html = (
         "<table><tr><th>file</th><th>reason</th></tr>"
         + "".join(f"<tr><td>{html.escape(e['file'])}</td><td>{html.escape(e['reason'])}</td></tr>" for e in errors)
         + "</table>"
+        + (
+            f"<p class=muted>The first {len(errors)} of {run.error_files}: vocfleet results {run_id} --errors lists all.</p>"
+            if run.error_files > len(errors)
+            else ""
+        )
         if errors
         else "<p class=muted>none</p>"
     )
@@ -130,10 +153,13 @@ def run_report(s: Session, run_id: int) -> str:
         f"<h1>vocfleet scoring run {run.id}</h1>"
         f"<p>{html.escape(', '.join(run.folders))} — {run.status.value}: {run.scored_images} pictures scored, "
         f"{run.error_files} files not scored, of {run.total_files} seen. Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>"
-        f"<h2>Pictures</h2><div class=controls><label>class <select id=cls><option value=''>any class</option>{options}</select></label> "
+        f"<h2>Classes</h2>{count_html}"
+        f"<h2>Pictures</h2><p class=muted>For each class, up to {PER_CLASS} pictures where it is present, the most confident first; "
+        f"query the rest with vocfleet results {run_id}.</p>"
+        f"<div class=controls><label>class <select id=cls><option value=''>any class</option>{options}</select></label> "
         f"<label><input type=checkbox id=present> present only</label> <span id=count class=muted></span></div>"
         f"<div id=grid>{''.join(cards)}</div>"
-        f"<h2>Files not scored ({len(errors)})</h2>{err_html}"
+        f"<h2>Files not scored ({run.error_files})</h2>{err_html}"
         f"<h2>Detectors used</h2>{_detector_table(dets)}"
         "<p class=muted>Accuracy is shown beside the accuracy of answering 'absent' for every image; AP is the measure that matters.</p>"
     )

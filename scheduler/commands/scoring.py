@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -11,8 +12,10 @@ import click
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 
-from ..output import render
+from ..output import render, stream
 from .base import database, format_option, stale_window
+
+SORTS = ("image", "probability", "margin")  # vocfleet.db.results.SORTS, without importing SQLAlchemy for --help
 
 
 def _detectors_for(s, classes: str | None) -> list:
@@ -91,7 +94,7 @@ def _wait_for_run(run_id: int, interval: float = 1.0) -> None:
 def _run_scoring(run_id: int, names: list[str]) -> None:
     """The embedded default: score the run in this process, with progress, then print what was not scored."""
     from vocfleet.db.models import ScoreRun
-    from vocfleet.db.scoring import error_rows
+    from vocfleet.db.results import error_rows
     from vocfleet.worker.runner import Outcome
     from vocfleet.worker.scoring import run_score_run
 
@@ -106,12 +109,14 @@ def _run_scoring(run_id: int, names: list[str]) -> None:
         sys.exit(130)
     with database() as s:
         run = s.get(ScoreRun, run_id)
-        errors = error_rows(s, run_id)
+        errors = error_rows(s, run_id, limit=50)
         click.echo(f"run {run_id} {run.status.value}: {run.scored_images} image(s) scored, {run.error_files} file(s) not scored, of {run.total_files} seen")
         if run.error:
             click.echo(f"reason: {run.error}", err=True)
     if errors:
         click.echo(render(errors, ["file", "reason"]))
+        if run.error_files > len(errors):
+            click.echo(f"... and {run.error_files - len(errors)} more: vocfleet results {run_id} --errors")
     click.echo(f"results: vocfleet results {run_id} [--by-image] [--present] [--format csv|json]")
     if outcome != Outcome.succeeded:
         sys.exit(1)
@@ -157,49 +162,77 @@ def runs(fmt: str) -> None:
 
 
 @click.command()
-@click.argument("run_id", type=int)
+@click.argument("run_ids", nargs=-1, type=int)
+@click.option("--all-runs", is_flag=True, help="Every run: the newest score of each file and class.")
 @click.option("--class", "voc_class", default=None, help="Only this class.")
 @click.option("--min-prob", type=float, default=None, help="Only probabilities at or above this.")
 @click.option("--present/--absent", default=None, help="Only images judged present (or absent) at the detector's threshold.")
 @click.option("--image", default=None, help="One image (path relative to its folder, or sha256): which classes are in it.")
-@click.option("--by-image", is_flag=True, help="One row per image: the classes found, most probable first.")
+@click.option("--by-image", is_flag=True, help="One row per image: the classes present, and the three most above their threshold.")
+@click.option("--summary", is_flag=True, help="Per class: images, images present, mean probability.")
 @click.option("--errors", "show_errors", is_flag=True, help="The files that could not be scored, with reasons.")
+@click.option(
+    "--sort",
+    type=click.Choice(SORTS),
+    default=None,
+    help="image (as recorded), probability, or margin (above the threshold) [default: margin with --present, else image].",
+)
+@click.option("--limit", type=int, default=None, help="At most this many rows.")
 @format_option
-def results(run_id: int, voc_class, min_prob, present, image, by_image: bool, show_errors: bool, fmt: str) -> None:
-    """Query a scoring run's results."""
+def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, summary, show_errors, sort, limit, fmt) -> None:
+    """Query scoring results: one run, several (the newest score of each file and class), or --all-runs.
+
+    Streamed: an export of millions of rows starts at once and holds a few thousand in memory.
+    """
     from vocfleet.db.models import ScoreRun
-    from vocfleet.db.scoring import error_rows, result_rows
+    from vocfleet.db.results import ResultQuery, iter_by_image, iter_errors, iter_results, summary_rows
 
     from ..queueing import parse_classes
 
+    if bool(run_ids) == all_runs:
+        raise ConfigError("give run ids (see 'vocfleet runs') or --all-runs")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: must be at least 1")
     if voc_class:
-        parse_classes(voc_class)
+        voc_class = parse_classes(voc_class)[0]
     with database() as s:
-        if s.get(ScoreRun, run_id) is None:
-            raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+        for run_id in run_ids:
+            if s.get(ScoreRun, run_id) is None:
+                raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+        runs = None if all_runs else tuple(dict.fromkeys(run_ids))
+        if voc_class and not _class_scored(s, runs, voc_class):
+            where = f"run {', '.join(map(str, runs))}" if runs else "any run"
+            raise ConfigError(f"{where} has no {voc_class} detector: see 'vocfleet runs' for the classes each run scored")
         if show_errors:
-            click.echo(render(error_rows(s, run_id), ["file", "reason", "folder"], fmt))
+            if runs is None or len(runs) != 1:
+                raise ConfigError("--errors takes one run id")
+            stream(iter_errors(s, runs[0], limit), ["file", "reason", "folder"], fmt)
             return
-        rows = result_rows(s, run_id, voc_class=voc_class, min_prob=min_prob, present=present, image=image)
-    if image and not rows:
-        raise ConfigError(f"run {run_id} has no scored image {image!r}: see 'vocfleet results {run_id} --by-image'")
-    if by_image:
-        grouped: dict[tuple[str, str], list[dict]] = {}
-        for r in rows:
-            grouped.setdefault((r["folder"], r["image"]), []).append(r)
-        rows = [
-            {
-                "image": img,
-                "folder": folder,
-                "present": ",".join(r["class"] for r in rs if r["present"]),
-                "top": ", ".join(f"{r['class']} {r['probability']:.2f}" for r in rs[:3]),
-                "sha256": rs[0]["sha256"],
-            }
-            for (folder, img), rs in grouped.items()
-        ]
-        click.echo(render(rows, ["image", "present", "top"] + (["folder", "sha256"] if fmt != "table" else []), fmt))
-        return
-    click.echo(render(rows, ["image", "class", "probability", "present"] + (["folder", "detector", "sha256"] if fmt != "table" else []), fmt))
+        if summary:
+            stream(summary_rows(s, runs), ["class", "images", "present", "present_rate", "mean_probability"], fmt)
+            return
+        query = ResultQuery(runs, voc_class, min_prob, present, image, sort or ("margin" if present else "image"), limit)
+        many = runs is None or len(runs) > 1
+        if by_image:
+            rows = iter_by_image(s, query)
+            columns = ["image", "present", "top"] + (["run"] if many else []) + (["folder", "sha256"] if fmt != "table" else [])
+        else:
+            rows = iter_results(s, query)
+            columns = ["image", "class", "probability", "present"] + (["run"] if many else [])
+            columns += ["margin", "threshold", "folder", "detector", "sha256"] if fmt != "table" else []
+        first = next(rows, None)
+        if image and first is None:
+            raise ConfigError(f"no scored image {image!r} there: see 'vocfleet results {' '.join(map(str, run_ids))} --by-image'")
+        stream(itertools.chain([first] if first else [], rows), columns, fmt)
+
+
+def _class_scored(s, runs: tuple[int, ...] | None, voc_class: str) -> bool:
+    from sqlalchemy import select
+
+    from vocfleet.db.models import ScoreRun
+
+    q = select(ScoreRun.classes) if runs is None else select(ScoreRun.classes).where(ScoreRun.id.in_(runs))
+    return any(voc_class in classes for classes in s.scalars(q))
 
 
 @click.command()

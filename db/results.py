@@ -1,0 +1,180 @@
+"""Questions asked of scoring results, answered by SQL and streamed: memory stays flat at any size.
+
+Every query here returns an iterator over rows read in batches (a server-side cursor on
+PostgreSQL), so an export of twenty million scores holds a few thousand rows at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+from sqlalchemy import Select, case, func, or_, select
+from sqlalchemy.orm import Session
+
+from .models import Detector, FileError, Score, ScoredImage
+
+SORTS = ("image", "probability", "margin")
+BATCH = 5000  # rows per fetch
+
+
+@dataclass(frozen=True)
+class ResultQuery:
+    """What to read of the scores.
+
+    Attributes:
+        run_ids: the runs; several (or ``None``: every run) give the newest score of each file and
+            class among them.
+        voc_class, min_prob, present, image: filters (image: path relative to its folder, or sha256).
+        sort: ``image`` (image by image, in the order they were recorded; within an image the
+            classes most above their threshold first), ``probability`` or ``margin`` (probability
+            minus the detector's threshold), both highest first.
+        limit: at most this many rows.
+    """
+
+    run_ids: tuple[int, ...] | None
+    voc_class: str | None = None
+    min_prob: float | None = None
+    present: bool | None = None
+    image: str | None = None
+    sort: str = "image"
+    limit: int | None = None
+
+
+def _select(q: ResultQuery) -> Select:
+    margin = (Score.probability - Detector.threshold).label("margin")
+    stmt = (
+        select(
+            ScoredImage.id.label("image_id"),
+            ScoredImage.run_id,
+            ScoredImage.folder,
+            ScoredImage.rel_path,
+            ScoredImage.sha256,
+            Score.voc_class,
+            Score.probability,
+            Detector.threshold,
+            margin,
+            Score.present,
+            Score.detector_id,
+        )
+        .join(Score, Score.image_id == ScoredImage.id)
+        .join(Detector, Detector.id == Score.detector_id)
+    )
+    if q.run_ids is not None:
+        runs = list(q.run_ids)
+        stmt = stmt.where(Score.run_id == runs[0]) if len(runs) == 1 else stmt.where(Score.run_id.in_(runs))
+    if q.voc_class:
+        stmt = stmt.where(Score.voc_class == q.voc_class)
+    if q.min_prob is not None:
+        stmt = stmt.where(Score.probability >= q.min_prob)
+    if q.present is not None:
+        stmt = stmt.where(Score.present.is_(q.present))
+    if q.image:
+        stmt = stmt.where(or_(ScoredImage.rel_path == q.image, ScoredImage.sha256 == q.image))
+        if q.run_ids is not None:  # the same runs, said of the image: lets the planner start from (run, path)
+            stmt = stmt.where(ScoredImage.run_id.in_(list(q.run_ids)))
+    return stmt
+
+
+def iter_results(s: Session, q: ResultQuery) -> Iterator[dict[str, Any]]:
+    """Scores as dicts (image, folder, class, probability, threshold, margin, present, detector, sha256, run)."""
+    if q.sort not in SORTS:
+        raise ValueError(f"sort {q.sort!r}: one of {', '.join(SORTS)}")
+    stmt = _select(q)
+    if q.run_ids is None or len(q.run_ids) > 1:
+        # Across runs: the newest score of each file and class (a window, so every database agrees).
+        newest = func.row_number().over(partition_by=(ScoredImage.folder, ScoredImage.rel_path, Score.voc_class), order_by=Score.run_id.desc())
+        inner = stmt.add_columns(newest.label("newest")).subquery()
+        stmt = select(*[c for c in inner.c if c.name != "newest"]).where(inner.c.newest == 1)
+        cols = inner.c
+    else:
+        cols = None
+    col = (lambda name: cols[name]) if cols is not None else (lambda name: stmt.selected_columns[name])
+    if q.sort == "image" and cols is None:
+        stmt = stmt.order_by(col("image_id"), col("margin").desc())
+    elif q.sort == "image":  # across runs a file's newest scores come from different runs: by path
+        stmt = stmt.order_by(col("folder"), col("rel_path"), col("margin").desc())
+    elif q.sort == "probability" or (q.voc_class and cols is None):
+        # One class of one run is one detector, one threshold: margin order is probability order,
+        # which the (run, class, present, probability) index gives without sorting.
+        stmt = stmt.order_by(col("probability").desc(), col("image_id"))
+    else:
+        stmt = stmt.order_by(col("margin").desc(), col("image_id"))
+    if q.limit is not None:
+        stmt = stmt.limit(q.limit)
+    for r in s.execute(stmt.execution_options(yield_per=BATCH)):
+        yield {
+            "image_id": r.image_id,
+            "image": r.rel_path,
+            "folder": r.folder,
+            "class": r.voc_class,
+            "probability": r.probability,
+            "threshold": r.threshold,
+            "margin": r.margin,
+            "present": r.present,
+            "detector": r.detector_id,
+            "sha256": r.sha256,
+            "run": r.run_id,
+        }
+
+
+def iter_by_image(s: Session, q: ResultQuery, top: int = 3) -> Iterator[dict[str, Any]]:
+    """One row per image: the classes present, and the ``top`` classes by how far above their threshold."""
+    rows = iter_results(s, ResultQuery(**{**q.__dict__, "sort": "image", "limit": None}))
+    count = 0
+    for (folder, image), group in groupby(rows, key=lambda r: (r["folder"], r["image"])):
+        group = list(group)  # one image's classes: at most one per detector
+        yield {
+            "image": image,
+            "folder": folder,
+            "present": ",".join(r["class"] for r in group if r["present"]),
+            "top": ", ".join(f"{r['class']} {r['probability']:.2f}" for r in group[:top]),
+            "sha256": group[0]["sha256"],
+            "run": max(r["run"] for r in group),
+        }
+        count += 1
+        if q.limit is not None and count >= q.limit:
+            return
+
+
+def summary_rows(s: Session, run_ids: tuple[int, ...] | None) -> list[dict[str, Any]]:
+    """Per class: images scored, images present, mean probability (one GROUP BY)."""
+    stmt = select(
+        Score.voc_class,
+        func.count().label("images"),
+        func.sum(case((Score.present, 1), else_=0)).label("present"),
+        func.avg(Score.probability).label("mean_probability"),
+    ).group_by(Score.voc_class)
+    if run_ids is not None:
+        stmt = stmt.where(Score.run_id.in_(list(run_ids)))
+    out = []
+    for r in s.execute(stmt.order_by(Score.voc_class)):
+        present = int(r.present or 0)
+        out.append({"class": r.voc_class, "images": r.images, "present": present, "present_rate": present / r.images, "mean_probability": r.mean_probability})
+    return out
+
+
+def iter_errors(s: Session, run_id: int, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    q = select(FileError).where(FileError.run_id == run_id).order_by(FileError.folder, FileError.rel_path).limit(limit)
+    for e in s.scalars(q.execution_options(yield_per=BATCH)):
+        yield {"file": e.rel_path, "folder": e.folder, "reason": e.reason}
+
+
+def error_rows(s: Session, run_id: int, limit: int | None = None) -> list[dict[str, Any]]:
+    return list(iter_errors(s, run_id, limit))
+
+
+def image_scores(s: Session, image_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Every class's score of some images, most above its threshold first."""
+    out: dict[int, list[dict[str, Any]]] = {i: [] for i in image_ids}
+    q = (
+        select(Score.image_id, Score.voc_class, Score.probability, Score.present, (Score.probability - Detector.threshold).label("margin"))
+        .join(Detector, Detector.id == Score.detector_id)
+        .where(Score.image_id.in_(image_ids))
+        .order_by(Score.image_id, (Score.probability - Detector.threshold).desc())
+    )
+    for r in s.execute(q):
+        out[r.image_id].append({"class": r.voc_class, "probability": r.probability, "present": r.present})
+    return out

@@ -1,0 +1,159 @@
+"""The results database: query options, streamed formats, views and indexes, on SQLite and PostgreSQL."""
+
+import csv
+import io
+import json
+
+import pytest
+from sqlalchemy import text
+
+from vocfleet.db.session import ensure_schema, get_engine, session_scope
+
+DBS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)]
+
+
+@pytest.fixture(params=DBS)
+def scored(request, detectors, wild, invoke):
+    """Two runs of the wild folder (16 pictures, 4 files not scored) with the car and dog detectors."""
+    if request.param == "postgresql":
+        request.getfixturevalue("pg_url")
+        # The detectors fixture wrote to SQLite before pg_url switched databases: add them here too.
+        ensure_schema()
+        from vocfleet.db.models import Detector
+
+        with session_scope() as s:
+            for cls, r in detectors.items():
+                s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics=r.metrics))
+    assert invoke("score", wild).exit_code == 0
+    assert invoke("score", wild, "--classes", "dog").exit_code == 0
+    return request.param
+
+
+def as_json(res):
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def test_formats_agree_and_stream(scored, invoke):
+    rows = as_json(invoke("results", 1, "--format", "json"))
+    lines = [json.loads(line) for line in invoke("results", 1, "--format", "jsonl").output.splitlines()]
+    table = invoke("results", 1).output.strip().splitlines()
+    parsed = list(csv.DictReader(io.StringIO(invoke("results", 1, "--format", "csv").output)))
+    assert rows == lines and len(rows) == len(parsed) == len(table) - 1 == 32
+    assert [r["image"] for r in rows] == [r["image"] for r in parsed]
+    assert all(float(p["probability"]) == pytest.approx(r["probability"]) for p, r in zip(parsed, rows, strict=True))
+    assert all(r["margin"] == pytest.approx(r["probability"] - r["threshold"]) for r in rows)
+    assert all(r["present"] == (r["margin"] >= 0) for r in rows)
+    by_image = [r["image"] for r in rows]
+    assert all(by_image[i] == by_image[i + 1] for i in range(0, 32, 2))  # image by image
+    for i in range(0, 32, 2):  # within an image, the class most above its threshold first
+        assert rows[i]["margin"] >= rows[i + 1]["margin"]
+    assert as_json(invoke("results", 1, "--class", "car", "--limit", 0 + 1, "--format", "json"))[0]["class"] == "car"
+
+
+def test_sort_limit_and_present_by_margin(scored, invoke):
+    by_prob = as_json(invoke("results", 1, "--sort", "probability", "--format", "json"))
+    assert [r["probability"] for r in by_prob] == sorted((r["probability"] for r in by_prob), reverse=True)
+    present = as_json(invoke("results", 1, "--present", "--format", "json"))
+    assert present and all(r["present"] for r in present)
+    assert [r["margin"] for r in present] == sorted((r["margin"] for r in present), reverse=True)  # default for --present
+    top = as_json(invoke("results", 1, "--class", "car", "--present", "--limit", 3, "--format", "json"))
+    assert len(top) == min(3, sum(r["class"] == "car" for r in present))
+    assert top == [r for r in present if r["class"] == "car"][:3]
+    by_image = as_json(invoke("results", 1, "--by-image", "--limit", 5, "--format", "json"))
+    assert len(by_image) == 5
+    for row in by_image:  # 'top' lists classes by margin: a present class before an absent one
+        first = row["top"].split(",")[0].split()[0]
+        if row["present"]:
+            assert first in row["present"].split(",")
+
+
+def test_across_runs_newest_score_and_summary(scored, invoke):
+    newest = as_json(invoke("results", 1, 2, "--format", "json"))
+    assert len(newest) == 32  # each file and class once
+    assert {r["run"] for r in newest if r["class"] == "dog"} == {2} and {r["run"] for r in newest if r["class"] == "car"} == {1}
+    assert as_json(invoke("results", "--all-runs", "--format", "json")) == newest
+    summary = as_json(invoke("results", 1, "--summary", "--format", "json"))
+    assert [s["class"] for s in summary] == ["car", "dog"] and all(s["images"] == 16 for s in summary)
+    one = as_json(invoke("results", 1, "--format", "json"))
+    for s in summary:
+        mine = [r for r in one if r["class"] == s["class"]]
+        assert s["present"] == sum(r["present"] for r in mine)
+        assert s["mean_probability"] == pytest.approx(sum(r["probability"] for r in mine) / 16)
+
+
+def test_bad_queries_one_line(scored, invoke):
+    for args, message in (
+        ((), "give run ids"),
+        ((1, "--all-runs"), "give run ids"),
+        ((99,), "no scoring run 99"),
+        ((2, "--class", "car"), "run 2 has no car detector"),
+        ((1, "--class", "sheep"), "run 1 has no sheep detector"),
+        ((1, "--limit", 0), "--limit 0"),
+        ((1, 2, "--errors"), "--errors takes one run id"),
+        ((1, "--image", "nope.jpg"), "no scored image 'nope.jpg'"),
+    ):
+        res = invoke("results", *args)
+        assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, (args, res.output)
+
+
+def test_views(scored):
+    with get_engine().connect() as conn:
+        labels = conn.execute(text('SELECT run_id, image, "class", probability, threshold, present FROM image_labels WHERE run_id = 1')).all()
+        assert len(labels) == 32 and all(r.present == (r.probability >= r.threshold) for r in labels)
+        dets = conn.execute(text('SELECT "class", ap, auc, always_absent, eval_images, split, threshold FROM active_detectors ORDER BY "class"')).all()
+        assert [d[0] for d in dets] == ["car", "dog"] and all(isinstance(d.auc, float) and d.eval_images > 0 for d in dets)
+
+
+@pytest.mark.services
+def test_queries_are_index_scans_on_postgresql(pg_url):
+    """20,000 images x 2 detectors written with SQL and analysed, then the plans of the two point queries."""
+    from sqlalchemy.dialects import postgresql
+
+    from vocfleet.db.models import Detector, Score, ScoredImage
+    from vocfleet.db.results import ResultQuery, _select
+    from vocfleet.db.runs import create_run
+
+    ensure_schema()
+    with session_scope() as s:
+        dets = [Detector(voc_class=c, checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=0.5, metrics={}) for c in ("car", "dog")]
+        s.add_all(dets)
+        s.flush()
+        create_run(s, ["/pics"], dets, batch_size=64, max_attempts=3)
+    with get_engine().begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO scored_images (run_id, folder, rel_path, size_bytes, sha256, width, height) "
+                "SELECT 1, '/pics', 'd' || (i / 1000) || '/' || i || '.jpg', 1000, md5(i::text) || md5((-i)::text), 64, 64 FROM generate_series(1, 20000) i"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO scores (run_id, image_id, detector_id, voc_class, probability, present) "
+                "SELECT 1, i.id, d.id, d.voc_class, p, p >= 0.5 FROM scored_images i CROSS JOIN detectors d "
+                "CROSS JOIN LATERAL (SELECT random() + i.id * 0 AS p) r"
+            )
+        )
+        conn.execute(text("ANALYZE"))
+
+        def plan(q: ResultQuery, order) -> str:
+            stmt = _select(q).order_by(*order).limit(q.limit)
+            sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+            return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + sql)))
+
+        top = plan(ResultQuery((1,), voc_class="car", present=True, limit=100), [Score.probability.desc()])
+        assert "Index Scan Backward using ix_scores_run_class_present_prob" in top and "Sort" not in top, top
+        one = plan(ResultQuery((1,), image="d3/3333.jpg"), [ScoredImage.id])
+        assert "ix_scored_images_run_rel_path" in one and "Seq Scan" not in one, one
+
+
+def test_report_is_capped(scored, invoke, tmp_path, monkeypatch):
+    import vocfleet.scheduler.report as report
+
+    monkeypatch.setattr(report, "PER_CLASS", 2)
+    monkeypatch.setattr(report, "MAX_ERRORS", 1)
+    out = tmp_path / "r.html"
+    assert invoke("report", 1, "--out", out).exit_code == 0
+    page = out.read_text()
+    assert page.count("class=card ") <= 4 and "The first 1 of 4" in page
+    assert "<h2>Classes</h2>" in page and "<tr><td>car</td><td>16</td>" in page  # the counts cover every picture
