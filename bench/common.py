@@ -20,9 +20,8 @@ except ModuleNotFoundError:  # a bare checkout (a lent GPU host): map the folder
 DEFAULT_VOC = ROOT.parent / "shared" / "voc2007" / "VOCdevkit" / "VOC2007"
 
 
-def machine() -> str:
-    import torch
-
+def machine(torch_info: bool = True) -> str:
+    """CPU, cores, GPU and torch; ``torch_info=False`` leaves torch unimported (benchmarks of the CLI)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -31,6 +30,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    if not torch_info:
+        return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    import torch
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
 

@@ -6,12 +6,14 @@ PostgreSQL), so an export of twenty million scores holds a few thousand rows at 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import csv
+import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any
+from typing import Any, BinaryIO
 
-from sqlalchemy import Select, case, func, or_, select
+from sqlalchemy import Select, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from .models import Detector, FileError, Score, ScoredImage
@@ -78,25 +80,27 @@ def _select(q: ResultQuery) -> Select:
     return stmt
 
 
-def iter_results(s: Session, q: ResultQuery) -> Iterator[dict[str, Any]]:
-    """Scores as dicts (image, folder, class, probability, threshold, margin, present, detector, sha256, run)."""
+def _statement(q: ResultQuery) -> tuple[Select, Callable[[str], Any]]:
+    """The query, ordered and limited, and a lookup of its columns by name."""
     if q.sort not in SORTS:
         raise ValueError(f"sort {q.sort!r}: one of {', '.join(SORTS)}")
     stmt = _select(q)
-    if q.run_ids is None or len(q.run_ids) > 1:
+    across = q.run_ids is None or len(q.run_ids) > 1
+    if across:
         # Across runs: the newest score of each file and class (a window, so every database agrees).
         newest = func.row_number().over(partition_by=(ScoredImage.folder, ScoredImage.rel_path, Score.voc_class), order_by=Score.run_id.desc())
         inner = stmt.add_columns(newest.label("newest")).subquery()
         stmt = select(*[c for c in inner.c if c.name != "newest"]).where(inner.c.newest == 1)
-        cols = inner.c
+        col = inner.c.__getitem__
     else:
-        cols = None
-    col = (lambda name: cols[name]) if cols is not None else (lambda name: stmt.selected_columns[name])
-    if q.sort == "image" and cols is None:
+        col = stmt.selected_columns.__getitem__
+    if q.sort == "image" and not across:
+        # Image by image as recorded: on PostgreSQL a merge of two index scans and an incremental
+        # sort within each image, so the first rows come at once even for twenty million.
         stmt = stmt.order_by(col("image_id"), col("margin").desc())
     elif q.sort == "image":  # across runs a file's newest scores come from different runs: by path
         stmt = stmt.order_by(col("folder"), col("rel_path"), col("margin").desc())
-    elif q.sort == "probability" or (q.voc_class and cols is None):
+    elif q.sort == "probability" or (q.voc_class and not across):
         # One class of one run is one detector, one threshold: margin order is probability order,
         # which the (run, class, present, probability) index gives without sorting.
         stmt = stmt.order_by(col("probability").desc(), col("image_id"))
@@ -104,20 +108,124 @@ def iter_results(s: Session, q: ResultQuery) -> Iterator[dict[str, Any]]:
         stmt = stmt.order_by(col("margin").desc(), col("image_id"))
     if q.limit is not None:
         stmt = stmt.limit(q.limit)
+    return stmt, col
+
+
+# Output names of the result columns, and the query columns they come from.
+RESULT_COLUMNS = {
+    "image": "rel_path",
+    "class": "voc_class",
+    "probability": "probability",
+    "present": "present",
+    "run": "run_id",
+    "margin": "margin",
+    "threshold": "threshold",
+    "folder": "folder",
+    "detector": "detector_id",
+    "sha256": "sha256",
+}
+
+
+def iter_results(s: Session, q: ResultQuery) -> Iterator[dict[str, Any]]:
+    """Scores as dicts (image, folder, class, probability, threshold, margin, present, detector, sha256, run, image_id)."""
+    stmt, _ = _statement(q)
     for r in s.execute(stmt.execution_options(yield_per=BATCH)):
-        yield {
-            "image_id": r.image_id,
-            "image": r.rel_path,
-            "folder": r.folder,
-            "class": r.voc_class,
-            "probability": r.probability,
-            "threshold": r.threshold,
-            "margin": r.margin,
-            "present": r.present,
-            "detector": r.detector_id,
-            "sha256": r.sha256,
-            "run": r.run_id,
-        }
+        row = {name: getattr(r, source) for name, source in RESULT_COLUMNS.items()}
+        row["image_id"] = r.image_id
+        yield row
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _as_text(expr) -> Any:
+    """A text column safe in a spreadsheet: a leading = + - @ tab or CR gets a quote (formula injection)."""
+    first = func.substr(expr, 1, 1)
+    return case((first.in_(_FORMULA_START), literal("'") + expr), else_=expr)
+
+
+def _export_select(stmt: Select, col, columns: list[str], text: bool) -> list:
+    exprs = []
+    for name in columns:
+        c = col(RESULT_COLUMNS[name])
+        if text and name in ("image", "folder", "class"):
+            c = _as_text(c)
+        exprs.append(c)
+    return exprs
+
+
+def export_csv(s: Session, q: ResultQuery, columns: list[str], out: BinaryIO) -> None:
+    """The rows of ``q`` as CSV with a header, written to ``out`` as they are read.
+
+    On PostgreSQL the server writes the CSV (``COPY (SELECT ...) TO STDOUT``) and it is passed
+    through; elsewhere rows go from the cursor to Python's csv writer in batches. Text that a
+    spreadsheet would run as a formula is quoted, as :mod:`vocfleet.scheduler.output` does.
+    """
+    stmt, col = _statement(q)
+    exprs = _export_select(stmt, col, columns, text=True)
+    exprs = [case((e, "True"), else_="False") if name == "present" else e for name, e in zip(columns, exprs, strict=True)]
+    stmt = stmt.with_only_columns(*[e.label(name) for name, e in zip(columns, exprs, strict=True)], maintain_column_froms=True)
+    if s.get_bind().dialect.name == "postgresql":
+        _copy_out(s, stmt, "FORMAT csv, HEADER", out)
+        return
+    text_out = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+    writer = csv.writer(text_out, lineterminator="\n")
+    writer.writerow(columns)
+    for part in s.execute(stmt.execution_options(yield_per=BATCH)).partitions():
+        writer.writerows(part)
+    text_out.flush()
+    text_out.detach()
+
+
+def export_json(s: Session, q: ResultQuery, columns: list[str], out: BinaryIO, *, lines: bool) -> None:
+    """The rows of ``q`` as JSON objects built by the database: JSON Lines, or one streamed array."""
+    stmt, col = _statement(q)
+    pairs = []
+    for name, e in zip(columns, _export_select(stmt, col, columns, text=False), strict=True):
+        pairs += [literal(name), e]
+    postgres = s.get_bind().dialect.name == "postgresql"
+    obj = func.json_build_object(*pairs) if postgres else func.json_object(*pairs)
+    if not postgres:  # SQLite stores booleans as 0/1: say true/false as JSON does
+        at = columns.index("present") * 2 + 1 if "present" in columns else None
+        if at is not None:
+            pairs[at] = func.json(case((pairs[at], "true"), else_="false"))
+            obj = func.json_object(*pairs)
+    stmt = stmt.with_only_columns(obj.label("row"), maintain_column_froms=True)
+    out.write(b"" if lines else b"[\n")
+    if postgres:
+        # One column of JSON, which never holds a raw newline, \x01 or \x02: CSV with those as
+        # quote and delimiter writes it untouched (text format would double its backslashes).
+        _copy_out(s, stmt, "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'", out, separator=None if lines else b",\n")
+    else:
+        first = True
+        for part in s.execute(stmt.execution_options(yield_per=BATCH)).partitions():
+            text = (b"\n" if lines else b",\n").join(r[0].encode() for r in part)
+            out.write(text if first else (b"\n" if lines else b",\n") + text)
+            first = False
+        if lines and not first:
+            out.write(b"\n")
+    out.write(b"" if lines else b"\n]\n")
+
+
+def _copy_out(s: Session, stmt: Select, options: str, out: BinaryIO, separator: bytes | None = None) -> None:
+    """``COPY (stmt) TO STDOUT WITH (options)`` on the session's connection, passed to ``out`` as it comes.
+
+    ``separator``: lines are joined with it instead of ending in newlines (a JSON array's commas).
+    """
+    sql = str(stmt.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True}))
+    raw = s.connection().connection.driver_connection
+    pending, first = b"", True
+    with raw.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT WITH ({options})") as copy:
+        for data in copy:
+            if separator is None:
+                out.write(data)
+                continue
+            head, _, pending = (pending + bytes(data)).rpartition(b"\n")
+            if head:
+                out.write((b"" if first else separator) + head.replace(b"\n", separator))
+                first = False
+    if pending:
+        out.write((b"" if first else separator) + pending)
 
 
 def iter_by_image(s: Session, q: ResultQuery, top: int = 3) -> Iterator[dict[str, Any]]:

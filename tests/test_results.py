@@ -3,18 +3,24 @@
 import csv
 import io
 import json
+import shutil
 
 import pytest
 from sqlalchemy import text
 
 from vocfleet.db.session import ensure_schema, get_engine, session_scope
 
+FORMULA = '=HYPERLINK("x").jpg'
+ODD = 'line\nbreak "q" back\\slash.jpg'
 DBS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)]
 
 
 @pytest.fixture(params=DBS)
 def scored(request, detectors, wild, invoke):
-    """Two runs of the wild folder (16 pictures, 4 files not scored) with the car and dog detectors."""
+    """Two runs of the wild folder (18 pictures, 4 files not scored) with the car and dog detectors.
+
+    Two of its pictures have hostile names: a spreadsheet formula, and a newline, quote and backslash.
+    """
     if request.param == "postgresql":
         request.getfixturevalue("pg_url")
         # The detectors fixture wrote to SQLite before pg_url switched databases: add them here too.
@@ -24,6 +30,8 @@ def scored(request, detectors, wild, invoke):
         with session_scope() as s:
             for cls, r in detectors.items():
                 s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics=r.metrics))
+    for name in (FORMULA, ODD):
+        shutil.copy(wild / "grey.jpg", wild / name)
     assert invoke("score", wild).exit_code == 0
     assert invoke("score", wild, "--classes", "dog").exit_code == 0
     return request.param
@@ -39,14 +47,18 @@ def test_formats_agree_and_stream(scored, invoke):
     lines = [json.loads(line) for line in invoke("results", 1, "--format", "jsonl").output.splitlines()]
     table = invoke("results", 1).output.strip().splitlines()
     parsed = list(csv.DictReader(io.StringIO(invoke("results", 1, "--format", "csv").output)))
-    assert rows == lines and len(rows) == len(parsed) == len(table) - 1 == 32
-    assert [r["image"] for r in rows] == [r["image"] for r in parsed]
+    assert rows == lines and len(rows) == len(parsed) == 36
+    assert len(table) == 36 + 1  # the newline in a name is escaped on a terminal, not printed
+    assert sum("line\\x0abreak" in t for t in table) == 2 and not any(t.startswith("break") for t in table)
+    images = [r["image"] for r in rows]
+    assert FORMULA in images and ODD in images  # JSON keeps names exactly
+    assert [("'" + i if i.startswith("=") else i) for i in images] == [r["image"] for r in parsed]  # CSV defuses formulas
     assert all(float(p["probability"]) == pytest.approx(r["probability"]) for p, r in zip(parsed, rows, strict=True))
     assert all(r["margin"] == pytest.approx(r["probability"] - r["threshold"]) for r in rows)
     assert all(r["present"] == (r["margin"] >= 0) for r in rows)
     by_image = [r["image"] for r in rows]
-    assert all(by_image[i] == by_image[i + 1] for i in range(0, 32, 2))  # image by image
-    for i in range(0, 32, 2):  # within an image, the class most above its threshold first
+    assert all(by_image[i] == by_image[i + 1] for i in range(0, 36, 2))  # image by image
+    for i in range(0, 36, 2):  # within an image, the class most above its threshold first
         assert rows[i]["margin"] >= rows[i + 1]["margin"]
     assert as_json(invoke("results", 1, "--class", "car", "--limit", 0 + 1, "--format", "json"))[0]["class"] == "car"
 
@@ -70,16 +82,16 @@ def test_sort_limit_and_present_by_margin(scored, invoke):
 
 def test_across_runs_newest_score_and_summary(scored, invoke):
     newest = as_json(invoke("results", 1, 2, "--format", "json"))
-    assert len(newest) == 32  # each file and class once
+    assert len(newest) == 36  # each file and class once
     assert {r["run"] for r in newest if r["class"] == "dog"} == {2} and {r["run"] for r in newest if r["class"] == "car"} == {1}
     assert as_json(invoke("results", "--all-runs", "--format", "json")) == newest
     summary = as_json(invoke("results", 1, "--summary", "--format", "json"))
-    assert [s["class"] for s in summary] == ["car", "dog"] and all(s["images"] == 16 for s in summary)
+    assert [s["class"] for s in summary] == ["car", "dog"] and all(s["images"] == 18 for s in summary)
     one = as_json(invoke("results", 1, "--format", "json"))
     for s in summary:
         mine = [r for r in one if r["class"] == s["class"]]
         assert s["present"] == sum(r["present"] for r in mine)
-        assert s["mean_probability"] == pytest.approx(sum(r["probability"] for r in mine) / 16)
+        assert s["mean_probability"] == pytest.approx(sum(r["probability"] for r in mine) / 18)
 
 
 def test_bad_queries_one_line(scored, invoke):
@@ -100,7 +112,7 @@ def test_bad_queries_one_line(scored, invoke):
 def test_views(scored):
     with get_engine().connect() as conn:
         labels = conn.execute(text('SELECT run_id, image, "class", probability, threshold, present FROM image_labels WHERE run_id = 1')).all()
-        assert len(labels) == 32 and all(r.present == (r.probability >= r.threshold) for r in labels)
+        assert len(labels) == 36 and all(r.present == (r.probability >= r.threshold) for r in labels)
         dets = conn.execute(text('SELECT "class", ap, auc, always_absent, eval_images, split, threshold FROM active_detectors ORDER BY "class"')).all()
         assert [d[0] for d in dets] == ["car", "dog"] and all(isinstance(d.auc, float) and d.eval_images > 0 for d in dets)
 
@@ -156,4 +168,4 @@ def test_report_is_capped(scored, invoke, tmp_path, monkeypatch):
     assert invoke("report", 1, "--out", out).exit_code == 0
     page = out.read_text()
     assert page.count("class=card ") <= 4 and "The first 1 of 4" in page
-    assert "<h2>Classes</h2>" in page and "<tr><td>car</td><td>16</td>" in page  # the counts cover every picture
+    assert "<h2>Classes</h2>" in page and "<tr><td>car</td><td>18</td>" in page  # the counts cover every picture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -185,7 +185,7 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
     Streamed: an export of millions of rows starts at once and holds a few thousand in memory.
     """
     from vocfleet.db.models import ScoreRun
-    from vocfleet.db.results import ResultQuery, iter_by_image, iter_errors, iter_results, summary_rows
+    from vocfleet.db.results import ResultQuery, export_csv, export_json, iter_by_image, iter_errors, iter_results, summary_rows
 
     from ..queueing import parse_classes
 
@@ -212,18 +212,24 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
             stream(summary_rows(s, runs), ["class", "images", "present", "present_rate", "mean_probability"], fmt)
             return
         query = ResultQuery(runs, voc_class, min_prob, present, image, sort or ("margin" if present else "image"), limit)
+        if image and next(iter_results(s, dataclasses.replace(query, limit=1)), None) is None:
+            raise ConfigError(f"no scored image {image!r} there: see 'vocfleet results {' '.join(map(str, run_ids))} --by-image'")
         many = runs is None or len(runs) > 1
         if by_image:
-            rows = iter_by_image(s, query)
             columns = ["image", "present", "top"] + (["run"] if many else []) + (["folder", "sha256"] if fmt != "table" else [])
-        else:
-            rows = iter_results(s, query)
-            columns = ["image", "class", "probability", "present"] + (["run"] if many else [])
-            columns += ["margin", "threshold", "folder", "detector", "sha256"] if fmt != "table" else []
-        first = next(rows, None)
-        if image and first is None:
-            raise ConfigError(f"no scored image {image!r} there: see 'vocfleet results {' '.join(map(str, run_ids))} --by-image'")
-        stream(itertools.chain([first] if first else [], rows), columns, fmt)
+            stream(iter_by_image(s, query), columns, fmt)
+            return
+        columns = ["image", "class", "probability", "present"] + (["run"] if many else [])
+        columns += ["margin", "threshold", "folder", "detector", "sha256"] if fmt != "table" else []
+        if fmt != "table":  # the bulk export: rows formatted by the database where it can
+            sys.stdout.flush()
+            if fmt == "csv":
+                export_csv(s, query, columns, sys.stdout.buffer)
+            else:
+                export_json(s, query, columns, sys.stdout.buffer, lines=fmt == "jsonl")
+            sys.stdout.buffer.flush()
+            return
+        stream(iter_results(s, query), columns, fmt)
 
 
 def _class_scored(s, runs: tuple[int, ...] | None, voc_class: str) -> bool:
