@@ -74,10 +74,15 @@ def build(url: str, n: int) -> None:
         if url.startswith("postgresql"):
             raw = conn.connection.driver_connection
             with raw.cursor() as cur:
+                # Loading, then indexing, is several times faster than keeping the indexes up to date.
+                cur.execute("ALTER TABLE scores DROP CONSTRAINT scores_pkey")
+                cur.execute("DROP INDEX ix_scores_run_class_present_prob")
                 for name, cols, rows in (("scored_images", img_cols, images()), ("scores", score_cols, scores())):
                     with cur.copy(f"COPY {name} ({', '.join(cols)}) FROM STDIN") as copy:
                         for row in rows:
                             copy.write_row(row)
+                cur.execute("ALTER TABLE scores ADD CONSTRAINT scores_pkey PRIMARY KEY (image_id, detector_id)")
+                cur.execute("CREATE INDEX ix_scores_run_class_present_prob ON scores (run_id, voc_class, present, probability)")
                 cur.execute("SELECT setval(pg_get_serial_sequence('scored_images', 'id'), %s)", (n,))
             conn.execute(text("ANALYZE"))
         else:

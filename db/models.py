@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,8 +64,11 @@ class TrainJob(Claimable, Base):
     """One training job: one VOC class, one frozen config. The system of record for a job."""
 
     __tablename__ = "train_jobs"
+    __table_args__ = (UniqueConstraint("key", name="uq_train_jobs_key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # Unique across databases: names the job's artifact folder (ids restart at 1 in every database).
+    key: Mapped[str] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)
     voc_class: Mapped[str] = mapped_column(String(32), index=True)
     config: Mapped[dict[str, Any]]
     epochs_done: Mapped[int] = mapped_column(default=0)

@@ -87,6 +87,7 @@ def run_rows(s: Session) -> list[dict[str, Any]]:
             "errors": r.error_files,
             "created": as_utc(r.created_at),
             "finished": as_utc(r.finished_at),
+            "error": r.error.splitlines()[0] if r.error else None,
         }
         for r in s.scalars(select(ScoreRun).order_by(ScoreRun.id))
     ]

@@ -22,7 +22,7 @@ _current: set[str] = set()  # URLs whose schema this process has seen at SCHEMA_
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest Alembic revision (tests/test_db.py checks it against the migrations folder): a
 # database already there is used without importing Alembic, which costs a CLI command ~0.5 s.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -92,9 +92,17 @@ def upgrade_database(url: str | None = None) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection_url"] = url or get_settings().database_url
     engine = get_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
     with engine.begin() as conn:
+        if sqlite:
+            # SQLite migrations copy a table and drop the old one: with foreign keys on, that drop
+            # would cascade and delete the rows that refer to it (epoch metrics, scores). The
+            # pragma only takes effect outside a transaction, so before the first write.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+    if sqlite:
+        engine.dispose()  # the pooled connection has foreign keys off: new ones get the pragmas again
 
 
 def schema_revision(url: str | None = None) -> str | None:

@@ -168,6 +168,7 @@ def fit(
     cache_dir: Path,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    job_key: str | None = None,
 ) -> FitResult:
     """Train one detector; resume from ``out_dir/last.pt`` if an earlier attempt left one.
 
@@ -177,6 +178,8 @@ def fit(
         cache_dir: the decoded-image cache shared by every job on this machine.
         progress: called with dicts: ``{"event": "cache"|"batch"|"epoch"|"done", ...}``.
         should_stop: polled between batches; returning True raises :class:`Stopped`.
+        job_key: the job's unique key, written into ``last.pt``; a ``last.pt`` with another key
+            (another job, another database) is never resumed from.
     Returns:
         A :class:`FitResult`.
     """
@@ -218,7 +221,9 @@ def fit(
     start_epoch, history, best = 1, [], {"ap": -1.0, "epoch": 0}
     if last_path.is_file():
         state = load_checkpoint(last_path, device)
-        if state["config"] == cfg.to_dict():
+        if state.get("job_key") != job_key:
+            log.warning("ignoring %s: written by another job (key %s, this job %s)", last_path, state.get("job_key"), job_key)
+        elif state["config"] == cfg.to_dict():
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler"):
@@ -276,6 +281,7 @@ def fit(
                 "epoch": epoch,
                 "config": cfg.to_dict(),
                 "metrics": {"history": history, "best": best},
+                "job_key": job_key,
             },
         )
         emit({"event": "epoch", **record, "epochs": cfg.epochs})

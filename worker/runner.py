@@ -82,11 +82,12 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
         What happened; ``skipped`` when another worker holds the job.
     """
     settings = get_settings()
-    token, config = claim(TrainJob, job_id, lambda job: dict(job.config), host)
+    token, job = claim(TrainJob, job_id, lambda job: (dict(job.config), job.key), host)
     if token is None:
-        return config
-
-    out_dir = settings.artifact_root / "jobs" / str(job_id)
+        return job
+    config, key = job
+    # A key unique across databases: two databases sharing one data folder never share a job's files.
+    out_dir = settings.artifact_root / "jobs" / key
 
     def on_progress(event: dict) -> None:
         if event["event"] == "epoch":
@@ -98,7 +99,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
     with Heartbeat(job_id, token, settings.heartbeat_seconds) as hb:
         try:
             cfg = TrainConfig.from_dict(config)
-            result = fit(cfg, out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop)
+            result = fit(cfg, out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop, job_key=key)
         except Stopped:
             if hb.state == "cancel":
                 with session_scope() as s:

@@ -81,13 +81,14 @@ def _wait_for_run(run_id: int, interval: float = 1.0) -> None:
         while True:
             with database() as s:
                 run = s.get(ScoreRun, run_id)
-                status, done, total = run.status, run.scored_images + run.error_files, run.total_files
+                status, done, total, error = run.status, run.scored_images + run.error_files, run.total_files, run.error
             progress(done, total)
             if status.finished:
                 break
             time.sleep(interval)
     click.echo(f"run {run_id} {status.value}: {done} of {total} files")
     if status != JobStatus.succeeded:
+        click.echo(f"vocfleet: error: run {run_id} {status.value}: {error or 'no reason recorded'}", err=True)
         sys.exit(1)
 
 
@@ -158,7 +159,7 @@ def runs(fmt: str) -> None:
     if not rows:
         click.echo("no scoring runs yet: vocfleet score FOLDER")
         return
-    click.echo(render(rows, ["run", "status", "files", "scored", "errors", "classes", "created", "finished", "folders"], fmt))
+    click.echo(render(rows, ["run", "status", "files", "scored", "errors", "classes", "created", "finished", "folders", "error"], fmt))
 
 
 @click.command()

@@ -1,0 +1,73 @@
+"""Detectors people can trust: artifacts that never collide, failures that show as failures."""
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from vocfleet.db.models import Detector, JobStatus, ScoreRun, TrainJob
+from vocfleet.db.session import dispose_engines, ensure_schema, session_scope
+from vocfleet.model.config import TrainConfig
+from vocfleet.model.engine import fit
+
+SMALL = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 2]
+
+
+def test_two_databases_sharing_a_data_folder_keep_their_detectors(fake_voc, data_dir, invoke, monkeypatch):
+    # The default SQLite database, then a second one in the same data folder: both start at job 1.
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL).exit_code == 0
+    assert invoke("run").exit_code == 0
+    with session_scope() as s:
+        first = s.scalars(select(Detector)).one()
+        first_path, first_sha = first.checkpoint_path, first.sha256
+    monkeypatch.setenv("VOCFLEET_DATABASE_URL", f"sqlite:///{data_dir / 'other.db'}")
+    dispose_engines()
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL, "--seed", 1).exit_code == 0
+    assert invoke("run").exit_code == 0
+    with session_scope() as s:
+        job = s.scalars(select(TrainJob)).one()
+        second = s.scalars(select(Detector)).one()
+        assert job.id == 1 and second.checkpoint_path != first_path
+        assert job.key in second.checkpoint_path and len(job.key) == 32
+    from vocfleet.model.checkpoint import sha256_file
+
+    assert sha256_file(first_path) == first_sha  # untouched by the other database's job 1
+
+
+def test_a_checkpoint_of_another_job_is_not_resumed(fake_voc, tmp_path):
+    cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), image_size=32, epochs=1, batch_size=8, max_batches=2)
+    out = tmp_path / "shared-folder"
+    assert fit(cfg, out_dir=out, cache_dir=tmp_path / "cache", job_key="a").resumed_from == 0
+    assert fit(cfg, out_dir=out, cache_dir=tmp_path / "cache", job_key="a").resumed_from == 1  # its own: resumed
+    assert fit(cfg, out_dir=out, cache_dir=tmp_path / "cache", job_key="b").resumed_from == 0  # another's: not
+
+
+def test_failed_job_ends_its_celery_task_in_failure(fake_voc, invoke):
+    from vocfleet.worker.tasks import WorkFailed, train_detector
+
+    invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
+    (fake_voc / "ImageSets/Main/dog_train.txt").unlink()
+    result = train_detector.apply(args=[1])  # the real task, run here as a worker would
+    assert result.state == "FAILURE" and isinstance(result.result, WorkFailed)
+    assert "train_jobs 1 failed:" in str(result.result) and "dog_train.txt" in str(result.result)
+    with session_scope() as s:
+        assert s.get(TrainJob, 1).status == JobStatus.failed and s.get(TrainJob, 1).attempts == 1  # not retried
+    assert train_detector.apply(args=[1]).state == "FAILURE"  # a redelivery reports the failure again, changes nothing
+
+
+def test_runs_show_the_reason_of_a_failed_run(detectors, wild, invoke, tmp_path):
+    with session_scope() as s:  # the dog detector's file is gone (the shared fixture's own file stays)
+        s.scalars(select(Detector).where(Detector.voc_class == "dog")).one().checkpoint_path = str(tmp_path / "gone.pt")
+    res = invoke("score", wild)
+    assert res.exit_code == 1 and "checkpoint" in res.output and "missing" in res.output
+    rows = json.loads(invoke("runs", "--format", "json").output)
+    assert rows[0]["status"] == "failed" and "missing" in rows[0]["error"]
+    table = invoke("runs").output
+    assert "error" in table.splitlines()[0] and "missing" in table
+    with session_scope() as s:
+        assert s.get(ScoreRun, 1).status == JobStatus.failed
+
+
+@pytest.fixture(autouse=True)
+def _schema():
+    ensure_schema()
