@@ -89,8 +89,17 @@ def record_epoch(s: Session, job_id: int, token: str, record: dict[str, Any]) ->
     return True
 
 
+PROMOTE = ("if-better", "always", "never")
+
+
 def finish_job(s: Session, job_id: int, token: str, result: FitResult) -> Detector | None:
-    """Mark the job succeeded and make its detector the active one for the class."""
+    """Mark the job succeeded and record its detector; whether it becomes active is the job's ``promote`` policy.
+
+    ``if-better`` (the default): active only if its AP is at least the active detector's, when
+    both were measured on the same evaluation split of the same VOC root; on different splits the
+    APs do not compare, and the new one becomes active. ``always`` / ``never``: as they say. The
+    decision and both APs are stored in the detector's ``metrics["promotion"]``.
+    """
     job = owned(s, job_id, token)
     if job is None:
         return None
@@ -98,15 +107,14 @@ def finish_job(s: Session, job_id: int, token: str, result: FitResult) -> Detect
     if existing is not None:  # a re-delivered job that already finished: keep the first result
         detector = existing
     else:
-        s.execute(update(Detector).where(Detector.voc_class == job.voc_class, Detector.active.is_(True)).values(active=False))
-        s.flush()
         metrics = dict(result.metrics)
-        metrics.update(
-            val=result.val_metrics,
-            best_epoch=result.best_epoch,
-            skipped_images=result.skipped_images,
-            plots=result.plots,
-        )
+        metrics.update(val=result.val_metrics, best_epoch=result.best_epoch, skipped_images=result.skipped_images, plots=result.plots)
+        current = s.scalar(select(Detector).where(Detector.voc_class == job.voc_class, Detector.active.is_(True)).with_for_update())
+        promote, decision = _promotion(s, job, metrics, current)
+        metrics["promotion"] = decision
+        if promote and current is not None:
+            current.active = False
+            s.flush()  # one active detector per class, enforced by a unique index
         detector = Detector(
             voc_class=job.voc_class,
             job_id=job_id,
@@ -115,13 +123,46 @@ def finish_job(s: Session, job_id: int, token: str, result: FitResult) -> Detect
             threshold=float(result.threshold),
             ap=float(result.metrics["ap"]),
             metrics=metrics,
-            active=True,
+            active=promote,
         )
         s.add(detector)
+        s.flush()
     job.status = JobStatus.succeeded
     job.finished_at = utcnow()
     job.error = None
     return detector
+
+
+def _promotion(s: Session, job: TrainJob, metrics: dict[str, Any], current: Detector | None) -> tuple[bool, dict[str, Any]]:
+    policy = job.promote or "if-better"
+    decision: dict[str, Any] = {"policy": policy, "ap": metrics["ap"], "active_id": None, "active_ap": None}
+    if current is None:
+        return policy != "never", decision | {"decision": "first detector of its class" if policy != "never" else "kept inactive (--promote never)"}
+    decision.update(active_id=current.id, active_ap=current.ap)
+    if policy != "if-better":
+        return policy == "always", decision | {"decision": f"--promote {policy}"}
+    current_job = s.get(TrainJob, current.job_id) if current.job_id else None
+    same_split = (
+        current.metrics.get("split") == metrics.get("split") and current_job is not None and current_job.config.get("voc_root") == job.config.get("voc_root")
+    )
+    if not same_split:
+        return True, decision | {"decision": "promoted: the active detector was evaluated on another split, the APs do not compare"}
+    if metrics["ap"] >= current.ap:
+        return True, decision | {"decision": "promoted: AP at least the active detector's"}
+    return False, decision | {"decision": f"kept detector {current.id} active: its AP {current.ap:.3f} is higher"}
+
+
+def activate_detector(s: Session, detector_id: int) -> tuple[Detector, Detector | None] | None:
+    """Make a detector its class's active one (the one before it is returned too); None if there is no such detector."""
+    detector = s.get(Detector, detector_id, with_for_update=True)
+    if detector is None:
+        return None
+    before = s.scalar(select(Detector).where(Detector.voc_class == detector.voc_class, Detector.active.is_(True)).with_for_update())
+    if before is not None and before.id != detector.id:
+        before.active = False
+        s.flush()
+    detector.active = True
+    return detector, before if before is not detector else None
 
 
 def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str | None = None, table: Work = TrainJob) -> bool:
@@ -173,9 +214,9 @@ def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None, 
     return requeued, failed
 
 
-def create_jobs(s: Session, configs: list[dict[str, Any]], max_attempts: int = 3) -> list[TrainJob]:
+def create_jobs(s: Session, configs: list[dict[str, Any]], max_attempts: int = 3, promote: str = "if-better") -> list[TrainJob]:
     """Add one queued training job per config (``TrainConfig.to_dict()``); ids are set on return."""
-    jobs = [TrainJob(voc_class=c["voc_class"], config=c, max_attempts=max_attempts) for c in configs]
+    jobs = [TrainJob(voc_class=c["voc_class"], config=c, max_attempts=max_attempts, promote=promote) for c in configs]
     s.add_all(jobs)
     s.flush()
     return jobs

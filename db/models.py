@@ -73,6 +73,8 @@ class TrainJob(Claimable, Base):
     config: Mapped[dict[str, Any]]
     epochs_done: Mapped[int] = mapped_column(default=0)
     latest_val_ap: Mapped[float | None]
+    # When its detector becomes the class's active one: if-better (AP at least the active one's), always, never.
+    promote: Mapped[str] = mapped_column(String(16), default="if-better")
 
     epochs: Mapped[list[EpochMetric]] = relationship(back_populates="job", cascade="all, delete-orphan", order_by="EpochMetric.epoch")
 

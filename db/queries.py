@@ -35,13 +35,13 @@ def status_rows(s: Session) -> list[dict[str, Any]]:
 
 
 def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, Any]]:
-    """Detectors (active ones unless ``include_inactive``) with their evaluation metrics as flat columns."""
-    q = select(Detector).order_by(Detector.voc_class, Detector.id)
+    """Detectors (active ones unless ``include_inactive``): evaluation metrics and how each was trained, as flat columns."""
+    q = select(Detector, TrainJob).outerjoin(TrainJob, TrainJob.id == Detector.job_id).order_by(Detector.voc_class, Detector.id)
     if not include_inactive:
         q = q.where(Detector.active.is_(True))
     rows = []
-    for d in s.scalars(q):
-        m = d.metrics
+    for d, job in s.execute(q):
+        m, cfg = d.metrics, (job.config if job is not None else {})
         rows.append(
             {
                 "id": d.id,
@@ -55,9 +55,14 @@ def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, 
                 "always_absent": m.get("baseline_accuracy"),
                 "f1": m.get("f1"),
                 "threshold": d.threshold,
-                "pos_rate": m["positives"] / max(m["images"], 1),
+                "pos_rate": m["positives"] / max(m["images"], 1) if "positives" in m else None,
                 "eval_images": m.get("images"),
                 "split": m.get("split"),
+                "created": as_utc(d.created_at),
+                "image_size": cfg.get("image_size"),
+                "epochs": cfg.get("epochs"),
+                "init": cfg.get("init"),
+                "decision": m.get("promotion", {}).get("decision"),
                 "checkpoint": d.checkpoint_path,
                 "curves": m.get("plots", {}).get("curves"),
                 "pr_curve": m.get("plots", {}).get("pr"),

@@ -22,7 +22,7 @@ _current: set[str] = set()  # URLs whose schema this process has seen at SCHEMA_
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest Alembic revision (tests/test_db.py checks it against the migrations folder): a
 # database already there is used without importing Alembic, which costs a CLI command ~0.5 s.
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

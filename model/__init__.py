@@ -37,7 +37,7 @@ class DetectorUnavailable(ConfigError):
 
 
 def check_class(name: str) -> str:
-    """Return ``name`` if it is a VOC class, else raise ConfigError listing the valid ones."""
-    if name not in VOC_CLASSES:
+    """The VOC class ``name`` names, in any case (``Car`` is ``car``), else ConfigError listing the valid ones."""
+    if name.strip().lower() not in VOC_CLASSES:
         raise ConfigError(f"unknown class {name!r}: choose from {', '.join(VOC_CLASSES)} (or 'all')")
-    return name
+    return name.strip().lower()

@@ -61,7 +61,7 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        check_class(self.voc_class)
+        object.__setattr__(self, "voc_class", check_class(self.voc_class))  # frozen: normalised once, here
         if self.epochs < 1:
             raise ConfigError(f"--epochs {self.epochs}: must be at least 1")
         if self.image_size < MIN_IMAGE_SIZE:

@@ -123,3 +123,10 @@ def test_bad_input_at_run_time_fails_once_with_reason(fake_voc, invoke):
     assert run_train_job(job.id) == "failed"  # a second delivery changes nothing
     with session_scope() as s:
         assert s.scalars(select(TrainJob)).one().attempts == 1
+
+
+def test_class_names_in_any_case(fake_voc, invoke):
+    res = invoke("submit", "--classes", "Car,DOG", "--voc-root", fake_voc, *SMALL)
+    assert res.exit_code == 0 and "for car, dog" in res.output, res.output
+    with session_scope() as s:
+        assert [j.voc_class for j in s.scalars(select(TrainJob).order_by(TrainJob.id))] == ["car", "dog"]

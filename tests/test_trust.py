@@ -71,3 +71,48 @@ def test_runs_show_the_reason_of_a_failed_run(detectors, wild, invoke, tmp_path)
 @pytest.fixture(autouse=True)
 def _schema():
     ensure_schema()
+
+
+def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root: str = "/voc") -> int:
+    from vocfleet.db.jobs import claim_job, create_jobs, finish_job
+    from vocfleet.model.engine import FitResult
+
+    with session_scope() as s:
+        job = create_jobs(s, [{"voc_class": "car", "voc_root": root, "image_size": 64, "epochs": 3, "init": "scratch"}], promote=promote)[0]
+        job_id = job.id
+    with session_scope() as s:
+        token = claim_job(s, job_id, "h")
+    m = {"ap": ap, "split": split, "positives": 5, "images": 50}
+    with session_scope() as s:
+        return finish_job(s, job_id, token, FitResult(checkpoint=f"/x/{job_id}.pt", sha256="0" * 64, threshold=0.5, metrics=m, val_metrics=m, best_epoch=1)).id
+
+
+def active_ids():
+    with session_scope() as s:
+        return [d.id for d in s.scalars(select(Detector).where(Detector.active.is_(True)))]
+
+
+def test_a_worse_detector_does_not_replace_a_better_one(invoke):
+    first = _finish(0.254)
+    worse = _finish(0.217)  # the 1-epoch car detector of the issue
+    assert active_ids() == [first]
+    history = json.loads(invoke("detectors", "history", "Car", "--format", "json").output)
+    assert [(h["id"], h["active"], h["ap"]) for h in history] == [(first, True, 0.254), (worse, False, 0.217)]
+    assert "kept detector 1 active: its AP 0.254 is higher" in history[1]["decision"]
+    assert {"job", "created", "image_size", "epochs", "init"} <= set(json.loads(invoke("detectors", "--format", "json").output)[0])
+    better = _finish(0.30)
+    assert active_ids() == [better]
+    other_split = _finish(0.10, split="test")  # APs on different splits do not compare: promoted, and it says so
+    assert active_ids() == [other_split]
+    assert _finish(0.05, promote="always") in active_ids()
+    assert _finish(0.99, promote="never") not in active_ids()
+
+
+def test_activate_a_detector_by_hand(invoke):
+    first, second = _finish(0.3), _finish(0.4)
+    res = invoke("detectors", "activate", first)
+    assert res.exit_code == 0 and f"detector {first} (car, AP 0.300) is active; detector {second} (AP 0.400) no longer" in res.output
+    assert active_ids() == [first]
+    res = invoke("detectors", "activate", 99)
+    assert res.exit_code == 2 and res.output.strip() == "vocfleet: error: no detector 99: see 'vocfleet detectors --all'"
+    assert invoke("detectors", "--all").exit_code == 0 and active_ids() == [first]

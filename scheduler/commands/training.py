@@ -16,6 +16,7 @@ from ..output import render
 from .base import database, format_option, stale_option, stale_window
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
+TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
 DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split"]
 
 
@@ -47,7 +48,13 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 @click.option("--device", default=_DEFAULTS.device, help="auto, cpu, cuda, cuda:N.")
 @click.option("--compile/--no-compile", default=_DEFAULTS.compile, help="torch.compile the model (GPU; minutes of warm-up).")
 @click.option("--max-attempts", type=int, default=3, help="Attempts before a job whose worker keeps dying fails.")
-def submit(classes: str, max_attempts: int, **options: Any) -> None:
+@click.option(
+    "--promote",
+    type=click.Choice(("if-better", "always", "never")),
+    default="if-better",
+    help="When the new detector becomes its class's active one: if its AP is at least the active one's (same evaluation split), always, or never.",
+)
+def submit(classes: str, max_attempts: int, promote: str, **options: Any) -> None:
     """Queue one training job per class."""
     from vocfleet.db.jobs import create_jobs
     from vocfleet.db.models import TrainJob
@@ -57,7 +64,7 @@ def submit(classes: str, max_attempts: int, **options: Any) -> None:
 
     configs = build_configs(parse_classes(classes), **options)
     with database() as s:
-        ids = [j.id for j in create_jobs(s, [c.to_dict() for c in configs], max_attempts=max_attempts)]
+        ids = [j.id for j in create_jobs(s, [c.to_dict() for c in configs], max_attempts=max_attempts, promote=promote)]
     if get_settings().broker_url:
         sent = enqueue(TrainJob, ids)
         where = f"sent {sent} to the broker" if sent == len(ids) else f"sent {sent}; 'vocfleet scheduler' sends the rest when the broker is back"
@@ -95,12 +102,19 @@ def status(watch: bool, interval: float, fmt: str) -> None:
         time.sleep(interval)
 
 
-@click.command()
-@click.option("--all", "show_all", is_flag=True, help="Include detectors replaced by newer ones.")
+@click.group(invoke_without_command=True)
+@click.option("--all", "show_all", is_flag=True, help="Include detectors that are not active (replaced, or kept inactive).")
 @click.option("--plots", is_flag=True, help="List each detector's PNG plots (training curves, precision-recall).")
 @format_option
-def detectors(show_all: bool, plots: bool, fmt: str) -> None:
-    """Trained detectors: AP on the evaluation split, accuracy beside 'always absent', threshold."""
+@click.pass_context
+def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str) -> None:
+    """Trained detectors: AP on the evaluation split, accuracy beside 'always absent', threshold, how it was trained.
+
+    'vocfleet detectors history CLASS' lists a class's detectors with each promotion decision;
+    'vocfleet detectors activate ID' makes one the active detector of its class.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from vocfleet.db.queries import detector_rows
 
     with database() as s:
@@ -111,8 +125,43 @@ def detectors(show_all: bool, plots: bool, fmt: str) -> None:
     if plots:
         click.echo(render(rows, ["id", "class", "curves", "pr_curve"], fmt))
         return
-    cols = DETECTOR_COLUMNS + (["active"] if show_all else []) + (["checkpoint", "curves", "pr_curve"] if fmt != "table" else [])
+    cols = DETECTOR_COLUMNS + (["active"] if show_all else []) + TRAINING_COLUMNS
+    cols += ["checkpoint", "curves", "pr_curve", "decision"] if fmt != "table" else []
     click.echo(render(rows, cols, fmt))
+
+
+@detectors.command("history")
+@click.argument("voc_class")
+@format_option
+def detectors_history(voc_class: str, fmt: str) -> None:
+    """Every detector of a class, oldest first, with the promotion decision made when it finished."""
+    from vocfleet.db.queries import detector_rows
+
+    from ..queueing import parse_classes
+
+    (voc_class,) = parse_classes(voc_class)
+    with database() as s:
+        rows = sorted((r for r in detector_rows(s, True) if r["class"] == voc_class), key=lambda r: r["id"])
+    if not rows:
+        click.echo(f"no {voc_class} detectors yet")
+        return
+    click.echo(render(rows, ["id", "active", "ap", "split", *TRAINING_COLUMNS, "decision"], fmt))
+
+
+@detectors.command("activate")
+@click.argument("detector_id", type=int)
+def detectors_activate(detector_id: int) -> None:
+    """Make a detector the active one of its class (new scoring runs use it)."""
+    from vocfleet.db.jobs import activate_detector
+
+    with database() as s:
+        found = activate_detector(s, detector_id)
+        if found is None:
+            raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")
+        detector, before = found
+        said = f"detector {detector.id} ({detector.voc_class}, AP {detector.ap:.3f}) is active"
+        said += f"; detector {before.id} (AP {before.ap:.3f}) no longer" if before is not None else ""
+    click.echo(said)
 
 
 @click.command()
