@@ -251,3 +251,18 @@ def cancel_work(s: Session, table: Work, ids: list[int] | None) -> tuple[list[in
         for run_id in asked:  # a scanned run whose shards just ended as cancelled ends now
             finish_run_if_done(s, run_id)
     return now, asked
+
+
+def retry_job(s: Session, job_id: int) -> str:
+    """Queue a failed or cancelled job again with fresh attempts (it resumes from its ``last.pt``).
+
+    Returns:
+        ``queued``, ``missing``, or the status that kept it from being retried.
+    """
+    job = s.get(TrainJob, job_id, with_for_update=True)
+    if job is None:
+        return "missing"
+    if job.status not in (JobStatus.failed, JobStatus.cancelled):
+        return job.status.value
+    job.status, job.claim_token, job.cancel_requested, job.error, job.finished_at, job.attempts = JobStatus.queued, None, False, None, None, 0
+    return "queued"

@@ -116,3 +116,40 @@ def test_activate_a_detector_by_hand(invoke):
     res = invoke("detectors", "activate", 99)
     assert res.exit_code == 2 and res.output.strip() == "vocfleet: error: no detector 99: see 'vocfleet detectors --all'"
     assert invoke("detectors", "--all").exit_code == 0 and active_ids() == [first]
+
+
+def test_retry_resumes_a_failed_job_and_cancel_names_what_is_missing(fake_voc, invoke):
+    invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
+    listing = fake_voc / "ImageSets/Main/dog_train.txt"
+    saved = listing.read_text()
+    listing.unlink()
+    assert invoke("run").exit_code == 1
+    listing.write_text(saved)  # the cause is fixed
+    res = invoke("retry", 1, 7)
+    assert res.exit_code == 1 and "job 1: queued again" in res.output and "job 7: no such job" in res.output
+    assert invoke("run").exit_code == 0
+    with session_scope() as s:
+        assert s.get(TrainJob, 1).status == JobStatus.succeeded
+    assert "job 1: succeeded, not retried" in invoke("retry", 1).output
+    res = invoke("cancel", 1, 42)
+    assert res.exit_code == 1 and "no job 42" in res.output
+    res = invoke("cancel", 2**40)
+    assert res.exit_code == 2 and "1099511627776 is not in the range" in res.output
+
+
+def test_cancelling_running_work_asks_first(fake_voc, invoke):
+    from vocfleet.db.jobs import claim_job
+
+    invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
+    with session_scope() as s:
+        claim_job(s, 1, "elsewhere")
+    from click.testing import CliRunner
+
+    from vocfleet.scheduler.cli import cli
+
+    res = CliRunner().invoke(cli, ["cancel", "1"], input="n\n")
+    assert res.exit_code == 1 and "Stop job 1 (running)?" in res.output  # aborted: nothing changed
+    with session_scope() as s:
+        assert not s.get(TrainJob, 1).cancel_requested
+    res = invoke("cancel", 1, "--yes")
+    assert res.exit_code == 0 and "job 1: running; its worker stops it" in res.output

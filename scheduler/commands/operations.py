@@ -1,4 +1,4 @@
-"""Fleet operations: worker, scheduler, reap, cancel, db upgrade."""
+"""Fleet operations: worker, scheduler, reap, cancel, retry, db upgrade."""
 
 from __future__ import annotations
 
@@ -65,33 +65,76 @@ def scheduler_daemon(interval: float, stale_after: float | None, resend_after: f
             time.sleep(0.1)
 
 
+ID = click.IntRange(1, 2**31 - 1)  # the databases' integer ids: a larger number is one line, not a traceback
+
+
 @click.command()
-@click.argument("job_ids", nargs=-1, type=int)
+@click.argument("job_ids", nargs=-1, type=ID)
 @click.option("--all", "cancel_all", is_flag=True, help="Every queued or running training job.")
-@click.option("--run", "run_ids", multiple=True, type=int, help="A scoring run to cancel (repeatable).")
-@click.option("-y", "--yes", is_flag=True, help="Do not ask before --all.")
+@click.option("--run", "run_ids", multiple=True, type=ID, help="A scoring run to cancel (repeatable).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before --all or before stopping running work.")
 def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...], yes: bool) -> None:
-    """Cancel training jobs (or scoring runs): queued ones at once, running ones within a few batches."""
+    """Cancel training jobs (or scoring runs): queued ones at once, running ones within a few batches.
+
+    Asks first when the command would stop running work (--yes does not ask). Ids that do not
+    exist are named, and the exit code is 1.
+    """
+    from sqlalchemy import select
+
     from vocfleet.db.jobs import cancel_work
-    from vocfleet.db.models import ScoreRun, TrainJob
+    from vocfleet.db.models import JobStatus, ScoreRun, TrainJob
 
     if not (job_ids or cancel_all or run_ids):
         raise ConfigError("name job ids, --run RUN, or --all")
     if cancel_all and not yes:
         click.confirm("Cancel every queued and running training job?", abort=True)
+    targets = [("job", TrainJob, None if cancel_all else list(job_ids))] if job_ids or cancel_all else []
+    targets += [("run", ScoreRun, list(run_ids))] if run_ids else []
     with database() as s:
-        results = []
-        if job_ids or cancel_all:
-            results.append(("job", *cancel_work(s, TrainJob, None if cancel_all else list(job_ids))))
-        if run_ids:
-            results.append(("run", *cancel_work(s, ScoreRun, list(run_ids))))
+        missing = [f"{kind} {i}" for kind, table, ids in targets for i in ids or [] if s.get(table, i) is None]
+        running = [
+            f"{kind} {i}"
+            for kind, table, ids in targets
+            if ids is not None
+            for i in s.scalars(select(table.id).where(table.id.in_(ids), table.status == JobStatus.running))
+        ]
+    if running and not yes and not cancel_all:
+        click.confirm(f"Stop {', '.join(running)} (running)?", abort=True)
+    with database() as s:
+        results = [(kind, *cancel_work(s, table, ids)) for kind, table, ids in targets]
     for kind, now, asked in results:
         for i in now:
             click.echo(f"{kind} {i}: cancelled")
         for i in asked:
             click.echo(f"{kind} {i}: running; its worker stops it within a few batches")
-    if not any(now or asked for _, now, asked in results):
-        click.echo("nothing to cancel (finished, or no such id)")
+    if not any(now or asked for _, now, asked in results) and not missing:
+        click.echo("nothing to cancel: already finished")
+    if missing:
+        click.echo(f"vocfleet: error: no {', '.join(missing)}: see 'vocfleet status' and 'vocfleet runs'", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, type=ID, required=True)
+def retry(job_ids: tuple[int, ...]) -> None:
+    """Put failed or cancelled training jobs back in the queue; each resumes from its last checkpoint."""
+    from vocfleet.db.jobs import retry_job
+    from vocfleet.db.models import TrainJob
+    from vocfleet.worker.dispatch import enqueue
+
+    with database() as s:
+        outcomes = {i: retry_job(s, i) for i in job_ids}
+    queued = [i for i, o in outcomes.items() if o == "queued"]
+    for i, outcome in outcomes.items():
+        click.echo(
+            f"job {i}: " + {"queued": "queued again; resumes from its last checkpoint", "missing": "no such job"}.get(outcome, f"{outcome}, not retried")
+        )
+    if queued and get_settings().broker_url:
+        enqueue(TrainJob, queued)
+    elif queued:
+        click.echo("run them with: vocfleet run")
+    if any(o == "missing" for o in outcomes.values()):
+        sys.exit(1)
 
 
 @click.group()
@@ -181,4 +224,4 @@ def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
     sys.exit(max(p.wait() for p in procs))
 
 
-COMMANDS = [worker, scheduler_daemon, reap, cancel, db]
+COMMANDS = [worker, scheduler_daemon, reap, cancel, retry, db]
