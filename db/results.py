@@ -146,7 +146,7 @@ def _export_select(stmt: Select, col, columns: list[str], text: bool) -> list:
     exprs = []
     for name in columns:
         c = col(RESULT_COLUMNS[name])
-        if text and name in ("image", "folder", "class"):
+        if text and name == "image":  # folders are absolute paths and classes VOC names: neither starts a formula
             c = _as_text(c)
         exprs.append(c)
     return exprs
@@ -220,18 +220,29 @@ def _copy_out(s: Session, stmt: Select, options: str, out: BinaryIO, separator: 
     """
     sql = str(stmt.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True}))
     raw = s.connection().connection.driver_connection
-    pending, first = b"", True
+    state = {"pending": b"", "first": True}
+
+    def emit(data: bytes) -> None:
+        if separator is None:
+            out.write(data)
+            return
+        head, _, state["pending"] = (state["pending"] + data).rpartition(b"\n")
+        if head:
+            out.write((b"" if state["first"] else separator) + head.replace(b"\n", separator))
+            state["first"] = False
+
     with raw.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT WITH ({options})") as copy:
+        # The server sends a message per row: gathered into ~1 MB writes, not one write each.
+        chunk, size = [], 0
         for data in copy:
-            if separator is None:
-                out.write(data)
-                continue
-            head, _, pending = (pending + bytes(data)).rpartition(b"\n")
-            if head:
-                out.write((b"" if first else separator) + head.replace(b"\n", separator))
-                first = False
-    if pending:
-        out.write((b"" if first else separator) + pending)
+            chunk.append(data)
+            size += len(data)
+            if size >= 1 << 20:
+                emit(b"".join(chunk))
+                chunk, size = [], 0
+        emit(b"".join(chunk))
+    if state["pending"]:
+        out.write((b"" if state["first"] else separator) + state["pending"])
 
 
 def iter_by_image(s: Session, q: ResultQuery, top: int = 3) -> Iterator[dict[str, Any]]:
