@@ -70,3 +70,32 @@ def table(rows: list[tuple], header: tuple) -> str:
     cells = [tuple(str(c) for c in r) for r in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
+
+
+def ensure_pg_database(url: str) -> None:
+    """A benchmark gets its own PostgreSQL database, never the one the tests use."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        if not c.execute(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": u.database}).scalar():
+            c.execute(text(f'CREATE DATABASE "{u.database}"'))
+    admin.dispose()
+
+
+def fresh_database(url: str) -> None:
+    """An empty database at the newest schema (PostgreSQL: its public schema recreated)."""
+    from sqlalchemy import create_engine, text
+
+    from vocfleet.db.session import upgrade_database
+
+    if url.startswith("postgresql"):
+        ensure_pg_database(url)
+        engine = create_engine(url)
+        with engine.begin() as c:
+            c.execute(text("DROP SCHEMA public CASCADE"))
+            c.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+    upgrade_database(url)

@@ -12,38 +12,16 @@ import sys
 import tempfile
 import time
 
-from common import machine, table
+from common import fresh_database, machine, table
 
 from vocfleet.db.jobs import claim_job
 from vocfleet.db.models import Detector, Score, ScoredImage, ScoreRun
 from vocfleet.db.scoring import store_chunk
-from vocfleet.db.session import dispose_engines, session_scope, upgrade_database
-
-
-def ensure_pg_database(url: str) -> None:
-    """The benchmark gets its own database, never the one the tests use."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        if not c.execute(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": u.database}).scalar():
-            c.execute(text(f'CREATE DATABASE "{u.database}"'))
-    admin.dispose()
+from vocfleet.db.session import dispose_engines, session_scope
 
 
 def setup(url: str, detectors: int) -> tuple[int, str, list[int]]:
-    from sqlalchemy import create_engine, text
-
-    if url.startswith("postgresql"):
-        ensure_pg_database(url)
-        eng = create_engine(url)
-        with eng.begin() as c:
-            c.execute(text("DROP SCHEMA public CASCADE"))
-            c.execute(text("CREATE SCHEMA public"))
-        eng.dispose()
-    upgrade_database(url)
+    fresh_database(url)
     with session_scope(url) as s:
         dets = [Detector(voc_class=f"c{i}", checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=0.5, metrics={}, active=False) for i in range(detectors)]
         s.add_all(dets)

@@ -24,8 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import jpeg_ids, machine, table, voc_root
-from db_writes import ensure_pg_database
+from common import fresh_database, jpeg_ids, machine, table, voc_root
 
 VOCFLEET = [sys.executable, "-m", "vocfleet"]
 
@@ -56,7 +55,6 @@ def main() -> None:
     args = ap.parse_args()
     root = voc_root(args.voc_root)
     url = os.environ.get("VOCFLEET_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/vocfleet_bench")
-    ensure_pg_database(url)
     tmp = Path(tempfile.mkdtemp(prefix="vocfleet-fleet-bench-"))
     port = free_port()
     redis = subprocess.Popen(
@@ -75,18 +73,13 @@ def main() -> None:
     os.environ.update(env)
     workers: dict[str, subprocess.Popen] = {}
     try:
-        from sqlalchemy import create_engine, func, select, text
+        from sqlalchemy import func, select
 
         from vocfleet.db.models import Detector, ScoreRun, ScoreShard
-        from vocfleet.db.session import session_scope, upgrade_database
+        from vocfleet.db.session import session_scope
         from vocfleet.worker.celery_app import app
 
-        engine = create_engine(url)
-        with engine.begin() as c:
-            c.execute(text("DROP SCHEMA public CASCADE"))
-            c.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
-        upgrade_database(url)
+        fresh_database(url)
         from scoring import make_detectors
 
         specs = make_detectors(args.detectors, args.size, tmp)

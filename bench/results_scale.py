@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, table
+from common import fresh_database, machine, table
 
 CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -35,18 +35,9 @@ def build(url: str, n: int) -> None:
 
     from vocfleet.db.models import Detector, JobStatus
     from vocfleet.db.runs import create_run
-    from vocfleet.db.session import session_scope, upgrade_database
+    from vocfleet.db.session import session_scope
 
-    if url.startswith("postgresql"):
-        from db_writes import ensure_pg_database
-
-        ensure_pg_database(url)
-        eng = create_engine(url)
-        with eng.begin() as c:
-            c.execute(text("DROP SCHEMA public CASCADE"))
-            c.execute(text("CREATE SCHEMA public"))
-        eng.dispose()
-    upgrade_database(url)
+    fresh_database(url)
     with session_scope(url) as s:
         dets = [Detector(voc_class=c, checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=0.5, metrics={"ap": 0.5}, active=True) for c in CLASSES]
         s.add_all(dets)

@@ -112,12 +112,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
                 end_job(s, job_id, token, JobStatus.failed, str(exc))
             return Outcome.failed
         except (KeyboardInterrupt, OperationalError):
-            # Interrupted, or the database went away: hand the job back so it resumes from its checkpoint.
-            try:
-                with session_scope() as s:
-                    end_job(s, job_id, token, JobStatus.queued, "interrupted; will resume from the last checkpoint")
-            except OperationalError:
-                pass  # the reaper requeues it once the heartbeat goes stale
+            hand_back(TrainJob, job_id, token, "interrupted; will resume from the last checkpoint")
             raise
         except Exception as exc:  # noqa: BLE001 - any crash is recorded with its reason
             log.exception("job %d failed", job_id)
@@ -126,6 +121,18 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             return Outcome.failed
     with session_scope() as s:
         return Outcome.succeeded if finish_job(s, job_id, token, result) is not None else Outcome.skipped
+
+
+def hand_back(table: Work, row_id: int, token: str, reason: str) -> None:
+    """Interrupted, or the database went away: queue the row again so it resumes where it stopped.
+
+    If the database cannot be reached, the reaper requeues it once its heartbeat goes stale.
+    """
+    try:
+        with session_scope() as s:
+            end_job(s, row_id, token, JobStatus.queued, reason, table)
+    except OperationalError:
+        pass
 
 
 def claim(table: Work, row_id: int, read, host: str | None) -> tuple[str | None, Any]:

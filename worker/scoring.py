@@ -25,7 +25,7 @@ from vocfleet.model.engine import Stopped, resolve_device
 from vocfleet.model.scan import FileEntry, entry_key, iter_scan
 from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
-from .runner import Heartbeat, Outcome, claim
+from .runner import Heartbeat, Outcome, claim, hand_back
 from .safety import check_score_folder
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,7 @@ def run_score_run(
                 end_job(s, run_id, token, JobStatus.failed, str(exc), ScoreRun)
             return Outcome.failed
         except (KeyboardInterrupt, OperationalError):
-            try:
-                with session_scope() as s:
-                    end_job(s, run_id, token, JobStatus.queued, "interrupted; will resume where it stopped", ScoreRun)
-            except OperationalError:
-                pass  # the reaper requeues it once the heartbeat goes stale
+            hand_back(ScoreRun, run_id, token, "interrupted; will resume where it stopped")
             raise
         except Exception as exc:  # noqa: BLE001 - any crash is recorded with its reason
             log.exception("scoring run %d failed while scanning", run_id)
@@ -195,11 +191,7 @@ def run_score_shard(shard_id: int, *, tally: Tally | None = None, host: str | No
         except ConfigError as exc:  # bad input, a detector file gone (DetectorUnavailable): fail once
             return end(JobStatus.failed, str(exc))
         except (KeyboardInterrupt, OperationalError):
-            try:
-                with session_scope() as s:
-                    end_job(s, shard_id, token, JobStatus.queued, "interrupted; will resume where it stopped", ScoreShard)
-            except OperationalError:
-                pass
+            hand_back(ScoreShard, shard_id, token, "interrupted; will resume where it stopped")
             raise
         except Exception as exc:  # noqa: BLE001
             log.exception("shard %d of scoring run %d failed", shard_id, run_id)
