@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +56,22 @@ def get_settings() -> Settings:
         artifact_root=Path(env.get("VOCFLEET_ARTIFACT_ROOT") or data_dir / "artifacts").expanduser().resolve(),
         cache_dir=Path(env.get("VOCFLEET_CACHE_DIR") or data_dir / "cache").expanduser().resolve(),
         score_roots=roots,
-        heartbeat_seconds=float(env.get("VOCFLEET_HEARTBEAT_SECONDS", "10")),
-        stale_seconds=float(env.get("VOCFLEET_STALE_SECONDS", "120")),
+        heartbeat_seconds=_seconds("VOCFLEET_HEARTBEAT_SECONDS", env.get("VOCFLEET_HEARTBEAT_SECONDS", "10"), 0.05),
+        stale_seconds=_seconds("VOCFLEET_STALE_SECONDS", env.get("VOCFLEET_STALE_SECONDS", "120"), 0),
         score_compile=_switch("VOCFLEET_SCORE_COMPILE", env.get("VOCFLEET_SCORE_COMPILE", "auto")),
         decode_threads=_count("VOCFLEET_DECODE_THREADS", env.get("VOCFLEET_DECODE_THREADS")),
     )
+
+
+def _seconds(name: str, value: str, low: float) -> float:
+    """A finite number of seconds, at least ``low``."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < low:
+        raise SettingsError(f"{name}={value!r}: use a number of seconds of at least {low:g}")
+    return seconds
 
 
 def _count(name: str, value: str | None) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,10 @@ from typing import Any
 from . import ConfigError, check_class
 
 MIN_IMAGE_SIZE = 32  # ResNet-50 downsamples 32x: below this the last stage sees less than one pixel
+MAX_IMAGE_SIZE = 1024
+MAX_EPOCHS = 1000
+MAX_BATCH = 4096
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 OPTIMIZERS = ("adamw", "sgd")
 BALANCE = ("pos_weight", "sampler", "none")
@@ -62,14 +68,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "voc_class", check_class(self.voc_class))  # frozen: normalised once, here
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs {self.epochs}: must be at least 1")
-        if self.image_size < MIN_IMAGE_SIZE:
-            raise ConfigError(f"--image-size {self.image_size}: ResNet-50 needs at least {MIN_IMAGE_SIZE} px (64 or more recommended)")
-        if self.batch_size < 2:
-            raise ConfigError(f"--batch-size {self.batch_size}: must be at least 2 (batch norm needs two samples)")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr {self.lr}: must be positive")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            raise ConfigError(f"--epochs {self.epochs}: must be between 1 and {MAX_EPOCHS}")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(f"--image-size {self.image_size}: ResNet-50 needs {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px (64 or more recommended)")
+        if not 2 <= self.batch_size <= MAX_BATCH:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be between 2 (batch norm needs two samples) and {MAX_BATCH}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= 10):
+            raise ConfigError(f"--lr {self.lr}: must be a number above 0 and at most 10")
+        if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay <= 1):
+            raise ConfigError(f"--weight-decay {self.weight_decay}: must be between 0 and 1")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed {self.seed}: must be between 0 and 2**63 - 1")
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
         for name, value, valid in (
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("balance", self.balance, BALANCE),

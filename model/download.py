@@ -12,6 +12,8 @@ from pathlib import Path
 from torchvision.datasets.utils import USER_AGENT, check_integrity, extract_archive
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 
+from . import ConfigError
+
 log = logging.getLogger(__name__)
 # torchvision knows the archives and their MD5s; VOC2007 has a separate test archive.
 ARCHIVES = {"2007": ["2007", "2007-test"], "2012": ["2012"]}
@@ -66,7 +68,7 @@ def download_voc(dest: Path, year: str = "2007", *, progress: Callable[[str, int
         DownloadError: offline, a server error, or a checksum mismatch.
     """
     if year not in ARCHIVES:
-        raise DownloadError(f"--year {year}: only {', '.join(ARCHIVES)} are known")
+        raise ConfigError(f"--year {year}: only {', '.join(ARCHIVES)} are known")
     dest.mkdir(parents=True, exist_ok=True)
     for key in ARCHIVES[year]:
         entry = DATASET_YEAR_DICT[key]

@@ -66,9 +66,15 @@ def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: boo
         state = torch.load(ensure_imagenet_weights(), map_location="cpu", weights_only=True)
         _load_backbone(model, state)
     elif init != "scratch":
-        state = torch.load(check_init(init), map_location="cpu", weights_only=True)
+        path = check_init(init)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - not a torch file, a pickle with code, truncated: all the same to the user
+            raise ConfigError(f"--init {init!r}: not a PyTorch state dict ({exc.__class__.__name__}); pass a ResNet-50 .pt/.pth file") from None
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
+        if not isinstance(state, dict):
+            raise ConfigError(f"--init {init!r}: holds a {type(state).__name__}, not a state dict; pass a ResNet-50 .pt/.pth file")
         _load_backbone(model, state)
     return model.to(memory_format=torch.channels_last)
 

@@ -46,6 +46,10 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     root = check_voc_root(options.pop("voc_root"))
     options["eval_split"] = resolve_eval_split(root, options.get("train_split", "train"), options.get("eval_split", "auto"))
     options["init"] = check_init(options.get("init", "scratch"))
+    if options["init"] not in ("scratch", "imagenet"):
+        from vocfleet.model.net import build_model  # torch: only for a state-dict file, read now rather than at run time
+
+        build_model(options["init"])  # ConfigError unless it is a ResNet-50 state dict
     if options["init"] == "imagenet":
         from vocfleet.model.net import ensure_imagenet_weights  # torch: only when ImageNet weights are asked for
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,24 @@ def _raised(exc: BaseException, module: str, name: str) -> bool:
 class VocfleetGroup(click.Group):
     """Turns bad input into one line on stderr and exit code 2 (connection problems: exit 1)."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Click's own errors (a bad option, a value out of range) as one line too, not a usage block."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else (prog_name or "vocfleet")
+            click.echo(f"vocfleet: error: {exc.format_message()} (see '{where} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"vocfleet: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("vocfleet: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -41,6 +60,15 @@ class VocfleetGroup(click.Group):
             if _raised(exc, "sqlalchemy.exc", "OperationalError"):
                 url = get_settings().database_url
                 click.echo(f"vocfleet: error: cannot use the database {url!r} ({exc.orig}): check VOCFLEET_DATABASE_URL", err=True)
+                ctx.exit(1)
+            if _raised(exc, "sqlalchemy.exc", "ArgumentError"):  # includes NoSuchModuleError: an unknown scheme
+                url = get_settings().database_url
+                click.echo(
+                    f"vocfleet: error: VOCFLEET_DATABASE_URL={url!r} is not a database URL ({exc}): use sqlite:///PATH or postgresql+psycopg://...", err=True
+                )
+                ctx.exit(2)
+            if isinstance(exc, OSError) and exc.filename:  # an unwritable data folder, report or download folder
+                click.echo(f"vocfleet: error: cannot write {exc.filename}: {exc.strerror}: choose a folder you can write", err=True)
                 ctx.exit(1)
             raise
 
@@ -66,5 +94,28 @@ def stale_window(seconds: float | None) -> timedelta:
 
 def stale_option(f):
     return click.option(
-        "--stale-after", type=float, default=None, help="Seconds without heartbeat before running work is taken back [default: VOCFLEET_STALE_SECONDS]."
+        "--stale-after", type=Finite(0), default=None, help="Seconds without heartbeat before running work is taken back [default: VOCFLEET_STALE_SECONDS]."
     )(f)
+
+
+class Finite(click.ParamType):
+    """A finite number within bounds: ``nan`` and ``inf`` are refused (click's FloatRange lets nan through)."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = None, high: float | None = None):
+        self.low, self.high = low, high
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
+            bounds = f"from {self.low:g}" if self.low is not None else ""
+            bounds += f" to {self.high:g}" if self.high is not None else ""
+            self.fail(f"{value!r}: use a finite number {bounds.strip()}", param, ctx)
+        return number
+
+
+ID = click.IntRange(1, 2**31 - 1)  # the databases' integer ids: a larger number is one line, not a traceback

@@ -14,9 +14,9 @@ import click
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 
-from .base import database, stale_option, stale_window
+from .base import ID, Finite, database, stale_option, stale_window
 
-resend_option = click.option("--resend-after", type=float, default=60.0, help="Re-send rows queued this long when the broker's queue is empty.")
+resend_option = click.option("--resend-after", type=Finite(0), default=60.0, help="Re-send rows queued this long when the broker's queue is empty.")
 
 
 @click.command()
@@ -34,7 +34,7 @@ def reap(stale_after: float | None, resend_after: float) -> None:
 
 
 @click.command("scheduler")
-@click.option("--interval", type=float, default=30.0, help="Seconds between passes.")
+@click.option("--interval", type=Finite(0.1), default=30.0, help="Seconds between passes (at least 0.1).")
 @stale_option
 @resend_option
 def scheduler_daemon(interval: float, stale_after: float | None, resend_after: float) -> None:
@@ -63,9 +63,6 @@ def scheduler_daemon(interval: float, stale_after: float | None, resend_after: f
             if stop:
                 break
             time.sleep(0.1)
-
-
-ID = click.IntRange(1, 2**31 - 1)  # the databases' integer ids: a larger number is one line, not a traceback
 
 
 @click.command()

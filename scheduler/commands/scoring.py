@@ -13,7 +13,7 @@ from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 
 from ..output import render, stream
-from .base import database, format_option, stale_window
+from .base import ID, Finite, database, format_option, stale_window
 
 SORTS = ("image", "probability", "margin")  # vocfleet.db.results.SORTS, without importing SQLAlchemy for --help
 
@@ -124,7 +124,7 @@ def _run_scoring(run_id: int, names: list[str]) -> None:
 
 
 @click.command("resume-run")
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=ID)
 def resume_run(run_id: int) -> None:
     """Continue an interrupted scoring run where it stopped (already recorded files are not redone)."""
     from vocfleet.db.models import ScoreRun
@@ -163,10 +163,10 @@ def runs(fmt: str) -> None:
 
 
 @click.command()
-@click.argument("run_ids", nargs=-1, type=int)
+@click.argument("run_ids", nargs=-1, type=ID)
 @click.option("--all-runs", is_flag=True, help="Every run: the newest score of each file and class.")
 @click.option("--class", "voc_class", default=None, help="Only this class.")
-@click.option("--min-prob", type=float, default=None, help="Only probabilities at or above this.")
+@click.option("--min-prob", type=Finite(0, 1), default=None, help="Only probabilities at or above this.")
 @click.option("--present/--absent", default=None, help="Only images judged present (or absent) at the detector's threshold.")
 @click.option("--image", default=None, help="One image (path relative to its folder, or sha256): which classes are in it.")
 @click.option("--by-image", is_flag=True, help="One row per image: the classes present, and the three most above their threshold.")
@@ -278,7 +278,7 @@ def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
 
 
 @click.command()
-@click.argument("run_id", type=int, required=False)
+@click.argument("run_id", type=ID, required=False)
 @click.option("--fleet", is_flag=True, help="Report on the active detectors (table and training curves) instead of a run.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="HTML file to write.")
 def report(run_id: int | None, fleet: bool, out: str) -> None:

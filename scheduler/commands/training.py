@@ -13,7 +13,7 @@ from vocfleet.model import ConfigError
 from vocfleet.model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
 
 from ..output import render
-from .base import database, format_option, stale_option, stale_window
+from .base import ID, Finite, database, format_option, stale_option, stale_window
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
@@ -43,11 +43,11 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 @click.option("--difficult", type=click.Choice(DIFFICULT), default=_DEFAULTS.difficult, help="'Difficult only' images (label 0).")
 @click.option("--train-split", default=_DEFAULTS.train_split)
 @click.option("--eval-split", default="auto", help="A split name, 'holdout' (part of the training split), or 'auto'.")
-@click.option("--seed", type=int, default=_DEFAULTS.seed)
+@click.option("--seed", type=int, default=_DEFAULTS.seed, help="0 to 2**63 - 1.")
 @click.option("--max-batches", type=int, default=None, help="Cap on batches per epoch (quick trials).")
 @click.option("--device", default=_DEFAULTS.device, help="auto, cpu, cuda, cuda:N.")
 @click.option("--compile/--no-compile", default=_DEFAULTS.compile, help="torch.compile the model (GPU; minutes of warm-up).")
-@click.option("--max-attempts", type=int, default=3, help="Attempts before a job whose worker keeps dying fails.")
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=3, help="Attempts before a job whose worker keeps dying fails.")
 @click.option(
     "--promote",
     type=click.Choice(("if-better", "always", "never")),
@@ -79,7 +79,7 @@ def submit(classes: str, max_attempts: int, promote: str, **options: Any) -> Non
 
 @click.command()
 @click.option("--watch", is_flag=True, help="Refresh until every job has finished.")
-@click.option("--interval", type=float, default=5.0, help="Seconds between refreshes with --watch.")
+@click.option("--interval", type=Finite(0.1), default=5.0, help="Seconds between refreshes with --watch (at least 0.1).")
 @format_option
 def status(watch: bool, interval: float, fmt: str) -> None:
     """Jobs with progress: epoch x of y and the latest validation AP."""
@@ -149,7 +149,7 @@ def detectors_history(voc_class: str, fmt: str) -> None:
 
 
 @detectors.command("activate")
-@click.argument("detector_id", type=int)
+@click.argument("detector_id", type=ID)
 def detectors_activate(detector_id: int) -> None:
     """Make a detector the active one of its class (new scoring runs use it)."""
     from vocfleet.db.jobs import activate_detector
