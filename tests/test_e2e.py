@@ -53,8 +53,10 @@ def test_killed_run_resumes_from_checkpoint(shared_voc, data_dir):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     vocfleet = [sys.executable, "-m", "vocfleet"]
     subprocess.run([*vocfleet, "submit", "--classes", "car", "--voc-root", str(shared_voc), *SMALL[:-1], "12", "--epochs", "3"], env=env, check=True)
+    with session_scope() as s:
+        key = s.get(TrainJob, 1).key  # the job's artifact folder
     proc = subprocess.Popen([*vocfleet, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    last = data_dir / "artifacts" / "jobs" / "1" / "last.pt"
+    last = data_dir / "artifacts" / "jobs" / key / "last.pt"
     deadline = time.time() + 300
     while time.time() < deadline and not last.exists():
         time.sleep(0.2)
