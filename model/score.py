@@ -47,7 +47,7 @@ class LoadedDetector:
     compiled: bool = False
 
 
-_loaded: dict[tuple[int, str, str, bool], LoadedDetector] = {}
+_loaded: dict[tuple[int, str, str, str, bool], LoadedDetector] = {}
 
 
 def load_detectors(specs: Sequence[DetectorSpec], device: torch.device, *, compile: bool | None = None) -> list[LoadedDetector]:
@@ -64,7 +64,8 @@ def load_detectors(specs: Sequence[DetectorSpec], device: torch.device, *, compi
     compile = device.type == "cuda" if compile is None else compile
     out = []
     for spec in specs:
-        key = (spec.id, spec.sha256, str(device), compile)
+        # The path too: a detector row pointed at another file is checked again, not served from memory.
+        key = (spec.id, spec.sha256, spec.checkpoint_path, str(device), compile)
         if key not in _loaded:
             path = Path(spec.checkpoint_path)
             if not path.is_file():
