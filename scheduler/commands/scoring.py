@@ -118,7 +118,7 @@ def _run_scoring(run_id: int, names: list[str]) -> None:
         click.echo(render(errors, ["file", "reason"]))
         if run.error_files > len(errors):
             click.echo(f"... and {run.error_files - len(errors)} more: vocfleet results {run_id} --errors")
-    click.echo(f"results: vocfleet results {run_id} [--by-image] [--present] [--format csv|json]")
+    click.echo(f"results: vocfleet results {run_id} [--by-image] [--present] [--format csv|jsonl|json]")
     if outcome != Outcome.succeeded:
         sys.exit(1)
 
