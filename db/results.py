@@ -1,7 +1,8 @@
 """Questions asked of scoring results, answered by SQL and streamed: memory stays flat at any size.
 
 Every query here returns an iterator over rows read in batches (a server-side cursor on
-PostgreSQL), so an export of twenty million scores holds a few thousand rows at a time.
+PostgreSQL), so an export of twenty million scores holds a few thousand rows at a time. About 300
+lines: the query builder and the exports that must share its exact ordering stay in one module.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Training and evaluation loops: ``train_one_epoch``, ``evaluate`` and the ``fit`` that a task calls."""
+"""Training and evaluation loops: ``train_one_epoch``, ``evaluate`` and the ``fit`` that a task calls.
+
+About 320 lines, on purpose: ``fit`` stays one plain function that a reader follows top to bottom
+(the house style's loop, not a Trainer class), with the result type it returns beside it.
+"""
 
 from __future__ import annotations
 
