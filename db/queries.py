@@ -24,6 +24,8 @@ def status_rows(s: Session) -> list[dict[str, Any]]:
             "class": j.voc_class,
             "status": j.status.value,
             "epoch": f"{j.epochs_done}/{j.total_epochs}",
+            "epochs_done": j.epochs_done,
+            "epochs": j.total_epochs,
             "val_ap": j.latest_val_ap,
             "attempts": j.attempts,
             "worker": j.worker_host,

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from vocfleet.db.settings import get_settings
 from vocfleet.model import VOC_CLASSES, ConfigError, check_class
 from vocfleet.model.config import TrainConfig, check_init
 
@@ -46,6 +47,15 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     root = check_voc_root(options.pop("voc_root"))
     options["eval_split"] = resolve_eval_split(root, options.get("train_split", "train"), options.get("eval_split", "auto"))
     options["init"] = check_init(options.get("init", "scratch"))
+    device = options.get("device", "auto")
+    if device.startswith("cuda") and not get_settings().broker_url:
+        # Embedded: the jobs run on this machine, so its GPUs decide now (in a fleet, the workers' do).
+        import torch
+
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            found = torch.cuda.device_count()
+            raise ConfigError(f"--device {device}: this machine has {found or 'no'} CUDA device{'s' if found != 1 else ''}; use --device auto or cpu")
     if options["init"] not in ("scratch", "imagenet"):
         from vocfleet.model.net import build_model  # torch: only for a state-dict file, read now rather than at run time
 

@@ -21,6 +21,7 @@ def one_line(res, code: int, *words: str) -> None:
     [
         (["--init", "/etc/passwd"], ["--init '/etc/passwd'", "not a PyTorch state dict"]),
         (["--device", "banana"], ["--device 'banana'"]),
+        (["--device", "cuda:99"], ["--device cuda:99", "CUDA device"]),
         (["--seed", -1], ["--seed -1"]),
         (["--seed", 2**64], ["--seed"]),
         (["--batch-size", 100000], ["--batch-size 100000"]),
@@ -76,3 +77,16 @@ def test_bad_environment_is_one_line(invoke, monkeypatch, env, code, words):
 
 def test_report_into_a_folder_that_cannot_be_written(detectors, invoke):
     one_line(invoke("report", "--fleet", "--out", "/proc/vocfleet/report.html"), 1, "cannot write /proc/vocfleet")
+
+
+def test_download_into_a_folder_that_cannot_be_written(invoke):
+    one_line(invoke("data", "download", "--dest", "/proc/vocfleet-voc"), 1, "cannot write /proc/vocfleet-voc")
+
+
+def test_status_gives_epochs_as_numbers_to_scripts(fake_voc, invoke):
+    import json
+
+    invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL)
+    row = json.loads(invoke("status", "--format", "json").output)[0]
+    assert (row["epochs_done"], row["epochs"]) == (0, 1) and "epoch" not in row
+    assert "0/1" in invoke("status").output

@@ -94,7 +94,8 @@ def status(watch: bool, interval: float, fmt: str) -> None:
         if not rows:
             click.echo("no jobs yet: vocfleet submit --classes car --voc-root PATH")
             return
-        click.echo(render(rows, ["job", "class", "status", "epoch", "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
+        progress = ["epoch"] if fmt == "table" else ["epochs_done", "epochs"]  # "2/3" for people, two numbers for scripts
+        click.echo(render(rows, ["job", "class", "status", *progress, "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
         if not watch or all(JobStatus(r["status"]).finished for r in rows):
             return
         if not sys.stdout.isatty():
