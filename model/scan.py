@@ -35,7 +35,7 @@ class ScanEntry:
 
     @property
     def key(self) -> tuple:
-        return (self.folder_index, *self.entry.rel_path.split("/"))
+        return entry_key(self.folder_index, self.entry.rel_path)
 
 
 def entry_key(folder_index: int, rel_path: str) -> tuple:
@@ -71,27 +71,25 @@ def iter_scan(folders: Sequence[str | os.PathLike], after: tuple | None = None) 
         if after is not None and (index,) < after[:1]:
             continue
         top = str(Path(folder).resolve())
-        yield from _walk(index, top, top, (index,), after if after is not None and after[:1] == (index,) else None)
+        yield from _walk(index, top, top, "", (index,), after if after is not None and after[:1] == (index,) else None)
 
 
-def _walk(index: int, top: str, here: str, prefix: tuple, after: tuple | None) -> Iterator[ScanEntry]:
+def _walk(index: int, top: str, here: str, rel: str, prefix: tuple, after: tuple | None) -> Iterator[ScanEntry]:
     # Plain strings, not pathlib: a million Path objects cost time, and pathlib interns every part.
-    cut = len(top.rstrip(os.sep)) + 1
-
-    def found(path: str, reason: str | None = None) -> ScanEntry:
-        rel = path[cut:] or "."
-        return ScanEntry(index, FileEntry(top, _printable(rel) or rel), reason)
+    # ``rel`` is ``here`` relative to ``top`` ("" at the top); each name is made printable once.
+    def found(name: str, reason: str | None = None) -> ScanEntry:
+        return ScanEntry(index, FileEntry(top, f"{rel}/{name}" if rel else name), reason)
 
     try:
         with os.scandir(here) as it:
-            listing = sorted(it, key=lambda e: _shown(e.name))
+            listing = sorted(((_shown(e.name), e) for e in it), key=lambda pair: pair[0])
     except OSError as exc:
-        yield found(here, f"cannot list folder: {exc.strerror or exc}")
+        yield ScanEntry(index, FileEntry(top, rel or "."), f"cannot list folder: {exc.strerror or exc}")
         return
-    for item in listing:
+    for shown, item in listing:
         if item.name.startswith("."):
             continue
-        key = prefix + (_shown(item.name),)
+        key = prefix + (shown,)
         path = item.path
         try:
             is_dir = item.is_dir(follow_symlinks=False)
@@ -102,45 +100,33 @@ def _walk(index: int, top: str, here: str, prefix: tuple, after: tuple | None) -
             if key < head or (not is_dir and key <= after):
                 continue  # at or before where the scan resumes
         sub_after = after if after is not None and after[: len(key)] == key else None
-        if _printable(item.name) is not None:  # a folder too: one row, its files are not reachable by name
-            yield found(path, f"{'folder' if is_dir else 'file'} name is not valid UTF-8: rename it")
+        if shown != item.name:  # not UTF-8; a folder too: one row, its files are not reachable by name
+            yield found(shown, f"{'folder' if is_dir else 'file'} name is not valid UTF-8: rename it")
             continue
         if item.is_symlink():
             try:
                 target = Path(path).resolve(strict=True)
             except FileNotFoundError:
-                yield found(path, "broken link")
+                yield found(shown, "broken link")
                 continue
             except (OSError, RuntimeError):
-                yield found(path, "link loop")
+                yield found(shown, "link loop")
                 continue
             if not target.is_relative_to(top):
-                yield found(path, f"link leads outside the folder (to {target})")
+                yield found(shown, f"link leads outside the folder (to {target})")
                 continue
             if target.is_dir():
                 continue  # never followed (it could loop); its files are scanned where they really are
             if not target.is_file():
-                yield found(path, "not a regular file")
+                yield found(shown, "not a regular file")
                 continue
-            yield found(path)
+            yield found(shown)
         elif is_dir:
-            yield from _walk(index, top, path, key, sub_after)
+            yield from _walk(index, top, path, f"{rel}/{shown}" if rel else shown, key, sub_after)
         else:
             try:
                 mode = item.stat(follow_symlinks=False).st_mode
             except OSError as exc:
-                yield found(path, f"cannot read: {exc.strerror or exc}")
+                yield found(shown, f"cannot read: {exc.strerror or exc}")
                 continue
-            yield found(path, None if stat.S_ISREG(mode) else "not a regular file")
-
-
-def scan_folders(folders: Sequence[str | os.PathLike]) -> tuple[list[FileEntry], list[tuple[FileEntry, str]]]:
-    """The whole scan in memory: (files to try decoding, files with a reason). For small folders and tests."""
-    candidates: list[FileEntry] = []
-    errors: list[tuple[FileEntry, str]] = []
-    for item in iter_scan(folders):
-        if item.reason is None:
-            candidates.append(item.entry)
-        else:
-            errors.append((item.entry, item.reason))
-    return candidates, errors
+            yield found(shown, None if stat.S_ISREG(mode) else "not a regular file")

@@ -272,12 +272,12 @@ def test_device_jpeg_decoding_matches_pillow(trained, wild, shared_voc):
     import torch
 
     from vocfleet.model.decode import RawJpeg, decode_file, decode_jpegs
-    from vocfleet.model.scan import FileEntry, scan_folders
+    from vocfleet.model.scan import FileEntry, iter_scan
     from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
     cpu = torch.device("cpu")
     voc = [FileEntry(str(shared_voc / "JPEGImages"), p.name) for p in sorted((shared_voc / "JPEGImages").glob("*.jpg"))[:40]]
-    candidates, _ = scan_folders([wild])
+    candidates = [item.entry for item in iter_scan([wild]) if item.reason is None]
     entries = voc + candidates
     # Pixels: every JPEG the device path takes, at both detector sizes, against Pillow's draft + resize.
     raws = [r for e in voc + candidates if isinstance(r := _try_raw(decode_file, e), RawJpeg)]
