@@ -7,13 +7,13 @@ taken away (reaped after a stale heartbeat, or a second delivery) can no longer 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .models import Claimable, Detector, EpochMetric, JobStatus, ScoreRun, TrainJob, utcnow
+from .models import Claimable, Detector, EpochMetric, JobStatus, ScoreRun, TrainJob, as_utc, utcnow
 
 if TYPE_CHECKING:
     from vocfleet.model.engine import FitResult
@@ -180,9 +180,7 @@ def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str |
 
 def is_stale(row: Claimable, stale_after: timedelta, now: datetime | None = None) -> bool:
     """A running row whose heartbeat is older than ``stale_after`` (its worker is presumed dead)."""
-    beat = row.heartbeat_at
-    if beat is not None and beat.tzinfo is None:  # SQLite hands back naive datetimes; all are UTC
-        beat = beat.replace(tzinfo=UTC)
+    beat = as_utc(row.heartbeat_at)
     return row.status == JobStatus.running and (beat is None or beat < (now or utcnow()) - stale_after)
 
 

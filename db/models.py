@@ -16,6 +16,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
 # JSON columns are JSONB on PostgreSQL (indexable, compact, operators for ad-hoc SQL), JSON text elsewhere.
 _json = JSON().with_variant(JSONB(), "postgresql")
 

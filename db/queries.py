@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import Detector, ScoreRun, TrainJob
-
-
-def as_utc(dt: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+from .models import Detector, ScoreRun, TrainJob, as_utc
 
 
 def status_rows(s: Session) -> list[dict[str, Any]]:

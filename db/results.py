@@ -8,14 +8,14 @@ lines: the query builder and the exports that must share its exact ordering stay
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import Any, BinaryIO
 
 from sqlalchemy import Select, String, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from .models import Detector, FileError, Score, ScoredImage
+from .models import Detector, FileError, Score, ScoredImage, ScoreRun
 
 SORTS = ("image", "probability", "margin")
 BATCH = 5000  # rows per fetch
@@ -187,16 +187,13 @@ def export_csv(s: Session, q: ResultQuery, columns: list[str], out: BinaryIO) ->
 def export_json(s: Session, q: ResultQuery, columns: list[str], out: BinaryIO, *, lines: bool) -> None:
     """The rows of ``q`` as JSON objects built by the database: JSON Lines, or one streamed array."""
     stmt, col = _statement(q)
+    postgres = s.get_bind().dialect.name == "postgresql"
     pairs = []
     for name, e in zip(columns, _export_select(stmt, col, columns, text=False), strict=True):
+        if name == "present" and not postgres:  # SQLite stores booleans as 0/1: say true/false as JSON does
+            e = func.json(case((e, "true"), else_="false"))
         pairs += [literal(name), e]
-    postgres = s.get_bind().dialect.name == "postgresql"
     obj = func.json_build_object(*pairs) if postgres else func.json_object(*pairs)
-    if not postgres:  # SQLite stores booleans as 0/1: say true/false as JSON does
-        at = columns.index("present") * 2 + 1 if "present" in columns else None
-        if at is not None:
-            pairs[at] = func.json(case((pairs[at], "true"), else_="false"))
-            obj = func.json_object(*pairs)
     stmt = stmt.with_only_columns(obj.label("row"), maintain_column_froms=True)
     out.write(b"" if lines else b"[\n")
     if postgres:
@@ -248,7 +245,7 @@ def _copy_out(s: Session, stmt: Select, options: str, out: BinaryIO, separator: 
 
 def iter_by_image(s: Session, q: ResultQuery, top: int = 3) -> Iterator[dict[str, Any]]:
     """One row per image: the classes present, and the ``top`` classes by how far above their threshold."""
-    rows = iter_results(s, ResultQuery(**{**q.__dict__, "sort": "image", "limit": None}))
+    rows = iter_results(s, replace(q, sort="image", limit=None))
     count = 0
     for (folder, image), group in groupby(rows, key=lambda r: (r["folder"], r["image"])):
         group = list(group)  # one image's classes: at most one per detector
@@ -304,3 +301,9 @@ def image_scores(s: Session, image_ids: list[int]) -> dict[int, list[dict[str, A
     for r in s.execute(q):
         out[r.image_id].append({"class": r.voc_class, "probability": r.probability, "present": r.present})
     return out
+
+
+def runs_have_class(s: Session, run_ids: tuple[int, ...] | None, voc_class: str) -> bool:
+    """Whether any of the runs (None: any run) scored ``voc_class``."""
+    q = select(ScoreRun.classes) if run_ids is None else select(ScoreRun.classes).where(ScoreRun.id.in_(run_ids))
+    return any(voc_class in classes for classes in s.scalars(q))

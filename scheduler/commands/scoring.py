@@ -186,7 +186,7 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
     Streamed: an export of millions of rows starts at once and holds a few thousand in memory.
     """
     from vocfleet.db.models import ScoreRun
-    from vocfleet.db.results import ResultQuery, export_csv, export_json, iter_by_image, iter_errors, iter_results, summary_rows
+    from vocfleet.db.results import ResultQuery, export_csv, export_json, iter_by_image, iter_errors, iter_results, runs_have_class, summary_rows
 
     from ..queueing import parse_classes
 
@@ -201,7 +201,7 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
             if s.get(ScoreRun, run_id) is None:
                 raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
         runs = None if all_runs else tuple(dict.fromkeys(run_ids))
-        if voc_class and not _class_scored(s, runs, voc_class):
+        if voc_class and not runs_have_class(s, runs, voc_class):
             where = f"run {', '.join(map(str, runs))}" if runs else "any run"
             raise ConfigError(f"{where} has no {voc_class} detector: see 'vocfleet runs' for the classes each run scored")
         if show_errors:
@@ -231,15 +231,6 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
             sys.stdout.buffer.flush()
             return
         stream(iter_results(s, query), columns, fmt)
-
-
-def _class_scored(s, runs: tuple[int, ...] | None, voc_class: str) -> bool:
-    from sqlalchemy import select
-
-    from vocfleet.db.models import ScoreRun
-
-    q = select(ScoreRun.classes) if runs is None else select(ScoreRun.classes).where(ScoreRun.id.in_(runs))
-    return any(voc_class in classes for classes in s.scalars(q))
 
 
 @click.command()
