@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from vocfleet.db.models import FileError, JobStatus, Score, ScoredImage, ScoreRun, ScoreShard
-from vocfleet.db.session import session_scope
+from vocfleet.db.session import ensure_schema, session_scope
 
 
 def rows(run_id):
@@ -198,3 +198,24 @@ def test_hundred_thousand_files_in_shards(detectors, big_tree, invoke):
         assert (run.status, run.total_files, run.error_files, run.scored_images) == (JobStatus.succeeded, 100_000, 100_000, 0)
         assert s.scalar(select(func.count()).select_from(ScoreShard)) == 20
         assert s.scalar(select(func.count(func.distinct(FileError.rel_path)))) == 100_000
+
+
+def test_a_closed_output_does_not_fail_the_run(detectors, wild, invoke):
+    """`vocfleet score FOLDER | head -3`: the display's pipe closes, the run goes on and succeeds."""
+    from vocfleet.db.runs import create_run
+    from vocfleet.worker.scoring import run_score_run
+
+    ensure_schema()
+    with session_scope() as s:
+        from vocfleet.db.models import Detector
+
+        run_id = create_run(s, [str(wild)], list(s.scalars(select(Detector))), batch_size=8, max_attempts=1, shard_size=5).id
+    calls = []
+
+    def closed_pipe(done, total):
+        calls.append(done)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert run_score_run(run_id, progress=closed_pipe) == "succeeded"
+    assert len(calls) == 1  # not called again once it failed
+    assert rows(run_id)[2] == (JobStatus.succeeded, 20, 16, 4)

@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -93,8 +94,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
         if event["event"] == "epoch":
             with session_scope() as s:
                 record_epoch(s, job_id, token, event)
-        if progress:
-            progress(event)
+        show(progress, event)
 
     with Heartbeat(job_id, token, settings.heartbeat_seconds) as hb:
         try:
@@ -121,6 +121,22 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             return Outcome.failed
     with session_scope() as s:
         return Outcome.succeeded if finish_job(s, job_id, token, result) is not None else Outcome.skipped
+
+
+def show(progress: Callable[..., None] | None, *args: Any) -> bool:
+    """Call a display callback; if it fails (stdout piped to ``head`` and closed), the work goes on without it.
+
+    Returns:
+        False once the display has failed, so the caller can stop calling it.
+    """
+    if progress is None:
+        return False
+    try:
+        progress(*args)
+        return True
+    except Exception as exc:  # noqa: BLE001 - a broken pipe, a closed terminal: the display's problem, not the job's
+        log.warning("progress display failed (%s: %s); carrying on without it", exc.__class__.__name__, exc)
+        return False
 
 
 def hand_back(table: Work, row_id: int, token: str, reason: str) -> None:

@@ -25,7 +25,7 @@ from vocfleet.model.engine import Stopped, resolve_device
 from vocfleet.model.scan import FileEntry, entry_key, iter_scan
 from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
-from .runner import Heartbeat, Outcome, claim, hand_back
+from .runner import Heartbeat, Outcome, claim, hand_back, show
 from .safety import check_score_folder
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ class Tally:
         self._emit()
 
     def _emit(self) -> None:
-        if self.progress:
-            self.progress(self.done, self.total)
+        if self.progress and not show(self.progress, self.done, self.total):
+            self.progress = None  # the display failed: scoring goes on without it
 
 
 def run_score_run(
