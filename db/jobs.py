@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .models import Claimable, Detector, EpochMetric, JobStatus, ScoreRun, TrainJob, as_utc, utcnow
+from .models import Claimable, Detector, EpochMetric, JobStatus, ScoreRun, TrainJob, utcnow
+from .states import as_utc
 
 if TYPE_CHECKING:
     from vocfleet.model.engine import FitResult

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Enum, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(dt: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
-
+from .states import JobStatus, utcnow
 
 # JSON columns are JSONB on PostgreSQL (indexable, compact, operators for ad-hoc SQL), JSON text elsewhere.
 _json = JSON().with_variant(JSONB(), "postgresql")
@@ -27,18 +18,6 @@ _json = JSON().with_variant(JSONB(), "postgresql")
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: _json, list[Any]: _json, datetime: DateTime(timezone=True)}
-
-
-class JobStatus(enum.StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
 # Stored as plain strings (native_enum=False) so SQLite and PostgreSQL share one schema.

@@ -1,4 +1,4 @@
-"""Read-only questions the CLI and reports ask: jobs with progress, detectors, scoring runs."""
+"""Read-only questions the CLI and reports ask about detectors (jobs and runs: ``listing.py``)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import Detector, ScoreRun, TrainJob, as_utc
-
-
-def status_rows(s: Session) -> list[dict[str, Any]]:
-    """One row per training job: status, epochs done of total, latest validation AP, worker, first line of the error."""
-    return [
-        {
-            "job": j.id,
-            "class": j.voc_class,
-            "status": j.status.value,
-            "epoch": f"{j.epochs_done}/{j.total_epochs}",
-            "epochs_done": j.epochs_done,
-            "epochs": j.total_epochs,
-            "val_ap": j.latest_val_ap,
-            "attempts": j.attempts,
-            "worker": j.worker_host,
-            "heartbeat": as_utc(j.heartbeat_at),
-            "error": j.error.splitlines()[0] if j.error else None,
-        }
-        for j in s.scalars(select(TrainJob).order_by(TrainJob.id))
-    ]
+from .models import Detector, TrainJob
+from .states import as_utc
 
 
 def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, Any]]:
@@ -73,22 +54,3 @@ def active_detectors(s: Session, classes: list[str] | None = None) -> list[Detec
     if classes is not None:
         q = q.where(Detector.voc_class.in_(classes))
     return list(s.scalars(q))
-
-
-def run_rows(s: Session) -> list[dict[str, Any]]:
-    """One row per scoring run with its counts."""
-    return [
-        {
-            "run": r.id,
-            "status": r.status.value,
-            "folders": " ".join(r.folders),
-            "classes": ",".join(r.classes),
-            "files": r.total_files,
-            "scored": r.scored_images,
-            "errors": r.error_files,
-            "created": as_utc(r.created_at),
-            "finished": as_utc(r.finished_at),
-            "error": r.error.splitlines()[0] if r.error else None,
-        }
-        for r in s.scalars(select(ScoreRun).order_by(ScoreRun.id))
-    ]

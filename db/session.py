@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .settings import get_settings
+from .states import SCHEMA_HEAD
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +21,6 @@ _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker[Session]] = {}
 _current: set[str] = set()  # URLs whose schema this process has seen at SCHEMA_HEAD
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-# The newest Alembic revision (tests/test_db.py checks it against the migrations folder): a
-# database already there is used without importing Alembic, which costs a CLI command ~0.5 s.
-SCHEMA_HEAD = "0007"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -57,9 +57,10 @@ class VocfleetGroup(click.Group):
             if _raised(exc, "vocfleet.model.download", "DownloadError"):
                 click.echo(f"vocfleet: error: {exc}", err=True)
                 ctx.exit(1)
-            if _raised(exc, "sqlalchemy.exc", "OperationalError"):
-                url = get_settings().database_url
-                click.echo(f"vocfleet: error: cannot use the database {url!r} ({exc.orig}): check VOCFLEET_DATABASE_URL", err=True)
+            # SQLAlchemy's, or the driver's own where `status` and `runs` read without SQLAlchemy (db/listing.py)
+            if any(_raised(exc, module, "OperationalError") for module in ("sqlalchemy.exc", "psycopg", "sqlite3")):
+                url, reason = get_settings().database_url, " ".join(str(getattr(exc, "orig", exc)).split())
+                click.echo(f"vocfleet: error: cannot use the database {url!r} ({reason}): check VOCFLEET_DATABASE_URL", err=True)
                 ctx.exit(1)
             if _raised(exc, "sqlalchemy.exc", "ArgumentError"):  # includes NoSuchModuleError: an unknown scheme
                 url = get_settings().database_url

@@ -152,10 +152,10 @@ def resume_run(run_id: int) -> None:
 @format_option
 def runs(fmt: str) -> None:
     """Scoring runs with status and counts."""
-    from vocfleet.db.queries import run_rows
+    from vocfleet.db.listing import read_connection, run_rows
 
-    with database() as s:
-        rows = run_rows(s)
+    with read_connection() as conn:
+        rows = run_rows(conn)
     if not rows:
         click.echo("no scoring runs yet: vocfleet score FOLDER")
         return

@@ -83,12 +83,12 @@ def submit(classes: str, max_attempts: int, promote: str, **options: Any) -> Non
 @format_option
 def status(watch: bool, interval: float, fmt: str) -> None:
     """Jobs with progress: epoch x of y and the latest validation AP."""
-    from vocfleet.db.models import JobStatus
-    from vocfleet.db.queries import status_rows
+    from vocfleet.db.listing import read_connection, status_rows
+    from vocfleet.db.states import JobStatus
 
     while True:
-        with database() as s:
-            rows = status_rows(s)
+        with read_connection() as conn:
+            rows = status_rows(conn)
         if watch and sys.stdout.isatty():
             click.clear()
         if not rows:
