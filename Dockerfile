@@ -10,7 +10,7 @@ COPY model ./model
 COPY worker ./worker
 COPY scheduler ./scheduler
 COPY db ./db
-RUN pip install . && useradd --create-home vocfleet && mkdir -p /data /artifacts /cache && chown vocfleet /data /artifacts /cache
+RUN pip install ".[s3]" && useradd --create-home vocfleet && mkdir -p /data /artifacts /cache && chown vocfleet /data /artifacts /cache
 USER vocfleet
 ENTRYPOINT ["vocfleet"]
 CMD ["--help"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,7 +150,9 @@ def main() -> None:
     ]
     out = []
     for name, argv, count, max_s, max_mb in (c for c in cases if any(part in c[0] for part in args.only.split("|"))):
-        seconds, mib, lines = measure([*VOCFLEET, *argv], env, count, tmp)
+        # The commands with a time target run five times (median time, largest memory): one slow moment of the VM is not the answer.
+        runs = [measure([*VOCFLEET, *argv], env, count, tmp) for _ in range(5 if max_s else 1)]
+        seconds, mib, lines = statistics.median(r[0] for r in runs), max(r[1] for r in runs), runs[0][2]
         rate = f"{(lines - 1) / seconds:,.0f} rows/s" if lines and lines > 1000 else ""
         target = " and ".join(x for x in (f"<= {max_s} s" if max_s else "", f"<= {max_mb} MB" if max_mb else "") if x)
         ok = (max_s is None or seconds <= max_s) and (max_mb is None or mib <= max_mb)
@@ -158,7 +161,7 @@ def main() -> None:
             ok = ok and (lines - 1) / seconds >= 300_000
         verdict = ("met" if ok else "MISSED") if target else ""
         out.append((name, f"{seconds:.2f} s", f"{mib:.0f} MiB", f"{lines:,}" if lines is not None else "", rate, target or "-", verdict))
-    print(table(out, ("command", "time", "peak memory", "lines out", "rate", "target", "")))
+    print(table(out, ("command", "time (median of 5 where timed)", "peak memory", "lines out", "rate", "target", "")))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from common import jpeg_ids, machine, sync, table, voc_root
 
-from vocfleet.model.checkpoint import save_checkpoint, sha256_file
+from vocfleet.model.artifacts import sha256_file
+from vocfleet.model.checkpoint import save_checkpoint
 from vocfleet.model.data import load_rgb
 from vocfleet.model.decode import decode_file
 from vocfleet.model.net import build_model

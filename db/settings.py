@@ -25,7 +25,9 @@ class Settings:
         data_dir: root for the SQLite database, artifacts and the decoded-image cache.
         database_url: SQLAlchemy URL; SQLite file under ``data_dir`` unless set.
         broker_url: Celery broker; ``None`` means the embedded default (local executor).
-        artifact_root: checkpoints and plots; must be shared by every worker in a fleet.
+        artifact_root: checkpoints and plots: a local folder, or ``s3://bucket/prefix`` that every
+            worker of a fleet reaches (a local folder must then be one shared filesystem).
+        s3_endpoint_url: the S3 endpoint for MinIO, Ceph or a test server (None: AWS's).
         cache_dir: decoded-image cache, local to each host.
         score_roots: folders workers may read when scoring (empty: no restriction).
         score_compile: ``torch.compile`` the detectors when scoring (None: on a GPU only).
@@ -35,13 +37,14 @@ class Settings:
     data_dir: Path
     database_url: str
     broker_url: str | None
-    artifact_root: Path
+    artifact_root: str
     cache_dir: Path
     score_roots: tuple[Path, ...]
     heartbeat_seconds: float
     stale_seconds: float
     score_compile: bool | None = None
     decode_threads: int | None = None
+    s3_endpoint_url: str | None = None
 
 
 def get_settings() -> Settings:
@@ -53,14 +56,24 @@ def get_settings() -> Settings:
         data_dir=data_dir,
         database_url=env.get("VOCFLEET_DATABASE_URL") or f"sqlite:///{data_dir / 'vocfleet.db'}",
         broker_url=env.get("VOCFLEET_BROKER_URL") or None,
-        artifact_root=Path(env.get("VOCFLEET_ARTIFACT_ROOT") or data_dir / "artifacts").expanduser().resolve(),
+        artifact_root=_artifact_root(env.get("VOCFLEET_ARTIFACT_ROOT"), data_dir),
         cache_dir=Path(env.get("VOCFLEET_CACHE_DIR") or data_dir / "cache").expanduser().resolve(),
         score_roots=roots,
         heartbeat_seconds=_seconds("VOCFLEET_HEARTBEAT_SECONDS", env.get("VOCFLEET_HEARTBEAT_SECONDS", "10"), 0.05),
         stale_seconds=_seconds("VOCFLEET_STALE_SECONDS", env.get("VOCFLEET_STALE_SECONDS", "120"), 0),
         score_compile=_switch("VOCFLEET_SCORE_COMPILE", env.get("VOCFLEET_SCORE_COMPILE", "auto")),
         decode_threads=_count("VOCFLEET_DECODE_THREADS", env.get("VOCFLEET_DECODE_THREADS")),
+        s3_endpoint_url=env.get("VOCFLEET_S3_ENDPOINT_URL") or None,
     )
+
+
+def _artifact_root(value: str | None, data_dir: Path) -> str:
+    """A URL (``s3://bucket/prefix``) as given; a local folder made absolute (default: ``<data dir>/artifacts``)."""
+    if value and "://" in value and not value.startswith("file://"):
+        if value.startswith("s3://") and not value[5:].strip("/"):
+            raise SettingsError(f"VOCFLEET_ARTIFACT_ROOT={value!r}: name a bucket, as in s3://bucket/prefix")
+        return value.rstrip("/")
+    return str(Path((value or "").removeprefix("file://") or data_dir / "artifacts").expanduser().resolve())
 
 
 def _seconds(name: str, value: str, low: float) -> float:

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from . import VOC_CLASSES, ConfigError
+from .artifacts import sha256_file
 from .augment import NoAugment, TrainAugment, host_to_device, preprocess_eval
-from .checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .metrics import average_precision, binary_report, choose_threshold
 from .net import AuxLoss, SelectLogit, build_model, single_logit_state
@@ -157,7 +158,9 @@ def _make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) ->
 def _make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     if cfg.schedule == "constant":
         return None
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(cfg.epochs * steps_per_epoch, 1), pct_start=0.25)
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    # OneCycleLR divides by (pct_start * total - 1): a warm-up of exactly one step (4 steps in all) would divide by zero.
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.25 if total != 4 else 0.3)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from . import DetectorUnavailable
+from .artifacts import ArtifactStore, checked_file
 from .augment import host_to_device, preprocess_eval
-from .checkpoint import load_checkpoint, sha256_file
+from .checkpoint import load_checkpoint
 from .decode import BadImage, DecodedFile, RawJpeg, decode_bytes, decode_file, decode_jpegs
 from .net import build_model, inference_dtype, inference_model
 from .scan import FileEntry
@@ -50,8 +51,13 @@ class LoadedDetector:
 _loaded: dict[tuple[int, str, str, str, bool], LoadedDetector] = {}
 
 
-def load_detectors(specs: Sequence[DetectorSpec], device: torch.device, *, compile: bool | None = None) -> list[LoadedDetector]:
+def load_detectors(
+    specs: Sequence[DetectorSpec], device: torch.device, *, compile: bool | None = None, store: ArtifactStore | None = None
+) -> list[LoadedDetector]:
     """Load each detector once per process and keep it (checksum verified on first load).
+
+    ``store``: where checkpoints on object storage are fetched from (cached on this host by
+    sha256); without one, every checkpoint must be a local path.
 
     ``compile``: wrap each detector in ``torch.compile`` (None: on a GPU, where it doubles the
     detectors' speed). All detectors share one compiled graph (their weights are its inputs), so
@@ -67,11 +73,10 @@ def load_detectors(specs: Sequence[DetectorSpec], device: torch.device, *, compi
         # The path too: a detector row pointed at another file is checked again, not served from memory.
         key = (spec.id, spec.sha256, spec.checkpoint_path, str(device), compile)
         if key not in _loaded:
-            path = Path(spec.checkpoint_path)
-            if not path.is_file():
-                raise DetectorUnavailable(f"detector {spec.id} ({spec.voc_class}): checkpoint {path} is missing; retrain or restore it")
-            if sha256_file(path) != spec.sha256:
-                raise DetectorUnavailable(f"detector {spec.id} ({spec.voc_class}): checkpoint {path} changed on disk (sha256 mismatch)")
+            try:
+                path = store.local_copy(spec.checkpoint_path, spec.sha256) if store else checked_file(Path(spec.checkpoint_path), spec.sha256)
+            except DetectorUnavailable as exc:
+                raise DetectorUnavailable(f"detector {spec.id} ({spec.voc_class}): {exc}") from None
             ckpt = load_checkpoint(path)
             model = build_model("scratch")
             model.load_state_dict(ckpt["model"])

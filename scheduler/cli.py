@@ -2,7 +2,7 @@
 
 - ``commands/training.py``: submit, run, status, detectors
 - ``commands/scoring.py``: score, resume-run, runs, results, predict, report
-- ``commands/operations.py``: worker, scheduler, reap, cancel, retry, db
+- ``commands/operations.py``: worker, scheduler, reap, cancel, retry, gc, db
 - ``commands/data.py``: data download, data check
 """
 

@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session
 
 from vocfleet.db.models import Detector, ScoreRun
 from vocfleet.db.results import ResultQuery, error_rows, image_scores, iter_results, summary_rows
+from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
+from vocfleet.model.artifacts import ArtifactStore
 from vocfleet.model.data import open_rgb
 
 THUMB = 160
@@ -49,8 +51,10 @@ def thumbnail(path: Path) -> str | None:
     return _data_uri(buf.getvalue(), "image/jpeg")
 
 
-def _png(path: str | None) -> str | None:
-    return _data_uri(Path(path).read_bytes(), "image/png") if path and Path(path).is_file() else None
+def _png(store: ArtifactStore, uri: str | None) -> str | None:
+    """A plot from the artifact store (a local folder or object storage) as a data URI; None if it is gone."""
+    data = store.read_bytes(uri) if uri else None
+    return _data_uri(data, "image/png") if data else None
 
 
 def _detector_table(dets: list[Detector]) -> str:
@@ -171,10 +175,10 @@ def fleet_report(s: Session) -> str:
     dets = list(s.scalars(select(Detector).where(Detector.active.is_(True)).order_by(Detector.voc_class)))
     if not dets:
         raise ConfigError("no trained detectors yet: run 'vocfleet submit ...' and 'vocfleet run' first")
-    sections = []
+    sections, store = [], ArtifactStore.from_settings(get_settings())
     for d in dets:
         plots = d.metrics.get("plots", {})
-        imgs = "".join(f"<img alt='{k} of {html.escape(d.voc_class)}' src='{uri}'> " for k in ("curves", "pr") if (uri := _png(plots.get(k))))
+        imgs = "".join(f"<img alt='{k} of {html.escape(d.voc_class)}' src='{uri}'> " for k in ("curves", "pr") if (uri := _png(store, plots.get(k))))
         sections.append(f"<h2>{html.escape(d.voc_class)} (detector {d.id}, job {d.job_id})</h2>{imgs or '<p class=muted>no plots</p>'}")
     body = (
         f"<h1>vocfleet detectors</h1><p>{len(dets)} active detector(s). Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>"

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +103,64 @@ def pg_url(monkeypatch) -> str:
     monkeypatch.setenv("VOCFLEET_DATABASE_URL", PG_URL)
     db_session.dispose_engines()
     return PG_URL
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def connectable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API over HTTP: moto's standalone server, started here for the session."""
+    server = Path(sys.executable).with_name("moto_server")
+    if not server.is_file():
+        pytest.fail(f"moto_server is not installed beside {sys.executable}: pip install -e '.[test]'")
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: connectable(port), 30, "moto_server to accept connections")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_root(s3_server, monkeypatch) -> str:
+    """A fresh bucket as VOCFLEET_ARTIFACT_ROOT (``s3://<bucket>/vocfleet``), with the endpoint and credentials set."""
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("VOCFLEET_S3_ENDPOINT_URL", s3_server)
+    bucket = f"vocfleet-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}).mkdir(bucket)
+    root = f"s3://{bucket}/vocfleet"
+    monkeypatch.setenv("VOCFLEET_ARTIFACT_ROOT", root)
+    return root
 
 
 @pytest.fixture(scope="session")

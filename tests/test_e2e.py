@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob
 from vocfleet.db.session import session_scope
-from vocfleet.model.checkpoint import load_checkpoint, sha256_file
+from vocfleet.model.artifacts import sha256_file
+from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import evaluate
 from vocfleet.model.net import build_model

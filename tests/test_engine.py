@@ -113,3 +113,16 @@ def test_aux_classes_saves_a_single_logit_detector(fake_voc, tmp_path):
     loss = AuxLoss(0, None)
     t = torch.tensor([[1.0, -1.0, 0.0]])
     assert torch.isclose(loss(torch.tensor([[0.0, 100.0, 0.0]]), t), loss(torch.tensor([[0.0, -100.0, 0.0]]), t))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])
+def test_one_cycle_schedule_works_for_any_number_of_steps(steps):
+    from types import SimpleNamespace
+
+    from vocfleet.model.engine import _make_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = _make_scheduler(SimpleNamespace(schedule="onecycle", lr=0.1, epochs=1), opt, steps)
+    for _ in range(steps):
+        opt.step()
+        sched.step()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.conftest import SHARED_VOC, make_fake_voc
+from tests.conftest import SHARED_VOC, connectable, free_port, make_fake_voc, wait_for
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
 from vocfleet.model.config import TrainConfig
@@ -23,12 +22,6 @@ from vocfleet.model.engine import fit
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 VOCFLEET = [sys.executable, "-m", "vocfleet"]
 REDIS = shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Redis:
@@ -43,30 +36,12 @@ class Redis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(lambda: _connectable(self.port), 20, "redis-server to accept connections")
+        wait_for(lambda: connectable(self.port), 20, "redis-server to accept connections")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-def _connectable(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class Fleet:
@@ -143,7 +118,7 @@ def fleet(tmp_path, pg_url, monkeypatch):
     if REDIS is None:
         pytest.skip("redis-server is not installed")
     voc = make_fake_voc(tmp_path / "VOC2007", n=64, classes=("car", "dog", "cat"))
-    redis = Redis(_free_port(), tmp_path)
+    redis = Redis(free_port(), tmp_path)
     redis.start()
     monkeypatch.setenv("VOCFLEET_BROKER_URL", f"redis://127.0.0.1:{redis.port}/0")
     monkeypatch.setenv("VOCFLEET_HEARTBEAT_SECONDS", "0.5")

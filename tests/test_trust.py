@@ -29,7 +29,7 @@ def test_two_databases_sharing_a_data_folder_keep_their_detectors(fake_voc, data
         second = s.scalars(select(Detector)).one()
         assert job.id == 1 and second.checkpoint_path != first_path
         assert job.key in second.checkpoint_path and len(job.key) == 32
-    from vocfleet.model.checkpoint import sha256_file
+    from vocfleet.model.artifacts import sha256_file
 
     assert sha256_file(first_path) == first_sha  # untouched by the other database's job 1
 

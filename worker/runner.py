@@ -13,6 +13,8 @@ import socket
 import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -22,8 +24,9 @@ from vocfleet.db.models import JobStatus, TrainJob
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
+from vocfleet.model.artifacts import RESUME_FILES, ArtifactStore
 from vocfleet.model.config import TrainConfig
-from vocfleet.model.engine import Stopped, fit
+from vocfleet.model.engine import FitResult, Stopped, fit
 from vocfleet.model.splits import Progress
 
 log = logging.getLogger(__name__)
@@ -87,11 +90,13 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
     if token is None:
         return job
     config, key = job
-    # A key unique across databases: two databases sharing one data folder never share a job's files.
-    out_dir = settings.artifact_root / "jobs" / key
+    store = ArtifactStore.from_settings(settings)
+    # Under a key unique across databases: two databases sharing one store never share a job's files.
+    out_dir = store.job_dir(key)
 
     def on_progress(event: dict) -> None:
         if event["event"] == "epoch":
+            store.push(key, RESUME_FILES)  # first: the row never counts an epoch that a resume could not find
             with session_scope() as s:
                 record_epoch(s, job_id, token, event)
         show(progress, event)
@@ -99,7 +104,8 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
     with Heartbeat(job_id, token, settings.heartbeat_seconds) as hb:
         try:
             cfg = TrainConfig.from_dict(config)
-            result = fit(cfg, out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop, job_key=key)
+            store.pull(key)  # on object storage: the last epoch any host finished
+            result = publish(store, key, fit(cfg, out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop, job_key=key))
         except Stopped:
             if hb.state == "cancel":
                 with session_scope() as s:
@@ -120,7 +126,17 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
                 end_job(s, job_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=3)}")
             return Outcome.failed
     with session_scope() as s:
-        return Outcome.succeeded if finish_job(s, job_id, token, result) is not None else Outcome.skipped
+        if finish_job(s, job_id, token, result) is None:
+            return Outcome.skipped
+    store.drop_resume_files(key)  # the detector is recorded: last.pt and best.pt (2-3x its size) are not needed again
+    return Outcome.succeeded
+
+
+def publish(store: ArtifactStore, key: str, result: FitResult) -> FitResult:
+    """The job's detector and plots in the store; the result pointing at them there."""
+    names = {Path(p).name: k for k, p in result.plots.items()}
+    stored = store.push(key, [Path(result.checkpoint).name, *names])
+    return replace(result, checkpoint=stored[Path(result.checkpoint).name], plots={k: stored[n] for n, k in names.items() if n in stored})
 
 
 def show(progress: Callable[..., None] | None, *args: Any) -> bool:

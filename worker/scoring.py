@@ -21,6 +21,7 @@ from vocfleet.db.scoring import recorded_paths, store_chunk
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
+from vocfleet.model.artifacts import ArtifactStore
 from vocfleet.model.engine import Stopped, resolve_device
 from vocfleet.model.scan import FileEntry, entry_key, iter_scan
 from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
@@ -219,10 +220,9 @@ def _score_shard(shard_id: int, token: str, run_id: int, hb: Heartbeat, tally: T
     todo = [FileEntry(f, p) for f, p, reason in listed if reason is None and (f, p) not in already]
     pending_errors = [{"folder": f, "rel_path": p, "reason": reason} for f, p, reason in listed if reason is not None and (f, p) not in already]
     device = resolve_device()
-    loaded = load_detectors(specs, device, compile=get_settings().score_compile)
-    for chunk in iter_chunks(
-        todo, loaded, device, chunk_size=SCORE_CHUNK, batch_size=batch_size, threads=get_settings().decode_threads, on_files=tally.finished
-    ):
+    settings = get_settings()
+    loaded = load_detectors(specs, device, compile=settings.score_compile, store=ArtifactStore.from_settings(settings))
+    for chunk in iter_chunks(todo, loaded, device, chunk_size=SCORE_CHUNK, batch_size=batch_size, threads=settings.decode_threads, on_files=tally.finished):
         if hb.should_stop():
             raise Stopped("stopped between chunks")
         images = [

@@ -1,4 +1,4 @@
-"""Fleet operations: worker, scheduler, reap, cancel, retry, db upgrade."""
+"""Fleet operations: worker, scheduler, reap, cancel, retry, gc, db upgrade."""
 
 from __future__ import annotations
 
@@ -134,6 +134,43 @@ def retry(job_ids: tuple[int, ...]) -> None:
         sys.exit(1)
 
 
+@click.command()
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--orphans", is_flag=True, help="Also folders of jobs this database does not know (another database sharing the store may own them).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before removing.")
+def gc(dry_run: bool, orphans: bool, yes: bool) -> None:
+    """Remove artifacts nothing needs: finished jobs' resume checkpoints, this host's stale copies.
+
+    Kept: every file a detector points to (active or not), and the last checkpoints of queued,
+    running, failed and cancelled jobs ('vocfleet retry' resumes from them).
+    """
+    from vocfleet.model.artifacts import ArtifactStore
+
+    from ..gc import find_garbage, orphan_count
+
+    store = ArtifactStore.from_settings(get_settings())
+    with database() as s:
+        garbage = list(find_garbage(s, store, orphans=orphans))
+        orphaned = 0 if orphans else orphan_count(s, store)
+    total = sum(g.size for g in garbage)
+    for g in garbage:
+        click.echo(f"{g.size / 2**20:9.1f} MiB  {g.location}  ({g.reason})")
+    if orphaned:
+        click.echo(f"{orphaned} job folder(s) in {store.root} belong to no job of this database: --orphans removes them")
+    if not garbage:
+        click.echo("nothing to remove")
+        return
+    summary = f"{len(garbage)} file(s), {total / 2**20:.1f} MiB"
+    if dry_run:
+        click.echo(f"would remove {summary}")
+        return
+    if not yes:
+        click.confirm(f"Remove {summary}?", abort=True)
+    for g in garbage:
+        store.remove(g.location)
+    click.echo(f"removed {summary}")
+
+
 @click.group()
 def db() -> None:
     """Database schema."""
@@ -221,4 +258,4 @@ def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
     sys.exit(max(p.wait() for p in procs))
 
 
-COMMANDS = [worker, scheduler_daemon, reap, cancel, retry, db]
+COMMANDS = [worker, scheduler_daemon, reap, cancel, retry, gc, db]

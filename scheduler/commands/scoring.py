@@ -239,6 +239,7 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
 @format_option
 def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
     """Quick answer for a few images, without creating a run: classes by probability."""
+    from vocfleet.model.artifacts import ArtifactStore
     from vocfleet.model.engine import resolve_device
     from vocfleet.model.scan import FileEntry
     from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
@@ -253,7 +254,8 @@ def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
         entries.append(FileEntry(str(p.parent), p.name))
     device = resolve_device()
     # A few images: compiling would cost more than it saves, unless asked for explicitly.
-    loaded = load_detectors(specs, device, compile=bool(get_settings().score_compile))
+    settings = get_settings()
+    loaded = load_detectors(specs, device, compile=bool(settings.score_compile), store=ArtifactStore.from_settings(settings))
     rows, failed = [], 0
     for chunk in iter_chunks(entries, loaded, device):
         for j, f in enumerate(chunk.scored):

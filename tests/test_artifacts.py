@@ -1,0 +1,170 @@
+"""The artifact store: a local folder or S3 (a real S3 server over HTTP), resume on another host, gc."""
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob
+from vocfleet.db.session import dispose_engines, session_scope
+from vocfleet.db.settings import get_settings
+from vocfleet.model import DetectorUnavailable
+from vocfleet.model.artifacts import ArtifactStore, sha256_file
+
+SMALL = ["--image-size", 32, "--batch-size", 8, "--max-batches", 2]
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request) -> ArtifactStore:
+    if request.param == "s3":
+        request.getfixturevalue("s3_root")
+    return ArtifactStore.from_settings(get_settings())
+
+
+def test_push_pull_and_checked_copies(store, tmp_path):
+    out = store.job_dir("k1")
+    out.mkdir(parents=True)
+    (out / "last.pt").write_bytes(b"resume state")
+    (out / "detector.pt").write_bytes(b"weights")
+    stored = store.push("k1", ["last.pt", "detector.pt", "absent.pt"])
+    assert sorted(stored) == ["detector.pt", "last.pt"] and stored["detector.pt"] == store.uri("k1", "detector.pt")
+    assert stored["detector.pt"].startswith("s3://" if store.remote else "/")
+    sha = sha256_file(out / "detector.pt")
+    assert store.local_copy(stored["detector.pt"], sha).read_bytes() == b"weights"
+    with pytest.raises(DetectorUnavailable, match="sha256 mismatch"):
+        store.local_copy(stored["last.pt"], "0" * 64)  # (the cache holds files by sha256: a fetch is checked before it is kept)
+    with pytest.raises(DetectorUnavailable, match="missing"):
+        store.local_copy(store.uri("k1", "gone.pt"), "1" * 64)
+    assert store.read_bytes(stored["last.pt"]) == b"resume state" and store.read_bytes(store.uri("k1", "gone.png")) is None
+    assert sorted((key, f.size) for key, f in store.files()) == [("k1", 7), ("k1", 12)]
+
+    # Another host: its own work folder and cache, the same store.
+    other = ArtifactStore(store.root, work_dir=tmp_path / "host2" / "work", cache_dir=tmp_path / "host2" / "cache", endpoint_url=store.endpoint_url)
+    assert other.pull("k1") == (["last.pt"] if store.remote else [])
+    assert (other.job_dir("k1") / "last.pt").read_bytes() == b"resume state"
+    store.drop_resume_files("k1")
+    assert [f.uri for _, f in store.files()] == [stored["detector.pt"]]
+    if store.remote:
+        assert other.pull("k1") == [] and not (other.job_dir("k1") / "last.pt").exists()  # a stale local copy is not resumed from
+
+
+def test_an_unchanged_file_is_not_uploaded_again(s3_root):
+    store = ArtifactStore.from_settings(get_settings())
+    store.job_dir("k").mkdir(parents=True)
+    (store.job_dir("k") / "best.pt").write_bytes(b"epoch 1")
+    uri = store.push("k", ["best.pt"])["best.pt"]
+    fs, path = store._fs(uri)
+    fs.pipe_file(path, b"changed in the store")
+    store.push("k", ["best.pt"])  # same local file: no upload
+    assert store.read_bytes(uri) == b"changed in the store"
+    (store.job_dir("k") / "best.pt").write_bytes(b"epoch 2, a better one")
+    store.push("k", ["best.pt"])
+    assert store.read_bytes(uri) == b"epoch 2, a better one"
+
+
+def test_training_and_scoring_with_artifacts_in_s3(s3_root, fake_voc, data_dir, invoke, tmp_path):
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
+    res = invoke("run")
+    assert res.exit_code == 0, res.output
+    with session_scope() as s:
+        det = s.scalars(select(Detector)).one()
+        key = s.get(TrainJob, det.job_id).key
+        checkpoint, plots = det.checkpoint_path, det.metrics["plots"]
+    store = ArtifactStore.from_settings(get_settings())
+    assert checkpoint == f"{s3_root}/jobs/{key}/detector.pt" and all(p.startswith(f"{s3_root}/jobs/{key}/") for p in plots.values())
+    # Kept: the detector and its plots; gone: last.pt and best.pt, here and in the store.
+    assert sorted(f.uri.rsplit("/", 1)[1] for _, f in store.files()) == sorted(["detector.pt", *(p.rsplit("/", 1)[1] for p in plots.values())])
+    assert not (data_dir / "artifacts").exists() and not list((data_dir / "work").rglob("*.pt"))
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("000001.jpg", "000002.jpg"):
+        (folder / name).write_bytes((fake_voc / "JPEGImages" / name).read_bytes())
+    res = invoke("score", folder)
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (data_dir / "cache" / "artifacts").glob("*.pt")] == [f"{det.sha256}.pt"]  # fetched once, by sha256
+    assert len(json.loads(invoke("results", 1, "--format", "json").output)) == 2
+    res = invoke("report", "--fleet", "--out", tmp_path / "fleet.html")
+    assert res.exit_code == 0 and (tmp_path / "fleet.html").read_text().count("src='data:image/png;base64,") == 2  # plots read from S3
+
+
+def test_a_job_resumes_on_another_host_from_the_checkpoint_in_s3(s3_root, fake_voc, data_dir, invoke, monkeypatch, tmp_path):
+    from vocfleet.worker.runner import run_train_job
+
+    monkeypatch.setenv("VOCFLEET_DATABASE_URL", f"sqlite:///{tmp_path / 'shared.db'}")  # the one thing hosts share, with the bucket
+    dispose_engines()
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 3, *SMALL).exit_code == 0
+
+    def crash_after_epoch_1(event):
+        if event["event"] == "epoch" and event["epoch"] == 1:
+            raise KeyboardInterrupt  # the host goes away once epoch 1 is recorded
+
+    with pytest.raises(KeyboardInterrupt):
+        run_train_job(1, progress=crash_after_epoch_1, host="host-a")
+    with session_scope() as s:
+        job = s.get(TrainJob, 1)
+        assert (job.status, job.epochs_done) == (JobStatus.queued, 1)
+        epoch1 = s.scalars(select(EpochMetric)).one().train_loss
+
+    monkeypatch.setenv("VOCFLEET_DATA_DIR", str(tmp_path / "host-b"))  # no shared disk: another work folder and cache
+    assert run_train_job(1, host="host-b") == "succeeded"
+    with session_scope() as s:
+        job = s.get(TrainJob, 1)
+        assert job.worker_host == "host-b" and [e.epoch for e in job.epochs] == [1, 2, 3]
+        assert job.epochs[0].train_loss == epoch1  # resumed after epoch 1, not started over
+        assert s.scalars(select(Detector)).one().checkpoint_path.startswith(s3_root)
+    assert not (data_dir / "artifacts").exists()
+
+
+def test_gc_removes_what_no_detector_or_resume_needs(fake_voc, data_dir, invoke):
+    assert invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, "--epochs", 1, *SMALL).exit_code == 0
+    assert invoke("run").exit_code == 0
+    store = ArtifactStore.from_settings(get_settings())
+    with session_scope() as s:
+        car, dog = s.get(TrainJob, 1), s.get(TrainJob, 2)
+        car_key, dog_key = car.key, dog.key
+        dog.status = JobStatus.failed  # as if it had failed: its resume state must stay for 'vocfleet retry'
+    assert invoke("gc").output.strip() == "nothing to remove"
+    leftovers = [store.job_dir(car_key) / "last.pt", store.job_dir(dog_key) / "last.pt", store.job_dir("0" * 32) / "detector.pt"]
+    for path in leftovers:  # a crash between recording the detector and cleaning up; a folder from another database
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 2048)
+    res = invoke("gc", "--dry-run")
+    assert res.exit_code == 0 and f"{leftovers[0]}  (finished job" in res.output and str(leftovers[1]) not in res.output
+    assert "1 job folder(s)" in res.output and "--orphans" in res.output and "would remove 1 file(s)" in res.output
+    assert all(p.exists() for p in leftovers)
+    res = invoke("gc", "--yes")
+    assert res.exit_code == 0 and "removed 1 file(s)" in res.output
+    assert not leftovers[0].exists() and leftovers[1].exists() and leftovers[2].exists()
+    with session_scope() as s:
+        assert all(sha256_file(d.checkpoint_path) == d.sha256 for d in s.scalars(select(Detector)))  # every detector intact
+    res = invoke("gc", "--orphans", "--yes")
+    assert "removed 1 file(s)" in res.output and not leftovers[2].parent.exists()
+
+
+def test_gc_asks_first(fake_voc, invoke):
+    store = ArtifactStore.from_settings(get_settings())
+    invoke("db", "upgrade")
+    (store.job_dir("f" * 32)).mkdir(parents=True)
+    (store.job_dir("f" * 32) / "last.pt").write_bytes(b"x")
+    from click.testing import CliRunner
+
+    from vocfleet.scheduler.cli import cli
+
+    res = CliRunner().invoke(cli, ["gc", "--orphans"], input="n\n")
+    assert res.exit_code == 1 and (store.job_dir("f" * 32) / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("root", "says"),
+    [("s3://", "name a bucket"), ("nosuchprotocol://bucket/x", "nosuchprotocol://bucket/x")],
+)
+def test_a_bad_artifact_root_is_one_line(root, says, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("VOCFLEET_ARTIFACT_ROOT", root)
+    res = subprocess.run([sys.executable, "-m", "vocfleet", "gc"], capture_output=True, text=True, check=False)
+    assert res.returncode == 2 and res.stdout == ""
+    [line] = res.stderr.splitlines()
+    assert line.startswith("vocfleet: error: ") and says in line
