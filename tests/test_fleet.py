@@ -49,13 +49,14 @@ class Fleet:
         self.tmp, self.voc = tmp, voc
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start_worker(self, name: str, queues: str = "train,score") -> None:
+    def start_worker(self, name: str, queues: str = "train,score", env: dict[str, str] | None = None) -> None:
         log = open(self.tmp / f"{name}.log", "w")
         self.procs[name] = subprocess.Popen(
             [*VOCFLEET, "worker", "--gpus", "none", "--name", name, "--queues", queues, "--loglevel", "info"],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
 
     def start_scheduler(self) -> None:
@@ -180,6 +181,30 @@ def test_kill_9_worker_mid_job_resumes_elsewhere(fleet):
         epoch1 = s.scalar(select(EpochMetric).where(EpochMetric.epoch == 1))
         assert (epoch1.created_at, epoch1.train_loss) == (epoch1_at, epoch1_loss)  # resumed, not started over
     assert "requeued" in (fleet.tmp / "scheduler.log").read_text()
+
+
+def test_two_hosts_without_a_shared_disk_resume_from_s3(fleet, s3_root, tmp_path):
+    """Each worker has its own data folder (work files, caches); they share PostgreSQL, Redis and a bucket."""
+    hosts = {name: tmp_path / f"host-{name}" for name in ("w0", "w1")}
+    fleet.start_worker("w0", env={"VOCFLEET_DATA_DIR": str(hosts["w0"])})
+    fleet.start_scheduler()
+    fleet.submit("car", epochs=6, max_batches=4)
+    first = fleet.wait(lambda: (r := job_rows()[1])[1] >= 2 and r[0] == JobStatus.running and r, 180, "two epochs on the first worker")
+    with session_scope() as s:
+        key = s.get(TrainJob, 1).key
+        epoch1_loss = s.scalar(select(EpochMetric.train_loss).where(EpochMetric.epoch == 1))
+    fleet.start_worker("w1", env={"VOCFLEET_DATA_DIR": str(hosts["w1"])})
+    fleet.kill("w0")  # the whole host, mid-epoch; its disk goes with it
+    shutil.rmtree(hosts["w0"])
+    fleet.wait(lambda: all_finished(1), 240, "the job to finish on the other worker")
+    status, epochs, host, attempts = job_rows()[1]
+    assert first[2].startswith("w0") and host.startswith("w1") and attempts == 2
+    assert_ran_once_each(6)
+    with session_scope() as s:
+        assert s.scalar(select(EpochMetric.train_loss).where(EpochMetric.epoch == 1)) == epoch1_loss  # resumed from S3, not started over
+        assert s.scalars(select(Detector)).one().checkpoint_path == f"{s3_root}/jobs/{key}/detector.pt"
+    assert "resuming car from epoch" in (fleet.tmp / "w1.log").read_text()
+    assert not list(hosts["w1"].rglob("*.pt"))  # nothing left on the host: the work copy went once the detector was stored
 
 
 def test_redis_restart_mid_run_loses_nothing(fleet):
