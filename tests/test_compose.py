@@ -16,7 +16,7 @@ def compose():
 
 
 def test_services_present():
-    assert {"redis", "postgres", "migrate", "scheduler", "train-worker", "score-worker", "flower"} <= set(compose()["services"])
+    assert {"redis", "postgres", "minio", "minio-bucket", "migrate", "scheduler", "train-worker", "score-worker", "flower"} <= set(compose()["services"])
 
 
 def test_vocfleet_commands_exist():
@@ -54,7 +54,8 @@ def test_environment_names_are_read_by_the_code():
     env = compose()["services"]["scheduler"]["environment"]
     code = "".join(p.read_text() for folder in ("db", "scheduler") for p in (ROOT / folder).rglob("*.py"))
     for name in env:
-        assert name in code, f"{name} is set in compose but read nowhere"
+        if not name.startswith("AWS_"):  # read by botocore (s3fs), not by us
+            assert name in code, f"{name} is set in compose but read nowhere"
     assert Path(settings_module.__file__).is_file()
 
 
@@ -64,3 +65,34 @@ def test_dockerfile_copies_existing_sources_and_runs_the_cli():
         assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
     assert 'ENTRYPOINT ["vocfleet"]' in text
     assert 'vocfleet = "vocfleet.scheduler.cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_ports_bind_to_this_host_unless_told_otherwise():
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith(("${BIND_ADDR:-127.0.0.1}:", "127.0.0.1:")), f"{name} publishes {port} on every interface"
+    assert "${BIND_ADDR:-127.0.0.1}:5555" not in text  # Flower shows and controls tasks: this host only, always
+
+
+def test_credentials_come_from_the_environment():
+    text = (ROOT / "docker-compose.yml").read_text()
+    example = (ROOT / ".env.example").read_text()
+    assert "vocfleet:vocfleet@" not in text and "POSTGRES_PASSWORD: vocfleet" not in text
+    used = set(re.findall(r"\$\{(\w+)", text))
+    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MINIO_PASSWORD", "FLOWER_PASSWORD"} <= used
+    for name in used:
+        assert re.search(rf"^{name}=", example, re.M), f"{name} is used in compose but not in .env.example"
+    for password in re.findall(r"\$\{(\w*PASSWORD)([^}]*)\}", text):
+        assert password[1].startswith(":?"), f"{password[0]} has a default: compose must refuse to start without it"
+    services = compose()["services"]
+    assert "--requirepass" in services["redis"]["command"] and "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    assert services["redis"]["environment"]["REDISCLI_AUTH"]  # the health check authenticates too
+
+
+def test_workers_share_a_bucket_not_a_disk():
+    env = compose()["services"]["train-worker"]["environment"]
+    assert env["VOCFLEET_ARTIFACT_ROOT"].startswith("s3://") and env["VOCFLEET_S3_ENDPOINT_URL"] == "http://minio:9000"
+    bucket = env["VOCFLEET_ARTIFACT_ROOT"].split("/")[2]
+    assert compose()["services"]["minio-bucket"]["command"][-1] == f"store/{bucket}"
+    assert "s3" in re.search(r'pip install "\.\[([\w,]+)\]"', (ROOT / "Dockerfile").read_text()).group(1)
