@@ -17,9 +17,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .data import IMAGE_FORMATS, resize_square, to_rgb
-from .scan import FileEntry
+from .scan import MAX_FILE_BYTES, FileEntry, UnsafeFile, read_inside
 
-MAX_FILE_BYTES = 256 * 1024 * 1024
 # torchvision 0.29 points to TorchCodec for decoding; its decode_jpeg is still what runs nvJPEG here.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated", category=DeprecationWarning)
 
@@ -53,16 +52,16 @@ class RawJpeg:
 
 
 def read_file(entry: FileEntry) -> tuple[bytes, int]:
-    """The file's bytes and size, or BadImage (empty, too large, unreadable)."""
+    """The file's bytes and size, or BadImage (empty, too large, unreadable, no longer a file inside its folder)."""
     try:
-        size_bytes = entry.path.stat().st_size
-        if size_bytes == 0:
-            raise BadImage("empty file")
-        if size_bytes > MAX_FILE_BYTES:
-            raise BadImage(f"file too large ({size_bytes} bytes; limit {MAX_FILE_BYTES})")
-        return entry.path.read_bytes(), size_bytes
+        data = read_inside(entry.folder, entry.rel_path, MAX_FILE_BYTES)
+    except UnsafeFile as exc:
+        raise BadImage(str(exc)) from None
     except OSError as exc:
         raise BadImage(f"cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise BadImage("empty file")
+    return data, len(data)
 
 
 def decode_file(entry: FileEntry, sizes: Iterable[int], *, jpeg_raw: bool = False) -> DecodedFile | RawJpeg:

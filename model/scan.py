@@ -1,7 +1,12 @@
-"""Scanning folders to score: every file once, in a stable order that a scan can resume from."""
+"""Scanning folders to score: every file once, in a stable order that a scan can resume from.
+
+And reading them back: :func:`read_inside` opens a scanned file without following any link
+that would lead out of its folder, whatever was swapped in since the scan.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -36,6 +41,62 @@ class ScanEntry:
     @property
     def key(self) -> tuple:
         return entry_key(self.folder_index, self.entry.rel_path)
+
+
+MAX_FILE_BYTES = 256 * 1024 * 1024  # no picture worth scoring is larger; a bigger file is refused unread
+
+
+class UnsafeFile(OSError):
+    """A scanned file that is no longer a regular file inside its folder; the message is the reason."""
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a pipe swapped in does not hang the open
+
+
+def _open_no_links(path: str) -> int:
+    """Open an absolute path one component at a time from ``/``, refusing a link anywhere (ELOOP or ENOTDIR)."""
+    parts = [p for p in path.split("/") if p]
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def read_inside(top: str, rel_path: str, max_bytes: int) -> bytes:
+    """The bytes of ``top/rel_path``, read only if it is still a regular file inside ``top``.
+
+    Every component is opened without following links (``O_NOFOLLOW`` from ``/``), so a folder
+    swapped for a link after the scan cannot lead the read out of ``top``; a link the scan
+    accepted (to a file inside ``top``) is resolved and opened the same way. A pipe or device
+    swapped in is refused without blocking.
+
+    Raises:
+        UnsafeFile: a link out of ``top``, not a regular file, or larger than ``max_bytes``.
+        OSError: gone or unreadable.
+    """
+    path = os.path.join(top, rel_path)
+    try:
+        fd = _open_no_links(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        real = os.path.realpath(path)  # a link somewhere on the way: where does it really lead?
+        if not Path(real).is_relative_to(top):
+            raise UnsafeFile(f"link leads outside the folder (to {real})") from None
+        fd = _open_no_links(real)  # a link swapped in after realpath: refused here
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile("not a regular file")
+        if info.st_size > max_bytes:
+            raise UnsafeFile(f"file too large ({info.st_size} bytes; limit {max_bytes})")
+        return fh.read(max_bytes + 1)[:max_bytes]
 
 
 def entry_key(folder_index: int, rel_path: str) -> tuple:

@@ -7,7 +7,6 @@ import html
 import io
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -19,6 +18,7 @@ from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 from vocfleet.model.artifacts import ArtifactStore
 from vocfleet.model.data import open_rgb
+from vocfleet.model.scan import MAX_FILE_BYTES, read_inside
 
 THUMB = 160
 STYLE = """
@@ -39,10 +39,14 @@ def _data_uri(png_or_jpeg: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(png_or_jpeg).decode()}"
 
 
-def thumbnail(path: Path) -> str | None:
-    """A small JPEG of the picture as a data URI (None if the file is gone or unreadable now)."""
+def thumbnail(folder: str, rel_path: str) -> str | None:
+    """A small JPEG of the picture as a data URI (None if it is gone, unreadable, or no longer a file inside its folder).
+
+    Read as scoring reads (:func:`read_inside`): a file swapped since for a link out of the folder
+    is not embedded, and a pipe does not hang the report.
+    """
     try:
-        im = open_rgb(path, THUMB)
+        im = open_rgb(io.BytesIO(read_inside(folder, rel_path, MAX_FILE_BYTES)), THUMB)
     except Exception:  # noqa: BLE001 - a report still renders without the picture
         return None
     im.thumbnail((THUMB, THUMB))
@@ -124,7 +128,7 @@ def run_report(s: Session, run_id: int) -> str:
         folder, rel = first["folder"], first["image"]
         probs = {r["class"]: round(r["probability"], 4) for r in rows}
         present = [r["class"] for r in rows if r["present"]]
-        src = thumbnail(Path(folder) / rel)
+        src = thumbnail(folder, rel)
         img = f"<img alt='{html.escape(rel)}' src='{src}'>" if src else "<div class=muted>(file no longer readable)</div>"
         lines = "".join(f"<div class={'present' if r['present'] else 'absent'}>{html.escape(r['class'])} {r['probability']:.2f}</div>" for r in rows)
         cards.append(

@@ -1,0 +1,88 @@
+"""No file can stop a run or be read where it should not: links swapped in after the scan, pipes, odd formats."""
+
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vocfleet.model.decode import BadImage, decode_file
+from vocfleet.model.scan import iter_scan
+
+
+def picture(path, colour=(200, 30, 30), size=(48, 40)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), colour, np.uint8)).save(path, quality=90)
+    return path
+
+
+@pytest.fixture
+def scanned(tmp_path):
+    """``pics/`` with ``sub/x.jpg`` and a link ``inner.jpg`` to ``sub/x.jpg``, scanned; a secret picture outside it."""
+    top = tmp_path / "pics"
+    picture(top / "sub" / "x.jpg")
+    (top / "inner.jpg").symlink_to(top / "sub" / "x.jpg")
+    picture(tmp_path / "secret" / "x.jpg", colour=(0, 0, 255))
+    entries = {e.entry.rel_path: e for e in iter_scan([top])}
+    assert all(e.reason is None for e in entries.values()) and set(entries) == {"inner.jpg", "sub/x.jpg"}
+    return tmp_path, top, entries
+
+
+def test_a_link_inside_the_folder_is_read(scanned):
+    _, _, entries = scanned
+    assert decode_file(entries["inner.jpg"].entry, [32]).sha256 == decode_file(entries["sub/x.jpg"].entry, [32]).sha256
+
+
+def test_a_folder_swapped_for_a_link_after_the_scan_is_not_followed(scanned):
+    tmp, top, entries = scanned
+    (top / "sub").rename(top / "sub.old")
+    (top / "sub").symlink_to(tmp / "secret")  # the attacker's swap, between scan and read
+    with pytest.raises(BadImage, match=r"link leads outside the folder \(to .*secret/x.jpg\)"):
+        decode_file(entries["sub/x.jpg"].entry, [32])
+
+
+def test_the_scanned_folder_itself_swapped_for_a_link_is_not_followed(scanned):
+    tmp, top, entries = scanned
+    top.rename(tmp / "pics.old")
+    os.symlink(tmp / "secret", top)  # /pics -> /secret: every path under it now leads out
+    (tmp / "secret" / "sub").mkdir()
+    picture(tmp / "secret" / "sub" / "x.jpg", colour=(0, 0, 255))
+    with pytest.raises(BadImage, match="link leads outside the folder"):
+        decode_file(entries["sub/x.jpg"].entry, [32])
+
+
+def test_a_link_swapped_in_for_the_file_is_not_followed(scanned):
+    tmp, top, entries = scanned
+    (top / "sub" / "x.jpg").unlink()
+    (top / "sub" / "x.jpg").symlink_to(tmp / "secret" / "x.jpg")
+    with pytest.raises(BadImage, match="link leads outside the folder"):
+        decode_file(entries["sub/x.jpg"].entry, [32])
+
+
+@pytest.mark.timeout(20)
+def test_a_pipe_swapped_in_is_refused_without_hanging(scanned):
+    _, top, entries = scanned
+    (top / "sub" / "x.jpg").unlink()
+    os.mkfifo(top / "sub" / "x.jpg")  # opening it for reading would block forever
+    with pytest.raises(BadImage, match="not a regular file"):
+        decode_file(entries["sub/x.jpg"].entry, [32])
+
+
+@pytest.mark.timeout(120)
+def test_report_embeds_nothing_from_outside_and_does_not_hang(detectors, tmp_path, invoke):
+    top = tmp_path / "pics"
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        picture(top / name)
+    picture(tmp_path / "secret.jpg", colour=(0, 0, 255), size=(60, 60))
+    assert invoke("score", top).exit_code == 0
+    (top / "a.jpg").unlink()
+    os.mkfifo(top / "a.jpg")
+    (top / "b.jpg").unlink()
+    (top / "b.jpg").symlink_to(tmp_path / "secret.jpg")
+    res = invoke("report", "1", "--out", tmp_path / "r.html")
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "r.html").read_text()
+    assert len(re.findall(r"src='data:image/jpeg;base64,", html)) == 1  # only c.jpg, still itself
+    shutil.rmtree(top)
