@@ -90,7 +90,8 @@ def in_holdout(image_id: str, fraction: float) -> bool:
 
 
 # What scoring accepts (multi-picture JPEGs from phones open as JPEG, format "MPO").
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# MPO: multi-picture JPEGs from phones and 3D cameras (and how Pillow reads many Ultra HDR pictures); the first picture is used.
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 def open_rgb(source, draft: int | None = None) -> Image.Image:

@@ -88,7 +88,7 @@ def decode_bytes(entry: FileEntry, data: bytes, size_bytes: int, sizes: Iterable
             with Image.open(io.BytesIO(data)) as opened:
                 width, height = opened.size
                 if opened.format not in IMAGE_FORMATS:
-                    raise BadImage(f"unsupported image format {opened.format} (supported: JPEG, PNG, WebP, BMP, GIF, TIFF)")
+                    raise BadImage(f"unsupported image format {opened.format} (supported: JPEG, MPO, PNG, WebP, BMP, GIF, TIFF)")
                 if opened.getexif().get(0x0112) in (5, 6, 7, 8):
                     width, height = height, width
                 if jpeg_raw and _device_decodable(opened):

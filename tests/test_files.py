@@ -86,3 +86,15 @@ def test_report_embeds_nothing_from_outside_and_does_not_hang(detectors, tmp_pat
     html = (tmp_path / "r.html").read_text()
     assert len(re.findall(r"src='data:image/jpeg;base64,", html)) == 1  # only c.jpg, still itself
     shutil.rmtree(top)
+
+
+def test_a_phone_mpo_picture_is_scored_by_its_first_picture(tmp_path):
+    first = Image.fromarray(np.full((40, 48, 3), (200, 30, 30), np.uint8))
+    second = Image.fromarray(np.full((40, 48, 3), (0, 0, 255), np.uint8))
+    first.save(tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[second], quality=95)
+    first.save(tmp_path / "plain.jpg", "JPEG", quality=95)
+    with Image.open(tmp_path / "phone.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    [mpo, plain] = [e.entry for e in iter_scan([tmp_path])]
+    got, want = decode_file(mpo, [32]), decode_file(plain, [32])
+    assert np.abs(got.arrays[32].astype(int) - want.arrays[32].astype(int)).max() <= 2  # the red first picture, not the blue second
