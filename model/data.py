@@ -90,8 +90,15 @@ def in_holdout(image_id: str, fraction: float) -> bool:
 
 
 # What scoring accepts (multi-picture JPEGs from phones open as JPEG, format "MPO").
+# Pillow allocates a picture in blocks (16 MB by default), below the size glibc always maps afresh
+# (32 MB): a thread's freed blocks then stay in its own malloc arena, and every decode thread ends
+# up holding its largest picture. Blocks of 64 MB are mapped and unmapped, so memory follows the
+# pictures being decoded now (the pixel budget in decode.py), not the largest each thread ever saw.
+Image.core.set_block_size(64 << 20)
+
 # MPO: multi-picture JPEGs from phones and 3D cameras (and how Pillow reads many Ultra HDR pictures); the first picture is used.
 IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+_OPENERS = tuple(f for f in IMAGE_FORMATS if f != "MPO")  # Pillow opens MPO through its JPEG plugin
 
 
 def open_rgb(source, draft: int | None = None) -> Image.Image:
@@ -105,15 +112,21 @@ def open_rgb(source, draft: int | None = None) -> Image.Image:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(source, formats=IMAGE_FORMATS) as im:
-            return to_rgb(im, draft)
+        with Image.open(source, formats=_OPENERS) as im:
+            out = to_rgb(im, draft)
+            return out.copy() if out is im else out  # older Pillows refuse to use an image once its file is closed
 
 
 def to_rgb(im: Image.Image, draft: int | None = None) -> Image.Image:
-    """Decode an opened (not yet loaded) image: :func:`open_rgb` for callers that opened it already."""
+    """Decode an opened (not yet loaded) image: :func:`open_rgb` for callers that opened it already.
+
+    May return ``im`` itself, loaded: each copy of a 64-megapixel picture is 190 MB, so none is
+    made unless the picture needs turning or converting.
+    """
     if draft is not None and im.format in ("JPEG", "MPO"):
         im.draft("RGB", (draft * 2, draft * 2))
-    im = ImageOps.exif_transpose(im)
+    if im.getexif().get(0x0112, 1) != 1:
+        im = ImageOps.exif_transpose(im)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Composite on white so transparent areas do not turn black.
         im = im.convert("RGBA")
@@ -121,7 +134,8 @@ def to_rgb(im: Image.Image, draft: int | None = None) -> Image.Image:
         im = Image.alpha_composite(bg, im)
     elif im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey: keep the top 8 bits
         im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-    im = im.convert("RGB")
+    if im.mode != "RGB":
+        im = im.convert("RGB")
     im.load()
     return im
 

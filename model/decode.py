@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,37 @@ from .scan import MAX_FILE_BYTES, FileEntry, UnsafeFile, read_inside
 
 # torchvision 0.29 points to TorchCodec for decoding; its decode_jpeg is still what runs nvJPEG here.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated", category=DeprecationWarning)
+
+
+class PixelBudget:
+    """Pixels being decoded at once in this process, bounded: decode memory follows pixels, not files.
+
+    A 205 KB PNG of 8,000 x 8,000 takes about 660 MB to decode; eight decode threads on eight such
+    files would hold 6 GB. Each decode holds its picture's pixels (after JPEG draft scaling) from
+    the budget until it is done; a picture larger than the whole budget waits to decode alone.
+    """
+
+    def __init__(self, pixels: int):
+        self.capacity, self.used, self.peak = pixels, 0, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.capacity)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + pixels <= self.capacity)
+            self.used += pixels
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+# About 1 GB of decode buffers at ~10 bytes per pixel in flight (RGB, its conversions, the resize).
+PIXELS_IN_FLIGHT = PixelBudget(100_000_000)
 
 
 @dataclass
@@ -82,19 +115,21 @@ def decode_bytes(entry: FileEntry, data: bytes, size_bytes: int, sizes: Iterable
     sizes = sorted(set(sizes))
     sha256 = hashlib.sha256(data).hexdigest()
     try:
-        # One parse of the header: format, size and orientation, then the decode itself.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as opened:
-                width, height = opened.size
-                if opened.format not in IMAGE_FORMATS:
-                    raise BadImage(f"unsupported image format {opened.format} (supported: JPEG, MPO, PNG, WebP, BMP, GIF, TIFF)")
-                if opened.getexif().get(0x0112) in (5, 6, 7, 8):
-                    width, height = height, width
-                if jpeg_raw and _device_decodable(opened):
+            with Image.open(io.BytesIO(data)) as opened:  # the header: format and size, nothing decoded yet
+                fmt, (width, height) = opened.format, opened.size
+                if fmt not in IMAGE_FORMATS:
+                    raise BadImage(f"unsupported image format {fmt} (supported: JPEG, MPO, PNG, WebP, BMP, GIF, TIFF)")
+                if jpeg_raw and _device_decodable(opened):  # a JPEG's EXIF is in its header: reading it decodes nothing
+                    if opened.getexif().get(0x0112) in (5, 6, 7, 8):
+                        width, height = height, width
                     return RawJpeg(entry, data, width, height, size_bytes, sha256)
-                im = to_rgb(opened, max(sizes))
-        arrays = {s: resize_square(im, s) for s in sizes}
+            scale = _draft_scale(width, height, max(sizes)) if fmt in ("JPEG", "MPO") else 1
+            with PIXELS_IN_FLIGHT.hold(width * height // scale**2):
+                arrays, turned = _pixels(data, sizes)
+        if turned:
+            width, height = height, width
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -104,6 +139,18 @@ def decode_bytes(entry: FileEntry, data: bytes, size_bytes: int, sizes: Iterable
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt, unsupported mode: all "broken"
         raise BadImage(f"broken image: {exc}") from None
     return DecodedFile(entry, arrays, width, height, size_bytes, sha256)
+
+
+def _pixels(data: bytes, sizes: list[int]) -> tuple[dict[int, np.ndarray], bool]:
+    """Decode and resize to each size; whether EXIF turned the picture by 90 degrees.
+
+    Its own function so that every full-size buffer is freed when it returns, inside the caller's
+    hold on the pixel budget (a PNG's ``getexif`` already decodes the whole picture).
+    """
+    with Image.open(io.BytesIO(data)) as opened:
+        turned = opened.getexif().get(0x0112) in (5, 6, 7, 8)
+        im = to_rgb(opened, max(sizes))
+        return {s: resize_square(im, s) for s in sizes}, turned
 
 
 def _device_decodable(opened: Image.Image) -> bool:
@@ -152,9 +199,14 @@ def _draft(x: torch.Tensor, size: int) -> torch.Tensor:
     pictures as sharp as Pillow's (without it, the smallest sizes drift by several grey levels).
     """
     height, width = x.shape[-2:]
-    room = min(width // (2 * size), height // (2 * size))
-    scale = next((s for s in (8, 4, 2) if s <= room), 1)
+    scale = _draft_scale(width, height, size)
     return torch.nn.functional.avg_pool2d(x, scale, ceil_mode=True) if scale > 1 else x
+
+
+def _draft_scale(width: int, height: int, size: int) -> int:
+    """The factor (1, 2, 4 or 8) by which JPEG draft mode shrinks a picture decoded for ``size``."""
+    room = min(width // (2 * size), height // (2 * size))
+    return next((s for s in (8, 4, 2) if s <= room), 1)
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -98,3 +98,68 @@ def test_a_phone_mpo_picture_is_scored_by_its_first_picture(tmp_path):
     [mpo, plain] = [e.entry for e in iter_scan([tmp_path])]
     got, want = decode_file(mpo, [32]), decode_file(plain, [32])
     assert np.abs(got.arrays[32].astype(int) - want.arrays[32].astype(int)).max() <= 2  # the red first picture, not the blue second
+
+
+def test_pixel_budget_lets_pictures_decode_together_only_while_they_fit():
+    import threading
+    import time
+
+    from vocfleet.model.decode import PixelBudget
+
+    budget, order = PixelBudget(100), []
+
+    def decode(name, pixels, seconds):
+        with budget.hold(pixels):
+            order.append(f"{name}+")
+            time.sleep(seconds)
+            order.append(f"{name}-")
+
+    threads = [threading.Thread(target=decode, args=a) for a in (("a", 60, 0.3), ("b", 30, 0.1), ("c", 500, 0.1))]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert order[:2] == ["a+", "b+"] and order.index("c+") > order.index("a-")  # c (over the whole budget) decodes alone
+    assert budget.peak == 100 and budget.used == 0
+
+
+@pytest.mark.slow
+def test_decode_memory_follows_the_pixel_budget(tmp_path):
+    """Four 8,000 x 8,000 PNGs (190 KB each) in four threads: one at a time in memory, not four."""
+    import subprocess
+    import sys
+
+    stripes = np.zeros((8000, 8000, 3), np.uint8)
+    stripes[::97] = 255
+    Image.fromarray(stripes).save(tmp_path / "big0.png")
+    for i in range(1, 4):
+        shutil.copy(tmp_path / "big0.png", tmp_path / f"big{i}.png")
+    probe = f"""
+import re, sys
+from concurrent.futures import ThreadPoolExecutor
+from vocfleet.model import decode
+from vocfleet.model.scan import iter_scan
+def kib(field):
+    return int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+if sys.argv[1] == "unbounded":
+    decode.PIXELS_IN_FLIGHT = decode.PixelBudget(10**12)
+entries = [e.entry for e in iter_scan([{str(tmp_path)!r}])]
+open("/proc/self/clear_refs", "w").write("5")  # the peak so far (imports) no longer counts
+base = kib("VmRSS")
+with ThreadPoolExecutor(4) as ex:
+    assert all(d.width == 8000 for d in ex.map(lambda e: decode.decode_file(e, [64]), entries))
+print((kib("VmHWM") - base) // 1024)
+"""
+    grew = {
+        mode: int(subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, check=True).stdout) for mode in ("bounded", "unbounded")
+    }
+    assert grew["bounded"] < 400 < 2 * grew["bounded"] < grew["unbounded"], grew  # MiB: one picture's ~245 against four's
+
+
+def test_training_reads_mpo_too(tmp_path):
+    from vocfleet.model.data import load_rgb
+
+    picture_ = Image.fromarray(np.full((40, 48, 3), (200, 30, 30), np.uint8))
+    picture_.save(tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[picture_], quality=95)
+    assert load_rgb(tmp_path / "phone.jpg", 32).size == (32, 32)
