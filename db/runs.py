@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from .jobs import is_stale, owned
 from .models import Detector, JobStatus, ScoreRun, ScoreShard, utcnow
+from .states import as_utc
 
 UNFINISHED = (JobStatus.queued, JobStatus.running)
 
@@ -123,6 +124,16 @@ def cancel_shards(s: Session, run_ids: list[int]) -> None:
         )
     )
     s.execute(base.where(ScoreShard.status == JobStatus.running).values(cancel_requested=True))
+
+
+def last_heartbeat(s: Session, run_id: int) -> tuple[datetime | None, str | None]:
+    """The newest heartbeat of a run's running rows (its scanner, its shards), and the worker that sent it."""
+    beats = [
+        (row.heartbeat_at, row.worker_host)
+        for table, where in ((ScoreRun, ScoreRun.id == run_id), (ScoreShard, ScoreShard.run_id == run_id))
+        for row in s.scalars(select(table).where(where, table.status == JobStatus.running, table.heartbeat_at.is_not(None)))
+    ]
+    return max(beats, key=lambda b: as_utc(b[0]), default=(None, None))
 
 
 class Reopen(enum.Enum):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -9,15 +10,40 @@ from typing import Any
 import torch
 
 
+class DiskFull(OSError):
+    """No space left to write a checkpoint; the message names the file and the folder to free."""
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` via a temporary file and ``os.replace``: a killed writer never leaves half a file."""
+    """Write ``state`` to ``path`` via a temporary file and ``os.replace``: a killed writer never leaves half a file.
+
+    On any failure the temporary file is removed (a 270 MB leftover per failed save otherwise).
+
+    Raises:
+        DiskFull: the disk (or a quota) is full; ``path`` still holds the previous checkpoint.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if _no_space(exc):
+            full = DiskFull(f"disk full while writing {path.name}: free space in {path.parent}, then 'vocfleet retry' the job")
+            full.errno = errno.ENOSPC
+            raise full from None
+        raise
+
+
+def _no_space(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT, raised as OSError or wrapped by torch's writer in a RuntimeError."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, RuntimeError) and ("No space left" in str(exc) or "Disk quota" in str(exc))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

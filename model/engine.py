@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,6 +169,25 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def _resume_state(path: Path, device: torch.device, emit: Progress) -> dict | None:
+    """``last.pt``'s contents, or None: absent, or unreadable (truncated, corrupt), then set aside as ``last.pt.bad``.
+
+    A bad file is said in the log and to ``progress`` (a ``warning`` event), and training starts
+    over rather than failing the job for good on every retry.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return load_checkpoint(path, device)
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways (RuntimeError, EOFError, UnpicklingError, ...)
+        bad = path.with_name(path.name + ".bad")
+        os.replace(path, bad)
+        message = f"{path} is unreadable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]}); set aside as {bad.name}, training from epoch 1"
+        log.warning(message)
+        emit({"event": "warning", "message": message})
+        return None
+
+
 def fit(
     cfg: TrainConfig,
     *,
@@ -226,8 +246,8 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path, final_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "detector.pt"
     start_epoch, history, best = 1, [], {"ap": -1.0, "epoch": 0}
-    if last_path.is_file():
-        state = load_checkpoint(last_path, device)
+    state = _resume_state(last_path, device, emit)
+    if state is not None:
         if state.get("job_key") != job_key:
             log.warning("ignoring %s: written by another job (key %s, this job %s)", last_path, state.get("job_key"), job_key)
         elif state["config"] == cfg.to_dict():

@@ -30,6 +30,9 @@ class TrainProgress:
             bar = self._bar(f"{self.label} epoch {event['epoch']}", event["batches"], "batch")
             bar.n = event["batch"]
             bar.refresh() if self.tty else None
+        elif kind == "warning":
+            self._close()
+            print(f"{self.label}: warning: {event['message']}", file=self.stream, flush=True)
         elif kind == "epoch":
             self._close()
             print(

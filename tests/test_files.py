@@ -163,3 +163,18 @@ def test_training_reads_mpo_too(tmp_path):
     picture_ = Image.fromarray(np.full((40, 48, 3), (200, 30, 30), np.uint8))
     picture_.save(tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[picture_], quality=95)
     assert load_rgb(tmp_path / "phone.jpg", 32).size == (32, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_scoring_proc_ends_with_a_reason_for_every_file(detectors, invoke):
+    """/proc: files that block, lie about their size, vanish mid-scan or cannot be read; none stops the run."""
+    res = invoke("score", "/proc")
+    assert res.exit_code == 0, res.output
+    assert "run 1 succeeded: 0 image(s) scored" in res.output and "Traceback" not in res.output and "None" not in res.output
+    from vocfleet.db.models import ScoreRun
+    from vocfleet.db.session import session_scope
+
+    with session_scope() as s:
+        run = s.get(ScoreRun, 1)
+        assert run.total_files > 1000 and run.error_files == run.total_files

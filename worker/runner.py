@@ -25,6 +25,7 @@ from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 from vocfleet.model.artifacts import RESUME_FILES, ArtifactStore
+from vocfleet.model.checkpoint import DiskFull
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import FitResult, Stopped, fit
 from vocfleet.model.splits import Progress
@@ -113,7 +114,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
                 return Outcome.cancelled
             log.warning("job %d: claim lost (reaped or re-delivered); leaving it to its new owner", job_id)
             return Outcome.skipped
-        except (ConfigError, FloatingPointError) as exc:  # bad input: fail once, never retry
+        except (ConfigError, FloatingPointError, DiskFull) as exc:  # bad input, or a full disk: fail once with the reason; 'retry' resumes
             with session_scope() as s:
                 end_job(s, job_id, token, JobStatus.failed, str(exc))
             return Outcome.failed

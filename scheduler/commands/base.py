@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -91,6 +92,48 @@ def format_option(f):
 def stale_window(seconds: float | None) -> timedelta:
     """How long without a heartbeat before running work is taken back (default: VOCFLEET_STALE_SECONDS)."""
     return timedelta(seconds=seconds if seconds is not None else get_settings().stale_seconds)
+
+
+def takeback_note(beat: datetime | None, host: str | None, window: timedelta, taker: str) -> str:
+    """How long ago a running row's worker last heartbeated, and when ``taker`` takes it back if that worker is gone."""
+    now = datetime.now(UTC)
+    beat = beat.replace(tzinfo=UTC) if beat is not None and beat.tzinfo is None else beat
+    silent = (now - beat).total_seconds() if beat is not None else None
+    left = max((beat + window - now).total_seconds(), 0) if beat is not None else 0
+    said = f"last heartbeat {silent:.0f} s ago" if silent is not None else "no heartbeat yet"
+    when = f"in {left:.0f} s" if left > 0 else "now"
+    where = f" from {host}" if host else ""
+    return f"{said}{where}; if that process was killed, {taker} takes it back {when} (after {window.total_seconds():g} s without a heartbeat)"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, delivered as Ctrl-C is: the running job is handed back to resume."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """While work runs in this process, SIGTERM (a service manager, ``kill``) and SIGHUP (a closed terminal) act as Ctrl-C."""
+
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def exit_interrupted(exc: KeyboardInterrupt, what: str) -> None:
+    """One line saying what was interrupted and how it resumes; exit 130 (Ctrl-C) or 128 + the signal."""
+    by = f" by {exc}" if isinstance(exc, Interrupted) else ""
+    click.echo(f"\ninterrupted{by}: {what}", err=True)
+    sys.exit(128 + exc.signum if isinstance(exc, Interrupted) else 130)
 
 
 def stale_option(f):

@@ -7,14 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import click
 
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 
-from .base import ID, Finite, database, stale_option, stale_window
+from .base import ID, Finite, database, stale_option, stale_window, takeback_note
 
 resend_option = click.option("--resend-after", type=Finite(0), default=60.0, help="Re-send rows queued this long when the broker's queue is empty.")
 
@@ -80,6 +80,7 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
 
     from vocfleet.db.jobs import cancel_work
     from vocfleet.db.models import JobStatus, ScoreRun, TrainJob
+    from vocfleet.db.states import as_utc
 
     if not (job_ids or cancel_all or run_ids):
         raise ConfigError("name job ids, --run RUN, or --all")
@@ -97,14 +98,21 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
         ]
     if running and not yes and not cancel_all:
         click.confirm(f"Stop {', '.join(running)} (running)?", abort=True)
+    settings = get_settings()
     with database() as s:
-        results = [(kind, *cancel_work(s, table, ids)) for kind, table, ids in targets]
-    for kind, now, asked in results:
+        results = [(kind, table, *cancel_work(s, table, ids)) for kind, table, ids in targets]
+        beats = {(kind, i): (row.heartbeat_at, row.worker_host) for kind, table, _, asked in results for i in asked if (row := s.get(table, i))}
+    for kind, _, now, asked in results:
         for i in now:
             click.echo(f"{kind} {i}: cancelled")
         for i in asked:
-            click.echo(f"{kind} {i}: running; its worker stops it within a few batches")
-    if not any(now or asked for _, now, asked in results) and not missing:
+            beat, host = beats[(kind, i)]
+            if beat is not None and datetime.now(UTC) - as_utc(beat) < timedelta(seconds=3 * settings.heartbeat_seconds):
+                click.echo(f"{kind} {i}: running; its worker stops it within a few batches")
+            else:  # a silent worker may be gone (kill -9): then the job ends cancelled when it is taken back
+                taker = "'vocfleet run'" if kind == "job" and not settings.broker_url else "the scheduler ('vocfleet reap')"
+                click.echo(f"{kind} {i}: cancel requested; {takeback_note(beat, host, stale_window(None), taker)}, as cancelled")
+    if not any(now or asked for _, _, now, asked in results) and not missing:
         click.echo("nothing to cancel: already finished")
     if missing:
         click.echo(f"vocfleet: error: no {', '.join(missing)}: see 'vocfleet status' and 'vocfleet runs'", err=True)

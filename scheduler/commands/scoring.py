@@ -13,7 +13,7 @@ from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 
 from ..output import render, stream
-from .base import ID, Finite, database, format_option, stale_window
+from .base import ID, Finite, database, exit_interrupted, format_option, interruptible, stale_option, stale_window, takeback_note
 
 SORTS = ("image", "probability", "margin")  # vocfleet.db.results.SORTS, without importing SQLAlchemy for --help
 
@@ -71,6 +71,11 @@ def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_at
     _run_scoring(run_id, names)
 
 
+def _seen(total: int | None) -> str:
+    """A run's file count; None until its scan finishes."""
+    return str(total) if total is not None else "? (the scan did not finish)"
+
+
 def _wait_for_run(run_id: int, interval: float = 1.0) -> None:
     """Progress of a run the fleet is scoring (files done of total), until it finishes."""
     from vocfleet.db.models import JobStatus, ScoreRun
@@ -86,7 +91,7 @@ def _wait_for_run(run_id: int, interval: float = 1.0) -> None:
             if status.finished:
                 break
             time.sleep(interval)
-    click.echo(f"run {run_id} {status.value}: {done} of {total} files")
+    click.echo(f"run {run_id} {status.value}: {done} of {_seen(total)} files")
     if status != JobStatus.succeeded:
         click.echo(f"vocfleet: error: run {run_id} {status.value}: {error or 'no reason recorded'}", err=True)
         sys.exit(1)
@@ -103,15 +108,16 @@ def _run_scoring(run_id: int, names: list[str]) -> None:
 
     click.echo(f"scoring run {run_id} with {len(names)} detector(s): {', '.join(names)}", err=True)
     try:
-        with CountProgress(f"run {run_id}", "file") as progress:
+        with interruptible(), CountProgress(f"run {run_id}", "file") as progress:
             outcome = run_score_run(run_id, progress=progress)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: resume with 'vocfleet resume-run {run_id}'", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        exit_interrupted(exc, f"resume with 'vocfleet resume-run {run_id}'")
     with database() as s:
         run = s.get(ScoreRun, run_id)
         errors = error_rows(s, run_id, limit=50)
-        click.echo(f"run {run_id} {run.status.value}: {run.scored_images} image(s) scored, {run.error_files} file(s) not scored, of {run.total_files} seen")
+        click.echo(
+            f"run {run_id} {run.status.value}: {run.scored_images} image(s) scored, {run.error_files} file(s) not scored, of {_seen(run.total_files)} seen"
+        )
         if run.error:
             click.echo(f"reason: {run.error}", err=True)
     if errors:
@@ -125,18 +131,21 @@ def _run_scoring(run_id: int, names: list[str]) -> None:
 
 @click.command("resume-run")
 @click.argument("run_id", type=ID)
-def resume_run(run_id: int) -> None:
+@stale_option
+def resume_run(run_id: int, stale_after: float | None) -> None:
     """Continue an interrupted scoring run where it stopped (already recorded files are not redone)."""
     from vocfleet.db.models import ScoreRun
-    from vocfleet.db.runs import Reopen, reopen_run
+    from vocfleet.db.runs import Reopen, last_heartbeat, reopen_run
     from vocfleet.worker.dispatch import enqueue
 
     with database() as s:
-        state, run = reopen_run(s, run_id, stale_window(None))
+        state, run = reopen_run(s, run_id, stale_window(stale_after))
         if state == Reopen.missing:
             raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
         if state == Reopen.running:
-            raise ConfigError(f"run {run_id} is running on {run.worker_host} (heartbeat {run.heartbeat_at}); wait or cancel it")
+            beat, host = last_heartbeat(s, run_id)
+            note = takeback_note(beat, host, stale_window(stale_after), f"'vocfleet resume-run {run_id}'")
+            raise ConfigError(f"run {run_id} is running ({note}); or cancel it: vocfleet cancel --run {run_id}")
         names = list(run.classes)
     if state == Reopen.finished:
         click.echo(f"run {run_id} already finished")

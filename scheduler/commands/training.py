@@ -13,7 +13,7 @@ from vocfleet.model import ConfigError
 from vocfleet.model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
 
 from ..output import render
-from .base import ID, Finite, database, format_option, stale_option, stale_window
+from .base import ID, Finite, database, exit_interrupted, format_option, interruptible, stale_option, stale_window, takeback_note
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
@@ -172,8 +172,10 @@ def run(stale_after: float | None) -> None:
 
     Jobs left 'running' by an interrupted earlier run resume from their last checkpoint.
     """
+    from sqlalchemy import select
+
     from vocfleet.db.jobs import next_queued, reap_stale
-    from vocfleet.db.models import TrainJob
+    from vocfleet.db.models import JobStatus, TrainJob
     from vocfleet.db.queries import detector_rows
     from vocfleet.worker.runner import Outcome, run_train_job
 
@@ -196,16 +198,22 @@ def run(stale_after: float | None) -> None:
             break
         click.echo(f"job {job_id}: training {voc_class}", err=True)
         try:
-            outcome = run_train_job(job_id, progress=TrainProgress(f"job {job_id} {voc_class}"))
-        except KeyboardInterrupt:
-            click.echo(f"\ninterrupted: job {job_id} will resume from its last checkpoint on the next 'vocfleet run'", err=True)
-            sys.exit(130)
+            with interruptible():
+                outcome = run_train_job(job_id, progress=TrainProgress(f"job {job_id} {voc_class}"))
+        except KeyboardInterrupt as exc:
+            exit_interrupted(exc, f"job {job_id} will resume from its last checkpoint on the next 'vocfleet run'")
         outcomes.append(outcome)
         if outcome == Outcome.failed:
             with database() as s:
                 click.echo(f"job {job_id} ({voc_class}) failed: {s.get(TrainJob, job_id).error.splitlines()[0]}", err=True)
     if not outcomes:
-        click.echo("nothing queued: vocfleet submit --classes car --voc-root PATH", err=True)
+        with database() as s:
+            running = [(j.id, j.voc_class, j.heartbeat_at, j.worker_host) for j in s.scalars(select(TrainJob).where(TrainJob.status == JobStatus.running))]
+        for job_id, voc_class, beat, host in running:  # after a kill -9, say when the job comes back rather than "nothing queued"
+            note = takeback_note(beat, host, stale_window(stale_after), "'vocfleet run'")
+            click.echo(f"job {job_id} ({voc_class}) is running: {note}", err=True)
+        if not running:
+            click.echo("nothing queued: vocfleet submit --classes car --voc-root PATH", err=True)
     with database() as s:
         rows = detector_rows(s)
     if rows:
