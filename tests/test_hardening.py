@@ -8,6 +8,41 @@ from vocfleet.db.session import ensure_schema, session_scope
 
 SMALL = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 2]
 
+# Each bad value, and words its one line must hold. bench/reliability.py runs the same lists for the README's table.
+SUBMIT_CASES = [
+    (["--init", "/etc/passwd"], ["--init '/etc/passwd'", "not a PyTorch state dict"]),
+    (["--device", "banana"], ["--device 'banana'"]),
+    (["--device", "cuda:99"], ["--device cuda:99", "CUDA device"]),
+    (["--seed", -1], ["--seed -1"]),
+    (["--seed", 2**64], ["--seed"]),
+    (["--batch-size", 100000], ["--batch-size 100000"]),
+    (["--lr", "inf"], ["--lr inf"]),
+    (["--weight-decay", "nan"], ["--weight-decay nan"]),
+    (["--epochs", 10**9], ["--epochs 1000000000"]),
+    (["--max-attempts", -1], ["--max-attempts"]),
+    (["--bogus-option"], ["No such option"]),
+]
+COMMAND_CASES = [
+    (["results", 2**40], ["1099511627776"]),
+    (["resume-run", 2**40], ["1099511627776"]),
+    (["report", 2**40, "--out", "x.html"], ["1099511627776"]),
+    (["cancel", 2**40], ["1099511627776"]),
+    (["retry", 0], ["0 is not in the range"]),
+    (["results", 1, "--min-prob", "nan"], ["--min-prob", "'nan'"]),
+    (["results", 1, "--min-prob", "-1"], ["--min-prob"]),
+    (["status", "--watch", "--interval", "inf"], ["--interval"]),
+    (["reap", "--stale-after", "-5"], ["--stale-after"]),
+    (["scheduler", "--interval", "0"], ["--interval", "'0'"]),
+    (["data", "download", "--year", "1999"], ["--year 1999"]),
+]
+ENV_CASES = [
+    ({"VOCFLEET_HEARTBEAT_SECONDS": "abc"}, 2, ["VOCFLEET_HEARTBEAT_SECONDS='abc'"]),
+    ({"VOCFLEET_STALE_SECONDS": "nan"}, 2, ["VOCFLEET_STALE_SECONDS='nan'"]),
+    ({"VOCFLEET_DECODE_THREADS": "0"}, 2, ["VOCFLEET_DECODE_THREADS='0'"]),
+    ({"VOCFLEET_DATABASE_URL": "bogus://x"}, 2, ["VOCFLEET_DATABASE_URL='bogus://x'", "not a database URL"]),
+    ({"VOCFLEET_DATA_DIR": "/proc/vocfleet"}, 1, ["cannot write /proc/vocfleet"]),
+]
+
 
 def one_line(res, code: int, *words: str) -> None:
     lines = res.output.strip().splitlines()
@@ -16,22 +51,7 @@ def one_line(res, code: int, *words: str) -> None:
     assert all(w in lines[0] for w in words), res.output
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["--init", "/etc/passwd"], ["--init '/etc/passwd'", "not a PyTorch state dict"]),
-        (["--device", "banana"], ["--device 'banana'"]),
-        (["--device", "cuda:99"], ["--device cuda:99", "CUDA device"]),
-        (["--seed", -1], ["--seed -1"]),
-        (["--seed", 2**64], ["--seed"]),
-        (["--batch-size", 100000], ["--batch-size 100000"]),
-        (["--lr", "inf"], ["--lr inf"]),
-        (["--weight-decay", "nan"], ["--weight-decay nan"]),
-        (["--epochs", 10**9], ["--epochs 1000000000"]),
-        (["--max-attempts", -1], ["--max-attempts"]),
-        (["--bogus-option"], ["No such option"]),
-    ],
-)
+@pytest.mark.parametrize("args, words", SUBMIT_CASES)
 def test_submit_refuses_bad_values(fake_voc, invoke, args, words):
     one_line(invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL, *args), 2, *words)
     ensure_schema()
@@ -39,36 +59,12 @@ def test_submit_refuses_bad_values(fake_voc, invoke, args, words):
         assert s.scalar(select(func.count()).select_from(TrainJob)) == 0
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["results", 2**40], ["1099511627776"]),
-        (["resume-run", 2**40], ["1099511627776"]),
-        (["report", 2**40, "--out", "x.html"], ["1099511627776"]),
-        (["cancel", 2**40], ["1099511627776"]),
-        (["retry", 0], ["0 is not in the range"]),
-        (["results", 1, "--min-prob", "nan"], ["--min-prob", "'nan'"]),
-        (["results", 1, "--min-prob", "-1"], ["--min-prob"]),
-        (["status", "--watch", "--interval", "inf"], ["--interval"]),
-        (["reap", "--stale-after", "-5"], ["--stale-after"]),
-        (["scheduler", "--interval", "0"], ["--interval", "'0'"]),
-        (["data", "download", "--year", "1999"], ["--year 1999"]),
-    ],
-)
+@pytest.mark.parametrize("args, words", COMMAND_CASES)
 def test_commands_refuse_bad_values(invoke, args, words):
     one_line(invoke(*args), 2, *words)
 
 
-@pytest.mark.parametrize(
-    "env, code, words",
-    [
-        ({"VOCFLEET_HEARTBEAT_SECONDS": "abc"}, 2, ["VOCFLEET_HEARTBEAT_SECONDS='abc'"]),
-        ({"VOCFLEET_STALE_SECONDS": "nan"}, 2, ["VOCFLEET_STALE_SECONDS='nan'"]),
-        ({"VOCFLEET_DECODE_THREADS": "0"}, 2, ["VOCFLEET_DECODE_THREADS='0'"]),
-        ({"VOCFLEET_DATABASE_URL": "bogus://x"}, 2, ["VOCFLEET_DATABASE_URL='bogus://x'", "not a database URL"]),
-        ({"VOCFLEET_DATA_DIR": "/proc/vocfleet"}, 1, ["cannot write /proc/vocfleet"]),
-    ],
-)
+@pytest.mark.parametrize("env, code, words", ENV_CASES)
 def test_bad_environment_is_one_line(invoke, monkeypatch, env, code, words):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
