@@ -86,3 +86,17 @@ def test_status_gives_epochs_as_numbers_to_scripts(fake_voc, invoke):
     row = json.loads(invoke("status", "--format", "json").output)[0]
     assert (row["epochs_done"], row["epochs"]) == (0, 1) and "epoch" not in row
     assert "0/1" in invoke("status").output
+
+
+def test_the_broker_refuses_pickled_messages():
+    """A pickle from the broker would run code on the worker: only JSON is accepted (as the worker decodes it)."""
+    from kombu.exceptions import ContentDisallowed
+    from kombu.serialization import dumps, loads
+
+    from vocfleet.worker.celery_app import app
+
+    content_type, encoding, body = dumps({"job": 1}, serializer="pickle")
+    with pytest.raises(ContentDisallowed):
+        loads(body, content_type, encoding, accept=app.conf.accept_content)
+    content_type, encoding, body = dumps({"job": 1}, serializer="json")
+    assert loads(body, content_type, encoding, accept=app.conf.accept_content) == {"job": 1}
