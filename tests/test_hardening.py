@@ -91,12 +91,13 @@ def test_status_gives_epochs_as_numbers_to_scripts(fake_voc, invoke):
 def test_the_broker_refuses_pickled_messages():
     """A pickle from the broker would run code on the worker: only JSON is accepted (as the worker decodes it)."""
     from kombu.exceptions import ContentDisallowed
-    from kombu.serialization import dumps, loads
+    from kombu.serialization import dumps, loads, prepare_accept_content
 
     from vocfleet.worker.celery_app import app
 
+    accept = prepare_accept_content(app.conf.accept_content)  # names to content types, as the worker does
     content_type, encoding, body = dumps({"job": 1}, serializer="pickle")
     with pytest.raises(ContentDisallowed):
-        loads(body, content_type, encoding, accept=app.conf.accept_content)
+        loads(body, content_type, encoding, accept=accept)
     content_type, encoding, body = dumps({"job": 1}, serializer="json")
-    assert loads(body, content_type, encoding, accept=app.conf.accept_content) == {"job": 1}
+    assert loads(body, content_type, encoding, accept=accept) == {"job": 1}
