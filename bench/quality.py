@@ -24,6 +24,8 @@ RECIPES = {
     "origin (SGD, constant LR, no balancing)": dict(optimizer="sgd", lr=0.01, weight_decay=1e-4, schedule="constant", balance="none", zero_init_residual=False),
     "vocfleet default (AdamW, one-cycle, pos_weight, zero-init residuals)": dict(),
     "vocfleet without zero-init residuals": dict(zero_init_residual=False),
+    "vocfleet + EMA 0.95": dict(ema=0.95),
+    "vocfleet + EMA 0.95, peak LR 1e-3": dict(ema=0.95, lr=1e-3),
 }
 
 

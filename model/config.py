@@ -57,6 +57,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     init: str = "scratch"
     zero_init_residual: bool = True
+    ema: float = 0.0
     augment: bool = True
     balance: str = "pos_weight"
     aux_classes: bool = False
@@ -93,6 +94,8 @@ class TrainConfig:
         for name in ("eval_fraction", "val_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be between 0 and 1")
+        if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
+            raise ConfigError(f"--ema {self.ema}: the decay must be at least 0 (off) and below 1")
         if self.max_batches is not None and self.max_batches < 1:
             raise ConfigError(f"--max-batches {self.max_batches}: must be at least 1")
 

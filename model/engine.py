@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import VOC_CLASSES, ConfigError
 from .artifacts import sha256_file
@@ -83,8 +84,9 @@ def train_one_epoch(
     generator: torch.Generator,
     max_batches: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    ema: AveragedModel | None = None,
 ) -> dict[str, float]:
-    """One pass over ``positions``.
+    """One pass over ``positions``; ``ema``, if given, is updated after every step.
 
     Returns:
         ``loss`` (mean over samples), ``images``, ``seconds``, ``images_per_s``.
@@ -107,6 +109,8 @@ def train_one_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total += loss.detach() * len(labels)  # no .item(): no host-device sync inside the step
         if on_batch:
             on_batch(b + 1, n_batches)
@@ -227,7 +231,10 @@ def fit(
     torch.manual_seed(cfg.seed)
     head = VOC_CLASSES.index(cfg.voc_class) if cfg.aux_classes else 0
     model = build_model(cfg.init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1, zero_init_residual=cfg.zero_init_residual).to(device)
-    detector = SelectLogit(model, head) if cfg.aux_classes else model
+    # With --ema, validation, the best epoch and the saved detector use the weights' moving average.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    net = ema.module if ema is not None else model
+    detector = SelectLogit(net, head) if cfg.aux_classes else net
     steps = len(train) // cfg.batch_size
     if steps == 0:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images of {cfg.voc_class!r}")
@@ -252,6 +259,8 @@ def fit(
             log.warning("ignoring %s: written by another job (key %s, this job %s)", last_path, state.get("job_key"), job_key)
         elif state["config"] == cfg.to_dict():
             model.load_state_dict(state["model"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler"):
                 scheduler.load_state_dict(state["scheduler"])
@@ -282,6 +291,7 @@ def fit(
             generator=gen,
             max_batches=cfg.max_batches,
             on_batch=on_batch,
+            ema=ema,
         )
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"training loss became {stats['loss']} in epoch {epoch}: lower --lr")
@@ -298,11 +308,12 @@ def fit(
         history.append(record)
         if ev["ap"] > best["ap"]:
             best = {"ap": ev["ap"], "epoch": epoch}
-            save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, "config": cfg.to_dict()})
+            save_checkpoint(best_path, {"model": net.state_dict(), "epoch": epoch, "config": cfg.to_dict()})
         save_checkpoint(
             last_path,
             {
                 "model": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "epoch": epoch,
@@ -314,14 +325,14 @@ def fit(
         emit({"event": "epoch", **record, "epochs": cfg.epochs})
 
     # The detector is the best epoch on validation; its threshold comes from validation too.
-    model.load_state_dict(load_checkpoint(best_path, device)["model"])
+    net.load_state_dict(load_checkpoint(best_path, device)["model"])
     val_ev = evaluate(detector, val, device)
     threshold = choose_threshold(val_ev["probs"], val.labels)
     eval_ev = evaluate(detector, evaluation, device)
     metrics = binary_report(eval_ev["probs"], evaluation.labels, threshold)
     metrics["split"] = cfg.eval_split
     val_metrics = binary_report(val_ev["probs"], val.labels, threshold)
-    final_state = single_logit_state(model.state_dict(), head) if cfg.aux_classes else model.state_dict()
+    final_state = single_logit_state(net.state_dict(), head) if cfg.aux_classes else net.state_dict()
     save_checkpoint(
         final_path,
         {

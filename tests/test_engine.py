@@ -57,8 +57,9 @@ def test_seeded_runs_are_reproducible(fake_voc, tmp_path):
     assert a.metrics == b.metrics
 
 
-def test_interrupted_fit_resumes_and_matches_uninterrupted(fake_voc, tmp_path):
-    cfg = _cfg(fake_voc, epochs=3)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_interrupted_fit_resumes_and_matches_uninterrupted(fake_voc, tmp_path, ema):
+    cfg = _cfg(fake_voc, epochs=3, ema=ema)
     full = fit(cfg, out_dir=tmp_path / "full", cache_dir=tmp_path / "cache")
 
     seen = []
@@ -126,3 +127,17 @@ def test_one_cycle_schedule_works_for_any_number_of_steps(steps):
     for _ in range(steps):
         opt.step()
         sched.step()
+
+
+def test_ema_detector_holds_the_averaged_weights(fake_voc, tmp_path):
+    """With --ema the saved detector is the moving average, not the last weights, and it reproduces its AP."""
+    result = fit(_cfg(fake_voc, epochs=1, ema=0.9), out_dir=tmp_path / "job", cache_dir=tmp_path / "cache")  # one epoch: the best is the last
+    detector = load_checkpoint(tmp_path / "job" / "detector.pt")["model"]
+    last = load_checkpoint(tmp_path / "job" / "last.pt")
+    assert set(detector) == set(last["model"]) and "n_averaged" in last["ema"]
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert torch.equal(detector["fc.weight"], averaged["fc.weight"]) and not torch.equal(detector["fc.weight"], last["model"]["fc.weight"])
+    _, _, ev, _ = prepare_splits(_cfg(fake_voc, epochs=1, ema=0.9), tmp_path / "cache")
+    model = build_model("scratch")
+    model.load_state_dict(detector)
+    assert evaluate(model, ev, torch.device("cpu"))["ap"] == pytest.approx(result.metrics["ap"], abs=1e-6)

@@ -33,6 +33,7 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 @click.option(
     "--zero-init-residual/--no-zero-init-residual", default=_DEFAULTS.zero_init_residual, help="Residual blocks start as the identity (from scratch)."
 )
+@click.option("--ema", type=float, default=_DEFAULTS.ema, help="Decay of a moving average of the weights, used for validation and the detector (0: off).")
 @click.option("--augment/--no-augment", default=_DEFAULTS.augment, help="Random scale, flip and rotation.")
 @click.option("--balance", type=click.Choice(BALANCE), default=_DEFAULTS.balance, help="Class-imbalance handling.")
 @click.option(
