@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
@@ -83,6 +84,29 @@ def database() -> Iterator[Session]:
     ensure_schema()
     with session_scope() as s:
         yield s
+
+
+def action_format_option(f):
+    """``--format text|json`` for commands that create or change things."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(("text", "json")),
+        default="text",
+        show_default=True,
+        help="json: one JSON object on stdout (the ids and their states) for scripts; messages go to stderr.",
+    )(f)
+
+
+def say(fmt: str, message: str) -> None:
+    """A message for people: on stdout, or on stderr when stdout carries JSON."""
+    click.echo(message, err=fmt == "json")
+
+
+def emit(fmt: str, result: dict[str, Any]) -> None:
+    """The command's result as one JSON object on stdout (``--format json``)."""
+    if fmt == "json":
+        click.echo(json.dumps(result, default=str))
 
 
 def format_option(f):

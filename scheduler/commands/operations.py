@@ -14,7 +14,7 @@ import click
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 
-from .base import ID, Finite, database, stale_option, stale_window, takeback_note
+from .base import ID, Finite, action_format_option, database, emit, say, stale_option, stale_window, takeback_note
 
 resend_option = click.option("--resend-after", type=Finite(0), default=60.0, help="Re-send rows queued this long when the broker's queue is empty.")
 
@@ -70,7 +70,8 @@ def scheduler_daemon(interval: float, stale_after: float | None, resend_after: f
 @click.option("--all", "cancel_all", is_flag=True, help="Every queued or running training job.")
 @click.option("--run", "run_ids", multiple=True, type=ID, help="A scoring run to cancel (repeatable).")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before --all or before stopping running work.")
-def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...], yes: bool) -> None:
+@action_format_option
+def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...], yes: bool, fmt: str) -> None:
     """Cancel training jobs (or scoring runs): queued ones at once, running ones within a few batches.
 
     Asks first when the command would stop running work (--yes does not ask). Ids that do not
@@ -102,18 +103,22 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
     with database() as s:
         results = [(kind, table, *cancel_work(s, table, ids)) for kind, table, ids in targets]
         beats = {(kind, i): (row.heartbeat_at, row.worker_host) for kind, table, _, asked in results for i in asked if (row := s.get(table, i))}
+    changed = []
     for kind, _, now, asked in results:
         for i in now:
-            click.echo(f"{kind} {i}: cancelled")
+            say(fmt, f"{kind} {i}: cancelled")
+            changed.append({kind: i, "status": "cancelled"})
         for i in asked:
+            changed.append({kind: i, "status": "cancel requested"})
             beat, host = beats[(kind, i)]
             if beat is not None and datetime.now(UTC) - as_utc(beat) < timedelta(seconds=3 * settings.heartbeat_seconds):
-                click.echo(f"{kind} {i}: running; its worker stops it within a few batches")
+                say(fmt, f"{kind} {i}: running; its worker stops it within a few batches")
             else:  # a silent worker may be gone (kill -9): then the job ends cancelled when it is taken back
                 taker = "'vocfleet run'" if kind == "job" and not settings.broker_url else "the scheduler ('vocfleet reap')"
-                click.echo(f"{kind} {i}: cancel requested; {takeback_note(beat, host, stale_window(None), taker)}, as cancelled")
-    if not any(now or asked for _, _, now, asked in results) and not missing:
-        click.echo("nothing to cancel: already finished")
+                say(fmt, f"{kind} {i}: cancel requested; {takeback_note(beat, host, stale_window(None), taker)}, as cancelled")
+    if not changed and not missing:
+        say(fmt, "nothing to cancel: already finished")
+    emit(fmt, {"changed": changed, "missing": missing})
     if missing:
         click.echo(f"vocfleet: error: no {', '.join(missing)}: see 'vocfleet status' and 'vocfleet runs'", err=True)
         sys.exit(1)
@@ -121,7 +126,8 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
 
 @click.command()
 @click.argument("job_ids", nargs=-1, type=ID, required=True)
-def retry(job_ids: tuple[int, ...]) -> None:
+@action_format_option
+def retry(job_ids: tuple[int, ...], fmt: str) -> None:
     """Put failed or cancelled training jobs back in the queue; each resumes from its last checkpoint."""
     from vocfleet.db.jobs import retry_job
     from vocfleet.db.models import TrainJob
@@ -131,13 +137,12 @@ def retry(job_ids: tuple[int, ...]) -> None:
         outcomes = {i: retry_job(s, i) for i in job_ids}
     queued = [i for i, o in outcomes.items() if o == "queued"]
     for i, outcome in outcomes.items():
-        click.echo(
-            f"job {i}: " + {"queued": "queued again; resumes from its last checkpoint", "missing": "no such job"}.get(outcome, f"{outcome}, not retried")
-        )
+        say(fmt, f"job {i}: " + {"queued": "queued again; resumes from its last checkpoint", "missing": "no such job"}.get(outcome, f"{outcome}, not retried"))
     if queued and get_settings().broker_url:
         enqueue(TrainJob, queued)
     elif queued:
-        click.echo("run them with: vocfleet run")
+        say(fmt, "run them with: vocfleet run")
+    emit(fmt, {"jobs": [{"job": i, "status": o} for i, o in outcomes.items()]})
     if any(o == "missing" for o in outcomes.values()):
         sys.exit(1)
 

@@ -13,7 +13,20 @@ from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 
 from ..output import render, stream
-from .base import ID, Finite, database, exit_interrupted, format_option, interruptible, stale_option, stale_window, takeback_note
+from .base import (
+    ID,
+    Finite,
+    action_format_option,
+    database,
+    emit,
+    exit_interrupted,
+    format_option,
+    interruptible,
+    say,
+    stale_option,
+    stale_window,
+    takeback_note,
+)
 
 SORTS = ("image", "probability", "margin")  # vocfleet.db.results.SORTS, without importing SQLAlchemy for --help
 
@@ -42,7 +55,8 @@ def _detectors_for(s, classes: str | None) -> list:
 @click.option("--max-attempts", type=int, default=3, help="Attempts per shard before a shard whose worker keeps dying fails.")
 @click.option("--shard-size", type=int, default=2000, help="Files per shard: the unit of work one score worker takes at a time.")
 @click.option("--wait", is_flag=True, help="In a fleet: show progress until the run has finished.")
-def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_attempts: int, shard_size: int, wait: bool) -> None:
+@action_format_option
+def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_attempts: int, shard_size: int, wait: bool, fmt: str) -> None:
     """Score every picture under FOLDERS with every active detector (or --classes).
 
     The folders are scanned once into shards of --shard-size files. On the embedded default the
@@ -64,11 +78,26 @@ def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_at
         run_id, names = run.id, list(run.classes)
     if get_settings().broker_url:
         enqueue(ScoreRun, [run_id])
-        click.echo(f"scoring run {run_id} queued for {', '.join(names)}; follow it with: vocfleet runs")
+        say(fmt, f"scoring run {run_id} queued for {', '.join(names)}; follow it with: vocfleet runs")
         if wait:
-            _wait_for_run(run_id)
+            _wait_for_run(run_id, fmt)
+        else:
+            emit(fmt, {"run": run_id, "status": "queued", "classes": names})
         return
-    _run_scoring(run_id, names)
+    _run_scoring(run_id, names, fmt)
+
+
+def _run_result(run) -> dict:
+    """What --format json says of a run."""
+    return {
+        "run": run.id,
+        "status": run.status.value,
+        "classes": list(run.classes),
+        "files": run.total_files,
+        "scored": run.scored_images,
+        "errors": run.error_files,
+        "reason": run.error,
+    }
 
 
 def _seen(total: int | None) -> str:
@@ -76,7 +105,7 @@ def _seen(total: int | None) -> str:
     return str(total) if total is not None else "? (the scan did not finish)"
 
 
-def _wait_for_run(run_id: int, interval: float = 1.0) -> None:
+def _wait_for_run(run_id: int, fmt: str = "text", interval: float = 1.0) -> None:
     """Progress of a run the fleet is scoring (files done of total), until it finishes."""
     from vocfleet.db.models import JobStatus, ScoreRun
 
@@ -86,18 +115,19 @@ def _wait_for_run(run_id: int, interval: float = 1.0) -> None:
         while True:
             with database() as s:
                 run = s.get(ScoreRun, run_id)
-                status, done, total, error = run.status, run.scored_images + run.error_files, run.total_files, run.error
+                status, done, total, error, result = run.status, run.scored_images + run.error_files, run.total_files, run.error, _run_result(run)
             progress(done, total)
             if status.finished:
                 break
             time.sleep(interval)
-    click.echo(f"run {run_id} {status.value}: {done} of {_seen(total)} files")
+    say(fmt, f"run {run_id} {status.value}: {done} of {_seen(total)} files")
+    emit(fmt, result)
     if status != JobStatus.succeeded:
         click.echo(f"vocfleet: error: run {run_id} {status.value}: {error or 'no reason recorded'}", err=True)
         sys.exit(1)
 
 
-def _run_scoring(run_id: int, names: list[str]) -> None:
+def _run_scoring(run_id: int, names: list[str], fmt: str = "text") -> None:
     """The embedded default: score the run in this process, with progress, then print what was not scored."""
     from vocfleet.db.models import ScoreRun
     from vocfleet.db.results import error_rows
@@ -115,16 +145,18 @@ def _run_scoring(run_id: int, names: list[str]) -> None:
     with database() as s:
         run = s.get(ScoreRun, run_id)
         errors = error_rows(s, run_id, limit=50)
-        click.echo(
-            f"run {run_id} {run.status.value}: {run.scored_images} image(s) scored, {run.error_files} file(s) not scored, of {_seen(run.total_files)} seen"
+        result = _run_result(run)
+        say(
+            fmt, f"run {run_id} {run.status.value}: {run.scored_images} image(s) scored, {run.error_files} file(s) not scored, of {_seen(run.total_files)} seen"
         )
         if run.error:
             click.echo(f"reason: {run.error}", err=True)
     if errors:
-        click.echo(render(errors, ["file", "reason"]))
+        say(fmt, render(errors, ["file", "reason"]))
         if run.error_files > len(errors):
-            click.echo(f"... and {run.error_files - len(errors)} more: vocfleet results {run_id} --errors")
-    click.echo(f"results: vocfleet results {run_id} [--by-image] [--present] [--format csv|jsonl|json]")
+            say(fmt, f"... and {run.error_files - len(errors)} more: vocfleet results {run_id} --errors")
+    say(fmt, f"results: vocfleet results {run_id} [--by-image] [--present] [--format csv|jsonl|json]")
+    emit(fmt, result)
     if outcome != Outcome.succeeded:
         sys.exit(1)
 

@@ -13,7 +13,20 @@ from vocfleet.model import ConfigError
 from vocfleet.model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
 
 from ..output import render
-from .base import ID, Finite, database, exit_interrupted, format_option, interruptible, stale_option, stale_window, takeback_note
+from .base import (
+    ID,
+    Finite,
+    action_format_option,
+    database,
+    emit,
+    exit_interrupted,
+    format_option,
+    interruptible,
+    say,
+    stale_option,
+    stale_window,
+    takeback_note,
+)
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
@@ -55,7 +68,8 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
     default="if-better",
     help="When the new detector becomes its class's active one: if its AP is at least the active one's (same evaluation split), always, or never.",
 )
-def submit(classes: str, max_attempts: int, promote: str, **options: Any) -> None:
+@action_format_option
+def submit(classes: str, max_attempts: int, promote: str, fmt: str, **options: Any) -> None:
     """Queue one training job per class."""
     from vocfleet.db.jobs import create_jobs
     from vocfleet.db.models import TrainJob
@@ -66,16 +80,19 @@ def submit(classes: str, max_attempts: int, promote: str, **options: Any) -> Non
     configs = build_configs(parse_classes(classes), **options)
     with database() as s:
         ids = [j.id for j in create_jobs(s, [c.to_dict() for c in configs], max_attempts=max_attempts, promote=promote)]
+    sent = None
     if get_settings().broker_url:
         sent = enqueue(TrainJob, ids)
         where = f"sent {sent} to the broker" if sent == len(ids) else f"sent {sent}; 'vocfleet scheduler' sends the rest when the broker is back"
     else:
         where = "run them with: vocfleet run"
     cfg = configs[0]
-    click.echo(
+    say(
+        fmt,
         f"queued {len(ids)} job(s) {ids[0]}..{ids[-1]} for {', '.join(c.voc_class for c in configs)} "
-        f"({cfg.epochs} epochs, {cfg.image_size} px, eval split: {cfg.eval_split}); {where}"
+        f"({cfg.epochs} epochs, {cfg.image_size} px, eval split: {cfg.eval_split}); {where}",
     )
+    emit(fmt, {"jobs": [{"job": i, "class": c.voc_class, "status": "queued"} for i, c in zip(ids, configs, strict=True)], "sent_to_broker": sent})
 
 
 @click.command()
@@ -168,7 +185,8 @@ def detectors_activate(detector_id: int) -> None:
 
 @click.command()
 @stale_option
-def run(stale_after: float | None) -> None:
+@action_format_option
+def run(stale_after: float | None, fmt: str) -> None:
     """Embedded default: run every queued job in this process, then print the detector table.
 
     Jobs left 'running' by an interrupted earlier run resume from their last checkpoint.
@@ -191,6 +209,7 @@ def run(stale_after: float | None) -> None:
     for job_id in failed:
         click.echo(f"job {job_id}: failed after too many attempts", err=True)
     outcomes: list[Outcome] = []
+    ran: list[dict[str, Any]] = []
     while True:
         with database() as s:
             job_id = next_queued(s)
@@ -204,9 +223,11 @@ def run(stale_after: float | None) -> None:
         except KeyboardInterrupt as exc:
             exit_interrupted(exc, f"job {job_id} will resume from its last checkpoint on the next 'vocfleet run'")
         outcomes.append(outcome)
+        ran.append({"job": job_id, "class": voc_class, "outcome": outcome.value, "error": None})
         if outcome == Outcome.failed:
             with database() as s:
-                click.echo(f"job {job_id} ({voc_class}) failed: {s.get(TrainJob, job_id).error.splitlines()[0]}", err=True)
+                ran[-1]["error"] = s.get(TrainJob, job_id).error.splitlines()[0]
+            click.echo(f"job {job_id} ({voc_class}) failed: {ran[-1]['error']}", err=True)
     if not outcomes:
         with database() as s:
             running = [(j.id, j.voc_class, j.heartbeat_at, j.worker_host) for j in s.scalars(select(TrainJob).where(TrainJob.status == JobStatus.running))]
@@ -217,8 +238,9 @@ def run(stale_after: float | None) -> None:
             click.echo("nothing queued: vocfleet submit --classes car --voc-root PATH", err=True)
     with database() as s:
         rows = detector_rows(s)
-    if rows:
+    if rows and fmt == "text":
         click.echo(render(rows, DETECTOR_COLUMNS))
+    emit(fmt, {"jobs": ran, "requeued": requeued, "failed_stale": failed})
     if Outcome.failed in outcomes:
         sys.exit(1)
 

@@ -1,0 +1,28 @@
+"""Commands that create or change something print one JSON object with --format json: ids and states, for scripts."""
+
+import json
+
+SMALL = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 2]
+
+
+def as_json(res):
+    assert res.exit_code in (0, 1), res.output
+    return json.loads(res.stdout)  # the whole of stdout: messages for people went to stderr
+
+
+def test_submit_run_retry_cancel_as_json(fake_voc, invoke):
+    got = as_json(invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, *SMALL, "--format", "json"))
+    assert got == {"jobs": [{"job": 1, "class": "car", "status": "queued"}, {"job": 2, "class": "dog", "status": "queued"}], "sent_to_broker": None}
+    assert as_json(invoke("cancel", 2, "--format", "json")) == {"changed": [{"job": 2, "status": "cancelled"}], "missing": []}
+    got = as_json(invoke("run", "--format", "json"))
+    assert got == {"jobs": [{"job": 1, "class": "car", "outcome": "succeeded", "error": None}], "requeued": [], "failed_stale": []}
+    got = as_json(invoke("retry", 1, 2, 9, "--format", "json"))
+    assert got == {"jobs": [{"job": 1, "status": "succeeded"}, {"job": 2, "status": "queued"}, {"job": 9, "status": "missing"}]}
+    res = invoke("cancel", 2, 7, "--format", "json")
+    assert res.exit_code == 1 and as_json(res) == {"changed": [{"job": 2, "status": "cancelled"}], "missing": ["job 7"]}
+
+
+def test_score_as_json(detectors, wild, invoke):
+    got = as_json(invoke("score", wild, "--format", "json"))
+    assert got["run"] == 1 and got["status"] == "succeeded" and got["classes"] == ["car", "dog"]
+    assert got["scored"] + got["errors"] == got["files"] > 0 and got["errors"] > 0 and got["reason"] is None
