@@ -86,6 +86,15 @@ def database() -> Iterator[Session]:
         yield s
 
 
+def complete_classes(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion for ``--classes``: the class being typed after the last comma."""
+    from vocfleet.model import VOC_CLASSES
+
+    done, _, typing = incomplete.rpartition(",")
+    prefix = f"{done}," if done else ""
+    return [prefix + c for c in (*VOC_CLASSES, *(() if done else ("all",))) if c.startswith(typing.lower())]
+
+
 def action_format_option(f):
     """``--format text|json`` for commands that create or change things."""
     return click.option(

@@ -17,6 +17,7 @@ from .base import (
     ID,
     Finite,
     action_format_option,
+    complete_classes,
     database,
     emit,
     exit_interrupted,
@@ -50,7 +51,7 @@ def _detectors_for(s, classes: str | None) -> list:
 
 @click.command()
 @click.argument("folders", nargs=-1, required=True)
-@click.option("--classes", default=None, help="Comma-separated classes [default: every active detector].")
+@click.option("--classes", default=None, help="Comma-separated classes [default: every active detector].", shell_complete=complete_classes)
 @click.option("--batch-size", type=int, default=64)
 @click.option("--max-attempts", type=int, default=3, help="Attempts per shard before a shard whose worker keeps dying fails.")
 @click.option("--shard-size", type=int, default=2000, help="Files per shard: the unit of work one score worker takes at a time.")
@@ -206,7 +207,7 @@ def runs(fmt: str) -> None:
 @click.command()
 @click.argument("run_ids", nargs=-1, type=ID)
 @click.option("--all-runs", is_flag=True, help="Every run: the newest score of each file and class.")
-@click.option("--class", "voc_class", default=None, help="Only this class.")
+@click.option("--class", "voc_class", default=None, help="Only this class.", shell_complete=complete_classes)
 @click.option("--min-prob", type=Finite(0, 1), default=None, help="Only probabilities at or above this.")
 @click.option("--present/--absent", default=None, help="Only images judged present (or absent) at the detector's threshold.")
 @click.option("--image", default=None, help="One image (path relative to its folder, or sha256): which classes are in it.")
@@ -276,7 +277,7 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--classes", default=None, help="Comma-separated classes [default: every active detector].")
+@click.option("--classes", default=None, help="Comma-separated classes [default: every active detector].", shell_complete=complete_classes)
 @format_option
 def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
     """Quick answer for a few images, without creating a run: classes by probability."""

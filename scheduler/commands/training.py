@@ -17,6 +17,7 @@ from .base import (
     ID,
     Finite,
     action_format_option,
+    complete_classes,
     database,
     emit,
     exit_interrupted,
@@ -34,7 +35,7 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 
 
 @click.command()
-@click.option("--classes", required=True, help="Comma-separated VOC classes, or 'all'.")
+@click.option("--classes", required=True, help="Comma-separated VOC classes, or 'all'.", shell_complete=complete_classes)
 @click.option("--voc-root", required=True, type=click.Path(), envvar="VOCFLEET_VOC_ROOT", help="VOCdevkit/VOC2007 folder [env VOCFLEET_VOC_ROOT].")
 @click.option("--epochs", type=int, default=_DEFAULTS.epochs)
 @click.option("--image-size", type=int, default=_DEFAULTS.image_size, help="Square training size in pixels.")
