@@ -345,7 +345,16 @@ def fit(
     )
     from .plots import save_training_plots  # matplotlib only where plots are made
 
-    plots = save_training_plots(out_dir, history, eval_ev["probs"], evaluation.labels, title=cfg.voc_class, ap=metrics["ap"])
+    plots = save_training_plots(
+        out_dir,
+        history,
+        eval_ev["probs"],
+        evaluation.labels,
+        title=cfg.voc_class,
+        ap=metrics["ap"],
+        best_epoch=best["epoch"],
+        weighted_loss=cfg.balance == "pos_weight",
+    )
     result = FitResult(
         checkpoint=str(final_path),
         sha256=sha256_file(final_path),

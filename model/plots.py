@@ -18,8 +18,18 @@ def _pyplot():
     return plt
 
 
-def save_training_plots(out_dir: Path, history: Sequence[dict[str, Any]], probs: np.ndarray, labels: np.ndarray, *, title: str, ap: float) -> dict[str, str]:
-    """Write ``curves.png`` (loss and validation AP per epoch) and ``pr.png`` (evaluation PR curve).
+def save_training_plots(
+    out_dir: Path,
+    history: Sequence[dict[str, Any]],
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    title: str,
+    ap: float,
+    best_epoch: int,
+    weighted_loss: bool,
+) -> dict[str, str]:
+    """Write ``curves.png`` (losses and validation AP per epoch) and ``pr.png`` (evaluation PR curve), at 150 dpi.
 
     Args:
         out_dir: the job's folder.
@@ -27,30 +37,35 @@ def save_training_plots(out_dir: Path, history: Sequence[dict[str, Any]], probs:
         probs, labels: evaluation-split probabilities and 0/1 labels of the final detector.
         title: e.g. the class name.
         ap: the detector's evaluation AP, printed on the PR plot.
+        best_epoch: the epoch the detector comes from, marked on the curves.
+        weighted_loss: the training loss weights positives (``pos_weight``), the validation loss
+            does not: the two are then not on the same scale, and the legend says so.
     Returns:
         {"curves": path, "pr": path}.
     """
+    from matplotlib.ticker import MaxNLocator
     from sklearn.metrics import precision_recall_curve
 
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss")
-    ax1.set_xlabel("epoch")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss" + (" (positives weighted)" if weighted_loss else ""))
+    ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss" + (" (unweighted)" if weighted_loss else ""))
     ax1.set_title("loss")
-    ax1.legend()
-    ax2.plot(epochs, [h["val_ap"] for h in history], "o-", color="tab:green")
+    ax2.plot(epochs, [h["val_ap"] for h in history], "o-", color="tab:green", label="validation AP")
     ax2.axhline(float(np.mean(labels)), ls="--", color="grey", label="chance (positive rate)")
     ax2.set_ylim(0, 1)
-    ax2.set_xlabel("epoch")
     ax2.set_title("validation AP")
-    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.axvline(best_epoch, color="tab:red", ls=":", label=f"best epoch ({best_epoch}): the detector")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 1.5
+        ax.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     curves = out_dir / "curves.png"
-    fig.savefig(curves, dpi=80)
+    fig.savefig(curves, dpi=150)
     plt.close(fig)
 
     prec, rec, _ = precision_recall_curve(np.asarray(labels) == 1, probs)
@@ -65,6 +80,6 @@ def save_training_plots(out_dir: Path, history: Sequence[dict[str, Any]], probs:
     ax.legend(loc="upper right")
     fig.tight_layout()
     pr = out_dir / "pr.png"
-    fig.savefig(pr, dpi=80)
+    fig.savefig(pr, dpi=150)
     plt.close(fig)
     return {"curves": str(curves), "pr": str(pr)}

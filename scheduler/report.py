@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vocfleet.db.models import Detector, ScoreRun
+from vocfleet.db.queries import detector_rows
 from vocfleet.db.results import ResultQuery, error_rows, image_scores, iter_results, summary_rows
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
@@ -61,18 +62,38 @@ def _png(store: ArtifactStore, uri: str | None) -> str | None:
     return _data_uri(data, "image/png") if data else None
 
 
-def _detector_table(dets: list[Detector]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(d.voc_class)}</td><td class=num>{d.ap:.3f}</td><td class=num>{d.metrics.get('ap11', 0):.3f}</td>"
-        f"<td class=num>{d.metrics.get('auc', float('nan')):.3f}</td><td class=num>{d.metrics.get('accuracy', 0):.3f}</td>"
-        f"<td class=num>{d.metrics.get('baseline_accuracy', 0):.3f}</td><td class=num>{d.threshold:.3f}</td>"
-        f"<td class=num>{d.metrics.get('positives', 0)}/{d.metrics.get('images', 0)}</td><td>{html.escape(str(d.metrics.get('split', '')))}</td></tr>"
-        for d in dets
-    )
-    return (
-        "<table><tr><th>class</th><th>AP</th><th>AP (11-pt)</th><th>ROC AUC</th><th>accuracy</th>"
-        "<th>always absent</th><th>threshold</th><th>positives</th><th>eval split</th></tr>" + rows + "</table>"
-    )
+# (heading, detector_rows key, format): evaluation metrics, then how the detector was trained.
+DETECTOR_TABLE = (
+    ("class", "class", "{}"),
+    ("AP", "ap", "{:.3f}"),
+    ("AP (11-pt)", "ap11", "{:.3f}"),
+    ("ROC AUC", "auc", "{:.3f}"),
+    ("F1", "f1", "{:.3f}"),
+    ("accuracy", "accuracy", "{:.3f}"),
+    ("always absent", "always_absent", "{:.3f}"),
+    ("threshold", "threshold", "{:.3f}"),
+    ("eval images", "eval_images", "{}"),
+    ("eval split", "split", "{}"),
+    ("job", "job", "{}"),
+    ("image size", "image_size", "{} px"),
+    ("epochs", "epochs", "{}"),
+    ("batch", "batch_size", "{}"),
+    ("peak LR", "lr", "{:g}"),
+    ("init", "init", "{}"),
+    ("EMA", "ema", "{:g}"),
+    ("seed", "seed", "{}"),
+)
+
+
+def _detector_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of :func:`vocfleet.db.queries.detector_rows` as an HTML table (a blank for what a row lacks)."""
+
+    def cell(value: Any, fmt: str) -> str:
+        return "" if value is None else html.escape(fmt.format(value))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in DETECTOR_TABLE)
+    body = "".join("<tr>" + "".join(f"<td class=num>{cell(r.get(k), f)}</td>" for _, k, f in DETECTOR_TABLE) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _page(title: str, body: str, script: str = "") -> str:
@@ -168,7 +189,7 @@ def run_report(s: Session, run_id: int) -> str:
         f"<label><input type=checkbox id=present> present only</label> <span id=count class=muted></span></div>"
         f"<div id=grid>{''.join(cards)}</div>"
         f"<h2>Files not scored ({run.error_files})</h2>{err_html}"
-        f"<h2>Detectors used</h2>{_detector_table(dets)}"
+        f"<h2>Detectors used</h2>{_detector_table([r for r in detector_rows(s, include_inactive=True) if r['id'] in {d.id for d in dets}])}"
         "<p class=muted>Accuracy is shown beside the accuracy of answering 'absent' for every image; AP is the measure that matters.</p>"
     )
     return _page(f"vocfleet run {run.id}", body, RUN_SCRIPT)
@@ -186,6 +207,6 @@ def fleet_report(s: Session) -> str:
         sections.append(f"<h2>{html.escape(d.voc_class)} (detector {d.id}, job {d.job_id})</h2>{imgs or '<p class=muted>no plots</p>'}")
     body = (
         f"<h1>vocfleet detectors</h1><p>{len(dets)} active detector(s). Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>"
-        f"{_detector_table(dets)}{''.join(sections)}"
+        f"{_detector_table(detector_rows(s))}{''.join(sections)}"
     )
     return _page("vocfleet detectors", body)

@@ -82,3 +82,32 @@ def test_report_needs_run_or_fleet(tmp_path, invoke):
 def test_report_unknown_run(tmp_path, invoke):
     res = invoke("report", 42, "--out", tmp_path / "x.html")
     assert res.exit_code == 2 and "no scoring run 42" in res.output
+
+
+def test_fleet_report_shows_settings_and_f1_and_plots_read_right(fake_voc, tmp_path, invoke):
+    import io
+    import re
+
+    from PIL import Image
+
+    from vocfleet.db.models import Detector
+    from vocfleet.db.session import session_scope
+
+    args = ["--epochs", 2, "--image-size", 32, "--batch-size", 8, "--max-batches", 2, "--lr", "0.001", "--ema", "0.9", "--seed", 7]
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, *args).exit_code == 0
+    assert invoke("run").exit_code == 0
+    assert invoke("report", "--fleet", "--out", tmp_path / "fleet.html").exit_code == 0
+    page = (tmp_path / "fleet.html").read_text()
+    heads = re.findall(r"<th>([^<]+)</th>", page)
+    assert {"F1", "image size", "epochs", "batch", "peak LR", "init", "EMA", "seed", "job"} <= set(heads)
+    with session_scope() as s:
+        det = s.query(Detector).one()
+        f1 = det.metrics["f1"]
+    row = re.findall(r"<td class=num>([^<]*)</td>", page)[: len(heads)]
+    got = dict(zip(heads, row, strict=True))
+    assert got["F1"] == f"{f1:.3f}" and got["image size"] == "32 px" and got["peak LR"] == "0.001" and got["EMA"] == "0.9" and got["seed"] == "7"
+    for png in re.findall(r"src='data:image/png;base64,([^']+)'", page):
+        import base64
+
+        im = Image.open(io.BytesIO(base64.b64decode(png)))
+        assert round(im.info["dpi"][0]) == 150
