@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
 from vocfleet.db.settings import get_settings
-from vocfleet.model import ConfigError
+from vocfleet.model import ConfigError, DetectorUnavailable
 from vocfleet.model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
 
 from ..output import render
@@ -246,4 +247,41 @@ def run(stale_after: float | None, fmt: str) -> None:
         sys.exit(1)
 
 
-COMMANDS = [submit, run, status, detectors]
+@click.command("export")
+@click.argument("detector_id", type=ID)
+@click.option("--format", "fmt", type=click.Choice(("torchscript", "onnx")), default="torchscript", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The file to write (.pt for TorchScript, .onnx).")
+def export(detector_id: int, fmt: str, out: str) -> None:
+    """One detector as a single file for plain PyTorch or ONNX Runtime: uint8 RGB in, probability out.
+
+    Its threshold, input size and the exact preprocessing are in the file's metadata.
+    """
+    from vocfleet import __version__
+    from vocfleet.db.models import Detector
+    from vocfleet.model.artifacts import ArtifactStore
+    from vocfleet.model.export import export_detector
+
+    with database() as s:
+        det = s.get(Detector, detector_id)
+        if det is None:
+            raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")
+        spec = (det.checkpoint_path, det.sha256)
+        meta = {
+            "vocfleet_version": __version__,
+            "detector": det.id,
+            "class": det.voc_class,
+            "threshold": det.threshold,
+            "ap": det.ap,
+            "eval_split": det.metrics.get("split"),
+            "job": det.job_id,
+            "checkpoint_sha256": det.sha256,
+        }
+    try:
+        checkpoint = ArtifactStore.from_settings(get_settings()).local_copy(*spec)
+    except DetectorUnavailable as exc:
+        raise ConfigError(f"detector {detector_id}: {exc}") from None
+    export_detector(checkpoint, Path(out), fmt, meta)
+    click.echo(f"wrote {out}: {fmt}, {meta['class']} detector {detector_id}, threshold {meta['threshold']:.3f}")
+
+
+COMMANDS = [submit, run, status, detectors, export]
