@@ -25,7 +25,7 @@ RECIPES = {
     "vocfleet default (AdamW, one-cycle, pos_weight, zero-init residuals)": dict(),
     "vocfleet without zero-init residuals": dict(zero_init_residual=False),
     "vocfleet + EMA 0.95": dict(ema=0.95),
-    "vocfleet + EMA 0.95, peak LR 1e-3": dict(ema=0.95, lr=1e-3),
+    "vocfleet + peak LR 1e-3 + EMA 0.95": dict(ema=0.95, lr=1e-3),
 }
 
 

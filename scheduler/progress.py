@@ -16,20 +16,27 @@ class TrainProgress:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.bar: tqdm | None = None
+        self.cache: CountProgress | None = None
         self.desc = ""
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
-        if kind == "cache":
-            if event["done"] == event["total"] or self.tty:
-                self._bar(f"{self.label} decoding", event["total"], "img").n = event["done"]
-                self.bar.refresh()
-            if event["done"] == event["total"]:
+        if kind == "cache":  # the decode-once cache: a bar on a terminal, a line every 10% in a log or pipe
+            if self.cache is None:
                 self._close()
+                self.cache = CountProgress(f"{self.label} decoding", "image", self.stream)
+            self.cache(event["done"], event["total"])
+            if event["done"] == event["total"]:
+                self.cache.__exit__()
+                self.cache = None
         elif kind == "batch":
-            bar = self._bar(f"{self.label} epoch {event['epoch']}", event["batches"], "batch")
-            bar.n = event["batch"]
-            bar.refresh() if self.tty else None
+            desc = f"{self.label} epoch {event['epoch']}"
+            if self.bar is None or self.desc != desc:
+                # Made at the end of the first batch, counting from there: that batch's start-up (workers,
+                # first allocations) stays out of the rate, which otherwise reads thousands of batches/s.
+                self._bar(desc, event["batches"], "batch", initial=event["batch"])
+            else:
+                self.bar.update(event["batch"] - self.bar.n)
         elif kind == "warning":
             self._close()
             print(f"{self.label}: warning: {event['message']}", file=self.stream, flush=True)
@@ -42,11 +49,11 @@ class TrainProgress:
                 flush=True,
             )
 
-    def _bar(self, desc: str, total: int, unit: str) -> tqdm:
+    def _bar(self, desc: str, total: int, unit: str, initial: int = 0) -> tqdm:
         if self.bar is None or self.desc != desc:
             self._close()
             self.desc = desc
-            self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, disable=not self.tty, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream, disable=not self.tty, leave=False, dynamic_ncols=True)
         return self.bar
 
     def _close(self) -> None:
