@@ -131,3 +131,43 @@ def run_rows(conn: Any) -> list[dict[str, Any]]:
         }
         for r in _rows(conn, sql)
     ]
+
+
+def epoch_seconds(conn: Any) -> dict[int, float]:
+    """Median wall time of one epoch per image size, from every job so far.
+
+    The time between a job's consecutive epochs (training, validation and checkpoint); a job with a
+    single epoch counts its training time alone.
+    """
+    sql = "SELECT e.job_id, e.epoch, e.seconds, e.created_at, j.config FROM epoch_metrics e JOIN train_jobs j ON j.id = e.job_id ORDER BY e.job_id, e.epoch"
+    by_size: dict[int, list[float]] = {}
+    previous: dict[str, Any] | None = None
+    for r in _rows(conn, sql):
+        size = int(_json(r["config"]).get("image_size", 0))
+        consecutive = previous is not None and previous["job_id"] == r["job_id"] and previous["epoch"] == r["epoch"] - 1
+        wall = (_time(r["created_at"]) - _time(previous["created_at"])).total_seconds() if consecutive else None
+        by_size.setdefault(size, []).append(wall if wall and wall > 0 else float(r["seconds"]))
+        previous = r
+    return {size: sorted(v)[len(v) // 2] for size, v in by_size.items()}
+
+
+def queue_left(conn: Any) -> tuple[int, float | None]:
+    """Unfinished training jobs, and about how many seconds their remaining epochs take.
+
+    Each remaining epoch costs the median recorded epoch at its job's image size; None when a job's
+    size has no recorded epoch yet.
+    """
+    per_epoch = epoch_seconds(conn)
+    left = [(_json(r["config"]), r["epochs_done"]) for r in _rows(conn, "SELECT config, epochs_done FROM train_jobs WHERE status IN ('queued', 'running')")]
+    sizes = {int(cfg.get("image_size", 0)) for cfg, _ in left}
+    if not sizes <= set(per_epoch):
+        return len(left), None
+    return len(left), sum(max(int(cfg.get("epochs", 0)) - done, 0) * per_epoch[int(cfg.get("image_size", 0))] for cfg, done in left)
+
+
+def training_rates(conn: Any) -> dict[int, tuple[float, int]]:
+    """Median training images per second per image size, and how many epochs it comes from."""
+    by_size: dict[int, list[float]] = {}
+    for r in _rows(conn, "SELECT e.images_per_s, j.config FROM epoch_metrics e JOIN train_jobs j ON j.id = e.job_id"):
+        by_size.setdefault(int(_json(r["config"]).get("image_size", 0)), []).append(float(r["images_per_s"]))
+    return {size: (sorted(v)[len(v) // 2], len(v)) for size, v in by_size.items()}

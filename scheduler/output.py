@@ -77,3 +77,20 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str = "t
     buf = io.StringIO()
     stream(rows, columns, fmt, buf)
     return buf.getvalue().rstrip("\n")
+
+
+def duration(seconds: float) -> str:
+    """A rough length of time for people: '40 s', '12 min', '3.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def queue_line(jobs: int, seconds: float | None) -> str:
+    """What is left of the training queue, for `status` and `run`."""
+    if jobs == 0:
+        return "queue: empty"
+    left = f"about {duration(seconds)} left" if seconds is not None else "time left unknown until an epoch of that image size has finished"
+    return f"queue: {jobs} job(s) to finish, {left} (from the epochs recorded so far)"

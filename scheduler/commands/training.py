@@ -13,7 +13,7 @@ from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError, DetectorUnavailable
 from vocfleet.model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
 
-from ..output import render
+from ..output import duration, queue_line, render
 from .base import (
     ID,
     Finite,
@@ -70,8 +70,9 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
     default="if-better",
     help="When the new detector becomes its class's active one: if its AP is at least the active one's (same evaluation split), always, or never.",
 )
+@click.option("--dry-run", is_flag=True, help="Show the jobs it would queue and an estimate of their time on this machine; queue nothing.")
 @action_format_option
-def submit(classes: str, max_attempts: int, promote: str, fmt: str, **options: Any) -> None:
+def submit(classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: str, **options: Any) -> None:
     """Queue one training job per class."""
     from vocfleet.db.jobs import create_jobs
     from vocfleet.db.models import TrainJob
@@ -80,6 +81,9 @@ def submit(classes: str, max_attempts: int, promote: str, fmt: str, **options: A
     from ..queueing import build_configs, parse_classes
 
     configs = build_configs(parse_classes(classes), **options)
+    if dry_run:
+        _estimate(configs, fmt)
+        return
     with database() as s:
         ids = [j.id for j in create_jobs(s, [c.to_dict() for c in configs], max_attempts=max_attempts, promote=promote)]
     sent = None
@@ -97,18 +101,61 @@ def submit(classes: str, max_attempts: int, promote: str, fmt: str, **options: A
     emit(fmt, {"jobs": [{"job": i, "class": c.voc_class, "status": "queued"} for i, c in zip(ids, configs, strict=True)], "sent_to_broker": sent})
 
 
+def _estimate(configs: list[TrainConfig], fmt: str) -> None:
+    """submit --dry-run: each job's images per epoch and time, from earlier epochs at its size or a few timed steps here."""
+    from vocfleet.db.listing import read_connection, training_rates
+    from vocfleet.model.data import split_ids
+    from vocfleet.model.engine import measure_rate, resolve_device
+
+    with read_connection() as conn:
+        recorded = training_rates(conn)
+    rates: dict[int, tuple[float, str]] = {}
+    rows = []
+    for cfg in configs:
+        if cfg.image_size not in rates:
+            if cfg.image_size in recorded:
+                rate, n = recorded[cfg.image_size]
+                rates[cfg.image_size] = (rate, f"{n} earlier epoch(s) at {cfg.image_size} px in the database")
+            else:
+                say(fmt, f"timing a few training steps at {cfg.image_size} px on this machine ...")
+                device = resolve_device(cfg.device).type
+                rates[cfg.image_size] = (measure_rate(cfg.image_size, cfg.batch_size, cfg.device), f"timed steps on this machine's {device}")
+        rate = rates[cfg.image_size][0]
+        root = Path(cfg.voc_root)
+        listed = len(split_ids(root, cfg.train_split, cfg.voc_class))
+        evaluated = round(listed * cfg.eval_fraction) if cfg.eval_split == "holdout" else len(split_ids(root, cfg.eval_split, cfg.voc_class))
+        pool = listed - evaluated if cfg.eval_split == "holdout" else listed
+        val = round(pool * cfg.val_fraction)
+        train = pool - val
+        if cfg.max_batches:
+            train = min(train, cfg.max_batches * cfg.batch_size)
+        # A forward pass costs about a third of a training step: validation every epoch, evaluation once.
+        seconds = cfg.epochs * (train + val / 3) / rate + (val + evaluated) / (3 * rate)
+        rows.append({"class": cfg.voc_class, "epochs": cfg.epochs, "image_size": cfg.image_size, "train_images": train, "seconds": round(seconds)})
+    total = sum(r["seconds"] for r in rows)
+    where = "; ".join(f"{size} px: {rate:.0f} img/s from {source}" for size, (rate, source) in rates.items())
+    if fmt == "json":
+        emit(fmt, {"jobs": rows, "total_seconds": total, "rates": {size: rate for size, (rate, _) in rates.items()}, "queued": False})
+        return
+    click.echo(render([{**r, "estimate": duration(r["seconds"])} for r in rows], ["class", "epochs", "image_size", "train_images", "estimate"]))
+    click.echo(f"{len(rows)} job(s), about {duration(total)} in all, one after another ({where}); nothing queued (dry run)")
+    cpu = get_settings().broker_url is None and resolve_device(configs[0].device).type == "cpu"
+    if cpu and total > 3600:
+        click.echo(f"warning: about {duration(total)} on this CPU; a GPU, a smaller --image-size or fewer --epochs is much faster", err=True)
+
+
 @click.command()
 @click.option("--watch", is_flag=True, help="Refresh until every job has finished.")
 @click.option("--interval", type=Finite(0.1), default=5.0, help="Seconds between refreshes with --watch (at least 0.1).")
 @format_option
 def status(watch: bool, interval: float, fmt: str) -> None:
     """Jobs with progress: epoch x of y and the latest validation AP."""
-    from vocfleet.db.listing import read_connection, status_rows
+    from vocfleet.db.listing import queue_left, read_connection, status_rows
     from vocfleet.db.states import JobStatus
 
     while True:
         with read_connection() as conn:
-            rows = status_rows(conn)
+            rows, left = status_rows(conn), queue_left(conn)
         if watch and sys.stdout.isatty():
             click.clear()
         if not rows:
@@ -116,6 +163,8 @@ def status(watch: bool, interval: float, fmt: str) -> None:
             return
         progress = ["epoch"] if fmt == "table" else ["epochs_done", "epochs"]  # "2/3" for people, two numbers for scripts
         click.echo(render(rows, ["job", "class", "status", *progress, "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
+        if fmt == "table":
+            click.echo(queue_line(*left))
         if not watch or all(JobStatus(r["status"]).finished for r in rows):
             return
         if not sys.stdout.isatty():
@@ -196,6 +245,7 @@ def run(stale_after: float | None, fmt: str) -> None:
     from sqlalchemy import select
 
     from vocfleet.db.jobs import next_queued, reap_stale
+    from vocfleet.db.listing import queue_left, read_connection
     from vocfleet.db.models import JobStatus, TrainJob
     from vocfleet.db.queries import detector_rows
     from vocfleet.worker.runner import Outcome, run_train_job
@@ -218,7 +268,8 @@ def run(stale_after: float | None, fmt: str) -> None:
             voc_class = s.get(TrainJob, job_id).voc_class if job_id else None
         if job_id is None:
             break
-        click.echo(f"job {job_id}: training {voc_class}", err=True)
+        with read_connection() as conn:
+            click.echo(f"job {job_id}: training {voc_class}; {queue_line(*queue_left(conn))}", err=True)
         try:
             with interruptible():
                 outcome = run_train_job(job_id, progress=TrainProgress(f"job {job_id} {voc_class}"))

@@ -1,0 +1,47 @@
+"""submit --dry-run estimates from earlier epochs (or timed steps), and status/run say what is left of the queue."""
+
+import json
+
+from sqlalchemy import func, select
+
+from vocfleet.db.models import EpochMetric, TrainJob
+from vocfleet.db.session import session_scope
+
+SMALL = ["--image-size", 32, "--batch-size", 8, "--max-batches", 2]
+
+
+def test_dry_run_estimates_from_earlier_epochs_and_queues_nothing(fake_voc, invoke):
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
+    assert invoke("run").exit_code == 0
+    with session_scope() as s:
+        rates = sorted(s.scalars(select(EpochMetric.images_per_s)))
+    res = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, "--epochs", 3, *SMALL, "--dry-run", "--format", "json")
+    got = json.loads(res.stdout)
+    assert got["queued"] is False and [j["class"] for j in got["jobs"]] == ["car", "dog"]
+    assert got["rates"] == {"32": rates[len(rates) // 2]}  # the median recorded epoch at this size: nothing timed
+    train = got["jobs"][0]["train_images"]
+    assert train == 16  # --max-batches 2 of 8
+    assert got["total_seconds"] == sum(j["seconds"] for j in got["jobs"]) > 0
+    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 3, *SMALL, "--dry-run")
+    assert "1 earlier epoch(s)" not in res.output and "2 earlier epoch(s) at 32 px in the database" in res.output and "nothing queued" in res.output
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(TrainJob)) == 1  # only the job that ran
+
+
+def test_a_long_cpu_estimate_warns(fake_voc, invoke):
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 1, *SMALL).exit_code == 0
+    with session_scope() as s:  # an epoch recorded as very slow: 0.001 images/s
+        s.add(EpochMetric(job_id=1, epoch=1, train_loss=1, val_loss=1, val_ap=0.5, lr=0.001, seconds=16000, images_per_s=0.001))
+    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 1, *SMALL, "--dry-run", "--device", "cpu")
+    assert res.exit_code == 0 and "warning: about" in res.stderr and "on this CPU" in res.stderr
+
+
+def test_status_and_run_say_what_is_left_of_the_queue(fake_voc, invoke):
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
+    assert "queue: 1 job(s) to finish, time left unknown until an epoch of that image size has finished" in invoke("status").output
+    assert invoke("run").exit_code == 0
+    assert invoke("status").output.strip().endswith("queue: empty")
+    assert invoke("submit", "--classes", "dog", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
+    status = invoke("status").output
+    assert "queue: 1 job(s) to finish, about" in status and "s left (from the epochs recorded so far)" in status
+    assert "job 2: training dog; queue: 1 job(s) to finish, about" in invoke("run").stderr
