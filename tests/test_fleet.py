@@ -204,7 +204,8 @@ def test_two_hosts_without_a_shared_disk_resume_from_s3(fleet, s3_root, tmp_path
         assert s.scalar(select(EpochMetric.train_loss).where(EpochMetric.epoch == 1)) == epoch1_loss  # resumed from S3, not started over
         assert s.scalars(select(Detector)).one().checkpoint_path == f"{s3_root}/jobs/{key}/detector.pt"
     assert "resuming car from epoch" in (fleet.tmp / "w1.log").read_text()
-    assert not list(hosts["w1"].rglob("*.pt"))  # nothing left on the host: the work copy went once the detector was stored
+    # Nothing left on the host: the work copy goes right after the row records the detector.
+    fleet.wait(lambda: not list(hosts["w1"].rglob("*.pt")), 30, "the worker to drop its work copy")
 
 
 def test_redis_restart_mid_run_loses_nothing(fleet):
