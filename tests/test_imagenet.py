@@ -1,0 +1,40 @@
+"""--init imagenet end to end without a network: torchvision-format weights placed in the torch hub cache by the test."""
+
+import json
+
+import torch
+from torchvision.models import resnet50
+
+from vocfleet.db.models import Detector
+from vocfleet.db.session import session_scope
+from vocfleet.model.checkpoint import load_checkpoint
+
+
+def test_imagenet_init_loads_the_cached_weights_replaces_the_head_fine_tunes_and_scores(fake_voc, tmp_path, monkeypatch, invoke):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    from vocfleet.model.net import imagenet_weights_path
+
+    torch.manual_seed(123)
+    imagenet = resnet50(num_classes=1000).state_dict()  # the shape and names of torchvision's ImageNet file
+    path = imagenet_weights_path()
+    assert str(path).startswith(str(tmp_path))
+    path.parent.mkdir(parents=True)
+    torch.save(imagenet, path)
+
+    args = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 2, "--lr", "1e-9"]  # a step too small to move the weights
+    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--init", "imagenet", *args)
+    assert res.exit_code == 0, res.output
+    assert invoke("run").exit_code == 0
+    with session_scope() as s:
+        det = s.query(Detector).one()
+        checkpoint, threshold = det.checkpoint_path, det.threshold
+    state = load_checkpoint(checkpoint)["model"]
+    assert state["fc.weight"].shape == (1, 2048)  # the 1000-class head replaced by one logit
+    assert torch.allclose(state["conv1.weight"], imagenet["conv1.weight"], atol=1e-5)  # the backbone is the cached file's
+    assert torch.allclose(state["layer4.2.conv3.weight"], imagenet["layer4.2.conv3.weight"], atol=1e-5)
+
+    res = invoke("score", fake_voc / "JPEGImages", "--format", "json")
+    got = json.loads(res.stdout)
+    assert res.exit_code == 0 and got["status"] == "succeeded" and got["scored"] == 47  # 48 listed, one missing on purpose
+    rows = json.loads(invoke("results", got["run"], "--format", "json").output)
+    assert all(r["present"] == (r["probability"] >= threshold) for r in rows)
