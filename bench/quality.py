@@ -23,11 +23,12 @@ from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import fit
 
 RECIPES = {
-    "origin (SGD, constant LR, no balancing)": dict(optimizer="sgd", lr=0.01, weight_decay=1e-4, schedule="constant", balance="none", zero_init_residual=False),
-    "vocfleet default (AdamW, one-cycle, pos_weight, zero-init residuals)": dict(),
+    "origin (SGD, constant LR, no balancing)": dict(
+        optimizer="sgd", lr=0.01, weight_decay=1e-4, schedule="constant", balance="none", zero_init_residual=False, ema=0.0
+    ),
+    "vocfleet default (AdamW, one-cycle, pos_weight, zero-init residuals, EMA 0.95)": dict(),
+    "vocfleet without EMA": dict(ema=0.0),
     "vocfleet without zero-init residuals": dict(zero_init_residual=False),
-    "vocfleet + EMA 0.95": dict(ema=0.95),
-    "vocfleet + peak LR 1e-3 + EMA 0.95": dict(ema=0.95, lr=1e-3),
 }
 
 

@@ -57,7 +57,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     init: str = "scratch"
     zero_init_residual: bool = True
-    ema: float = 0.0
+    ema: float = 0.95
     augment: bool = True
     balance: str = "pos_weight"
     aux_classes: bool = False
@@ -105,6 +105,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        # Stored before a setting existed: the value it ran with then (EMA arrived as the default in 0.3).
+        data = {"ema": 0.0, **data}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def with_(self, **changes: Any) -> TrainConfig:

@@ -141,3 +141,9 @@ def test_ema_detector_holds_the_averaged_weights(fake_voc, tmp_path):
     model = build_model("scratch")
     model.load_state_dict(detector)
     assert evaluate(model, ev, torch.device("cpu"))["ap"] == pytest.approx(result.metrics["ap"], abs=1e-6)
+
+
+def test_a_config_stored_before_ema_keeps_running_without_it(fake_voc):
+    stored = _cfg(fake_voc).to_dict()
+    del stored["ema"]  # a job row written by 0.2
+    assert TrainConfig.from_dict(stored).ema == 0.0 and TrainConfig(voc_class="car", voc_root=str(fake_voc)).ema == 0.95
