@@ -1,4 +1,4 @@
-"""`status` and `runs`, the listings people refresh most, read through the database driver alone.
+"""What `status` and `runs` show (jobs, runs, the queue's time left), read through the database driver alone.
 
 Importing SQLAlchemy costs 0.4-0.5 s on a 2-core machine, the whole budget of these two commands
 (issue 12); sqlite3 or psycopg alone answer in about 0.2 s. A database whose schema is missing or
