@@ -74,10 +74,12 @@ def export_detector(checkpoint: Path, out: Path, fmt: str, metadata: dict[str, A
     try:
         with torch.inference_mode(False), torch.no_grad():
             if fmt == "torchscript":
-                with warnings.catch_warnings():  # the mean, std and input layout are constants of the file, as the tracer warns
-                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the mean, std and input layout are constants of the file
+                    # TorchScript is deprecated in favour of torch.export, but it is what plain torch.jit.load runs today.
+                    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
                     traced = torch.jit.trace(net, example, check_trace=False)
-                torch.jit.save(traced, str(tmp), _extra_files={"vocfleet.json": json.dumps(meta)})
+                    torch.jit.save(traced, str(tmp), _extra_files={"vocfleet.json": json.dumps(meta)})
             else:
                 _export_onnx(net, example, tmp, meta)
         os.replace(tmp, out)
