@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -29,34 +28,32 @@ def _referenced(s: Session) -> tuple[set[str], set[str]]:
     return files, shas
 
 
-def find_garbage(s: Session, store: ArtifactStore, *, orphans: bool = False) -> Iterator[Garbage]:
-    """Files safe to delete, with why.
+def find_garbage(s: Session, store: ArtifactStore, *, orphans: bool = False) -> tuple[list[Garbage], int]:
+    """Files safe to delete, with why, and how many job folders no job of this database owns.
 
     Never a file a detector points to, nor the resume state of a queued, running, failed or
     cancelled job (``retry`` resumes from it). ``orphans``: also the folders of jobs this database
-    does not know, which another database sharing the store may own.
+    does not know, which another database sharing the store may own. The store is listed once
+    (on S3, a listing of every object).
     """
     referenced, shas = _referenced(s)
     status = {key: state for key, state in s.execute(select(TrainJob.key, TrainJob.status))}
+    garbage, orphaned = [], set()
     for key, f in store.files():
         if f.uri in referenced:
             continue
         state = status.get(key)
         if state == JobStatus.succeeded:
-            yield Garbage(f.uri, f.size, "finished job: not its detector or plots")
-        elif state is None and orphans:
-            yield Garbage(f.uri, f.size, "no job of this database")
+            garbage.append(Garbage(f.uri, f.size, "finished job: not its detector or plots"))
+        elif state is None:
+            orphaned.add(key)
+            if orphans:
+                garbage.append(Garbage(f.uri, f.size, "no job of this database"))
     if store.remote:  # this host's copies: fetched detectors, work folders of jobs no longer running
         for path in sorted((store.cache_dir / "artifacts").glob("*.pt")):
             if path.stem not in shas:
-                yield Garbage(str(path), path.stat().st_size, "cached copy of no detector")
+                garbage.append(Garbage(str(path), path.stat().st_size, "cached copy of no detector"))
         for folder in sorted((store.work_dir / "jobs").glob("*")):
             if status.get(folder.name) not in (JobStatus.queued, JobStatus.running):
-                for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                    yield Garbage(str(path), path.stat().st_size, "work copy of a job not running")
-
-
-def orphan_count(s: Session, store: ArtifactStore) -> int:
-    """Folders in the store that belong to no job of this database."""
-    keys = set(s.scalars(select(TrainJob.key)))
-    return len({key for key, _ in store.files() if key not in keys} - {""})
+                garbage += [Garbage(str(p), p.stat().st_size, "work copy of a job not running") for p in sorted(folder.rglob("*")) if p.is_file()]
+    return garbage, len(orphaned)

@@ -129,8 +129,10 @@ def stale_window(seconds: float | None) -> timedelta:
 
 def takeback_note(beat: datetime | None, host: str | None, window: timedelta, taker: str) -> str:
     """How long ago a running row's worker last heartbeated, and when ``taker`` takes it back if that worker is gone."""
+    from vocfleet.db.states import as_utc
+
     now = datetime.now(UTC)
-    beat = beat.replace(tzinfo=UTC) if beat is not None and beat.tzinfo is None else beat
+    beat = as_utc(beat)
     silent = (now - beat).total_seconds() if beat is not None else None
     left = max((beat + window - now).total_seconds(), 0) if beat is not None else 0
     said = f"last heartbeat {silent:.0f} s ago" if silent is not None else "no heartbeat yet"

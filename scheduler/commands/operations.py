@@ -159,16 +159,15 @@ def gc(dry_run: bool, orphans: bool, yes: bool) -> None:
     """
     from vocfleet.model.artifacts import ArtifactStore
 
-    from ..gc import find_garbage, orphan_count
+    from ..gc import find_garbage
 
     store = ArtifactStore.from_settings(get_settings())
     with database() as s:
-        garbage = list(find_garbage(s, store, orphans=orphans))
-        orphaned = 0 if orphans else orphan_count(s, store)
+        garbage, orphaned = find_garbage(s, store, orphans=orphans)
     total = sum(g.size for g in garbage)
     for g in garbage:
         click.echo(f"{g.size / 2**20:9.1f} MiB  {g.location}  ({g.reason})")
-    if orphaned:
+    if orphaned and not orphans:
         click.echo(f"{orphaned} job folder(s) in {store.root} belong to no job of this database: --orphans removes them")
     if not garbage:
         click.echo("nothing to remove")
