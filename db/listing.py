@@ -9,7 +9,7 @@ and its raw connection runs the same SQL.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -133,22 +133,53 @@ def run_rows(conn: Any) -> list[dict[str, Any]]:
     ]
 
 
+RECENT_EPOCHS = 2000  # the estimates read only the latest epochs: bounded time, and today's machines
+
+
+def _recent_epochs(conn: Any) -> list[dict[str, Any]]:
+    """The latest RECENT_EPOCHS epoch rows in (job, epoch) order, each with its job's ``size`` (image size).
+
+    Each job's JSON config is parsed once, not once per epoch.
+    """
+    sql = (
+        "SELECT r.job_id, r.epoch, r.seconds, r.images_per_s, r.created_at, j.config FROM "
+        f"(SELECT job_id, epoch, seconds, images_per_s, created_at FROM epoch_metrics ORDER BY job_id DESC, epoch DESC LIMIT {RECENT_EPOCHS}) r "
+        "JOIN train_jobs j ON j.id = r.job_id ORDER BY r.job_id, r.epoch"
+    )
+    sizes: dict[int, int] = {}
+    rows = []
+    for r in _rows(conn, sql):
+        if r["job_id"] not in sizes:
+            sizes[r["job_id"]] = int(_json(r["config"]).get("image_size", 0))
+        r["size"] = sizes[r["job_id"]]
+        rows.append(r)
+    return rows
+
+
+def _median_by_size(pairs: Iterable[tuple[int, float]]) -> dict[int, tuple[float, int]]:
+    """Median and count of the values of each image size."""
+    by_size: dict[int, list[float]] = {}
+    for size, value in pairs:
+        by_size.setdefault(size, []).append(value)
+    return {size: (sorted(v)[len(v) // 2], len(v)) for size, v in by_size.items()}
+
+
 def epoch_seconds(conn: Any) -> dict[int, float]:
-    """Median wall time of one epoch per image size, from every job so far.
+    """Median wall time of one epoch per image size, from the latest epochs recorded.
 
     The time between a job's consecutive epochs (training, validation and checkpoint); a job with a
     single epoch counts its training time alone.
     """
-    sql = "SELECT e.job_id, e.epoch, e.seconds, e.created_at, j.config FROM epoch_metrics e JOIN train_jobs j ON j.id = e.job_id ORDER BY e.job_id, e.epoch"
-    by_size: dict[int, list[float]] = {}
-    previous: dict[str, Any] | None = None
-    for r in _rows(conn, sql):
-        size = int(_json(r["config"]).get("image_size", 0))
-        consecutive = previous is not None and previous["job_id"] == r["job_id"] and previous["epoch"] == r["epoch"] - 1
-        wall = (_time(r["created_at"]) - _time(previous["created_at"])).total_seconds() if consecutive else None
-        by_size.setdefault(size, []).append(wall if wall and wall > 0 else float(r["seconds"]))
-        previous = r
-    return {size: sorted(v)[len(v) // 2] for size, v in by_size.items()}
+
+    def walls() -> Iterator[tuple[int, float]]:
+        previous: dict[str, Any] | None = None
+        for r in _recent_epochs(conn):
+            consecutive = previous is not None and previous["job_id"] == r["job_id"] and previous["epoch"] == r["epoch"] - 1
+            wall = (_time(r["created_at"]) - _time(previous["created_at"])).total_seconds() if consecutive else None
+            yield r["size"], wall if wall and wall > 0 else float(r["seconds"])
+            previous = r
+
+    return {size: median for size, (median, _) in _median_by_size(walls()).items()}
 
 
 def queue_left(conn: Any) -> tuple[int, float | None]:
@@ -166,8 +197,5 @@ def queue_left(conn: Any) -> tuple[int, float | None]:
 
 
 def training_rates(conn: Any) -> dict[int, tuple[float, int]]:
-    """Median training images per second per image size, and how many epochs it comes from."""
-    by_size: dict[int, list[float]] = {}
-    for r in _rows(conn, "SELECT e.images_per_s, j.config FROM epoch_metrics e JOIN train_jobs j ON j.id = e.job_id"):
-        by_size.setdefault(int(_json(r["config"]).get("image_size", 0)), []).append(float(r["images_per_s"]))
-    return {size: (sorted(v)[len(v) // 2], len(v)) for size, v in by_size.items()}
+    """Median training images per second per image size, and how many of the latest epochs it comes from."""
+    return _median_by_size((r["size"], float(r["images_per_s"])) for r in _recent_epochs(conn))
