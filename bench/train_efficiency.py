@@ -3,6 +3,8 @@
 Real: ``model.engine.train_one_epoch`` fed from the decode-once cache with batch augmentation.
 Bound: the same function and model on one batch already on the device, already preprocessed.
 Both run side by side in one process; the ratio says how much the input pipeline costs.
+Where training runs in bfloat16 autocast on a CPU (``model.net.bf16_training``), real training in
+float32 alternates with it too: the ratio is what native bfloat16 buys.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import torch
 from common import jpeg_ids, machine, table, voc_root
 from torch import nn
 
+from vocfleet.model import engine
 from vocfleet.model.augment import TrainAugment, preprocess_eval
 from vocfleet.model.data import decoded_cache
 from vocfleet.model.engine import train_one_epoch
-from vocfleet.model.net import build_model
+from vocfleet.model.net import bf16_training, build_model
 from vocfleet.model.splits import BatchFeeder, SplitData
 
 
@@ -75,8 +78,16 @@ def main() -> None:
         host = BatchFeeder(split, device, upload=False) if feeder.on_device is not None else None
         torch.manual_seed(0)
         model = build_model("scratch").to(device)
-        real, bound, real_host = [], [], []
+        real, bound, real_host, real_fp32 = [], [], [], []
+        fp32_too = device.type == "cpu" and bf16_training(device)
         for _ in range(args.rounds):
+            if fp32_too:
+                bf16 = engine.training_autocast
+                engine.training_autocast = lambda dev: torch.autocast(dev.type, enabled=False)
+                try:
+                    real_fp32.append(run(model, feeder, TrainAugment(reuse_output=True), args.steps, args.batch, device, args.compile))
+                finally:
+                    engine.training_autocast = bf16
             real.append(run(model, feeder, TrainAugment(reuse_output=True), args.steps, args.batch, device, args.compile))
             bound.append(run(model, static, lambda x, g: x, args.steps, args.batch, device, args.compile))
             if host is not None:
@@ -89,7 +100,11 @@ def main() -> None:
     if real_host:
         rows.append(("real training (pinned host batches, non-blocking copies)", f"{np.median(real_host):,.1f}", f"{np.median(real_host) / b:.2f}"))
     rows.append(("model alone on a batch already on the device", f"{b:,.1f}", "1.00"))
+    if real_fp32:
+        rows.append(("real training in float32 (bfloat16 autocast off)", f"{np.median(real_fp32):,.1f}", f"{np.median(real_fp32) / b:.2f}"))
     print(table(rows, ("measurement", "images/s", "of model-only")))
+    if real_fp32:
+        print(f"bfloat16 autocast vs float32 on this CPU: {r / np.median(real_fp32):.2f}x")
     print(f"train images/s: {r:,.1f}")
     print(f"training efficiency (real / model-only): {r / b:.2f}")
 

@@ -26,7 +26,7 @@ from .augment import NoAugment, TrainAugment, host_to_device, preprocess_eval
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .metrics import average_precision, binary_report, choose_threshold
-from .net import AuxLoss, SelectLogit, build_model, single_logit_state
+from .net import AuxLoss, SelectLogit, build_model, single_logit_state, training_autocast
 from .splits import BatchFeeder, Progress, SplitData, epoch_positions, prepare_splits
 
 log = logging.getLogger(__name__)
@@ -97,11 +97,12 @@ def train_one_epoch(
     if max_batches:
         n_batches = min(n_batches, max_batches)
     total = torch.zeros((), device=device)
+    autocast = training_autocast(device)
     start = time.perf_counter()
     for b in range(n_batches):
         images, labels = feeder.batch(positions[b * batch_size : (b + 1) * batch_size])
         x = augment(images, generator)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast:
             logits = model(x).squeeze(1)
         loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -353,7 +354,7 @@ def fit(
         title=cfg.voc_class,
         ap=metrics["ap"],
         best_epoch=best["epoch"],
-        weighted_loss=cfg.balance == "pos_weight",
+        balance=cfg.balance,
     )
     result = FitResult(
         checkpoint=str(final_path),
@@ -390,7 +391,7 @@ def measure_rate(image_size: int, batch_size: int, device: str = "auto", steps: 
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             start = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with training_autocast(dev):
             loss = loss_fn(model(x).squeeze(1).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -118,6 +118,26 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def bf16_training(device: torch.device) -> bool:
+    """Whether training steps on ``device`` run in bfloat16 autocast.
+
+    On a GPU, always; on a CPU only where its instructions do bfloat16 natively (AVX512-BF16 or
+    AMX): 1.6x per step on a 2-core AMD EPYC (bench/train_efficiency.py); elsewhere oneDNN emulates
+    it, slower than float32. Validation and scoring stay float32 on a CPU (:func:`inference_dtype`).
+    """
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    native = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(check is not None and check() for check in native)
+
+
+def training_autocast(device: torch.device) -> torch.autocast:
+    """The autocast context of one training step (see :func:`bf16_training`)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_training(device))
+
+
 # Auxiliary supervision (--aux-classes): one logit per VOC class while training, one kept.
 
 

@@ -6,7 +6,7 @@ from torchvision.models import resnet50
 
 from vocfleet.model import ConfigError
 from vocfleet.model.config import check_init
-from vocfleet.model.net import build_model, inference_model
+from vocfleet.model.net import bf16_training, build_model, inference_model, training_autocast
 
 
 def test_single_logit_head():
@@ -49,3 +49,18 @@ def test_inference_model_folds_batch_norm_without_changing_outputs():
     with torch.no_grad():
         expected, got = model(x), fast(x)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_training_uses_bfloat16_on_a_cpu_only_where_it_is_native(monkeypatch):
+    cpu = torch.device("cpu")
+    for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert bf16_training(cpu) is expected
+        with training_autocast(cpu):
+            y = torch.nn.Linear(4, 2)(torch.ones(3, 4))
+        assert y.dtype == (torch.bfloat16 if expected else torch.float32)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the checks: float32
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert bf16_training(cpu) is False
+    assert bf16_training(torch.device("cuda")) is True and bf16_training(torch.device("meta")) is False
