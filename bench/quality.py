@@ -26,7 +26,8 @@ RECIPES = {
     "origin (SGD, constant LR, no balancing)": dict(
         optimizer="sgd", lr=0.01, weight_decay=1e-4, schedule="constant", balance="none", zero_init_residual=False, ema=0.0
     ),
-    "vocfleet default (AdamW, one-cycle, pos_weight, zero-init residuals, EMA 0.95)": dict(),
+    "vocfleet default (AdamW, one-cycle, balanced sampler, zero-init residuals, EMA 0.95)": dict(),
+    "vocfleet with pos_weight instead of the sampler (the 0.3 default)": dict(balance="pos_weight"),
     "vocfleet without EMA": dict(ema=0.0),
     "vocfleet without zero-init residuals": dict(zero_init_residual=False),
 }

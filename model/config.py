@@ -17,7 +17,7 @@ MAX_BATCH = 4096
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 OPTIMIZERS = ("adamw", "sgd")
-BALANCE = ("pos_weight", "sampler", "none")
+BALANCE = ("sampler", "pos_weight", "none")
 DIFFICULT = ("exclude", "positive", "negative")
 SCHEDULES = ("onecycle", "constant")
 
@@ -59,7 +59,7 @@ class TrainConfig:
     zero_init_residual: bool = True
     ema: float = 0.95
     augment: bool = True
-    balance: str = "pos_weight"
+    balance: str = "sampler"
     aux_classes: bool = False
     difficult: str = "exclude"
     seed: int = 0

@@ -27,7 +27,7 @@ def save_training_plots(
     title: str,
     ap: float,
     best_epoch: int,
-    weighted_loss: bool,
+    balance: str,
 ) -> dict[str, str]:
     """Write ``curves.png`` (losses and validation AP per epoch) and ``pr.png`` (evaluation PR curve), at 150 dpi.
 
@@ -38,8 +38,9 @@ def save_training_plots(
         title: e.g. the class name.
         ap: the detector's evaluation AP, printed on the PR plot.
         best_epoch: the epoch the detector comes from, marked on the curves.
-        weighted_loss: the training loss weights positives (``pos_weight``), the validation loss
-            does not: the two are then not on the same scale, and the legend says so.
+        balance: the run's ``--balance``: with ``pos_weight`` the training loss weights positives,
+            with ``sampler`` it is taken on balanced batches; the validation loss is neither, so the
+            two are then not on the same scale, and the legend says so.
     Returns:
         {"curves": path, "pr": path}.
     """
@@ -50,8 +51,9 @@ def save_training_plots(
     out_dir.mkdir(parents=True, exist_ok=True)
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss" + (" (positives weighted)" if weighted_loss else ""))
-    ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss" + (" (unweighted)" if weighted_loss else ""))
+    train_note = {"pos_weight": " (positives weighted)", "sampler": " (balanced batches)"}.get(balance, "")
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss" + train_note)
+    ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss" + (" (as the images come)" if train_note else ""))
     ax1.set_title("loss")
     ax2.plot(epochs, [h["val_ap"] for h in history], "o-", color="tab:green", label="validation AP")
     ax2.axhline(float(np.mean(labels)), ls="--", color="grey", label="chance (positive rate)")
