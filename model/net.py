@@ -122,7 +122,7 @@ def bf16_training(device: torch.device) -> bool:
     """Whether training steps on ``device`` run in bfloat16 autocast.
 
     On a GPU, always; on a CPU only where its instructions do bfloat16 natively (AVX512-BF16 or
-    AMX): 1.6x per step on a 2-core AMD EPYC (bench/train_efficiency.py); elsewhere oneDNN emulates
+    AMX): 1.55x per step on a 2-core AMD EPYC (bench/train_efficiency.py); elsewhere oneDNN emulates
     it, slower than float32. Validation and scoring stay float32 on a CPU (:func:`inference_dtype`).
     """
     if device.type == "cuda":
