@@ -61,3 +61,14 @@ def test_estimates_read_only_the_latest_epochs(fake_voc, invoke, monkeypatch):
     monkeypatch.setattr(listing, "RECENT_EPOCHS", 4)
     with listing.read_connection() as conn:
         assert listing.training_rates(conn) == {32: (50.0, 4)}  # the upper median of 1, 1, 50, 50
+
+
+def test_dry_run_on_an_empty_database_times_a_few_steps(fake_voc, invoke):
+    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL, "--dry-run", "--device", "cpu", "--format", "json")
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["queued"] is False and got["rates"]["32"] > 0 and got["total_seconds"] > 0
+    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL, "--dry-run", "--device", "cpu")
+    assert "timing a few training steps at 32 px" in res.output and "timed steps on this machine's cpu" in res.output
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(TrainJob)) == 0
