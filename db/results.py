@@ -16,8 +16,8 @@ from sqlalchemy import Select, String, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from .models import Detector, FileError, Score, ScoredImage, ScoreRun
+from .states import SORTS
 
-SORTS = ("image", "probability", "margin")
 BATCH = 5000  # rows per fetch
 
 

@@ -1,4 +1,4 @@
-"""What the ORM and the light listings (``db/listing.py``) share, without SQLAlchemy: job states, UTC time, the schema revision."""
+"""What the ORM, the light listings (``db/listing.py``) and the CLI's options share without SQLAlchemy: job states, UTC time, schema revision, sorts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from datetime import UTC, datetime
 # The newest Alembic revision (tests/test_db.py checks it against the migrations folder): a
 # database already there is used without importing Alembic, which costs a CLI command ~0.5 s.
 SCHEMA_HEAD = "0007"
+
+# How `vocfleet results` orders rows (db/results.py; the CLI's --sort choices, offered without importing SQLAlchemy).
+SORTS = ("image", "probability", "margin")
 
 
 class JobStatus(enum.StrEnum):

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from vocfleet.db.settings import get_settings
+from vocfleet.db.states import SORTS
 from vocfleet.model import ConfigError
 
 from ..output import render, stream
@@ -28,8 +29,6 @@ from .base import (
     stale_window,
     takeback_note,
 )
-
-SORTS = ("image", "probability", "margin")  # vocfleet.db.results.SORTS, without importing SQLAlchemy for --help
 
 
 def _detectors_for(s, classes: str | None) -> list:
