@@ -19,32 +19,21 @@ import torch
 from common import jpeg_ids, machine, table, voc_root
 from torch import nn
 
-from vocfleet.model import engine
 from vocfleet.model.augment import TrainAugment, preprocess_eval
 from vocfleet.model.data import decoded_cache
 from vocfleet.model.engine import train_one_epoch
 from vocfleet.model.net import bf16_training, build_model
-from vocfleet.model.splits import BatchFeeder, SplitData
+from vocfleet.model.splits import BatchFeeder, RepeatFeeder, SplitData
 
 
-class StaticFeeder:
-    """One preprocessed batch kept on the device: what the model would see with a free input pipeline."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y, self.device = x, y, x.device
-
-    def batch(self, positions):
-        return self.x, self.y
-
-
-def run(model, feeder, augment, steps: int, batch: int, device, compile_model: bool) -> float:
+def run(model, feeder, augment, steps: int, batch: int, device, compile_model: bool, bf16: bool | None = None) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     step_model = torch.compile(model) if compile_model else model
     n = len(feeder.split) if hasattr(feeder, "split") else batch
     # A permutation repeated as often as needed: a small sample still gives every measured step.
     positions = np.resize(np.random.default_rng(0).permutation(n), batch * (steps + 3))
     gen = torch.Generator().manual_seed(0)
-    kwargs = dict(optimizer=optimizer, scheduler=None, loss_fn=nn.BCEWithLogitsLoss(), augment=augment, batch_size=batch, generator=gen)
+    kwargs = dict(optimizer=optimizer, scheduler=None, loss_fn=nn.BCEWithLogitsLoss(), augment=augment, batch_size=batch, generator=gen, bf16=bf16)
     train_one_epoch(step_model, feeder, positions[: batch * 3], max_batches=3, **kwargs)  # warm-up (cudnn autotune, compile)
     return train_one_epoch(step_model, feeder, positions[batch * 3 :], max_batches=steps, **kwargs)["images_per_s"]
 
@@ -72,7 +61,7 @@ def main() -> None:
         split = SplitData(decoded, np.flatnonzero(decoded.ok), labels)
         feeder = BatchFeeder(split, device)
         x0, y0 = feeder.batch(np.arange(args.batch))
-        static = StaticFeeder(preprocess_eval(x0), y0)
+        static = RepeatFeeder(preprocess_eval(x0), y0)  # preprocessed already: the model alone
         # On a GPU the sample fits in its memory and is uploaded once; a split too large for that
         # is fed batch by batch through pinned host memory: measure that way too.
         host = BatchFeeder(split, device, upload=False) if feeder.on_device is not None else None
@@ -82,12 +71,7 @@ def main() -> None:
         fp32_too = device.type == "cpu" and bf16_training(device)
         for _ in range(args.rounds):
             if fp32_too:
-                bf16 = engine.training_autocast
-                engine.training_autocast = lambda dev: torch.autocast(dev.type, enabled=False)
-                try:
-                    real_fp32.append(run(model, feeder, TrainAugment(reuse_output=True), args.steps, args.batch, device, args.compile))
-                finally:
-                    engine.training_autocast = bf16
+                real_fp32.append(run(model, feeder, TrainAugment(reuse_output=True), args.steps, args.batch, device, args.compile, bf16=False))
             real.append(run(model, feeder, TrainAugment(reuse_output=True), args.steps, args.batch, device, args.compile))
             bound.append(run(model, static, lambda x, g: x, args.steps, args.batch, device, args.compile))
             if host is not None:

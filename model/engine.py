@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .metrics import average_precision, binary_report, choose_threshold
 from .net import AuxLoss, SelectLogit, build_model, single_logit_state, training_autocast
-from .splits import BatchFeeder, Progress, SplitData, epoch_positions, prepare_splits
+from .splits import BatchFeeder, Progress, RepeatFeeder, SplitData, epoch_positions, prepare_splits
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,11 @@ def train_one_epoch(
     max_batches: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     ema: AveragedModel | None = None,
+    bf16: bool | None = None,
 ) -> dict[str, float]:
     """One pass over ``positions``; ``ema``, if given, is updated after every step.
+
+    ``bf16``: bfloat16 autocast on or off; None (what jobs use) leaves it to :func:`~vocfleet.model.net.bf16_training`.
 
     Returns:
         ``loss`` (mean over samples), ``images``, ``seconds``, ``images_per_s``.
@@ -97,7 +100,7 @@ def train_one_epoch(
     if max_batches:
         n_batches = min(n_batches, max_batches)
     total = torch.zeros((), device=device)
-    autocast = training_autocast(device)
+    autocast = training_autocast(device, bf16)
     start = time.perf_counter()
     for b in range(n_batches):
         images, labels = feeder.batch(positions[b * batch_size : (b + 1) * batch_size])
@@ -375,16 +378,6 @@ def fit(
 CPU_STEP_PIXELS = 64 * 64 * 64  # one batch of 64 at 64 px: about 0.6 s per step on 2 cores
 
 
-class _RepeatFeeder:
-    """One batch of random uint8 pictures handed out for every step: a training step's cost without a dataset."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels, self.device = images, labels, images.device
-
-    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images, self.labels
-
-
 def measure_rate(image_size: int, batch_size: int, device: str = "auto", steps: int = 2) -> float:
     """Training images per second on this machine: a few steps of :func:`train_one_epoch` on random pictures.
 
@@ -397,7 +390,7 @@ def measure_rate(image_size: int, batch_size: int, device: str = "auto", steps: 
     batch = batch_size if dev.type == "cuda" else min(batch_size, max(2, CPU_STEP_PIXELS // image_size**2))
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, image_size, image_size, 3), dtype=torch.uint8, generator=gen)
-    feeder = _RepeatFeeder(host_to_device(images, dev), torch.zeros(batch, device=dev))
+    feeder = RepeatFeeder(host_to_device(images, dev), torch.zeros(batch, device=dev))
     model = build_model("scratch").to(dev)
     step = dict(
         optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),

@@ -145,6 +145,19 @@ class BatchFeeder:
         return host_to_device(host, self.device), self.labels[host_to_device(torch.from_numpy(positions[order]), self.device)]
 
 
+class RepeatFeeder:
+    """One batch already on the device, handed out for every step: a training step's cost without a dataset.
+
+    For timing (``submit --dry-run``, bench/train_efficiency.py); the positions asked for are ignored.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels, self.device = images, labels, images.device
+
+    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images, self.labels
+
+
 def epoch_positions(split: SplitData, *, balance: str, generator: torch.Generator) -> np.ndarray:
     """The order of training samples for one epoch: a permutation, or a class-balanced draw."""
     n = len(split)
