@@ -133,9 +133,9 @@ def bf16_training(device: torch.device) -> bool:
     return any(check is not None and check() for check in native)
 
 
-def training_autocast(device: torch.device) -> torch.autocast:
-    """The autocast context of one training step (see :func:`bf16_training`)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_training(device))
+def training_autocast(device: torch.device, bf16: bool | None = None) -> torch.autocast:
+    """The autocast context of one training step: bfloat16 if ``bf16``, or where :func:`bf16_training` says when None."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_training(device) if bf16 is None else bf16)
 
 
 # Auxiliary supervision (--aux-classes): one logit per VOC class while training, one kept.

@@ -60,6 +60,9 @@ def test_training_uses_bfloat16_on_a_cpu_only_where_it_is_native(monkeypatch):
         with training_autocast(cpu):
             y = torch.nn.Linear(4, 2)(torch.ones(3, 4))
         assert y.dtype == (torch.bfloat16 if expected else torch.float32)
+        for asked in (False, True):  # asked for outright (the benchmark's float32 side), the flags do not matter
+            with training_autocast(cpu, asked):
+                assert torch.nn.Linear(4, 2)(torch.ones(3, 4)).dtype == (torch.bfloat16 if asked else torch.float32)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the checks: float32
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert bf16_training(cpu) is False

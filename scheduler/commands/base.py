@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from vocfleet.db.settings import SettingsError, get_settings
+from vocfleet.db.states import as_utc
 from vocfleet.model import ConfigError
 
 from ..output import FORMATS
@@ -129,8 +130,6 @@ def stale_window(seconds: float | None) -> timedelta:
 
 def takeback_note(beat: datetime | None, host: str | None, window: timedelta, taker: str) -> str:
     """How long ago a running row's worker last heartbeated, and when ``taker`` takes it back if that worker is gone."""
-    from vocfleet.db.states import as_utc
-
     now = datetime.now(UTC)
     beat = as_utc(beat)
     silent = (now - beat).total_seconds() if beat is not None else None
