@@ -16,6 +16,12 @@ def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, 
     q = select(Detector, TrainJob).outerjoin(TrainJob, TrainJob.id == Detector.job_id).order_by(Detector.voc_class, Detector.id)
     if not include_inactive:
         q = q.where(Detector.active.is_(True))
+    from vocfleet.model.artifacts import ArtifactStore
+
+    from .settings import get_settings
+
+    where = ArtifactStore.from_settings(get_settings()).resolve  # rows hold locations relative to the store
+    plot = lambda m, k: where(p) if (p := m.get("plots", {}).get(k)) else None
     rows = []
     for d, job in s.execute(q):
         m, cfg = d.metrics, (job.config if job is not None else {})
@@ -44,9 +50,9 @@ def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, 
                 "ema": cfg.get("ema", 0.0) if job is not None else None,
                 "seed": cfg.get("seed"),
                 "decision": m.get("promotion", {}).get("decision"),
-                "checkpoint": d.checkpoint_path,
-                "curves": m.get("plots", {}).get("curves"),
-                "pr_curve": m.get("plots", {}).get("pr"),
+                "checkpoint": where(d.checkpoint_path),
+                "curves": plot(m, "curves"),
+                "pr_curve": plot(m, "pr"),
             }
         )
     return rows

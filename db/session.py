@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from .settings import get_settings
 from .states import SCHEMA_HEAD
@@ -82,25 +83,44 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 
 
 def upgrade_database(url: str | None = None) -> None:
-    """Create or upgrade the schema to the newest Alembic revision."""
+    """Create or upgrade the schema to the newest Alembic revision, all or nothing.
+
+    PostgreSQL runs DDL inside the transaction. SQLite can too, but Python's sqlite3 driver
+    commits before each DDL statement unless the transaction is begun by hand: the upgrade runs
+    on its own connection that does so, so a kill or power loss part-way leaves the database as it
+    was before the upgrade, never half-migrated.
+    """
     from alembic import command
     from alembic.config import Config
 
+    url = url or get_settings().database_url
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["connection_url"] = url or get_settings().database_url
+    cfg.attributes["connection_url"] = url
     engine = get_engine(url)
-    sqlite = engine.dialect.name == "sqlite"
-    with engine.begin() as conn:
-        if sqlite:
-            # SQLite migrations copy a table and drop the old one: with foreign keys on, that drop
-            # would cascade and delete the rows that refer to it (epoch metrics, scores). The
-            # pragma only takes effect outside a transaction, so before the first write.
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        return
+    # A connection of its own: the driver's implicit transactions off, one BEGIN IMMEDIATE around
+    # every migration. Foreign keys off first (the pragma is ignored inside a transaction): SQLite
+    # migrations copy a table and drop the old one, and with them on the drop would cascade.
+    upgrader = create_engine(url, connect_args={"timeout": 30, "isolation_level": None}, poolclass=NullPool)
+    try:
+        with upgrader.connect() as conn:
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-    if sqlite:
-        engine.dispose()  # the pooled connection has foreign keys off: new ones get the pragmas again
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                conn.exec_driver_sql("COMMIT")
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+    finally:
+        upgrader.dispose()
+    engine.dispose()  # pooled connections may hold the old schema's statements
 
 
 def schema_revision(url: str | None = None) -> str | None:

@@ -63,14 +63,32 @@ def get_settings() -> Settings:
         stale_seconds=_seconds("VOCFLEET_STALE_SECONDS", env.get("VOCFLEET_STALE_SECONDS", "120"), 0),
         score_compile=_switch("VOCFLEET_SCORE_COMPILE", env.get("VOCFLEET_SCORE_COMPILE", "auto")),
         decode_threads=_count("VOCFLEET_DECODE_THREADS", env.get("VOCFLEET_DECODE_THREADS")),
-        s3_endpoint_url=env.get("VOCFLEET_S3_ENDPOINT_URL") or None,
+        s3_endpoint_url=_endpoint(env.get("VOCFLEET_S3_ENDPOINT_URL") or None),
     )
+
+
+def _endpoint(value: str | None) -> str | None:
+    """An http(s) URL with a host, or None."""
+    if value is None:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is not a number
+        ok = False
+    if not ok:
+        raise SettingsError(f"VOCFLEET_S3_ENDPOINT_URL={value!r}: use an http(s) URL such as http://localhost:9000")
+    return value
 
 
 def _artifact_root(value: str | None, data_dir: Path) -> str:
     """A URL (``s3://bucket/prefix``) as given; a local folder made absolute (default: ``<data dir>/artifacts``)."""
     if value and "://" in value and not value.startswith("file://"):
-        if value.startswith("s3://") and not value[5:].strip("/"):
+        if not value.startswith("s3://"):
+            raise SettingsError(f"VOCFLEET_ARTIFACT_ROOT={value!r}: use a local folder or s3://bucket/prefix (MinIO, Ceph and AWS speak S3)")
+        if not value[5:].strip("/"):
             raise SettingsError(f"VOCFLEET_ARTIFACT_ROOT={value!r}: name a bucket, as in s3://bucket/prefix")
         return value.rstrip("/")
     return str(Path((value or "").removeprefix("file://") or data_dir / "artifacts").expanduser().resolve())

@@ -41,3 +41,7 @@ def check_class(name: str) -> str:
     if name.strip().lower() not in VOC_CLASSES:
         raise ConfigError(f"unknown class {name!r}: choose from {', '.join(VOC_CLASSES)} (or 'all')")
     return name.strip().lower()
+
+
+class StoreUnavailable(Exception):
+    """Object storage could not be reached or used (no bucket, no credentials, an outage that outlasted the retries): one line."""

@@ -18,6 +18,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # escape sequences and newlines 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run a cell starting with these
 
 
+def clean(text: str) -> str:
+    """Text safe for a terminal: control characters (escape sequences, newlines) and undecodable bytes written as escapes."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

@@ -27,8 +27,9 @@ def test_push_pull_and_checked_copies(store, tmp_path):
     (out / "last.pt").write_bytes(b"resume state")
     (out / "detector.pt").write_bytes(b"weights")
     stored = store.push("k1", ["last.pt", "detector.pt", "absent.pt"])
-    assert sorted(stored) == ["detector.pt", "last.pt"] and stored["detector.pt"] == store.uri("k1", "detector.pt")
-    assert stored["detector.pt"].startswith("s3://" if store.remote else "/")
+    assert sorted(stored) == ["detector.pt", "last.pt"] and stored["detector.pt"] == "jobs/k1/detector.pt"  # relative to the store
+    assert store.resolve(stored["detector.pt"]) == store.uri("k1", "detector.pt")
+    assert store.uri("k1", "detector.pt").startswith("s3://" if store.remote else "/")
     sha = sha256_file(out / "detector.pt")
     assert store.local_copy(stored["detector.pt"], sha).read_bytes() == b"weights"
     with pytest.raises(DetectorUnavailable, match="sha256 mismatch"):
@@ -43,7 +44,7 @@ def test_push_pull_and_checked_copies(store, tmp_path):
     assert other.pull("k1") == (["last.pt"] if store.remote else [])
     assert (other.job_dir("k1") / "last.pt").read_bytes() == b"resume state"
     store.drop_resume_files("k1")
-    assert [f.uri for _, f in store.files()] == [stored["detector.pt"]]
+    assert [f.uri for _, f in store.files()] == [store.uri("k1", "detector.pt")]
     if store.remote:
         assert other.pull("k1") == [] and not (other.job_dir("k1") / "last.pt").exists()  # a stale local copy is not resumed from
 
@@ -52,7 +53,7 @@ def test_an_unchanged_file_is_not_uploaded_again(s3_root):
     store = ArtifactStore.from_settings(get_settings())
     store.job_dir("k").mkdir(parents=True)
     (store.job_dir("k") / "best.pt").write_bytes(b"epoch 1")
-    uri = store.push("k", ["best.pt"])["best.pt"]
+    uri = store.resolve(store.push("k", ["best.pt"])["best.pt"])
     fs, path = store._fs(uri)
     fs.pipe_file(path, b"changed in the store")
     store.push("k", ["best.pt"])  # same local file: no upload
@@ -71,7 +72,8 @@ def test_training_and_scoring_with_artifacts_in_s3(s3_root, fake_voc, data_dir, 
         key = s.get(TrainJob, det.job_id).key
         checkpoint, plots = det.checkpoint_path, det.metrics["plots"]
     store = ArtifactStore.from_settings(get_settings())
-    assert checkpoint == f"{s3_root}/jobs/{key}/detector.pt" and all(p.startswith(f"{s3_root}/jobs/{key}/") for p in plots.values())
+    assert checkpoint == f"jobs/{key}/detector.pt" and all(p.startswith(f"jobs/{key}/") for p in plots.values())  # relative to the store
+    assert store.resolve(checkpoint) == f"{s3_root}/jobs/{key}/detector.pt"
     # Kept: the detector and its plots; gone: last.pt and best.pt, here and in the store.
     assert sorted(f.uri.rsplit("/", 1)[1] for _, f in store.files()) == sorted(["detector.pt", *(p.rsplit("/", 1)[1] for p in plots.values())])
     assert not (data_dir / "artifacts").exists() and not list((data_dir / "work").rglob("*.pt"))
@@ -112,7 +114,7 @@ def test_a_job_resumes_on_another_host_from_the_checkpoint_in_s3(s3_root, fake_v
         job = s.get(TrainJob, 1)
         assert job.worker_host == "host-b" and [e.epoch for e in job.epochs] == [1, 2, 3]
         assert job.epochs[0].train_loss == epoch1  # resumed after epoch 1, not started over
-        assert s.scalars(select(Detector)).one().checkpoint_path.startswith(s3_root)
+        assert s.scalars(select(Detector)).one().checkpoint_path == f"jobs/{job.key}/detector.pt"
     assert not (data_dir / "artifacts").exists()
 
 
@@ -137,7 +139,7 @@ def test_gc_removes_what_no_detector_or_resume_needs(fake_voc, data_dir, invoke)
     assert res.exit_code == 0 and "removed 1 file(s)" in res.output
     assert not leftovers[0].exists() and leftovers[1].exists() and leftovers[2].exists()
     with session_scope() as s:
-        assert all(sha256_file(d.checkpoint_path) == d.sha256 for d in s.scalars(select(Detector)))  # every detector intact
+        assert all(sha256_file(store.resolve(d.checkpoint_path)) == d.sha256 for d in s.scalars(select(Detector)))  # every detector intact
     res = invoke("gc", "--orphans", "--yes")
     assert "removed 1 file(s)" in res.output and not leftovers[2].parent.exists()
 
@@ -157,7 +159,7 @@ def test_gc_asks_first(fake_voc, invoke):
 
 @pytest.mark.parametrize(
     ("root", "says"),
-    [("s3://", "name a bucket"), ("nosuchprotocol://bucket/x", "nosuchprotocol://bucket/x")],
+    [("s3://", "name a bucket"), ("nosuchprotocol://bucket/x", "nosuchprotocol://bucket/x"), ("ftp://host/x", "s3://bucket/prefix")],
 )
 def test_a_bad_artifact_root_is_one_line(root, says, monkeypatch):
     import subprocess
@@ -168,3 +170,81 @@ def test_a_bad_artifact_root_is_one_line(root, says, monkeypatch):
     assert res.returncode == 2 and res.stdout == ""
     [line] = res.stderr.splitlines()
     assert line.startswith("vocfleet: error: ") and says in line
+
+
+def test_gc_keeps_every_detector_after_the_data_folder_moves_or_is_copied(fake_voc, data_dir, invoke, monkeypatch, tmp_path):
+    """mv, a restore elsewhere, cp -a: rows name files relative to the store, so nothing looks unused and scoring still works."""
+    import shutil
+
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 1, *SMALL).exit_code == 0
+    assert invoke("run").exit_code == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes((fake_voc / "JPEGImages" / "000001.jpg").read_bytes())
+    moved, copied = tmp_path / "moved" / "data", tmp_path / "copy"
+    moved.parent.mkdir()
+    shutil.move(data_dir, moved)
+    shutil.copytree(moved, copied, symlinks=True)
+    for place in (moved, copied):
+        monkeypatch.setenv("VOCFLEET_DATA_DIR", str(place))
+        dispose_engines()
+        assert invoke("gc", "--yes").output.strip() == "nothing to remove"
+        assert invoke("gc", "--orphans", "--yes").output.strip() == "nothing to remove"
+        store = ArtifactStore.from_settings(get_settings())
+        with session_scope() as s:
+            det = s.scalars(select(Detector)).one()
+            assert sha256_file(store.resolve(det.checkpoint_path)) == det.sha256 and store.resolve(det.checkpoint_path).startswith(str(place))
+        res = invoke("score", photos)
+        assert res.exit_code == 0 and "1 image(s) scored" in res.output, res.output
+
+
+def test_gc_never_follows_a_link_out_of_this_hosts_work_folder(s3_root, data_dir, invoke, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.pdf").write_bytes(b"years of work")
+    (data_dir / "work" / "jobs").mkdir(parents=True)
+    (data_dir / "work" / "jobs" / ("a" * 32)).symlink_to(precious)
+    (data_dir / "work" / "jobs" / ("b" * 32)).mkdir()
+    (data_dir / "work" / "jobs" / ("b" * 32) / "last.pt").symlink_to(precious / "thesis.pdf")
+    invoke("db", "upgrade")
+    res = invoke("gc", "--orphans", "--yes")
+    assert res.exit_code == 0 and "nothing to remove" in res.output and "thesis" not in res.output
+    assert (precious / "thesis.pdf").read_bytes() == b"years of work"
+
+
+def test_gc_leaves_another_databases_running_job_on_this_host_alone(s3_root, data_dir, invoke):
+    """Two databases share the data folder and the bucket: plain gc keeps work copies of jobs it does not know."""
+    other = data_dir / "work" / "jobs" / ("c" * 32)
+    other.mkdir(parents=True)
+    (other / "last.pt").write_bytes(b"epoch 3 of another database's job")
+    invoke("db", "upgrade")
+    res = invoke("gc", "--yes")
+    assert res.exit_code == 0 and "nothing to remove" in res.output and (other / "last.pt").exists()
+    res = invoke("gc", "--dry-run", "--orphans")
+    assert "work copy of no job of this database" in res.output and (other / "last.pt").exists()
+
+
+def test_gc_keeps_what_became_needed_after_it_listed(s3_root, data_dir, invoke):
+    """A job retried, or a detector recorded, between the listing and the removal keeps its files (the store and rows are read again)."""
+    from vocfleet.db.jobs import create_jobs, retry_job
+    from vocfleet.db.session import ensure_schema
+    from vocfleet.scheduler.gc import find_garbage, remove_garbage
+
+    ensure_schema()
+    with session_scope() as s:
+        (job,) = create_jobs(s, [{"voc_class": "car", "epochs": 1}])
+        job.status, key = JobStatus.failed, job.key
+    store = ArtifactStore.from_settings(get_settings())
+    store.job_dir(key).mkdir(parents=True)
+    (store.job_dir(key) / "last.pt").write_bytes(b"resume")
+    cached = store.cache_dir / "artifacts" / f"{'e' * 64}.pt"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"a detector fetched for a row about to be recorded")
+    with session_scope() as s:
+        garbage, _ = find_garbage(s, store)
+    assert {g.reason for g in garbage} == {"work copy of a job not running", "cached copy of no detector"}
+    with session_scope() as s:
+        assert retry_job(s, job.id) == "queued"
+        s.add(Detector(voc_class="car", checkpoint_path="jobs/x/detector.pt", sha256="e" * 64, threshold=0.5, ap=0.5, metrics={}, active=False))
+    assert remove_garbage(session_scope, store, garbage) == []
+    assert (store.job_dir(key) / "last.pt").exists() and cached.exists()

@@ -221,3 +221,104 @@ def test_migrating_keeps_rows_that_refer_to_recreated_tables(tmp_path):
         assert conn.exec_driver_sql("SELECT key FROM train_jobs").scalar() == "7"  # an old job keeps its folder name
         assert conn.exec_driver_sql("SELECT count(*) FROM epoch_metrics").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # back on for everyone else
+
+
+def _old_database(url: str, revision: str) -> None:
+    """A SQLite database at ``revision`` holding a job, an epoch and a detector with an absolute path, as an old vocfleet left it."""
+    from alembic import command
+    from alembic.config import Config
+
+    from vocfleet.db.session import MIGRATIONS, get_engine
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    with get_engine(url).begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO train_jobs (id, voc_class, config, epochs_done, status, attempts, max_attempts, created_at, cancel_requested) "
+            "VALUES (7, 'car', '{}', 1, 'succeeded', 1, 3, '2026-11-28 00:00:00', 0)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO epoch_metrics (job_id, epoch, train_loss, val_loss, val_ap, lr, seconds, images_per_s, created_at) "
+            "VALUES (7, 1, 0.5, 0.4, 0.3, 0.1, 1.0, 10.0, '2026-11-28 00:00:00')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO detectors (voc_class, job_id, checkpoint_path, sha256, threshold, ap, metrics, active, created_at) VALUES "
+            "('car', 7, '/old/place/artifacts/jobs/7/detector.pt', 'ab', 0.5, 0.4, '{\"plots\": {\"pr\": \"/old/place/artifacts/jobs/7/pr.png\"}}', 1, "
+            "'2026-11-28 00:00:00')"
+        )
+    get_engine(url).dispose()
+
+
+def _upgrade_killed_at(url: str, statement: int) -> int:
+    """Run the upgrade in a forked child that SIGKILLs itself before its ``statement``-th SQL statement; the child's wait status."""
+    import os
+    import signal
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from vocfleet.db.session import dispose_engines, upgrade_database
+
+    dispose_engines()
+    pid = os.fork()
+    if pid == 0:  # the child: counts statements, dies by SIGKILL at the chosen one, as a power cut would
+        try:
+            seen = [0]
+
+            def count(*_):
+                seen[0] += 1
+                if seen[0] == statement:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            event.listen(Engine, "before_cursor_execute", count)
+            upgrade_database(url)
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1]
+
+
+def test_an_upgrade_killed_at_any_statement_leaves_the_database_as_it_was(tmp_path):
+    """SIGKILL before every SQL statement of the upgrade from 0005: the old schema and rows stay whole, and the next upgrade completes."""
+    import os
+    import signal
+
+    from vocfleet.db.session import dispose_engines, get_engine, schema_revision, upgrade_database
+    from vocfleet.db.states import SCHEMA_HEAD
+
+    base = tmp_path / "base.db"
+    _old_database(f"sqlite:///{base}", "0005")
+    killed = 0
+    for statement in range(1, 200):
+        db = tmp_path / f"k{statement}.db"
+        db.write_bytes(base.read_bytes())
+        url = f"sqlite:///{db}"
+        status = _upgrade_killed_at(url, statement)
+        dispose_engines()
+        if not os.WIFSIGNALED(status):  # the upgrade ran to its end before this statement: every step was covered
+            assert os.WEXITSTATUS(status) == 0 and schema_revision(url) == SCHEMA_HEAD
+            break
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        killed += 1
+        assert schema_revision(url) == "0005", f"killed before statement {statement}"
+        with get_engine(url).connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM epoch_metrics").scalar() == 1
+            assert conn.exec_driver_sql("SELECT checkpoint_path FROM detectors").scalar() == "/old/place/artifacts/jobs/7/detector.pt"
+        upgrade_database(url)  # the next command upgrades it whole
+        assert schema_revision(url) == SCHEMA_HEAD
+        dispose_engines()
+    assert killed > 20  # every migration from 0005 to the head had statements to kill at
+
+
+def test_detector_locations_become_relative_to_the_store(tmp_path):
+    """0008: an absolute path that ends in jobs/<key>/<file> is kept as that, so a moved data folder resolves it."""
+    from vocfleet.db.session import get_engine, upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    _old_database(url, "0005")
+    upgrade_database(url)
+    with get_engine(url).connect() as conn:
+        path, metrics = conn.exec_driver_sql("SELECT checkpoint_path, metrics FROM detectors").one()
+    assert path == "jobs/7/detector.pt" and '"jobs/7/pr.png"' in metrics

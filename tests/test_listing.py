@@ -94,6 +94,7 @@ def test_an_old_schema_is_upgraded_first(data_dir):
     from alembic.config import Config
 
     from vocfleet.db.session import MIGRATIONS, get_engine, get_settings
+    from vocfleet.db.states import SCHEMA_HEAD
 
     get_engine()  # makes the data folder
     cfg = Config()
@@ -105,7 +106,7 @@ def test_an_old_schema_is_upgraded_first(data_dir):
     with read_connection() as conn:
         cur = conn.cursor()
         cur.execute("SELECT version_num FROM alembic_version")
-        assert cur.fetchone()[0] == "0007"
+        assert cur.fetchone()[0] == SCHEMA_HEAD
 
 
 @pytest.mark.parametrize("command", ["status", "runs"])

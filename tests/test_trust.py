@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from vocfleet.db.models import Detector, JobStatus, ScoreRun, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, session_scope
+from vocfleet.db.settings import get_settings
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import fit
 
@@ -29,9 +30,9 @@ def test_two_databases_sharing_a_data_folder_keep_their_detectors(fake_voc, data
         second = s.scalars(select(Detector)).one()
         assert job.id == 1 and second.checkpoint_path != first_path
         assert job.key in second.checkpoint_path and len(job.key) == 32
-    from vocfleet.model.artifacts import sha256_file
+    from vocfleet.model.artifacts import ArtifactStore, sha256_file
 
-    assert sha256_file(first_path) == first_sha  # untouched by the other database's job 1
+    assert sha256_file(ArtifactStore.from_settings(get_settings()).resolve(first_path)) == first_sha  # untouched by the other database's job 1
 
 
 def test_a_checkpoint_of_another_job_is_not_resumed(fake_voc, tmp_path):

@@ -154,19 +154,22 @@ def retry(job_ids: tuple[int, ...], fmt: str) -> None:
 def gc(dry_run: bool, orphans: bool, yes: bool) -> None:
     """Remove artifacts nothing needs: finished jobs' resume checkpoints, this host's stale copies.
 
-    Kept: every file a detector points to (active or not), and the last checkpoints of queued,
-    running, failed and cancelled jobs ('vocfleet retry' resumes from them).
+    Kept: every detector's checkpoint and plots (active or not, matched by job and file name, so a
+    moved data folder keeps them), everything of queued, running, failed and cancelled jobs
+    ('vocfleet retry' resumes from them), and anything reached through a link.
     """
+    from vocfleet.db.session import session_scope
     from vocfleet.model.artifacts import ArtifactStore
 
-    from ..gc import find_garbage
+    from ..gc import find_garbage, remove_garbage
+    from ..output import clean
 
     store = ArtifactStore.from_settings(get_settings())
     with database() as s:
         garbage, orphaned = find_garbage(s, store, orphans=orphans)
     total = sum(g.size for g in garbage)
     for g in garbage:
-        click.echo(f"{g.size / 2**20:9.1f} MiB  {g.location}  ({g.reason})")
+        click.echo(f"{g.size / 2**20:9.1f} MiB  {clean(g.location)}  ({g.reason})")
     if orphaned and not orphans:
         click.echo(f"{orphaned} job folder(s) in {store.root} belong to no job of this database: --orphans removes them")
     if not garbage:
@@ -178,9 +181,10 @@ def gc(dry_run: bool, orphans: bool, yes: bool) -> None:
         return
     if not yes:
         click.confirm(f"Remove {summary}?", abort=True)
-    for g in garbage:
-        store.remove(g.location)
-    click.echo(f"removed {summary}")
+    removed = remove_garbage(session_scope, store, garbage, orphans=orphans)
+    kept = len(garbage) - len(removed)
+    said = f"removed {len(removed)} file(s), {sum(g.size for g in removed) / 2**20:.1f} MiB"
+    click.echo(said + (f"; kept {kept} that became needed meanwhile" if kept else ""))
 
 
 @click.group()
