@@ -6,11 +6,13 @@ taken away (reaped after a stale heartbeat, or a second delivery) can no longer 
 
 from __future__ import annotations
 
+import os
 import uuid
+import zlib
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from .models import Claimable, Detector, EpochMetric, JobStatus, ScoreRun, TrainJob, utcnow
@@ -110,6 +112,7 @@ def finish_job(s: Session, job_id: int, token: str, result: FitResult) -> Detect
     else:
         metrics = dict(result.metrics)
         metrics.update(val=result.val_metrics, best_epoch=result.best_epoch, skipped_images=result.skipped_images, plots=result.plots)
+        lock_class(s, job.voc_class)
         current = s.scalar(select(Detector).where(Detector.voc_class == job.voc_class, Detector.active.is_(True)).with_for_update())
         promote, decision = _promotion(s, job, metrics, current)
         metrics["promotion"] = decision
@@ -142,28 +145,68 @@ def _promotion(s: Session, job: TrainJob, metrics: dict[str, Any], current: Dete
     decision.update(active_id=current.id, active_ap=current.ap)
     if policy != "if-better":
         return policy == "always", decision | {"decision": f"--promote {policy}"}
-    current_job = s.get(TrainJob, current.job_id) if current.job_id else None
-    same_split = (
-        current.metrics.get("split") == metrics.get("split") and current_job is not None and current_job.config.get("voc_root") == job.config.get("voc_root")
-    )
-    if not same_split:
-        return True, decision | {"decision": "promoted: the active detector was evaluated on another split, the APs do not compare"}
+    if not _same_evaluation(s, current, job, metrics):
+        return True, decision | {"decision": "promoted: the active detector was evaluated on other pictures or labels, the APs do not compare"}
     if metrics["ap"] >= current.ap:
         return True, decision | {"decision": "promoted: AP at least the active detector's"}
     return False, decision | {"decision": f"kept detector {current.id} active: its AP {current.ap:.3f} is higher"}
 
 
-def activate_detector(s: Session, detector_id: int) -> tuple[Detector, Detector | None] | None:
-    """Make a detector its class's active one (the one before it is returned too); None if there is no such detector."""
-    detector = s.get(Detector, detector_id, with_for_update=True)
+def lock_class(s: Session, voc_class: str) -> None:
+    """Hold the class's detector lock until the transaction ends, so one active detector per class holds under concurrency.
+
+    Two transactions that both find no active detector would otherwise both insert one (row
+    locks cannot lock a row that does not exist). PostgreSQL: a transaction-scoped advisory lock
+    keyed by the class. SQLite serialises writers itself.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        key = zlib.crc32(f"vocfleet.detectors.{voc_class}".encode()) - 2**31  # a signed 32-bit key
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def _same_evaluation(s: Session, current: Detector, job: TrainJob, metrics: dict[str, Any]) -> bool:
+    """Were both detectors judged on the same pictures with the same labels? By the data fingerprint, never by a path.
+
+    A detector from before fingerprints (0.5.0) is compared by its evaluation split and the real
+    path of its VOC root, links resolved.
+    """
+    ours, theirs = metrics.get("eval_fingerprint"), current.metrics.get("eval_fingerprint")
+    if ours and theirs:
+        return ours == theirs
+    current_job = s.get(TrainJob, current.job_id) if current.job_id else None
+    if current_job is None or current.metrics.get("split") != metrics.get("split"):
+        return False
+    roots = [j.config.get("voc_root") for j in (current_job, job)]
+    return None not in roots and os.path.realpath(roots[0]) == os.path.realpath(roots[1])
+
+
+def activate_detector(s: Session, detector_id: int, reason: str | None = None) -> tuple[Detector, Detector | None] | None:
+    """Make a detector its class's active one (the one before it is returned too); None if there is no such detector.
+
+    The change is recorded in both detectors' history (``metrics["events"]``): when, which
+    detector replaced which, and ``reason``.
+    """
+    detector = s.get(Detector, detector_id)
     if detector is None:
         return None
+    lock_class(s, detector.voc_class)
+    s.refresh(detector, with_for_update=True)
     before = s.scalar(select(Detector).where(Detector.voc_class == detector.voc_class, Detector.active.is_(True)).with_for_update())
-    if before is not None and before.id != detector.id:
+    if before is detector:
+        return detector, None
+    at = utcnow().isoformat(timespec="seconds")
+    if before is not None:
         before.active = False
+        _add_event(before, {"at": at, "event": "deactivated", "by": detector.id, "reason": reason})
         s.flush()
     detector.active = True
-    return detector, before if before is not detector else None
+    _add_event(detector, {"at": at, "event": "activated", "replaced": before.id if before is not None else None, "reason": reason})
+    return detector, before
+
+
+def _add_event(detector: Detector, event: dict[str, Any]) -> None:
+    """Append to a detector's history (a new dict: the JSON column is not tracked for in-place changes)."""
+    detector.metrics = {**detector.metrics, "events": [*detector.metrics.get("events", []), event]}
 
 
 def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str | None = None, table: Work = TrainJob) -> bool:
@@ -214,7 +257,11 @@ def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None, 
 
 
 def create_jobs(s: Session, configs: list[dict[str, Any]], max_attempts: int = 3, promote: str = "if-better") -> list[TrainJob]:
-    """Add one queued training job per config (``TrainConfig.to_dict()``); ids are set on return."""
+    """Add one queued training job per config (``TrainConfig.to_dict()``); ids are set on return.
+
+    The VOC root is stored with links resolved, as the submitting host sees it, whoever calls this.
+    """
+    configs = [{**c, "voc_root": os.path.realpath(os.path.expanduser(c["voc_root"]))} if c.get("voc_root") else c for c in configs]
     jobs = [TrainJob(voc_class=c["voc_class"], config=c, max_attempts=max_attempts, promote=promote) for c in configs]
     s.add_all(jobs)
     s.flush()

@@ -41,6 +41,10 @@ def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, 
                 "pos_rate": m["positives"] / max(m["images"], 1) if "positives" in m else None,
                 "eval_images": m.get("images"),
                 "split": m.get("split"),
+                # The data fingerprint (ids and labels of the evaluation pictures), short as git shows a commit.
+                "eval_data": (m.get("eval_fingerprint") or "")[:12] or None,
+                "eval_fingerprint": m.get("eval_fingerprint"),
+                "train_fingerprint": m.get("train_fingerprint"),
                 "created": as_utc(d.created_at),
                 "image_size": cfg.get("image_size"),
                 "epochs": cfg.get("epochs"),
@@ -49,13 +53,27 @@ def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, 
                 "lr": cfg.get("lr"),
                 "ema": cfg.get("ema", 0.0) if job is not None else None,
                 "seed": cfg.get("seed"),
-                "decision": m.get("promotion", {}).get("decision"),
+                "decision": decision(m),
                 "checkpoint": where(d.checkpoint_path),
                 "curves": plot(m, "curves"),
                 "pr_curve": plot(m, "pr"),
             }
         )
     return rows
+
+
+def decision(metrics: dict[str, Any]) -> str | None:
+    """Why a detector is (or is not) active: the latest change by hand, else the promotion decision made when it finished."""
+    said = metrics.get("promotion", {}).get("decision")
+    events = metrics.get("events") or []
+    if not events:
+        return said
+    e = events[-1]
+    why = f": {e['reason']}" if e.get("reason") else ""
+    if e["event"] == "activated":
+        replaced = f", replacing detector {e['replaced']}" if e.get("replaced") else ""
+        return f"activated by hand at {e['at']}{replaced}{why}"
+    return f"deactivated at {e['at']}: detector {e['by']} activated by hand{why}"
 
 
 def active_detectors(s: Session, classes: list[str] | None = None) -> list[Detector]:

@@ -9,6 +9,7 @@ stable order (:func:`add_shard`, guarded by the run's claim). The scan then rele
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,9 +25,13 @@ UNFINISHED = (JobStatus.queued, JobStatus.running)
 
 
 def create_run(s: Session, folders: list[str], detectors: Sequence[Detector], *, batch_size: int, max_attempts: int, shard_size: int = 2000) -> ScoreRun:
-    """Add a queued scoring run of ``folders`` with ``detectors``; its id is set on return."""
+    """Add a queued scoring run of ``folders`` with ``detectors``; its id is set on return.
+
+    Folders are stored with links resolved (``/tmp`` on macOS is one), as the CLI does: the scan
+    refuses a link that leads out of its folder, and a folder named through a link would be one.
+    """
     run = ScoreRun(
-        folders=list(folders),
+        folders=[os.path.realpath(os.path.expanduser(f)) for f in folders],
         classes=[d.voc_class for d in detectors],
         detector_ids=[d.id for d in detectors],
         batch_size=batch_size,

@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .metrics import average_precision, binary_report, choose_threshold
 from .net import AuxLoss, SelectLogit, build_model, single_logit_state, training_autocast
-from .splits import BatchFeeder, Progress, RepeatFeeder, SplitData, epoch_positions, prepare_splits
+from .splits import BatchFeeder, Progress, RepeatFeeder, SplitData, epoch_positions, fingerprint, prepare_splits
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +335,8 @@ def fit(
     eval_ev = evaluate(detector, evaluation, device)
     metrics = binary_report(eval_ev["probs"], evaluation.labels, threshold)
     metrics["split"] = cfg.eval_split
+    # Which pictures and labels it was judged and trained on, wherever they live: promotion compares these, never paths.
+    metrics["eval_fingerprint"], metrics["train_fingerprint"] = fingerprint(evaluation), fingerprint(train, val)
     val_metrics = binary_report(val_ev["probs"], val.labels, threshold)
     final_state = single_logit_state(net.state_dict(), head) if cfg.aux_classes else net.state_dict()
     save_checkpoint(

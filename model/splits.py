@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,17 @@ class SplitData:
     @property
     def positives(self) -> int:
         return int(self.labels.sum())
+
+
+def fingerprint(*splits: SplitData) -> str:
+    """sha256 of the image ids and 0/1 labels of ``splits`` together, in id order.
+
+    The same pictures with the same labels give the same fingerprint wherever the data lives
+    (another path, a link, a copy); a changed label or a picture more or less changes it.
+    Cheap: ids and labels only, no pixels.
+    """
+    pairs = sorted((split.decoded.ids[row], int(label)) for split in splits for row, label in zip(split.rows, split.labels, strict=True))
+    return hashlib.sha256("".join(f"{i} {label}\n" for i, label in pairs).encode()).hexdigest()
 
 
 def _labels_for(labels: dict[str, int], difficult: str) -> dict[str, int]:

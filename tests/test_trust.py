@@ -74,18 +74,27 @@ def _schema():
     ensure_schema()
 
 
-def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root: str = "/voc") -> int:
+def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root: str = "/voc", voc_class: str = "car") -> int:
+    """A finished job of ``voc_class`` whose detector file (a few bytes) is in the store; the detector's id."""
+    import hashlib
+
     from vocfleet.db.jobs import claim_job, create_jobs, finish_job
+    from vocfleet.model.artifacts import ArtifactStore
     from vocfleet.model.engine import FitResult
 
     with session_scope() as s:
-        job = create_jobs(s, [{"voc_class": "car", "voc_root": root, "image_size": 64, "epochs": 3, "init": "scratch"}], promote=promote)[0]
-        job_id = job.id
+        job = create_jobs(s, [{"voc_class": voc_class, "voc_root": root, "image_size": 64, "epochs": 3, "init": "scratch"}], promote=promote)[0]
+        job_id, key = job.id, job.key
     with session_scope() as s:
         token = claim_job(s, job_id, "h")
+    store = ArtifactStore.from_settings(get_settings())
+    store.job_dir(key).mkdir(parents=True, exist_ok=True)
+    (store.job_dir(key) / "detector.pt").write_bytes(key.encode())
+    sha = hashlib.sha256(key.encode()).hexdigest()
     m = {"ap": ap, "split": split, "positives": 5, "images": 50}
+    result = FitResult(checkpoint=store.location(key, "detector.pt"), sha256=sha, threshold=0.5, metrics=m, val_metrics=m, best_epoch=1)
     with session_scope() as s:
-        return finish_job(s, job_id, token, FitResult(checkpoint=f"/x/{job_id}.pt", sha256="0" * 64, threshold=0.5, metrics=m, val_metrics=m, best_epoch=1)).id
+        return finish_job(s, job_id, token, result).id
 
 
 def active_ids():
@@ -117,6 +126,57 @@ def test_activate_a_detector_by_hand(invoke):
     res = invoke("detectors", "activate", 99)
     assert res.exit_code == 2 and res.output.strip() == "vocfleet: error: no detector 99: see 'vocfleet detectors --all'"
     assert invoke("detectors", "--all").exit_code == 0 and active_ids() == [first]
+    res = invoke("detectors", "activate", second, "--reason", "better on the new photos")
+    assert res.exit_code == 0 and active_ids() == [second]
+    history = {h["id"]: h["decision"] for h in json.loads(invoke("detectors", "history", "car", "--format", "json").output)}
+    assert history[second].startswith("activated by hand at ") and history[second].endswith(f", replacing detector {first}: better on the new photos")
+    assert f"detector {second} activated by hand: better on the new photos" in history[first]
+
+
+def test_a_detector_whose_checkpoint_is_gone_is_not_activated(invoke):
+    from vocfleet.model.artifacts import ArtifactStore
+
+    first, second = _finish(0.3), _finish(0.4)
+    with session_scope() as s:
+        location = s.get(Detector, first).checkpoint_path
+    ArtifactStore.from_settings(get_settings()).remove(ArtifactStore.from_settings(get_settings()).resolve(location))
+    res = invoke("detectors", "activate", first)
+    assert res.exit_code == 2 and active_ids() == [second]
+    [line] = res.output.splitlines()
+    assert line.startswith(f"vocfleet: error: detector {first} not activated: checkpoint ") and "is missing; retrain or restore it" in line
+
+
+@pytest.mark.services
+def test_one_active_detector_per_class_under_concurrent_promotion_and_activation(pg_url):
+    """Processes finish jobs and activate detectors of the same classes at once: never two active, never an error."""
+    import multiprocessing
+
+    ensure_schema()
+    classes = [f"c{i}" for i in range(8)]
+    spare = {c: _finish(0.1, promote="never", voc_class=c) for c in classes}  # one inactive detector per class to activate
+    dispose_engines()
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        outcomes = pool.starmap(_race, [(c, i, spare[c]) for c in classes for i in range(4)])
+    assert all(o == "ok" for o in outcomes), outcomes
+    with session_scope() as s:
+        for c in classes:
+            assert len(s.scalars(select(Detector).where(Detector.voc_class == c, Detector.active.is_(True))).all()) == 1
+
+
+def _race(voc_class: str, i: int, spare: int) -> str:
+    from vocfleet.db.jobs import activate_detector
+
+    dispose_engines()
+    try:
+        if i % 2:
+            with session_scope() as s:
+                activate_detector(s, spare, "race")
+        else:
+            _finish(0.5, voc_class=voc_class)
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - the test reports what went wrong in the child
+        return f"{type(exc).__name__}: {exc}"
 
 
 def test_retry_resumes_a_failed_job_and_cancel_names_what_is_missing(fake_voc, invoke):
@@ -154,3 +214,52 @@ def test_cancelling_running_work_asks_first(fake_voc, invoke):
         assert not s.get(TrainJob, 1).cancel_requested
     res = invoke("cancel", 1, "--yes")
     assert res.exit_code == 0 and "job 1: running; its worker stops it" in res.output
+
+
+def test_the_library_resolves_links_and_promotion_compares_the_data_not_the_path(fake_voc, tmp_path):
+    """The README's Python API through links: jobs store the real VOC root, a run scores a linked folder, promotion compares fingerprints."""
+    from vocfleet.db.jobs import create_jobs
+    from vocfleet.db.queries import active_detectors
+    from vocfleet.db.runs import create_run
+    from vocfleet.worker.runner import run_train_job
+    from vocfleet.worker.scoring import run_score_run
+
+    link = tmp_path / "voc-link"
+    link.symlink_to(fake_voc)
+    small = {"voc_class": "car", "image_size": 32, "epochs": 1, "batch_size": 8, "max_batches": 2}
+    configs = [TrainConfig(voc_root=str(root), seed=seed, **small).to_dict() for root, seed in ((fake_voc, 0), (link, 1))]
+    with session_scope() as s:
+        ids = [job.id for job in create_jobs(s, configs)]
+    assert [run_train_job(i) for i in ids] == ["succeeded", "succeeded"]
+    with session_scope() as s:
+        assert s.get(TrainJob, ids[1]).config["voc_root"] == str(fake_voc)
+        first, second = s.scalars(select(Detector).order_by(Detector.id)).all()
+        assert first.metrics["eval_fingerprint"] == second.metrics["eval_fingerprint"] and len(first.metrics["eval_fingerprint"]) == 64
+        compared = ("promoted: AP at least the active detector's", f"kept detector {first.id} active: its AP {first.ap:.3f} is higher")
+        assert second.metrics["promotion"]["decision"] in compared
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("000001.jpg", "000002.jpg", "000003.jpg"):
+        (photos / name).write_bytes((fake_voc / "JPEGImages" / name).read_bytes())
+    (tmp_path / "photos-link").symlink_to(photos)
+    with session_scope() as s:
+        run_id = create_run(s, [str(tmp_path / "photos-link")], active_detectors(s), batch_size=4, max_attempts=1).id
+    assert run_score_run(run_id) == "succeeded"
+    with session_scope() as s:
+        run = s.get(ScoreRun, run_id)
+        assert (run.scored_images, run.error_files, run.folders) == (3, 0, [str(photos)])
+
+
+def test_the_data_fingerprint_follows_labels_not_places(fake_voc, tmp_path):
+    from vocfleet.model.splits import fingerprint, prepare_splits
+
+    cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), image_size=32)
+    _, _, evaluation, _ = prepare_splits(cfg, tmp_path / "cache")
+    before = fingerprint(evaluation)
+    (tmp_path / "link").symlink_to(fake_voc)
+    assert fingerprint(prepare_splits(cfg.with_(voc_root=str(tmp_path / "link")), tmp_path / "cache2")[2]) == before
+    listing = fake_voc / "ImageSets" / "Main" / "car_train.txt"
+    one = evaluation.decoded.ids[int(evaluation.rows[0])]
+    lines = [line.split() for line in listing.read_text().splitlines()]
+    listing.write_text("".join(f"{one} {-int(lab)}\n" if i == one else f"{i} {lab}\n" for i, lab in lines))
+    assert fingerprint(prepare_splits(cfg, tmp_path / "cache3")[2]) != before

@@ -32,7 +32,7 @@ from .base import (
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
-DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split"]
+DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split", "eval_data"]
 
 
 @click.command()
@@ -220,15 +220,24 @@ def detectors_history(voc_class: str, fmt: str) -> None:
 
 @detectors.command("activate")
 @click.argument("detector_id", type=ID)
-def detectors_activate(detector_id: int) -> None:
-    """Make a detector the active one of its class (new scoring runs use it)."""
+@click.option("--reason", default=None, help="Why, kept in 'vocfleet detectors history'.")
+def detectors_activate(detector_id: int, reason: str | None) -> None:
+    """Make a detector the active one of its class (new scoring runs use it); recorded in the history with --reason."""
     from vocfleet.db.jobs import activate_detector
+    from vocfleet.db.models import Detector
+    from vocfleet.model.artifacts import ArtifactStore
 
     with database() as s:
-        found = activate_detector(s, detector_id)
-        if found is None:
+        det = s.get(Detector, detector_id)
+        if det is None:
             raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")
-        detector, before = found
+        location, sha = det.checkpoint_path, det.sha256
+    try:  # a detector whose checkpoint is gone or changed would fail every scoring run that uses it
+        ArtifactStore.from_settings(get_settings()).local_copy(location, sha)
+    except DetectorUnavailable as exc:
+        raise ConfigError(f"detector {detector_id} not activated: {exc}") from None
+    with database() as s:
+        detector, before = activate_detector(s, detector_id, reason)
         said = f"detector {detector.id} ({detector.voc_class}, AP {detector.ap:.3f}) is active"
         said += f"; detector {before.id} (AP {before.ap:.3f}) no longer" if before is not None else ""
     click.echo(said)
@@ -324,6 +333,8 @@ def export(detector_id: int, fmt: str, out: str) -> None:
             "threshold": det.threshold,
             "ap": det.ap,
             "eval_split": det.metrics.get("split"),
+            "eval_fingerprint": det.metrics.get("eval_fingerprint"),
+            "train_fingerprint": det.metrics.get("train_fingerprint"),
             "job": det.job_id,
             "checkpoint_sha256": det.sha256,
         }
