@@ -33,6 +33,59 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+class DatabaseGone(Exception):
+    """The SQLite file was deleted or replaced while this process used it, or is missing beside earlier work: one line."""
+
+
+_sqlite_files: dict[str, tuple[int, int]] = {}  # SQLite URL -> (device, inode) of the file this process opened
+
+
+def _sqlite_path(url: str) -> Path | None:
+    path = url.split("///", 1)[-1].split("?", 1)[0] if url.startswith("sqlite") else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _watch_sqlite_file(engine: Engine, url: str, path: Path) -> None:
+    """Every transaction first checks that the file is still the one this process opened (a stat: microseconds).
+
+    Without it, a database deleted under a running job takes its writes into the unlinked file,
+    the job reports success, and the next command starts an empty database.
+    """
+
+    def check(_conn) -> None:
+        try:
+            st = path.stat()
+            now = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        first = _sqlite_files.setdefault(url, now) if now is not None else _sqlite_files.get(url)
+        if first is not None and now != first:
+            what = "deleted" if now is None else "replaced by another file"
+            raise DatabaseGone(f"the database {path} was {what} while this command ran: what it did since is lost; restore the file from a backup")
+
+    event.listen(engine, "begin", check)
+
+
+def check_default_database() -> None:
+    """Refuse to start an empty default database where earlier jobs left detectors (a deleted or misplaced ``vocfleet.db``).
+
+    Raises:
+        DatabaseGone: ``VOCFLEET_DATABASE_URL`` is unset, ``<data dir>/vocfleet.db`` is missing and
+            ``<data dir>/artifacts/jobs`` holds job folders.
+    """
+    import os
+
+    settings = get_settings()
+    if os.environ.get("VOCFLEET_DATABASE_URL"):
+        return
+    db, jobs = settings.data_dir / "vocfleet.db", settings.data_dir / "artifacts" / "jobs"
+    if not db.exists() and jobs.is_dir() and any(jobs.iterdir()):
+        raise DatabaseGone(
+            f"no database at {db}, but {jobs} holds earlier jobs' detectors: restore vocfleet.db from a backup, "
+            "or run 'vocfleet db upgrade' to start a new, empty database beside them"
+        )
+
+
 def get_engine(url: str | None = None) -> Engine:
     """Return the process-wide engine for ``url`` (default: the configured database).
 
@@ -45,11 +98,13 @@ def get_engine(url: str | None = None) -> Engine:
     engine = _engines.get(url)
     if engine is None:
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            path = _sqlite_path(url)
+            if path is not None and path.parent == get_settings().data_dir:
+                path.parent.mkdir(parents=True, exist_ok=True)  # the data folder is ours to make; any other folder must exist
             engine = create_engine(url, connect_args={"timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
+            if path is not None:
+                _watch_sqlite_file(engine, url, path)
         else:
             # pre_ping: a connection dropped by a database restart is replaced, not handed out.
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
@@ -62,6 +117,7 @@ def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose(close=False)
     _engines.clear()
+    _sqlite_files.clear()
     _makers.clear()
     _current.clear()
 
@@ -141,6 +197,11 @@ def ensure_schema(url: str | None = None) -> None:
     url = url or get_settings().database_url
     if url in _current:
         return
+    if url == get_settings().database_url:
+        check_default_database()
+    path = _sqlite_path(url)
+    if path is not None and path.parent != get_settings().data_dir and not path.parent.is_dir():
+        raise DatabaseGone(f"VOCFLEET_DATABASE_URL={url!r}: the folder {path.parent} does not exist; create it, or fix the URL")
     if schema_revision(url) != SCHEMA_HEAD:
         upgrade_database(url)
     _current.add(url)

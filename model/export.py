@@ -44,13 +44,38 @@ class Probability(nn.Module):
         return torch.sigmoid(self.model(preprocess_eval(images))[:, 0])
 
 
+def check_out(out: str, *, force: bool, protected: tuple[Path, ...] = ()) -> Path:
+    """Where an export may be written: a new file (or, with ``force``, an existing file) outside ``protected`` folders.
+
+    Raises:
+        ConfigError: an empty name, a folder, an existing file without ``force``, or a path inside
+            the artifact store or data folder (an export must never replace a detector's file).
+    """
+    if not out.strip():
+        raise ConfigError("--out '': name the file to write, e.g. --out car.pt")
+    path = Path(out).expanduser().absolute()
+    real = Path(os.path.realpath(path))
+    for folder in protected:
+        if real.is_relative_to(Path(os.path.realpath(folder))):
+            raise ConfigError(f"--out {out}: inside {folder}, where vocfleet keeps its own files; write the export somewhere else")
+    if real.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; name a file in it, e.g. --out {path / 'detector.pt'}")
+    if real.exists() and not force:
+        raise ConfigError(f"--out {out}: the file exists; pass --force to replace it, or choose another name")
+    return path
+
+
 def export_detector(checkpoint: Path, out: Path, fmt: str, metadata: dict[str, Any]) -> dict[str, Any]:
     """Write the detector in ``checkpoint`` to ``out`` as TorchScript or ONNX, with ``metadata`` plus how to feed it.
 
-    Written to a temporary file and renamed: ``out`` is the whole file or absent.
+    Written to a temporary file beside ``out`` and renamed: ``out`` is the whole file or absent,
+    and nothing else is left beside it.
 
     Returns:
         The metadata stored in the file.
+
+    Raises:
+        ConfigError: an unknown format, or ``out``'s folder cannot be written.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: only {', '.join(FORMATS)} are supported")
@@ -69,8 +94,12 @@ def export_detector(checkpoint: Path, out: Path, fmt: str, metadata: dict[str, A
         "std": IMAGENET_STD,
     }
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        open(tmp, "xb").close()  # a folder that takes no files (/proc, read-only) says so now, in one line
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write in {out.parent} ({exc.strerror}); choose a folder you can write") from None
     try:
         with torch.inference_mode(False), torch.no_grad():
             if fmt == "torchscript":
@@ -85,6 +114,7 @@ def export_detector(checkpoint: Path, out: Path, fmt: str, metadata: dict[str, A
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)  # the ONNX exporter's weights file, if it wrote one
     return meta
 
 
@@ -96,7 +126,15 @@ def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path, meta: dict[s
     batch = torch.export.Dim("batch", min=1)
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps on stdout
         torch.onnx.export(
-            net, (example,), str(path), input_names=["images"], output_names=["probability"], dynamic_shapes=({0: batch},), dynamo=True, verbose=False
+            net,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["probability"],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            external_data=False,  # one file: the weights inside it, no ".data" beside it
+            verbose=False,
         )
     model = onnx.load(str(path))
     for key, value in meta.items():

@@ -248,3 +248,28 @@ def test_gc_keeps_what_became_needed_after_it_listed(s3_root, data_dir, invoke):
         s.add(Detector(voc_class="car", checkpoint_path="jobs/x/detector.pt", sha256="e" * 64, threshold=0.5, ap=0.5, metrics={}, active=False))
     assert remove_garbage(session_scope, store, garbage) == []
     assert (store.job_dir(key) / "last.pt").exists() and cached.exists()
+
+
+def test_object_storage_problems_are_one_line_and_early(s3_root, s3_server, fake_voc, invoke, monkeypatch):
+    """A missing bucket at submit and gc; an endpoint that does not answer, after the retries: one line each, nothing queued."""
+    import subprocess
+    import sys
+
+    from vocfleet.model import artifacts
+
+    monkeypatch.setenv("VOCFLEET_ARTIFACT_ROOT", "s3://no-such-bucket-here/x")
+    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL)
+    assert res.exit_code == 1 and res.output.splitlines() == [
+        "vocfleet: error: artifact store s3://no-such-bucket-here/x: no such bucket: create it, or fix VOCFLEET_ARTIFACT_ROOT"
+    ]
+    assert "no jobs yet" in invoke("status").output
+    monkeypatch.setattr(artifacts, "RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setenv("VOCFLEET_ARTIFACT_ROOT", s3_root)
+    monkeypatch.setenv("VOCFLEET_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    res = invoke("gc")
+    [line] = res.output.splitlines()
+    assert res.exit_code == 1 and line.startswith("vocfleet: error: artifact store: could not list ") and "VOCFLEET_S3_ENDPOINT_URL" in line
+    monkeypatch.setenv("VOCFLEET_S3_ENDPOINT_URL", "http://[::1")  # malformed
+    res = subprocess.run([sys.executable, "-m", "vocfleet", "gc"], capture_output=True, text=True, check=False)
+    assert res.returncode == 2 and res.stderr.startswith("vocfleet: error: VOCFLEET_S3_ENDPOINT_URL='http://[::1'") and len(res.stderr.splitlines()) == 1

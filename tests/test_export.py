@@ -59,6 +59,10 @@ def test_exported_detector_matches_predict_without_vocfleet(detectors, tmp_path,
     assert got["meta"]["threshold"] == pytest.approx(detectors["dog"].threshold)
     assert "reducing_gap=2.0" in got["meta"]["preprocessing"]
     assert got["probs"] == pytest.approx([want[str(p)] for p in images], abs=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary or ".data" file beside it
+    res = invoke("export", 2, "--format", fmt, "--out", out)
+    assert res.exit_code == 2 and "the file exists; pass --force" in res.output
+    assert invoke("export", 2, "--format", fmt, "--out", out, "--force").exit_code == 0
 
 
 def test_export_refuses_what_it_cannot_do(detectors, tmp_path, invoke):
@@ -67,3 +71,24 @@ def test_export_refuses_what_it_cannot_do(detectors, tmp_path, invoke):
     res = invoke("export", 1, "--format", "tflite", "--out", tmp_path / "x.pt")
     assert res.exit_code == 2 and "tflite" in res.output
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_export_never_overwrites_a_detector_or_writes_where_it_cannot(detectors, data_dir, tmp_path, invoke):
+    from vocfleet.db.settings import get_settings
+    from vocfleet.model.artifacts import ArtifactStore
+
+    inside = ArtifactStore.from_settings(get_settings()).job_dir("k") / "detector.pt"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(b"a detector")
+    for out, says in [
+        (inside, "where vocfleet keeps its own files"),
+        (data_dir / "x.pt", "where vocfleet keeps its own files"),
+        ("", "name the file to write"),
+        (tmp_path, "is a folder"),
+        ("/proc/x.pt", "cannot write in /proc"),
+    ]:
+        res = invoke("export", 1, "--out", out, "--force")
+        assert res.exit_code == 2, (out, res.output)
+        [line] = res.output.splitlines()
+        assert line.startswith("vocfleet: error: --out ") and says in line, line
+    assert inside.read_bytes() == b"a detector" and not list(tmp_path.glob(".*"))

@@ -263,3 +263,30 @@ def test_the_data_fingerprint_follows_labels_not_places(fake_voc, tmp_path):
     lines = [line.split() for line in listing.read_text().splitlines()]
     listing.write_text("".join(f"{one} {-int(lab)}\n" if i == one else f"{i} {lab}\n" for i, lab in lines))
     assert fingerprint(prepare_splits(cfg, tmp_path / "cache3")[2]) != before
+
+
+def test_a_database_deleted_under_a_job_fails_it_instead_of_reporting_success(fake_voc, data_dir, invoke):
+    from vocfleet.db.session import DatabaseGone
+    from vocfleet.worker.runner import run_train_job
+
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, "--image-size", 32, "--batch-size", 8, "--max-batches", 2).exit_code == 0
+
+    def delete_after_epoch_1(event):
+        if event["event"] == "epoch" and event["epoch"] == 1:
+            (data_dir / "vocfleet.db").unlink()
+
+    with pytest.raises(DatabaseGone, match="was deleted while this command ran"):
+        run_train_job(1, progress=delete_after_epoch_1)
+    dispose_engines()
+    res = invoke("status")  # the next command does not start an empty database beside the job's files
+    assert res.exit_code == 1 and not (data_dir / "vocfleet.db").exists()
+    [line] = res.output.splitlines()
+    assert line.startswith(f"vocfleet: error: no database at {data_dir / 'vocfleet.db'}, but ") and "restore vocfleet.db from a backup" in line
+    assert invoke("db", "upgrade").exit_code == 0 and invoke("status").exit_code == 0  # asked for outright: a new, empty one
+
+
+def test_a_sqlite_url_in_a_missing_folder_is_refused(monkeypatch, tmp_path, invoke):
+    monkeypatch.setenv("VOCFLEET_DATABASE_URL", f"sqlite:///{tmp_path / 'nowhere' / 'x.db'}")
+    dispose_engines()
+    res = invoke("runs")
+    assert res.exit_code == 1 and "the folder" in res.output and "does not exist" in res.output and not (tmp_path / "nowhere").exists()

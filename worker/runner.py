@@ -21,9 +21,9 @@ from sqlalchemy.exc import OperationalError
 
 from vocfleet.db.jobs import Work, claim_job, end_job, finish_job, heartbeat, record_epoch
 from vocfleet.db.models import JobStatus, TrainJob
-from vocfleet.db.session import session_scope
+from vocfleet.db.session import DatabaseGone, session_scope
 from vocfleet.db.settings import get_settings
-from vocfleet.model import ConfigError
+from vocfleet.model import ConfigError, StoreUnavailable
 from vocfleet.model.artifacts import RESUME_FILES, ArtifactStore
 from vocfleet.model.checkpoint import DiskFull
 from vocfleet.model.config import TrainConfig
@@ -51,6 +51,7 @@ class Heartbeat:
     def __init__(self, job_id: int, token: str, interval: float, table: Work = TrainJob):
         self.job_id, self.token, self.interval, self.table = job_id, token, interval, table
         self.state = "ok"
+        self.gone: DatabaseGone | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -61,6 +62,9 @@ class Heartbeat:
                     self.state = heartbeat(s, self.job_id, self.token, self.table)
             except OperationalError as exc:  # database briefly away: try again next beat
                 log.warning("heartbeat for job %d failed: %s", self.job_id, exc)
+            except DatabaseGone as exc:  # the SQLite file was deleted: nothing this job writes can be kept
+                self.state, self.gone = "gone", exc
+                return
             if self.state != "ok":
                 return
 
@@ -108,13 +112,20 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             store.pull(key)  # on object storage: the last epoch any host finished
             result = publish(store, key, fit(cfg, out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop, job_key=key))
         except Stopped:
+            if hb.gone is not None:
+                raise hb.gone from None
             if hb.state == "cancel":
                 with session_scope() as s:
                     end_job(s, job_id, token, JobStatus.cancelled, "cancelled by user")
                 return Outcome.cancelled
             log.warning("job %d: claim lost (reaped or re-delivered); leaving it to its new owner", job_id)
             return Outcome.skipped
-        except (ConfigError, FloatingPointError, DiskFull) as exc:  # bad input, or a full disk: fail once with the reason; 'retry' resumes
+        except (
+            ConfigError,
+            FloatingPointError,
+            DiskFull,
+            StoreUnavailable,
+        ) as exc:  # bad input, a full disk, storage away past the retries: fail once with the reason; 'retry' resumes
             with session_scope() as s:
                 end_job(s, job_id, token, JobStatus.failed, str(exc))
             return Outcome.failed

@@ -57,10 +57,13 @@ class VocfleetGroup(click.Group):
             click.echo(f"vocfleet: error: {exc}", err=True)
             ctx.exit(2)
         except Exception as exc:
-            if _raised(exc, "vocfleet.model.download", "DownloadError"):
+            if _raised(exc, "vocfleet.model.download", "DownloadError") or _raised(exc, "vocfleet.db.session", "DatabaseGone"):
                 click.echo(f"vocfleet: error: {exc}", err=True)
                 ctx.exit(1)
             # SQLAlchemy's, or the driver's own where `status` and `runs` read without SQLAlchemy (db/listing.py)
+            if _raised(exc, "vocfleet.model", "StoreUnavailable"):
+                click.echo(f"vocfleet: error: {exc}", err=True)
+                ctx.exit(1)
             if any(_raised(exc, module, "OperationalError") for module in ("sqlalchemy.exc", "psycopg", "sqlite3")):
                 url, reason = get_settings().database_url, " ".join(str(getattr(exc, "orig", exc)).split())
                 click.echo(f"vocfleet: error: cannot use the database {url!r} ({reason}): check VOCFLEET_DATABASE_URL", err=True)

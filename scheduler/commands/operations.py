@@ -230,6 +230,9 @@ def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
     bad = [q for q in queues.split(",") if q not in ("train", "score")]
     if bad:
         raise ConfigError(f"--queues {queues!r}: only train and score exist")
+    from vocfleet.model.artifacts import ArtifactStore
+
+    ArtifactStore.from_settings(get_settings()).check()  # a missing bucket or bad credentials: said now, in one line
     devices: list[str | None]
     if gpus == "auto":
         devices = _visible_gpus() or [None]

@@ -84,6 +84,9 @@ def submit(classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: st
     if dry_run:
         _estimate(configs, fmt)
         return
+    from vocfleet.model.artifacts import ArtifactStore
+
+    ArtifactStore.from_settings(get_settings()).check()  # no bucket, no credentials: said now, not after an epoch
     with database() as s:
         ids = [j.id for j in create_jobs(s, [c.to_dict() for c in configs], max_attempts=max_attempts, promote=promote)]
     sent = None
@@ -310,8 +313,9 @@ def run(stale_after: float | None, fmt: str) -> None:
 @click.command("export")
 @click.argument("detector_id", type=ID)
 @click.option("--format", "fmt", type=click.Choice(("torchscript", "onnx")), default="torchscript", show_default=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The file to write (.pt for TorchScript, .onnx).")
-def export(detector_id: int, fmt: str, out: str) -> None:
+@click.option("--out", required=True, help="The file to write (.pt for TorchScript, .onnx); never inside the data folder.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def export(detector_id: int, fmt: str, out: str, force: bool) -> None:
     """One detector as a single file for plain PyTorch or ONNX Runtime: uint8 RGB in, probability out.
 
     Its threshold, input size and the exact preprocessing are in the file's metadata.
@@ -319,8 +323,12 @@ def export(detector_id: int, fmt: str, out: str) -> None:
     from vocfleet import __version__
     from vocfleet.db.models import Detector
     from vocfleet.model.artifacts import ArtifactStore
-    from vocfleet.model.export import export_detector
+    from vocfleet.model.export import check_out, export_detector
 
+    settings = get_settings()
+    store = ArtifactStore.from_settings(settings)
+    protected = (settings.data_dir, settings.cache_dir) + (() if store.remote else (Path(store.root),))
+    path = check_out(out, force=force, protected=protected)
     with database() as s:
         det = s.get(Detector, detector_id)
         if det is None:
@@ -339,10 +347,10 @@ def export(detector_id: int, fmt: str, out: str) -> None:
             "checkpoint_sha256": det.sha256,
         }
     try:
-        checkpoint = ArtifactStore.from_settings(get_settings()).local_copy(*spec)
+        checkpoint = store.local_copy(*spec)
     except DetectorUnavailable as exc:
         raise ConfigError(f"detector {detector_id}: {exc}") from None
-    export_detector(checkpoint, Path(out), fmt, meta)
+    export_detector(checkpoint, path, fmt, meta)
     click.echo(f"wrote {out}: {fmt}, {meta['class']} detector {detector_id}, threshold {meta['threshold']:.3f}")
 
 
