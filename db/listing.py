@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .settings import get_settings
+from .settings import get_settings, read_only_sqlite
 from .states import SCHEMA_HEAD, as_utc
 
 
@@ -30,6 +30,8 @@ def _driver_connection(url: str) -> Any | None:
             return None
         import sqlite3
 
+        if (read_only := read_only_sqlite(Path(path))) is not None:
+            return sqlite3.connect(read_only, uri=True)
         return sqlite3.connect(path, timeout=30)  # the timeout waits out a job's short write locks
     if scheme == "postgresql+psycopg":
         import psycopg

@@ -87,7 +87,7 @@ def _statement(q: ResultQuery) -> tuple[Select, Callable[[str], Any]]:
     across = q.run_ids is None or len(q.run_ids) > 1
     if across:
         # Across runs: the newest score of each file and class (a window, so every database agrees).
-        newest = func.row_number().over(partition_by=(ScoredImage.folder, ScoredImage.rel_path, Score.voc_class), order_by=Score.run_id.desc())
+        newest = func.row_number().over(partition_by=(_full_path(), Score.voc_class), order_by=Score.run_id.desc())
         inner = stmt.add_columns(newest.label("newest")).subquery()
         stmt = select(*[c for c in inner.c if c.name != "newest"]).where(inner.c.newest == 1)
         col = inner.c.__getitem__
@@ -262,18 +262,36 @@ def iter_by_image(s: Session, q: ResultQuery, top: int = 3) -> Iterator[dict[str
             return
 
 
+def _full_path():
+    """A file's path as folder and relative path joined: a picture scored by a run of its folder and by a run of a
+    subfolder is one picture (``/p`` + ``a/x.jpg`` and ``/p/a`` + ``x.jpg``)."""
+    return ScoredImage.folder + "/" + ScoredImage.rel_path
+
+
 def summary_rows(s: Session, run_ids: tuple[int, ...] | None) -> list[dict[str, Any]]:
-    """Per class: images scored, images present, mean probability (one GROUP BY)."""
+    """Per class: images scored, images present, mean probability (one GROUP BY).
+
+    Across runs (several, or ``None``: all) each file counts once, by its newest score, as
+    :func:`iter_results` lists them: a folder scored twice, or a folder and then its subfolder,
+    does not count a picture twice.
+    """
+    if run_ids is not None and len(run_ids) == 1:
+        rows = select(Score.voc_class, Score.present, Score.probability).where(Score.run_id == run_ids[0]).subquery()
+    else:
+        newest = func.row_number().over(partition_by=(_full_path(), Score.voc_class), order_by=Score.run_id.desc()).label("newest")
+        ranked = select(Score.voc_class, Score.present, Score.probability, newest).join(ScoredImage, ScoredImage.id == Score.image_id)
+        if run_ids is not None:
+            ranked = ranked.where(Score.run_id.in_(list(run_ids)))
+        ranked = ranked.subquery()
+        rows = select(ranked.c.voc_class, ranked.c.present, ranked.c.probability).where(ranked.c.newest == 1).subquery()
     stmt = select(
-        Score.voc_class,
+        rows.c.voc_class,
         func.count().label("images"),
-        func.sum(case((Score.present, 1), else_=0)).label("present"),
-        func.avg(Score.probability).label("mean_probability"),
-    ).group_by(Score.voc_class)
-    if run_ids is not None:
-        stmt = stmt.where(Score.run_id.in_(list(run_ids)))
+        func.sum(case((rows.c.present, 1), else_=0)).label("present"),
+        func.avg(rows.c.probability).label("mean_probability"),
+    ).group_by(rows.c.voc_class)
     out = []
-    for r in s.execute(stmt.order_by(Score.voc_class)):
+    for r in s.execute(stmt.order_by(rows.c.voc_class)):
         present = int(r.present or 0)
         out.append({"class": r.voc_class, "images": r.images, "present": present, "present_rate": present / r.images, "mean_probability": r.mean_probability})
     return out

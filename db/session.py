@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from .settings import get_settings
+from .settings import SettingsError, get_settings, read_only_sqlite
 from .states import SCHEMA_HEAD
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ def _watch_sqlite_file(engine: Engine, url: str, path: Path) -> None:
     event.listen(engine, "begin", check)
 
 
+def _sqlite_read_only_pragmas(dbapi_conn, _record) -> None:
+    dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+
 def check_default_database() -> None:
     """Refuse to start an empty default database where earlier jobs left detectors (a deleted or misplaced ``vocfleet.db``).
 
@@ -101,13 +105,25 @@ def get_engine(url: str | None = None) -> Engine:
             path = _sqlite_path(url)
             if path is not None and path.parent == get_settings().data_dir:
                 path.parent.mkdir(parents=True, exist_ok=True)  # the data folder is ours to make; any other folder must exist
-            engine = create_engine(url, connect_args={"timeout": 30})
-            event.listen(engine, "connect", _sqlite_pragmas)
+            read_only = read_only_sqlite(path) if path is not None else None
+            if read_only is not None:  # status, runs, results and detectors still answer; writes fail in one line
+                import sqlite3
+
+                engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(read_only, uri=True, check_same_thread=False))
+                event.listen(engine, "connect", _sqlite_read_only_pragmas)
+            else:
+                engine = create_engine(url, connect_args={"timeout": 30})
+                event.listen(engine, "connect", _sqlite_pragmas)
             if path is not None:
                 _watch_sqlite_file(engine, url, path)
         else:
             # pre_ping: a connection dropped by a database restart is replaced, not handed out.
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            try:
+                engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            except ImportError as exc:  # mysql://, or postgresql:// with a driver that is not installed
+                raise SettingsError(
+                    f"VOCFLEET_DATABASE_URL={url!r}: its driver {exc.name or exc} is not installed; use sqlite:///PATH or postgresql+psycopg://..."
+                ) from None
         _engines[url] = engine
     return engine
 
@@ -203,5 +219,7 @@ def ensure_schema(url: str | None = None) -> None:
     if path is not None and path.parent != get_settings().data_dir and not path.parent.is_dir():
         raise DatabaseGone(f"VOCFLEET_DATABASE_URL={url!r}: the folder {path.parent} does not exist; create it, or fix the URL")
     if schema_revision(url) != SCHEMA_HEAD:
+        if path is not None and read_only_sqlite(path):
+            raise DatabaseGone(f"the database {path} is read-only here and older than this vocfleet: run 'vocfleet db upgrade' where it can be written")
         upgrade_database(url)
     _current.add(url)

@@ -12,6 +12,19 @@ class SettingsError(ValueError):
     """A ``VOCFLEET_*`` variable holds a value that cannot be used."""
 
 
+def read_only_sqlite(path: Path) -> str | None:
+    """A read-only ``file:`` URI for an existing SQLite file whose folder cannot be written (a read-only mount, a backup); else None.
+
+    SQLite in WAL mode writes a ``-shm`` file beside the database even to read; where the folder
+    refuses it, the file is opened immutable: nothing can change it while the folder is read-only.
+    """
+    from urllib.parse import quote
+
+    if path.is_file() and not os.access(path.parent, os.W_OK):
+        return f"file:{quote(str(path.absolute()))}?mode=ro&immutable=1"
+    return None
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "vocfleet"
@@ -32,6 +45,7 @@ class Settings:
         score_roots: folders workers may read when scoring (empty: no restriction).
         score_compile: ``torch.compile`` the detectors when scoring (None: on a GPU only).
         decode_threads: threads decoding images while scoring (None: up to 8, one per core).
+        visibility_timeout: seconds before Redis hands an unacknowledged message out again.
     """
 
     data_dir: Path
@@ -45,6 +59,7 @@ class Settings:
     score_compile: bool | None = None
     decode_threads: int | None = None
     s3_endpoint_url: str | None = None
+    visibility_timeout: float = 3600.0
 
 
 def get_settings() -> Settings:
@@ -64,6 +79,7 @@ def get_settings() -> Settings:
         score_compile=_switch("VOCFLEET_SCORE_COMPILE", env.get("VOCFLEET_SCORE_COMPILE", "auto")),
         decode_threads=_count("VOCFLEET_DECODE_THREADS", env.get("VOCFLEET_DECODE_THREADS")),
         s3_endpoint_url=_endpoint(env.get("VOCFLEET_S3_ENDPOINT_URL") or None),
+        visibility_timeout=_seconds("VOCFLEET_VISIBILITY_TIMEOUT", env.get("VOCFLEET_VISIBILITY_TIMEOUT", "3600"), 1),
     )
 
 

@@ -40,10 +40,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _no_space(exc: BaseException) -> bool:
-    """ENOSPC or EDQUOT, raised as OSError or wrapped by torch's writer in a RuntimeError."""
+    """ENOSPC or EDQUOT, raised as OSError or wrapped by torch's writer in a RuntimeError.
+
+    A disk that fills part-way through a file reaches torch's zip writer as a short write, which
+    it reports as ``unexpected pos N vs M`` with no errno: on a regular file only a full disk or
+    quota makes a write short.
+    """
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(exc, RuntimeError) and ("No space left" in str(exc) or "Disk quota" in str(exc))
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("No space left", "Disk quota", "unexpected pos"))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -62,6 +62,13 @@ def check_out(out: str, *, force: bool, protected: tuple[Path, ...] = ()) -> Pat
         raise ConfigError(f"--out {out}: is a folder; name a file in it, e.g. --out {path / 'detector.pt'}")
     if real.exists() and not force:
         raise ConfigError(f"--out {out}: the file exists; pass --force to replace it, or choose another name")
+    probe = path.with_name(f".{path.name}.probe{os.getpid()}")
+    try:  # a folder that takes no files (/proc, read-only) says so now, before any work
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write in {path.parent} ({exc.strerror}); choose a folder you can write") from None
     return path
 
 
@@ -75,7 +82,7 @@ def export_detector(checkpoint: Path, out: Path, fmt: str, metadata: dict[str, A
         The metadata stored in the file.
 
     Raises:
-        ConfigError: an unknown format, or ``out``'s folder cannot be written.
+        ConfigError: an unknown format.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: only {', '.join(FORMATS)} are supported")
@@ -94,12 +101,8 @@ def export_detector(checkpoint: Path, out: Path, fmt: str, metadata: dict[str, A
         "std": IMAGENET_STD,
     }
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        open(tmp, "xb").close()  # a folder that takes no files (/proc, read-only) says so now, in one line
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot write in {out.parent} ({exc.strerror}); choose a folder you can write") from None
     try:
         with torch.inference_mode(False), torch.no_grad():
             if fmt == "torchscript":

@@ -273,3 +273,93 @@ def test_object_storage_problems_are_one_line_and_early(s3_root, s3_server, fake
     monkeypatch.setenv("VOCFLEET_S3_ENDPOINT_URL", "http://[::1")  # malformed
     res = subprocess.run([sys.executable, "-m", "vocfleet", "gc"], capture_output=True, text=True, check=False)
     assert res.returncode == 2 and res.stderr.startswith("vocfleet: error: VOCFLEET_S3_ENDPOINT_URL='http://[::1'") and len(res.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_after_any_sequence_every_detector_file_exists_and_matches(seed, data_dir, invoke, monkeypatch, tmp_path):
+    """Property: train, crash, fail, retry, activate, gc (with and without --orphans), move or copy the data folder, in a
+    random order; after every step each detector row's file is there with its sha256, and each unfinished job keeps its last.pt."""
+    import os
+    import random
+    import shutil
+
+    from vocfleet.db.jobs import activate_detector, claim_job, create_jobs, end_job, finish_job, retry_job
+    from vocfleet.db.session import ensure_schema
+    from vocfleet.model.engine import FitResult
+
+    rng = random.Random(seed)
+    place = [data_dir]
+    store = lambda: ArtifactStore.from_settings(get_settings())
+
+    def train() -> None:
+        with session_scope() as s:
+            job = create_jobs(s, [{"voc_class": rng.choice(["car", "dog"]), "voc_root": "/voc", "epochs": 1}])[0]
+            job_id, key = job.id, job.key
+        with session_scope() as s:
+            token = claim_job(s, job_id, "h")
+        st, outcome = store(), rng.choice(["succeeded", "succeeded", "failed", "running", "crashed"])
+        folder = st.job_dir(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("last.pt", "best.pt", f".last.pt.tmp{rng.randrange(99)}"):
+            (folder / name).write_bytes(os.urandom(32))
+        if outcome in ("succeeded", "crashed"):  # crashed: the detector is recorded, the resume files not yet dropped
+            (folder / "detector.pt").write_bytes(os.urandom(64))
+            (folder / "curves.png").write_bytes(os.urandom(16))
+            m = {"ap": rng.random(), "split": "holdout"}
+            result = FitResult(
+                checkpoint=st.location(key, "detector.pt"),
+                sha256=sha256_file(folder / "detector.pt"),
+                threshold=0.5,
+                metrics=m,
+                val_metrics=m,
+                best_epoch=1,
+                plots={"curves": st.location(key, "curves.png")},
+            )
+            with session_scope() as s:
+                finish_job(s, job_id, token, result)
+            if outcome == "succeeded":
+                st.drop_resume_files(key)
+        elif outcome == "failed":
+            with session_scope() as s:
+                end_job(s, job_id, token, JobStatus.failed, "boom")
+
+    def activate() -> None:
+        with session_scope() as s:
+            ids = list(s.scalars(select(Detector.id)))
+            if ids:
+                activate_detector(s, rng.choice(ids), "by hand")
+
+    def retry() -> None:
+        with session_scope() as s:
+            failed = list(s.scalars(select(TrainJob.id).where(TrainJob.status == JobStatus.failed)))
+            if failed:
+                retry_job(s, rng.choice(failed))
+
+    def relocate() -> None:
+        new = tmp_path / f"data{rng.randrange(10**6)}"
+        if rng.random() < 0.5:
+            shutil.move(place[0], new)
+        else:
+            shutil.copytree(place[0], new, symlinks=True)
+        place[0] = new
+        monkeypatch.setenv("VOCFLEET_DATA_DIR", str(new))
+        dispose_engines()
+
+    def gc() -> None:
+        assert invoke("gc", "--yes", *(["--orphans"] if rng.random() < 0.3 else [])).exit_code == 0
+
+    ensure_schema()
+    steps = [train] * 4 + [activate, retry, relocate, gc, gc]
+    for _ in range(30):
+        rng.choice(steps)()
+        st = store()
+        with session_scope() as s:
+            for location, sha in s.execute(select(Detector.checkpoint_path, Detector.sha256)):
+                assert sha256_file(st.resolve(location)) == sha
+            for key in s.scalars(select(TrainJob.key).where(TrainJob.status.in_([JobStatus.queued, JobStatus.running, JobStatus.failed]))):
+                assert (st.job_dir(key) / "last.pt").is_file()
+    gc()
+    with session_scope() as s:
+        finished = set(s.scalars(select(TrainJob.key).where(TrainJob.status == JobStatus.succeeded)))
+    leftovers = [f.uri for key, f in store().files() if key in finished and f.uri.rsplit("/", 1)[1] not in ("detector.pt", "curves.png")]
+    assert leftovers == []  # and what nothing needs is gone

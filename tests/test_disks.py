@@ -55,3 +55,97 @@ def test_a_truncated_last_pt_is_set_aside_and_training_starts_over(fake_voc, inv
     assert (job_dir() / "last.pt.bad").read_bytes() == data[: len(data) // 2]
     with session_scope() as s:
         assert s.scalars(select(Detector)).one().job_id == 1
+
+
+def _small_disk(tmp_path, megabytes: int):
+    """A real filesystem of ``megabytes`` (tmpfs), or a skip where this machine does not let the tests mount one."""
+    import subprocess
+
+    import pytest
+
+    mount = tmp_path / f"disk{megabytes}m"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(mount)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()})")
+    return mount
+
+
+def _unmount(mount) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_part_way_through_last_pt_says_disk_full(fake_voc, invoke, monkeypatch, tmp_path):
+    """/dev/full fails the first write; a real small disk takes the first megabytes of last.pt and then refuses (torch: 'unexpected pos')."""
+    disk = _small_disk(tmp_path, 150)  # best.pt (about 95 MB) fits; last.pt (weights, EMA, AdamW: about 380 MB) fills it
+    try:
+        monkeypatch.setenv("VOCFLEET_DATA_DIR", str(disk))
+        monkeypatch.setenv("VOCFLEET_CACHE_DIR", str(tmp_path / "cache"))
+        from vocfleet.db.session import dispose_engines
+
+        dispose_engines()
+        assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
+        assert run_train_job(1) == "failed"
+        folder = job_dir()
+        with session_scope() as s:
+            assert s.get(TrainJob, 1).error == f"disk full while writing last.pt: free space in {folder}, then 'vocfleet retry' the job"
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # the half-written temporary file is gone
+        dispose_engines()
+    finally:
+        _unmount(disk)
+
+
+def test_a_read_only_data_folder_still_answers_queries(fake_voc, invoke, monkeypatch, tmp_path):
+    """A backup or a read-only mount: status, runs and detectors answer; a write says it is read-only, in one line."""
+    import subprocess
+
+    import pytest
+
+    from vocfleet.db.session import dispose_engines
+
+    data, view = tmp_path / "data", tmp_path / "read-only-view"
+    monkeypatch.setenv("VOCFLEET_DATA_DIR", str(data))
+    dispose_engines()
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL).exit_code == 0
+    dispose_engines()
+    view.mkdir()
+    if subprocess.run(["mount", "--bind", str(data), str(view)], capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        monkeypatch.setenv("VOCFLEET_DATA_DIR", str(view))
+        for command in (["status"], ["runs"], ["detectors"]):
+            res = invoke(*command)
+            assert res.exit_code == 0, (command, res.output)
+        assert "car" in invoke("status").output
+        res = invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
+        [line] = res.output.splitlines()
+        assert res.exit_code == 1 and line.startswith("vocfleet: error: the database ") and "is read-only here" in line
+        dispose_engines()
+    finally:
+        _unmount(view)
+
+
+def test_a_full_disk_under_the_database_is_one_line_that_says_so(fake_voc, invoke, monkeypatch, tmp_path):
+    disk = _small_disk(tmp_path, 4)
+    try:
+        monkeypatch.setenv("VOCFLEET_DATABASE_URL", f"sqlite:///{disk / 'vocfleet.db'}")
+        from vocfleet.db.session import dispose_engines
+
+        dispose_engines()
+        assert invoke("status").exit_code == 0
+        try:
+            with open(disk / "filler", "wb") as fh:  # fill what is left
+                while True:
+                    fh.write(b"x" * 4096)
+                    fh.flush()
+        except OSError:
+            pass
+        res = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, *SMALL)
+        [line] = res.output.splitlines()
+        assert res.exit_code == 1 and "is full: free space there" in line, line
+        dispose_engines()
+    finally:
+        _unmount(disk)

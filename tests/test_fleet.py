@@ -202,7 +202,7 @@ def test_two_hosts_without_a_shared_disk_resume_from_s3(fleet, s3_root, tmp_path
     assert_ran_once_each(6)
     with session_scope() as s:
         assert s.scalar(select(EpochMetric.train_loss).where(EpochMetric.epoch == 1)) == epoch1_loss  # resumed from S3, not started over
-        assert s.scalars(select(Detector)).one().checkpoint_path == f"{s3_root}/jobs/{key}/detector.pt"
+        assert s.scalars(select(Detector)).one().checkpoint_path == f"jobs/{key}/detector.pt"  # in whichever store this database uses
     assert "resuming car from epoch" in (fleet.tmp / "w1.log").read_text()
     # Nothing left on the host: the work copy goes right after the row records the detector.
     fleet.wait(lambda: not list(hosts["w1"].rglob("*.pt")), 30, "the worker to drop its work copy")

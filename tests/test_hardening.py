@@ -34,6 +34,13 @@ COMMAND_CASES = [
     (["reap", "--stale-after", "-5"], ["--stale-after"]),
     (["scheduler", "--interval", "0"], ["--interval", "'0'"]),
     (["data", "download", "--year", "1999"], ["--year 1999"]),
+    (["results", 1, "--limit", 2**70], ["--limit 1180591620717411303424"]),
+    (["results", 1, "--image", ""], ["--image ''"]),
+    (["results", 1, "--summary", "--by-image"], ["contradict each other"]),
+    (["results", 1, "--errors", "--class", "car"], ["--errors lists the files not scored"]),
+    (["score", ".", "--shard-size", 99999999999], ["--shard-size 99999999999"]),
+    (["export", 1, "--out", ""], ["--out ''"]),
+    (["export", 1, "--out", "/proc/x.pt"], ["cannot write in /proc"]),
 ]
 ENV_CASES = [
     ({"VOCFLEET_HEARTBEAT_SECONDS": "abc"}, 2, ["VOCFLEET_HEARTBEAT_SECONDS='abc'"]),
@@ -41,6 +48,11 @@ ENV_CASES = [
     ({"VOCFLEET_DECODE_THREADS": "0"}, 2, ["VOCFLEET_DECODE_THREADS='0'"]),
     ({"VOCFLEET_DATABASE_URL": "bogus://x"}, 2, ["VOCFLEET_DATABASE_URL='bogus://x'", "not a database URL"]),
     ({"VOCFLEET_DATA_DIR": "/proc/vocfleet"}, 1, ["cannot write /proc/vocfleet"]),
+    ({"VOCFLEET_DATABASE_URL": "mysql://u@localhost/db"}, 2, ["VOCFLEET_DATABASE_URL='mysql://u@localhost/db'", "is not installed"]),
+    ({"VOCFLEET_DATABASE_URL": "sqlite:////no/such/folder/x.db"}, 1, ["the folder /no/such/folder does not exist"]),
+    ({"VOCFLEET_ARTIFACT_ROOT": "ftp://host/x"}, 2, ["VOCFLEET_ARTIFACT_ROOT='ftp://host/x'", "s3://bucket/prefix"]),
+    ({"VOCFLEET_S3_ENDPOINT_URL": "http://[::1"}, 2, ["VOCFLEET_S3_ENDPOINT_URL='http://[::1'"]),
+    ({"VOCFLEET_VISIBILITY_TIMEOUT": "abc"}, 2, ["VOCFLEET_VISIBILITY_TIMEOUT='abc'"]),
 ]
 
 

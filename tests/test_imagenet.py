@@ -28,7 +28,10 @@ def test_imagenet_init_loads_the_cached_weights_replaces_the_head_fine_tunes_and
     with session_scope() as s:
         det = s.query(Detector).one()
         checkpoint, threshold = det.checkpoint_path, det.threshold
-    state = load_checkpoint(checkpoint)["model"]
+    from vocfleet.db.settings import get_settings
+    from vocfleet.model.artifacts import ArtifactStore
+
+    state = load_checkpoint(ArtifactStore.from_settings(get_settings()).resolve(checkpoint))["model"]
     assert state["fc.weight"].shape == (1, 2048)  # the 1000-class head replaced by one logit
     assert torch.allclose(state["conv1.weight"], imagenet["conv1.weight"], atol=1e-5)  # the backbone is the cached file's
     assert torch.allclose(state["layer4.2.conv3.weight"], imagenet["layer4.2.conv3.weight"], atol=1e-5)

@@ -92,6 +92,17 @@ def test_across_runs_newest_score_and_summary(scored, invoke):
         mine = [r for r in one if r["class"] == s["class"]]
         assert s["present"] == sum(r["present"] for r in mine)
         assert s["mean_probability"] == pytest.approx(sum(r["probability"] for r in mine) / 18)
+    assert [s["images"] for s in as_json(invoke("results", 1, 2, "--summary", "--format", "json"))] == [18, 18]  # each file once, newest score
+    assert as_json(invoke("results", 1, "--class", "all", "--format", "json")) == one  # completion offers 'all': every class
+
+
+def test_a_subfolder_scored_again_counts_its_pictures_once(scored, wild, invoke):
+    holiday = sum(1 for r in as_json(invoke("results", 1, "--class", "car", "--format", "json")) if r["image"].startswith("holiday/"))
+    assert holiday and invoke("score", wild / "holiday").exit_code == 0  # run 3: a subfolder of run 1's folder
+    summary = as_json(invoke("results", 1, 3, "--summary", "--format", "json"))
+    assert [s["images"] for s in summary] == [18, 18]
+    newest = as_json(invoke("results", 1, 3, "--class", "car", "--format", "json"))
+    assert len(newest) == 18 and sum(r["run"] == 3 for r in newest) == holiday
 
 
 def test_bad_queries_one_line(scored, invoke):
@@ -104,6 +115,10 @@ def test_bad_queries_one_line(scored, invoke):
         ((1, "--limit", 0), "--limit 0"),
         ((1, 2, "--errors"), "--errors takes one run id"),
         ((1, "--image", "nope.jpg"), "no scored image 'nope.jpg'"),
+        ((1, "--image", ""), "--image ''"),
+        ((1, "--summary", "--by-image"), "--by-image and --summary contradict each other"),
+        ((1, "--errors", "--class", "car"), "--errors lists the files not scored"),
+        ((1, "--limit", 2**70), "--limit 1180591620717411303424"),
     ):
         res = invoke("results", *args)
         assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, (args, res.output)

@@ -1,7 +1,5 @@
 """Celery configuration, loaded by name from ``vocfleet.worker.celery_app``."""
 
-import os
-
 from kombu import Queue
 
 from vocfleet.db.settings import get_settings
@@ -12,7 +10,7 @@ broker_url = _settings.broker_url or "memory://"
 broker_connection_retry_on_startup = True
 # Redis redelivers an unacknowledged message after this long; long jobs are protected from a
 # second run by the database claim, not by this number.
-broker_transport_options = {"visibility_timeout": int(os.environ.get("VOCFLEET_VISIBILITY_TIMEOUT", "3600"))}
+broker_transport_options = {"visibility_timeout": int(_settings.visibility_timeout)}
 # A broker restart must not kill the job in hand: it keeps running and reports to the database.
 worker_cancel_long_running_tasks_on_connection_loss = False
 task_publish_retry_policy = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}

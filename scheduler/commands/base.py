@@ -66,6 +66,12 @@ class VocfleetGroup(click.Group):
                 ctx.exit(1)
             if any(_raised(exc, module, "OperationalError") for module in ("sqlalchemy.exc", "psycopg", "sqlite3")):
                 url, reason = get_settings().database_url, " ".join(str(getattr(exc, "orig", exc)).split())
+                if "disk is full" in reason or "No space left" in reason:
+                    click.echo(f"vocfleet: error: the disk holding the database {url!r} is full: free space there, then run the command again", err=True)
+                    ctx.exit(1)
+                if "readonly database" in reason or "read-only" in reason:
+                    click.echo(f"vocfleet: error: the database {url!r} is read-only here ({reason}): use an account or mount that can write it", err=True)
+                    ctx.exit(1)
                 click.echo(f"vocfleet: error: cannot use the database {url!r} ({reason}): check VOCFLEET_DATABASE_URL", err=True)
                 ctx.exit(1)
             if _raised(exc, "sqlalchemy.exc", "ArgumentError"):  # includes NoSuchModuleError: an unknown scheme

@@ -70,8 +70,8 @@ def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_at
     from vocfleet.worker.safety import check_score_folder, distinct_folders
 
     for name, value in (("--batch-size", batch_size), ("--max-attempts", max_attempts), ("--shard-size", shard_size)):
-        if value < 1:
-            raise ConfigError(f"{name} {value}: must be at least 1")
+        if not 1 <= value <= 2**31 - 1:
+            raise ConfigError(f"{name} {value}: must be between 1 and 2147483647")
     resolved = [str(f) for f in distinct_folders([check_score_folder(f) for f in folders])]
     with database() as s:
         run = create_run(s, resolved, _detectors_for(s, classes), batch_size=batch_size, max_attempts=max_attempts, shard_size=shard_size)
@@ -233,9 +233,23 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
 
     if bool(run_ids) == all_runs:
         raise ConfigError("give run ids (see 'vocfleet runs') or --all-runs")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit {limit}: must be at least 1")
-    if voc_class:
+    if limit is not None and not 1 <= limit <= 2**62:
+        raise ConfigError(f"--limit {limit}: must be between 1 and 2**62")
+    modes = [name for name, on in (("--by-image", by_image), ("--summary", summary), ("--errors", show_errors)) if on]
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} contradict each other: choose one")
+    filters = [
+        name
+        for name, on in (("--class", voc_class), ("--min-prob", min_prob is not None), ("--present/--absent", present is not None), ("--image", image))
+        if on
+    ]
+    if show_errors and filters:
+        raise ConfigError(f"--errors lists the files not scored, which have no scores: drop {', '.join(filters)}")
+    if image is not None and not image.strip():
+        raise ConfigError("--image '': name a picture (its path relative to its folder) or its sha256")
+    if voc_class and voc_class.strip().lower() == "all":
+        voc_class = None  # every class the runs scored, as without --class
+    elif voc_class:
         voc_class = parse_classes(voc_class)[0]
     with database() as s:
         for run_id in run_ids:
