@@ -363,3 +363,25 @@ def test_after_any_sequence_every_detector_file_exists_and_matches(seed, data_di
         finished = set(s.scalars(select(TrainJob.key).where(TrainJob.status == JobStatus.succeeded)))
     leftovers = [f.uri for key, f in store().files() if key in finished and f.uri.rsplit("/", 1)[1] not in ("detector.pt", "curves.png")]
     assert leftovers == []  # and what nothing needs is gone
+
+
+def test_a_changed_cached_copy_is_fetched_again_not_used(s3_root):
+    """The per-host cache is checked cheaply (size and mtime recorded with the verified sha256), and hashed again when they change."""
+    import os
+
+    store = ArtifactStore.from_settings(get_settings())
+    store.job_dir("k").mkdir(parents=True)
+    (store.job_dir("k") / "detector.pt").write_bytes(b"the real weights")
+    location = store.push("k", ["detector.pt"])["detector.pt"]
+    sha = sha256_file(store.job_dir("k") / "detector.pt")
+    cached = store.local_copy(location, sha)
+    assert cached.read_bytes() == b"the real weights" and cached.with_name(cached.name + ".verified").is_file()
+    cached.write_bytes(b"tampered weights")  # same size: only the mtime tells
+    os.utime(cached, ns=(cached.stat().st_atime_ns, cached.stat().st_mtime_ns + 10**9))
+    assert store.local_copy(location, sha).read_bytes() == b"the real weights"  # not used: fetched again and checked
+    fs, path = store._fs(store.resolve(location))
+    fs.pipe_file(path, b"changed in the store too")
+    cached.write_bytes(b"tampered again!!")
+    with pytest.raises(DetectorUnavailable, match="sha256 mismatch"):
+        store.local_copy(location, sha)
+    assert not cached.exists()

@@ -247,6 +247,12 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
         raise ConfigError(f"--errors lists the files not scored, which have no scores: drop {', '.join(filters)}")
     if image is not None and not image.strip():
         raise ConfigError("--image '': name a picture (its path relative to its folder) or its sha256")
+    if image is not None and not image.isascii():
+        try:
+            image.encode("utf-8")
+        except UnicodeEncodeError:  # raw bytes from the shell: a name that is not UTF-8 was never scored
+            shown = image.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise ConfigError(f"--image {shown}: the name is not valid UTF-8, and such files are not scored: see 'vocfleet results RUN --errors'") from None
     if voc_class and voc_class.strip().lower() == "all":
         voc_class = None  # every class the runs scored, as without --class
     elif voc_class:
