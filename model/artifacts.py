@@ -68,7 +68,7 @@ def _is_url(location: str) -> bool:
 
 
 def _transient(exc: BaseException) -> bool:
-    """An object-storage error that a later try may not meet: the endpoint unreachable, a timeout, a 5xx."""
+    """An object-storage error that a later try may get past: the endpoint unreachable, a timeout, a 5xx."""
     for e in (exc, exc.__cause__, exc.__context__):
         if e is None:
             continue
@@ -80,7 +80,7 @@ def _transient(exc: BaseException) -> bool:
     return False
 
 
-def store_error(what: str, exc: BaseException) -> StoreUnavailable:
+def _store_error(what: str, exc: BaseException) -> StoreUnavailable:
     """One line for an object-storage failure: what was tried, the reason, and what to check."""
     reason = " ".join(str(exc).split()) or type(exc).__name__
     return StoreUnavailable(
@@ -103,7 +103,7 @@ def retrying(what: str, call, *args, **kwargs):
             raise
         except Exception as exc:  # noqa: BLE001 - s3fs, botocore and aiohttp raise many kinds; sorted below
             if delay is None or not _transient(exc):
-                raise store_error(what, exc) from exc
+                raise _store_error(what, exc) from exc
             log.warning("artifact store: %s failed (%s); trying again in %gs", what, exc.__class__.__name__, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

@@ -59,6 +59,11 @@ class Fleet:
             env={**os.environ, **(env or {})},
         )
 
+    def wait_ready(self, *names: str, timeout: float = 120) -> None:
+        """Until each named worker says it is ready (its queues are bound: a message sent before would find no queue)."""
+        for name in names:
+            self.wait(lambda n=name: " ready." in (self.tmp / f"{n}.log").read_text(), timeout, f"worker {name} to be ready")
+
     def start_scheduler(self) -> None:
         log = open(self.tmp / "scheduler.log", "w")
         self.procs["scheduler"] = subprocess.Popen(
@@ -267,6 +272,8 @@ def test_twenty_scoring_runs_at_once(fleet, tmp_path, monkeypatch, invoke):
     monkeypatch.setenv("VOCFLEET_SCORE_ROOTS", str(tmp_path / "roots"))
     fleet.start_worker("w0", queues="score")
     fleet.start_worker("w1", queues="score")
+    fleet.wait_ready("w0", "w1")
+    fleet.start_scheduler()  # as in a real fleet: re-sends what a broker lost (tested on its own elsewhere)
 
     for _ in range(19):  # submitted back to back, before the workers get far
         res = invoke("score", pics)
