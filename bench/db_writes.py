@@ -14,9 +14,9 @@ import time
 
 from common import fresh_database, machine, table
 
-from vocfleet.db.jobs import claim_job
+from vocfleet.db.claims import claim_job
 from vocfleet.db.models import Detector, Score, ScoredImage, ScoreRun
-from vocfleet.db.scoring import store_chunk
+from vocfleet.db.score_writer import store_chunk
 from vocfleet.db.session import dispose_engines, session_scope
 
 

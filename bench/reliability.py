@@ -115,6 +115,17 @@ def hostile_folder(top: Path) -> dict[str, str]:
     return made
 
 
+def detector_intact(data_dir: Path) -> bool:
+    """Every detector row's file is in the data folder's store, with its sha256."""
+    import hashlib
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "vocfleet.db") as conn:
+        rows = conn.execute("SELECT checkpoint_path, sha256 FROM detectors").fetchall()
+    store = data_dir / "artifacts"
+    return bool(rows) and all((store / loc).is_file() and hashlib.sha256((store / loc).read_bytes()).hexdigest() == sha for loc, sha in rows)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -137,10 +148,39 @@ def main() -> None:
         code, lines, traceback = cli(["score", tmp / "hostile"], env)
         score = (code, traceback)
         rows.append(("`results 1 --class sheep` (no sheep detector)", *cli(["results", "1", "--class", "sheep"], env)))
+        # Nothing lost: what would destroy a detector or a database is refused or harmless.
+        detector = next((tmp / "data" / "artifacts" / "jobs").glob("*/detector.pt"))
+        rows.append(("`export 1 --out <its own detector.pt> --force`", *cli(["export", "1", "--out", detector, "--force"], env)))
+        cli(["export", "1", "--out", tmp / "car.pt"], env)
+        rows.append(("`export 1 --out car.pt` (exists)", *cli(["export", "1", "--out", tmp / "car.pt"], env)))
+        moved = tmp / "moved" / "data"
+        moved.parent.mkdir()
+        (tmp / "data").rename(moved)
+        env_moved = env | {"VOCFLEET_DATA_DIR": str(moved)}
+        gc = subprocess.run([*VOCFLEET, "gc", "--yes"], capture_output=True, text=True, env=env_moved, check=False)
+        kept = detector_intact(moved)
+        gone = cell(gc.stdout.strip().splitlines()[-1]) + ("; every detector intact" if kept else "; **a detector is gone**")
+        data_loss = [("`mv` the data folder, then `gc --yes`", gc.returncode, gone)]
+        (moved / "vocfleet.db").rename(tmp / "vocfleet.db.bak")
+        code, lines, traceback = cli(["status"], env_moved)
+        data_loss.append(
+            (
+                "the database file deleted, then `status`",
+                code,
+                cell(lines[0] if lines else "") + (" (no empty database made)" if not (moved / "vocfleet.db").exists() else " **(an empty one was made)**"),
+            )
+        )
         print("### Bad values\n")
         print("| input | exit | stderr lines | what it said | traceback |\n| --- | --- | --- | --- | --- |")
         for name, code, lines, traceback in rows:
             print(f"| {cell(name, 60)} | {code} | {len(lines)} | {cell(lines[0] if lines else '')} | {'**yes**' if traceback else 'no'} |")
+
+        print("\n### Data loss\n")
+        print("| what | exit | outcome |\n| --- | --- | --- |")
+        for name, code, outcome in data_loss:
+            print(f"| {name} | {code} | {outcome} |")
+        (tmp / "vocfleet.db.bak").rename(moved / "vocfleet.db")
+        env = env_moved
 
         code, traceback = score
         res = subprocess.run([*VOCFLEET, "results", "1", "--errors", "--format", "json"], capture_output=True, text=True, env=env, check=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .settings import get_settings, read_only_sqlite
-from .states import SCHEMA_HEAD, as_utc
+from .states import SCHEMA_HEAD, UNFINISHED, as_utc
 
 
 def _driver_connection(url: str) -> Any | None:
@@ -191,7 +191,8 @@ def queue_left(conn: Any) -> tuple[int, float | None]:
     size has no recorded epoch yet.
     """
     per_epoch = epoch_seconds(conn)
-    left = [(_json(r["config"]), r["epochs_done"]) for r in _rows(conn, "SELECT config, epochs_done FROM train_jobs WHERE status IN ('queued', 'running')")]
+    unfinished = ", ".join(f"'{st}'" for st in UNFINISHED)
+    left = [(_json(r["config"]), r["epochs_done"]) for r in _rows(conn, f"SELECT config, epochs_done FROM train_jobs WHERE status IN ({unfinished})")]
     sizes = {int(cfg.get("image_size", 0)) for cfg, _ in left}
     if not sizes <= set(per_epoch):
         return len(left), None

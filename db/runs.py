@@ -17,11 +17,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from .jobs import is_stale, owned
+from .claims import cancel_work, is_stale, owned
 from .models import Detector, JobStatus, ScoreRun, ScoreShard, utcnow
-from .states import as_utc
-
-UNFINISHED = (JobStatus.queued, JobStatus.running)
+from .states import UNFINISHED, as_utc
 
 
 def create_run(s: Session, folders: list[str], detectors: Sequence[Detector], *, batch_size: int, max_attempts: int, shard_size: int = 2000) -> ScoreRun:
@@ -119,6 +117,20 @@ def running_runs(s: Session) -> list[int]:
     return list(s.scalars(select(ScoreRun.id).where(ScoreRun.status == JobStatus.running, ScoreRun.scanned.is_(True))))
 
 
+def cancel_runs(s: Session, ids: list[int]) -> tuple[list[int], list[int]]:
+    """Cancel scoring runs and their shards: queued ones at once, running ones at their workers' next heartbeat.
+
+    Returns:
+        (runs cancelled now, runs whose cancel was asked of a running worker).
+    """
+    now, asked = cancel_work(s, ScoreRun, ids)
+    if now or asked:
+        cancel_shards(s, now + asked)
+        for run_id in asked:  # a scanned run whose shards just ended as cancelled ends now
+            finish_run_if_done(s, run_id)
+    return now, asked
+
+
 def cancel_shards(s: Session, run_ids: list[int]) -> None:
     """A run's cancel reaches its shards: queued ones end now, running ones at their next heartbeat."""
     now = utcnow()
@@ -154,7 +166,7 @@ def reopen_run(s: Session, run_id: int, stale_after: timedelta) -> tuple[Reopen,
     """Put a failed, cancelled or abandoned run back in the queue, with the shards that did not succeed.
 
     Abandoned: its scanner's or a shard's heartbeat is older than ``stale_after``. Unlike
-    :func:`vocfleet.db.jobs.reap_stale`, rows that used up their attempts are queued too: a person
+    :func:`vocfleet.db.claims.reap_stale`, rows that used up their attempts are queued too: a person
     asked for it. Shards that succeeded, and files already recorded, are not redone.
     """
     run = s.get(ScoreRun, run_id, with_for_update=True)

@@ -25,6 +25,13 @@ class JobStatus(enum.StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+# Work not yet ended: waiting for a worker, or held by one.
+UNFINISHED = (JobStatus.queued, JobStatus.running)
+
+# When a finished job's detector becomes its class's active one (submit --promote).
+PROMOTE = ("if-better", "always", "never")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from kombu.exceptions import ChannelError
 from sqlalchemy import or_, select
 
-from vocfleet.db.jobs import reap_stale
+from vocfleet.db.claims import reap_stale
 from vocfleet.db.models import JobStatus, utcnow
 from vocfleet.db.runs import finish_run_if_done, running_runs
 from vocfleet.db.session import session_scope

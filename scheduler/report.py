@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vocfleet.db.models import Detector, ScoreRun
-from vocfleet.db.queries import detector_rows
+from vocfleet.db.registry import detector_rows
 from vocfleet.db.results import ResultQuery, error_rows, image_scores, iter_results, summary_rows
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
@@ -86,7 +86,7 @@ DETECTOR_TABLE = (
 
 
 def _detector_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of :func:`vocfleet.db.queries.detector_rows` as an HTML table (a blank for what a row lacks)."""
+    """Rows of :func:`vocfleet.db.registry.detector_rows` as an HTML table (a blank for what a row lacks)."""
 
     def cell(value: Any, fmt: str) -> str:
         return "" if value is None else html.escape(fmt.format(value))

@@ -226,8 +226,8 @@ def test_gc_leaves_another_databases_running_job_on_this_host_alone(s3_root, dat
 
 def test_gc_keeps_what_became_needed_after_it_listed(s3_root, data_dir, invoke):
     """A job retried, or a detector recorded, between the listing and the removal keeps its files (the store and rows are read again)."""
-    from vocfleet.db.jobs import create_jobs, retry_job
     from vocfleet.db.session import ensure_schema
+    from vocfleet.db.training import create_jobs, retry_job
     from vocfleet.scheduler.gc import find_garbage, remove_garbage
 
     ensure_schema()
@@ -283,8 +283,10 @@ def test_after_any_sequence_every_detector_file_exists_and_matches(seed, data_di
     import random
     import shutil
 
-    from vocfleet.db.jobs import activate_detector, claim_job, create_jobs, end_job, finish_job, retry_job
+    from vocfleet.db.claims import claim_job, end_job
+    from vocfleet.db.registry import activate_detector
     from vocfleet.db.session import ensure_schema
+    from vocfleet.db.training import create_jobs, finish_job, retry_job
     from vocfleet.model.engine import FitResult
 
     rng = random.Random(seed)

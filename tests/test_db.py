@@ -6,9 +6,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from vocfleet.db.jobs import claim_job, end_job, finish_job, heartbeat, reap_stale, record_epoch
+from vocfleet.db.claims import claim_job, end_job, heartbeat, reap_stale
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
 from vocfleet.db.session import session_scope, upgrade_database
+from vocfleet.db.training import finish_job, record_epoch
 from vocfleet.model.engine import FitResult
 
 RECORD = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_ap": 0.3, "lr": 0.1, "seconds": 1.0, "images_per_s": 10.0}
@@ -126,7 +127,7 @@ def test_ensure_schema_creates_a_fresh_database(tmp_path):
 
 
 def test_create_jobs_and_next_queued(db):
-    from vocfleet.db.jobs import create_jobs, next_queued
+    from vocfleet.db.training import create_jobs, next_queued
 
     with session_scope() as s:
         jobs = create_jobs(s, [{"voc_class": "dog", "epochs": 1}, {"voc_class": "cat", "epochs": 1}], max_attempts=5)
@@ -140,7 +141,8 @@ def test_create_jobs_and_next_queued(db):
 
 
 def test_cancel_work_queued_now_running_asked(db):
-    from vocfleet.db.jobs import cancel_work, create_jobs
+    from vocfleet.db.claims import cancel_work
+    from vocfleet.db.training import create_jobs
 
     with session_scope() as s:
         other = create_jobs(s, [{"voc_class": "dog"}])[0].id

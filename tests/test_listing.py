@@ -7,10 +7,11 @@ from datetime import timedelta
 
 import pytest
 
-from vocfleet.db.jobs import claim_job, create_jobs
+from vocfleet.db.claims import claim_job
 from vocfleet.db.listing import read_connection, run_rows, status_rows
 from vocfleet.db.models import JobStatus, ScoreRun, TrainJob, utcnow
 from vocfleet.db.session import ensure_schema, session_scope
+from vocfleet.db.training import create_jobs
 
 DBS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)]
 

@@ -100,8 +100,8 @@ def test_resume_after_kill_9_redoes_only_unfinished_shards(detectors, wild, data
 
 
 def test_finish_run_and_cancel_reach_the_shards(detectors, wild):
-    from vocfleet.db.jobs import cancel_work, claim_job
-    from vocfleet.db.runs import add_shard, create_run, finish_run_if_done, finish_scan, scan_position
+    from vocfleet.db.claims import claim_job
+    from vocfleet.db.runs import add_shard, cancel_runs, create_run, finish_run_if_done, finish_scan, scan_position
     from vocfleet.db.session import ensure_schema
 
     ensure_schema()
@@ -117,7 +117,7 @@ def test_finish_run_and_cancel_reach_the_shards(detectors, wild):
     with session_scope() as s:
         claim_job(s, ids[0], "w", ScoreShard)
         assert finish_run_if_done(s, run_id) is None  # shards still to go
-        assert cancel_work(s, ScoreRun, [run_id]) == ([], [run_id])
+        assert cancel_runs(s, [run_id]) == ([], [run_id])
     with session_scope() as s:
         assert [(sh.status, sh.cancel_requested) for sh in shards(run_id)] == [
             (JobStatus.running, True),
@@ -131,7 +131,7 @@ def test_finish_run_and_cancel_reach_the_shards(detectors, wild):
 
 
 def test_reaper_ends_a_run_whose_last_shard_was_failed(detectors, wild, monkeypatch):
-    from vocfleet.db.jobs import claim_job
+    from vocfleet.db.claims import claim_job
     from vocfleet.db.runs import add_shard, create_run, finish_scan
     from vocfleet.db.session import ensure_schema
     from vocfleet.scheduler.fleet import tick

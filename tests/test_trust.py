@@ -78,7 +78,8 @@ def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root:
     """A finished job of ``voc_class`` whose detector file (a few bytes) is in the store; the detector's id."""
     import hashlib
 
-    from vocfleet.db.jobs import claim_job, create_jobs, finish_job
+    from vocfleet.db.claims import claim_job
+    from vocfleet.db.training import create_jobs, finish_job
     from vocfleet.model.artifacts import ArtifactStore
     from vocfleet.model.engine import FitResult
 
@@ -165,7 +166,7 @@ def test_one_active_detector_per_class_under_concurrent_promotion_and_activation
 
 
 def _race(voc_class: str, i: int, spare: int) -> str:
-    from vocfleet.db.jobs import activate_detector
+    from vocfleet.db.registry import activate_detector
 
     dispose_engines()
     try:
@@ -199,7 +200,7 @@ def test_retry_resumes_a_failed_job_and_cancel_names_what_is_missing(fake_voc, i
 
 
 def test_cancelling_running_work_asks_first(fake_voc, invoke):
-    from vocfleet.db.jobs import claim_job
+    from vocfleet.db.claims import claim_job
 
     invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
     with session_scope() as s:
@@ -218,9 +219,9 @@ def test_cancelling_running_work_asks_first(fake_voc, invoke):
 
 def test_the_library_resolves_links_and_promotion_compares_the_data_not_the_path(fake_voc, tmp_path):
     """The README's Python API through links: jobs store the real VOC root, a run scores a linked folder, promotion compares fingerprints."""
-    from vocfleet.db.jobs import create_jobs
-    from vocfleet.db.queries import active_detectors
+    from vocfleet.db.registry import active_detectors
     from vocfleet.db.runs import create_run
+    from vocfleet.db.training import create_jobs
     from vocfleet.worker.runner import run_train_job
     from vocfleet.worker.scoring import run_score_run
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import update
 
-from vocfleet.db.jobs import Work
+from vocfleet.db.claims import Work
 from vocfleet.db.models import ScoreRun, ScoreShard, TrainJob, utcnow
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings

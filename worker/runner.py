@@ -19,10 +19,11 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from vocfleet.db.jobs import Work, claim_job, end_job, finish_job, heartbeat, record_epoch
+from vocfleet.db.claims import Work, claim_job, end_job, heartbeat
 from vocfleet.db.models import JobStatus, TrainJob
 from vocfleet.db.session import DatabaseGone, session_scope
 from vocfleet.db.settings import get_settings
+from vocfleet.db.training import finish_job, record_epoch
 from vocfleet.model import ConfigError, StoreUnavailable
 from vocfleet.model.artifacts import RESUME_FILES, ArtifactStore
 from vocfleet.model.checkpoint import DiskFull

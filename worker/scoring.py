@@ -14,10 +14,10 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from vocfleet.db.jobs import end_job
+from vocfleet.db.claims import end_job
 from vocfleet.db.models import Detector, JobStatus, ScoreRun, ScoreShard
 from vocfleet.db.runs import add_shard, finish_run_if_done, finish_scan, scan_position
-from vocfleet.db.scoring import recorded_paths, store_chunk
+from vocfleet.db.score_writer import recorded_paths, store_chunk
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError

@@ -79,8 +79,9 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
     """
     from sqlalchemy import select
 
-    from vocfleet.db.jobs import cancel_work
+    from vocfleet.db.claims import cancel_work
     from vocfleet.db.models import JobStatus, ScoreRun, TrainJob
+    from vocfleet.db.runs import cancel_runs
     from vocfleet.db.states import as_utc
 
     if not (job_ids or cancel_all or run_ids):
@@ -101,7 +102,7 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
         click.confirm(f"Stop {', '.join(running)} (running)?", abort=True)
     settings = get_settings()
     with database() as s:
-        results = [(kind, table, *cancel_work(s, table, ids)) for kind, table, ids in targets]
+        results = [(kind, table, *(cancel_runs(s, ids) if table is ScoreRun else cancel_work(s, table, ids))) for kind, table, ids in targets]
         beats = {(kind, i): (row.heartbeat_at, row.worker_host) for kind, table, _, asked in results for i in asked if (row := s.get(table, i))}
     changed = []
     for kind, _, now, asked in results:
@@ -129,8 +130,8 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
 @action_format_option
 def retry(job_ids: tuple[int, ...], fmt: str) -> None:
     """Put failed or cancelled training jobs back in the queue; each resumes from its last checkpoint."""
-    from vocfleet.db.jobs import retry_job
     from vocfleet.db.models import TrainJob
+    from vocfleet.db.training import retry_job
     from vocfleet.worker.dispatch import enqueue
 
     with database() as s:

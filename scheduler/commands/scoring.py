@@ -33,7 +33,7 @@ from .base import (
 
 def _detectors_for(s, classes: str | None) -> list:
     """The active detectors to score with: every one, or those of ``classes`` (each must exist)."""
-    from vocfleet.db.queries import active_detectors
+    from vocfleet.db.registry import active_detectors
 
     from ..queueing import parse_classes
 

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from vocfleet.db.settings import get_settings
+from vocfleet.db.states import PROMOTE
 from vocfleet.model import ConfigError, DetectorUnavailable
 from vocfleet.model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
 
@@ -66,7 +67,7 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=3, help="Attempts before a job whose worker keeps dying fails.")
 @click.option(
     "--promote",
-    type=click.Choice(("if-better", "always", "never")),
+    type=click.Choice(PROMOTE),
     default="if-better",
     help="When the new detector becomes its class's active one: if its AP is at least the active one's (same evaluation split), always, or never.",
 )
@@ -74,8 +75,8 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 @action_format_option
 def submit(classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: str, **options: Any) -> None:
     """Queue one training job per class."""
-    from vocfleet.db.jobs import create_jobs
     from vocfleet.db.models import TrainJob
+    from vocfleet.db.training import create_jobs
     from vocfleet.worker.dispatch import enqueue
 
     from ..queueing import build_configs, parse_classes
@@ -188,7 +189,7 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str) -> None
     """
     if ctx.invoked_subcommand is not None:
         return
-    from vocfleet.db.queries import detector_rows
+    from vocfleet.db.registry import detector_rows
 
     with database() as s:
         rows = detector_rows(s, show_all)
@@ -208,7 +209,7 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str) -> None
 @format_option
 def detectors_history(voc_class: str, fmt: str) -> None:
     """Every detector of a class, oldest first, with the promotion decision made when it finished."""
-    from vocfleet.db.queries import detector_rows
+    from vocfleet.db.registry import detector_rows
 
     from ..queueing import parse_classes
 
@@ -226,8 +227,8 @@ def detectors_history(voc_class: str, fmt: str) -> None:
 @click.option("--reason", default=None, help="Why, kept in 'vocfleet detectors history'.")
 def detectors_activate(detector_id: int, reason: str | None) -> None:
     """Make a detector the active one of its class (new scoring runs use it); recorded in the history with --reason."""
-    from vocfleet.db.jobs import activate_detector
     from vocfleet.db.models import Detector
+    from vocfleet.db.registry import activate_detector
     from vocfleet.model.artifacts import ArtifactStore
 
     with database() as s:
@@ -256,10 +257,11 @@ def run(stale_after: float | None, fmt: str) -> None:
     """
     from sqlalchemy import select
 
-    from vocfleet.db.jobs import next_queued, reap_stale
+    from vocfleet.db.claims import reap_stale
     from vocfleet.db.listing import queue_left, read_connection
     from vocfleet.db.models import JobStatus, TrainJob
-    from vocfleet.db.queries import detector_rows
+    from vocfleet.db.registry import detector_rows
+    from vocfleet.db.training import next_queued
     from vocfleet.worker.runner import Outcome, run_train_job
 
     from ..progress import TrainProgress

@@ -1,4 +1,4 @@
-"""Scoring results in the database: what a shard already recorded, and one bulk write per chunk."""
+"""The score writer: what a shard already recorded, and one bulk write of images, scores and errors per chunk."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
-from .jobs import owned
+from .claims import owned
 from .models import FileError, Score, ScoredImage, ScoreRun, ScoreShard
 
 

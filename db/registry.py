@@ -1,0 +1,198 @@
+"""The detector registry: recording a finished job's detector, promotion, activation by hand, and the rows listed.
+
+One detector per class is active, enforced by a partial unique index and, on PostgreSQL, a
+per-class advisory lock held by whoever changes it (:func:`lock_class`). Each detector's
+``metrics`` hold the promotion decision made when it finished and every change by hand since.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from .models import Detector, TrainJob, utcnow
+from .states import as_utc
+
+if TYPE_CHECKING:
+    from vocfleet.model.engine import FitResult
+
+
+def record_detector(s: Session, job: TrainJob, result: FitResult) -> Detector:
+    """Add the detector a finished job trained; whether it becomes active is the job's ``promote`` policy.
+
+    ``if-better`` (the default): active only if its AP is at least the active detector's, when both
+    were judged on the same pictures with the same labels (the data fingerprint); otherwise the APs
+    do not compare, and the new one becomes active. ``always`` / ``never``: as they say. The
+    decision and both APs are stored in the detector's ``metrics["promotion"]``.
+    """
+    metrics = dict(result.metrics)
+    metrics.update(val=result.val_metrics, best_epoch=result.best_epoch, skipped_images=result.skipped_images, plots=result.plots)
+    lock_class(s, job.voc_class)
+    current = s.scalar(select(Detector).where(Detector.voc_class == job.voc_class, Detector.active.is_(True)).with_for_update())
+    promote, decision = _promotion(s, job, metrics, current)
+    metrics["promotion"] = decision
+    if promote and current is not None:
+        current.active = False
+        s.flush()  # one active detector per class, enforced by a unique index
+    detector = Detector(
+        voc_class=job.voc_class,
+        job_id=job.id,
+        checkpoint_path=result.checkpoint,
+        sha256=result.sha256,
+        threshold=float(result.threshold),
+        ap=float(result.metrics["ap"]),
+        metrics=metrics,
+        active=promote,
+    )
+    s.add(detector)
+    s.flush()
+    return detector
+
+
+def _promotion(s: Session, job: TrainJob, metrics: dict[str, Any], current: Detector | None) -> tuple[bool, dict[str, Any]]:
+    policy = job.promote or "if-better"
+    decision: dict[str, Any] = {"policy": policy, "ap": metrics["ap"], "active_id": None, "active_ap": None}
+    if current is None:
+        return policy != "never", decision | {"decision": "first detector of its class" if policy != "never" else "kept inactive (--promote never)"}
+    decision.update(active_id=current.id, active_ap=current.ap)
+    if policy != "if-better":
+        return policy == "always", decision | {"decision": f"--promote {policy}"}
+    if not _same_evaluation(s, current, job, metrics):
+        return True, decision | {"decision": "promoted: the active detector was evaluated on other pictures or labels, the APs do not compare"}
+    if metrics["ap"] >= current.ap:
+        return True, decision | {"decision": "promoted: AP at least the active detector's"}
+    return False, decision | {"decision": f"kept detector {current.id} active: its AP {current.ap:.3f} is higher"}
+
+
+def lock_class(s: Session, voc_class: str) -> None:
+    """Hold the class's detector lock until the transaction ends, so one active detector per class holds under concurrency.
+
+    Two transactions that both find no active detector would otherwise both insert one (row
+    locks cannot lock a row that does not exist). PostgreSQL: a transaction-scoped advisory lock
+    keyed by the class. SQLite serialises writers itself.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        key = zlib.crc32(f"vocfleet.detectors.{voc_class}".encode()) - 2**31  # a signed 32-bit key
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def _same_evaluation(s: Session, current: Detector, job: TrainJob, metrics: dict[str, Any]) -> bool:
+    """Were both detectors judged on the same pictures with the same labels? By the data fingerprint, never by a path.
+
+    A detector from before fingerprints (0.5.0) is compared by its evaluation split and the real
+    path of its VOC root, links resolved.
+    """
+    ours, theirs = metrics.get("eval_fingerprint"), current.metrics.get("eval_fingerprint")
+    if ours and theirs:
+        return ours == theirs
+    current_job = s.get(TrainJob, current.job_id) if current.job_id else None
+    if current_job is None or current.metrics.get("split") != metrics.get("split"):
+        return False
+    roots = [j.config.get("voc_root") for j in (current_job, job)]
+    return None not in roots and os.path.realpath(roots[0]) == os.path.realpath(roots[1])
+
+
+def activate_detector(s: Session, detector_id: int, reason: str | None = None) -> tuple[Detector, Detector | None] | None:
+    """Make a detector its class's active one (the one before it is returned too); None if there is no such detector.
+
+    The change is recorded in both detectors' history (``metrics["events"]``): when, which
+    detector replaced which, and ``reason``.
+    """
+    detector = s.get(Detector, detector_id)
+    if detector is None:
+        return None
+    lock_class(s, detector.voc_class)
+    s.refresh(detector, with_for_update=True)
+    before = s.scalar(select(Detector).where(Detector.voc_class == detector.voc_class, Detector.active.is_(True)).with_for_update())
+    if before is detector:
+        return detector, None
+    at = utcnow().isoformat(timespec="seconds")
+    if before is not None:
+        before.active = False
+        _add_event(before, {"at": at, "event": "deactivated", "by": detector.id, "reason": reason})
+        s.flush()
+    detector.active = True
+    _add_event(detector, {"at": at, "event": "activated", "replaced": before.id if before is not None else None, "reason": reason})
+    return detector, before
+
+
+def _add_event(detector: Detector, event: dict[str, Any]) -> None:
+    """Append to a detector's history (a new dict: the JSON column is not tracked for in-place changes)."""
+    detector.metrics = {**detector.metrics, "events": [*detector.metrics.get("events", []), event]}
+
+
+def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, Any]]:
+    """Detectors (active ones unless ``include_inactive``): evaluation metrics and how each was trained, as flat columns."""
+    q = select(Detector, TrainJob).outerjoin(TrainJob, TrainJob.id == Detector.job_id).order_by(Detector.voc_class, Detector.id)
+    if not include_inactive:
+        q = q.where(Detector.active.is_(True))
+    from vocfleet.model.artifacts import ArtifactStore
+
+    from .settings import get_settings
+
+    where = ArtifactStore.from_settings(get_settings()).resolve  # rows hold locations relative to the store
+    plot = lambda m, k: where(p) if (p := m.get("plots", {}).get(k)) else None
+    rows = []
+    for d, job in s.execute(q):
+        m, cfg = d.metrics, (job.config if job is not None else {})
+        rows.append(
+            {
+                "id": d.id,
+                "class": d.voc_class,
+                "job": d.job_id,
+                "active": d.active,
+                "ap": d.ap,
+                "ap11": m.get("ap11"),
+                "auc": m.get("auc"),
+                "accuracy": m.get("accuracy"),
+                "always_absent": m.get("baseline_accuracy"),
+                "f1": m.get("f1"),
+                "threshold": d.threshold,
+                "pos_rate": m["positives"] / max(m["images"], 1) if "positives" in m else None,
+                "eval_images": m.get("images"),
+                "split": m.get("split"),
+                # The data fingerprint (ids and labels of the evaluation pictures), short as git shows a commit.
+                "eval_data": (m.get("eval_fingerprint") or "")[:12] or None,
+                "eval_fingerprint": m.get("eval_fingerprint"),
+                "train_fingerprint": m.get("train_fingerprint"),
+                "created": as_utc(d.created_at),
+                "image_size": cfg.get("image_size"),
+                "epochs": cfg.get("epochs"),
+                "init": cfg.get("init"),
+                "batch_size": cfg.get("batch_size"),
+                "lr": cfg.get("lr"),
+                "ema": cfg.get("ema", 0.0) if job is not None else None,
+                "seed": cfg.get("seed"),
+                "decision": decision(m),
+                "checkpoint": where(d.checkpoint_path),
+                "curves": plot(m, "curves"),
+                "pr_curve": plot(m, "pr"),
+            }
+        )
+    return rows
+
+
+def decision(metrics: dict[str, Any]) -> str | None:
+    """Why a detector is (or is not) active: the latest change by hand, else the promotion decision made when it finished."""
+    said = metrics.get("promotion", {}).get("decision")
+    events = metrics.get("events") or []
+    if not events:
+        return said
+    e = events[-1]
+    why = f": {e['reason']}" if e.get("reason") else ""
+    if e["event"] == "activated":
+        replaced = f", replacing detector {e['replaced']}" if e.get("replaced") else ""
+        return f"activated by hand at {e['at']}{replaced}{why}"
+    return f"deactivated at {e['at']}: detector {e['by']} activated by hand{why}"
+
+
+def active_detectors(s: Session, classes: list[str] | None = None) -> list[Detector]:
+    """The active detector of each class (of ``classes`` when given), by class name."""
+    q = select(Detector).where(Detector.active.is_(True)).order_by(Detector.voc_class)
+    if classes is not None:
+        q = q.where(Detector.voc_class.in_(classes))
+    return list(s.scalars(q))

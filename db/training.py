@@ -1,0 +1,80 @@
+"""Training jobs: create, record each epoch, finish (the detector is recorded by ``registry.py``), retry."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .claims import owned
+from .models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
+from .registry import record_detector
+
+if TYPE_CHECKING:
+    from vocfleet.model.engine import FitResult
+
+
+def create_jobs(s: Session, configs: list[dict[str, Any]], max_attempts: int = 3, promote: str = "if-better") -> list[TrainJob]:
+    """Add one queued training job per config (``TrainConfig.to_dict()``); ids are set on return.
+
+    The VOC root is stored with links resolved, as the submitting host sees it, whoever calls this.
+    """
+    configs = [{**c, "voc_root": os.path.realpath(os.path.expanduser(c["voc_root"]))} if c.get("voc_root") else c for c in configs]
+    jobs = [TrainJob(voc_class=c["voc_class"], config=c, max_attempts=max_attempts, promote=promote) for c in configs]
+    s.add_all(jobs)
+    s.flush()
+    return jobs
+
+
+def next_queued(s: Session) -> int | None:
+    """The oldest queued training job that nobody asked to cancel, or None."""
+    return s.scalar(select(TrainJob.id).where(TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False)).order_by(TrainJob.id).limit(1))
+
+
+def record_epoch(s: Session, job_id: int, token: str, record: dict[str, Any]) -> bool:
+    """Store one finished epoch (idempotent: an epoch already stored is overwritten, never duplicated)."""
+    job = owned(s, job_id, token, TrainJob)
+    if job is None:
+        return False
+    fields = {k: float(record[k]) for k in ("train_loss", "val_loss", "val_ap", "lr", "seconds", "images_per_s")}
+    row = s.scalar(select(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch == record["epoch"]))
+    if row is None:
+        s.add(EpochMetric(job_id=job_id, epoch=int(record["epoch"]), **fields))
+    else:
+        for k, v in fields.items():
+            setattr(row, k, v)
+    job.epochs_done = int(record["epoch"])
+    job.latest_val_ap = fields["val_ap"]
+    job.heartbeat_at = utcnow()
+    return True
+
+
+def finish_job(s: Session, job_id: int, token: str, result: FitResult) -> Detector | None:
+    """Mark the job succeeded and record its detector (:func:`registry.record_detector` decides whether it becomes active)."""
+    job = owned(s, job_id, token, TrainJob)
+    if job is None:
+        return None
+    existing = s.scalar(select(Detector).where(Detector.job_id == job_id))
+    # A re-delivered job that already finished keeps its first result.
+    detector = existing if existing is not None else record_detector(s, job, result)
+    job.status = JobStatus.succeeded
+    job.finished_at = utcnow()
+    job.error = None
+    return detector
+
+
+def retry_job(s: Session, job_id: int) -> str:
+    """Queue a failed or cancelled job again with fresh attempts (it resumes from its ``last.pt``).
+
+    Returns:
+        ``queued``, ``missing``, or the status that kept it from being retried.
+    """
+    job = s.get(TrainJob, job_id, with_for_update=True)
+    if job is None:
+        return "missing"
+    if job.status not in (JobStatus.failed, JobStatus.cancelled):
+        return job.status.value
+    job.status, job.claim_token, job.cancel_requested, job.error, job.finished_at, job.attempts = JobStatus.queued, None, False, None, None, 0
+    return "queued"
