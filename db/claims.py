@@ -10,6 +10,7 @@ the tables of :class:`~vocfleet.db.models.Claimable` work; what each table does 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -138,3 +139,23 @@ def cancel_work(s: Session, table: Work, ids: list[int] | None) -> tuple[list[in
         else:
             asked.append(row.id)
     return now, asked
+
+
+@dataclass(frozen=True)
+class WorkState:
+    """Where one row of work stands, as a command shows it."""
+
+    id: int
+    status: JobStatus
+    heartbeat_at: datetime | None
+    worker_host: str | None
+    error: str | None
+    voc_class: str | None = None  # training jobs'
+
+
+def work_states(s: Session, table: Work, ids: list[int] | None = None) -> dict[int, WorkState]:
+    """The rows of ``table`` with these ids (``None``: the running ones), by id; an id with no row is absent."""
+    label = getattr(table, "voc_class", None)
+    q = select(table.id, table.status, table.heartbeat_at, table.worker_host, table.error, *([label] if label is not None else []))
+    q = q.where(table.status == JobStatus.running) if ids is None else q.where(table.id.in_(ids))
+    return {r[0]: WorkState(r[0], r[1], as_utc(r[2]), *r[3:]) for r in s.execute(q.order_by(table.id))}

@@ -196,3 +196,27 @@ def active_detectors(s: Session, classes: list[str] | None = None) -> list[Detec
     if classes is not None:
         q = q.where(Detector.voc_class.in_(classes))
     return list(s.scalars(q))
+
+
+def detector_file(s: Session, detector_id: int) -> tuple[str, str] | None:
+    """A detector's checkpoint location (relative to the store) and sha256; None if there is no such detector."""
+    row = s.execute(select(Detector.checkpoint_path, Detector.sha256).where(Detector.id == detector_id)).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def export_metadata(s: Session, detector_id: int) -> dict[str, Any] | None:
+    """What an exported file says of the detector it holds: class, threshold, AP, evaluation data, job, checksum."""
+    det = s.get(Detector, detector_id)
+    if det is None:
+        return None
+    return {
+        "detector": det.id,
+        "class": det.voc_class,
+        "threshold": det.threshold,
+        "ap": det.ap,
+        "eval_split": det.metrics.get("split"),
+        "eval_fingerprint": det.metrics.get("eval_fingerprint"),
+        "train_fingerprint": det.metrics.get("train_fingerprint"),
+        "job": det.job_id,
+        "checkpoint_sha256": det.sha256,
+    }

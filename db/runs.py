@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,27 @@ from sqlalchemy.orm import Session
 from .claims import cancel_work, is_stale, owned
 from .models import Detector, JobStatus, ScoreRun, ScoreShard, utcnow
 from .states import UNFINISHED, as_utc
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where one scoring run stands, as a command shows it."""
+
+    id: int
+    status: JobStatus
+    classes: list[str]
+    total_files: int | None
+    scored_images: int
+    error_files: int
+    error: str | None
+
+
+def run_state(s: Session, run_id: int) -> RunState | None:
+    """A scoring run's status and counts, or None if there is no such run."""
+    run = s.get(ScoreRun, run_id)
+    if run is None:
+        return None
+    return RunState(run.id, run.status, list(run.classes), run.total_files, run.scored_images, run.error_files, run.error)
 
 
 def create_run(s: Session, folders: list[str], detectors: Sequence[Detector], *, batch_size: int, max_attempts: int, shard_size: int = 2000) -> ScoreRun:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,9 +28,16 @@ def create_jobs(s: Session, configs: list[dict[str, Any]], max_attempts: int = 3
     return jobs
 
 
-def next_queued(s: Session) -> int | None:
-    """The oldest queued training job that nobody asked to cancel, or None."""
-    return s.scalar(select(TrainJob.id).where(TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False)).order_by(TrainJob.id).limit(1))
+class QueuedJob(NamedTuple):
+    id: int
+    voc_class: str
+
+
+def next_queued(s: Session) -> QueuedJob | None:
+    """The oldest queued training job that nobody asked to cancel (its id and class), or None."""
+    q = select(TrainJob.id, TrainJob.voc_class).where(TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False))
+    row = s.execute(q.order_by(TrainJob.id).limit(1)).first()
+    return QueuedJob(*row) if row is not None else None
 
 
 def record_epoch(s: Session, job_id: int, token: str, record: dict[str, Any]) -> bool:

@@ -134,10 +134,10 @@ def test_create_jobs_and_next_queued(db):
         ids = [j.id for j in jobs]
     with session_scope() as s:
         assert [s.get(TrainJob, i).max_attempts for i in ids] == [5, 5]
-        assert next_queued(s) == db  # the oldest first
+        assert next_queued(s) == (db, "car")  # the oldest first, with its class
         s.get(TrainJob, db).cancel_requested = True
     with session_scope() as s:
-        assert next_queued(s) == ids[0]
+        assert next_queued(s).id == ids[0]
 
 
 def test_cancel_work_queued_now_running_asked(db):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from vocfleet.db.errors import database_problem, raised
 from vocfleet.db.settings import SettingsError, get_settings
 from vocfleet.db.states import as_utc
 from vocfleet.model import ConfigError
@@ -20,13 +21,7 @@ from vocfleet.model import ConfigError
 from ..output import FORMATS
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-
-def _raised(exc: BaseException, module: str, name: str) -> bool:
-    """``isinstance(exc, module.name)`` without importing ``module``: if it was never imported, it raised nothing."""
-    mod = sys.modules.get(module)
-    return mod is not None and isinstance(exc, getattr(mod, name))
+    from vocfleet.db.session import Session
 
 
 class VocfleetGroup(click.Group):
@@ -57,29 +52,13 @@ class VocfleetGroup(click.Group):
             click.echo(f"vocfleet: error: {exc}", err=True)
             ctx.exit(2)
         except Exception as exc:
-            if _raised(exc, "vocfleet.model.download", "DownloadError") or _raised(exc, "vocfleet.db.session", "DatabaseGone"):
+            if raised(exc, "vocfleet.model.download", "DownloadError") or raised(exc, "vocfleet.model", "StoreUnavailable"):
                 click.echo(f"vocfleet: error: {exc}", err=True)
                 ctx.exit(1)
-            # SQLAlchemy's, or the driver's own where `status` and `runs` read without SQLAlchemy (db/listing.py)
-            if _raised(exc, "vocfleet.model", "StoreUnavailable"):
-                click.echo(f"vocfleet: error: {exc}", err=True)
-                ctx.exit(1)
-            if any(_raised(exc, module, "OperationalError") for module in ("sqlalchemy.exc", "psycopg", "sqlite3")):
-                url, reason = get_settings().database_url, " ".join(str(getattr(exc, "orig", exc)).split())
-                if "disk is full" in reason or "No space left" in reason:
-                    click.echo(f"vocfleet: error: the disk holding the database {url!r} is full: free space there, then run the command again", err=True)
-                    ctx.exit(1)
-                if "readonly database" in reason or "read-only" in reason:
-                    click.echo(f"vocfleet: error: the database {url!r} is read-only here ({reason}): use an account or mount that can write it", err=True)
-                    ctx.exit(1)
-                click.echo(f"vocfleet: error: cannot use the database {url!r} ({reason}): check VOCFLEET_DATABASE_URL", err=True)
-                ctx.exit(1)
-            if _raised(exc, "sqlalchemy.exc", "ArgumentError"):  # includes NoSuchModuleError: an unknown scheme
-                url = get_settings().database_url
-                click.echo(
-                    f"vocfleet: error: VOCFLEET_DATABASE_URL={url!r} is not a database URL ({exc}): use sqlite:///PATH or postgresql+psycopg://...", err=True
-                )
-                ctx.exit(2)
+            problem = database_problem(exc, get_settings().database_url)
+            if problem is not None:
+                click.echo(f"vocfleet: error: {problem[0]}", err=True)
+                ctx.exit(problem[1])
             if isinstance(exc, OSError) and exc.filename:  # an unwritable data folder, report or download folder
                 click.echo(f"vocfleet: error: cannot write {exc.filename}: {exc.strerror}: choose a folder you can write", err=True)
                 ctx.exit(1)

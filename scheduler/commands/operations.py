@@ -39,9 +39,7 @@ def reap(stale_after: float | None, resend_after: float) -> None:
 @resend_option
 def scheduler_daemon(interval: float, stale_after: float | None, resend_after: float) -> None:
     """Long-running: every --interval, what 'vocfleet reap' does once. Survives database and broker outages."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from vocfleet.db.session import ensure_schema
+    from vocfleet.db.session import DatabaseError, ensure_schema
 
     from ..fleet import tick
 
@@ -55,7 +53,7 @@ def scheduler_daemon(interval: float, stale_after: float | None, resend_after: f
             changed = {k: v for k, v in out.items() if v}
             if changed:
                 click.echo(f"scheduler: {changed}", err=True)
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             click.echo(f"scheduler: database unavailable ({exc.__class__.__name__}); retrying", err=True)
         except KeyboardInterrupt:
             break
@@ -77,12 +75,9 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
     Asks first when the command would stop running work (--yes does not ask). Ids that do not
     exist are named, and the exit code is 1.
     """
-    from sqlalchemy import select
-
-    from vocfleet.db.claims import cancel_work
+    from vocfleet.db.claims import cancel_work, work_states
     from vocfleet.db.models import JobStatus, ScoreRun, TrainJob
     from vocfleet.db.runs import cancel_runs
-    from vocfleet.db.states import as_utc
 
     if not (job_ids or cancel_all or run_ids):
         raise ConfigError("name job ids, --run RUN, or --all")
@@ -91,19 +86,15 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
     targets = [("job", TrainJob, None if cancel_all else list(job_ids))] if job_ids or cancel_all else []
     targets += [("run", ScoreRun, list(run_ids))] if run_ids else []
     with database() as s:
-        missing = [f"{kind} {i}" for kind, table, ids in targets for i in ids or [] if s.get(table, i) is None]
-        running = [
-            f"{kind} {i}"
-            for kind, table, ids in targets
-            if ids is not None
-            for i in s.scalars(select(table.id).where(table.id.in_(ids), table.status == JobStatus.running))
-        ]
+        before = {kind: work_states(s, table, ids) for kind, table, ids in targets if ids is not None}
+    missing = [f"{kind} {i}" for kind, _, ids in targets for i in ids or [] if i not in before[kind]]
+    running = [f"{kind} {i}" for kind, found in before.items() for i, w in found.items() if w.status == JobStatus.running]
     if running and not yes and not cancel_all:
         click.confirm(f"Stop {', '.join(running)} (running)?", abort=True)
     settings = get_settings()
     with database() as s:
         results = [(kind, table, *(cancel_runs(s, ids) if table is ScoreRun else cancel_work(s, table, ids))) for kind, table, ids in targets]
-        beats = {(kind, i): (row.heartbeat_at, row.worker_host) for kind, table, _, asked in results for i in asked if (row := s.get(table, i))}
+        beats = {(kind, i): (w.heartbeat_at, w.worker_host) for kind, table, _, asked in results for i, w in work_states(s, table, asked).items()}
     changed = []
     for kind, _, now, asked in results:
         for i in now:
@@ -112,7 +103,7 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
         for i in asked:
             changed.append({kind: i, "status": "cancel requested"})
             beat, host = beats[(kind, i)]
-            if beat is not None and datetime.now(UTC) - as_utc(beat) < timedelta(seconds=3 * settings.heartbeat_seconds):
+            if beat is not None and datetime.now(UTC) - beat < timedelta(seconds=3 * settings.heartbeat_seconds):
                 say(fmt, f"{kind} {i}: running; its worker stops it within a few batches")
             else:  # a silent worker may be gone (kill -9): then the job ends cancelled when it is taken back
                 taker = "'vocfleet run'" if kind == "job" and not settings.broker_url else "the scheduler ('vocfleet reap')"

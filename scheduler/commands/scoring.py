@@ -107,14 +107,15 @@ def _seen(total: int | None) -> str:
 
 def _wait_for_run(run_id: int, fmt: str = "text", interval: float = 1.0) -> None:
     """Progress of a run the fleet is scoring (files done of total), until it finishes."""
-    from vocfleet.db.models import JobStatus, ScoreRun
+    from vocfleet.db.models import JobStatus
+    from vocfleet.db.runs import run_state
 
     from ..progress import CountProgress
 
     with CountProgress(f"run {run_id}", "file") as progress:
         while True:
             with database() as s:
-                run = s.get(ScoreRun, run_id)
+                run = run_state(s, run_id)
                 status, done, total, error, result = run.status, run.scored_images + run.error_files, run.total_files, run.error, _run_result(run)
             progress(done, total)
             if status.finished:
@@ -129,8 +130,8 @@ def _wait_for_run(run_id: int, fmt: str = "text", interval: float = 1.0) -> None
 
 def _run_scoring(run_id: int, names: list[str], fmt: str = "text") -> None:
     """The embedded default: score the run in this process, with progress, then print what was not scored."""
-    from vocfleet.db.models import ScoreRun
     from vocfleet.db.results import error_rows
+    from vocfleet.db.runs import run_state
     from vocfleet.worker.runner import Outcome
     from vocfleet.worker.scoring import run_score_run
 
@@ -143,7 +144,7 @@ def _run_scoring(run_id: int, names: list[str], fmt: str = "text") -> None:
     except KeyboardInterrupt as exc:
         exit_interrupted(exc, f"resume with 'vocfleet resume-run {run_id}'")
     with database() as s:
-        run = s.get(ScoreRun, run_id)
+        run = run_state(s, run_id)
         errors = error_rows(s, run_id, limit=50)
         result = _run_result(run)
         say(
@@ -226,8 +227,8 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
 
     Streamed: an export of millions of rows starts at once and holds a few thousand in memory.
     """
-    from vocfleet.db.models import ScoreRun
     from vocfleet.db.results import ResultQuery, export_csv, export_json, iter_by_image, iter_errors, iter_results, runs_have_class, summary_rows
+    from vocfleet.db.runs import run_state
 
     from ..queueing import parse_classes
 
@@ -259,7 +260,7 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
         voc_class = parse_classes(voc_class)[0]
     with database() as s:
         for run_id in run_ids:
-            if s.get(ScoreRun, run_id) is None:
+            if run_state(s, run_id) is None:
                 raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
         runs = None if all_runs else tuple(dict.fromkeys(run_ids))
         if voc_class and not runs_have_class(s, runs, voc_class):

@@ -227,15 +227,14 @@ def detectors_history(voc_class: str, fmt: str) -> None:
 @click.option("--reason", default=None, help="Why, kept in 'vocfleet detectors history'.")
 def detectors_activate(detector_id: int, reason: str | None) -> None:
     """Make a detector the active one of its class (new scoring runs use it); recorded in the history with --reason."""
-    from vocfleet.db.models import Detector
-    from vocfleet.db.registry import activate_detector
+    from vocfleet.db.registry import activate_detector, detector_file
     from vocfleet.model.artifacts import ArtifactStore
 
     with database() as s:
-        det = s.get(Detector, detector_id)
-        if det is None:
-            raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")
-        location, sha = det.checkpoint_path, det.sha256
+        found = detector_file(s, detector_id)
+    if found is None:
+        raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")
+    location, sha = found
     try:  # a detector whose checkpoint is gone or changed would fail every scoring run that uses it
         ArtifactStore.from_settings(get_settings()).local_copy(location, sha)
     except DetectorUnavailable as exc:
@@ -255,11 +254,9 @@ def run(stale_after: float | None, fmt: str) -> None:
 
     Jobs left 'running' by an interrupted earlier run resume from their last checkpoint.
     """
-    from sqlalchemy import select
-
-    from vocfleet.db.claims import reap_stale
+    from vocfleet.db.claims import reap_stale, work_states
     from vocfleet.db.listing import queue_left, read_connection
-    from vocfleet.db.models import JobStatus, TrainJob
+    from vocfleet.db.models import TrainJob
     from vocfleet.db.registry import detector_rows
     from vocfleet.db.training import next_queued
     from vocfleet.worker.runner import Outcome, run_train_job
@@ -278,8 +275,7 @@ def run(stale_after: float | None, fmt: str) -> None:
     ran: list[dict[str, Any]] = []
     while True:
         with database() as s:
-            job_id = next_queued(s)
-            voc_class = s.get(TrainJob, job_id).voc_class if job_id else None
+            job_id, voc_class = next_queued(s) or (None, None)
         if job_id is None:
             break
         with read_connection() as conn:
@@ -293,14 +289,14 @@ def run(stale_after: float | None, fmt: str) -> None:
         ran.append({"job": job_id, "class": voc_class, "outcome": outcome.value, "error": None})
         if outcome == Outcome.failed:
             with database() as s:
-                ran[-1]["error"] = s.get(TrainJob, job_id).error.splitlines()[0]
+                ran[-1]["error"] = (work_states(s, TrainJob, [job_id])[job_id].error or "").splitlines()[0]
             click.echo(f"job {job_id} ({voc_class}) failed: {ran[-1]['error']}", err=True)
     if not outcomes:
         with database() as s:
-            running = [(j.id, j.voc_class, j.heartbeat_at, j.worker_host) for j in s.scalars(select(TrainJob).where(TrainJob.status == JobStatus.running))]
-        for job_id, voc_class, beat, host in running:  # after a kill -9, say when the job comes back rather than "nothing queued"
-            note = takeback_note(beat, host, stale_window(stale_after), "'vocfleet run'")
-            click.echo(f"job {job_id} ({voc_class}) is running: {note}", err=True)
+            running = work_states(s, TrainJob)
+        for job_id, w in running.items():  # after a kill -9, say when the job comes back rather than "nothing queued"
+            note = takeback_note(w.heartbeat_at, w.worker_host, stale_window(stale_after), "'vocfleet run'")
+            click.echo(f"job {job_id} ({w.voc_class}) is running: {note}", err=True)
         if not running:
             click.echo("nothing queued: vocfleet submit --classes car --voc-root PATH", err=True)
     with database() as s:
@@ -323,7 +319,7 @@ def export(detector_id: int, fmt: str, out: str, force: bool) -> None:
     Its threshold, input size and the exact preprocessing are in the file's metadata.
     """
     from vocfleet import __version__
-    from vocfleet.db.models import Detector
+    from vocfleet.db.registry import detector_file, export_metadata
     from vocfleet.model.artifacts import ArtifactStore
     from vocfleet.model.export import check_out, export_detector
 
@@ -332,22 +328,10 @@ def export(detector_id: int, fmt: str, out: str, force: bool) -> None:
     protected = (settings.data_dir, settings.cache_dir) + (() if store.remote else (Path(store.root),))
     path = check_out(out, force=force, protected=protected)
     with database() as s:
-        det = s.get(Detector, detector_id)
-        if det is None:
-            raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")
-        spec = (det.checkpoint_path, det.sha256)
-        meta = {
-            "vocfleet_version": __version__,
-            "detector": det.id,
-            "class": det.voc_class,
-            "threshold": det.threshold,
-            "ap": det.ap,
-            "eval_split": det.metrics.get("split"),
-            "eval_fingerprint": det.metrics.get("eval_fingerprint"),
-            "train_fingerprint": det.metrics.get("train_fingerprint"),
-            "job": det.job_id,
-            "checkpoint_sha256": det.sha256,
-        }
+        spec, meta = detector_file(s, detector_id), export_metadata(s, detector_id)
+    if spec is None or meta is None:
+        raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")
+    meta = {"vocfleet_version": __version__, **meta}
     try:
         checkpoint = store.local_copy(*spec)
     except DetectorUnavailable as exc:
