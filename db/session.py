@@ -77,10 +77,8 @@ def check_default_database() -> None:
         DatabaseGone: ``VOCFLEET_DATABASE_URL`` is unset, ``<data dir>/vocfleet.db`` is missing and
             ``<data dir>/artifacts/jobs`` holds job folders.
     """
-    import os
-
     settings = get_settings()
-    if os.environ.get("VOCFLEET_DATABASE_URL"):
+    if not settings.database_is_default:
         return
     db, jobs = settings.data_dir / "vocfleet.db", settings.data_dir / "artifacts" / "jobs"
     if not db.exists() and jobs.is_dir() and any(jobs.iterdir()):

@@ -50,6 +50,7 @@ class Settings:
 
     data_dir: Path
     database_url: str
+    database_is_default: bool  # no VOCFLEET_DATABASE_URL: the SQLite file in data_dir
     broker_url: str | None
     artifact_root: str
     cache_dir: Path
@@ -70,6 +71,7 @@ def get_settings() -> Settings:
     return Settings(
         data_dir=data_dir,
         database_url=env.get("VOCFLEET_DATABASE_URL") or f"sqlite:///{data_dir / 'vocfleet.db'}",
+        database_is_default=not env.get("VOCFLEET_DATABASE_URL"),
         broker_url=env.get("VOCFLEET_BROKER_URL") or None,
         artifact_root=_artifact_root(env.get("VOCFLEET_ARTIFACT_ROOT"), data_dir),
         cache_dir=Path(env.get("VOCFLEET_CACHE_DIR") or data_dir / "cache").expanduser().resolve(),
