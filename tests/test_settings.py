@@ -41,3 +41,17 @@ def test_the_compose_file_sets_only_variables_that_are_read():
         used |= {k for k in (env if isinstance(env, dict) else [e.split("=")[0] for e in env]) if k.startswith("VOCFLEET_")}
     anchors = set(VARIABLE.findall((ROOT / "docker-compose.yml").read_text()))
     assert used | anchors <= _read_by_code() and used
+
+
+def test_every_training_setting_is_a_submit_option():
+    """A TrainConfig field the CLI cannot set would be reachable from the Python API only; error messages name options that exist."""
+    from dataclasses import fields
+
+    from vocfleet.model.config import TrainConfig
+    from vocfleet.scheduler.commands.training import submit
+
+    options = {p.name for p in submit.params}
+    missing = [f.name for f in fields(TrainConfig) if f.name not in options and f.name != "voc_class"]  # voc_class: --classes
+    assert missing == []
+    said = set(re.findall(r"--([a-z][a-z-]+)", (ROOT / "model" / "config.py").read_text()))
+    assert {name.replace("-", "_") for name in said} <= options

@@ -12,7 +12,7 @@ import click
 from vocfleet.db.settings import get_settings
 from vocfleet.db.states import PROMOTE
 from vocfleet.model import ConfigError, DetectorUnavailable
-from vocfleet.model.config import BALANCE, DIFFICULT, OPTIMIZERS, TrainConfig
+from vocfleet.model.config import BALANCE, DIFFICULT, OPTIMIZERS, SCHEDULES, TrainConfig
 
 from ..output import duration, queue_line, render
 from .base import (
@@ -45,6 +45,7 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 @click.option("--lr", type=float, default=_DEFAULTS.lr, help="Peak learning rate.")
 @click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=_DEFAULTS.schedule, help="Learning-rate schedule.")
 @click.option("--init", default=_DEFAULTS.init, help="scratch, imagenet, or a path to a state dict.")
 @click.option(
     "--zero-init-residual/--no-zero-init-residual", default=_DEFAULTS.zero_init_residual, help="Residual blocks start as the identity (from scratch)."
@@ -60,6 +61,8 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 @click.option("--difficult", type=click.Choice(DIFFICULT), default=_DEFAULTS.difficult, help="'Difficult only' images (label 0).")
 @click.option("--train-split", default=_DEFAULTS.train_split)
 @click.option("--eval-split", default="auto", help="A split name, 'holdout' (part of the training split), or 'auto'.")
+@click.option("--eval-fraction", type=float, default=_DEFAULTS.eval_fraction, help="With --eval-split holdout: the part of the training split held out.")
+@click.option("--val-fraction", type=float, default=_DEFAULTS.val_fraction, help="Of the images trained on: the part that picks the threshold and best epoch.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, help="0 to 2**63 - 1.")
 @click.option("--max-batches", type=int, default=None, help="Cap on batches per epoch (quick trials).")
 @click.option("--device", default=_DEFAULTS.device, help="auto, cpu, cuda, cuda:N.")
