@@ -1,11 +1,11 @@
-"""The README's reliability table: hostile inputs through the real CLI, and what each one got.
+"""docs/reliability.md's tables: hostile inputs through the real CLI, and what each one got.
 
 Not a speed benchmark: it runs every bad value of tests/test_hardening.py (the same lists) and a
 folder of hostile files through `vocfleet` as subprocesses, on a fresh embedded database, and
 prints Markdown tables: the input, the exit code, the lines written to stderr, the first of
 them (or the file's reason), and whether any output held a traceback. Takes about a minute.
 
-    python bench/reliability.py > /tmp/reliability.md
+    python bench/reliability.py > /tmp/reliability.md   # then paste below the heading of docs/reliability.md
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def cli(args: list, env: dict[str, str], extra_env: dict[str, str] | None = None
 
 
 def cell(text: str, limit: int = 110) -> str:
-    text = text.replace("|", "\\|").replace("\n", " ")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

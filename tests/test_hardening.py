@@ -8,7 +8,7 @@ from vocfleet.db.session import ensure_schema, session_scope
 
 SMALL = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 2]
 
-# Each bad value, and words its one line must hold. bench/reliability.py runs the same lists for the README's table.
+# Each bad value, and words its one line must hold. bench/reliability.py runs the same lists for docs/reliability.md.
 SUBMIT_CASES = [
     (["--init", "/etc/passwd"], ["--init '/etc/passwd'", "not a PyTorch state dict"]),
     (["--device", "banana"], ["--device 'banana'"]),

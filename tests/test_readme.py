@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_python_api_block_runs(tmp_path, capsys):
     fake_voc = make_fake_voc(tmp_path / "VOC2007", n=160)  # enough training images for the block's batch of 64
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"### Python API\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    block = re.search(r"#+ Python API\n.*?```python\n(.*?)```", readme, re.S).group(1)
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("000001.jpg", "000002.jpg", "000003.jpg"):
