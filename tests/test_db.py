@@ -198,30 +198,15 @@ def test_migrations_match_the_models(db):
 
 def test_migrating_keeps_rows_that_refer_to_recreated_tables(tmp_path):
     """SQLite migrations recreate tables; with foreign keys on, dropping the old one would cascade."""
-    from alembic import command
-    from alembic.config import Config
-
-    from vocfleet.db.session import MIGRATIONS, get_engine, upgrade_database
+    from vocfleet.db.session import get_engine, upgrade_database
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with get_engine(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0005")
-    with get_engine(url).begin() as conn:
-        conn.exec_driver_sql(
-            "INSERT INTO train_jobs (id, voc_class, config, epochs_done, status, attempts, max_attempts, created_at, cancel_requested) "
-            "VALUES (7, 'car', '{}', 1, 'succeeded', 1, 3, '2026-11-28 00:00:00', 0)"
-        )
-        conn.exec_driver_sql(
-            "INSERT INTO epoch_metrics (job_id, epoch, train_loss, val_loss, val_ap, lr, seconds, images_per_s, created_at) "
-            "VALUES (7, 1, 0.5, 0.4, 0.3, 0.1, 1.0, 10.0, '2026-11-28 00:00:00')"
-        )
+    _old_database(url, "0005")
     upgrade_database(url)
     with get_engine(url).connect() as conn:
         assert conn.exec_driver_sql("SELECT key FROM train_jobs").scalar() == "7"  # an old job keeps its folder name
         assert conn.exec_driver_sql("SELECT count(*) FROM epoch_metrics").scalar() == 1
+        assert conn.exec_driver_sql("SELECT count(*) FROM detectors").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # back on for everyone else
 
 
