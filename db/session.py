@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -17,6 +17,7 @@ from .settings import SettingsError, get_settings, read_only_sqlite
 from .states import SCHEMA_HEAD
 
 log = logging.getLogger(__name__)
+DatabaseError = SQLAlchemyError  # what a command that outlives database outages catches (the scheduler's loop)
 
 _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker[Session]] = {}

@@ -85,3 +85,25 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
     known = {"vocfleet.db.a", "vocfleet.db.b", "vocfleet.db.c"}
     assert _imports("vocfleet.db.a", a, known) == {"vocfleet.db.b"}
     assert _imports("vocfleet.db.b", b, known) == {"vocfleet.db.a"}  # the TYPE_CHECKING import is not counted
+
+
+def test_every_name_imported_inside_the_package_exists():
+    """Imports inside functions run only when the function does: each one's module and name must exist (a rename caught here, not in a fleet)."""
+    import importlib
+
+    modules = _modules()
+    missing = []
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not (node.level or (node.module or "").startswith("vocfleet")):
+                continue
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                base = ".".join([*anchor[: len(anchor) - node.level + 1], *([node.module] if node.module else [])])
+            module = importlib.import_module(base)
+            for alias in node.names:
+                if not hasattr(module, alias.name) and f"{base}.{alias.name}" not in modules:
+                    missing.append(f"{path.relative_to(ROOT)}: {base}.{alias.name}")
+    assert missing == []
