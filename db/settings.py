@@ -72,7 +72,7 @@ def get_settings() -> Settings:
         data_dir=data_dir,
         database_url=env.get("VOCFLEET_DATABASE_URL") or f"sqlite:///{data_dir / 'vocfleet.db'}",
         database_is_default=not env.get("VOCFLEET_DATABASE_URL"),
-        broker_url=env.get("VOCFLEET_BROKER_URL") or None,
+        broker_url=_broker(env.get("VOCFLEET_BROKER_URL") or None),
         artifact_root=_artifact_root(env.get("VOCFLEET_ARTIFACT_ROOT"), data_dir),
         cache_dir=Path(env.get("VOCFLEET_CACHE_DIR") or data_dir / "cache").expanduser().resolve(),
         score_roots=roots,
@@ -83,6 +83,19 @@ def get_settings() -> Settings:
         s3_endpoint_url=_endpoint(env.get("VOCFLEET_S3_ENDPOINT_URL") or None),
         visibility_timeout=_seconds("VOCFLEET_VISIBILITY_TIMEOUT", env.get("VOCFLEET_VISIBILITY_TIMEOUT", "3600"), 1),
     )
+
+
+# Celery brokers by URL scheme (kombu's transports that a fleet would use).
+BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "sqs", "memory")
+
+
+def _broker(value: str | None) -> str | None:
+    """A broker URL whose scheme Celery can use, or None (the embedded default)."""
+    if value is not None and value.partition("://")[0] not in BROKER_SCHEMES:
+        raise SettingsError(
+            f"VOCFLEET_BROKER_URL={value!r}: use redis://host:6379/0 (or another of {', '.join(BROKER_SCHEMES)}), or unset it for the embedded default"
+        )
+    return value
 
 
 def _endpoint(value: str | None) -> str | None:

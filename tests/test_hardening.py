@@ -54,6 +54,7 @@ ENV_CASES = [
     ({"VOCFLEET_ARTIFACT_ROOT": "ftp://host/x"}, 2, ["VOCFLEET_ARTIFACT_ROOT='ftp://host/x'", "s3://bucket/prefix"]),
     ({"VOCFLEET_S3_ENDPOINT_URL": "http://[::1"}, 2, ["VOCFLEET_S3_ENDPOINT_URL='http://[::1'"]),
     ({"VOCFLEET_VISIBILITY_TIMEOUT": "abc"}, 2, ["VOCFLEET_VISIBILITY_TIMEOUT='abc'"]),
+    ({"VOCFLEET_BROKER_URL": "redsi://localhost:6379/0"}, 2, ["VOCFLEET_BROKER_URL='redsi://localhost:6379/0'", "redis://host:6379/0"]),
 ]
 
 
@@ -114,3 +115,14 @@ def test_the_broker_refuses_pickled_messages():
         loads(body, content_type, encoding, accept=accept)
     content_type, encoding, body = dumps({"job": 1}, serializer="json")
     assert loads(body, content_type, encoding, accept=accept) == {"job": 1}
+
+
+@pytest.mark.services
+def test_a_redis_database_that_does_not_exist_is_refused_not_waited_for(fake_voc, invoke, monkeypatch):
+    """Redis answers SELECT 99 with an error: a wrong URL, said in one line, not a passing outage that leaves jobs queued."""
+    monkeypatch.setenv("VOCFLEET_BROKER_URL", "redis://127.0.0.1:6379/99")
+    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL)
+    one_line(res, 2, "VOCFLEET_BROKER_URL='redis://127.0.0.1:6379/99'", "DB index is out of range")
+    ensure_schema()
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(TrainJob)) == 0  # nothing written

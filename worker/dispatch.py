@@ -11,6 +11,7 @@ from vocfleet.db.claims import Work
 from vocfleet.db.models import ScoreRun, ScoreShard, TrainJob, utcnow
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
+from vocfleet.model import ConfigError
 
 log = logging.getLogger(__name__)
 TASKS = {
@@ -18,6 +19,32 @@ TASKS = {
     ScoreRun: ("vocfleet.score_folder", "score"),
     ScoreShard: ("vocfleet.score_shard", "score"),
 }
+
+
+def _refused(exc: BaseException) -> bool:
+    """The broker answered with an error (Redis: ``DB index is out of range``, bad password) rather than not answering."""
+    chain = [exc, exc.__cause__, exc.__context__]
+    return any(type(e).__name__ in ("ResponseError", "AuthenticationError", "AuthenticationWrongNumberOfArgsError") for e in chain if e is not None)
+
+
+def check_broker() -> None:
+    """Before anything is written: a broker that answers with an error (a wrong URL) is one line; one that does not answer is left to the scheduler.
+
+    Raises:
+        ConfigError: the broker refused the URL (a Redis database that does not exist, a bad password).
+    """
+    url = get_settings().broker_url
+    if not url:
+        return
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
+    except Exception as exc:  # noqa: BLE001 - kombu raises several types for "broker away"
+        if _refused(exc):
+            raise ConfigError(f"VOCFLEET_BROKER_URL={url!r}: the broker refused it ({exc}); fix the URL") from None
+        log.warning("broker unreachable (%s); what is queued stays in the database for the scheduler to send", exc)
 
 
 def enqueue(table: Work, ids: Iterable[int]) -> int:
@@ -41,6 +68,8 @@ def enqueue(table: Work, ids: Iterable[int]) -> int:
             app.send_task(name, args=[row_id], queue=queue)
             sent.append(row_id)
     except Exception as exc:  # noqa: BLE001 - kombu raises several types for "broker away"
+        if _refused(exc):  # it answered, and said no: a wrong URL, not an outage that passes
+            raise ConfigError(f"VOCFLEET_BROKER_URL={get_settings().broker_url!r}: the broker refused it ({exc}); fix the URL") from None
         log.warning("broker unreachable (%s); %d row(s) stay queued for the scheduler to send", exc, len(ids) - len(sent))
     if sent:
         with session_scope() as s:

@@ -66,13 +66,14 @@ def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_at
     """
     from vocfleet.db.models import ScoreRun
     from vocfleet.db.runs import create_run
-    from vocfleet.worker.dispatch import enqueue
+    from vocfleet.worker.dispatch import check_broker, enqueue
     from vocfleet.worker.safety import check_score_folder, distinct_folders
 
     for name, value in (("--batch-size", batch_size), ("--max-attempts", max_attempts), ("--shard-size", shard_size)):
         if not 1 <= value <= 2**31 - 1:
             raise ConfigError(f"{name} {value}: must be between 1 and 2147483647")
     resolved = [str(f) for f in distinct_folders([check_score_folder(f) for f in folders])]
+    check_broker()
     with database() as s:
         run = create_run(s, resolved, _detectors_for(s, classes), batch_size=batch_size, max_attempts=max_attempts, shard_size=shard_size)
         run_id, names = run.id, list(run.classes)

@@ -89,8 +89,10 @@ def submit(classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: st
         _estimate(configs, fmt)
         return
     from vocfleet.model.artifacts import ArtifactStore
+    from vocfleet.worker.dispatch import check_broker
 
     ArtifactStore.from_settings(get_settings()).check()  # no bucket, no credentials: said now, not after an epoch
+    check_broker()  # a wrong broker URL: said now, before any job is written
     with database() as s:
         ids = [j.id for j in create_jobs(s, [c.to_dict() for c in configs], max_attempts=max_attempts, promote=promote)]
     sent = None
