@@ -220,3 +220,22 @@ def export_metadata(s: Session, detector_id: int) -> dict[str, Any] | None:
         "job": det.job_id,
         "checkpoint_sha256": det.sha256,
     }
+
+
+def missing_fingerprint(s: Session, voc_class: str) -> tuple[int, dict[str, Any]] | None:
+    """The class's active detector when it has no data fingerprint (trained before 0.5.0): its id and its job's config; else None."""
+    row = s.execute(
+        select(Detector.id, Detector.metrics, TrainJob.config)
+        .join(TrainJob, TrainJob.id == Detector.job_id)
+        .where(Detector.voc_class == voc_class, Detector.active.is_(True))
+    ).first()
+    if row is None or row.metrics.get("eval_fingerprint"):
+        return None
+    return row.id, row.config
+
+
+def set_fingerprint(s: Session, detector_id: int, eval_fingerprint: str) -> None:
+    """Record the data fingerprint of a detector that had none (computed on first use from its job's settings)."""
+    det = s.get(Detector, detector_id, with_for_update=True)
+    if det is not None and not det.metrics.get("eval_fingerprint"):
+        det.metrics = {**det.metrics, "eval_fingerprint": eval_fingerprint}

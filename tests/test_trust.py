@@ -291,3 +291,27 @@ def test_a_sqlite_url_in_a_missing_folder_is_refused(monkeypatch, tmp_path, invo
     dispose_engines()
     res = invoke("runs")
     assert res.exit_code == 1 and "the folder" in res.output and "does not exist" in res.output and not (tmp_path / "nowhere").exists()
+
+
+def test_a_detector_from_before_fingerprints_gets_one_on_first_use(fake_voc, tmp_path):
+    """An active detector trained before 0.5.0 has no fingerprint: the next job of its class computes it from its job's settings."""
+    from vocfleet.db.training import create_jobs
+    from vocfleet.worker.runner import run_train_job
+
+    small = {"voc_class": "car", "image_size": 32, "epochs": 1, "batch_size": 8, "max_batches": 2}
+    with session_scope() as s:
+        first = create_jobs(s, [TrainConfig(voc_root=str(fake_voc), **small).to_dict()])[0].id
+    assert run_train_job(first) == "succeeded"
+    with session_scope() as s:  # as 0.4 left it: no fingerprint
+        old = s.scalars(select(Detector)).one()
+        fp = old.metrics.pop("eval_fingerprint")
+        old.metrics = dict(old.metrics)
+    link = tmp_path / "voc-link"
+    link.symlink_to(fake_voc)
+    with session_scope() as s:
+        second = create_jobs(s, [TrainConfig(voc_root=str(link), seed=1, **small).to_dict()])[0].id
+    assert run_train_job(second) == "succeeded"
+    with session_scope() as s:
+        old, new = s.scalars(select(Detector).order_by(Detector.id)).all()
+        assert old.metrics["eval_fingerprint"] == fp == new.metrics["eval_fingerprint"]
+        assert "other pictures" not in new.metrics["promotion"]["decision"]

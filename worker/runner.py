@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from vocfleet.db.claims import Work, claim_job, end_job, heartbeat
 from vocfleet.db.models import JobStatus, TrainJob
+from vocfleet.db.registry import missing_fingerprint, set_fingerprint
 from vocfleet.db.session import DatabaseGone, session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.db.training import finish_job, record_epoch
@@ -29,7 +30,7 @@ from vocfleet.model.artifacts import RESUME_FILES, ArtifactStore
 from vocfleet.model.checkpoint import DiskFull
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import FitResult, Stopped, fit
-from vocfleet.model.splits import Progress
+from vocfleet.model.splits import Progress, fingerprint, prepare_splits
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             cfg = TrainConfig.from_dict(config)
             store.pull(key)  # on object storage: the last epoch any host finished
             result = publish(store, key, fit(cfg, out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop, job_key=key))
+            backfill_fingerprint(cfg.voc_class, settings.cache_dir)  # under the heartbeat: it may decode an old split
         except Stopped:
             if hb.gone is not None:
                 raise hb.gone from None
@@ -143,6 +145,26 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             return Outcome.skipped
     store.drop_resume_files(key)  # the detector is recorded: last.pt and best.pt (2-3x its size) are not needed again
     return Outcome.succeeded
+
+
+def backfill_fingerprint(voc_class: str, cache_dir: Path) -> None:
+    """Give the class's active detector a data fingerprint if it was trained before they existed, so promotion compares data, not paths.
+
+    Computed once from its job's settings (the evaluation split's ids and labels); where its VOC
+    root is gone, it keeps none and promotion falls back to comparing the real paths.
+    """
+    with session_scope() as s:
+        target = missing_fingerprint(s, voc_class)
+    if target is None:
+        return
+    detector_id, config = target
+    try:
+        _, _, evaluation, _ = prepare_splits(TrainConfig.from_dict(config), cache_dir)
+    except Exception as exc:  # noqa: BLE001 - its data may be gone; promotion then compares paths
+        log.warning("detector %d: no data fingerprint (%s: %s)", detector_id, exc.__class__.__name__, exc)
+        return
+    with session_scope() as s:
+        set_fingerprint(s, detector_id, fingerprint(evaluation))
 
 
 def publish(store: ArtifactStore, key: str, result: FitResult) -> FitResult:
