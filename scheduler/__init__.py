@@ -1,1 +1,1 @@
-"""The ``vocfleet`` CLI (``cli.py`` and ``commands/``), input validation, queueing and the fleet scheduler."""
+"""The ``vocfleet`` CLI (``cli.py``, ``commands/``), configs checked before anything is written, the reaper, and gc."""

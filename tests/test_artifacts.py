@@ -228,7 +228,7 @@ def test_gc_keeps_what_became_needed_after_it_listed(s3_root, data_dir, invoke):
     """A job retried, or a detector recorded, between the listing and the removal keeps its files (the store and rows are read again)."""
     from vocfleet.db.session import ensure_schema
     from vocfleet.db.training import create_jobs, retry_job
-    from vocfleet.scheduler.gc import find_garbage, remove_garbage
+    from vocfleet.scheduler.garbage import find_garbage, remove_garbage
 
     ensure_schema()
     with session_scope() as s:

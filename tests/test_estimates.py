@@ -48,19 +48,19 @@ def test_status_and_run_say_what_is_left_of_the_queue(fake_voc, invoke):
 
 
 def test_estimates_read_only_the_latest_epochs(fake_voc, invoke, monkeypatch):
-    from vocfleet.db import listing
+    from vocfleet.db import estimates, listing
 
     assert invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
     with session_scope() as s:  # job 1: an old, slow machine; job 2: today's
         for job, per_s in ((1, 1.0), (2, 50.0)):
             s.add_all(EpochMetric(job_id=job, epoch=e, train_loss=1, val_loss=1, val_ap=0.5, lr=0.001, seconds=16 / per_s, images_per_s=per_s) for e in (1, 2))
-    monkeypatch.setattr(listing, "RECENT_EPOCHS", 2)
+    monkeypatch.setattr(estimates, "RECENT_EPOCHS", 2)
     with listing.read_connection() as conn:
-        assert listing.training_rates(conn) == {32: (50.0, 2)}
-        assert list(listing.epoch_seconds(conn)) == [32]
-    monkeypatch.setattr(listing, "RECENT_EPOCHS", 4)
+        assert estimates.training_rates(conn) == {32: (50.0, 2)}
+        assert list(estimates.epoch_seconds(conn)) == [32]
+    monkeypatch.setattr(estimates, "RECENT_EPOCHS", 4)
     with listing.read_connection() as conn:
-        assert listing.training_rates(conn) == {32: (50.0, 4)}  # the upper median of 1, 1, 50, 50
+        assert estimates.training_rates(conn) == {32: (50.0, 4)}  # the upper median of 1, 1, 50, 50
 
 
 def test_dry_run_on_an_empty_database_times_a_few_steps(fake_voc, invoke):

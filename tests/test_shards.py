@@ -134,7 +134,7 @@ def test_reaper_ends_a_run_whose_last_shard_was_failed(detectors, wild, monkeypa
     from vocfleet.db.claims import claim_job
     from vocfleet.db.runs import add_shard, create_run, finish_scan
     from vocfleet.db.session import ensure_schema
-    from vocfleet.scheduler.fleet import tick
+    from vocfleet.scheduler.reaper import tick
 
     ensure_schema()
     with session_scope() as s:

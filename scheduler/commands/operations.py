@@ -26,7 +26,7 @@ def reap(stale_after: float | None, resend_after: float) -> None:
     """Once: put work whose worker stopped heartbeating back on the queue, and re-send what the broker lost."""
     from vocfleet.db.session import ensure_schema
 
-    from ..fleet import tick
+    from ..reaper import tick
 
     ensure_schema()
     out = tick(stale_window(stale_after), timedelta(seconds=resend_after))
@@ -41,7 +41,7 @@ def scheduler_daemon(interval: float, stale_after: float | None, resend_after: f
     """Long-running: every --interval, what 'vocfleet reap' does once. Survives database and broker outages."""
     from vocfleet.db.session import DatabaseError, ensure_schema
 
-    from ..fleet import tick
+    from ..reaper import tick
 
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -153,7 +153,7 @@ def gc(dry_run: bool, orphans: bool, yes: bool) -> None:
     from vocfleet.db.session import session_scope
     from vocfleet.model.artifacts import ArtifactStore
 
-    from ..gc import find_garbage, remove_garbage
+    from ..garbage import find_garbage, remove_garbage
     from ..output import clean
 
     store = ArtifactStore.from_settings(get_settings())

@@ -35,7 +35,7 @@ def _detectors_for(s, classes: str | None) -> list:
     """The active detectors to score with: every one, or those of ``classes`` (each must exist)."""
     from vocfleet.db.registry import active_detectors
 
-    from ..queueing import parse_classes
+    from ..configs import parse_classes
 
     wanted = parse_classes(classes) if classes else None
     found = active_detectors(s, wanted)
@@ -231,7 +231,7 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
     from vocfleet.db.results import ResultQuery, export_csv, export_json, iter_by_image, iter_errors, iter_results, runs_have_class, summary_rows
     from vocfleet.db.runs import run_state
 
-    from ..queueing import parse_classes
+    from ..configs import parse_classes
 
     if bool(run_ids) == all_runs:
         raise ConfigError("give run ids (see 'vocfleet runs') or --all-runs")

@@ -82,7 +82,7 @@ def submit(classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: st
     from vocfleet.db.training import create_jobs
     from vocfleet.worker.dispatch import enqueue
 
-    from ..queueing import build_configs, parse_classes
+    from ..configs import build_configs, parse_classes
 
     configs = build_configs(parse_classes(classes), **options)
     if dry_run:
@@ -112,7 +112,8 @@ def submit(classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: st
 
 def _estimate(configs: list[TrainConfig], fmt: str) -> None:
     """submit --dry-run: each job's images per epoch and time, from earlier epochs at its size or a few timed steps here."""
-    from vocfleet.db.listing import read_connection, training_rates
+    from vocfleet.db.estimates import training_rates
+    from vocfleet.db.listing import read_connection
     from vocfleet.model.data import split_ids
     from vocfleet.model.engine import measure_rate, resolve_device
 
@@ -159,7 +160,8 @@ def _estimate(configs: list[TrainConfig], fmt: str) -> None:
 @format_option
 def status(watch: bool, interval: float, fmt: str) -> None:
     """Jobs with progress: epoch x of y and the latest validation AP."""
-    from vocfleet.db.listing import queue_left, read_connection, status_rows
+    from vocfleet.db.estimates import queue_left
+    from vocfleet.db.listing import read_connection, status_rows
     from vocfleet.db.states import JobStatus
 
     while True:
@@ -216,7 +218,7 @@ def detectors_history(voc_class: str, fmt: str) -> None:
     """Every detector of a class, oldest first, with the promotion decision made when it finished."""
     from vocfleet.db.registry import detector_rows
 
-    from ..queueing import parse_classes
+    from ..configs import parse_classes
 
     (voc_class,) = parse_classes(voc_class)
     with database() as s:
@@ -260,7 +262,8 @@ def run(stale_after: float | None, fmt: str) -> None:
     Jobs left 'running' by an interrupted earlier run resume from their last checkpoint.
     """
     from vocfleet.db.claims import reap_stale, work_states
-    from vocfleet.db.listing import queue_left, read_connection
+    from vocfleet.db.estimates import queue_left
+    from vocfleet.db.listing import read_connection
     from vocfleet.db.models import TrainJob
     from vocfleet.db.registry import detector_rows
     from vocfleet.db.training import next_queued
