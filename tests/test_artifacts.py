@@ -387,3 +387,14 @@ def test_a_changed_cached_copy_is_fetched_again_not_used(s3_root):
     with pytest.raises(DetectorUnavailable, match="sha256 mismatch"):
         store.local_copy(location, sha)
     assert not cached.exists()
+
+
+def test_gc_prints_names_with_control_characters_escaped(data_dir, invoke):
+    """A folder named with a terminal escape is listed as text, as results lists such file names."""
+    store = ArtifactStore.from_settings(get_settings())
+    odd = store.job_dir("\x1b[31mred\x1b[0m")
+    odd.mkdir(parents=True)
+    (odd / "last.pt").write_bytes(b"x")
+    invoke("db", "upgrade")
+    res = invoke("gc", "--dry-run", "--orphans")
+    assert res.exit_code == 0 and "\x1b" not in res.output and "\\x1b[31mred\\x1b[0m" in res.output
