@@ -57,17 +57,15 @@ def test_eval_preprocess_matches_torchvision_reference():
     assert torch.allclose(preprocess_eval(b), ref, atol=1e-5)
 
 
-def test_cpu_sampler_equals_grid_sample_on_real_pictures():
+def test_cpu_sampler_equals_grid_sample_on_real_pictures(shared_voc):
     """The CPU path (OpenCV, uint8) and the GPU path (grid_sample, float) apply the same random maps."""
-    from pathlib import Path
-
     import numpy as np
     import torch.nn.functional as F
 
     from vocfleet.model.augment import warp_cpu
     from vocfleet.model.data import load_rgb
 
-    root = Path(__file__).resolve().parents[2] / "shared" / "voc2007" / "VOCdevkit" / "VOC2007" / "JPEGImages"
+    root = shared_voc / "JPEGImages"  # the fixture skips, with the reason, where the sample is not
     b = torch.from_numpy(np.stack([np.asarray(load_rgb(p, 48)) for p in sorted(root.glob("*.jpg"))[:12]]))
     aug = TrainAugment(scale=(0.6, 1.4), max_degrees=30)  # wider than the default: more border
     theta = aug.thetas(len(b), torch.Generator().manual_seed(3))
