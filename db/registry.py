@@ -130,11 +130,12 @@ def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, 
     q = select(Detector, TrainJob).outerjoin(TrainJob, TrainJob.id == Detector.job_id).order_by(Detector.voc_class, Detector.id)
     if not include_inactive:
         q = q.where(Detector.active.is_(True))
-    from vocfleet.model.artifacts import ArtifactStore
+    from vocfleet.model.artifacts import resolve
 
     from .settings import get_settings
 
-    where = ArtifactStore.from_settings(get_settings()).resolve  # rows hold locations relative to the store
+    root = get_settings().artifact_root
+    where = lambda location: resolve(root, location)  # rows hold locations relative to the store; no client opened
     plot = lambda m, k: where(p) if (p := m.get("plots", {}).get(k)) else None
     rows = []
     for d, job in s.execute(q):

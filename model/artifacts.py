@@ -67,6 +67,16 @@ def _is_url(location: str) -> bool:
     return "://" in location
 
 
+def resolve(root: str, location: str) -> str:
+    """A row's location (``jobs/<key>/<name>``) under the store ``root``; an absolute path or URL as it is.
+
+    A string operation: listings resolve their rows without opening the store (on S3, a client).
+    """
+    if _is_url(location) or location.startswith("/"):
+        return location
+    return f"{root.rstrip('/')}/{location}"
+
+
 def _transient(exc: BaseException) -> bool:
     """An object-storage error that a later try may get past: the endpoint unreachable, a timeout, a 5xx."""
     for e in (exc, exc.__cause__, exc.__context__):
@@ -173,9 +183,7 @@ class ArtifactStore:
 
     def resolve(self, location: str) -> str:
         """A row's location as a path or URL in this store; an absolute path or URL is kept as it is."""
-        if _is_url(location) or location.startswith("/"):
-            return location
-        return f"{self.root}/{location}"
+        return resolve(self.root, location)
 
     def job_dir(self, key: str) -> Path:
         """The local folder a job writes into: its folder in the store itself, or this host's work folder."""

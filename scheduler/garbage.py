@@ -25,7 +25,7 @@ class Garbage:
     location: str  # a URI in the store, or a path on this host
     size: int
     reason: str
-    local: bool = False  # a file on this host (work copy, cache), not in the store
+    local_root: Path | None = None  # a file on this host (a work copy, a cached detector) and the folder it must be inside
 
 
 def _referenced(s: Session) -> tuple[set[tuple[str, str]], set[str], set[str]]:
@@ -69,12 +69,12 @@ def find_garbage(s: Session, store: ArtifactStore, *, orphans: bool = False) -> 
         state = status.get(key)
         if state is None:
             if orphans:
-                garbage.append(Garbage(str(path), path.stat().st_size, "work copy of no job of this database", local=True))
+                garbage.append(Garbage(str(path), path.stat().st_size, "work copy of no job of this database", local_root=store.work_dir))
         elif state not in (JobStatus.queued, JobStatus.running):
-            garbage.append(Garbage(str(path), path.stat().st_size, "work copy of a job not running", local=True))
+            garbage.append(Garbage(str(path), path.stat().st_size, "work copy of a job not running", local_root=store.work_dir))
     for sha, path in cached:
         if sha not in shas:
-            garbage.append(Garbage(str(path), path.stat().st_size, "cached copy of no detector", local=True))
+            garbage.append(Garbage(str(path), path.stat().st_size, "cached copy of no detector", local_root=store.cache_dir))
     return garbage, len(orphaned)
 
 
@@ -93,9 +93,8 @@ def remove_garbage(session: Callable, store: ArtifactStore, garbage: list[Garbag
     for g in garbage:
         if g.location not in still:
             continue
-        if g.local:
-            root = store.cache_dir if g.reason.startswith("cached") else store.work_dir
-            ArtifactStore.remove_local(Path(g.location), root)
+        if g.local_root is not None:
+            ArtifactStore.remove_local(Path(g.location), g.local_root)
         else:
             store.remove(g.location)
         removed.append(g)

@@ -27,6 +27,10 @@ def _refused(exc: BaseException) -> bool:
     return any(type(e).__name__ in ("ResponseError", "AuthenticationError", "AuthenticationWrongNumberOfArgsError") for e in chain if e is not None)
 
 
+def _refusal(url: str | None, exc: BaseException) -> ConfigError:
+    return ConfigError(f"VOCFLEET_BROKER_URL={url!r}: the broker refused it ({exc}); fix the URL")
+
+
 def check_broker() -> None:
     """Before anything is written: a broker that answers with an error (a wrong URL) is one line; one that does not answer is left to the scheduler.
 
@@ -43,7 +47,7 @@ def check_broker() -> None:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
     except Exception as exc:  # noqa: BLE001 - kombu raises several types for "broker away"
         if _refused(exc):
-            raise ConfigError(f"VOCFLEET_BROKER_URL={url!r}: the broker refused it ({exc}); fix the URL") from None
+            raise _refusal(url, exc) from None
         log.warning("broker unreachable (%s); what is queued stays in the database for the scheduler to send", exc)
 
 
@@ -69,7 +73,7 @@ def enqueue(table: Work, ids: Iterable[int]) -> int:
             sent.append(row_id)
     except Exception as exc:  # noqa: BLE001 - kombu raises several types for "broker away"
         if _refused(exc):  # it answered, and said no: a wrong URL, not an outage that passes
-            raise ConfigError(f"VOCFLEET_BROKER_URL={get_settings().broker_url!r}: the broker refused it ({exc}); fix the URL") from None
+            raise _refusal(get_settings().broker_url, exc) from None
         log.warning("broker unreachable (%s); %d row(s) stay queued for the scheduler to send", exc, len(ids) - len(sent))
     if sent:
         with session_scope() as s:
