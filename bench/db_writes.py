@@ -28,7 +28,7 @@ def setup(url: str, detectors: int) -> tuple[int, str, list[int]]:
         run = ScoreRun(folders=["/bench"], classes=[], detector_ids=[])
         s.add(run)
         s.flush()
-        token = claim_job(s, run.id, "bench", ScoreRun)
+        token = claim_job(s, ScoreRun, run.id, "bench")
         return run.id, token, [d.id for d in dets]
 
 

@@ -17,21 +17,21 @@ from typing import TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .models import Claimable, JobStatus, TrainJob, utcnow
+from .models import Claimable, JobStatus, utcnow
 from .states import as_utc
 
 Work = type[Claimable]
 Row = TypeVar("Row", bound=Claimable)
 
 
-def claim_job(s: Session, job_id: int, host: str, table: Work = TrainJob) -> str | None:
+def claim_job(s: Session, table: Work, job_id: int, host: str) -> str | None:
     """Atomically move a queued job to running; returns the new claim token, or None if not claimable.
 
     Args:
         s: session (the caller commits).
-        job_id: the job.
+        table: the table of work (:class:`TrainJob`, :class:`ScoreRun` or :class:`ScoreShard`).
+        job_id: the row.
         host: worker host name, recorded on the row.
-        table: the table of work (:class:`TrainJob` or :class:`ScoreRun`).
     Returns:
         The claim token for later guarded writes, or None (already running elsewhere, finished,
         cancelled).
@@ -57,7 +57,7 @@ def claim_job(s: Session, job_id: int, host: str, table: Work = TrainJob) -> str
     return token
 
 
-def heartbeat(s: Session, job_id: int, token: str, table: Work = TrainJob) -> str:
+def heartbeat(s: Session, table: Work, job_id: int, token: str) -> str:
     """Refresh the heartbeat; returns ``ok``, ``cancel`` (cancel requested) or ``lost`` (claim gone)."""
     res = s.execute(update(table).where(table.id == job_id, table.claim_token == token, table.status == JobStatus.running).values(heartbeat_at=utcnow()))
     if res.rowcount != 1:
@@ -66,7 +66,7 @@ def heartbeat(s: Session, job_id: int, token: str, table: Work = TrainJob) -> st
     return "cancel" if cancel else "ok"
 
 
-def owned(s: Session, row_id: int, token: str, table: type[Row]) -> Row | None:
+def owned(s: Session, table: type[Row], row_id: int, token: str) -> Row | None:
     """The row of ``table``, locked, if ``token`` still holds its claim; else None."""
     row = s.get(table, row_id, with_for_update=True)
     if row is None or row.claim_token != token or row.status != JobStatus.running:
@@ -74,9 +74,9 @@ def owned(s: Session, row_id: int, token: str, table: type[Row]) -> Row | None:
     return row
 
 
-def end_job(s: Session, job_id: int, token: str, status: JobStatus, error: str | None = None, table: Work = TrainJob) -> bool:
+def end_job(s: Session, table: Work, job_id: int, token: str, status: JobStatus, error: str | None = None) -> bool:
     """Mark an owned job failed or cancelled (with the reason), or queued again (released)."""
-    job = owned(s, job_id, token, table)
+    job = owned(s, table, job_id, token)
     if job is None:
         return False
     job.status = status
@@ -93,7 +93,7 @@ def is_stale(row: Claimable, stale_after: timedelta, now: datetime | None = None
     return row.status == JobStatus.running and (beat is None or beat < (now or utcnow()) - stale_after)
 
 
-def reap_stale(s: Session, stale_after: timedelta, now: datetime | None = None, table: Work = TrainJob) -> tuple[list[int], list[int]]:
+def reap_stale(s: Session, table: Work, stale_after: timedelta, now: datetime | None = None) -> tuple[list[int], list[int]]:
     """Put running jobs whose heartbeat is older than ``stale_after`` back in the queue.
 
     Jobs that used up their attempts fail with the reason instead.

@@ -69,7 +69,7 @@ def scan_position(s: Session, run_id: int, token: str) -> tuple[int, list[Any] |
     A scan that starts from nothing resets ``total_files`` (a run from before shards counted
     differently; the files it already recorded stay recorded and are skipped, not counted again).
     """
-    run = owned(s, run_id, token, ScoreRun)
+    run = owned(s, ScoreRun, run_id, token)
     if run is None:
         return None
     last = s.scalar(select(ScoreShard).where(ScoreShard.run_id == run_id).order_by(ScoreShard.number.desc()).limit(1))
@@ -81,7 +81,7 @@ def scan_position(s: Session, run_id: int, token: str) -> tuple[int, list[Any] |
 
 def add_shard(s: Session, run_id: int, token: str, number: int, files: list[list[Any]]) -> int | None:
     """Write shard ``number`` of a run being scanned and count its files; None if the run's claim is lost."""
-    run = owned(s, run_id, token, ScoreRun)
+    run = owned(s, ScoreRun, run_id, token)
     if run is None:
         return None
     shard = ScoreShard(run_id=run_id, number=number, files=files, total_files=len(files), max_attempts=run.max_attempts)
@@ -93,7 +93,7 @@ def add_shard(s: Session, run_id: int, token: str, number: int, files: list[list
 
 def finish_scan(s: Session, run_id: int, token: str) -> list[int] | None:
     """Mark the scan complete and release the run to its shards; returns the queued shard ids (None: claim lost)."""
-    run = owned(s, run_id, token, ScoreRun)
+    run = owned(s, ScoreRun, run_id, token)
     if run is None:
         return None
     run.scanned, run.claim_token = True, None

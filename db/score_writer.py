@@ -49,7 +49,7 @@ def store_chunk(
     Returns:
         False if the claim was lost (nothing written).
     """
-    shard = owned(s, shard_id, token, ScoreShard)
+    shard = owned(s, ScoreShard, shard_id, token)
     if shard is None:
         return False
     run_id = shard.run_id

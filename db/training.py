@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from vocfleet.model.events import EpochRecord
+
 from .claims import owned
 from .models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
 from .registry import record_detector
@@ -40,27 +42,27 @@ def next_queued(s: Session) -> QueuedJob | None:
     return QueuedJob(*row) if row is not None else None
 
 
-def record_epoch(s: Session, job_id: int, token: str, record: dict[str, Any]) -> bool:
+def record_epoch(s: Session, job_id: int, token: str, record: EpochRecord) -> bool:
     """Store one finished epoch (idempotent: an epoch already stored is overwritten, never duplicated)."""
-    job = owned(s, job_id, token, TrainJob)
+    job = owned(s, TrainJob, job_id, token)
     if job is None:
         return False
-    fields = {k: float(record[k]) for k in ("train_loss", "val_loss", "val_ap", "lr", "seconds", "images_per_s")}
-    row = s.scalar(select(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch == record["epoch"]))
+    fields = {k: getattr(record, k) for k in EpochRecord.metric_names()}
+    row = s.scalar(select(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch == record.epoch))
     if row is None:
-        s.add(EpochMetric(job_id=job_id, epoch=int(record["epoch"]), **fields))
+        s.add(EpochMetric(job_id=job_id, epoch=record.epoch, **fields))
     else:
         for k, v in fields.items():
             setattr(row, k, v)
-    job.epochs_done = int(record["epoch"])
-    job.latest_val_ap = fields["val_ap"]
+    job.epochs_done = record.epoch
+    job.latest_val_ap = record.val_ap
     job.heartbeat_at = utcnow()
     return True
 
 
 def finish_job(s: Session, job_id: int, token: str, result: FitResult) -> Detector | None:
     """Mark the job succeeded and record its detector (:func:`registry.record_detector` decides whether it becomes active)."""
-    job = owned(s, job_id, token, TrainJob)
+    job = owned(s, TrainJob, job_id, token)
     if job is None:
         return None
     existing = s.scalar(select(Detector).where(Detector.job_id == job_id))

@@ -25,9 +25,10 @@ from .artifacts import sha256_file
 from .augment import NoAugment, TrainAugment, host_to_device, preprocess_eval
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .events import BatchProgress, EpochFinished, EpochRecord, FitFinished, FitWarning, Progress
 from .metrics import average_precision, binary_report, choose_threshold
 from .net import AuxLoss, SelectLogit, build_model, single_logit_state, training_autocast
-from .splits import BatchFeeder, Progress, RepeatFeeder, SplitData, epoch_positions, fingerprint, prepare_splits
+from .splits import BatchFeeder, RepeatFeeder, SplitData, epoch_positions, fingerprint, prepare_splits
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class FitResult:
         metrics: evaluation split report (:func:`vocfleet.model.metrics.binary_report`) plus ``split``.
         val_metrics: the same report on the validation part.
         best_epoch: the epoch whose weights were kept (best validation AP).
-        history: one dict per epoch (losses, validation AP, learning rate, speed).
+        history: one :class:`EpochRecord` per epoch (losses, validation AP, learning rate, speed).
         skipped_images: ids named by a list but missing or unreadable.
         resumed_from: epochs already done when this call started.
         plots: PNG paths (``curves``, ``pr``).
@@ -55,7 +56,7 @@ class FitResult:
     metrics: dict[str, Any]
     val_metrics: dict[str, Any]
     best_epoch: int
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     skipped_images: list[str] = field(default_factory=list)
     resumed_from: int = 0
     plots: dict[str, str] = field(default_factory=dict)
@@ -192,7 +193,7 @@ def _resume_state(path: Path, device: torch.device, emit: Progress) -> dict | No
         os.replace(path, bad)
         message = f"{path} is unreadable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]}); set aside as {bad.name}, training from epoch 1"
         log.warning(message)
-        emit({"event": "warning", "message": message})
+        emit(FitWarning(message))
         return None
 
 
@@ -211,7 +212,7 @@ def fit(
         cfg: the training settings.
         out_dir: this job's folder: ``last.pt`` (resume state), ``detector.pt`` (the result).
         cache_dir: the decoded-image cache shared by every job on this machine.
-        progress: called with dicts: ``{"event": "cache"|"batch"|"epoch"|"done", ...}``.
+        progress: called with each event of :mod:`vocfleet.model.events` (cache, batch, epoch, warning, done).
         should_stop: polled between batches; returning True raises :class:`Stopped`.
         job_key: the job's unique key, written into ``last.pt``; a ``last.pt`` with another key
             (another job, another database) is never resumed from.
@@ -256,7 +257,8 @@ def fit(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path, final_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "detector.pt"
-    start_epoch, history, best = 1, [], {"ap": -1.0, "epoch": 0}
+    start_epoch, best = 1, {"ap": -1.0, "epoch": 0}
+    history: list[EpochRecord] = []
     state = _resume_state(last_path, device, emit)
     if state is not None:
         if state.get("job_key") != job_key:
@@ -268,7 +270,8 @@ def fit(
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler"):
                 scheduler.load_state_dict(state["scheduler"])
-            start_epoch, history, best = state["epoch"] + 1, state["metrics"]["history"], state["metrics"]["best"]
+            start_epoch, best = state["epoch"] + 1, state["metrics"]["best"]
+            history = [EpochRecord.from_dict(h) for h in state["metrics"]["history"]]
             log.info("resuming %s from epoch %d", cfg.voc_class, state["epoch"])
         else:
             log.warning("ignoring %s: written for a different config", last_path)
@@ -278,7 +281,7 @@ def fit(
     def on_batch(b: int, n: int) -> None:
         if should_stop and should_stop():
             raise Stopped(f"stopped in epoch {epoch}, batch {b}")
-        emit({"event": "batch", "epoch": epoch, "batch": b, "batches": n})
+        emit(BatchProgress(epoch, b, n))
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         gen = _epoch_generator(cfg.seed, epoch)
@@ -300,15 +303,15 @@ def fit(
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"training loss became {stats['loss']} in epoch {epoch}: lower --lr")
         ev = evaluate(detector, val, device)
-        record = {
-            "epoch": epoch,
-            "train_loss": stats["loss"],
-            "val_loss": ev["loss"],
-            "val_ap": ev["ap"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": stats["seconds"],
-            "images_per_s": stats["images_per_s"],
-        }
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=stats["loss"],
+            val_loss=ev["loss"],
+            val_ap=ev["ap"],
+            lr=optimizer.param_groups[0]["lr"],
+            seconds=stats["seconds"],
+            images_per_s=stats["images_per_s"],
+        )
         history.append(record)
         if ev["ap"] > best["ap"]:
             best = {"ap": ev["ap"], "epoch": epoch}
@@ -322,11 +325,11 @@ def fit(
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "epoch": epoch,
                 "config": cfg.to_dict(),
-                "metrics": {"history": history, "best": best},
+                "metrics": {"history": [h.as_dict() for h in history], "best": best},
                 "job_key": job_key,
             },
         )
-        emit({"event": "epoch", **record, "epochs": cfg.epochs})
+        emit(EpochFinished(record, cfg.epochs))
 
     # The detector is the best epoch on validation; its threshold comes from validation too.
     net.load_state_dict(load_checkpoint(best_path, device)["model"])
@@ -345,7 +348,7 @@ def fit(
             "model": final_state,
             "epoch": best["epoch"],
             "config": cfg.to_dict(),
-            "metrics": {"eval": metrics, "val": val_metrics, "history": history},
+            "metrics": {"eval": metrics, "val": val_metrics, "history": [h.as_dict() for h in history]},
             "threshold": threshold,
         },
     )
@@ -373,7 +376,7 @@ def fit(
         resumed_from=resumed_from,
         plots=plots,
     )
-    emit({"event": "done", "metrics": metrics})
+    emit(FitFinished(metrics))
     return result
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from .events import EpochRecord
 
 
 def _pyplot():
@@ -20,7 +21,7 @@ def _pyplot():
 
 def save_training_plots(
     out_dir: Path,
-    history: Sequence[dict[str, Any]],
+    history: Sequence[EpochRecord],
     probs: np.ndarray,
     labels: np.ndarray,
     *,
@@ -33,7 +34,7 @@ def save_training_plots(
 
     Args:
         out_dir: the job's folder.
-        history: per-epoch records from ``fit`` (``epoch``, ``train_loss``, ``val_loss``, ``val_ap``).
+        history: the :class:`~vocfleet.model.events.EpochRecord` of each epoch from ``fit``.
         probs, labels: evaluation-split probabilities and 0/1 labels of the final detector.
         title: e.g. the class name.
         ap: the detector's evaluation AP, printed on the PR plot.
@@ -49,13 +50,13 @@ def save_training_plots(
 
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
-    epochs = [h["epoch"] for h in history]
+    epochs = [h.epoch for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
     train_note = {"pos_weight": " (positives weighted)", "sampler": " (balanced batches)"}.get(balance, "")
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss" + train_note)
-    ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss" + (" (as the images come)" if train_note else ""))
+    ax1.plot(epochs, [h.train_loss for h in history], "o-", label="training loss" + train_note)
+    ax1.plot(epochs, [h.val_loss for h in history], "s-", label="validation loss" + (" (as the images come)" if train_note else ""))
     ax1.set_title("loss")
-    ax2.plot(epochs, [h["val_ap"] for h in history], "o-", color="tab:green", label="validation AP")
+    ax2.plot(epochs, [h.val_ap for h in history], "o-", color="tab:green", label="validation AP")
     ax2.axhline(float(np.mean(labels)), ls="--", color="grey", label="chance (positive rate)")
     ax2.set_ylim(0, 1)
     ax2.set_title("validation AP")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,8 +13,7 @@ from . import VOC_CLASSES, ConfigError
 from .augment import host_to_device
 from .config import TrainConfig
 from .data import DecodedImages, check_voc_root, decoded_cache, in_holdout, list_path, read_class_list, split_ids
-
-Progress = Callable[[dict[str, Any]], None]
+from .events import CacheProgress, Progress
 
 
 @dataclass
@@ -71,7 +68,7 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
 
     def cache_progress(done: int, total: int) -> None:
         if progress:
-            progress({"event": "cache", "done": done, "total": total})
+            progress(CacheProgress(done, total))
 
     def decode(split: str) -> DecodedImages:
         return decoded_cache(root, split_ids(root, split, cfg.voc_class), cfg.image_size, cache_dir, progress=cache_progress)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from tqdm import tqdm
+
+from vocfleet.model.events import BatchProgress, CacheProgress, EpochFinished, Event, FitWarning
 
 
 class TrainProgress:
@@ -19,35 +20,35 @@ class TrainProgress:
         self.cache: CountProgress | None = None
         self.desc = ""
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "cache":  # the decode-once cache: a bar on a terminal, a line every 10% in a log or pipe
-            if self.cache is None:
+    def __call__(self, event: Event) -> None:
+        match event:
+            case CacheProgress(done, total):  # the decode-once cache: a bar on a terminal, a line every 10% in a log or pipe
+                if self.cache is None:
+                    self._close()
+                    self.cache = CountProgress(f"{self.label} decoding", "image", self.stream)
+                self.cache(done, total)
+                if done == total:
+                    self.cache.__exit__()
+                    self.cache = None
+            case BatchProgress(epoch, batch, batches):
+                desc = f"{self.label} epoch {epoch}"
+                if self.bar is None or self.desc != desc:
+                    # Made at the end of the first batch, counting from there: that batch's start-up (workers,
+                    # first allocations) stays out of the rate, which otherwise reads thousands of batches/s.
+                    self._bar(desc, batches, "batch", initial=batch)
+                else:
+                    self.bar.update(batch - self.bar.n)
+            case FitWarning(message):
                 self._close()
-                self.cache = CountProgress(f"{self.label} decoding", "image", self.stream)
-            self.cache(event["done"], event["total"])
-            if event["done"] == event["total"]:
-                self.cache.__exit__()
-                self.cache = None
-        elif kind == "batch":
-            desc = f"{self.label} epoch {event['epoch']}"
-            if self.bar is None or self.desc != desc:
-                # Made at the end of the first batch, counting from there: that batch's start-up (workers,
-                # first allocations) stays out of the rate, which otherwise reads thousands of batches/s.
-                self._bar(desc, event["batches"], "batch", initial=event["batch"])
-            else:
-                self.bar.update(event["batch"] - self.bar.n)
-        elif kind == "warning":
-            self._close()
-            print(f"{self.label}: warning: {event['message']}", file=self.stream, flush=True)
-        elif kind == "epoch":
-            self._close()
-            print(
-                f"{self.label} epoch {event['epoch']}/{event['epochs']}: loss {event['train_loss']:.4f}  "
-                f"val loss {event['val_loss']:.4f}  val AP {event['val_ap']:.3f}  {event['images_per_s']:.0f} img/s",
-                file=self.stream,
-                flush=True,
-            )
+                print(f"{self.label}: warning: {message}", file=self.stream, flush=True)
+            case EpochFinished(r, epochs):
+                self._close()
+                print(
+                    f"{self.label} epoch {r.epoch}/{epochs}: loss {r.train_loss:.4f}  "
+                    f"val loss {r.val_loss:.4f}  val AP {r.val_ap:.3f}  {r.images_per_s:.0f} img/s",
+                    file=self.stream,
+                    flush=True,
+                )
 
     def _bar(self, desc: str, total: int, unit: str, initial: int = 0) -> tqdm:
         if self.bar is None or self.desc != desc:

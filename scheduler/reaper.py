@@ -45,7 +45,7 @@ def tick(stale_after: timedelta, resend_after: timedelta) -> dict[str, list[int]
     out: dict[str, list[int]] = {}
     for table, (_name, queue) in TASKS.items():
         with session_scope() as s:
-            requeued, failed = reap_stale(s, stale_after, table=table)
+            requeued, failed = reap_stale(s, table, stale_after)
         out[f"{table.__tablename__}_requeued"], out[f"{table.__tablename__}_failed"] = requeued, failed
         enqueue(table, requeued)
         resend: list[int] = []

@@ -10,6 +10,7 @@ from vocfleet.db.session import dispose_engines, session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model import DetectorUnavailable
 from vocfleet.model.artifacts import ArtifactStore, sha256_file
+from vocfleet.model.events import EpochFinished
 
 SMALL = ["--image-size", 32, "--batch-size", 8, "--max-batches", 2]
 
@@ -98,7 +99,7 @@ def test_a_job_resumes_on_another_host_from_the_checkpoint_in_s3(s3_root, fake_v
     assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 3, *SMALL).exit_code == 0
 
     def crash_after_epoch_1(event):
-        if event["event"] == "epoch" and event["epoch"] == 1:
+        if isinstance(event, EpochFinished) and event.record.epoch == 1:
             raise KeyboardInterrupt  # the host goes away once epoch 1 is recorded
 
     with pytest.raises(KeyboardInterrupt):
@@ -298,7 +299,7 @@ def test_after_any_sequence_every_detector_file_exists_and_matches(seed, data_di
             job = create_jobs(s, [{"voc_class": rng.choice(["car", "dog"]), "voc_root": "/voc", "epochs": 1}])[0]
             job_id, key = job.id, job.key
         with session_scope() as s:
-            token = claim_job(s, job_id, "h")
+            token = claim_job(s, TrainJob, job_id, "h")
         st, outcome = store(), rng.choice(["succeeded", "succeeded", "failed", "running", "crashed"])
         folder = st.job_dir(key)
         folder.mkdir(parents=True, exist_ok=True)
@@ -323,7 +324,7 @@ def test_after_any_sequence_every_detector_file_exists_and_matches(seed, data_di
                 st.drop_resume_files(key)
         elif outcome == "failed":
             with session_scope() as s:
-                end_job(s, job_id, token, JobStatus.failed, "boom")
+                end_job(s, TrainJob, job_id, token, JobStatus.failed, "boom")
 
     def activate() -> None:
         with session_scope() as s:

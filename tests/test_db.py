@@ -11,8 +11,9 @@ from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob, utcno
 from vocfleet.db.session import session_scope, upgrade_database
 from vocfleet.db.training import finish_job, record_epoch
 from vocfleet.model.engine import FitResult
+from vocfleet.model.events import EpochRecord
 
-RECORD = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_ap": 0.3, "lr": 0.1, "seconds": 1.0, "images_per_s": 10.0}
+RECORD = EpochRecord(epoch=1, train_loss=0.5, val_loss=0.4, val_ap=0.3, lr=0.1, seconds=1.0, images_per_s=10.0)
 
 
 def _result(path="/x/detector.pt"):
@@ -34,30 +35,31 @@ def db(request):
 
 def test_claim_is_exclusive(db):
     with session_scope() as s:
-        token = claim_job(s, db, "host-a")
+        token = claim_job(s, TrainJob, db, "host-a")
     with session_scope() as s:
-        assert claim_job(s, db, "host-b") is None
+        assert claim_job(s, TrainJob, db, "host-b") is None
         job = s.get(TrainJob, db)
         assert job.status == JobStatus.running and job.attempts == 1 and job.worker_host == "host-a"
     with session_scope() as s:
-        assert heartbeat(s, db, token) == "ok"
-        assert heartbeat(s, db, "stolen") == "lost"
+        assert heartbeat(s, TrainJob, db, token) == "ok"
+        assert heartbeat(s, TrainJob, db, "stolen") == "lost"
 
 
 def test_epoch_records_are_idempotent(db):
     with session_scope() as s:
-        token = claim_job(s, db, "h")
+        token = claim_job(s, TrainJob, db, "h")
     for _ in range(2):
         with session_scope() as s:
             assert record_epoch(s, db, token, RECORD)
     with session_scope() as s:
-        assert len(s.scalars(select(EpochMetric)).all()) == 1
+        [row] = s.scalars(select(EpochMetric)).all()
+        assert EpochRecord.from_dict({c: getattr(row, c) for c in ("epoch", *EpochRecord.metric_names())}) == RECORD
         assert s.get(TrainJob, db).epochs_done == 1
 
 
 def test_lost_claim_cannot_write(db):
     with session_scope() as s:
-        claim_job(s, db, "h")
+        claim_job(s, TrainJob, db, "h")
     with session_scope() as s:
         assert not record_epoch(s, db, "other-token", RECORD)
         assert finish_job(s, db, "other-token", _result()) is None
@@ -66,9 +68,9 @@ def test_lost_claim_cannot_write(db):
 def test_reap_requeues_then_fails_after_max_attempts(db):
     for attempt in range(1, 4):
         with session_scope() as s:
-            assert claim_job(s, db, f"h{attempt}")
+            assert claim_job(s, TrainJob, db, f"h{attempt}")
         with session_scope() as s:
-            requeued, failed = reap_stale(s, timedelta(seconds=30), now=utcnow() + timedelta(minutes=5))
+            requeued, failed = reap_stale(s, TrainJob, timedelta(seconds=30), now=utcnow() + timedelta(minutes=5))
         if attempt < 3:
             assert requeued == [db] and failed == []
         else:
@@ -80,21 +82,21 @@ def test_reap_requeues_then_fails_after_max_attempts(db):
 
 def test_fresh_heartbeat_is_not_reaped(db):
     with session_scope() as s:
-        claim_job(s, db, "h")
+        claim_job(s, TrainJob, db, "h")
     with session_scope() as s:
-        assert reap_stale(s, timedelta(seconds=30)) == ([], [])
+        assert reap_stale(s, TrainJob, timedelta(seconds=30)) == ([], [])
 
 
 def test_cancelled_job_is_not_claimed(db):
     with session_scope() as s:
         s.get(TrainJob, db).cancel_requested = True
     with session_scope() as s:
-        assert claim_job(s, db, "h") is None
+        assert claim_job(s, TrainJob, db, "h") is None
 
 
 def test_one_active_detector_per_class(db):
     with session_scope() as s:
-        token = claim_job(s, db, "h")
+        token = claim_job(s, TrainJob, db, "h")
     with session_scope() as s:
         finish_job(s, db, token, _result())
     with pytest.raises(IntegrityError):
@@ -102,7 +104,7 @@ def test_one_active_detector_per_class(db):
             s.add(Detector(voc_class="car", checkpoint_path="/y", sha256="1" * 64, threshold=0.5, ap=0.1, metrics={}, active=True))
     with session_scope() as s:
         job = s.get(TrainJob, db)
-        assert job.status == JobStatus.succeeded and end_job(s, db, token, JobStatus.failed) is False
+        assert job.status == JobStatus.succeeded and end_job(s, TrainJob, db, token, JobStatus.failed) is False
 
 
 def test_schema_head_is_the_newest_migration(db):
@@ -147,13 +149,13 @@ def test_cancel_work_queued_now_running_asked(db):
     with session_scope() as s:
         other = create_jobs(s, [{"voc_class": "dog"}])[0].id
     with session_scope() as s:
-        claim_job(s, db, "h")
+        claim_job(s, TrainJob, db, "h")
     with session_scope() as s:
         assert cancel_work(s, TrainJob, [db, other, 999]) == ([other], [db])
     with session_scope() as s:
         assert s.get(TrainJob, other).status == JobStatus.cancelled
         assert s.get(TrainJob, db).status == JobStatus.running and s.get(TrainJob, db).cancel_requested
-        assert heartbeat(s, db, s.get(TrainJob, db).claim_token) == "cancel"
+        assert heartbeat(s, TrainJob, db, s.get(TrainJob, db).claim_token) == "cancel"
     with session_scope() as s:
         assert cancel_work(s, TrainJob, None) == ([], [db])  # every unfinished one
 
@@ -171,14 +173,14 @@ def test_reopen_run(db):
         assert reopen_run(s, 12345, timedelta(seconds=60))[0] == Reopen.missing
         assert reopen_run(s, run_id, timedelta(seconds=60))[0] == Reopen.ready  # queued: left as it is
     with session_scope() as s:
-        claim_job(s, run_id, "h", ScoreRun)
+        claim_job(s, ScoreRun, run_id, "h")
     with session_scope() as s:
         assert reopen_run(s, run_id, timedelta(seconds=60))[0] == Reopen.running  # fresh heartbeat
     with session_scope() as s:
         state, run = reopen_run(s, run_id, timedelta(seconds=-1))  # its heartbeat is now stale
         assert state == Reopen.ready and run.status == JobStatus.queued and run.claim_token is None
     with session_scope() as s:
-        claim_job(s, run_id, "h2", ScoreRun)  # attempts (2) exceed max_attempts (1): reopened anyway
+        claim_job(s, ScoreRun, run_id, "h2")  # attempts (2) exceed max_attempts (1): reopened anyway
         s.get(ScoreRun, run_id).status = JobStatus.succeeded
     with session_scope() as s:
         assert reopen_run(s, run_id, timedelta(seconds=-1))[0] == Reopen.finished
@@ -309,3 +311,11 @@ def test_detector_locations_become_relative_to_the_store(tmp_path):
     with get_engine(url).connect() as conn:
         path, metrics = conn.exec_driver_sql("SELECT checkpoint_path, metrics FROM detectors").one()
     assert path == "jobs/7/detector.pt" and '"jobs/7/pr.png"' in metrics
+
+
+def test_epoch_metric_columns_are_the_epoch_record():
+    """The epoch record is written once: the table has a column per field, and record_epoch stores every one."""
+    from dataclasses import fields
+
+    columns = {c.name for c in EpochMetric.__table__.columns} - {"id", "job_id", "created_at"}
+    assert columns == {f.name for f in fields(EpochRecord)}

@@ -8,6 +8,7 @@ from vocfleet.db.models import Detector, JobStatus, TrainJob
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model.artifacts import ArtifactStore
+from vocfleet.model.events import EpochFinished, FitWarning
 from vocfleet.worker.runner import run_train_job
 
 SMALL = ["--image-size", 32, "--batch-size", 8, "--max-batches", 2]
@@ -37,7 +38,7 @@ def test_a_truncated_last_pt_is_set_aside_and_training_starts_over(fake_voc, inv
     assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
 
     def stop_after_epoch_1(event):
-        if event["event"] == "epoch":
+        if isinstance(event, EpochFinished):
             raise KeyboardInterrupt
 
     try:
@@ -49,9 +50,9 @@ def test_a_truncated_last_pt_is_set_aside_and_training_starts_over(fake_voc, inv
     last.write_bytes(data[: len(data) // 2])  # a truncated copy, a bad sector
     events = []
     assert run_train_job(1, progress=events.append) == "succeeded"
-    [warning] = [e["message"] for e in events if e["event"] == "warning"]
+    [warning] = [e.message for e in events if isinstance(e, FitWarning)]
     assert warning.startswith(f"{last} is unreadable (") and warning.endswith("set aside as last.pt.bad, training from epoch 1")
-    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
+    assert [e.record.epoch for e in events if isinstance(e, EpochFinished)] == [1, 2]
     assert (job_dir() / "last.pt.bad").read_bytes() == data[: len(data) // 2]
     with session_scope() as s:
         assert s.scalars(select(Detector)).one().job_id == 1

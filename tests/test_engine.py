@@ -8,6 +8,7 @@ from vocfleet.model import ConfigError
 from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import Stopped, evaluate, fit
+from vocfleet.model.events import BatchProgress, EpochFinished
 from vocfleet.model.net import build_model
 from vocfleet.model.splits import prepare_splits
 
@@ -37,7 +38,7 @@ def test_fit_writes_detector_and_reproduces_its_ap(fake_voc, tmp_path):
     cfg = _cfg(fake_voc)
     events = []
     result = fit(cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache", progress=events.append)
-    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
+    assert [e.record.epoch for e in events if isinstance(e, EpochFinished)] == [1, 2]
     assert result.resumed_from == 0 and result.skipped_images == ["000007"]
     m = result.metrics
     assert {"ap", "ap11", "auc", "accuracy", "baseline_accuracy", "precision", "recall", "f1", "threshold"} <= set(m)
@@ -53,7 +54,7 @@ def test_fit_writes_detector_and_reproduces_its_ap(fake_voc, tmp_path):
 def test_seeded_runs_are_reproducible(fake_voc, tmp_path):
     a = fit(_cfg(fake_voc), out_dir=tmp_path / "a", cache_dir=tmp_path / "cache")
     b = fit(_cfg(fake_voc), out_dir=tmp_path / "b", cache_dir=tmp_path / "cache")
-    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert [h.train_loss for h in a.history] == [h.train_loss for h in b.history]
     assert a.metrics == b.metrics
 
 
@@ -65,7 +66,7 @@ def test_interrupted_fit_resumes_and_matches_uninterrupted(fake_voc, tmp_path, e
     seen = []
 
     def stop_in_epoch_2(event):
-        if event["event"] == "batch" and event["epoch"] == 2:
+        if isinstance(event, BatchProgress) and event.epoch == 2:
             raise Stopped("simulated crash")
         seen.append(event)
 
@@ -73,9 +74,11 @@ def test_interrupted_fit_resumes_and_matches_uninterrupted(fake_voc, tmp_path, e
         fit(cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache", progress=stop_in_epoch_2)
     assert load_checkpoint(tmp_path / "job" / "last.pt")["epoch"] == 1
     epochs = []
-    resumed = fit(cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache", progress=lambda e: e["event"] == "epoch" and epochs.append(e["epoch"]))
+    resumed = fit(
+        cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache", progress=lambda e: isinstance(e, EpochFinished) and epochs.append(e.record.epoch)
+    )
     assert resumed.resumed_from == 1 and epochs == [2, 3]
-    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history], rel=1e-4)
+    assert [h.train_loss for h in resumed.history] == pytest.approx([h.train_loss for h in full.history], rel=1e-4)
     assert resumed.metrics["ap"] == pytest.approx(full.metrics["ap"], abs=1e-4)
 
 

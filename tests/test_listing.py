@@ -28,7 +28,7 @@ def test_rows_match_the_orm(database):
     beat = utcnow() - timedelta(seconds=5)
     with session_scope() as s:
         first, second = create_jobs(s, [{"voc_class": "car", "epochs": 5}, {"voc_class": "dog", "epochs": 3}])
-        assert claim_job(s, first.id, "gpu-7")
+        assert claim_job(s, TrainJob, first.id, "gpu-7")
         first.epochs_done, first.latest_val_ap, first.heartbeat_at = 2, 0.41, beat
         second.status, second.error = JobStatus.failed, "CUDA out of memory\nTraceback ..."
         s.add(ScoreRun(folders=["/photos/a", "/photos/b"], classes=["car", "dog"], detector_ids=[1, 2], total_files=10, scored_images=7, error_files=1))

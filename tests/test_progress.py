@@ -4,6 +4,7 @@ import io
 import re
 import time
 
+from vocfleet.model.events import BatchProgress, CacheProgress
 from vocfleet.scheduler.progress import TrainProgress
 
 
@@ -16,7 +17,7 @@ def test_cache_progress_is_plain_lines_on_a_pipe():
     out = io.StringIO()
     progress = TrainProgress("job 1 car", out)
     for done in range(0, 2501, 50):
-        progress({"event": "cache", "done": done, "total": 2500})
+        progress(CacheProgress(done, 2500))
     lines = out.getvalue().splitlines()
     assert lines[0] == "job 1 car decoding: 0 of 2500 images" and lines[-1] == "job 1 car decoding: 2500 of 2500 images"
     assert len(lines) == 11  # one per tenth, not one per event
@@ -24,10 +25,10 @@ def test_cache_progress_is_plain_lines_on_a_pipe():
 
 def test_batch_rate_leaves_the_first_step_out():
     progress = TrainProgress("job 1 car", Terminal())
-    progress({"event": "batch", "epoch": 1, "batch": 1, "batches": 10})  # right after a slow first step
+    progress(BatchProgress(1, 1, 10))  # right after a slow first step
     for b in (2, 3, 4):
         time.sleep(0.1)
-        progress({"event": "batch", "epoch": 1, "batch": b, "batches": 10})
+        progress(BatchProgress(1, b, 10))
     shown = progress.bar.format_meter(**progress.bar.format_dict)  # what the terminal shows
     rate = float(re.search(r"([\d.]+)batch/s", shown).group(1))
     assert "4/10" in shown and 3 < rate < 15, shown  # about 10 batches/s, not thousands

@@ -108,14 +108,14 @@ def test_finish_run_and_cancel_reach_the_shards(detectors, wild):
     with session_scope() as s:
         run_id = create_run(s, [str(wild)], [], batch_size=4, max_attempts=2, shard_size=2).id
     with session_scope() as s:
-        token = claim_job(s, run_id, "scanner", ScoreRun)
+        token = claim_job(s, ScoreRun, run_id, "scanner")
     with session_scope() as s:
         assert scan_position(s, run_id, token) == (0, None, 0)
         ids = [add_shard(s, run_id, token, n, [[0, f"{n}.jpg", None]]) for n in range(3)]
         assert scan_position(s, run_id, token) == (3, [0, "2.jpg", None], 3)
         assert finish_scan(s, run_id, token) == ids
     with session_scope() as s:
-        claim_job(s, ids[0], "w", ScoreShard)
+        claim_job(s, ScoreShard, ids[0], "w")
         assert finish_run_if_done(s, run_id) is None  # shards still to go
         assert cancel_runs(s, [run_id]) == ([], [run_id])
     with session_scope() as s:
@@ -140,12 +140,12 @@ def test_reaper_ends_a_run_whose_last_shard_was_failed(detectors, wild, monkeypa
     with session_scope() as s:
         run_id = create_run(s, [str(wild)], [], batch_size=4, max_attempts=1).id
     with session_scope() as s:
-        token = claim_job(s, run_id, "scanner", ScoreRun)
+        token = claim_job(s, ScoreRun, run_id, "scanner")
     with session_scope() as s:
         shard_id = add_shard(s, run_id, token, 0, [[0, "a.jpg", None]])
         finish_scan(s, run_id, token)
     with session_scope() as s:
-        claim_job(s, shard_id, "dead-worker", ScoreShard)
+        claim_job(s, ScoreShard, shard_id, "dead-worker")
     out = tick(timedelta(seconds=-1), timedelta(seconds=60))  # every heartbeat is stale
     assert out["score_shards_failed"] == [shard_id] and out["score_runs_ended"] == [run_id]
     assert out["score_runs_requeued"] == []  # a scanned run is not reaped itself

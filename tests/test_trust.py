@@ -10,6 +10,7 @@ from vocfleet.db.session import dispose_engines, ensure_schema, session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import fit
+from vocfleet.model.events import EpochFinished
 
 SMALL = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 2]
 
@@ -87,7 +88,7 @@ def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root:
         job = create_jobs(s, [{"voc_class": voc_class, "voc_root": root, "image_size": 64, "epochs": 3, "init": "scratch"}], promote=promote)[0]
         job_id, key = job.id, job.key
     with session_scope() as s:
-        token = claim_job(s, job_id, "h")
+        token = claim_job(s, TrainJob, job_id, "h")
     store = ArtifactStore.from_settings(get_settings())
     store.job_dir(key).mkdir(parents=True, exist_ok=True)
     (store.job_dir(key) / "detector.pt").write_bytes(key.encode())
@@ -204,7 +205,7 @@ def test_cancelling_running_work_asks_first(fake_voc, invoke):
 
     invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
     with session_scope() as s:
-        claim_job(s, 1, "elsewhere")
+        claim_job(s, TrainJob, 1, "elsewhere")
     from click.testing import CliRunner
 
     from vocfleet.scheduler.cli import cli
@@ -273,7 +274,7 @@ def test_a_database_deleted_under_a_job_fails_it_instead_of_reporting_success(fa
     assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, "--image-size", 32, "--batch-size", 8, "--max-batches", 2).exit_code == 0
 
     def delete_after_epoch_1(event):
-        if event["event"] == "epoch" and event["epoch"] == 1:
+        if isinstance(event, EpochFinished) and event.record.epoch == 1:
             (data_dir / "vocfleet.db").unlink()
 
     with pytest.raises(DatabaseGone, match="was deleted while this command ran"):

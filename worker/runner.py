@@ -13,9 +13,9 @@ import socket
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
@@ -30,9 +30,11 @@ from vocfleet.model.artifacts import RESUME_FILES, ArtifactStore
 from vocfleet.model.checkpoint import DiskFull
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import FitResult, Stopped, fit
-from vocfleet.model.splits import Progress, fingerprint, prepare_splits
+from vocfleet.model.events import EpochFinished, Event, Progress
+from vocfleet.model.splits import fingerprint, prepare_splits
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Outcome(enum.StrEnum):
@@ -50,8 +52,8 @@ class Outcome(enum.StrEnum):
 class Heartbeat:
     """Background thread that keeps the job's heartbeat fresh and notices cancel or a lost claim."""
 
-    def __init__(self, job_id: int, token: str, interval: float, table: Work = TrainJob):
-        self.job_id, self.token, self.interval, self.table = job_id, token, interval, table
+    def __init__(self, table: Work, job_id: int, token: str, interval: float):
+        self.table, self.job_id, self.token, self.interval = table, job_id, token, interval
         self.state = "ok"
         self.gone: DatabaseGone | None = None
         self._stop = threading.Event()
@@ -61,7 +63,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 with session_scope() as s:
-                    self.state = heartbeat(s, self.job_id, self.token, self.table)
+                    self.state = heartbeat(s, self.table, self.job_id, self.token)
             except OperationalError as exc:  # database briefly away: try again next beat
                 log.warning("heartbeat for job %d failed: %s", self.job_id, exc)
             except DatabaseGone as exc:  # the SQLite file was deleted: nothing this job writes can be kept
@@ -93,22 +95,23 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
         What happened; ``skipped`` when another worker holds the job.
     """
     settings = get_settings()
-    token, job = claim(TrainJob, job_id, lambda job: (dict(job.config), job.key), host)
-    if token is None:
-        return job
-    config, key = job
+    try:
+        claimed = claim(TrainJob, job_id, lambda job: (dict(job.config), job.key), host)
+    except NotClaimed as nothing:
+        return nothing.outcome
+    token, (config, key) = claimed.token, claimed.data
     store = ArtifactStore.from_settings(settings)
     # Under a key unique across databases: two databases sharing one store never share a job's files.
     out_dir = store.job_dir(key)
 
-    def on_progress(event: dict) -> None:
-        if event["event"] == "epoch":
+    def on_progress(event: Event) -> None:
+        if isinstance(event, EpochFinished):
             store.push(key, RESUME_FILES)  # first: the row never counts an epoch that a resume could not find
             with session_scope() as s:
-                record_epoch(s, job_id, token, event)
+                record_epoch(s, job_id, token, event.record)
         show(progress, event)
 
-    with Heartbeat(job_id, token, settings.heartbeat_seconds) as hb:
+    with Heartbeat(TrainJob, job_id, token, settings.heartbeat_seconds) as hb:
         try:
             cfg = TrainConfig.from_dict(config)
             store.pull(key)  # on object storage: the last epoch any host finished
@@ -119,7 +122,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
                 raise hb.gone from None
             if hb.state == "cancel":
                 with session_scope() as s:
-                    end_job(s, job_id, token, JobStatus.cancelled, "cancelled by user")
+                    end_job(s, TrainJob, job_id, token, JobStatus.cancelled, "cancelled by user")
                 return Outcome.cancelled
             log.warning("job %d: claim lost (reaped or re-delivered); leaving it to its new owner", job_id)
             return Outcome.skipped
@@ -130,7 +133,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             StoreUnavailable,
         ) as exc:  # bad input, a full disk, storage away past the retries: fail once with the reason; 'retry' resumes
             with session_scope() as s:
-                end_job(s, job_id, token, JobStatus.failed, str(exc))
+                end_job(s, TrainJob, job_id, token, JobStatus.failed, str(exc))
             return Outcome.failed
         except (KeyboardInterrupt, OperationalError):
             hand_back(TrainJob, job_id, token, "interrupted; will resume from the last checkpoint")
@@ -138,7 +141,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
         except Exception as exc:  # noqa: BLE001 - any crash is recorded with its reason
             log.exception("job %d failed", job_id)
             with session_scope() as s:
-                end_job(s, job_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=3)}")
+                end_job(s, TrainJob, job_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=3)}")
             return Outcome.failed
     with session_scope() as s:
         if finish_job(s, job_id, token, result) is None:
@@ -197,20 +200,42 @@ def hand_back(table: Work, row_id: int, token: str, reason: str) -> None:
     """
     try:
         with session_scope() as s:
-            end_job(s, row_id, token, JobStatus.queued, reason, table)
+            end_job(s, table, row_id, token, JobStatus.queued, reason)
     except OperationalError:
         pass
 
 
-def claim(table: Work, row_id: int, read, host: str | None) -> tuple[str | None, Any]:
-    """Claim a queued row; returns (token, read(row)) or (None, outcome) when there is nothing to run."""
+@dataclass(frozen=True)
+class Claim(Generic[T]):
+    """A row this worker now holds: its claim token and what ``read`` took from the row under the claim."""
+
+    token: str
+    data: T
+
+
+class NotClaimed(Exception):
+    """Nothing to run: the row is missing, finished, or held by another worker (``outcome`` says which)."""
+
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.value)
+        self.outcome = outcome
+
+
+def claim(table: Work, row_id: int, read: Callable[[Any], T], host: str | None) -> Claim[T]:
+    """Claim a queued row and read what the runner needs from it in the same transaction.
+
+    Raises:
+        NotClaimed: with the outcome to report when there is nothing to run.
+    """
     with session_scope() as s:
         row = s.get(table, row_id)
         if row is None:
             log.warning("%s %d does not exist; nothing to do", table.__tablename__, row_id)
-            return None, Outcome.missing
+            raise NotClaimed(Outcome.missing)
         if row.status != JobStatus.queued:
             log.info("%s %d is %s; not running it again", table.__tablename__, row_id, row.status.value)
-            return None, (Outcome(row.status.value) if row.status.finished else Outcome.skipped)
-        token = claim_job(s, row_id, host or socket.gethostname(), table)
-        return (token, read(row)) if token else (None, Outcome.skipped)
+            raise NotClaimed(Outcome(row.status.value) if row.status.finished else Outcome.skipped)
+        token = claim_job(s, table, row_id, host or socket.gethostname())
+        if token is None:
+            raise NotClaimed(Outcome.skipped)
+        return Claim(token, read(row))

@@ -26,7 +26,7 @@ from vocfleet.model.engine import Stopped, resolve_device
 from vocfleet.model.scan import FileEntry, entry_key, iter_scan
 from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
-from .runner import Heartbeat, Outcome, claim, hand_back, show
+from .runner import Heartbeat, NotClaimed, Outcome, claim, hand_back, show
 from .safety import check_score_folder
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,11 @@ def run_score_run(
         The run's end (``dispatched`` in a fleet once its shards are out), or ``skipped``.
     """
     settings = get_settings()
-    token, run = claim(ScoreRun, run_id, _run_fields, host)
-    if token is None:
-        return run
+    try:
+        claimed = claim(ScoreRun, run_id, _run_fields, host)
+    except NotClaimed as nothing:
+        return nothing.outcome
+    token, run = claimed.token, claimed.data
     tally = Tally(progress, run["done"], run["total"] if run["scanned"] else None)
     sent: set[int] = set()
 
@@ -86,7 +88,7 @@ def run_score_run(
             dispatch([shard_id])
             sent.add(shard_id)
 
-    with Heartbeat(run_id, token, settings.heartbeat_seconds, ScoreRun) as hb:
+    with Heartbeat(ScoreRun, run_id, token, settings.heartbeat_seconds) as hb:
         try:
             if not run["scanned"]:
                 folders = [str(check_score_folder(f)) for f in run["folders"]]
@@ -98,12 +100,12 @@ def run_score_run(
         except Stopped:
             if hb.state == "cancel":
                 with session_scope() as s:
-                    end_job(s, run_id, token, JobStatus.cancelled, "cancelled by user", ScoreRun)
+                    end_job(s, ScoreRun, run_id, token, JobStatus.cancelled, "cancelled by user")
                 return Outcome.cancelled
             return Outcome.skipped
         except ConfigError as exc:  # a folder gone or outside the scoring roots: fail once
             with session_scope() as s:
-                end_job(s, run_id, token, JobStatus.failed, str(exc), ScoreRun)
+                end_job(s, ScoreRun, run_id, token, JobStatus.failed, str(exc))
             return Outcome.failed
         except (KeyboardInterrupt, OperationalError):
             hand_back(ScoreRun, run_id, token, "interrupted; will resume where it stopped")
@@ -111,7 +113,7 @@ def run_score_run(
         except Exception as exc:  # noqa: BLE001 - any crash is recorded with its reason
             log.exception("scoring run %d failed while scanning", run_id)
             with session_scope() as s:
-                end_job(s, run_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}", ScoreRun)
+                end_job(s, ScoreRun, run_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}")
             return Outcome.failed
     if dispatch is not None:
         unsent = [i for i in shard_ids if i not in sent]  # a resumed run: shards written by an earlier scan
@@ -172,18 +174,20 @@ def run_score_shard(shard_id: int, *, tally: Tally | None = None, host: str | No
         The shard's end, or ``skipped`` when another worker holds it.
     """
     settings = get_settings()
-    token, run_id = claim(ScoreShard, shard_id, lambda sh: sh.run_id, host)
-    if token is None:
-        return run_id
+    try:
+        claimed = claim(ScoreShard, shard_id, lambda sh: sh.run_id, host)
+    except NotClaimed as nothing:
+        return nothing.outcome
+    token, run_id = claimed.token, claimed.data
 
     def end(status: JobStatus, reason: str | None) -> Outcome:
         with session_scope() as s:
-            ended = end_job(s, shard_id, token, status, reason, ScoreShard)
+            ended = end_job(s, ScoreShard, shard_id, token, status, reason)
         with session_scope() as s:
             finish_run_if_done(s, run_id)
         return Outcome(status.value) if ended else Outcome.skipped
 
-    with Heartbeat(shard_id, token, settings.heartbeat_seconds, ScoreShard) as hb:
+    with Heartbeat(ScoreShard, shard_id, token, settings.heartbeat_seconds) as hb:
         try:
             _score_shard(shard_id, token, run_id, hb, tally or Tally(None))
         except Stopped as exc:

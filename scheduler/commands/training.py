@@ -274,7 +274,7 @@ def run(stale_after: float | None, fmt: str) -> None:
     if get_settings().broker_url:
         raise ConfigError("VOCFLEET_BROKER_URL is set, so jobs go to the fleet: start 'vocfleet worker' instead (or unset it)")
     with database() as s:
-        requeued, failed = reap_stale(s, stale_window(stale_after))
+        requeued, failed = reap_stale(s, TrainJob, stale_window(stale_after))
     for job_id in requeued:
         click.echo(f"job {job_id}: its worker stopped; requeued to resume from its checkpoint", err=True)
     for job_id in failed:
