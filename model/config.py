@@ -20,6 +20,9 @@ OPTIMIZERS = ("adamw", "sgd")
 BALANCE = ("sampler", "pos_weight", "none")
 DIFFICULT = ("exclude", "positive", "negative")
 SCHEDULES = ("onecycle", "constant")
+# resnet50: the product. tiny: the same torchvision ResNet code at 1/8 width and one block per stage
+# (~0.1 M parameters), for tests and smoke runs of the whole path in seconds.
+ARCHS = ("resnet50", "tiny")
 
 
 def check_init(init: str) -> str:
@@ -48,6 +51,7 @@ class TrainConfig:
     eval_split: str = "holdout"
     eval_fraction: float = 0.25
     val_fraction: float = 0.15
+    arch: str = "resnet50"
     image_size: int = 224
     epochs: int = 5
     batch_size: int = 64
@@ -88,6 +92,7 @@ class TrainConfig:
             ("balance", self.balance, BALANCE),
             ("difficult", self.difficult, DIFFICULT),
             ("schedule", self.schedule, SCHEDULES),
+            ("arch", self.arch, ARCHS),
         ):
             if value not in valid:
                 raise ConfigError(f"--{name} {value!r}: only {', '.join(valid)} are supported")
@@ -96,6 +101,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be between 0 and 1")
         if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
             raise ConfigError(f"--ema {self.ema}: the decay must be at least 0 (off) and below 1")
+        if self.init == "imagenet" and self.arch != "resnet50":
+            raise ConfigError(f"--init imagenet: ImageNet weights exist for resnet50 only, not --arch {self.arch}; use --init scratch or --arch resnet50")
         if self.max_batches is not None and self.max_batches < 1:
             raise ConfigError(f"--max-batches {self.max_batches}: must be at least 1")
 

@@ -235,7 +235,7 @@ def fit(
     )
     torch.manual_seed(cfg.seed)
     head = VOC_CLASSES.index(cfg.voc_class) if cfg.aux_classes else 0
-    model = build_model(cfg.init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1, zero_init_residual=cfg.zero_init_residual).to(device)
+    model = build_model(cfg.init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1, zero_init_residual=cfg.zero_init_residual, arch=cfg.arch).to(device)
     # With --ema, validation, the best epoch and the saved detector use the weights' moving average.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     net = ema.module if ema is not None else model
@@ -263,7 +263,7 @@ def fit(
     if state is not None:
         if state.get("job_key") != job_key:
             log.warning("ignoring %s: written by another job (key %s, this job %s)", last_path, state.get("job_key"), job_key)
-        elif state["config"] == cfg.to_dict():
+        elif TrainConfig.from_dict(state["config"]) == cfg:  # through from_dict: a setting added since reads as its old value
             model.load_state_dict(state["model"])
             if ema is not None:
                 ema.load_state_dict(state["ema"])
@@ -383,10 +383,10 @@ def fit(
 CPU_STEP_PIXELS = 64 * 64 * 64  # one batch of 64 at 64 px: about 0.6 s per step on 2 cores
 
 
-def measure_rate(image_size: int, batch_size: int, device: str = "auto", steps: int = 2) -> float:
+def measure_rate(image_size: int, batch_size: int, device: str = "auto", steps: int = 2, arch: str = "resnet50") -> float:
     """Training images per second on this machine: a few steps of :func:`train_one_epoch` on random pictures.
 
-    A fresh ResNet-50, the training augmentation and autocast, as a job runs them; the first step
+    A fresh network of ``arch``, the training augmentation and autocast, as a job runs them; the first step
     (allocations, kernel selection) is not timed. On a CPU a step holds at most CPU_STEP_PIXELS,
     which keeps the measurement to seconds: a smaller batch than the job's costs more per image
     (at 64 px, batch 4 ran at 15 images/s and batch 64 at 96 on 2 cores), so the cap is no lower.
@@ -396,7 +396,7 @@ def measure_rate(image_size: int, batch_size: int, device: str = "auto", steps: 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, image_size, image_size, 3), dtype=torch.uint8, generator=gen)
     feeder = RepeatFeeder(host_to_device(images, dev), torch.zeros(batch, device=dev))
-    model = build_model("scratch").to(dev)
+    model = build_model("scratch", arch=arch).to(dev)
     step = dict(
         optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
         scheduler=None,

@@ -22,7 +22,7 @@ from torch import nn
 from . import ConfigError
 from .augment import IMAGENET_MEAN, IMAGENET_STD, preprocess_eval
 from .checkpoint import load_checkpoint
-from .net import build_model
+from .net import detector_model
 
 FORMATS = ("torchscript", "onnx")
 # How scoring makes the uint8 input (model/data.py: to_rgb, resize_square); a user of the file must do the same.
@@ -88,9 +88,7 @@ def export_detector(checkpoint: Path, out: Path, fmt: str, metadata: dict[str, A
         raise ConfigError(f"--format {fmt!r}: only {', '.join(FORMATS)} are supported")
     ckpt = load_checkpoint(checkpoint)
     size = int(ckpt["config"]["image_size"])
-    model = build_model("scratch")
-    model.load_state_dict(ckpt["model"])
-    net = Probability(model).eval()
+    net = Probability(detector_model(ckpt)).eval()
     meta = {
         **metadata,
         "image_size": size,

@@ -1,4 +1,4 @@
-"""Build the ResNet-50 binary detector (single logit) with the chosen initialisation."""
+"""Build the ResNet-50 binary detector (single logit) with the chosen initialisation (or its tiny stand-in for tests)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
-from torchvision.models.resnet import Bottleneck
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from . import ConfigError
 from .config import check_init
@@ -48,7 +48,23 @@ def ensure_imagenet_weights(timeout: float = 15.0) -> Path:
     return path
 
 
-def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: bool = False) -> nn.Module:
+class TinyResNet(ResNet):
+    """torchvision's ResNet at 1/8 width with one basic block per stage (~0.1 M parameters).
+
+    The same class, forward, layer names and one-logit ``fc`` head as ResNet-50, so every path
+    (training, checkpoints, batch-norm folding, scoring, export) runs unchanged on a network that
+    trains in milliseconds per batch and saves in kilobytes: ``--arch tiny``, for tests and smoke runs.
+    """
+
+    def __init__(self, num_classes: int = 1, zero_init_residual: bool = False):
+        super().__init__(BasicBlock, [1, 1, 1, 1], num_classes=num_classes, zero_init_residual=zero_init_residual)
+        self.fc = nn.Linear(self.inplanes, num_classes)  # ResNet sizes its head for full width
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # noqa: ANN001 - torchvision's signature
+        return super()._make_layer(block, planes // 8, blocks, stride, dilate)
+
+
+def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: bool = False, arch: str = "resnet50") -> nn.Module:
     """Build torchvision's ResNet-50 with a single-logit head (or ``outputs`` logits while training).
 
     Args:
@@ -58,13 +74,17 @@ def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: boo
         zero_init_residual: start each residual branch's last batch norm at zero, so every block
             begins as the identity (torchvision's option; markedly better for short training from
             scratch). Irrelevant when weights are loaded.
+        arch: ``resnet50``, or ``tiny`` (:class:`TinyResNet`).
     Returns:
         The model, on the CPU, in channels_last layout.
     """
-    model = resnet50(weights=None, num_classes=outputs, zero_init_residual=zero_init_residual)
+    if arch == "tiny":
+        model = TinyResNet(num_classes=outputs, zero_init_residual=zero_init_residual)
+    else:
+        model = resnet50(weights=None, num_classes=outputs, zero_init_residual=zero_init_residual)
     if init == "imagenet":
         state = torch.load(ensure_imagenet_weights(), map_location="cpu", weights_only=True)
-        _load_backbone(model, state)
+        _load_backbone(model, state, arch)
     elif init != "scratch":
         path = check_init(init)
         try:
@@ -75,16 +95,23 @@ def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: boo
             state = state["model"]
         if not isinstance(state, dict):
             raise ConfigError(f"--init {init!r}: holds a {type(state).__name__}, not a state dict; pass a ResNet-50 .pt/.pth file")
-        _load_backbone(model, state)
+        _load_backbone(model, state, arch)
     return model.to(memory_format=torch.channels_last)
 
 
-def _load_backbone(model: nn.Module, state: dict) -> None:
+def detector_model(ckpt: dict) -> nn.Module:
+    """The network of a saved detector (``detector.pt``'s contents), its weights loaded."""
+    model = build_model("scratch", arch=ckpt.get("config", {}).get("arch", "resnet50"))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def _load_backbone(model: nn.Module, state: dict, arch: str) -> None:
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable and not k.startswith("fc.")]
     if missing:
-        raise ConfigError(f"--init state dict does not fit ResNet-50: {len(missing)} tensors missing (e.g. {missing[0]})")
+        raise ConfigError(f"--init state dict does not fit --arch {arch}: {len(missing)} tensors missing or of another shape (e.g. {missing[0]})")
     model.load_state_dict(usable, strict=False)
     log.info("initialised %d tensors from the given weights (head %s)", len(usable), "kept" if "fc.weight" in usable else "fresh")
 
@@ -103,8 +130,8 @@ def inference_model(model: nn.Module, device: torch.device) -> nn.Module:
     model = copy.deepcopy(model).eval()
     pairs = [(model, "conv1", "bn1")]
     for block in model.modules():
-        if isinstance(block, Bottleneck):
-            pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+        if isinstance(block, Bottleneck | BasicBlock):
+            pairs += [(block, f"conv{i}", f"bn{i}") for i in ((1, 2, 3) if isinstance(block, Bottleneck) else (1, 2))]
             if block.downsample is not None:
                 pairs.append((block.downsample, "0", "1"))
     for parent, conv, bn in pairs:

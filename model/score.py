@@ -18,7 +18,7 @@ from .artifacts import ArtifactStore, checked_file
 from .augment import host_to_device, preprocess_eval
 from .checkpoint import load_checkpoint
 from .decode import BadImage, DecodedFile, RawJpeg, decode_bytes, decode_file, decode_jpegs
-from .net import build_model, inference_dtype, inference_model
+from .net import detector_model, inference_dtype, inference_model
 from .scan import FileEntry
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,7 @@ def load_detectors(
             except DetectorUnavailable as exc:
                 raise DetectorUnavailable(f"detector {spec.id} ({spec.voc_class}): {exc}") from None
             ckpt = load_checkpoint(path)
-            model = build_model("scratch")
-            model.load_state_dict(ckpt["model"])
-            model = inference_model(model, device)
+            model = inference_model(detector_model(ckpt), device)
             if compile:
                 model = torch.compile(model, dynamic=False)
             _loaded[key] = LoadedDetector(spec, model, int(ckpt["config"]["image_size"]), compile)

@@ -47,6 +47,9 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     root = check_voc_root(options.pop("voc_root"))
     options["eval_split"] = resolve_eval_split(root, options.get("train_split", "train"), options.get("eval_split", "auto"))
     options["init"] = check_init(options.get("init", "scratch"))
+    classes = list(classes)
+    if classes:  # every setting checked before any weights are read or timed
+        TrainConfig(voc_class=classes[0], voc_root=str(root), **options)
     device = options.get("device", "auto")
     if device.startswith("cuda") and not get_settings().broker_url:
         # Embedded: the jobs run on this machine, so its GPUs decide now (in a fleet, the workers' do).
@@ -59,7 +62,7 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     if options["init"] not in ("scratch", "imagenet"):
         from vocfleet.model.net import build_model  # torch: only for a state-dict file, read now rather than at run time
 
-        build_model(options["init"])  # ConfigError unless it is a ResNet-50 state dict
+        build_model(options["init"], arch=options.get("arch", "resnet50"))  # ConfigError unless it fits the network
     if options["init"] == "imagenet":
         from vocfleet.model.net import ensure_imagenet_weights  # torch: only when ImageNet weights are asked for
 

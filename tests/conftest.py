@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from tests.support import PG_URL, SHARED_VOC, WILD, connectable, free_port, make_fake_voc, wait_for
 from vocfleet.db import session as db_session
 from vocfleet.db.models import Detector
 from vocfleet.db.session import session_scope
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import fit
-
-SHARED_VOC = Path(__file__).resolve().parents[1].parent / "shared" / "voc2007" / "VOCdevkit" / "VOC2007"
-WILD = Path(__file__).resolve().parents[1].parent / "shared" / "wild"
-PG_URL = os.environ.get("VOCFLEET_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(autouse=True)
@@ -36,31 +28,6 @@ def data_dir(tmp_path, monkeypatch):
     db_session.dispose_engines()
     yield d
     db_session.dispose_engines()
-
-
-def make_fake_voc(root: Path, n: int = 48, classes=("car", "dog"), size: int = 40, missing=("000007",), seed: int = 0) -> Path:
-    """A VOC-shaped tree: car images carry a red square, dog images a blue one, so a net can learn them."""
-    rng = np.random.default_rng(seed)
-    (root / "JPEGImages").mkdir(parents=True)
-    main = root / "ImageSets" / "Main"
-    main.mkdir(parents=True)
-    ids = [f"{i:06d}" for i in range(1, n + 1)]
-    labels = {c: {} for c in classes}
-    for k, image_id in enumerate(ids):
-        arr = rng.integers(60, 120, size=(size, size + 8, 3), dtype=np.uint8)
-        for ci, c in enumerate(classes):
-            lab = 1 if (k + ci) % 3 == 0 else -1
-            if k % 11 == 5:
-                lab = 0
-            labels[c][image_id] = lab
-            if lab == 1:
-                arr[5:20, 5 + ci * 15 : 20 + ci * 15, ci * 2 % 3] = 250
-        if image_id not in missing:
-            Image.fromarray(arr).save(root / "JPEGImages" / f"{image_id}.jpg", quality=90)
-    for c in classes:
-        (main / f"{c}_train.txt").write_text("".join(f"{i} {labels[c][i]:>2}\n" for i in ids))
-    (main / "train.txt").write_text("".join(f"{i}\n" for i in ids))
-    return root
 
 
 @pytest.fixture
@@ -105,30 +72,6 @@ def pg_url(monkeypatch) -> str:
     return PG_URL
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def connectable(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 API over HTTP: moto's standalone server, started here for the session."""
@@ -170,7 +113,9 @@ def trained(tmp_path_factory):
     voc = make_fake_voc(base / "VOC2007")
     out = {}
     for cls, size in (("car", 32), ("dog", 48)):  # two input sizes: scoring decodes once for both
-        cfg = TrainConfig(voc_class=cls, voc_root=str(voc), image_size=size, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3)
+        cfg = TrainConfig(
+            voc_class=cls, voc_root=str(voc), arch="tiny", image_size=size, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3
+        )
         out[cls] = fit(cfg, out_dir=base / cls, cache_dir=base / "cache")
     return out
 

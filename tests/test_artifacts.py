@@ -5,14 +5,17 @@ import json
 import pytest
 from sqlalchemy import select
 
+from tests.support import QUICK
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob
-from vocfleet.db.session import dispose_engines, session_scope
+from vocfleet.db.session import dispose_engines, ensure_schema, session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model import DetectorUnavailable
 from vocfleet.model.artifacts import ArtifactStore, sha256_file
+from vocfleet.model.config import TrainConfig
+from vocfleet.model.engine import fit
 from vocfleet.model.events import EpochFinished
 
-SMALL = ["--image-size", 32, "--batch-size", 8, "--max-batches", 2]
+SMALL = QUICK
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -227,7 +230,6 @@ def test_gc_leaves_another_databases_running_job_on_this_host_alone(s3_root, dat
 
 def test_gc_keeps_what_became_needed_after_it_listed(s3_root, data_dir, invoke):
     """A job retried, or a detector recorded, between the listing and the removal keeps its files (the store and rows are read again)."""
-    from vocfleet.db.session import ensure_schema
     from vocfleet.db.training import create_jobs, retry_job
     from vocfleet.scheduler.garbage import find_garbage, remove_garbage
 
@@ -286,7 +288,6 @@ def test_after_any_sequence_every_detector_file_exists_and_matches(seed, data_di
 
     from vocfleet.db.claims import claim_job, end_job
     from vocfleet.db.registry import activate_detector
-    from vocfleet.db.session import ensure_schema
     from vocfleet.db.training import create_jobs, finish_job, retry_job
     from vocfleet.model.engine import FitResult
 
@@ -399,3 +400,32 @@ def test_gc_prints_names_with_control_characters_escaped(data_dir, invoke):
     invoke("db", "upgrade")
     res = invoke("gc", "--dry-run", "--orphans")
     assert res.exit_code == 0 and "\x1b" not in res.output and "\\x1b[31mred\\x1b[0m" in res.output
+
+
+def test_two_databases_sharing_a_data_folder_keep_their_detectors(fake_voc, data_dir, invoke, monkeypatch):
+    # The default SQLite database, then a second one in the same data folder: both start at job 1.
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL).exit_code == 0
+    assert invoke("run").exit_code == 0
+    with session_scope() as s:
+        first = s.scalars(select(Detector)).one()
+        first_path, first_sha = first.checkpoint_path, first.sha256
+    monkeypatch.setenv("VOCFLEET_DATABASE_URL", f"sqlite:///{data_dir / 'other.db'}")
+    dispose_engines()
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL, "--seed", 1).exit_code == 0
+    assert invoke("run").exit_code == 0
+    with session_scope() as s:
+        job = s.scalars(select(TrainJob)).one()
+        second = s.scalars(select(Detector)).one()
+        assert job.id == 1 and second.checkpoint_path != first_path
+        assert job.key in second.checkpoint_path and len(job.key) == 32
+    from vocfleet.model.artifacts import ArtifactStore, sha256_file
+
+    assert sha256_file(ArtifactStore.from_settings(get_settings()).resolve(first_path)) == first_sha  # untouched by the other database's job 1
+
+
+def test_a_checkpoint_of_another_job_is_not_resumed(fake_voc, tmp_path):
+    cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), arch="tiny", image_size=32, epochs=1, batch_size=8, max_batches=2)
+    out = tmp_path / "shared-folder"
+    assert fit(cfg, out_dir=out, cache_dir=tmp_path / "cache", job_key="a").resumed_from == 0
+    assert fit(cfg, out_dir=out, cache_dir=tmp_path / "cache", job_key="a").resumed_from == 1  # its own: resumed
+    assert fit(cfg, out_dir=out, cache_dir=tmp_path / "cache", job_key="b").resumed_from == 0  # another's: not

@@ -7,6 +7,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
+from tests.support import QUICK
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob
 from vocfleet.db.session import ensure_schema, session_scope
 
@@ -17,7 +18,7 @@ def job_count():
         return s.scalar(select(func.count()).select_from(TrainJob))
 
 
-SMALL = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 2]
+SMALL = ["--epochs", 1, *QUICK]
 
 
 @pytest.mark.parametrize(

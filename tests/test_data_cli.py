@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import vocfleet.model.download as download
-from tests.conftest import make_fake_voc
+from tests.support import make_fake_voc
 
 
 class Archive(BaseHTTPRequestHandler):

@@ -4,6 +4,7 @@ import os
 
 from sqlalchemy import select
 
+from tests.support import QUICK
 from vocfleet.db.models import Detector, JobStatus, TrainJob
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
@@ -11,7 +12,7 @@ from vocfleet.model.artifacts import ArtifactStore
 from vocfleet.model.events import EpochFinished, FitWarning
 from vocfleet.worker.runner import run_train_job
 
-SMALL = ["--image-size", 32, "--batch-size", 8, "--max-batches", 2]
+SMALL = QUICK
 
 
 def job_dir():

@@ -9,12 +9,12 @@ from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import Stopped, evaluate, fit
 from vocfleet.model.events import BatchProgress, EpochFinished
-from vocfleet.model.net import build_model
+from vocfleet.model.net import build_model, detector_model
 from vocfleet.model.splits import prepare_splits
 
 
 def _cfg(root, **kw):
-    base = dict(voc_class="car", voc_root=str(root), image_size=32, epochs=2, batch_size=8, max_batches=3, eval_fraction=0.3, val_fraction=0.3)
+    base = dict(voc_class="car", voc_root=str(root), arch="tiny", image_size=32, epochs=2, batch_size=8, max_batches=3, eval_fraction=0.3, val_fraction=0.3)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -44,8 +44,7 @@ def test_fit_writes_detector_and_reproduces_its_ap(fake_voc, tmp_path):
     assert {"ap", "ap11", "auc", "accuracy", "baseline_accuracy", "precision", "recall", "f1", "threshold"} <= set(m)
     ckpt = load_checkpoint(tmp_path / "job" / "detector.pt")
     assert ckpt["config"] == cfg.to_dict() and set(ckpt) >= {"model", "epoch", "config", "metrics", "threshold"}
-    model = build_model("scratch")
-    model.load_state_dict(ckpt["model"])
+    model = detector_model(ckpt)
     _, _, ev, _ = prepare_splits(cfg, tmp_path / "cache")
     again = evaluate(model, ev, torch.device("cpu"))
     assert again["ap"] == pytest.approx(m["ap"], abs=1e-6)
@@ -108,9 +107,8 @@ def test_aux_classes_saves_a_single_logit_detector(fake_voc, tmp_path):
     assert train.aux.shape == (len(train), 20) and set(np.unique(train.aux)) <= {-1.0, 0.0, 1.0}
     result = fit(cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache")
     ckpt = load_checkpoint(tmp_path / "job" / "detector.pt")
-    assert ckpt["model"]["fc.weight"].shape == (1, 2048)
-    model = build_model("scratch")
-    model.load_state_dict(ckpt["model"])
+    assert ckpt["model"]["fc.weight"].shape == (1, 64)  # the tiny network's width
+    model = detector_model(ckpt)
     _, _, ev, _ = prepare_splits(cfg, tmp_path / "cache")
     assert evaluate(model, ev, torch.device("cpu"))["ap"] == pytest.approx(result.metrics["ap"], abs=1e-6)
     # Unknown labels (-1) are masked out of the auxiliary part of the loss.
@@ -141,7 +139,7 @@ def test_ema_detector_holds_the_averaged_weights(fake_voc, tmp_path):
     averaged = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
     assert torch.equal(detector["fc.weight"], averaged["fc.weight"]) and not torch.equal(detector["fc.weight"], last["model"]["fc.weight"])
     _, _, ev, _ = prepare_splits(_cfg(fake_voc, epochs=1, ema=0.9), tmp_path / "cache")
-    model = build_model("scratch")
+    model = build_model("scratch", arch="tiny")
     model.load_state_dict(detector)
     assert evaluate(model, ev, torch.device("cpu"))["ap"] == pytest.approx(result.metrics["ap"], abs=1e-6)
 

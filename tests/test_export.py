@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import SHARED_VOC
+from tests.support import SHARED_VOC
 
 CONSUMER = r"""
 import json, sys

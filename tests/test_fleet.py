@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.conftest import SHARED_VOC, connectable, free_port, make_fake_voc, wait_for
+from tests.support import SHARED_VOC, connectable, free_port, make_fake_voc, wait_for
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
 from vocfleet.model.config import TrainConfig

@@ -3,10 +3,11 @@
 import pytest
 from sqlalchemy import func, select
 
+from tests.support import QUICK
 from vocfleet.db.models import TrainJob
 from vocfleet.db.session import ensure_schema, session_scope
 
-SMALL = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 2]
+SMALL = ["--epochs", 1, *QUICK]
 
 # Each bad value, and words its one line must hold. bench/reliability.py runs the same lists for docs/reliability.md.
 SUBMIT_CASES = [

@@ -2,7 +2,9 @@
 
 import json
 
-SMALL = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 2]
+from tests.support import QUICK
+
+SMALL = ["--epochs", 1, *QUICK]
 
 
 def as_json(res):

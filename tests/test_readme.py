@@ -4,7 +4,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tests.conftest import make_fake_voc
+from tests.support import make_fake_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 

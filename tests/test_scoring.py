@@ -221,7 +221,7 @@ def test_scoring_path_agrees_with_validation_path(trained, tmp_path):
     import torch
 
     from vocfleet.model.engine import evaluate
-    from vocfleet.model.net import build_model
+    from vocfleet.model.net import detector_model
     from vocfleet.model.scan import FileEntry
     from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
     from vocfleet.model.splits import prepare_splits
@@ -230,8 +230,7 @@ def test_scoring_path_agrees_with_validation_path(trained, tmp_path):
     ckpt = torch.load(r.checkpoint, weights_only=True)
     cfg = TrainConfig.from_dict(ckpt["config"])
     _, _, ev, _ = prepare_splits(cfg, tmp_path / "cache")
-    trained_model = build_model("scratch")
-    trained_model.load_state_dict(ckpt["model"])
+    trained_model = detector_model(ckpt)
     expected = evaluate(trained_model, ev, torch.device("cpu"))["probs"]  # the training network, batch norms and all
     spec = DetectorSpec(99, "dog", r.checkpoint, r.sha256, r.threshold)
     root = Path(cfg.voc_root) / "JPEGImages"
@@ -258,7 +257,7 @@ def test_compile_failure_falls_back_to_uncompiled(caplog):
             raise RuntimeError("no working C compiler")
 
     torch.manual_seed(0)
-    plain = inference_model(build_model("scratch"), torch.device("cpu"))
+    plain = inference_model(build_model("scratch", arch="tiny"), torch.device("cpu"))
     det = LoadedDetector(DetectorSpec(1, "car", "-", "-", 0.5), FailsToCompile(plain), 32, compiled=True)
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
     probs = run_detectors([det], {32: images}, pad_to=4)

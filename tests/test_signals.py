@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.support import wait_for
 from vocfleet.db.models import JobStatus, ScoreRun, TrainJob, utcnow
 from vocfleet.db.session import ensure_schema, session_scope
 
@@ -24,7 +24,9 @@ def job():
 def training(fake_voc, invoke, monkeypatch):
     """`vocfleet run` in a subprocess, training a long job; returns it once epoch 1 is recorded."""
     monkeypatch.setenv("VOCFLEET_HEARTBEAT_SECONDS", "0.2")
-    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 300, "--image-size", 32, "--batch-size", 8, "--max-batches", 2)
+    res = invoke(
+        "submit", "--classes", "car", "--voc-root", fake_voc, "--arch", "tiny", "--epochs", 300, "--image-size", 32, "--batch-size", 8, "--max-batches", 2
+    )
     assert res.exit_code == 0, res.output
     proc = subprocess.Popen([*VOCFLEET, "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: job()[1] >= 1 or proc.poll() is not None, 120, "epoch 1")

@@ -339,12 +339,15 @@ def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="HTML file to write.")
 def report(run_id: int | None, fleet: bool, out: str) -> None:
     """Write a self-contained HTML page: a scoring run (RUN_ID) or the fleet's detectors (--fleet)."""
-    from ..report import fleet_report, run_report
+    from vocfleet.db.reports import fleet_report, run_report
+    from vocfleet.model.artifacts import ArtifactStore
+
+    from ..report import render_fleet, render_run
 
     if (run_id is None) == (not fleet):
         raise ConfigError("give a scoring run id, or --fleet (not both)")
     with database() as s:
-        page = fleet_report(s) if fleet else run_report(s, run_id)
+        page = render_fleet(fleet_report(s), ArtifactStore.from_settings(get_settings())) if fleet else render_run(run_report(s, run_id))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -12,7 +12,7 @@ import click
 from vocfleet.db.settings import get_settings
 from vocfleet.db.states import PROMOTE
 from vocfleet.model import ConfigError, DetectorUnavailable
-from vocfleet.model.config import BALANCE, DIFFICULT, OPTIMIZERS, SCHEDULES, TrainConfig
+from vocfleet.model.config import ARCHS, BALANCE, DIFFICULT, OPTIMIZERS, SCHEDULES, TrainConfig
 
 from ..output import duration, queue_line, render
 from .base import (
@@ -41,6 +41,7 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
 @click.option("--voc-root", required=True, type=click.Path(), envvar="VOCFLEET_VOC_ROOT", help="VOCdevkit/VOC2007 folder [env VOCFLEET_VOC_ROOT].")
 @click.option("--epochs", type=int, default=_DEFAULTS.epochs)
 @click.option("--image-size", type=int, default=_DEFAULTS.image_size, help="Square training size in pixels.")
+@click.option("--arch", type=click.Choice(ARCHS), default=_DEFAULTS.arch, help="resnet50, or tiny: the same code at 1/8 width for smoke runs and tests.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size)
 @click.option("--lr", type=float, default=_DEFAULTS.lr, help="Peak learning rate.")
 @click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
@@ -111,42 +112,19 @@ def submit(classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: st
 
 
 def _estimate(configs: list[TrainConfig], fmt: str) -> None:
-    """submit --dry-run: each job's images per epoch and time, from earlier epochs at its size or a few timed steps here."""
-    from vocfleet.db.estimates import training_rates
-    from vocfleet.db.listing import read_connection
-    from vocfleet.model.data import split_ids
-    from vocfleet.model.engine import measure_rate, resolve_device
+    """submit --dry-run: each job's images per epoch and time, from earlier epochs at its shape or a few timed steps here."""
+    from vocfleet.model.engine import resolve_device
 
-    with read_connection() as conn:
-        recorded = training_rates(conn)
-    rates: dict[int, tuple[float, str]] = {}
-    rows = []
-    for cfg in configs:
-        if cfg.image_size not in rates:
-            if cfg.image_size in recorded:
-                rate, n = recorded[cfg.image_size]
-                rates[cfg.image_size] = (rate, f"{n} earlier epoch(s) at {cfg.image_size} px in the database")
-            else:
-                say(fmt, f"timing a few training steps at {cfg.image_size} px on this machine ...")
-                device = resolve_device(cfg.device).type
-                rates[cfg.image_size] = (measure_rate(cfg.image_size, cfg.batch_size, cfg.device), f"timed steps on this machine's {device}")
-        rate = rates[cfg.image_size][0]
-        root = Path(cfg.voc_root)
-        listed = len(split_ids(root, cfg.train_split, cfg.voc_class))
-        evaluated = round(listed * cfg.eval_fraction) if cfg.eval_split == "holdout" else len(split_ids(root, cfg.eval_split, cfg.voc_class))
-        pool = listed - evaluated if cfg.eval_split == "holdout" else listed
-        val = round(pool * cfg.val_fraction)
-        train = pool - val
-        if cfg.max_batches:
-            train = min(train, cfg.max_batches * cfg.batch_size)
-        # A forward pass costs about a third of a training step: validation every epoch, evaluation once.
-        seconds = cfg.epochs * (train + val / 3) / rate + (val + evaluated) / (3 * rate)
-        rows.append({"class": cfg.voc_class, "epochs": cfg.epochs, "image_size": cfg.image_size, "train_images": train, "seconds": round(seconds)})
-    total = sum(r["seconds"] for r in rows)
-    where = "; ".join(f"{size} px: {rate:.0f} img/s from {source}" for size, (rate, source) in rates.items())
+    from ..estimator import estimate
+
+    result = estimate(configs, on_timing=lambda cfg: say(fmt, f"timing a few training steps at {cfg.image_size} px on this machine ..."))
+    rows = [{"class": j.voc_class, "epochs": j.epochs, "image_size": j.image_size, "train_images": j.train_images, "seconds": j.seconds} for j in result.jobs]
+    total = result.total_seconds
     if fmt == "json":
-        emit(fmt, {"jobs": rows, "total_seconds": total, "rates": {size: rate for size, (rate, _) in rates.items()}, "queued": False})
+        rates = [{"arch": r.arch, "image_size": r.image_size, "images_per_s": r.images_per_s, "source": r.source} for r in result.rates]
+        emit(fmt, {"jobs": rows, "total_seconds": total, "rates": rates, "queued": False})
         return
+    where = "; ".join(f"{r.arch} at {r.image_size} px: {r.images_per_s:.0f} img/s from {r.source}" for r in result.rates)
     click.echo(render([{**r, "estimate": duration(r["seconds"])} for r in rows], ["class", "epochs", "image_size", "train_images", "estimate"]))
     click.echo(f"{len(rows)} job(s), about {duration(total)} in all, one after another ({where}); nothing queued (dry run)")
     cpu = get_settings().broker_url is None and resolve_device(configs[0].device).type == "cpu"

@@ -1,78 +1,37 @@
-"""Detectors people can trust: artifacts that never collide, failures that show as failures."""
+"""Which detector serves a class: promotion by AP on the same data (a fingerprint, not a path), activation by hand, one active per class."""
 
 import json
 
 import pytest
 from sqlalchemy import select
 
-from vocfleet.db.models import Detector, JobStatus, ScoreRun, TrainJob
+from tests.support import QUICK
+from vocfleet.db.models import Detector, ScoreRun, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model.config import TrainConfig
-from vocfleet.model.engine import fit
-from vocfleet.model.events import EpochFinished
 
-SMALL = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--max-batches", 2]
-
-
-def test_two_databases_sharing_a_data_folder_keep_their_detectors(fake_voc, data_dir, invoke, monkeypatch):
-    # The default SQLite database, then a second one in the same data folder: both start at job 1.
-    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL).exit_code == 0
-    assert invoke("run").exit_code == 0
-    with session_scope() as s:
-        first = s.scalars(select(Detector)).one()
-        first_path, first_sha = first.checkpoint_path, first.sha256
-    monkeypatch.setenv("VOCFLEET_DATABASE_URL", f"sqlite:///{data_dir / 'other.db'}")
-    dispose_engines()
-    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, *SMALL, "--seed", 1).exit_code == 0
-    assert invoke("run").exit_code == 0
-    with session_scope() as s:
-        job = s.scalars(select(TrainJob)).one()
-        second = s.scalars(select(Detector)).one()
-        assert job.id == 1 and second.checkpoint_path != first_path
-        assert job.key in second.checkpoint_path and len(job.key) == 32
-    from vocfleet.model.artifacts import ArtifactStore, sha256_file
-
-    assert sha256_file(ArtifactStore.from_settings(get_settings()).resolve(first_path)) == first_sha  # untouched by the other database's job 1
-
-
-def test_a_checkpoint_of_another_job_is_not_resumed(fake_voc, tmp_path):
-    cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), image_size=32, epochs=1, batch_size=8, max_batches=2)
-    out = tmp_path / "shared-folder"
-    assert fit(cfg, out_dir=out, cache_dir=tmp_path / "cache", job_key="a").resumed_from == 0
-    assert fit(cfg, out_dir=out, cache_dir=tmp_path / "cache", job_key="a").resumed_from == 1  # its own: resumed
-    assert fit(cfg, out_dir=out, cache_dir=tmp_path / "cache", job_key="b").resumed_from == 0  # another's: not
-
-
-def test_failed_job_ends_its_celery_task_in_failure(fake_voc, invoke):
-    from vocfleet.worker.tasks import WorkFailed, train_detector
-
-    invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
-    (fake_voc / "ImageSets/Main/dog_train.txt").unlink()
-    result = train_detector.apply(args=[1])  # the real task, run here as a worker would
-    assert result.state == "FAILURE" and isinstance(result.result, WorkFailed)
-    assert "train_jobs 1 failed:" in str(result.result) and "dog_train.txt" in str(result.result)
-    with session_scope() as s:
-        assert s.get(TrainJob, 1).status == JobStatus.failed and s.get(TrainJob, 1).attempts == 1  # not retried
-    assert train_detector.apply(args=[1]).state == "FAILURE"  # a redelivery reports the failure again, changes nothing
-
-
-def test_runs_show_the_reason_of_a_failed_run(detectors, wild, invoke, tmp_path):
-    with session_scope() as s:  # the dog detector's file is gone (the shared fixture's own file stays)
-        s.scalars(select(Detector).where(Detector.voc_class == "dog")).one().checkpoint_path = str(tmp_path / "gone.pt")
-    res = invoke("score", wild)
-    assert res.exit_code == 1 and "checkpoint" in res.output and "missing" in res.output
-    rows = json.loads(invoke("runs", "--format", "json").output)
-    assert rows[0]["status"] == "failed" and "missing" in rows[0]["error"]
-    table = invoke("runs").output
-    assert "error" in table.splitlines()[0] and "missing" in table
-    with session_scope() as s:
-        assert s.get(ScoreRun, 1).status == JobStatus.failed
+SMALL = ["--epochs", 1, *QUICK]
 
 
 @pytest.fixture(autouse=True)
 def _schema():
     ensure_schema()
+
+
+def _race(voc_class: str, i: int, spare: int) -> str:
+    from vocfleet.db.registry import activate_detector
+
+    dispose_engines()
+    try:
+        if i % 2:
+            with session_scope() as s:
+                activate_detector(s, spare, "race")
+        else:
+            _finish(0.5, voc_class=voc_class)
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - the test reports what went wrong in the child
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root: str = "/voc", voc_class: str = "car") -> int:
@@ -166,58 +125,6 @@ def test_one_active_detector_per_class_under_concurrent_promotion_and_activation
             assert len(s.scalars(select(Detector).where(Detector.voc_class == c, Detector.active.is_(True))).all()) == 1
 
 
-def _race(voc_class: str, i: int, spare: int) -> str:
-    from vocfleet.db.registry import activate_detector
-
-    dispose_engines()
-    try:
-        if i % 2:
-            with session_scope() as s:
-                activate_detector(s, spare, "race")
-        else:
-            _finish(0.5, voc_class=voc_class)
-        return "ok"
-    except Exception as exc:  # noqa: BLE001 - the test reports what went wrong in the child
-        return f"{type(exc).__name__}: {exc}"
-
-
-def test_retry_resumes_a_failed_job_and_cancel_names_what_is_missing(fake_voc, invoke):
-    invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
-    listing = fake_voc / "ImageSets/Main/dog_train.txt"
-    saved = listing.read_text()
-    listing.unlink()
-    assert invoke("run").exit_code == 1
-    listing.write_text(saved)  # the cause is fixed
-    res = invoke("retry", 1, 7)
-    assert res.exit_code == 1 and "job 1: queued again" in res.output and "job 7: no such job" in res.output
-    assert invoke("run").exit_code == 0
-    with session_scope() as s:
-        assert s.get(TrainJob, 1).status == JobStatus.succeeded
-    assert "job 1: succeeded, not retried" in invoke("retry", 1).output
-    res = invoke("cancel", 1, 42)
-    assert res.exit_code == 1 and "no job 42" in res.output
-    res = invoke("cancel", 2**40)
-    assert res.exit_code == 2 and "1099511627776 is not in the range" in res.output
-
-
-def test_cancelling_running_work_asks_first(fake_voc, invoke):
-    from vocfleet.db.claims import claim_job
-
-    invoke("submit", "--classes", "dog", "--voc-root", fake_voc, *SMALL)
-    with session_scope() as s:
-        claim_job(s, TrainJob, 1, "elsewhere")
-    from click.testing import CliRunner
-
-    from vocfleet.scheduler.cli import cli
-
-    res = CliRunner().invoke(cli, ["cancel", "1"], input="n\n")
-    assert res.exit_code == 1 and "Stop job 1 (running)?" in res.output  # aborted: nothing changed
-    with session_scope() as s:
-        assert not s.get(TrainJob, 1).cancel_requested
-    res = invoke("cancel", 1, "--yes")
-    assert res.exit_code == 0 and "job 1: running; its worker stops it" in res.output
-
-
 def test_the_library_resolves_links_and_promotion_compares_the_data_not_the_path(fake_voc, tmp_path):
     """The README's Python API through links: jobs store the real VOC root, a run scores a linked folder, promotion compares fingerprints."""
     from vocfleet.db.registry import active_detectors
@@ -228,7 +135,7 @@ def test_the_library_resolves_links_and_promotion_compares_the_data_not_the_path
 
     link = tmp_path / "voc-link"
     link.symlink_to(fake_voc)
-    small = {"voc_class": "car", "image_size": 32, "epochs": 1, "batch_size": 8, "max_batches": 2}
+    small = {"voc_class": "car", "arch": "tiny", "image_size": 32, "epochs": 1, "batch_size": 8, "max_batches": 2}
     configs = [TrainConfig(voc_root=str(root), seed=seed, **small).to_dict() for root, seed in ((fake_voc, 0), (link, 1))]
     with session_scope() as s:
         ids = [job.id for job in create_jobs(s, configs)]
@@ -267,39 +174,12 @@ def test_the_data_fingerprint_follows_labels_not_places(fake_voc, tmp_path):
     assert fingerprint(prepare_splits(cfg, tmp_path / "cache3")[2]) != before
 
 
-def test_a_database_deleted_under_a_job_fails_it_instead_of_reporting_success(fake_voc, data_dir, invoke):
-    from vocfleet.db.session import DatabaseGone
-    from vocfleet.worker.runner import run_train_job
-
-    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, "--image-size", 32, "--batch-size", 8, "--max-batches", 2).exit_code == 0
-
-    def delete_after_epoch_1(event):
-        if isinstance(event, EpochFinished) and event.record.epoch == 1:
-            (data_dir / "vocfleet.db").unlink()
-
-    with pytest.raises(DatabaseGone, match="was deleted while this command ran"):
-        run_train_job(1, progress=delete_after_epoch_1)
-    dispose_engines()
-    res = invoke("status")  # the next command does not start an empty database beside the job's files
-    assert res.exit_code == 1 and not (data_dir / "vocfleet.db").exists()
-    [line] = res.output.splitlines()
-    assert line.startswith(f"vocfleet: error: no database at {data_dir / 'vocfleet.db'}, but ") and "restore vocfleet.db from a backup" in line
-    assert invoke("db", "upgrade").exit_code == 0 and invoke("status").exit_code == 0  # asked for outright: a new, empty one
-
-
-def test_a_sqlite_url_in_a_missing_folder_is_refused(monkeypatch, tmp_path, invoke):
-    monkeypatch.setenv("VOCFLEET_DATABASE_URL", f"sqlite:///{tmp_path / 'nowhere' / 'x.db'}")
-    dispose_engines()
-    res = invoke("runs")
-    assert res.exit_code == 1 and "the folder" in res.output and "does not exist" in res.output and not (tmp_path / "nowhere").exists()
-
-
 def test_a_detector_from_before_fingerprints_gets_one_on_first_use(fake_voc, tmp_path):
     """An active detector trained before 0.5.0 has no fingerprint: the next job of its class computes it from its job's settings."""
     from vocfleet.db.training import create_jobs
     from vocfleet.worker.runner import run_train_job
 
-    small = {"voc_class": "car", "image_size": 32, "epochs": 1, "batch_size": 8, "max_batches": 2}
+    small = {"voc_class": "car", "arch": "tiny", "image_size": 32, "epochs": 1, "batch_size": 8, "max_batches": 2}
     with session_scope() as s:
         first = create_jobs(s, [TrainConfig(voc_root=str(fake_voc), **small).to_dict()])[0].id
     assert run_train_job(first) == "succeeded"

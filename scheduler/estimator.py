@@ -1,0 +1,88 @@
+"""``submit --dry-run``: how long each job would take, before anything is queued.
+
+Each job's rate (training images per second) comes from the latest epochs recorded at its shape
+(network and image size), or, where none are, from a few training steps timed on this machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vocfleet.db.estimates import Shape, shape, training_rates
+from vocfleet.db.listing import read_connection
+from vocfleet.model.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Training images per second at one shape, and where the figure comes from."""
+
+    arch: str
+    image_size: int
+    images_per_s: float
+    source: str
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """One job's images per epoch and seconds in all."""
+
+    voc_class: str
+    epochs: int
+    image_size: int
+    train_images: int
+    seconds: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    jobs: list[JobEstimate]
+    rates: list[Rate]
+
+    @property
+    def total_seconds(self) -> int:
+        return sum(j.seconds for j in self.jobs)
+
+
+def job_images(cfg: TrainConfig) -> tuple[int, int, int]:
+    """(training images per epoch, validation images, evaluation images) of a job, from its lists alone."""
+    from vocfleet.model.data import split_ids
+
+    root = Path(cfg.voc_root)
+    listed = len(split_ids(root, cfg.train_split, cfg.voc_class))
+    evaluated = round(listed * cfg.eval_fraction) if cfg.eval_split == "holdout" else len(split_ids(root, cfg.eval_split, cfg.voc_class))
+    pool = listed - evaluated if cfg.eval_split == "holdout" else listed
+    val = round(pool * cfg.val_fraction)
+    train = pool - val
+    if cfg.max_batches:
+        train = min(train, cfg.max_batches * cfg.batch_size)
+    return train, val, evaluated
+
+
+def estimate(configs: list[TrainConfig], on_timing: Callable[[TrainConfig], None] = lambda cfg: None) -> Estimate:
+    """Each job's time, one after another; ``on_timing`` is told before steps are timed here (seconds)."""
+    from vocfleet.model.engine import measure_rate, resolve_device
+
+    with read_connection() as conn:
+        recorded = training_rates(conn)
+    rates: dict[Shape, Rate] = {}
+    jobs = []
+    for cfg in configs:
+        key = shape(cfg.to_dict())
+        if key not in rates:
+            if key in recorded:
+                rate, n = recorded[key]
+                source = f"{n} earlier epoch(s) at {cfg.image_size} px in the database"
+            else:
+                on_timing(cfg)
+                rate = measure_rate(cfg.image_size, cfg.batch_size, cfg.device, arch=cfg.arch)
+                source = f"timed steps on this machine's {resolve_device(cfg.device).type}"
+            rates[key] = Rate(cfg.arch, cfg.image_size, rate, source)
+        rate = rates[key].images_per_s
+        train, val, evaluated = job_images(cfg)
+        # A forward pass costs about a third of a training step: validation every epoch, evaluation once.
+        seconds = cfg.epochs * (train + val / 3) / rate + (val + evaluated) / (3 * rate)
+        jobs.append(JobEstimate(cfg.voc_class, cfg.epochs, cfg.image_size, train, round(seconds)))
+    return Estimate(jobs, list(rates.values()))
