@@ -33,7 +33,7 @@ class JobEstimate:
     epochs: int
     image_size: int
     train_images: int
-    seconds: int
+    seconds: float  # to a tenth: a tiny network's job can take under a second
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ class Estimate:
     rates: list[Rate]
 
     @property
-    def total_seconds(self) -> int:
-        return sum(j.seconds for j in self.jobs)
+    def total_seconds(self) -> float:
+        return round(sum(j.seconds for j in self.jobs), 1)
 
 
 def job_images(cfg: TrainConfig) -> tuple[int, int, int]:
@@ -84,5 +84,5 @@ def estimate(configs: list[TrainConfig], on_timing: Callable[[TrainConfig], None
         train, val, evaluated = job_images(cfg)
         # A forward pass costs about a third of a training step: validation every epoch, evaluation once.
         seconds = cfg.epochs * (train + val / 3) / rate + (val + evaluated) / (3 * rate)
-        jobs.append(JobEstimate(cfg.voc_class, cfg.epochs, cfg.image_size, train, round(seconds)))
+        jobs.append(JobEstimate(cfg.voc_class, cfg.epochs, cfg.image_size, train, round(seconds, 1)))
     return Estimate(jobs, list(rates.values()))

@@ -88,7 +88,8 @@ def test_a_disk_that_fills_part_way_through_last_pt_says_disk_full(fake_voc, inv
         from vocfleet.db.session import dispose_engines
 
         dispose_engines()
-        assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
+        # ResNet-50's size is the point here: the tiny network's last.pt would fit.
+        assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL, "--arch", "resnet50").exit_code == 0
         assert run_train_job(1) == "failed"
         folder = job_dir()
         with session_scope() as s:

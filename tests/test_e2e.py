@@ -17,7 +17,7 @@ from vocfleet.model.artifacts import ArtifactStore, sha256_file
 from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import evaluate
-from vocfleet.model.net import build_model
+from vocfleet.model.net import detector_model
 from vocfleet.model.splits import prepare_splits
 
 pytestmark = pytest.mark.slow
@@ -25,6 +25,7 @@ SMALL = ["--epochs", "2", "--image-size", "32", "--batch-size", "16", "--max-bat
 
 
 def test_two_classes_end_to_end(shared_voc, data_dir, invoke):
+    """The one end-to-end run of the real ResNet-50: the other tests use the tiny network through the same code."""
     res = invoke("submit", "--classes", "car,dog", "--voc-root", shared_voc, *SMALL)
     assert res.exit_code == 0, res.output
     res = invoke("run")
@@ -44,8 +45,7 @@ def test_two_classes_end_to_end(shared_voc, data_dir, invoke):
         assert sha256_file(path) == det.sha256
         ckpt = load_checkpoint(path)
         cfg = TrainConfig.from_dict(ckpt["config"])
-        model = build_model("scratch")
-        model.load_state_dict(ckpt["model"])
+        model = detector_model(ckpt)
         _, _, ev, _ = prepare_splits(cfg, data_dir / "cache")
         assert evaluate(model, ev, torch.device("cpu"))["ap"] == pytest.approx(det.ap, abs=1e-6)
         assert det.metrics["baseline_accuracy"] == pytest.approx(1 - det.metrics["positives"] / det.metrics["images"])
@@ -55,7 +55,9 @@ def test_killed_run_resumes_from_checkpoint(shared_voc, data_dir):
     """kill -9 the embedded runner mid-job; the next 'vocfleet run' resumes at the next epoch."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     vocfleet = [sys.executable, "-m", "vocfleet"]
-    subprocess.run([*vocfleet, "submit", "--classes", "car", "--voc-root", str(shared_voc), *SMALL[:-1], "12", "--epochs", "3"], env=env, check=True)
+    # The tiny network at 96 px: an epoch takes about a second, so the kill lands mid-job.
+    quick = ["--arch", "tiny", "--image-size", "96", "--batch-size", "16", "--max-batches", "12", "--epochs", "3"]
+    subprocess.run([*vocfleet, "submit", "--classes", "car", "--voc-root", str(shared_voc), *quick], env=env, check=True)
     with session_scope() as s:
         key = s.get(TrainJob, 1).key  # the job's artifact folder
     proc = subprocess.Popen([*vocfleet, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -20,7 +20,7 @@ def test_dry_run_estimates_from_earlier_epochs_and_queues_nothing(fake_voc, invo
     got = json.loads(res.stdout)
     assert got["queued"] is False and [j["class"] for j in got["jobs"]] == ["car", "dog"]
     [rate] = got["rates"]  # the median recorded epoch at this shape: nothing timed
-    assert rate == {"arch": "resnet50", "image_size": 32, "images_per_s": rates[len(rates) // 2], "source": "2 earlier epoch(s) at 32 px in the database"}
+    assert rate == {"arch": "tiny", "image_size": 32, "images_per_s": rates[len(rates) // 2], "source": "2 earlier epoch(s) at 32 px in the database"}
     train = got["jobs"][0]["train_images"]
     assert train == 16  # --max-batches 2 of 8
     assert got["total_seconds"] == sum(j["seconds"] for j in got["jobs"]) > 0
@@ -58,18 +58,22 @@ def test_estimates_read_only_the_latest_epochs(fake_voc, invoke, monkeypatch):
             s.add_all(EpochMetric(job_id=job, epoch=e, train_loss=1, val_loss=1, val_ap=0.5, lr=0.001, seconds=16 / per_s, images_per_s=per_s) for e in (1, 2))
     monkeypatch.setattr(estimates, "RECENT_EPOCHS", 2)
     with listing.read_connection() as conn:
-        assert estimates.training_rates(conn) == {("resnet50", 32): (50.0, 2)}
-        assert list(estimates.epoch_seconds(conn)) == [("resnet50", 32)]
+        assert estimates.training_rates(conn) == {("tiny", 32): (50.0, 2)}
+        assert list(estimates.epoch_seconds(conn)) == [("tiny", 32)]
     monkeypatch.setattr(estimates, "RECENT_EPOCHS", 4)
     with listing.read_connection() as conn:
-        assert estimates.training_rates(conn) == {("resnet50", 32): (50.0, 4)}  # the upper median of 1, 1, 50, 50
+        assert estimates.training_rates(conn) == {("tiny", 32): (50.0, 4)}  # the upper median of 1, 1, 50, 50
 
 
 def test_dry_run_on_an_empty_database_times_a_few_steps(fake_voc, invoke):
-    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL, "--dry-run", "--device", "cpu", "--format", "json")
+    # Steps of the real network are timed (the tiny one's estimate rounds to 0 s).
+    res = invoke(
+        "submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL, "--arch", "resnet50", "--dry-run", "--device", "cpu", "--format", "json"
+    )
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout)
-    assert got["queued"] is False and got["rates"][0]["images_per_s"] > 0 and got["total_seconds"] > 0
+    assert got["queued"] is False and got["total_seconds"] > 0
+    assert [(r["arch"], r["image_size"], r["source"]) for r in got["rates"]] == [("resnet50", 32, "timed steps on this machine's cpu")]
     res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL, "--dry-run", "--device", "cpu")
     assert "timing a few training steps at 32 px" in res.output and "timed steps on this machine's cpu" in res.output
     with session_scope() as s:

@@ -85,7 +85,8 @@ class Fleet:
         for name in list(self.procs):
             self.kill(name, signal.SIGKILL)
 
-    def submit(self, classes: str, epochs: int, max_batches: int = 3) -> None:
+    def submit(self, classes: str, epochs: int, max_batches: int = 3, image_size: int = 32) -> None:
+        """Jobs of the tiny network (the same code as ResNet-50 at 1/8 width): a larger image size paces the epochs."""
         subprocess.run(
             [
                 *VOCFLEET,
@@ -94,10 +95,12 @@ class Fleet:
                 classes,
                 "--voc-root",
                 str(self.voc),
+                "--arch",
+                "tiny",
                 "--epochs",
                 str(epochs),
                 "--image-size",
-                "32",
+                str(image_size),
                 "--batch-size",
                 "8",
                 "--max-batches",
@@ -171,7 +174,7 @@ def test_three_classes_two_workers(fleet):
 def test_kill_9_worker_mid_job_resumes_elsewhere(fleet):
     fleet.start_worker("w0")
     fleet.start_scheduler()
-    fleet.submit("car", epochs=8, max_batches=4)
+    fleet.submit("car", epochs=30, max_batches=4, image_size=96)  # about 0.4 s an epoch
     first = wait_for(lambda: (r := job_rows()[1])[1] >= 2 and r[0] == JobStatus.running and r, 180, "two epochs on the first worker")
     with session_scope() as s:
         epoch1 = s.scalar(select(EpochMetric).where(EpochMetric.epoch == 1))
@@ -181,7 +184,7 @@ def test_kill_9_worker_mid_job_resumes_elsewhere(fleet):
     fleet.wait(lambda: all_finished(1), 240, "the job to finish on the other worker")
     status, epochs, host, attempts = job_rows()[1]
     assert first[2].startswith("w0") and host.startswith("w1") and attempts == 2
-    assert_ran_once_each(8)
+    assert_ran_once_each(30)
     with session_scope() as s:
         epoch1 = s.scalar(select(EpochMetric).where(EpochMetric.epoch == 1))
         assert (epoch1.created_at, epoch1.train_loss) == (epoch1_at, epoch1_loss)  # resumed, not started over
@@ -193,7 +196,7 @@ def test_two_hosts_without_a_shared_disk_resume_from_s3(fleet, s3_root, tmp_path
     hosts = {name: tmp_path / f"host-{name}" for name in ("w0", "w1")}
     fleet.start_worker("w0", env={"VOCFLEET_DATA_DIR": str(hosts["w0"])})
     fleet.start_scheduler()
-    fleet.submit("car", epochs=6, max_batches=4)
+    fleet.submit("car", epochs=20, max_batches=4, image_size=96)
     first = fleet.wait(lambda: (r := job_rows()[1])[1] >= 2 and r[0] == JobStatus.running and r, 180, "two epochs on the first worker")
     with session_scope() as s:
         key = s.get(TrainJob, 1).key
@@ -204,7 +207,7 @@ def test_two_hosts_without_a_shared_disk_resume_from_s3(fleet, s3_root, tmp_path
     fleet.wait(lambda: all_finished(1), 240, "the job to finish on the other worker")
     status, epochs, host, attempts = job_rows()[1]
     assert first[2].startswith("w0") and host.startswith("w1") and attempts == 2
-    assert_ran_once_each(6)
+    assert_ran_once_each(20)
     with session_scope() as s:
         assert s.scalar(select(EpochMetric.train_loss).where(EpochMetric.epoch == 1)) == epoch1_loss  # resumed from S3, not started over
         assert s.scalars(select(Detector)).one().checkpoint_path == f"jobs/{key}/detector.pt"  # in whichever store this database uses
@@ -216,19 +219,19 @@ def test_two_hosts_without_a_shared_disk_resume_from_s3(fleet, s3_root, tmp_path
 def test_redis_restart_mid_run_loses_nothing(fleet):
     fleet.start_worker("w0")
     fleet.start_scheduler()
-    fleet.submit("car,dog,cat", epochs=3)
+    fleet.submit("car,dog,cat", epochs=8, image_size=96)  # the first job still trains when the broker goes
     wait_for(lambda: job_rows()[1][1] >= 1, 180, "the first job to train")
     fleet.redis.stop()  # queued messages for jobs 2 and 3 die with it
     time.sleep(2)
     fleet.redis.start()
     fleet.wait(lambda: all_finished(3), 240, "all jobs to finish after the broker restart")
-    assert_ran_once_each(3)
+    assert_ran_once_each(8)
 
 
 def test_postgres_connections_dropped_worker_recovers(fleet):
     fleet.start_worker("w0")
     fleet.start_scheduler()
-    fleet.submit("car", epochs=6, max_batches=4)
+    fleet.submit("car", epochs=12, max_batches=4, image_size=96)
     wait_for(lambda: job_rows()[1][1] >= 1, 180, "the job to train")
     with get_engine().connect() as conn:
         killed = conn.execute(
@@ -237,18 +240,18 @@ def test_postgres_connections_dropped_worker_recovers(fleet):
     assert killed >= 1
     dispose_engines()
     fleet.wait(lambda: all_finished(1), 240, "the job to finish after its connections were dropped")
-    assert_ran_once_each(6)
+    assert_ran_once_each(12)
 
 
 def test_cancel_running_and_queued(fleet):
     fleet.start_worker("w0")
-    fleet.submit("car,dog", epochs=40, max_batches=4)
+    fleet.submit("car,dog", epochs=200, max_batches=4, image_size=96)
     wait_for(lambda: job_rows()[1][1] >= 1, 180, "the first job to train")
     out = subprocess.run([*VOCFLEET, "cancel", "--all", "-y"], capture_output=True, text=True, check=True).stdout
     assert "job 1: running" in out and "job 2: cancelled" in out
     wait_for(lambda: job_rows()[1][0] == JobStatus.cancelled, 30, "the running job to stop")
     rows = job_rows()
-    assert rows[1][1] < 40 and rows[2][0] == JobStatus.cancelled and rows[2][1] == 0
+    assert rows[1][1] < 200 and rows[2][0] == JobStatus.cancelled and rows[2][1] == 0
     with session_scope() as s:
         assert s.get(TrainJob, 1).error == "cancelled by user"
 
@@ -256,7 +259,9 @@ def test_cancel_running_and_queued(fleet):
 def add_detectors(fleet, tmp_path) -> None:
     """Two small real detectors (car, dog) trained on the fleet's fake VOC tree, made active."""
     for cls in ("car", "dog"):
-        cfg = TrainConfig(voc_class=cls, voc_root=str(fleet.voc), image_size=32, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3)
+        cfg = TrainConfig(
+            voc_class=cls, voc_root=str(fleet.voc), arch="tiny", image_size=32, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3
+        )
         r = fit(cfg, out_dir=tmp_path / "det" / cls, cache_dir=tmp_path / "cache")
         with session_scope() as s:
             s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics=r.metrics))
@@ -306,8 +311,8 @@ def test_one_run_sharded_over_three_workers_survives_kill_9(fleet, tmp_path, mon
     pics = tmp_path / "roots" / "pics"
     pics.mkdir(parents=True)
     sources = sorted(SHARED_VOC.glob("JPEGImages/*.jpg"))[:150] or sorted((fleet.voc / "JPEGImages").glob("*.jpg"))
-    for i in range(600):  # hard links: 600 files in 6 folders to scan and score, little disk
-        folder = pics / f"{i // 100}"
+    for i in range(3000):  # hard links: 3,000 files in 6 folders to scan and score, little disk
+        folder = pics / f"{i // 500}"
         folder.mkdir(exist_ok=True)
         os.link(sources[i % len(sources)], folder / f"img{i:04d}.jpg")
     (pics / "broken.jpg").write_bytes(b"nope")
@@ -316,7 +321,7 @@ def test_one_run_sharded_over_three_workers_survives_kill_9(fleet, tmp_path, mon
     for name in ("w0", "w1", "w2"):
         fleet.start_worker(name, queues="score")
     fleet.start_scheduler()
-    res = invoke("score", pics, "--shard-size", 20)
+    res = invoke("score", pics, "--shard-size", 100)
     assert res.exit_code == 0 and "queued" in res.output, res.output
 
     def w0_mid_shard():
@@ -334,7 +339,7 @@ def test_one_run_sharded_over_three_workers_survives_kill_9(fleet, tmp_path, mon
 
     run = fleet.wait(run_done, 300, "the run to finish without w0")
     assert (run.status, run.error) == (JobStatus.succeeded, None)
-    assert (run.total_files, run.scored_images, run.error_files) == (602, 600, 2)
+    assert (run.total_files, run.scored_images, run.error_files) == (3002, 3000, 2)
     rows = shard_rows()
     assert len(rows) == 31 and all(r.status == JobStatus.succeeded for r in rows)
     took = {r.worker_host.split("-")[0] for r in rows}
@@ -346,5 +351,5 @@ def test_one_run_sharded_over_three_workers_survives_kill_9(fleet, tmp_path, mon
                 "(SELECT folder, rel_path FROM scored_images WHERE run_id = 1 UNION ALL SELECT folder, rel_path FROM file_errors WHERE run_id = 1) f"
             )
         ).one()
-        assert tuple(files) == (602, 602)
-        assert s.execute(text("SELECT count(*), count(DISTINCT (image_id, detector_id)) FROM scores WHERE run_id = 1")).one() == (1200, 1200)
+        assert tuple(files) == (3002, 3002)
+        assert s.execute(text("SELECT count(*), count(DISTINCT (image_id, detector_id)) FROM scores WHERE run_id = 1")).one() == (6000, 6000)

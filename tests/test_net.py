@@ -25,7 +25,7 @@ def test_init_from_state_dict_path(tmp_path):
 
 def test_init_rejects_wrong_state_dict(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "bad.pt")
-    with pytest.raises(ConfigError, match="does not fit ResNet-50"):
+    with pytest.raises(ConfigError, match="does not fit --arch resnet50"):
         build_model(str(tmp_path / "bad.pt"))
 
 

@@ -175,7 +175,7 @@ def test_queries_are_index_scans_on_postgresql(pg_url):
 
 
 def test_report_is_capped(scored, invoke, tmp_path, monkeypatch):
-    import vocfleet.scheduler.report as report
+    import vocfleet.db.reports as report
 
     monkeypatch.setattr(report, "PER_CLASS", 2)
     monkeypatch.setattr(report, "MAX_ERRORS", 1)
