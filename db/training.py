@@ -60,6 +60,20 @@ def record_epoch(s: Session, job_id: int, token: str, record: EpochRecord) -> bo
     return True
 
 
+def record_resumed(s: Session, job_id: int, token: str, history: tuple[EpochRecord, ...]) -> bool:
+    """On resume, store the epochs of ``last.pt`` that no row holds yet (a worker killed after its push, before its row).
+
+    Epochs already stored are left as they are: resuming rewrites nothing.
+    """
+    if owned(s, TrainJob, job_id, token) is None:
+        return False
+    stored = set(s.scalars(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id)))
+    for record in history:
+        if record.epoch not in stored:
+            record_epoch(s, job_id, token, record)
+    return True
+
+
 def finish_job(s: Session, job_id: int, token: str, result: FitResult) -> Detector | None:
     """Mark the job succeeded and record its detector (:func:`registry.record_detector` decides whether it becomes active)."""
     job = owned(s, TrainJob, job_id, token)

@@ -25,7 +25,7 @@ from .artifacts import sha256_file
 from .augment import NoAugment, TrainAugment, host_to_device, preprocess_eval
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .events import BatchProgress, EpochFinished, EpochRecord, FitFinished, FitWarning, Progress
+from .events import BatchProgress, EpochFinished, EpochRecord, FitFinished, FitResumed, FitWarning, Progress
 from .metrics import average_precision, binary_report, choose_threshold
 from .net import AuxLoss, SelectLogit, build_model, single_logit_state, training_autocast
 from .splits import BatchFeeder, RepeatFeeder, SplitData, epoch_positions, fingerprint, prepare_splits
@@ -276,6 +276,8 @@ def fit(
         else:
             log.warning("ignoring %s: written for a different config", last_path)
     resumed_from = start_epoch - 1
+    if resumed_from:
+        emit(FitResumed(tuple(history)))
     feeder = BatchFeeder(train, device)
 
     def on_batch(b: int, n: int) -> None:

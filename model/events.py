@@ -64,6 +64,13 @@ class EpochFinished:
 
 
 @dataclass(frozen=True)
+class FitResumed:
+    """Training resumed from ``last.pt``: the epochs it holds, the last of which a killed worker may never have recorded."""
+
+    history: tuple[EpochRecord, ...]
+
+
+@dataclass(frozen=True)
 class FitWarning:
     """Something the user should see that did not stop training (an unreadable ``last.pt``)."""
 
@@ -77,5 +84,5 @@ class FitFinished:
     metrics: dict[str, Any]
 
 
-Event = CacheProgress | BatchProgress | EpochFinished | FitWarning | FitFinished
+Event = CacheProgress | BatchProgress | EpochFinished | FitResumed | FitWarning | FitFinished
 Progress = Callable[[Event], None]

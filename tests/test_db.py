@@ -57,6 +57,25 @@ def test_epoch_records_are_idempotent(db):
         assert s.get(TrainJob, db).epochs_done == 1
 
 
+def test_a_resume_records_the_epochs_a_killed_worker_left_out(db):
+    from dataclasses import replace
+
+    from vocfleet.db.training import record_resumed
+
+    with session_scope() as s:
+        token = claim_job(s, TrainJob, db, "h")
+    with session_scope() as s:
+        record_epoch(s, db, token, RECORD)  # epoch 1 recorded; epoch 2 pushed to last.pt, then the worker died
+    history = (replace(RECORD, train_loss=9.0), replace(RECORD, epoch=2, val_ap=0.6))  # epoch 1 as last.pt has it
+    with session_scope() as s:
+        assert record_resumed(s, db, token, history)
+        assert not record_resumed(s, db, "other-token", history)
+    with session_scope() as s:
+        rows = s.scalars(select(EpochMetric).order_by(EpochMetric.epoch)).all()
+        assert [(r.epoch, r.train_loss, r.val_ap) for r in rows] == [(1, 0.5, 0.3), (2, 0.5, 0.6)]  # epoch 1 left as it was
+        assert s.get(TrainJob, db).epochs_done == 2
+
+
 def test_lost_claim_cannot_write(db):
     with session_scope() as s:
         claim_job(s, TrainJob, db, "h")

@@ -8,7 +8,7 @@ from vocfleet.model import ConfigError
 from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import Stopped, evaluate, fit
-from vocfleet.model.events import BatchProgress, EpochFinished
+from vocfleet.model.events import BatchProgress, EpochFinished, FitResumed
 from vocfleet.model.net import build_model, detector_model
 from vocfleet.model.splits import prepare_splits
 
@@ -72,11 +72,11 @@ def test_interrupted_fit_resumes_and_matches_uninterrupted(fake_voc, tmp_path, e
     with pytest.raises(Stopped):
         fit(cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache", progress=stop_in_epoch_2)
     assert load_checkpoint(tmp_path / "job" / "last.pt")["epoch"] == 1
-    epochs = []
-    resumed = fit(
-        cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache", progress=lambda e: isinstance(e, EpochFinished) and epochs.append(e.record.epoch)
-    )
-    assert resumed.resumed_from == 1 and epochs == [2, 3]
+    events = []
+    resumed = fit(cfg, out_dir=tmp_path / "job", cache_dir=tmp_path / "cache", progress=events.append)
+    assert resumed.resumed_from == 1 and [e.record.epoch for e in events if isinstance(e, EpochFinished)] == [2, 3]
+    [back] = [e for e in events if isinstance(e, FitResumed)]  # what last.pt holds, for the rows a killed worker left out
+    assert [(h.epoch, h.train_loss) for h in back.history] == [(1, pytest.approx(full.history[0].train_loss, rel=1e-4))]
     assert [h.train_loss for h in resumed.history] == pytest.approx([h.train_loss for h in full.history], rel=1e-4)
     assert resumed.metrics["ap"] == pytest.approx(full.metrics["ap"], abs=1e-4)
 

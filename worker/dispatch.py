@@ -66,11 +66,14 @@ def enqueue(table: Work, ids: Iterable[int]) -> int:
     from .celery_app import app
 
     name, queue = TASKS[table]
+    url = get_settings().broker_url
     sent = []
     try:
-        for row_id in ids:
-            app.send_task(name, args=[row_id], queue=queue)
-            sent.append(row_id)
+        # The broker the settings name now: the app keeps the URL it was configured with at import.
+        with app.connection_for_write(url) as conn:
+            for row_id in ids:
+                app.send_task(name, args=[row_id], queue=queue, connection=conn)
+                sent.append(row_id)
     except Exception as exc:  # noqa: BLE001 - kombu raises several types for "broker away"
         if _refused(exc):  # it answered, and said no: a wrong URL, not an outage that passes
             raise _refusal(get_settings().broker_url, exc) from None

@@ -24,13 +24,13 @@ from vocfleet.db.models import JobStatus, TrainJob
 from vocfleet.db.registry import missing_fingerprint, set_fingerprint
 from vocfleet.db.session import DatabaseGone, session_scope
 from vocfleet.db.settings import get_settings
-from vocfleet.db.training import finish_job, record_epoch
+from vocfleet.db.training import finish_job, record_epoch, record_resumed
 from vocfleet.model import ConfigError, StoreUnavailable
 from vocfleet.model.artifacts import RESUME_FILES, ArtifactStore
 from vocfleet.model.checkpoint import DiskFull
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import FitResult, Stopped, fit
-from vocfleet.model.events import EpochFinished, Event, Progress
+from vocfleet.model.events import EpochFinished, Event, FitResumed, Progress
 from vocfleet.model.splits import fingerprint, prepare_splits
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,9 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             store.push(key, RESUME_FILES)  # first: the row never counts an epoch that a resume could not find
             with session_scope() as s:
                 record_epoch(s, job_id, token, event.record)
+        elif isinstance(event, FitResumed):  # a worker killed between its push and its row: the epoch is recorded now
+            with session_scope() as s:
+                record_resumed(s, job_id, token, event.history)
         show(progress, event)
 
     with Heartbeat(TrainJob, job_id, token, settings.heartbeat_seconds) as hb:

@@ -1,0 +1,161 @@
+"""The fleet the fleet tests run: a private redis-server, `vocfleet worker` and `scheduler` subprocesses, and what they check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from tests.support import connectable, wait_for
+from vocfleet.db.models import Detector, JobStatus, ScoreShard, TrainJob
+from vocfleet.db.session import session_scope
+from vocfleet.model.config import TrainConfig
+from vocfleet.model.engine import fit
+
+VOCFLEET = [sys.executable, "-m", "vocfleet"]
+REDIS = shutil.which("redis-server")
+
+
+class Redis:
+    """A private, restartable redis-server (no persistence, like the default broker here)."""
+
+    def __init__(self, port: int, workdir: Path):
+        self.port, self.workdir, self.proc = port, workdir, None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: connectable(self.port), 20, "redis-server to accept connections")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Fleet:
+    def __init__(self, tmp: Path, voc: Path):
+        self.tmp, self.voc = tmp, voc
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start_worker(self, name: str, queues: str = "train,score", env: dict[str, str] | None = None) -> None:
+        log = open(self.tmp / f"{name}.log", "w")
+        self.procs[name] = subprocess.Popen(
+            [*VOCFLEET, "worker", "--gpus", "none", "--name", name, "--queues", queues, "--loglevel", "info"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_ready(self, *names: str, timeout: float = 120) -> None:
+        """Until each named worker says it is ready (its queues are bound: a message sent before would find no queue)."""
+        for name in names:
+            self.wait(lambda n=name: " ready." in (self.tmp / f"{n}.log").read_text(), timeout, f"worker {name} to be ready")
+
+    def start_scheduler(self) -> None:
+        log = open(self.tmp / "scheduler.log", "w")
+        self.procs["scheduler"] = subprocess.Popen(
+            [*VOCFLEET, "scheduler", "--interval", "1", "--resend-after", "3"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, name: str, sig=signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        try:
+            os.killpg(proc.pid, sig)  # the worker and its forked child: the whole host is gone
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=60)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGKILL)
+
+    def submit(self, classes: str, epochs: int, max_batches: int = 3, image_size: int = 32) -> None:
+        """Jobs of the tiny network (the same code as ResNet-50 at 1/8 width): a larger image size paces the epochs."""
+        subprocess.run(
+            [
+                *VOCFLEET,
+                "submit",
+                "--classes",
+                classes,
+                "--voc-root",
+                str(self.voc),
+                "--arch",
+                "tiny",
+                "--epochs",
+                str(epochs),
+                "--image-size",
+                str(image_size),
+                "--batch-size",
+                "8",
+                "--max-batches",
+                str(max_batches),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+
+    def wait(self, predicate, timeout: float, what: str):
+        """wait_for, with the job rows and every process's log in the failure message."""
+        try:
+            return wait_for(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{job_rows()}\n{self.logs()}") from None
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+
+
+FLEET_ENV = {"VOCFLEET_HEARTBEAT_SECONDS": "0.5", "VOCFLEET_STALE_SECONDS": "5", "VOCFLEET_VISIBILITY_TIMEOUT": "30", "PYTHONUNBUFFERED": "1"}
+
+
+def job_rows():
+    with session_scope() as s:
+        return {j.id: (j.status, j.epochs_done, j.worker_host, j.attempts) for j in s.scalars(select(TrainJob))}
+
+
+def all_finished(n: int):
+    rows = job_rows()
+    return len(rows) == n and all(st.finished for st, *_ in rows.values())
+
+
+def assert_ran_once_each(epochs: int):
+    with session_scope() as s:
+        for job in s.scalars(select(TrainJob)):
+            assert job.status == JobStatus.succeeded, (job, job.error)
+            assert [e.epoch for e in job.epochs] == list(range(1, epochs + 1))
+            assert s.scalar(select(func.count()).select_from(Detector).where(Detector.job_id == job.id)) == 1
+        assert s.scalar(select(func.count()).select_from(Detector).where(Detector.active.is_(True))) == len(job_rows())
+
+
+def add_detectors(fleet, tmp_path) -> None:
+    """Two small real detectors (car, dog) trained on the fleet's fake VOC tree, made active."""
+    for cls in ("car", "dog"):
+        cfg = TrainConfig(
+            voc_class=cls, voc_root=str(fleet.voc), arch="tiny", image_size=32, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3
+        )
+        r = fit(cfg, out_dir=tmp_path / "det" / cls, cache_dir=tmp_path / "cache")
+        with session_scope() as s:
+            s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics=r.metrics))
+
+
+def shard_rows(run_id: int = 1):
+    with session_scope() as s:
+        return s.execute(
+            select(ScoreShard.number, ScoreShard.status, ScoreShard.worker_host, ScoreShard.attempts)
+            .where(ScoreShard.run_id == run_id)
+            .order_by(ScoreShard.number)
+        ).all()

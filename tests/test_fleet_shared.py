@@ -1,0 +1,154 @@
+"""The fleet for real on two workers shared by these tests (they kill no worker): three classes, a broker restart,
+dropped database connections, cancel, twenty scoring runs at once."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from tests.fleet import FLEET_ENV, REDIS, VOCFLEET, Fleet, Redis, add_detectors, all_finished, assert_ran_once_each, job_rows
+from tests.support import PG_URL, free_port, make_fake_voc, wait_for
+from vocfleet.db.models import Base, JobStatus, ScoreRun, ScoreShard, TrainJob
+from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def shared_workers(tmp_path_factory):
+    """Redis, a fresh PostgreSQL schema and two workers (w0, w1 on the train and score queues), started once
+    for the tests that kill no worker: starting workers (Python, torch, Celery) is most of a fleet test's time."""
+    if REDIS is None:
+        pytest.skip("redis-server is not installed")
+    tmp = tmp_path_factory.mktemp("fleet")
+    voc = make_fake_voc(tmp / "VOC2007", n=64, classes=("car", "dog", "cat"))
+    redis = Redis(free_port(), tmp)
+    redis.start()
+    env = {
+        **FLEET_ENV,
+        "VOCFLEET_DATABASE_URL": PG_URL,
+        "VOCFLEET_BROKER_URL": f"redis://127.0.0.1:{redis.port}/0",
+        "VOCFLEET_DATA_DIR": str(tmp / "data"),
+        "VOCFLEET_SCORE_ROOTS": str(tmp / "roots"),
+    }
+    (tmp / "roots").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        dispose_engines()
+        with get_engine().begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        dispose_engines()
+        ensure_schema()
+        f = Fleet(tmp, voc)
+        f.redis, f.env = redis, env
+        for name in ("w0", "w1"):
+            f.start_worker(name)
+        f.wait_ready("w0", "w1")
+        f.shared = set(f.procs)
+    yield f
+    f.stop_all()
+    redis.stop()
+    dispose_engines()
+
+
+@pytest.fixture
+def shared_fleet(shared_workers, monkeypatch):
+    """The shared workers with empty tables: each test starts at job 1 and run 1, as with a fleet of its own."""
+    f = shared_workers
+    for name, value in f.env.items():
+        monkeypatch.setenv(name, value)
+    dispose_engines()
+    if f.redis.proc.poll() is not None:  # a test that restarted the broker failed half-way
+        f.redis.start()
+    dead = [name for name in f.shared if name not in f.procs or f.procs[name].poll() is not None]
+    assert not dead, f"shared worker(s) {dead} died in an earlier test:\n{f.logs()}"
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with get_engine().begin() as conn:
+        conn.execute(text("SET LOCAL lock_timeout = '20s'"))
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield f
+    for name in set(f.procs) - f.shared:  # the scheduler and any extra process of this test
+        f.kill(name)
+    dispose_engines()
+
+
+def test_three_classes_two_workers(shared_fleet):
+    fleet = shared_fleet
+    fleet.submit("car,dog,cat", epochs=2)
+    fleet.wait(lambda: all_finished(3), 240, "three jobs to finish")
+    assert_ran_once_each(2)
+    assert all(attempts == 1 for *_, attempts in job_rows().values())
+
+
+def test_redis_restart_mid_run_loses_nothing(shared_fleet):
+    fleet = shared_fleet
+    fleet.start_scheduler()
+    fleet.submit("car,dog,cat", epochs=8, image_size=96)  # the first job still trains when the broker goes
+    wait_for(lambda: job_rows()[1][1] >= 1, 180, "the first job to train")
+    fleet.redis.stop()  # the queued message of job 3 dies with it (both workers are busy)
+    time.sleep(2)
+    fleet.redis.start()
+    fleet.wait(lambda: all_finished(3), 240, "all jobs to finish after the broker restart")
+    assert_ran_once_each(8)
+
+
+def test_postgres_connections_dropped_worker_recovers(shared_fleet):
+    fleet = shared_fleet
+    fleet.start_scheduler()
+    fleet.submit("car", epochs=12, max_batches=4, image_size=96)
+    wait_for(lambda: job_rows()[1][1] >= 1, 180, "the job to train")
+    with get_engine().connect() as conn:
+        killed = conn.execute(
+            text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        ).scalar()
+    assert killed >= 1
+    dispose_engines()
+    fleet.wait(lambda: all_finished(1), 240, "the job to finish after its connections were dropped")
+    assert_ran_once_each(12)
+
+
+def test_cancel_running_and_queued(shared_fleet):
+    fleet = shared_fleet
+    fleet.submit("car,dog,cat", epochs=200, max_batches=4, image_size=96)  # two run (one per worker), one waits
+    wait_for(lambda: (r := job_rows())[1][1] >= 1 and r[2][1] >= 1, 180, "two jobs to train")
+    out = subprocess.run([*VOCFLEET, "cancel", "--all", "-y"], capture_output=True, text=True, check=True).stdout
+    assert "job 1: running" in out and "job 2: running" in out and "job 3: cancelled" in out
+    wait_for(lambda: all_finished(3), 30, "the running jobs to stop")
+    rows = job_rows()
+    assert all(rows[j][0] == JobStatus.cancelled and rows[j][1] < 200 for j in (1, 2)) and rows[3][:2] == (JobStatus.cancelled, 0)
+    with session_scope() as s:
+        assert [j.error for j in s.scalars(select(TrainJob).order_by(TrainJob.id))][:2] == ["cancelled by user"] * 2
+
+
+def test_twenty_scoring_runs_at_once(shared_fleet, tmp_path, invoke):
+    fleet = shared_fleet
+    add_detectors(fleet, tmp_path)
+    pics = Path(fleet.env["VOCFLEET_SCORE_ROOTS"]) / "pics"  # the root the workers were started to read
+    pics.mkdir()
+    for i, p in enumerate(sorted((fleet.voc / "JPEGImages").glob("*.jpg"))[:12]):
+        shutil.copy(p, pics / f"img{i}.jpg")
+    (pics / "broken.jpg").write_bytes(b"nope")
+    fleet.start_scheduler()  # as in a real fleet: re-sends what a broker lost (tested on its own elsewhere)
+
+    for _ in range(19):  # submitted back to back, before the workers get far
+        res = invoke("score", pics)
+        assert res.exit_code == 0 and "queued" in res.output, res.output
+    res = invoke("score", pics, "--wait")
+    assert res.exit_code == 0 and "run 20 succeeded: 13 of 13 files" in res.output, res.output
+
+    def done():
+        with session_scope() as s:
+            runs = s.scalars(select(ScoreRun)).all()
+            return len(runs) == 20 and all(r.status.finished for r in runs) and runs
+
+    runs = fleet.wait(done, 240, "twenty scoring runs")
+    assert all((r.status, r.total_files, r.scored_images, r.error_files) == (JobStatus.succeeded, 13, 12, 1) for r in runs)
+    with session_scope() as s:  # the scoring itself (the shards) spread over both workers
+        assert {h.split("-")[0] for h in s.scalars(select(ScoreShard.worker_host))} == {"w0", "w1"}
