@@ -41,7 +41,7 @@ def training(fake_voc, invoke, monkeypatch):
 def test_run_stopped_by_a_signal_hands_its_job_back(training, sig):
     training.send_signal(sig)
     _, err = training.communicate(timeout=60)
-    assert training.returncode == 128 + sig
+    assert training.returncode == 128 + sig, err
     assert f"interrupted by {sig.name}: job 1 will resume from its last checkpoint" in err and "Traceback" not in err
     status, epochs, error = job()
     assert status == JobStatus.queued and epochs >= 1 and "interrupted" in error
