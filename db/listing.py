@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from .settings import get_settings, read_only_sqlite
-from .states import SCHEMA_HEAD, as_utc
+from .states import SCHEMA_HEAD, as_utc, utcnow
 
 
 def _driver_connection(url: str) -> Any | None:
@@ -133,3 +133,27 @@ def run_rows(conn: Any) -> list[dict[str, Any]]:
         }
         for r in fetch_rows(conn, sql)
     ]
+
+
+QUEUE_TABLES = {"train": ("train_jobs",), "score": ("score_runs", "score_shards")}
+
+
+def idle_queues(conn: Any, stale_after: timedelta) -> dict[str, int]:
+    """Queues with work waiting and no live worker consuming them ({queue: rows waiting}), read on the bare driver.
+
+    A worker is live while it has not said it stopped and its heartbeat is younger than ``stale_after``.
+    """
+    oldest = utcnow() - stale_after
+    live: set[str] = set()
+    for r in fetch_rows(conn, "SELECT queues, heartbeat_at, stopped_at FROM workers"):
+        beat = timestamp(r["heartbeat_at"])
+        if r["stopped_at"] is None and beat is not None and beat >= oldest:
+            live.update(r["queues"].split(","))
+    waiting = {}
+    for queue, tables in QUEUE_TABLES.items():
+        if queue in live:
+            continue
+        n = sum(next(fetch_rows(conn, f"SELECT count(*) AS n FROM {t} WHERE status = 'queued'"))["n"] for t in tables)
+        if n:
+            waiting[queue] = n
+    return waiting

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Enum, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Boolean, Column, DateTime, Enum, ForeignKey, Index, String, Table, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -234,3 +234,27 @@ class FileError(RunFile, Base):
 
     def __repr__(self) -> str:
         return f"FileError(run={self.run_id}, path={self.rel_path!r}, reason={self.reason!r})"
+
+
+class Worker(Base):
+    """A fleet worker as it says itself: where, which queues, which vocfleet, which device, and its heartbeat.
+
+    ``vocfleet workers`` lists them; what each holds is read from the rows of work it claimed.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # the Celery node name, as on the rows it claims
+    host: Mapped[str] = mapped_column(String(200))
+    queues: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(50))
+    device: Mapped[str] = mapped_column(String(100))
+    pid: Mapped[int]
+    holding: Mapped[str | None] = mapped_column(String(100), default=None)  # unused: kept for what a worker may report later
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+# One row, written by 'vocfleet db upgrade': the oldest schema revision whose code may still run on this database.
+schema_compat = Table("schema_compat", Base.metadata, Column("oldest_code", String(32), nullable=False))

@@ -34,6 +34,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+class SchemaMismatch(Exception):
+    """The database's schema and this code's do not match, and this process may not change it: one line says what to run."""
+
+
 class DatabaseGone(Exception):
     """The SQLite file was deleted or replaced while this process used it, or is missing beside earlier work: one line."""
 
@@ -173,6 +177,7 @@ def upgrade_database(url: str | None = None) -> None:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+            _record_compat(conn, cfg)
         return
     # A connection of its own: the driver's implicit transactions off, one BEGIN IMMEDIATE around
     # every migration. Foreign keys off first (the pragma is ignored inside a transaction): SQLite
@@ -185,6 +190,7 @@ def upgrade_database(url: str | None = None) -> None:
             try:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
+                _record_compat(conn, cfg)
                 conn.exec_driver_sql("COMMIT")
             except BaseException:
                 conn.exec_driver_sql("ROLLBACK")
@@ -194,11 +200,50 @@ def upgrade_database(url: str | None = None) -> None:
     engine.dispose()  # pooled connections may hold the old schema's statements
 
 
-def schema_revision(url: str | None = None) -> str | None:
-    """The database's Alembic revision, or None if it has no schema yet."""
+def oldest_compatible(cfg) -> str:  # noqa: ANN001 - alembic's Config, imported only here
+    """The oldest revision whose code can run on a schema at head: down from head past each migration marked ``older_code_ok``."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(cfg)
+    rev = script.get_revision("head")
+    while getattr(rev.module, "older_code_ok", False) and rev.down_revision:
+        rev = script.get_revision(rev.down_revision)
+    return rev.revision
+
+
+def _record_compat(conn, cfg) -> None:  # noqa: ANN001
+    conn.execute(text("DELETE FROM schema_compat"))
+    conn.execute(text("INSERT INTO schema_compat (oldest_code) VALUES (:r)"), {"r": oldest_compatible(cfg)})
+
+
+def _oldest_code(url: str) -> str | None:
+    """What the database says is the oldest code that may run on it (None: it does not say)."""
     try:
         with get_engine(url).connect() as conn:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return conn.execute(text("SELECT oldest_code FROM schema_compat")).scalar()
+    except SQLAlchemyError:
+        return None
+
+
+def _where(url: str) -> str:
+    return url.split("@")[-1]
+
+
+def schema_revision(url: str | None = None) -> str | None:
+    """The database's Alembic revision, or None if it has no schema yet.
+
+    Raises:
+        SchemaMismatch: the revision is not one of vocfleet's (another application's tables).
+    """
+    try:
+        with get_engine(url).connect() as conn:
+            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        if revision is not None and not revision.isdigit():
+            raise SchemaMismatch(
+                f"the database at {_where(url or get_settings().database_url)} holds another application's schema "
+                f"(Alembic revision {revision!r}): point VOCFLEET_DATABASE_URL at a database of vocfleet's own"
+            )
+        return revision
     except ProgrammingError:  # PostgreSQL: no such table
         return None
     except OperationalError as exc:  # SQLite says "no such table" this way; anything else is real
@@ -217,8 +262,58 @@ def ensure_schema(url: str | None = None) -> None:
     path = _sqlite_path(url)
     if path is not None and path.parent != get_settings().data_dir and not path.parent.is_dir():
         raise DatabaseGone(f"VOCFLEET_DATABASE_URL={url!r}: the folder {path.parent} does not exist; create it, or fix the URL")
-    if schema_revision(url) != SCHEMA_HEAD:
+    revision = schema_revision(url)
+    if revision is not None and int(revision) > int(SCHEMA_HEAD):
+        _check_newer(url, revision)
+    elif revision != SCHEMA_HEAD:
         if path is not None and read_only_sqlite(path):
             raise DatabaseGone(f"the database {path} is read-only here and older than this vocfleet: run 'vocfleet db upgrade' where it can be written")
-        upgrade_database(url)
+        if revision is not None and path is None:  # a shared database: workers of the old code may be running on it
+            raise _needs_upgrade(url, revision)
+        upgrade_database(url)  # a new database, or the embedded SQLite file (one user)
     _current.add(url)
+
+
+def _needs_upgrade(url: str, revision: str | None) -> SchemaMismatch:
+    has = "no schema yet" if revision is None else f"schema {revision}"
+    return SchemaMismatch(
+        f"the database at {_where(url)} has {has} and this vocfleet {_version()} needs {SCHEMA_HEAD}: "
+        "run 'vocfleet db upgrade' once for the fleet (docs/fleet.md: upgrading a running fleet)"
+    )
+
+
+def check_schema(url: str | None = None) -> str | None:
+    """For processes that never migrate (fleet workers): the schema is current, or newer and still compatible.
+
+    Returns:
+        The database's revision.
+    Raises:
+        SchemaMismatch: no schema, an older one, or a newer one this code cannot run on.
+    """
+    url = url or get_settings().database_url
+    revision = schema_revision(url)
+    if revision is not None and int(revision) > int(SCHEMA_HEAD):
+        _check_newer(url, revision)
+    elif revision != SCHEMA_HEAD:
+        raise _needs_upgrade(url, revision)
+    return revision
+
+
+def _version() -> str:
+    from vocfleet import __version__
+
+    return __version__
+
+
+def _check_newer(url: str, revision: str) -> None:
+    """A schema newer than this code: allowed if the database says code of SCHEMA_HEAD may still run on it."""
+    oldest = _oldest_code(url)
+    if oldest is not None and int(oldest) <= int(SCHEMA_HEAD):
+        log.warning(
+            "the database at %s has schema %s, newer than this vocfleet %s (%s), which may still run on it", _where(url), revision, _version(), SCHEMA_HEAD
+        )
+        return
+    raise SchemaMismatch(
+        f"the database at {_where(url)} has schema {revision}, newer than this vocfleet {_version()} can run on "
+        f"(it knows up to {SCHEMA_HEAD}{f'; the database needs {oldest} or newer' if oldest else ''}): upgrade vocfleet on this host"
+    )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import time
 
 import pytest
 from sqlalchemy import select, text
@@ -54,6 +57,30 @@ def test_kill_9_worker_mid_job_resumes_elsewhere(fleet):
         epoch1 = s.scalar(select(EpochMetric).where(EpochMetric.epoch == 1))
         assert (epoch1.created_at, epoch1.train_loss) == (epoch1_at, epoch1_loss)  # resumed, not started over
     assert "requeued" in (fleet.tmp / "scheduler.log").read_text()
+
+
+def test_sigterm_drains_a_worker_its_job_continues_elsewhere_at_once(fleet, monkeypatch, invoke):
+    """docker compose stop: SIGTERM to the worker's main process. The job is handed back at the next batch and
+    re-sent, so the other worker resumes it at once: no scheduler runs and the stale timeout is ten minutes."""
+    monkeypatch.setenv("VOCFLEET_STALE_SECONDS", "600")
+    fleet.start_worker("w0")
+    fleet.submit("car", epochs=30, max_batches=4, image_size=96)
+    wait_for(lambda: (r := job_rows()[1])[1] >= 2 and r[0] == JobStatus.running, 180, "two epochs on the first worker")
+    fleet.start_worker("w1")
+    fleet.wait_ready("w1")
+    w0 = fleet.procs.pop("w0")
+    stopped_at = time.monotonic()
+    w0.send_signal(signal.SIGTERM)  # the main process only, as a container runtime does
+    assert w0.wait(timeout=60) == 0
+    assert time.monotonic() - stopped_at < 30  # it did not wait for the job's 28 remaining epochs
+    fleet.wait(lambda: job_rows()[1][2].startswith("w1") and job_rows()[1], 60, "the job to move to w1")
+    fleet.wait(lambda: all_finished(1), 240, "the job to finish on w1")
+    status, epochs, host, attempts = job_rows()[1]
+    assert status == JobStatus.succeeded and attempts == 2
+    assert_ran_once_each(30)
+    assert "handed back by a worker shutting down" in (fleet.tmp / "w0.log").read_text()
+    rows = json.loads(invoke("workers", "--all", "--format", "json").stdout)
+    assert {r["name"].split("-")[0]: r["state"] for r in rows} == {"w0": "stopped", "w1": "live"}
 
 
 def test_two_hosts_without_a_shared_disk_resume_from_s3(fleet, s3_root, tmp_path):

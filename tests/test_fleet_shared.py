@@ -3,6 +3,7 @@ dropped database connections, cancel, twenty scoring runs at once."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -152,3 +153,24 @@ def test_twenty_scoring_runs_at_once(shared_fleet, tmp_path, invoke):
     assert all((r.status, r.total_files, r.scored_images, r.error_files) == (JobStatus.succeeded, 13, 12, 1) for r in runs)
     with session_scope() as s:  # the scoring itself (the shards) spread over both workers
         assert {h.split("-")[0] for h in s.scalars(select(ScoreShard.worker_host))} == {"w0", "w1"}
+
+
+def test_workers_say_who_they_are_and_what_they_hold(shared_fleet, invoke):
+    from vocfleet import __version__
+
+    fleet = shared_fleet
+    fleet.submit("car", epochs=200, max_batches=4, image_size=96)
+    wait_for(lambda: job_rows()[1][1] >= 1, 180, "the job to train")
+    rows = {r["name"].split("-")[0]: r for r in json.loads(invoke("workers", "--format", "json").stdout)}
+    assert set(rows) == {"w0", "w1"}  # unique node names: name, queues and device at the host
+    for name, r in rows.items():
+        assert r["name"].startswith(f"{name}-train+score-cpu@") and (r["queues"], r["version"], r["device"], r["state"]) == (
+            "score,train",
+            __version__,
+            "cpu",
+            "live",
+        )
+    holder = job_rows()[1][2].split("-")[0]
+    assert rows[holder]["holding"] == "job 1" and rows[{"w0": "w1", "w1": "w0"}[holder]]["holding"] is None
+    assert subprocess.run([*VOCFLEET, "cancel", "1", "-y"], capture_output=True, text=True).returncode == 0
+    wait_for(lambda: all_finished(1), 30, "the job to stop")

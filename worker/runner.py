@@ -33,8 +33,22 @@ from vocfleet.model.engine import FitResult, Stopped, fit
 from vocfleet.model.events import EpochFinished, Event, FitResumed, Progress
 from vocfleet.model.splits import fingerprint, prepare_splits
 
+from .drain import DRAIN
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+HANDED_BACK = "handed back by a worker shutting down; another worker resumes it"
+
+
+def requeue(table: Work, row_id: int, token: str) -> Outcome:
+    """Hand a row back and send it to the broker again at once (not after the stale timeout)."""
+    from .dispatch import enqueue
+
+    hand_back(table, row_id, token, HANDED_BACK)
+    enqueue(table, [row_id])
+    log.warning("%s %d: %s", table.__tablename__, row_id, HANDED_BACK)
+    return Outcome.queued
 
 
 class Outcome(enum.StrEnum):
@@ -73,7 +87,11 @@ class Heartbeat:
                 return
 
     def should_stop(self) -> bool:
-        return self.state != "ok"
+        return self.state != "ok" or DRAIN.is_set()
+
+    def draining(self) -> bool:
+        """Stopped because this worker is shutting down, still holding the row (not cancelled, not lost)."""
+        return DRAIN.is_set() and self.state == "ok"
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -127,6 +145,8 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
                 with session_scope() as s:
                     end_job(s, TrainJob, job_id, token, JobStatus.cancelled, "cancelled by user")
                 return Outcome.cancelled
+            if hb.draining():  # the checkpoint of the last epoch is where another worker resumes
+                return requeue(TrainJob, job_id, token)
             log.warning("job %d: claim lost (reaped or re-delivered); leaving it to its new owner", job_id)
             return Outcome.skipped
         except (

@@ -26,7 +26,7 @@ from vocfleet.model.engine import Stopped, resolve_device
 from vocfleet.model.scan import FileEntry, entry_key, iter_scan
 from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
-from .runner import Heartbeat, NotClaimed, Outcome, claim, hand_back, show
+from .runner import Heartbeat, NotClaimed, Outcome, claim, hand_back, requeue, show
 from .safety import check_score_folder
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def run_score_run(
                 with session_scope() as s:
                     end_job(s, ScoreRun, run_id, token, JobStatus.cancelled, "cancelled by user")
                 return Outcome.cancelled
-            return Outcome.skipped
+            return requeue(ScoreRun, run_id, token) if hb.draining() else Outcome.skipped
         except ConfigError as exc:  # a folder gone or outside the scoring roots: fail once
             with session_scope() as s:
                 end_job(s, ScoreRun, run_id, token, JobStatus.failed, str(exc))
@@ -192,7 +192,9 @@ def run_score_shard(shard_id: int, *, tally: Tally | None = None, host: str | No
             _score_shard(shard_id, token, run_id, hb, tally or Tally(None))
         except Stopped as exc:
             cancelled = isinstance(exc, RunCancelled) or hb.state == "cancel"
-            return end(JobStatus.cancelled, "cancelled by user") if cancelled else Outcome.skipped
+            if cancelled:
+                return end(JobStatus.cancelled, "cancelled by user")
+            return requeue(ScoreShard, shard_id, token) if hb.draining() else Outcome.skipped
         except ConfigError as exc:  # bad input, a detector file gone (DetectorUnavailable): fail once
             return end(JobStatus.failed, str(exc))
         except (KeyboardInterrupt, OperationalError):

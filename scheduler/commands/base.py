@@ -185,3 +185,19 @@ class Finite(click.ParamType):
 
 
 ID = click.IntRange(1, 2**31 - 1)  # the databases' integer ids: a larger number is one line, not a traceback
+
+
+def warn_idle_queue(conn: Any, queue: str) -> None:
+    """In a fleet: say on stderr when work waits in ``queue`` and no live worker consumes it."""
+    settings = get_settings()
+    if not settings.broker_url:
+        return
+    from vocfleet.db.listing import idle_queues
+
+    waiting = idle_queues(conn, timedelta(seconds=settings.stale_seconds)).get(queue)
+    if waiting:
+        click.echo(
+            f"warning: {waiting} row(s) wait in the '{queue}' queue and no live worker takes it: "
+            f"start 'vocfleet worker --queues {queue}' on a host ('vocfleet workers' lists those alive)",
+            err=True,
+        )

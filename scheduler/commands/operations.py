@@ -14,7 +14,7 @@ import click
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 
-from .base import ID, Finite, action_format_option, database, emit, say, stale_option, stale_window, takeback_note
+from .base import ID, Finite, action_format_option, database, emit, format_option, say, stale_option, stale_window, takeback_note
 
 resend_option = click.option("--resend-after", type=Finite(0), default=60.0, help="Re-send rows queued this long when the broker's queue is empty.")
 
@@ -186,11 +186,80 @@ def db() -> None:
 
 @db.command("upgrade")
 def db_upgrade() -> None:
-    """Create or upgrade the schema to the newest migration (the fleet's migration step)."""
-    from vocfleet.db.session import upgrade_database
+    """Create or upgrade the schema to this vocfleet's newest migration (the fleet's one migration step)."""
+    from vocfleet.db.session import check_schema, schema_revision, upgrade_database
+    from vocfleet.db.states import SCHEMA_HEAD
 
+    where = get_settings().database_url.split("@")[-1]
+    before = schema_revision()
+    if before is not None and int(before) >= int(SCHEMA_HEAD):
+        check_schema()  # newer: one line unless this code may still run on it
+        click.echo(f"database at {where} already has schema {before} (this vocfleet's newest: {SCHEMA_HEAD}); nothing to do")
+        return
     upgrade_database()
-    click.echo(f"database at newest schema: {get_settings().database_url.split('@')[-1]}")
+    click.echo(f"database at {where}: schema {before or 'none'} -> {SCHEMA_HEAD}")
+
+
+@db.command("check")
+@format_option
+def db_check(fmt: str) -> None:
+    """Say whether this vocfleet can run on the database as it is (exit 1 if not), without changing it."""
+    from vocfleet import __version__
+    from vocfleet.db.session import SchemaMismatch, check_schema, schema_revision
+    from vocfleet.db.states import SCHEMA_HEAD
+
+    revision = schema_revision()
+    try:
+        check_schema()
+        problem = None
+    except SchemaMismatch as exc:
+        problem = str(exc)
+    row = {
+        "database": get_settings().database_url.split("@")[-1],
+        "schema": revision,
+        "code_schema": SCHEMA_HEAD,
+        "version": __version__,
+        "ok": problem is None,
+    }
+    if fmt == "json":
+        emit(fmt, {**row, "problem": problem})
+    else:
+        said = "ok" if problem is None else problem
+        click.echo(f"database {row['database']}: schema {revision or 'none'}; this vocfleet {__version__} runs on {SCHEMA_HEAD}: {said}")
+    if problem is not None:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--all", "show_all", is_flag=True, help="Include workers that stopped or went silent.")
+@stale_option
+@format_option
+def workers(show_all: bool, stale_after: float | None, fmt: str) -> None:
+    """Fleet workers: host, queues, vocfleet version, device, what each holds, seconds since its heartbeat."""
+    from vocfleet.db.workers import worker_rows
+
+    from ..output import render
+
+    with database() as s:
+        rows = worker_rows(s, stale_window(stale_after), include_gone=show_all)
+    if not rows:
+        click.echo("no live workers: start one with 'vocfleet worker' (--all lists those that stopped)")
+        return
+    click.echo(render(rows, ["name", "host", "queues", "version", "device", "state", "holding", "heartbeat_s"], fmt))
+
+
+@click.command()
+@click.option("--voc-root", type=click.Path(), envvar="VOCFLEET_VOC_ROOT", default=None, help="A VOC folder to check [env VOCFLEET_VOC_ROOT].")
+@format_option
+def doctor(voc_root: str | None, fmt: str) -> None:
+    """Check this host: database and schema, broker, artifact store, score roots, VOC root, GPUs, workers (exit 1 on a failure)."""
+    from ..doctor import FAIL, run_checks
+    from ..output import render
+
+    checks = run_checks(voc_root)
+    click.echo(render([{"check": c.name, "status": c.status, "detail": c.detail} for c in checks], ["check", "status", "detail"], fmt))
+    if any(c.status == FAIL for c in checks):
+        sys.exit(1)
 
 
 def _visible_gpus() -> list[str]:
@@ -234,12 +303,16 @@ def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
         devices = [g.strip() for g in gpus.split(",") if g.strip()]
         if not all(g.isdigit() for g in devices):
             raise ConfigError(f"--gpus {gpus!r}: use 'auto', 'none' or indices like 0,1")
-    # No schema upgrade here: many hosts starting at once would race; 'vocfleet db upgrade' (the
-    # compose 'migrate' step) or any submit creates it.
+    # Never a migration here: a worker runs on the schema as it is, or refuses in one line
+    # ('vocfleet db upgrade', the compose 'migrate' step, is the fleet's one migration step).
+    from vocfleet.db.session import check_schema
+
+    check_schema()
     procs = []
     for dev in devices:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if dev is None else dev)
-        node = f"{name}-{'cpu' if dev is None else 'gpu' + dev}@%h"
+        # Unique per host, queues and device: a train and a score worker on one host are two nodes.
+        node = f"{name}-{queues.replace(',', '+')}-{'cpu' if dev is None else 'gpu' + dev}@%h"
         cmd = [
             sys.executable,
             "-m",
@@ -269,4 +342,4 @@ def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
     sys.exit(max(p.wait() for p in procs))
 
 
-COMMANDS = [worker, scheduler_daemon, reap, cancel, retry, gc, db]
+COMMANDS = [worker, workers, doctor, scheduler_daemon, reap, cancel, retry, gc, db]

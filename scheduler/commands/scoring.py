@@ -28,6 +28,7 @@ from .base import (
     stale_option,
     stale_window,
     takeback_note,
+    warn_idle_queue,
 )
 
 
@@ -199,6 +200,7 @@ def runs(fmt: str) -> None:
 
     with read_connection() as conn:
         rows = run_rows(conn)
+        warn_idle_queue(conn, "score")
     if not rows:
         click.echo("no scoring runs yet: vocfleet score FOLDER")
         return

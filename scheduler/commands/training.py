@@ -29,6 +29,7 @@ from .base import (
     stale_option,
     stale_window,
     takeback_note,
+    warn_idle_queue,
 )
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
@@ -145,6 +146,7 @@ def status(watch: bool, interval: float, fmt: str) -> None:
     while True:
         with read_connection() as conn:
             rows, left = status_rows(conn), queue_left(conn)
+            warn_idle_queue(conn, "train")
         if watch and sys.stdout.isatty():
             click.clear()
         if not rows:

@@ -1,0 +1,69 @@
+"""Operating a fleet: 'vocfleet workers' from the rows workers write, a warning when queued work has no live worker, 'vocfleet doctor'."""
+
+import json
+
+import pytest
+
+from tests.support import QUICK
+from vocfleet.db.session import session_scope
+from vocfleet.db.workers import register_worker, worker_stopped
+
+pytestmark = pytest.mark.services
+
+
+def test_status_and_runs_warn_when_no_live_worker_takes_the_queue(pg_url, fake_voc, tmp_path, invoke, monkeypatch):
+    monkeypatch.setenv("VOCFLEET_BROKER_URL", "redis://127.0.0.1:1/0")  # a fleet whose broker nobody answers at
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 1, *QUICK).exit_code == 0
+    warning = "warning: 1 row(s) wait in the 'train' queue and no live worker takes it"
+    assert warning in invoke("status").stderr
+    with session_scope() as s:  # a score worker does not take training jobs
+        register_worker(s, "w-score-cpu@h1", "h1", "score", "0.6.0", "cpu", 11)
+    assert warning in invoke("status").stderr and "warning" not in invoke("runs").stderr
+    with session_scope() as s:
+        register_worker(s, "w-train-cpu@h1", "h1", "train", "0.6.0", "cpu", 12)
+    assert "warning" not in invoke("status").stderr
+    with session_scope() as s:  # it said it stopped (SIGTERM, docker compose stop)
+        worker_stopped(s, "w-train-cpu@h1")
+    assert warning in invoke("status").stderr
+    rows = json.loads(invoke("workers", "--all", "--format", "json").stdout)
+    assert [(r["name"], r["state"]) for r in rows] == [("w-score-cpu@h1", "live"), ("w-train-cpu@h1", "stopped")]
+    assert [r["name"] for r in json.loads(invoke("workers", "--format", "json").stdout)] == ["w-score-cpu@h1"]
+    monkeypatch.setenv("VOCFLEET_STALE_SECONDS", "0")  # silent for longer than the stale window: not live
+    assert "no live workers" in invoke("workers").output
+
+
+def test_the_embedded_default_never_warns(fake_voc, invoke):
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 1, *QUICK).exit_code == 0
+    assert "warning" not in invoke("status").stderr
+
+
+def test_doctor_passes_a_good_host(pg_url, fake_voc, tmp_path, invoke, monkeypatch):
+    monkeypatch.setenv("VOCFLEET_BROKER_URL", "redis://127.0.0.1:6379/0")  # the machine's Redis
+    monkeypatch.setenv("VOCFLEET_SCORE_ROOTS", str(tmp_path))
+    monkeypatch.setenv("VOCFLEET_VOC_ROOT", str(fake_voc))
+    assert invoke("db", "upgrade").exit_code == 0
+    res = invoke("doctor", "--format", "json")
+    checks = {c["check"]: c for c in json.loads(res.stdout)}
+    assert res.exit_code == 0, res.output
+    assert list(checks) == ["database", "broker", "artifacts", "score roots", "VOC root", "GPUs", "workers"]
+    assert all(checks[n]["status"] == "ok" for n in ("database", "broker", "artifacts", "score roots", "VOC root")), checks
+    assert checks["workers"]["status"] == "warn" and "no live worker" in checks["workers"]["detail"]
+    assert checks["GPUs"]["status"] in ("ok", "warn")  # this machine has none: a warning, not a failure
+
+
+def test_doctor_names_each_problem_of_a_broken_host(pg_url, fake_voc, tmp_path, invoke, monkeypatch):
+    from tests.test_upgrades import _migrate_to
+
+    _migrate_to(pg_url, "0008")  # a schema the fleet has not upgraded
+    monkeypatch.setenv("VOCFLEET_BROKER_URL", "redis://127.0.0.1:1/0")  # nobody answers
+    monkeypatch.setenv("VOCFLEET_ARTIFACT_ROOT", "/proc/vocfleet-artifacts")  # cannot be written
+    monkeypatch.setenv("VOCFLEET_SCORE_ROOTS", str(tmp_path / "gone"))
+    monkeypatch.setenv("VOCFLEET_VOC_ROOT", str(tmp_path / "no-voc"))
+    res = invoke("doctor")
+    assert res.exit_code == 1
+    lines = {line.split()[0]: line for line in res.output.splitlines()[1:]}  # after the header
+    assert "FAIL" in lines["database"] and "run 'vocfleet db upgrade'" in lines["database"]
+    assert "FAIL    redis://127.0.0.1:1/0 does not answer" in lines["broker"] and "FAIL    cannot write /proc/vocfleet-artifacts" in lines["artifacts"]
+    assert "FAIL    not a readable folder here" in lines["score"]
+    assert "FAIL" in lines["VOC"] and "does not exist" in lines["VOC"]
+    assert "not checked: the database is not usable" in lines["workers"] and "Traceback" not in res.output
