@@ -46,6 +46,8 @@ class Settings:
         score_compile: ``torch.compile`` the detectors when scoring (None: on a GPU only).
         decode_threads: threads decoding images while scoring (None: up to 8, one per core).
         visibility_timeout: seconds before Redis hands an unacknowledged message out again.
+        metrics_port: where a worker or the scheduler serves Prometheus metrics (None: nowhere).
+        metrics_bind: the address it listens on (127.0.0.1 unless set: metrics are not for the world).
     """
 
     data_dir: Path
@@ -61,6 +63,8 @@ class Settings:
     decode_threads: int | None = None
     s3_endpoint_url: str | None = None
     visibility_timeout: float = 3600.0
+    metrics_port: int | None = None
+    metrics_bind: str = "127.0.0.1"
 
 
 def get_settings() -> Settings:
@@ -82,6 +86,8 @@ def get_settings() -> Settings:
         decode_threads=_count("VOCFLEET_DECODE_THREADS", env.get("VOCFLEET_DECODE_THREADS")),
         s3_endpoint_url=_endpoint(env.get("VOCFLEET_S3_ENDPOINT_URL") or None),
         visibility_timeout=_seconds("VOCFLEET_VISIBILITY_TIMEOUT", env.get("VOCFLEET_VISIBILITY_TIMEOUT", "3600"), 1),
+        metrics_port=_count("VOCFLEET_METRICS_PORT", env.get("VOCFLEET_METRICS_PORT")),
+        metrics_bind=env.get("VOCFLEET_METRICS_BIND") or "127.0.0.1",
     )
 
 

@@ -61,13 +61,14 @@ class Fleet:
         for name in names:
             self.wait(lambda n=name: " ready." in (self.tmp / f"{n}.log").read_text(), timeout, f"worker {name} to be ready")
 
-    def start_scheduler(self) -> None:
+    def start_scheduler(self, env: dict[str, str] | None = None) -> None:
         log = open(self.tmp / "scheduler.log", "w")
         self.procs["scheduler"] = subprocess.Popen(
             [*VOCFLEET, "scheduler", "--interval", "1", "--resend-after", "3"],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
 
     def kill(self, name: str, sig=signal.SIGKILL) -> None:

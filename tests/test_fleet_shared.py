@@ -7,14 +7,15 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from tests.fleet import FLEET_ENV, REDIS, VOCFLEET, Fleet, Redis, add_detectors, all_finished, assert_ran_once_each, job_rows
 from tests.support import PG_URL, free_port, make_fake_voc, wait_for
-from vocfleet.db.models import Base, JobStatus, ScoreRun, ScoreShard, TrainJob
+from vocfleet.db.models import Base, EpochMetric, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -49,8 +50,9 @@ def shared_workers(tmp_path_factory):
         ensure_schema()
         f = Fleet(tmp, voc)
         f.redis, f.env = redis, env
+        f.metrics = {name: free_port() for name in ("w0", "w1")}  # each worker's Prometheus endpoint
         for name in ("w0", "w1"):
-            f.start_worker(name)
+            f.start_worker(name, env={"VOCFLEET_METRICS_PORT": str(f.metrics[name])})
         f.wait_ready("w0", "w1")
         f.shared = set(f.procs)
     yield f
@@ -174,3 +176,46 @@ def test_workers_say_who_they_are_and_what_they_hold(shared_fleet, invoke):
     assert rows[holder]["holding"] == "job 1" and rows[{"w0": "w1", "w1": "w0"}[holder]]["holding"] is None
     assert subprocess.run([*VOCFLEET, "cancel", "1", "-y"], capture_output=True, text=True).returncode == 0
     wait_for(lambda: all_finished(1), 30, "the job to stop")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """One Prometheus scrape, as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text_ = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text_) for s in family.samples}
+
+
+def test_metrics_move_as_the_database_says(shared_fleet, invoke):
+    fleet = shared_fleet
+
+    def workers_total(name: str, labels: tuple = ()) -> float:
+        return sum(scrape(port).get((name, labels), 0.0) for port in fleet.metrics.values())
+
+    def counters() -> tuple[float, float, float]:  # the shared workers count from their start: this test reads differences
+        epochs = sum(workers_total("vocfleet_epochs_total", (("voc_class", c),)) for c in ("car", "dog"))
+        return epochs, workers_total("vocfleet_images_scored_total"), workers_total("vocfleet_files_errored_total")
+
+    before = counters()
+    port = free_port()
+    fleet.start_scheduler(env={"VOCFLEET_METRICS_PORT": str(port)})
+    fleet.submit("car,dog", epochs=3)
+    fleet.wait(lambda: all_finished(2), 120, "two jobs")  # their detectors score the pictures below
+    pics = Path(fleet.env["VOCFLEET_SCORE_ROOTS"]) / "metrics"
+    pics.mkdir()
+    for i, p in enumerate(sorted((fleet.voc / "JPEGImages").glob("*.jpg"))[:7]):
+        shutil.copy(p, pics / f"img{i}.jpg")
+    (pics / "broken.jpg").write_bytes(b"nope")
+    assert "run 1 succeeded: 8 of 8 files" in invoke("score", pics, "--wait").output  # 7 scored, 1 not a picture
+    with session_scope() as s:
+        epochs = s.scalar(select(func.count()).select_from(EpochMetric))
+    assert epochs == 6
+    expected = (before[0] + 6, before[1] + 7, before[2] + 1)  # what the rows say this test did
+    wait_for(lambda: counters() == expected, 30, f"the workers' counters to reach {expected} (at {counters()})")
+    assert workers_total("vocfleet_epoch_seconds_count") >= 6 and workers_total("vocfleet_score_chunk_seconds_count") >= 1
+    assert workers_total("vocfleet_heartbeats_total", (("table", "train_jobs"),)) > 0
+    fleet_view = scrape(port)  # the scheduler: the database's and the broker's view
+    assert fleet_view[("vocfleet_jobs", (("state", "succeeded"),))] == 2 and fleet_view[("vocfleet_jobs", (("state", "queued"),))] == 0
+    assert fleet_view[("vocfleet_score_runs", (("state", "succeeded"),))] == 1
+    assert fleet_view[("vocfleet_workers_live", (("queue", "train"),))] == 2
+    assert fleet_view[("vocfleet_queue_messages", (("queue", "train"),))] == 0

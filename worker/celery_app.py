@@ -20,6 +20,10 @@ def _fresh_connections(**_kwargs) -> None:
     from .drain import DRAIN
 
     signal.signal(signal.SIGUSR2, lambda _signum, _frame: DRAIN.set())
+    # The task process serves the metrics: it is the one that trains and scores (one per worker).
+    from .metrics import serve
+
+    serve()
 
 
 _controller = None

@@ -33,6 +33,7 @@ from vocfleet.model.engine import FitResult, Stopped, fit
 from vocfleet.model.events import EpochFinished, Event, FitResumed, Progress
 from vocfleet.model.splits import fingerprint, prepare_splits
 
+from . import metrics
 from .drain import DRAIN
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Heartbeat:
             try:
                 with session_scope() as s:
                     self.state = heartbeat(s, self.table, self.job_id, self.token)
+                metrics.HEARTBEATS.labels(self.table.__tablename__).inc()
+                metrics.LAST_HEARTBEAT.set_to_current_time()
             except OperationalError as exc:  # database briefly away: try again next beat
                 log.warning("heartbeat for job %d failed: %s", self.job_id, exc)
             except DatabaseGone as exc:  # the SQLite file was deleted: nothing this job writes can be kept
@@ -118,6 +121,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
     except NotClaimed as nothing:
         return nothing.outcome
     token, (config, key) = claimed.token, claimed.data
+    voc_class = config["voc_class"]
     store = ArtifactStore.from_settings(settings)
     # Under a key unique across databases: two databases sharing one store never share a job's files.
     out_dir = store.job_dir(key)
@@ -127,6 +131,8 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             store.push(key, RESUME_FILES)  # first: the row never counts an epoch that a resume could not find
             with session_scope() as s:
                 record_epoch(s, job_id, token, event.record)
+            metrics.EPOCHS.labels(voc_class).inc()
+            metrics.EPOCH_SECONDS.observe(event.record.seconds)
         elif isinstance(event, FitResumed):  # a worker killed between its push and its row: the epoch is recorded now
             with session_scope() as s:
                 record_resumed(s, job_id, token, event.history)

@@ -9,6 +9,7 @@ one shard and scores its files; each ended shard tries to end its run. No Celery
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from sqlalchemy import select
@@ -26,6 +27,7 @@ from vocfleet.model.engine import Stopped, resolve_device
 from vocfleet.model.scan import FileEntry, entry_key, iter_scan
 from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
+from . import metrics
 from .runner import Heartbeat, NotClaimed, Outcome, claim, hand_back, requeue, show
 from .safety import check_score_folder
 
@@ -228,6 +230,7 @@ def _score_shard(shard_id: int, token: str, run_id: int, hb: Heartbeat, tally: T
     device = resolve_device()
     settings = get_settings()
     loaded = load_detectors(specs, device, compile=settings.score_compile, store=ArtifactStore.from_settings(settings))
+    started = time.monotonic()  # a chunk's time: decoding and the detectors (inside the iterator), then the write
     for chunk in iter_chunks(todo, loaded, device, chunk_size=SCORE_CHUNK, batch_size=batch_size, threads=settings.decode_threads, on_files=tally.finished):
         if hb.should_stop():
             raise Stopped("stopped between chunks")
@@ -243,10 +246,15 @@ def _score_shard(shard_id: int, token: str, run_id: int, hb: Heartbeat, tally: T
         with session_scope() as s:
             if not store_chunk(s, shard_id, token, images, scores, errors):
                 raise Stopped("claim lost")
+        metrics.IMAGES_SCORED.inc(len(images))
+        metrics.FILES_ERRORED.inc(len(errors))
+        metrics.CHUNK_SECONDS.observe(time.monotonic() - started)
+        started = time.monotonic()
         tally.finished(len(pending_errors))  # the scan's errors, written with this chunk
         pending_errors = []
     if pending_errors:  # nothing left to decode, only the scan's errors to record
         with session_scope() as s:
             if not store_chunk(s, shard_id, token, [], [], pending_errors):
                 raise Stopped("claim lost")
+        metrics.FILES_ERRORED.inc(len(pending_errors))
         tally.finished(len(pending_errors))

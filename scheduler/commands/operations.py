@@ -46,7 +46,12 @@ def scheduler_daemon(interval: float, stale_after: float | None, resend_after: f
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     ensure_schema()
+    from vocfleet.worker.metrics import serve_fleet
+
+    port = serve_fleet()  # VOCFLEET_METRICS_PORT: jobs, runs and shards by state, live workers, queue depths
     click.echo(f"scheduler: every {interval:g}s, stale after {stale_window(stale_after).total_seconds():g}s", err=True)
+    if port:
+        click.echo(f"scheduler: metrics at http://{get_settings().metrics_bind}:{port}/metrics", err=True)
     while not stop:
         try:
             out = tick(stale_window(stale_after), timedelta(seconds=resend_after))
@@ -280,7 +285,13 @@ def _visible_gpus() -> list[str]:
 @click.option("--queues", default="train,score", help="Queues this host serves: train, score or both.")
 @click.option("--name", default="vocfleet", help="Worker name prefix (the host name is appended).")
 @click.option("--loglevel", default="info")
-def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics here (one port up per further GPU) [default: VOCFLEET_METRICS_PORT, else none].",
+)
+def worker(gpus: str, queues: str, name: str, loglevel: str, metrics_port: int | None) -> None:
     """Start fleet workers: one Celery worker per GPU, pinned with CUDA_VISIBLE_DEVICES, one job at a time.
 
     Each worker acknowledges late, prefetches one message and runs tasks in a forked child, so
@@ -309,8 +320,11 @@ def worker(gpus: str, queues: str, name: str, loglevel: str) -> None:
 
     check_schema()
     procs = []
-    for dev in devices:
+    metrics_port = metrics_port or get_settings().metrics_port
+    for index, dev in enumerate(devices):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if dev is None else dev)
+        if metrics_port:
+            env.update(VOCFLEET_METRICS_PORT=str(metrics_port + index))
         # Unique per host, queues and device: a train and a score worker on one host are two nodes.
         node = f"{name}-{queues.replace(',', '+')}-{'cpu' if dev is None else 'gpu' + dev}@%h"
         cmd = [
