@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .models import Claimable, JobStatus, utcnow
@@ -22,6 +22,15 @@ from .states import as_utc
 
 Work = type[Claimable]
 Row = TypeVar("Row", bound=Claimable)
+
+
+def clock(s: Session) -> datetime:
+    """Now, by the database's clock on a shared database: heartbeats and staleness are compared across
+    hosts, so one clock serves them all, and a host whose clock is minutes off neither looks dead
+    while it works nor outlives its heartbeat when it dies. The embedded SQLite file has one host."""
+    if s.get_bind().dialect.name == "sqlite":
+        return utcnow()
+    return as_utc(s.scalar(select(func.now())))
 
 
 def claim_job(s: Session, table: Work, job_id: int, host: str) -> str | None:
@@ -37,7 +46,7 @@ def claim_job(s: Session, table: Work, job_id: int, host: str) -> str | None:
         cancelled).
     """
     token = uuid.uuid4().hex
-    now = utcnow()
+    now = clock(s)
     res = s.execute(
         update(table)
         .where(table.id == job_id, table.status == JobStatus.queued, table.cancel_requested.is_(False))
@@ -59,7 +68,7 @@ def claim_job(s: Session, table: Work, job_id: int, host: str) -> str | None:
 
 def heartbeat(s: Session, table: Work, job_id: int, token: str) -> str:
     """Refresh the heartbeat; returns ``ok``, ``cancel`` (cancel requested) or ``lost`` (claim gone)."""
-    res = s.execute(update(table).where(table.id == job_id, table.claim_token == token, table.status == JobStatus.running).values(heartbeat_at=utcnow()))
+    res = s.execute(update(table).where(table.id == job_id, table.claim_token == token, table.status == JobStatus.running).values(heartbeat_at=clock(s)))
     if res.rowcount != 1:
         return "lost"
     cancel = s.scalar(select(table.cancel_requested).where(table.id == job_id))
@@ -101,7 +110,7 @@ def reap_stale(s: Session, table: Work, stale_after: timedelta, now: datetime | 
     Returns:
         (requeued job ids, failed job ids).
     """
-    now = now or utcnow()
+    now = now or clock(s)
     # Claimed rows only: a scanned scoring run stays running, unclaimed, while its shards run.
     claimed_stale = (table.status == JobStatus.running, table.claim_token.is_not(None), table.heartbeat_at < now - stale_after)
     stale = s.scalars(select(table).where(*claimed_stale).with_for_update(skip_locked=True)).all()

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from .claims import cancel_work, is_stale, owned
+from .claims import cancel_work, clock, is_stale, owned
 from .models import Detector, JobStatus, ScoreRun, ScoreShard, utcnow
 from .states import UNFINISHED, as_utc
 
@@ -197,9 +197,10 @@ def reopen_run(s: Session, run_id: int, stale_after: timedelta) -> tuple[Reopen,
     if run.status == JobStatus.succeeded:
         return Reopen.finished, run
     shards = list(s.scalars(select(ScoreShard).where(ScoreShard.run_id == run_id, ScoreShard.status != JobStatus.succeeded).with_for_update()))
-    live = [sh for sh in shards if sh.status == JobStatus.running and not is_stale(sh, stale_after)]
+    now = clock(s)
+    live = [sh for sh in shards if sh.status == JobStatus.running and not is_stale(sh, stale_after, now)]
     scanning = run.status == JobStatus.running and run.claim_token is not None
-    if live or (scanning and not is_stale(run, stale_after)):
+    if live or (scanning and not is_stale(run, stale_after, now)):
         return Reopen.running, run
     for sh in shards:
         sh.status, sh.claim_token, sh.cancel_requested, sh.finished_at, sh.error = JobStatus.queued, None, False, None, None

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from vocfleet.model.events import EpochRecord
 
-from .claims import owned
+from .claims import clock, owned
 from .models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
 from .registry import record_detector
 
@@ -56,7 +56,7 @@ def record_epoch(s: Session, job_id: int, token: str, record: EpochRecord) -> bo
             setattr(row, k, v)
     job.epochs_done = record.epoch
     job.latest_val_ap = record.val_ap
-    job.heartbeat_at = utcnow()
+    job.heartbeat_at = clock(s)
     return True
 
 

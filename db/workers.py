@@ -8,13 +8,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .models import ScoreRun, ScoreShard, TrainJob, Worker, utcnow
-from .states import JobStatus, as_utc
+from .claims import clock
+from .models import ScoreRun, ScoreShard, TrainJob, Worker
+from .states import JobStatus, as_utc, utcnow
 
 
 def register_worker(s: Session, name: str, host: str, queues: str, version: str, device: str, pid: int) -> None:
     """Record a worker that has just started (a restarted worker of the same name takes its row over)."""
-    now = utcnow()
+    now = clock(s)
     row = s.get(Worker, name)
     if row is None:
         row = Worker(name=name)
@@ -26,11 +27,11 @@ def register_worker(s: Session, name: str, host: str, queues: str, version: str,
 
 def worker_heartbeat(s: Session, name: str) -> bool:
     """Refresh a worker's heartbeat; False if its row is gone (then it registers again)."""
-    return s.execute(update(Worker).where(Worker.name == name).values(heartbeat_at=utcnow(), stopped_at=None)).rowcount == 1
+    return s.execute(update(Worker).where(Worker.name == name).values(heartbeat_at=clock(s), stopped_at=None)).rowcount == 1
 
 
 def worker_stopped(s: Session, name: str) -> None:
-    s.execute(update(Worker).where(Worker.name == name).values(stopped_at=utcnow()))
+    s.execute(update(Worker).where(Worker.name == name).values(stopped_at=clock(s)))
 
 
 def worker_state(row: Worker, stale_after: timedelta, now: datetime | None = None) -> str:
@@ -43,7 +44,7 @@ def worker_state(row: Worker, stale_after: timedelta, now: datetime | None = Non
 
 def worker_rows(s: Session, stale_after: timedelta, include_gone: bool = False) -> list[dict[str, Any]]:
     """Workers (live ones unless ``include_gone``) with what each holds: the running rows it claimed."""
-    now = utcnow()
+    now = clock(s)
     holding: dict[str, list[str]] = {}
     for table, label in ((TrainJob, "job"), (ScoreRun, "run"), (ScoreShard, "shard")):
         for row_id, host in s.execute(select(table.id, table.worker_host).where(table.status == JobStatus.running, table.claim_token.is_not(None))):

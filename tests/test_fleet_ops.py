@@ -67,3 +67,36 @@ def test_doctor_names_each_problem_of_a_broken_host(pg_url, fake_voc, tmp_path, 
     assert "FAIL    not a readable folder here" in lines["score"]
     assert "FAIL" in lines["VOC"] and "does not exist" in lines["VOC"]
     assert "not checked: the database is not usable" in lines["workers"] and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("skew_minutes", [-2, 2])
+def test_a_host_clock_minutes_off_neither_looks_dead_nor_outlives_its_heartbeat(pg_url, monkeypatch, skew_minutes):
+    """Heartbeats and staleness use the database's clock: a worker's own clock (here 2 min slow, or fast) does not count."""
+    import time
+    from datetime import timedelta
+
+    import vocfleet.db.claims as claims
+    import vocfleet.db.states as states
+    from vocfleet.db.models import JobStatus, TrainJob
+    from vocfleet.db.session import ensure_schema
+
+    ensure_schema()
+    with session_scope() as s:
+        job = TrainJob(voc_class="car", config={"epochs": 2})
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    host_clock = lambda: states.utcnow() + timedelta(minutes=skew_minutes)  # noqa: E731
+    with monkeypatch.context() as m:  # the worker's host: its clock is off
+        m.setattr(claims, "utcnow", host_clock)
+        m.setattr(states, "utcnow", host_clock)
+        with session_scope() as s:
+            token = claims.claim_job(s, TrainJob, job_id, "skewed-host")
+        with session_scope() as s:
+            assert claims.heartbeat(s, TrainJob, job_id, token) == "ok"
+    with session_scope() as s:  # the scheduler's host, a moment later: a fresh heartbeat is not stale
+        assert claims.reap_stale(s, TrainJob, timedelta(seconds=60)) == ([], [])
+    time.sleep(1.5)  # the worker dies: after the stale window its job is taken back, not two minutes later
+    with session_scope() as s:
+        assert claims.reap_stale(s, TrainJob, timedelta(seconds=1)) == ([job_id], [])
+        assert s.get(TrainJob, job_id).status == JobStatus.queued

@@ -4,6 +4,7 @@ dropped database connections, cancel, twenty scoring runs at once."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.fleet import FLEET_ENV, REDIS, VOCFLEET, Fleet, Redis, add_detectors, all_finished, assert_ran_once_each, job_rows
-from tests.support import PG_URL, free_port, make_fake_voc, wait_for
+from tests.fleet import FLEET_ENV, REDIS, VOCFLEET, Fleet, Redis, add_detectors, all_finished, assert_ran_once_each, count_shards, job_rows
+from tests.support import PG_URL, SHARED_VOC, ensure_pg_database, free_port, make_fake_voc, wait_for
 from vocfleet.db.models import Base, EpochMetric, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
 
@@ -39,6 +40,7 @@ def shared_workers(tmp_path_factory):
         "VOCFLEET_SCORE_ROOTS": str(tmp / "roots"),
     }
     (tmp / "roots").mkdir()
+    ensure_pg_database()
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
@@ -93,13 +95,46 @@ def test_three_classes_two_workers(shared_fleet):
 def test_redis_restart_mid_run_loses_nothing(shared_fleet):
     fleet = shared_fleet
     fleet.start_scheduler()
-    fleet.submit("car,dog,cat", epochs=8, image_size=96)  # the first job still trains when the broker goes
+    fleet.submit("car,dog,cat", epochs=6, image_size=96)  # the first job still trains when the broker goes
     wait_for(lambda: job_rows()[1][1] >= 1, 180, "the first job to train")
     fleet.redis.stop()  # the queued message of job 3 dies with it (both workers are busy)
     time.sleep(2)
     fleet.redis.start()
     fleet.wait(lambda: all_finished(3), 240, "all jobs to finish after the broker restart")
-    assert_ran_once_each(8)
+    assert_ran_once_each(6)
+
+
+def test_redis_restart_mid_scoring_run_loses_nothing(shared_fleet, tmp_path, invoke):
+    """2,000 files in 20 shards; the broker restarts empty half-way: the scheduler re-sends the shards it lost."""
+    fleet = shared_fleet
+    add_detectors(fleet, tmp_path)
+    pics = Path(fleet.env["VOCFLEET_SCORE_ROOTS"]) / "many"
+    sources = sorted(SHARED_VOC.glob("JPEGImages/*.jpg"))[:200] or sorted((fleet.voc / "JPEGImages").glob("*.jpg"))
+    for i in range(2000):  # hard links: many files, little disk
+        folder = pics / f"{i // 500}"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.link(sources[i % len(sources)], folder / f"img{i:04d}.jpg")
+    (pics / "broken.jpg").write_bytes(b"nope")
+    fleet.start_scheduler()
+    assert "queued" in invoke("score", pics, "--shard-size", 100).output
+
+    fleet.wait(lambda: count_shards(JobStatus.succeeded) >= 2 and count_shards(JobStatus.queued) >= 4, 120, "the run part-way")
+    fleet.redis.stop()  # the messages of the queued shards die with it
+    time.sleep(2)
+    fleet.redis.start()
+
+    def run_done():
+        with session_scope() as s:
+            run = s.get(ScoreRun, 1)
+            return run.status.finished and run
+
+    run = fleet.wait(run_done, 180, "the run to finish after the broker restart")
+    assert (run.status, run.total_files, run.scored_images, run.error_files) == (JobStatus.succeeded, 2001, 2000, 1)
+    with session_scope() as s:  # each file once, each picture scored once by each detector
+        assert s.execute(text("SELECT count(*), count(DISTINCT rel_path) FROM scored_images WHERE run_id = 1")).one() == (2000, 2000)
+        assert s.execute(text("SELECT count(*), count(DISTINCT (image_id, detector_id)) FROM scores WHERE run_id = 1")).one() == (4000, 4000)
+        assert s.scalar(select(func.count()).select_from(ScoreShard).where(ScoreShard.status != JobStatus.succeeded)) == 0
+    assert "resent" in (fleet.tmp / "scheduler.log").read_text()  # what the operator sees: the lost messages were sent again
 
 
 def test_postgres_connections_dropped_worker_recovers(shared_fleet):
