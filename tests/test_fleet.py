@@ -64,24 +64,26 @@ def test_sigterm_drains_a_worker_its_job_continues_elsewhere_at_once(fleet, monk
     """docker compose stop: SIGTERM to the worker's main process. The job is handed back at the next batch and
     re-sent, so the other worker resumes it at once: no scheduler runs and the stale timeout is ten minutes."""
     monkeypatch.setenv("VOCFLEET_STALE_SECONDS", "600")
-    fleet.start_worker("w0")
+    for name in ("w0", "w1"):
+        fleet.start_worker(name)
+    fleet.wait_ready("w0", "w1")  # both up before the job: whichever takes it is stopped mid-job
     fleet.submit("car", epochs=16, max_batches=4, image_size=96)
-    wait_for(lambda: (r := job_rows()[1])[1] >= 2 and r[0] == JobStatus.running, 180, "two epochs on the first worker")
-    fleet.start_worker("w1")
-    fleet.wait_ready("w1")
-    w0 = fleet.procs.pop("w0")
+    first = fleet.wait(lambda: (r := job_rows()[1])[1] >= 2 and r[0] == JobStatus.running and r, 180, "two epochs")
+    holder = first[2].split("-")[0]
+    other = {"w0": "w1", "w1": "w0"}[holder]
+    proc = fleet.procs.pop(holder)
     stopped_at = time.monotonic()
-    w0.send_signal(signal.SIGTERM)  # the main process only, as a container runtime does
-    assert w0.wait(timeout=60) == 0
+    proc.send_signal(signal.SIGTERM)  # the main process only, as a container runtime does
+    assert proc.wait(timeout=60) == 0
     assert time.monotonic() - stopped_at < 20  # it did not wait for the job's remaining epochs
-    fleet.wait(lambda: job_rows()[1][2].startswith("w1") and job_rows()[1], 60, "the job to move to w1")
-    fleet.wait(lambda: all_finished(1), 240, "the job to finish on w1")
+    fleet.wait(lambda: job_rows()[1][2].startswith(other) and job_rows()[1], 60, f"the job to move to {other}")
+    fleet.wait(lambda: all_finished(1), 240, f"the job to finish on {other}")
     status, epochs, host, attempts = job_rows()[1]
     assert status == JobStatus.succeeded and attempts == 2
     assert_ran_once_each(16)
-    assert "handed back by a worker shutting down" in (fleet.tmp / "w0.log").read_text()
+    assert "handed back by a worker shutting down" in (fleet.tmp / f"{holder}.log").read_text()
     rows = json.loads(invoke("workers", "--all", "--format", "json").stdout)
-    assert {r["name"].split("-")[0]: r["state"] for r in rows} == {"w0": "stopped", "w1": "live"}
+    assert {r["name"].split("-")[0]: r["state"] for r in rows} == {holder: "stopped", other: "live"}
 
 
 def test_two_hosts_without_a_shared_disk_resume_from_s3(fleet, s3_root, tmp_path):

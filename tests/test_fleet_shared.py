@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from tests.fleet import FLEET_ENV, REDIS, VOCFLEET, Fleet, Redis, add_detectors, all_finished, assert_ran_once_each, count_shards, job_rows
-from tests.support import PG_URL, SHARED_VOC, ensure_pg_database, free_port, make_fake_voc, wait_for
+from tests.support import PG_URL, SHARED_VOC, free_port, make_fake_voc, wait_for
 from vocfleet.db.models import Base, EpochMetric, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
 
@@ -40,7 +40,6 @@ def shared_workers(tmp_path_factory):
         "VOCFLEET_SCORE_ROOTS": str(tmp / "roots"),
     }
     (tmp / "roots").mkdir()
-    ensure_pg_database()
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
