@@ -111,7 +111,7 @@ def test_two_hosts_without_a_shared_disk_resume_from_s3(fleet, s3_root, tmp_path
     fleet.wait(lambda: not list(hosts["w1"].rglob("*.pt")), 30, "the worker to drop its work copy")
 
 
-def test_one_run_sharded_over_three_workers_survives_kill_9(fleet, tmp_path, monkeypatch, invoke):
+def test_one_run_sharded_over_two_workers_survives_kill_9(fleet, tmp_path, monkeypatch, invoke):
     add_detectors(fleet, tmp_path)
     pics = tmp_path / "roots" / "pics"
     pics.mkdir(parents=True)
@@ -135,8 +135,7 @@ def test_one_run_sharded_over_three_workers_survives_kill_9(fleet, tmp_path, mon
 
     fleet.wait(w0_mid_shard, 240, "w0 to finish one shard and start another")
     fleet.kill("w0")  # the whole host, mid-shard
-    for name in ("w1", "w2"):
-        fleet.start_worker(name, queues="score")
+    fleet.start_worker("w1", queues="score")
 
     def run_done():
         with session_scope() as s:
@@ -149,7 +148,7 @@ def test_one_run_sharded_over_three_workers_survives_kill_9(fleet, tmp_path, mon
     rows = shard_rows()
     assert len(rows) == 21 and all(r.status == JobStatus.succeeded for r in rows)
     took = {r.worker_host.split("-")[0] for r in rows}
-    assert took == {"w0", "w1", "w2"} and any(r.attempts == 2 for r in rows), rows  # w0's last shard was finished elsewhere
+    assert took == {"w0", "w1"} and any(r.attempts == 2 for r in rows), rows  # w0's last shard was finished elsewhere
     with session_scope() as s:  # no duplicates: every file once, every image scored by each detector once
         files = s.execute(
             text(
@@ -203,30 +202,30 @@ def tolerant(predicate):
 
 
 def test_postgres_restart_under_training_and_scoring_loses_nothing(pg_fleet, tmp_path, invoke):
-    """The database goes away for 5 s while workers heartbeat, record epochs, then write score batches."""
+    """The database restarts (down 2 s) while workers heartbeat and record epochs, then while they write score batches."""
     fleet = pg_fleet
     for name in ("w0", "w1"):
         fleet.start_worker(name)
     fleet.start_scheduler()
-    fleet.submit("car,dog,cat", epochs=6, image_size=96)
+    fleet.submit("car,dog,cat", epochs=4, image_size=96)
     fleet.wait(tolerant(lambda: job_rows()[1][1] >= 2), 180, "the first job to train")
     fleet.pg.stop()
-    time.sleep(5)
+    time.sleep(2)
     fleet.pg.start()
     fleet.wait(tolerant(lambda: all_finished(3)), 240, "every job to finish after the restart")
-    assert_ran_once_each(6)
+    assert_ran_once_each(4)
 
     pics = tmp_path / "roots" / "pics"
     sources = sorted(SHARED_VOC.glob("JPEGImages/*.jpg"))[:100] or sorted((fleet.voc / "JPEGImages").glob("*.jpg"))
-    for i in range(600):
+    for i in range(400):
         folder = pics / f"{i // 200}"
         folder.mkdir(parents=True, exist_ok=True)
         os.link(sources[i % len(sources)], folder / f"img{i:04d}.jpg")
-    assert "queued" in invoke("score", pics, "--shard-size", 50).output
+    assert "queued" in invoke("score", pics, "--shard-size", 40).output
 
     fleet.wait(tolerant(lambda: count_shards(JobStatus.succeeded) >= 2 and count_shards(JobStatus.queued) >= 4), 120, "the scoring run part-way")
     fleet.pg.stop()
-    time.sleep(5)
+    time.sleep(2)
     fleet.pg.start()
 
     def run_done():
@@ -235,8 +234,8 @@ def test_postgres_restart_under_training_and_scoring_loses_nothing(pg_fleet, tmp
             return run.status.finished and run
 
     run = fleet.wait(tolerant(run_done), 240, "the run to finish after the restart")
-    assert (run.status, run.total_files, run.scored_images, run.error_files) == (JobStatus.succeeded, 600, 600, 0)
+    assert (run.status, run.total_files, run.scored_images, run.error_files) == (JobStatus.succeeded, 400, 400, 0)
     with session_scope() as s:  # each picture once, scored once by each of the three detectors
-        assert s.execute(text("SELECT count(*), count(DISTINCT rel_path) FROM scored_images WHERE run_id = 1")).one() == (600, 600)
-        assert s.execute(text("SELECT count(*), count(DISTINCT (image_id, detector_id)) FROM scores WHERE run_id = 1")).one() == (1800, 1800)
+        assert s.execute(text("SELECT count(*), count(DISTINCT rel_path) FROM scored_images WHERE run_id = 1")).one() == (400, 400)
+        assert s.execute(text("SELECT count(*), count(DISTINCT (image_id, detector_id)) FROM scores WHERE run_id = 1")).one() == (1200, 1200)
     assert all(fleet.procs[name].poll() is None for name in ("w0", "w1"))  # no worker left dead
