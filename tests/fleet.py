@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from tests.support import connectable, wait_for
-from vocfleet.db.models import Detector, JobStatus, ScoreShard, TrainJob
+from vocfleet.db.models import Detector, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import session_scope
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import fit
@@ -208,3 +208,10 @@ def shard_rows(run_id: int = 1):
 def count_shards(status: JobStatus) -> int:
     with session_scope() as s:
         return s.scalar(select(func.count()).select_from(ScoreShard).where(ScoreShard.status == status))
+
+
+def run_finished(run_id: int = 1):
+    """The scoring run once it has ended (a wait predicate), else None."""
+    with session_scope() as s:
+        run = s.get(ScoreRun, run_id)
+        return run if run.status.finished else None

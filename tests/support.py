@@ -65,3 +65,18 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def migrate_to(url: str, revision: str) -> None:
+    """The schema of an older vocfleet at ``url``: the migrations up to ``revision`` and no further."""
+    from alembic import command
+    from alembic.config import Config
+
+    from vocfleet.db.session import MIGRATIONS, get_engine
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    get_engine(url).dispose()

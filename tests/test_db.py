@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from tests.support import migrate_to
 from vocfleet.db.claims import claim_job, end_job, heartbeat, reap_stale
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
 from vocfleet.db.session import session_scope, upgrade_database
@@ -233,16 +234,9 @@ def test_migrating_keeps_rows_that_refer_to_recreated_tables(tmp_path):
 
 def _old_database(url: str, revision: str) -> None:
     """A SQLite database at ``revision`` holding a job, an epoch and a detector with an absolute path, as an old vocfleet left it."""
-    from alembic import command
-    from alembic.config import Config
+    from vocfleet.db.session import get_engine
 
-    from vocfleet.db.session import MIGRATIONS, get_engine
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with get_engine(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    migrate_to(url, revision)
     with get_engine(url).begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO train_jobs (id, voc_class, config, epochs_done, status, attempts, max_attempts, created_at, cancel_requested) "

@@ -12,9 +12,23 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
-from tests.fleet import FLEET_ENV, PG_BIN, REDIS, Fleet, Postgres, Redis, add_detectors, all_finished, assert_ran_once_each, count_shards, job_rows, shard_rows
+from tests.fleet import (
+    FLEET_ENV,
+    PG_BIN,
+    REDIS,
+    Fleet,
+    Postgres,
+    Redis,
+    add_detectors,
+    all_finished,
+    assert_ran_once_each,
+    count_shards,
+    job_rows,
+    run_finished,
+    shard_rows,
+)
 from tests.support import SHARED_VOC, free_port, make_fake_voc, wait_for
-from vocfleet.db.models import Detector, EpochMetric, JobStatus, ScoreRun, TrainJob
+from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, session_scope
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -137,12 +151,7 @@ def test_one_run_sharded_over_two_workers_survives_kill_9(fleet, tmp_path, monke
     fleet.kill("w0")  # the whole host, mid-shard
     fleet.start_worker("w1", queues="score")
 
-    def run_done():
-        with session_scope() as s:
-            run = s.get(ScoreRun, 1)
-            return run.status.finished and run
-
-    run = fleet.wait(run_done, 300, "the run to finish without w0")
+    run = fleet.wait(run_finished, 300, "the run to finish without w0")
     assert (run.status, run.error) == (JobStatus.succeeded, None)
     assert (run.total_files, run.scored_images, run.error_files) == (2002, 2000, 2)
     rows = shard_rows()
@@ -228,12 +237,7 @@ def test_postgres_restart_under_training_and_scoring_loses_nothing(pg_fleet, tmp
     time.sleep(2)
     fleet.pg.start()
 
-    def run_done():
-        with session_scope() as s:
-            run = s.get(ScoreRun, 1)
-            return run.status.finished and run
-
-    run = fleet.wait(tolerant(run_done), 240, "the run to finish after the restart")
+    run = fleet.wait(tolerant(run_finished), 240, "the run to finish after the restart")
     assert (run.status, run.total_files, run.scored_images, run.error_files) == (JobStatus.succeeded, 400, 400, 0)
     with session_scope() as s:  # each picture once, scored once by each of the three detectors
         assert s.execute(text("SELECT count(*), count(DISTINCT rel_path) FROM scored_images WHERE run_id = 1")).one() == (400, 400)

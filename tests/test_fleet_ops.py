@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.support import QUICK
+from tests.support import QUICK, migrate_to
 from vocfleet.db.session import session_scope
 from vocfleet.db.workers import register_worker, worker_stopped
 
@@ -52,9 +52,7 @@ def test_doctor_passes_a_good_host(pg_url, fake_voc, tmp_path, invoke, monkeypat
 
 
 def test_doctor_names_each_problem_of_a_broken_host(pg_url, fake_voc, tmp_path, invoke, monkeypatch):
-    from tests.test_upgrades import _migrate_to
-
-    _migrate_to(pg_url, "0008")  # a schema the fleet has not upgraded
+    migrate_to(pg_url, "0008")  # a schema the fleet has not upgraded
     monkeypatch.setenv("VOCFLEET_BROKER_URL", "redis://127.0.0.1:1/0")  # nobody answers
     monkeypatch.setenv("VOCFLEET_ARTIFACT_ROOT", "/proc/vocfleet-artifacts")  # cannot be written
     monkeypatch.setenv("VOCFLEET_SCORE_ROOTS", str(tmp_path / "gone"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from tests.fleet import FLEET_ENV, REDIS, VOCFLEET, Fleet, Redis, add_detectors, all_finished, assert_ran_once_each, count_shards, job_rows
+from tests.fleet import FLEET_ENV, REDIS, VOCFLEET, Fleet, Redis, add_detectors, all_finished, assert_ran_once_each, count_shards, job_rows, run_finished
 from tests.support import PG_URL, SHARED_VOC, free_port, make_fake_voc, wait_for
 from vocfleet.db.models import Base, EpochMetric, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
@@ -122,12 +122,7 @@ def test_redis_restart_mid_scoring_run_loses_nothing(shared_fleet, tmp_path, inv
     time.sleep(2)
     fleet.redis.start()
 
-    def run_done():
-        with session_scope() as s:
-            run = s.get(ScoreRun, 1)
-            return run.status.finished and run
-
-    run = fleet.wait(run_done, 180, "the run to finish after the broker restart")
+    run = fleet.wait(run_finished, 180, "the run to finish after the broker restart")
     assert (run.status, run.total_files, run.scored_images, run.error_files) == (JobStatus.succeeded, 2001, 2000, 1)
     with session_scope() as s:  # each file once, each picture scored once by each detector
         assert s.execute(text("SELECT count(*), count(DISTINCT rel_path) FROM scored_images WHERE run_id = 1")).one() == (2000, 2000)

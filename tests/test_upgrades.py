@@ -3,26 +3,11 @@
 import pytest
 from sqlalchemy import text
 
-from tests.support import QUICK
+from tests.support import QUICK, migrate_to
 from vocfleet.db.session import dispose_engines, get_engine, schema_revision
 from vocfleet.db.states import SCHEMA_HEAD
 
 pytestmark = pytest.mark.services
-
-
-def _migrate_to(url: str, revision: str) -> None:
-    """The schema of an older vocfleet, as a fleet that has not upgraded yet has it."""
-    from alembic import command
-    from alembic.config import Config
-
-    from vocfleet.db.session import MIGRATIONS
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with get_engine(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-    dispose_engines()
 
 
 def _newer(url: str, oldest_code: str) -> None:
@@ -34,7 +19,7 @@ def _newer(url: str, oldest_code: str) -> None:
 
 
 def test_newer_code_refuses_an_older_shared_schema_until_db_upgrade(pg_url, fake_voc, invoke):
-    _migrate_to(pg_url, "0008")
+    migrate_to(pg_url, "0008")
     for args in (["status"], ["submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 1, *QUICK], ["db", "check"]):
         res = invoke(*args)
         assert res.exit_code == 1, res.output
