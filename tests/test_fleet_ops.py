@@ -98,3 +98,15 @@ def test_a_host_clock_minutes_off_neither_looks_dead_nor_outlives_its_heartbeat(
     with session_scope() as s:
         assert claims.reap_stale(s, TrainJob, timedelta(seconds=1)) == ([job_id], [])
         assert s.get(TrainJob, job_id).status == JobStatus.queued
+
+
+def test_a_worker_asked_for_gpus_torch_cannot_use_refuses_in_one_line(invoke, monkeypatch):
+    """This machine has no GPU torch can use: '--gpus 0' is refused, not quietly turned into a CPU worker."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU torch can use")
+    monkeypatch.setenv("VOCFLEET_BROKER_URL", "redis://127.0.0.1:1/0")
+    res = invoke("worker", "--gpus", "0")
+    assert res.exit_code == 2 and "can use 0 GPU(s) here, not 0" in res.output and "--gpus none" in res.output
+    assert len(res.output.strip().splitlines()) == 1

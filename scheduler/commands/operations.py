@@ -267,6 +267,23 @@ def doctor(voc_root: str | None, fmt: str) -> None:
         sys.exit(1)
 
 
+def _check_cuda(gpus: str, devices: list[str | None]) -> None:
+    """GPUs asked for (or seen by nvidia-smi) that this torch build cannot use: one line, not a silent CPU worker.
+
+    Safe before the workers start: this process then execs Celery (or starts it as a new program),
+    so nothing inherits the CUDA state read here.
+    """
+    import torch
+
+    usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [d for d in devices if d is not None and (not d.isdigit() or int(d) >= usable)]
+    if missing:
+        raise ConfigError(
+            f"--gpus {gpus}: torch {torch.__version__} (built for CUDA {torch.version.cuda or 'none'}) can use {usable} GPU(s) here, "
+            f"not {', '.join(missing)}: update the NVIDIA driver for this build, or start the worker with --gpus none for the CPU"
+        )
+
+
 def _visible_gpus() -> list[str]:
     """GPU indices, read without initialising CUDA (this process forks workers)."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -314,6 +331,8 @@ def worker(gpus: str, queues: str, name: str, loglevel: str, metrics_port: int |
         devices = [g.strip() for g in gpus.split(",") if g.strip()]
         if not all(g.isdigit() for g in devices):
             raise ConfigError(f"--gpus {gpus!r}: use 'auto', 'none' or indices like 0,1")
+    if any(dev is not None for dev in devices):
+        _check_cuda(gpus, devices)
     # Never a migration here: a worker runs on the schema as it is, or refuses in one line
     # ('vocfleet db upgrade', the compose 'migrate' step, is the fleet's one migration step).
     from vocfleet.db.session import check_schema
