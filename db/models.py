@@ -250,7 +250,6 @@ class Worker(Base):
     version: Mapped[str] = mapped_column(String(50))
     device: Mapped[str] = mapped_column(String(100))
     pid: Mapped[int]
-    holding: Mapped[str | None] = mapped_column(String(100), default=None)  # unused: kept for what a worker may report later
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(default=None)

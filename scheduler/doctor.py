@@ -32,13 +32,11 @@ def _database(settings: Settings) -> Check:
 def _broker(settings: Settings) -> Check:
     if not settings.broker_url:
         return Check("broker", OK, "none: the embedded default (vocfleet run)")
-    from kombu import Connection
+    from vocfleet.worker.dispatch import ask_broker
 
     where = settings.broker_url.split("@")[-1]
-    try:
-        with Connection(settings.broker_url, connect_timeout=5) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
-    except Exception as exc:  # noqa: BLE001 - kombu raises several types for "broker away"
+    exc = ask_broker(settings.broker_url)
+    if exc is not None:
         return Check("broker", FAIL, f"{where} does not answer ({' '.join(str(exc).split())})")
     return Check("broker", OK, f"{where} answers")
 

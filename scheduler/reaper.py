@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from kombu.exceptions import ChannelError
 from sqlalchemy import or_, select
 
 from vocfleet.db.claims import reap_stale
@@ -13,26 +12,9 @@ from vocfleet.db.models import JobStatus, utcnow
 from vocfleet.db.runs import finish_run_if_done, running_runs
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
-from vocfleet.worker.dispatch import TASKS, enqueue
+from vocfleet.worker.dispatch import TASKS, broker_queue_length, enqueue
 
 log = logging.getLogger(__name__)
-
-
-def broker_queue_length(queue: str) -> int | None:
-    """Messages waiting in a broker queue, or None if the broker cannot be asked."""
-    from vocfleet.worker.celery_app import app
-
-    try:
-        with app.connection_for_write() as conn:
-            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
-    except ChannelError as exc:
-        if "NOT_FOUND" in str(exc):  # a restarted broker forgot the queue with its messages
-            return 0
-        log.warning("cannot read the length of queue %r: %s", queue, exc)
-        return None
-    except Exception as exc:  # noqa: BLE001
-        log.warning("cannot read the length of queue %r: %s", queue, exc)
-        return None
 
 
 def tick(stale_after: timedelta, resend_after: timedelta) -> dict[str, list[int]]:

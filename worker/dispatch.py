@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import nullcontext
 
 from sqlalchemy import update
 
@@ -31,6 +32,18 @@ def _refusal(url: str | None, exc: BaseException) -> ConfigError:
     return ConfigError(f"VOCFLEET_BROKER_URL={url!r}: the broker refused it ({exc}); fix the URL")
 
 
+def ask_broker(url: str) -> Exception | None:
+    """Connect to the broker once (5 s at most); None if it answered, else what went wrong."""
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
+    except Exception as exc:  # noqa: BLE001 - kombu raises several types for "broker away"
+        return exc
+    return None
+
+
 def check_broker() -> None:
     """Before anything is written: a broker that answers with an error (a wrong URL) is one line; one that does not answer is left to the scheduler.
 
@@ -40,15 +53,31 @@ def check_broker() -> None:
     url = get_settings().broker_url
     if not url:
         return
-    from kombu import Connection
+    exc = ask_broker(url)
+    if exc is None:
+        return
+    if _refused(exc):
+        raise _refusal(url, exc) from None
+    log.warning("broker unreachable (%s); what is queued stays in the database for the scheduler to send", exc)
+
+
+def broker_queue_length(queue: str) -> int | None:
+    """Messages waiting in a broker queue, or None if the broker cannot be asked."""
+    from kombu.exceptions import ChannelError
+
+    from .celery_app import app
 
     try:
-        with Connection(url, connect_timeout=5) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
-    except Exception as exc:  # noqa: BLE001 - kombu raises several types for "broker away"
-        if _refused(exc):
-            raise _refusal(url, exc) from None
-        log.warning("broker unreachable (%s); what is queued stays in the database for the scheduler to send", exc)
+        with app.connection_for_write() as conn:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+    except ChannelError as exc:
+        if "NOT_FOUND" in str(exc):  # a restarted broker forgot the queue with its messages
+            return 0
+        log.warning("cannot read the length of queue %r: %s", queue, exc)
+        return None
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cannot read the length of queue %r: %s", queue, exc)
+        return None
 
 
 def enqueue(table: Work, ids: Iterable[int]) -> int:
@@ -69,8 +98,9 @@ def enqueue(table: Work, ids: Iterable[int]) -> int:
     url = get_settings().broker_url
     sent = []
     try:
-        # The broker the settings name now: the app keeps the URL it was configured with at import.
-        with app.connection_for_write(url) as conn:
+        # The app's pooled connection, unless the settings now name another broker than the one the
+        # app was configured with at import (a process that changed its environment).
+        with nullcontext() if url == app.conf.broker_url else app.connection_for_write(url) as conn:
             for row_id in ids:
                 app.send_task(name, args=[row_id], queue=queue, connection=conn)
                 sent.append(row_id)

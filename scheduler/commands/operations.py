@@ -46,7 +46,7 @@ def scheduler_daemon(interval: float, stale_after: float | None, resend_after: f
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     ensure_schema()
-    from vocfleet.worker.metrics import serve_fleet
+    from ..fleet_metrics import serve_fleet
 
     port = serve_fleet()  # VOCFLEET_METRICS_PORT: jobs, runs and shards by state, live workers, queue depths
     click.echo(f"scheduler: every {interval:g}s, stale after {stale_window(stale_after).total_seconds():g}s", err=True)

@@ -7,7 +7,7 @@ Create Date: 2026-11-30 08:00:00
 ``schema_compat`` holds one row: the oldest schema revision whose code can still run against this
 database (written by ``vocfleet db upgrade``), so a host with older code knows whether it may run
 or must be upgraded first. ``workers`` holds one row per fleet worker: its host, queues, vocfleet
-version, device, what it holds and its heartbeat (``vocfleet workers``).
+version, device and heartbeat (``vocfleet workers`` adds what each holds, from the rows it claimed).
 
 Older code ignores both tables: a 0008 host may keep running on this schema.
 """
@@ -32,7 +32,6 @@ def upgrade() -> None:
         sa.Column("version", sa.String(50), nullable=False),
         sa.Column("device", sa.String(100), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
-        sa.Column("holding", sa.String(100), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("stopped_at", sa.DateTime(timezone=True), nullable=True),
