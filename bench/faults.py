@@ -38,6 +38,12 @@ FAULTS = [
         "another host resumes from the checkpoint in S3; the detector lands in the bucket; the work copy is removed",
     ),
     (
+        "tests/test_fleet.py::test_s3_away_for_30s_during_a_checkpoint_upload",
+        "the S3 endpoint refusing connections for 30 s as an epoch's checkpoint uploads",
+        "the worker keeps its claim and tries the upload again with backoff, saying so in its log; the job succeeds "
+        "on its first attempt, every epoch once, the detector in the bucket",
+    ),
+    (
         "tests/test_fleet.py::test_one_run_sharded_over_two_workers_survives_kill_9",
         "`kill -9` of a worker mid-shard (2,002 files)",
         "its shard is finished by the other worker; every file once, every picture scored once by each detector",

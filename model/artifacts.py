@@ -28,9 +28,12 @@ from . import ConfigError, DetectorUnavailable, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-# Waits between tries of an object-storage call that failed for a passing reason (about 30 s in all;
-# s3fs already retries each request a few times within a try).
-RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+# Waits between tries of an object-storage call that failed for a passing reason: a worker waits out
+# an endpoint away for about a minute (a restart, a failover) before failing the job with the reason
+# (s3fs already retries each request a few times within a try). A check made before work starts
+# (submit, doctor, gc) answers within a few seconds instead.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+CHECK_DELAYS = (0.5, 1.0, 2.0)
 _TRANSIENT = {
     "EndpointConnectionError",
     "ConnectTimeoutError",
@@ -98,15 +101,15 @@ def _store_error(what: str, exc: BaseException) -> StoreUnavailable:
     )
 
 
-def retrying(what: str, call, *args, **kwargs):
-    """``call(*args, **kwargs)`` on object storage, tried again after passing errors (:data:`RETRY_DELAYS`).
+def retrying(what: str, call, *args, delays: tuple[float, ...] | None = None, **kwargs):
+    """``call(*args, **kwargs)`` on object storage, tried again after passing errors (``delays``, else :data:`RETRY_DELAYS`).
 
     Raises:
         FileNotFoundError: as the call raised it (a missing file is an answer, not an outage).
         StoreUnavailable: the store still failed after the last try, or failed for a lasting reason
             (no bucket, no permission): one line.
     """
-    for delay in (*RETRY_DELAYS, None):
+    for delay in (*(RETRY_DELAYS if delays is None else delays), None):
         try:
             return call(*args, **kwargs)
         except FileNotFoundError:
@@ -211,8 +214,8 @@ class ArtifactStore:
         fs, base = self._fs(self.root)
         probe = f"{base}/.vocfleet-probe-{uuid.uuid4().hex}"
         try:
-            retrying(f"write to {self.root}", fs.pipe_file, probe, b"probe")
-            retrying(f"remove a probe from {self.root}", fs.rm_file, probe)
+            retrying(f"write to {self.root}", fs.pipe_file, probe, b"probe", delays=CHECK_DELAYS)
+            retrying(f"remove a probe from {self.root}", fs.rm_file, probe, delays=CHECK_DELAYS)
         except FileNotFoundError:
             raise StoreUnavailable(f"artifact store {self.root}: no such bucket: create it, or fix VOCFLEET_ARTIFACT_ROOT") from None
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from sqlalchemy import func, select
 
-from tests.support import connectable, wait_for
+from tests.support import connectable, free_port, wait_for
 from vocfleet.db.models import Detector, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import session_scope
 from vocfleet.model.config import TrainConfig
@@ -40,6 +42,72 @@ class Redis:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class Outage:
+    """A TCP proxy in front of a server, which a test takes away and brings back.
+
+    While it is down, connections to it are refused and those open are cut: the server unreachable
+    from the workers, its state kept (moto's server keeps its buckets only in memory).
+    """
+
+    def __init__(self, target_port: int):
+        self.target, self.port = target_port, free_port()
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        listener.close()
+        with self._lock:
+            for conn in self._open:
+                _close(conn)
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open.update((client, server))
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        with self._lock:
+            for conn in (src, dst):
+                self._open.discard(conn)
+                _close(conn)
+
+
+def _close(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()
 
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)

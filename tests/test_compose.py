@@ -16,7 +16,7 @@ def compose():
 
 
 def test_services_present():
-    assert {"redis", "postgres", "minio", "minio-bucket", "migrate", "scheduler", "train-worker", "score-worker", "flower"} <= set(compose()["services"])
+    assert {"redis", "postgres", "s3", "s3-bucket", "migrate", "scheduler", "train-worker", "score-worker", "flower"} <= set(compose()["services"])
 
 
 def test_vocfleet_commands_exist():
@@ -78,7 +78,7 @@ def test_credentials_come_from_the_environment():
     example = (ROOT / ".env.example").read_text()
     assert "vocfleet:vocfleet@" not in text and "POSTGRES_PASSWORD: vocfleet" not in text
     used = set(re.findall(r"\$\{(\w+)", text))
-    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "MINIO_PASSWORD", "FLOWER_PASSWORD"} <= used
+    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "S3_PASSWORD", "FLOWER_PASSWORD"} <= used
     for name in used:
         assert re.search(rf"^{name}=", example, re.M), f"{name} is used in compose but not in .env.example"
     for password in re.findall(r"\$\{(\w*PASSWORD)([^}]*)\}", text):
@@ -90,7 +90,20 @@ def test_credentials_come_from_the_environment():
 
 def test_workers_share_a_bucket_not_a_disk():
     env = compose()["services"]["train-worker"]["environment"]
-    assert env["VOCFLEET_ARTIFACT_ROOT"].startswith("s3://") and env["VOCFLEET_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["VOCFLEET_ARTIFACT_ROOT"].startswith("s3://") and env["VOCFLEET_S3_ENDPOINT_URL"] == "http://s3:9000"
     bucket = env["VOCFLEET_ARTIFACT_ROOT"].split("/")[2]
-    assert compose()["services"]["minio-bucket"]["command"][-1] == f"store/{bucket}"
+    assert f"fs.mkdir('{bucket}')" in compose()["services"]["s3-bucket"]["command"][-1]
     assert "s3" in re.search(r'pip install "\.\[([\w,]+)\]"', (ROOT / "Dockerfile").read_text()).group(1)
+
+
+def test_images_are_pinned_and_the_s3_server_is_one_that_is_served():
+    """Every pulled image names a version (a moving tag changes the stack under a running fleet); not MinIO's, which Docker Hub no longer serves."""
+    for name, service in compose()["services"].items():
+        image = service.get("image", "")
+        if image and not image.startswith("vocfleet:"):  # vocfleet's own image is built here
+            repo, _, tag = image.rpartition(":")
+            assert repo and tag and tag != "latest", f"{name}: {image} is not pinned to a version"
+            assert not repo.startswith("minio/"), f"{name}: {image} is no longer served by Docker Hub"
+    s3 = compose()["services"]["s3"]
+    assert "/healthz" in " ".join(s3["healthcheck"]["test"]) and any(v.endswith(":/data") for v in s3["volumes"])
+    assert '"$$S3_PASSWORD"' in s3["command"][0]  # the secret is read inside the container, not written into the file

@@ -17,6 +17,7 @@ from tests.fleet import (
     PG_BIN,
     REDIS,
     Fleet,
+    Outage,
     Postgres,
     Redis,
     add_detectors,
@@ -123,6 +124,34 @@ def test_two_hosts_without_a_shared_disk_resume_from_s3(fleet, s3_root, tmp_path
     assert "resuming car from epoch" in (fleet.tmp / "w1.log").read_text()
     # Nothing left on the host: the work copy goes right after the row records the detector.
     fleet.wait(lambda: not list(hosts["w1"].rglob("*.pt")), 30, "the worker to drop its work copy")
+
+
+def test_s3_away_for_30s_during_a_checkpoint_upload(fleet, s3_root, s3_server, tmp_path, monkeypatch):
+    """The S3 endpoint refuses connections for 30 s as an epoch's checkpoint uploads: the worker waits it out and the job succeeds once."""
+    import s3fs
+
+    proxy = Outage(int(s3_server.rsplit(":", 1)[1]))
+    proxy.up()
+    monkeypatch.setenv("VOCFLEET_S3_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+    fleet.start_worker("w0", env={"VOCFLEET_DATA_DIR": str(tmp_path / "host")})
+    fleet.submit("car", epochs=20, max_batches=4, image_size=96)
+    fleet.wait(lambda: job_rows()[1][1] >= 2, 180, "two epochs")
+    proxy.down()
+    away, recorded = time.monotonic(), job_rows()[1][1]
+    log = fleet.tmp / "w0.log"
+    fleet.wait(lambda: "failed (EndpointConnectionError); trying again" in log.read_text(), 30, "the worker to say the store is away")
+    while time.monotonic() - away < 30:
+        status, epochs, _, attempts = job_rows()[1]
+        assert status == JobStatus.running and attempts == 1 and epochs <= recorded + 1  # waiting on the upload, holding its job
+        time.sleep(1)
+    proxy.up()
+    fleet.wait(lambda: all_finished(1), 120, "the job to finish once the store is back")
+    assert job_rows()[1][3] == 1  # the same attempt: nothing failed, nothing re-ran
+    assert_ran_once_each(20)
+    with session_scope() as s:
+        det = s.scalars(select(Detector)).one()
+    bucket = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    assert bucket.exists(f"{s3_root}/{det.checkpoint_path}")
 
 
 def test_one_run_sharded_over_two_workers_survives_kill_9(fleet, tmp_path, monkeypatch, invoke):

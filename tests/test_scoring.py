@@ -216,9 +216,18 @@ def test_predict(detectors, wild, invoke):
     assert bad.exit_code == 1 and "notes.jpg: not an image" in bad.output
 
 
-def test_scoring_path_agrees_with_validation_path(trained, tmp_path):
-    """One eval preprocessing: a VOC image scored from its file gets the probability evaluation gave it."""
+def test_scoring_path_agrees_with_validation_path(trained, tmp_path, monkeypatch):
+    """One eval preprocessing: a VOC image scored from its file gets the probability evaluation gave it.
+
+    Compiled, the graph is captured by TorchDynamo as on a GPU but run by the eager backend:
+    inductor's CPU code generation would take 20 s here and is not what a GPU host runs
+    (bench/gpu_check.sh scores compiled on the GPU).
+    """
+    import functools
+
     import torch
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
 
     from vocfleet.model.engine import evaluate
     from vocfleet.model.net import detector_model
