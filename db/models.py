@@ -143,6 +143,8 @@ class ScoreRun(Claimable, Base):
     total_files: Mapped[int | None]
     scored_images: Mapped[int] = mapped_column(default=0)
     error_files: Mapped[int] = mapped_column(default=0)
+    # class -> pictures where it is present, written when the run ends (a run's page at a million pictures)
+    class_counts: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
 
     def __repr__(self) -> str:
         return f"ScoreRun(id={self.id}, status={self.status.value}, scored={self.scored_images}, errors={self.error_files}, total={self.total_files})"

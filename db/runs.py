@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .claims import cancel_work, clock, is_stale, owned
-from .models import Detector, JobStatus, ScoreRun, ScoreShard, utcnow
+from .models import Detector, JobStatus, Score, ScoreRun, ScoreShard, utcnow
 from .states import UNFINISHED, as_utc
 
 
@@ -131,7 +131,14 @@ def finish_run_if_done(s: Session, run_id: int) -> JobStatus | None:
     else:
         run.status, run.error = JobStatus.succeeded, None
     run.finished_at = utcnow()
+    run.class_counts = class_presence(s, run_id)  # once, at the end: a GROUP BY over the run's present scores
     return run.status
+
+
+def class_presence(s: Session, run_id: int) -> dict[str, int]:
+    """Per class, how many of a run's pictures have it (the present rows of the scores index)."""
+    q = select(Score.voc_class, func.count()).where(Score.run_id == run_id, Score.present.is_(True)).group_by(Score.voc_class)
+    return dict(s.execute(q).all())
 
 
 def running_runs(s: Session) -> list[int]:
@@ -206,5 +213,5 @@ def reopen_run(s: Session, run_id: int, stale_after: timedelta) -> tuple[Reopen,
         sh.status, sh.claim_token, sh.cancel_requested, sh.finished_at, sh.error = JobStatus.queued, None, False, None, None
         sh.attempts = 0
     run.status, run.claim_token, run.cancel_requested, run.finished_at, run.error = JobStatus.queued, None, False, None, None
-    run.attempts = 0
+    run.attempts, run.class_counts = 0, None  # counted again when it ends
     return Reopen.ready, run

@@ -48,6 +48,8 @@ class Settings:
         visibility_timeout: seconds before Redis hands an unacknowledged message out again.
         metrics_port: where a worker or the scheduler serves Prometheus metrics (None: nowhere).
         metrics_bind: the address it listens on (127.0.0.1 unless set: metrics are not for the world).
+        web_token: the secret that ``vocfleet serve --allow-actions`` asks of requests that change
+            something (activate, cancel, retry); None: no actions.
     """
 
     data_dir: Path
@@ -65,6 +67,7 @@ class Settings:
     visibility_timeout: float = 3600.0
     metrics_port: int | None = None
     metrics_bind: str = "127.0.0.1"
+    web_token: str | None = None
 
 
 def get_settings() -> Settings:
@@ -88,6 +91,7 @@ def get_settings() -> Settings:
         visibility_timeout=_seconds("VOCFLEET_VISIBILITY_TIMEOUT", env.get("VOCFLEET_VISIBILITY_TIMEOUT", "3600"), 1),
         metrics_port=_count("VOCFLEET_METRICS_PORT", env.get("VOCFLEET_METRICS_PORT")),
         metrics_bind=env.get("VOCFLEET_METRICS_BIND") or "127.0.0.1",
+        web_token=env.get("VOCFLEET_WEB_TOKEN") or None,
     )
 
 

@@ -4,6 +4,7 @@
 - ``commands/scoring.py``: score, resume-run, runs, results, predict, report
 - ``commands/operations.py``: worker, scheduler, reap, cancel, retry, gc, db
 - ``commands/data.py``: data download, data check
+- ``commands/web.py``: serve
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import click
 
 from vocfleet import __version__
 
-from .commands import data, operations, scoring, training
+from .commands import data, operations, scoring, training, web
 from .commands.base import VocfleetGroup
 
 
@@ -30,7 +31,7 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-for _module in (training, scoring, operations, data):
+for _module in (training, scoring, operations, data, web):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

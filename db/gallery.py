@@ -1,0 +1,245 @@
+"""A scoring run's pictures a page at a time, and one picture with everything known about it.
+
+The gallery is read with keyset pagination over the ``(run, class, present, probability)`` index
+of ``scores``: a page starts where the previous one ended (its last picture's present flag,
+probability and image id), so page 5,000 of a million-image run costs what page 1 costs. Within
+one run a class has one detector and so one threshold: ordering by probability is ordering by
+margin above the threshold, and every present picture comes before every absent one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exists, select, tuple_
+from sqlalchemy.orm import Session, aliased
+
+from .models import Detector, Score, ScoredImage, ScoreRun, TrainJob
+from .states import as_utc
+
+PAGE = 48  # pictures per gallery page
+MAX_PAGE = 200
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a gallery page starts: after this picture, in (present, probability, image id) order, highest first."""
+
+    present: bool
+    probability: float
+    image_id: int
+
+    def encode(self) -> str:
+        return f"{int(self.present)}_{self.probability!r}_{self.image_id}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Raises ValueError (one line) for a cursor this module did not write."""
+        try:
+            present, probability, image_id = text.split("_")
+            if present not in ("0", "1"):
+                raise ValueError
+            return cls(present == "1", float(probability), int(image_id))
+        except ValueError:
+            raise ValueError(f"after={text!r}: not a page cursor (use the 'next' value of the previous page)") from None
+
+
+@dataclass(frozen=True)
+class GalleryQuery:
+    """Which of a run's pictures to show, for one class.
+
+    Attributes:
+        run_id, voc_class: the run, and the class whose probability orders the pictures.
+        also: classes that must be present too; ``without``: classes that must be absent
+            ("dog and not person": ``voc_class="dog", without=("person",)``).
+        min_prob, max_prob: a probability range of ``voc_class``. Without one, only the pictures
+            where it is present; with one, absent pictures in the range too (near the threshold).
+        folder: only files under this path (a folder the run scored, or a subfolder of one).
+        after: the page's start (the previous page's ``next``); ``limit``: pictures per page.
+    """
+
+    run_id: int
+    voc_class: str
+    also: tuple[str, ...] = ()
+    without: tuple[str, ...] = ()
+    min_prob: float | None = None
+    max_prob: float | None = None
+    folder: str | None = None
+    after: Cursor | None = None
+    limit: int = PAGE
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One picture of a gallery page."""
+
+    image_id: int
+    folder: str
+    rel_path: str
+    sha256: str
+    probability: float
+    threshold: float
+    margin: float
+    present: bool
+
+
+@dataclass(frozen=True)
+class GalleryPage:
+    tiles: list[Tile]
+    next: Cursor | None  # None: the last page
+
+
+def _present(image_id, voc_class: str):
+    other = aliased(Score)
+    return exists().where(other.image_id == image_id, other.voc_class == voc_class, other.present.is_(True))
+
+
+def _like_prefix(path: str) -> str:
+    escaped = path.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "/%"
+
+
+def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
+    """One page of the run's pictures for ``q.voc_class``, highest probability first.
+
+    Raises:
+        ValueError: a limit outside 1..MAX_PAGE, or a class in both ``also`` and ``without``.
+    """
+    if not 1 <= q.limit <= MAX_PAGE:
+        raise ValueError(f"limit={q.limit}: between 1 and {MAX_PAGE}")
+    if clash := (set(q.also) | {q.voc_class}) & set(q.without):
+        raise ValueError(f"{', '.join(sorted(clash))}: asked to be both present and absent")
+    stmt = (
+        select(
+            Score.image_id,
+            Score.probability,
+            Score.present,
+            Detector.threshold,
+            ScoredImage.folder,
+            ScoredImage.rel_path,
+            ScoredImage.sha256,
+        )
+        .join(ScoredImage, ScoredImage.id == Score.image_id)
+        .join(Detector, Detector.id == Score.detector_id)
+        .where(Score.run_id == q.run_id, Score.voc_class == q.voc_class)
+    )
+    if q.min_prob is None and q.max_prob is None:
+        stmt = stmt.where(Score.present.is_(True))
+    if q.min_prob is not None:
+        stmt = stmt.where(Score.probability >= q.min_prob)
+    if q.max_prob is not None:
+        stmt = stmt.where(Score.probability <= q.max_prob)
+    for cls in q.also:
+        stmt = stmt.where(_present(Score.image_id, cls))
+    for cls in q.without:
+        stmt = stmt.where(~_present(Score.image_id, cls))
+    if q.folder:
+        full = ScoredImage.folder + "/" + ScoredImage.rel_path
+        stmt = stmt.where(full.like(_like_prefix(q.folder), escape="\\"))
+    if q.after is not None:
+        a = q.after
+        stmt = stmt.where(tuple_(Score.present, Score.probability, Score.image_id) < tuple_(a.present, a.probability, a.image_id))
+    stmt = stmt.order_by(Score.present.desc(), Score.probability.desc(), Score.image_id.desc()).limit(q.limit + 1)
+    rows = s.execute(stmt).all()
+    tiles = [Tile(r.image_id, r.folder, r.rel_path, r.sha256, r.probability, r.threshold, r.probability - r.threshold, r.present) for r in rows[: q.limit]]
+    more = len(rows) > q.limit
+    last = tiles[-1] if tiles and more else None
+    return GalleryPage(tiles, Cursor(last.present, last.probability, last.image_id) if last else None)
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class's score of a picture, with the detector that gave it."""
+
+    voc_class: str
+    probability: float
+    threshold: float
+    margin: float
+    present: bool
+    detector_id: int
+    detector_ap: float | None
+    detector_active: bool
+    job_id: int | None
+    training: dict[str, Any]  # the settings that matter to a reader: arch, init, image size, epochs, seed
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """The same picture (same sha256) in another run."""
+
+    run_id: int
+    image_id: int
+    folder: str
+    rel_path: str
+    created: datetime | None
+
+
+@dataclass(frozen=True)
+class PictureDetail:
+    image_id: int
+    run_id: int
+    folder: str
+    rel_path: str
+    sha256: str
+    scores: list[ClassScore]  # most above its threshold first
+    elsewhere: list[Sighting] = field(default_factory=list)
+
+
+TRAINING_KEYS = ("arch", "init", "image_size", "epochs", "batch_size", "lr", "seed")
+MAX_SIGHTINGS = 50
+
+
+def picture(s: Session, image_id: int) -> PictureDetail | None:
+    """A scored picture: every class's probability beside its threshold and detector, and the runs that saw the same file."""
+    image = s.get(ScoredImage, image_id)
+    if image is None:
+        return None
+    rows = s.execute(
+        select(Score, Detector, TrainJob.config)
+        .join(Detector, Detector.id == Score.detector_id)
+        .outerjoin(TrainJob, TrainJob.id == Detector.job_id)
+        .where(Score.image_id == image_id)
+        .order_by((Score.probability - Detector.threshold).desc())
+    ).all()
+    scores = [
+        ClassScore(
+            sc.voc_class,
+            sc.probability,
+            d.threshold,
+            sc.probability - d.threshold,
+            sc.present,
+            d.id,
+            d.ap,
+            d.active,
+            d.job_id,
+            {k: config[k] for k in TRAINING_KEYS if k in config} if config else {},
+        )
+        for sc, d, config in rows
+    ]
+    others = s.execute(
+        select(ScoredImage.run_id, ScoredImage.id, ScoredImage.folder, ScoredImage.rel_path, ScoreRun.created_at)
+        .join(ScoreRun, ScoreRun.id == ScoredImage.run_id)
+        .where(ScoredImage.sha256 == image.sha256, ScoredImage.id != image.id)
+        .order_by(ScoredImage.run_id.desc(), ScoredImage.id)
+        .limit(MAX_SIGHTINGS)
+    ).all()
+    elsewhere = [Sighting(r.run_id, r.id, r.folder, r.rel_path, as_utc(r.created_at)) for r in others]
+    return PictureDetail(image.id, image.run_id, image.folder, image.rel_path, image.sha256, scores, elsewhere)
+
+
+def recorded_file(s: Session, image_id: int) -> tuple[str, str, str] | None:
+    """(folder, relative path, sha256) of a scored picture: the only files the web app reads."""
+    row = s.execute(select(ScoredImage.folder, ScoredImage.rel_path, ScoredImage.sha256).where(ScoredImage.id == image_id)).first()
+    return tuple(row) if row else None
+
+
+def run_classes_and_thresholds(s: Session, run_id: int) -> dict[str, float]:
+    """Each class a run scored, with its detector's threshold (what "near the threshold" is near)."""
+    run = s.get(ScoreRun, run_id)
+    if run is None:
+        return {}
+    det = select(Detector.voc_class, Detector.threshold).where(Detector.id.in_(list(run.detector_ids or [])))
+    found = dict(s.execute(det).all())
+    return {c: found.get(c, 0.5) for c in run.classes}

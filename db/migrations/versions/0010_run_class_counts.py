@@ -1,0 +1,31 @@
+"""a finished scoring run keeps how many of its pictures have each class
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-11-30 10:00:00
+
+``score_runs.class_counts``: class -> pictures where it is present, written once when the run
+ends (one GROUP BY over its scores), so a run's page answers at once at a million pictures.
+Runs that ended before this revision have none: they are counted when asked.
+
+Older code ignores the column: a 0009 host may keep running on this schema.
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+older_code_ok = True  # one nullable column that older code never reads or writes
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("score_runs") as batch:
+        batch.add_column(sa.Column("class_counts", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("score_runs") as batch:
+        batch.drop_column("class_counts")
