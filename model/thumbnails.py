@@ -45,27 +45,44 @@ def thumbnail(folder: str, rel_path: str, size: int, *, sha256: str | None = Non
         return None
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Written to a temporary file and renamed: two requests at once never serve half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".thumb")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
 def cached_thumbnail(cache_dir: Path, folder: str, rel_path: str, sha256: str, size: int) -> bytes | None:
     """:func:`thumbnail`, made once per (sha256, size) under ``cache_dir/thumbnails`` and read from there after.
 
-    Written to a temporary file and renamed, so two requests at once never serve half a file.
+    Beside each thumbnail is the path, size and modification time of the file it was made from:
+    a later request serves the cached one only while the file still looks the same (one
+    ``lstat``), else reads and hashes it again, so a picture gone or changed since it was scored
+    shows the placeholder, not a stale thumbnail.
 
     Raises:
         ValueError: ``size`` is not one of :data:`SIZES` (the cache holds a few sizes, not any a client asks for).
     """
     if size not in SIZES:
         raise ValueError(f"size {size}: one of {', '.join(map(str, SIZES))}")
-    path = cache_dir / "thumbnails" / sha256[:2] / f"{sha256}-{size}.jpg"
+    source = os.path.join(folder, rel_path)
     try:
-        return path.read_bytes()
+        st = os.lstat(source)
+    except OSError:
+        return None  # gone
+    looks = f"{source}\0{st.st_size}\0{st.st_mtime_ns}"
+    path = cache_dir / "thumbnails" / sha256[:2] / f"{sha256}-{size}.jpg"
+    stamp = path.with_suffix(".source")
+    try:
+        if stamp.read_text() == looks:
+            return path.read_bytes()
     except OSError:
         pass
     jpeg = thumbnail(folder, rel_path, size, sha256=sha256)
     if jpeg is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".thumb")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(jpeg)
-    os.replace(tmp, path)
+    _write(path, jpeg)
+    _write(stamp, looks.encode())
     return jpeg

@@ -7,7 +7,6 @@ data URIs) and renders the Jinja2 templates in ``templates/`` (HTML escaped by t
 from __future__ import annotations
 
 import base64
-import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -17,8 +16,7 @@ import jinja2
 
 from vocfleet.db.reports import PER_CLASS, FleetReport, RunReport
 from vocfleet.model.artifacts import ArtifactStore
-from vocfleet.model.data import open_rgb
-from vocfleet.model.scan import MAX_FILE_BYTES, read_inside
+from vocfleet.model.thumbnails import thumbnail as make_thumbnail
 
 THUMB = 160
 
@@ -35,17 +33,11 @@ def _data_uri(png_or_jpeg: bytes, mime: str) -> str:
 def thumbnail(folder: str, rel_path: str) -> str | None:
     """A small JPEG of the picture as a data URI (None if it is gone, unreadable, or no longer a file inside its folder).
 
-    Read as scoring reads (:func:`read_inside`): a file swapped since for a link out of the folder
-    is not embedded, and a pipe does not hang the report.
+    Read as scoring reads (:func:`vocfleet.model.thumbnails.thumbnail`): a file swapped since for
+    a link out of the folder is not embedded, and a pipe does not hang the report.
     """
-    try:
-        im = open_rgb(io.BytesIO(read_inside(folder, rel_path, MAX_FILE_BYTES)), THUMB)
-    except Exception:  # noqa: BLE001 - a report still renders without the picture
-        return None
-    im.thumbnail((THUMB, THUMB))
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=80)
-    return _data_uri(buf.getvalue(), "image/jpeg")
+    jpeg = make_thumbnail(folder, rel_path, THUMB)
+    return _data_uri(jpeg, "image/jpeg") if jpeg else None
 
 
 def _png(store: ArtifactStore, uri: str | None) -> str | None:

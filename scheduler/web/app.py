@@ -91,6 +91,19 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _form_prob(name: str, text: str | None) -> float | None:
+    """A probability from a form field: blank is none; anything else must be a number in [0, 1]."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise Problem(400, f"{name}={text!r}: a probability between 0 and 1")
+    return value
+
+
 def _classes(text: str | None) -> tuple[str, ...]:
     return tuple(c for c in (text or "").replace(" ", ",").split(",") if c)
 
@@ -169,13 +182,13 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         voc_class: ClassParam = None,
         also: str | None = None,
         without: str | None = None,
-        min: Prob = None,  # noqa: A002 - the query parameter's name
-        max: Prob = None,  # noqa: A002
+        min: str | None = None,  # noqa: A002 - the query parameter's name; a form's empty field is ""
+        max: str | None = None,  # noqa: A002
         folder: str | None = None,
         after: str | None = None,
         limit: Limit = gallery_db.PAGE,
     ) -> HTMLResponse:
-        view, q, result = _gallery(run_id, voc_class, also, without, min, max, folder, after, limit)
+        view, q, result = _gallery(run_id, voc_class, also, without, _form_prob("min", min), _form_prob("max", max), folder, after, limit)
         params = {k: v for k, v in request.query_params.items() if k != "after"}
         next_url = f"/runs/{run_id}?{urlencode({**params, 'after': result.next.encode()})}" if result and result.next else None
         first_url = f"/runs/{run_id}?{urlencode(params)}" if after else None

@@ -1,0 +1,311 @@
+"""`vocfleet serve` for real: the server in a subprocess, its JSON API read over HTTP, its pages driven in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support import SHARED_VOC, free_port, make_fake_voc, wait_for
+
+VOCFLEET = [sys.executable, "-m", "vocfleet"]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "a-token-of-at-least-16-chars"
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    res = subprocess.run([*VOCFLEET, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def pictures(folder: Path, n: int, seed: int) -> None:
+    """Photos in two subfolders: the shared VOC sample's (copied: a test changes some), else blobs of colour."""
+    photos = sorted(SHARED_VOC.glob("JPEGImages/*.jpg"))[:n]
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        sub = folder / ("street" if i % 2 else "park")
+        sub.mkdir(parents=True, exist_ok=True)
+        if len(photos) == n:
+            shutil.copyfile(photos[i], sub / f"img{i:03d}.jpg")
+            continue
+        arr = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        arr[8:30, 10 + i % 30 : 30 + i % 30] = rng.integers(0, 255, 3, dtype=np.uint8)
+        Image.fromarray(arr).save(sub / f"img{i:03d}.jpg", quality=85)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Two detectors trained by `vocfleet run`, a folder scored twice, and `vocfleet serve` (with actions) on a spare port."""
+    base = tmp_path_factory.mktemp("web")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOCFLEET_")}
+    env |= {"VOCFLEET_DATA_DIR": str(base / "data"), "VOCFLEET_WEB_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+    voc = make_fake_voc(base / "VOC2007", n=48)
+    quick = ["--arch", "tiny", "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--max-batches", "2"]
+    cli(env, "submit", "--classes", "car,dog", "--voc-root", str(voc), *quick)
+    cli(env, "run")
+    folder = base / "holiday"
+    pictures(folder, 120, seed=1)
+    (folder / "park" / "notes.jpg").write_text("not a picture")
+    os.symlink("/etc/passwd", folder / "street" / "secret.jpg")  # a link out of the folder: never read
+    cli(env, "score", str(folder))
+    cli(env, "score", str(folder / "park"))  # the same pictures again: a picture's page lists the other run
+    port = free_port()
+    log = open(base / "serve.log", "w")
+    proc = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port), "--allow-actions"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _status(url + "/api/runs") == 200, 60, "vocfleet serve to answer")
+        yield {"url": url, "env": env, "folder": folder, "base": base}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _status(url: str) -> int | None:
+    try:
+        return urllib.request.urlopen(url, timeout=5).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def get(site, path: str, method: str = "GET", headers: dict[str, str] | None = None):
+    """(status, headers, body) of a request to the server; 4xx and 5xx are returned, not raised."""
+    req = urllib.request.Request(site["url"] + path, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def api(site, path: str, method: str = "GET", headers: dict[str, str] | None = None):
+    status, hdrs, body = get(site, path, method, headers)
+    assert hdrs["content-type"].startswith("application/json"), (path, hdrs["content-type"])
+    return status, json.loads(body)
+
+
+def test_every_endpoint_answers_with_the_data_the_cli_shows(site):
+    status, runs = api(site, "/api/runs")
+    assert status == 200 and [r["run_id"] for r in runs] == [2, 1]
+    first = runs[1]
+    assert (first["status"], first["files"], first["scored"], first["errors"]) == ("succeeded", 122, 120, 2)
+    status, run = api(site, "/api/runs/1")
+    assert status == 200 and [c["voc_class"] for c in run["classes"]] == ["car", "dog"]
+    listed = subprocess.run([*VOCFLEET, "results", "1", "--summary", "--format", "json"], env=site["env"], capture_output=True, text=True, check=True)
+    summary = {r["class"]: r["present"] for r in json.loads(listed.stdout)}
+    assert {c["voc_class"]: c["present"] for c in run["classes"]} == summary  # the counts the CLI gives
+
+    status, page = api(site, "/api/runs/1/gallery?class=car&limit=7")
+    assert status == 200 and page["class"] == "car" and len(page["pictures"]) == min(7, summary["car"])
+    probs = [p["probability"] for p in page["pictures"]]
+    assert probs == sorted(probs, reverse=True) and all(p["present"] for p in page["pictures"])
+
+    image_id = page["pictures"][0]["image_id"]
+    status, pic = api(site, f"/api/pictures/{image_id}")
+    assert status == 200 and {s["voc_class"] for s in pic["scores"]} == {"car", "dog"}
+    assert all(s["detector_id"] and s["training"]["arch"] == "tiny" for s in pic["scores"])
+    status, errors = api(site, "/api/runs/1/errors")
+    assert status == 200 and errors["total"] == 2 and {e["file"] for e in errors["errors"]} == {"park/notes.jpg", "street/secret.jpg"}
+
+    status, registry = api(site, "/api/detectors")
+    assert status == 200 and [c["voc_class"] for c in registry] == ["car", "dog"] and all(c["active_id"] for c in registry)
+    status, det = api(site, f"/api/detectors/{registry[0]['active_id']}")
+    assert status == 200 and [e["epoch"] for e in det["epochs"]] == [1, 2] and det["row"]["always_absent"] is not None
+    assert set(det["plots"]) == {"curves", "pr"}
+    assert get(site, f"/detectors/{det['id']}/pr.png")[1]["content-type"] == "image/png"
+    status, jobs = api(site, "/api/jobs")
+    assert status == 200 and {(j["voc_class"], j["status"], j["epochs_done"]) for j in jobs} == {("car", "succeeded", 2), ("dog", "succeeded", 2)}
+
+    status, spec = api(site, "/openapi.json")
+    paths = set(spec["paths"])
+    assert {"/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/gallery", "/api/runs/{run_id}/export", "/api/pictures/{image_id}"} <= paths
+    assert all(p.startswith("/api/") for p in paths)
+
+
+def test_gallery_pages_follow_each_other_and_filters_combine(site):
+    seen, after, pages = [], "", 0
+    while True:
+        status, page = api(site, f"/api/runs/1/gallery?class=dog&min=0&limit=25{after}")
+        assert status == 200
+        seen += page["pictures"]
+        pages += 1
+        if page["next"] is None:
+            break
+        after = f"&after={page['next']}"
+    assert pages == 5 and len(seen) == 120 and len({p["image_id"] for p in seen}) == 120  # every picture once, over five pages
+    keys = [(p["present"], p["probability"], p["image_id"]) for p in seen]
+    assert keys == sorted(keys, reverse=True)  # present first, then by probability
+
+    both = api(site, "/api/runs/1/gallery?class=dog&also=car&limit=200")[1]["pictures"]
+    not_car = api(site, "/api/runs/1/gallery?class=dog&without=car&limit=200")[1]["pictures"]
+    dog = [p for p in seen if p["present"]]
+    assert len(both) + len(not_car) == len(dog) and not {p["image_id"] for p in both} & {p["image_id"] for p in not_car}
+    park = api(site, f"/api/runs/1/gallery?class=dog&min=0&limit=200&folder={site['folder']}/park")[1]["pictures"]
+    assert len(park) == 60 and all(p["rel_path"].startswith("park/") for p in park)
+    t = seen[0]["threshold"]
+    near = api(site, f"/api/runs/1/gallery?class=dog&min={t - 0.05:.4f}&max={t + 0.05:.4f}&limit=200")[1]["pictures"]
+    assert near and all(abs(p["margin"]) <= 0.0501 for p in near)
+
+
+@pytest.mark.parametrize(
+    "path, status, says",
+    [
+        ("/api/runs/99", 404, "run 99: no such run"),
+        ("/api/runs/x", 400, "run_id='x'"),
+        ("/api/runs/1/gallery?class=horse", 400, "class='horse': run 1 scored car, dog"),
+        ("/api/runs/1/gallery?class=dog&without=dog", 400, "dog: asked to be both present and absent"),
+        ("/api/runs/1/gallery?min=1.5", 400, "min='1.5'"),
+        ("/api/runs/1/gallery?limit=0", 400, "limit='0'"),
+        ("/api/runs/1/gallery?after=1_x_2", 400, "after='1_x_2': not a page cursor"),
+        ("/api/runs/1/export?format=xml", 400, "format='xml'"),
+        ("/api/pictures/99999", 404, "picture 99999: no such picture"),
+        ("/api/detectors/99", 404, "detector 99: no such detector"),
+        ("/api/nothing", 404, "/api/nothing: no such page"),
+    ],
+)
+def test_bad_requests_get_one_json_error(site, path, status, says):
+    got, body = api(site, path)
+    assert got == status and list(body) == ["error"] and says in body["error"] and "\n" not in body["error"], body
+
+
+def test_thumbnails_only_of_recorded_files_and_a_placeholder_when_gone_or_changed(site):
+    pics = api(site, "/api/runs/1/gallery?class=dog&min=0&limit=3")[1]["pictures"]
+    status, headers, body = get(site, f"/thumbs/{pics[0]['image_id']}.jpg?size=320")
+    assert status == 200 and headers["content-type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
+    for attempt in ("/thumbs/..%2F..%2F..%2Fetc%2Fpasswd.jpg", "/thumbs/%2Fetc%2Fpasswd.jpg", "/thumbs/1.jpg/../../etc/passwd", "/thumbs/1.jpg?size=99"):
+        status, headers, body = get(site, attempt)
+        assert status in (400, 404) and b"root:" not in body, attempt
+    # Gone: a placeholder. Changed since it was scored (same name, other bytes): a placeholder, not the cached thumbnail.
+    gone, changed = (site["folder"] / p["rel_path"] for p in pics[1:3])
+    assert get(site, f"/thumbs/{pics[2]['image_id']}.jpg")[1].get("X-Vocfleet-Placeholder") is None  # cached now
+    gone.rename(gone.with_suffix(".moved"))
+    Image.new("RGB", (48, 64), "red").save(changed)
+    try:
+        for p in pics[1:3]:
+            status, headers, body = get(site, f"/thumbs/{p['image_id']}.jpg")
+            assert status == 200 and headers["X-Vocfleet-Placeholder"] == "1" and body.startswith(b"<svg")
+    finally:
+        gone.with_suffix(".moved").rename(gone)
+
+
+def test_whole_run_export_streams(site):
+    """The export arrives in chunks as the database reads it (no length known up front); a client reads it a chunk at a time."""
+    req = urllib.request.urlopen(site["url"] + "/api/runs/1/export?format=jsonl", timeout=60)
+    assert req.headers.get("transfer-encoding") == "chunked" and req.headers.get("content-length") is None
+    rows, biggest, tail = 0, 0, b""
+    while chunk := req.read(4096):
+        biggest = max(biggest, len(chunk))
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            row = json.loads(line)
+            assert set(row) >= {"image", "class", "probability", "present", "folder", "run"}
+            rows += 1
+    assert tail == b"" and rows == 120 * 2 and biggest <= 4096  # every score of the run, read in a fixed buffer
+    csv = get(site, "/api/runs/1/export?format=csv")[2].decode().splitlines()
+    assert csv[0].startswith("image,class,probability") and len(csv) == 1 + 240
+
+
+def test_actions_need_the_token(site):
+    dog = api(site, "/api/detectors")[1][1]
+    status, body = api(site, f"/api/detectors/{dog['active_id']}/activate", "POST")
+    assert status == 403 and "X-Vocfleet-Token" in body["error"]
+    status, body = api(site, f"/api/detectors/{dog['active_id']}/activate", "POST", {"X-Vocfleet-Token": "wrong" * 5})
+    assert status == 403
+    status, body = api(site, f"/api/detectors/{dog['active_id']}/activate", "POST", {"X-Vocfleet-Token": TOKEN})
+    assert status == 200 and "active dog detector" in body["done"]
+    status, body = api(site, "/api/jobs/1/retry", "POST", {"X-Vocfleet-Token": TOKEN})
+    assert status == 409 and "succeeded, not retried" in body["error"]
+    status, body = api(site, "/api/jobs/99/cancel", "POST", {"X-Vocfleet-Token": TOKEN})
+    assert status == 409
+
+
+def test_read_only_by_default_and_a_missing_extra_or_token_is_one_line(site, tmp_path):
+    env = {**site["env"], "VOCFLEET_WEB_TOKEN": "short"}
+    res = subprocess.run([*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.startswith("vocfleet: error: --allow-actions needs a secret of at least 16 characters")
+    port = free_port()
+    proc = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port)], env=site["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _status(f"http://127.0.0.1:{port}/api/runs") == 200, 60, "a read-only server")
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/1/retry", method="POST", headers={"X-Vocfleet-Token": TOKEN})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 403 and "read-only" in json.loads(refused.value.read())["error"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+def test_a_person_browses_runs_gallery_picture_and_detector(site, browser):
+    """Runs -> a run -> the gallery filtered to dog -> the next page -> a picture -> its detector; screenshots kept in docs/."""
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors = []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    shots = {}
+
+    def shot(name: str) -> None:
+        shots[name] = page.screenshot()
+
+    page.goto(site["url"] + "/")
+    assert page.locator("h1").inner_text() == "Scoring runs"
+    assert page.locator("#runs tr[data-run='1'] .status").inner_text() == "succeeded"
+    shot("runs")
+    page.click("#runs a[href='/runs/1']")
+    assert page.locator("h1").inner_text().startswith("Scoring run 1")
+    counts = {r.get_attribute("data-class") for r in page.locator("#classes tr[data-class]").all()}
+    assert counts == {"car", "dog"}
+
+    page.select_option("select[name=class]", "dog")
+    page.fill("input[name=min]", "0")
+    page.click("form.filters button")
+    assert "Pictures with dog" in page.locator("#gallery-title").inner_text()
+    tiles = page.locator("#grid .tile")
+    assert tiles.count() == 48
+    first_page = [t.get_attribute("data-image") for t in tiles.all()]
+    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")  # every thumbnail shows
+    shot("run")
+    page.click("#next")
+    second_page = [t.get_attribute("data-image") for t in page.locator("#grid .tile").all()]
+    assert len(second_page) == 48 and not set(first_page) & set(second_page)
+
+    page.locator("#grid .tile").first.click()
+    assert page.locator("#scores tr[data-class]").count() == 2
+    page.wait_for_function("document.getElementById('picture').naturalWidth > 0")
+    assert page.locator("#elsewhere li").count() in (0, 1)
+    shot("picture")
+    page.locator("#scores tr[data-class='dog'] a").first.click()
+    assert page.locator("h1").inner_text().startswith("Detector") and "dog" in page.locator("h1").inner_text()
+    assert page.locator("#epochs tr").count() == 3  # a header and two epochs
+    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")  # the curves and the PR curve
+    shot("detector")
+    assert errors == []
+    keep = Path(os.environ.get("WEB_SCREENSHOTS") or site["base"])  # WEB_SCREENSHOTS=docs: refresh the README's pictures
+    for name, png in shots.items():
+        (keep / f"web-{name}.png").write_bytes(png)
