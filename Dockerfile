@@ -12,7 +12,7 @@ COPY model ./model
 COPY worker ./worker
 COPY scheduler ./scheduler
 COPY db ./db
-RUN pip install ".[s3,export]" && useradd --create-home vocfleet && mkdir -p /data /artifacts /cache && chown vocfleet /data /artifacts /cache
+RUN pip install ".[s3,export,web]" && useradd --create-home vocfleet && mkdir -p /data /artifacts /cache && chown vocfleet /data /artifacts /cache
 USER vocfleet
 ENTRYPOINT ["vocfleet"]
 CMD ["--help"]

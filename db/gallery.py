@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, select, tuple_
+from sqlalchemy import exists, or_, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
 from .models import Detector, Score, ScoredImage, ScoreRun, TrainJob
@@ -139,8 +139,11 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
         full = ScoredImage.folder + "/" + ScoredImage.rel_path
         stmt = stmt.where(full.like(_like_prefix(q.folder), escape="\\"))
     if q.after is not None:
+        # (present, probability, image id) < the cursor's, written so that the first two, which the
+        # index holds, bound the index scan; the image id only breaks ties.
         a = q.after
-        stmt = stmt.where(tuple_(Score.present, Score.probability, Score.image_id) < tuple_(a.present, a.probability, a.image_id))
+        head, at = tuple_(Score.present, Score.probability), tuple_(a.present, a.probability)
+        stmt = stmt.where(head <= at, or_(head < at, Score.image_id < a.image_id))
     stmt = stmt.order_by(Score.present.desc(), Score.probability.desc(), Score.image_id.desc()).limit(q.limit + 1)
     rows = s.execute(stmt).all()
     tiles = [Tile(r.image_id, r.folder, r.rel_path, r.sha256, r.probability, r.threshold, r.probability - r.threshold, r.present) for r in rows[: q.limit]]

@@ -50,6 +50,8 @@ class Settings:
         metrics_bind: the address it listens on (127.0.0.1 unless set: metrics are not for the world).
         web_token: the secret that ``vocfleet serve --allow-actions`` asks of requests that change
             something (activate, cancel, retry); None: no actions.
+        web_password: a password every request to ``vocfleet serve`` must give (HTTP basic auth,
+            as Flower's); None: none asked (the server listens on 127.0.0.1 unless told otherwise).
     """
 
     data_dir: Path
@@ -68,6 +70,7 @@ class Settings:
     metrics_port: int | None = None
     metrics_bind: str = "127.0.0.1"
     web_token: str | None = None
+    web_password: str | None = None
 
 
 def get_settings() -> Settings:
@@ -92,6 +95,7 @@ def get_settings() -> Settings:
         metrics_port=_count("VOCFLEET_METRICS_PORT", env.get("VOCFLEET_METRICS_PORT")),
         metrics_bind=env.get("VOCFLEET_METRICS_BIND") or "127.0.0.1",
         web_token=env.get("VOCFLEET_WEB_TOKEN") or None,
+        web_password=env.get("VOCFLEET_WEB_PASSWORD") or None,
     )
 
 

@@ -16,12 +16,12 @@ def compose():
 
 
 def test_services_present():
-    assert {"redis", "postgres", "s3", "s3-bucket", "migrate", "scheduler", "train-worker", "score-worker", "flower"} <= set(compose()["services"])
+    assert {"redis", "postgres", "s3", "s3-bucket", "migrate", "scheduler", "train-worker", "score-worker", "web", "flower"} <= set(compose()["services"])
 
 
 def test_vocfleet_commands_exist():
     services = compose()["services"]
-    for name in ("migrate", "scheduler", "train-worker", "score-worker"):
+    for name in ("migrate", "scheduler", "train-worker", "score-worker", "web"):
         cmd = services[name]["command"]
         command = cli.commands.get(cmd[0])
         assert command is not None, f"{name}: no 'vocfleet {cmd[0]}'"
@@ -71,6 +71,7 @@ def test_ports_bind_to_this_host_unless_told_otherwise():
         for port in service.get("ports", []):
             assert port.startswith(("${BIND_ADDR:-127.0.0.1}:", "127.0.0.1:")), f"{name} publishes {port} on every interface"
     assert "${BIND_ADDR:-127.0.0.1}:5555" not in text  # Flower shows and controls tasks: this host only, always
+    assert compose()["services"]["web"]["ports"] == ["127.0.0.1:8000:8000"]  # the results and pictures: this host only too
 
 
 def test_credentials_come_from_the_environment():
@@ -78,7 +79,7 @@ def test_credentials_come_from_the_environment():
     example = (ROOT / ".env.example").read_text()
     assert "vocfleet:vocfleet@" not in text and "POSTGRES_PASSWORD: vocfleet" not in text
     used = set(re.findall(r"\$\{(\w+)", text))
-    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "S3_PASSWORD", "FLOWER_PASSWORD"} <= used
+    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "S3_PASSWORD", "FLOWER_PASSWORD", "WEB_PASSWORD"} <= used
     for name in used:
         assert re.search(rf"^{name}=", example, re.M), f"{name} is used in compose but not in .env.example"
     for password in re.findall(r"\$\{(\w*PASSWORD)([^}]*)\}", text):
@@ -86,6 +87,7 @@ def test_credentials_come_from_the_environment():
     services = compose()["services"]
     assert "--requirepass" in services["redis"]["command"] and "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert services["redis"]["environment"]["REDISCLI_AUTH"]  # the health check authenticates too
+    assert services["web"]["environment"]["VOCFLEET_WEB_PASSWORD"].startswith("${WEB_PASSWORD:?")
 
 
 def test_workers_share_a_bucket_not_a_disk():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -233,15 +234,18 @@ def test_actions_need_the_token(site):
     assert status == 409
 
 
-def test_read_only_by_default_and_a_missing_extra_or_token_is_one_line(site, tmp_path):
+def test_read_only_by_default_a_password_when_set_and_a_short_token_is_one_line(site):
     env = {**site["env"], "VOCFLEET_WEB_TOKEN": "short"}
     res = subprocess.run([*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("vocfleet: error: --allow-actions needs a secret of at least 16 characters")
     port = free_port()
-    proc = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port)], env=site["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**site["env"], "VOCFLEET_WEB_PASSWORD": "sesame"}  # behind a password, as compose runs it
+    proc = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: _status(f"http://127.0.0.1:{port}/api/runs") == 200, 60, "a read-only server")
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/1/retry", method="POST", headers={"X-Vocfleet-Token": TOKEN})
+        wait_for(lambda: _status(f"http://127.0.0.1:{port}/api/runs") == 401, 60, "a read-only server behind a password")
+        login = {"Authorization": "Basic " + base64.b64encode(b"anyone:sesame").decode()}
+        assert urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/api/runs", headers=login), timeout=10).status == 200
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/1/retry", method="POST", headers={"X-Vocfleet-Token": TOKEN, **login})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(req, timeout=10)
         assert refused.value.code == 403 and "read-only" in json.loads(refused.value.read())["error"]

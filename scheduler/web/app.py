@@ -8,6 +8,7 @@ run recorded, read with scoring's no-link checks, and cached per picture and siz
 
 from __future__ import annotations
 
+import base64
 import logging
 import queue
 import secrets
@@ -113,6 +114,20 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
     app = FastAPI(title="vocfleet", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # no docs page: it loads from a CDN
     settings = get_settings()
     store = ArtifactStore.from_settings(settings)
+
+    if settings.web_password is not None:
+
+        @app.middleware("http")
+        async def _password(request: Request, call_next) -> Response:
+            """HTTP basic auth on every request (any user name), as compose puts Flower behind a password."""
+            scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+            try:
+                given = base64.b64decode(encoded, validate=True).decode().partition(":")[2] if scheme.lower() == "basic" else ""
+            except ValueError:
+                given = ""
+            if not secrets.compare_digest(given.encode(), settings.web_password.encode()):
+                return Response("vocfleet: this server asks for a password", 401, headers={"WWW-Authenticate": 'Basic realm="vocfleet"'})
+            return await call_next(request)
 
     def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = (
