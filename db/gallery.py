@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, or_, select, tuple_
+from sqlalchemy import func, or_, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
 from .models import Detector, Score, ScoredImage, ScoreRun, TrainJob
@@ -92,13 +92,34 @@ class GalleryPage:
 
 
 def _present(image_id, voc_class: str):
+    """Whether the picture has ``voc_class``, asked per candidate row (a scalar subquery on the primary key).
+
+    Written so, the database checks the few pictures the ordered index scan reaches before the page
+    is full; as EXISTS, PostgreSQL turns it into a join over every score of the class (seconds at a
+    million pictures).
+    """
     other = aliased(Score)
-    return exists().where(other.image_id == image_id, other.voc_class == voc_class, other.present.is_(True))
+    found = select(other.present).where(other.image_id == image_id, other.voc_class == voc_class).limit(1).scalar_subquery()
+    return func.coalesce(found, False)
 
 
 def _like_prefix(path: str) -> str:
-    escaped = path.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "/%"
+    return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+
+
+def _under(folders: list[str], path: str):
+    """The condition "under ``path``" for a run of ``folders``: a whole folder, or a relative-path prefix in one (an index range)."""
+    path = path.rstrip("/") or "/"
+    parts = []
+    for top in folders:
+        if path == top:
+            parts.append(ScoredImage.folder == top)
+        elif path.startswith(top.rstrip("/") + "/"):
+            rel = path[len(top.rstrip("/")) + 1 :]
+            parts.append((ScoredImage.folder == top) & ScoredImage.rel_path.like(_like_prefix(rel), escape="\\"))
+    if not parts:
+        raise ValueError(f"folder={path!r}: not under the run's folders ({', '.join(folders)})")
+    return or_(*parts)
 
 
 def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
@@ -132,12 +153,12 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
     if q.max_prob is not None:
         stmt = stmt.where(Score.probability <= q.max_prob)
     for cls in q.also:
-        stmt = stmt.where(_present(Score.image_id, cls))
+        stmt = stmt.where(_present(Score.image_id, cls).is_(True))
     for cls in q.without:
-        stmt = stmt.where(~_present(Score.image_id, cls))
+        stmt = stmt.where(_present(Score.image_id, cls).is_(False))
     if q.folder:
-        full = ScoredImage.folder + "/" + ScoredImage.rel_path
-        stmt = stmt.where(full.like(_like_prefix(q.folder), escape="\\"))
+        run = s.get(ScoreRun, q.run_id)
+        stmt = stmt.where(_under(list(run.folders) if run else [], q.folder))
     if q.after is not None:
         # (present, probability, image id) < the cursor's, written so that the first two, which the
         # index holds, bound the index scan; the image id only breaks ties.
@@ -246,3 +267,50 @@ def run_classes_and_thresholds(s: Session, run_id: int) -> dict[str, float]:
     det = select(Detector.voc_class, Detector.threshold).where(Detector.id.in_(list(run.detector_ids or [])))
     found = dict(s.execute(det).all())
     return {c: found.get(c, 0.5) for c in run.classes}
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A picture two runs scored (the same sha256) whose detectors of one class disagree on whether it is present."""
+
+    image_id: int
+    other_image_id: int
+    folder: str
+    rel_path: str
+    probability: float
+    present: bool
+    detector_id: int
+    other_probability: float
+    other_present: bool
+    other_detector_id: int
+
+
+MAX_COMPARED = 10_000  # a comparison pages through at most this many disagreements (offset paging)
+
+
+def disagreements(s: Session, run_id: int, other_run_id: int, voc_class: str, *, limit: int = PAGE, offset: int = 0) -> list[Disagreement]:
+    """The pictures of ``run_id`` that ``other_run_id`` also scored, where their ``voc_class`` detectors disagree, widest gap first.
+
+    What to look at before trusting a new detector: score a sample folder with the active one,
+    activate the new one (``vocfleet detectors activate``), score the folder again and compare the
+    two runs (and activate the old one again if the new one is worse).
+
+    Raises:
+        ValueError: a limit outside 1..MAX_PAGE, or an offset past MAX_COMPARED.
+    """
+    if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= MAX_COMPARED:
+        raise ValueError(f"limit={limit}, offset={offset}: limit between 1 and {MAX_PAGE}, offset between 0 and {MAX_COMPARED}")
+    a, b = aliased(Score), aliased(Score)
+    ia, ib = aliased(ScoredImage), aliased(ScoredImage)
+    stmt = (
+        select(ia.id, ib.id, ia.folder, ia.rel_path, a.probability, a.present, a.detector_id, b.probability, b.present, b.detector_id)
+        .select_from(a)
+        .join(ia, ia.id == a.image_id)
+        .join(ib, (ib.sha256 == ia.sha256) & (ib.run_id == other_run_id))
+        .join(b, (b.image_id == ib.id) & (b.voc_class == voc_class))
+        .where(a.run_id == run_id, a.voc_class == voc_class, a.present != b.present)
+        .order_by(func.abs(a.probability - b.probability).desc(), ia.id, ib.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [Disagreement(*row) for row in s.execute(stmt)]

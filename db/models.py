@@ -188,7 +188,8 @@ class ScoredImage(RunFile, Base):
     __tablename__ = "scored_images"
     __table_args__ = (
         UniqueConstraint("run_id", "folder", "rel_path", name="uq_scored_images_run_path"),
-        Index("ix_scored_images_run_rel_path", "run_id", "rel_path"),  # results --image NAME
+        # results --image NAME, and (PostgreSQL, pattern ops) the gallery's folder filter: rel_path LIKE 'sub/%'
+        Index("ix_scored_images_run_rel_path", "run_id", "rel_path", postgresql_ops={"rel_path": "text_pattern_ops"}),
         Index("ix_scored_images_run_order", "run_id", "id"),  # a run's images in the order they were recorded
     )
 

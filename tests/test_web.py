@@ -61,6 +61,9 @@ def site(tmp_path_factory):
     os.symlink("/etc/passwd", folder / "street" / "secret.jpg")  # a link out of the folder: never read
     cli(env, "score", str(folder))
     cli(env, "score", str(folder / "park"))  # the same pictures again: a picture's page lists the other run
+    cli(env, "submit", "--classes", "dog", "--voc-root", str(voc), *quick, "--seed", "7", "--promote", "always")
+    cli(env, "run")  # a second dog detector, active now
+    cli(env, "score", str(folder / "park"))  # run 3: the park again, with the new dog detector
     port = free_port()
     log = open(base / "serve.log", "w")
     proc = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port), "--allow-actions"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -100,8 +103,8 @@ def api(site, path: str, method: str = "GET", headers: dict[str, str] | None = N
 
 def test_every_endpoint_answers_with_the_data_the_cli_shows(site):
     status, runs = api(site, "/api/runs")
-    assert status == 200 and [r["run_id"] for r in runs] == [2, 1]
-    first = runs[1]
+    assert status == 200 and [r["run_id"] for r in runs] == [3, 2, 1]
+    first = runs[-1]
     assert (first["status"], first["files"], first["scored"], first["errors"]) == ("succeeded", 122, 120, 2)
     status, run = api(site, "/api/runs/1")
     assert status == 200 and [c["voc_class"] for c in run["classes"]] == ["car", "dog"]
@@ -123,12 +126,13 @@ def test_every_endpoint_answers_with_the_data_the_cli_shows(site):
 
     status, registry = api(site, "/api/detectors")
     assert status == 200 and [c["voc_class"] for c in registry] == ["car", "dog"] and all(c["active_id"] for c in registry)
+    assert [len(c["detectors"]) for c in registry] == [1, 2] and registry[1]["detectors"][0]["active"]  # the active one first
     status, det = api(site, f"/api/detectors/{registry[0]['active_id']}")
     assert status == 200 and [e["epoch"] for e in det["epochs"]] == [1, 2] and det["row"]["always_absent"] is not None
     assert set(det["plots"]) == {"curves", "pr"}
     assert get(site, f"/detectors/{det['id']}/pr.png")[1]["content-type"] == "image/png"
     status, jobs = api(site, "/api/jobs")
-    assert status == 200 and {(j["voc_class"], j["status"], j["epochs_done"]) for j in jobs} == {("car", "succeeded", 2), ("dog", "succeeded", 2)}
+    assert status == 200 and sorted((j["voc_class"], j["status"], j["epochs_done"]) for j in jobs) == [("car", "succeeded", 2), *[("dog", "succeeded", 2)] * 2]
 
     status, spec = api(site, "/openapi.json")
     paths = set(spec["paths"])
@@ -172,6 +176,7 @@ def test_gallery_pages_follow_each_other_and_filters_combine(site):
         ("/api/runs/1/gallery?limit=0", 400, "limit='0'"),
         ("/api/runs/1/gallery?after=1_x_2", 400, "after='1_x_2': not a page cursor"),
         ("/api/runs/1/export?format=xml", 400, "format='xml'"),
+        ("/api/runs/1/gallery?class=dog&folder=/etc", 400, "folder='/etc': not under the run's folders"),
         ("/api/pictures/99999", 404, "picture 99999: no such picture"),
         ("/api/detectors/99", 404, "detector 99: no such detector"),
         ("/api/nothing", 404, "/api/nothing: no such page"),
@@ -180,6 +185,28 @@ def test_gallery_pages_follow_each_other_and_filters_combine(site):
 def test_bad_requests_get_one_json_error(site, path, status, says):
     got, body = api(site, path)
     assert got == status and list(body) == ["error"] and says in body["error"] and "\n" not in body["error"], body
+
+
+def test_where_two_detectors_of_a_class_disagree(site):
+    """Runs 1 and 3 scored the park's pictures with different dog detectors: the comparison lists exactly the pictures they disagree on."""
+
+    def dog_scores(run_id):
+        rows = [json.loads(line) for line in get(site, f"/api/runs/{run_id}/export")[2].splitlines()]
+        return {(r["sha256"], r["image"].split("/")[-1]): (r["present"], r["probability"]) for r in rows if r["class"] == "dog"}
+
+    first, third = dog_scores(1), dog_scores(3)
+    expected = {key for key in first.keys() & third.keys() if first[key][0] != third[key][0]}
+    found, offset = [], 0
+    while offset is not None:
+        status, page = api(site, f"/api/runs/1/compare?other=3&class=dog&limit=7&offset={offset}")
+        assert status == 200
+        found += page["pictures"]
+        offset = page["next_offset"]
+    assert expected and {(p["rel_path"].split("/")[-1]) for p in found} == {name for _, name in expected} and len(found) == len(expected)
+    gaps = [abs(p["probability"] - p["other_probability"]) for p in found]
+    assert gaps == sorted(gaps, reverse=True) and all(p["present"] != p["other_present"] and p["detector_id"] != p["other_detector_id"] for p in found)
+    status, body = api(site, "/api/runs/1/compare?other=99&class=dog")
+    assert status == 404 and "run 99" in body["error"]
 
 
 def test_thumbnails_only_of_recorded_files_and_a_placeholder_when_gone_or_changed(site):
@@ -234,10 +261,15 @@ def test_actions_need_the_token(site):
     assert status == 409
 
 
-def test_read_only_by_default_a_password_when_set_and_a_short_token_is_one_line(site):
+def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line(site):
     env = {**site["env"], "VOCFLEET_WEB_TOKEN": "short"}
     res = subprocess.run([*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("vocfleet: error: --allow-actions needs a secret of at least 16 characters")
+    without_extra = "import sys; sys.modules['uvicorn'] = None; from vocfleet.scheduler.cli import main; sys.argv = ['vocfleet', 'serve']; main()"
+    res = subprocess.run([sys.executable, "-c", without_extra], env=site["env"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.splitlines() == [
+        "vocfleet: error: vocfleet serve needs the web extra (uvicorn is missing): pip install 'vocfleet[web]'"
+    ]
     port = free_port()
     env = {**site["env"], "VOCFLEET_WEB_PASSWORD": "sesame"}  # behind a password, as compose runs it
     proc = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -286,9 +318,9 @@ def test_a_person_browses_runs_gallery_picture_and_detector(site, browser):
     counts = {r.get_attribute("data-class") for r in page.locator("#classes tr[data-class]").all()}
     assert counts == {"car", "dog"}
 
-    page.select_option("select[name=class]", "dog")
-    page.fill("input[name=min]", "0")
-    page.click("form.filters button")
+    page.select_option("#filters select[name=class]", "dog")
+    page.fill("#filters input[name=min]", "0")
+    page.click("#filters button")
     assert "Pictures with dog" in page.locator("#gallery-title").inner_text()
     tiles = page.locator("#grid .tile")
     assert tiles.count() == 48

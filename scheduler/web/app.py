@@ -55,7 +55,9 @@ PLACEHOLDER = (
 Prob = Annotated[float | None, Query(ge=0.0, le=1.0)]
 Limit = Annotated[int, Query(ge=1, le=gallery_db.MAX_PAGE)]
 ClassParam = Annotated[str | None, Query(alias="class", max_length=32)]
+ClassNeeded = Annotated[str, Query(alias="class", max_length=32)]
 ErrorLimit = Annotated[int, Query(ge=1, le=10000)]
+Offset = Annotated[int, Query(ge=0, le=gallery_db.MAX_COMPARED)]
 
 
 class Problem(Exception):
@@ -207,7 +209,29 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         params = {k: v for k, v in request.query_params.items() if k != "after"}
         next_url = f"/runs/{run_id}?{urlencode({**params, 'after': result.next.encode()})}" if result and result.next else None
         first_url = f"/runs/{run_id}?{urlencode(params)}" if after else None
-        return page(request, "run.html", title=f"Run {run_id}", run=view, q=q, result=result, next_url=next_url, first_url=first_url)
+        with session_scope() as s:
+            others = [r for r in web_db.run_list(s) if r.run_id != run_id]
+        return page(request, "run.html", title=f"Run {run_id}", run=view, q=q, result=result, next_url=next_url, first_url=first_url, other_runs=others)
+
+    def _compare(run_id: int, other: int, voc_class: str, offset: int, limit: int) -> tuple[web_db.RunView, list[gallery_db.Disagreement]]:
+        view, _ = _run(run_id), _run(other)
+        if voc_class not in {c.voc_class for c in view.classes}:
+            raise Problem(400, f"class={voc_class!r}: run {run_id} scored {', '.join(c.voc_class for c in view.classes) or 'no class'}")
+        try:
+            with session_scope() as s:
+                return view, gallery_db.disagreements(s, run_id, other, voc_class, limit=limit, offset=offset)
+        except ValueError as exc:
+            raise Problem(400, str(exc)) from None
+
+    @app.get("/runs/{run_id}/compare", response_class=HTMLResponse, include_in_schema=False)
+    def compare_page(request: Request, run_id: int, other: int, voc_class: ClassNeeded, offset: Offset = 0) -> HTMLResponse:
+        view, rows = _compare(run_id, other, voc_class, offset, gallery_db.PAGE)
+        following = urlencode({"other": other, "class": voc_class, "offset": offset + len(rows)})
+        more = f"/runs/{run_id}/compare?{following}" if len(rows) == gallery_db.PAGE else None
+        with session_scope() as s:
+            runs = web_db.run_list(s)
+        title = f"Run {run_id} against run {other}"
+        return page(request, "compare.html", title=title, run=view, other=other, voc_class=voc_class, rows=rows, more=more, runs=runs)
 
     @app.get("/runs/{run_id}/errors", response_class=HTMLResponse, include_in_schema=False)
     def errors_page(request: Request, run_id: int, limit: ErrorLimit = 500) -> HTMLResponse:
@@ -302,6 +326,12 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         if result is None:
             return {"class": None, "pictures": [], "next": None}
         return {"class": q.voc_class, "pictures": plain(result.tiles), "next": plain(result.next)}
+
+    @app.get("/api/runs/{run_id}/compare", tags=["runs"])
+    def api_compare(run_id: int, other: int, voc_class: ClassNeeded, offset: Offset = 0, limit: Limit = gallery_db.PAGE) -> dict[str, Any]:
+        """The pictures both runs scored (same sha256) where their detectors of a class disagree, widest gap first (offset paging)."""
+        _, rows = _compare(run_id, other, voc_class, offset, limit)
+        return {"class": voc_class, "pictures": plain(rows), "next_offset": offset + len(rows) if len(rows) == limit else None}
 
     @app.get("/api/runs/{run_id}/errors", tags=["runs"])
     def api_errors(run_id: int, limit: ErrorLimit = 500) -> dict[str, Any]:
