@@ -1,4 +1,4 @@
-"""docker-compose.yml and Dockerfile, checked statically (no Docker engine here)."""
+"""docker-compose.yml and the Dockerfile: read by Debian's docker-compose where it is installed, and held to the code (no Docker engine here)."""
 
 import re
 import shutil
@@ -6,7 +6,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 import yaml
 
 from vocfleet.db import settings as settings_module

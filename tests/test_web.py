@@ -134,6 +134,12 @@ def test_every_endpoint_answers_with_the_data_the_cli_shows(site):
     status, jobs = api(site, "/api/jobs")
     assert status == 200 and sorted((j["voc_class"], j["status"], j["epochs_done"]) for j in jobs) == [("car", "succeeded", 2), *[("dog", "succeeded", 2)] * 2]
 
+    pages = ["/runs", "/runs/1", "/runs/1/errors", "/runs/1/compare?other=3&class=dog", f"/pictures/{image_id}", "/detectors", "/jobs"]
+    pages.append(f"/detectors/{det['id']}")
+    for page in pages:
+        status, headers, body = get(site, page)
+        assert status == 200 and headers["content-type"].startswith("text/html") and b"<h1>" in body, page
+
     status, spec = api(site, "/openapi.json")
     paths = set(spec["paths"])
     assert {"/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/gallery", "/api/runs/{run_id}/export", "/api/pictures/{image_id}"} <= paths
