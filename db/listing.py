@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +88,58 @@ def json_value(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+@dataclass(frozen=True)
+class ListFilter:
+    """Which rows a listing shows (``--status``, ``--class``, ``--tag``, ``--since``, ``--limit``), newest first or oldest first.
+
+    A listing reads its rows (jobs and runs number in the thousands, not millions) and filters
+    them here, the same way on SQLite and PostgreSQL.
+    """
+
+    statuses: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    since: datetime | None = None
+    limit: int | None = None
+    newest_first: bool = False
+
+    def apply(self, rows: list[dict[str, Any]], *, when: str = "created", classes: str = "class") -> tuple[list[dict[str, Any]], int]:
+        """(the rows shown, how many more matched past the limit). ``classes``: the key holding a row's class or comma-separated classes."""
+
+        def keep(r: dict[str, Any]) -> bool:
+            if self.statuses and r.get("status") not in self.statuses:
+                return False
+            if self.classes and not set(str(r.get(classes) or "").split(",")) & set(self.classes):
+                return False
+            tags = r.get("tags") or {}
+            if any(tags.get(k) != v for k, v in self.tags.items()):
+                return False
+            return self.since is None or (r.get(when) is not None and r[when] >= self.since)
+
+        kept = [r for r in rows if keep(r)]
+        if self.newest_first:
+            oldest = datetime.min.replace(tzinfo=UTC)
+            kept.sort(key=lambda r: r.get(when) or oldest, reverse=True)
+        if self.limit is None or len(kept) <= self.limit:
+            return kept, 0
+        return kept[: self.limit], len(kept) - self.limit
+
+
+def tag_text(tags: dict[str, str] | None) -> str:
+    """Tags as a table shows them: ``k=v,k2=v2``."""
+    return ",".join(f"{k}={v}" for k, v in sorted((tags or {}).items()))
+
+
 def _first_line(text: str | None) -> str | None:
     return text.splitlines()[0] if text else None
 
 
 def status_rows(conn: Any) -> list[dict[str, Any]]:
     """One row per training job: status, epochs done of total, latest validation AP, worker, first line of the error."""
-    sql = "SELECT id, voc_class, status, epochs_done, config, latest_val_ap, attempts, worker_host, heartbeat_at, error FROM train_jobs ORDER BY id"
+    sql = (
+        "SELECT id, voc_class, status, epochs_done, config, latest_val_ap, attempts, worker_host, heartbeat_at, error, "
+        "created_at, name, tags, note FROM train_jobs ORDER BY id"
+    )
     rows = []
     for r in fetch_rows(conn, sql):
         epochs = int(json_value(r["config"]).get("epochs", 0))  # TrainJob.total_epochs
@@ -110,6 +156,10 @@ def status_rows(conn: Any) -> list[dict[str, Any]]:
                 "worker": r["worker_host"],
                 "heartbeat": timestamp(r["heartbeat_at"]),
                 "error": _first_line(r["error"]),
+                "created": timestamp(r["created_at"]),
+                "name": r["name"],
+                "tags": json_value(r["tags"]) or {},
+                "note": r["note"],
             }
         )
     return rows
@@ -117,7 +167,10 @@ def status_rows(conn: Any) -> list[dict[str, Any]]:
 
 def run_rows(conn: Any) -> list[dict[str, Any]]:
     """One row per scoring run with its counts."""
-    sql = "SELECT id, status, folders, classes, total_files, scored_images, error_files, created_at, finished_at, error FROM score_runs ORDER BY id"
+    sql = (
+        "SELECT id, status, folders, classes, total_files, scored_images, error_files, created_at, finished_at, error, name, tags, note "
+        "FROM score_runs ORDER BY id"
+    )
     return [
         {
             "run": r["id"],
@@ -130,6 +183,9 @@ def run_rows(conn: Any) -> list[dict[str, Any]]:
             "created": timestamp(r["created_at"]),
             "finished": timestamp(r["finished_at"]),
             "error": _first_line(r["error"]),
+            "name": r["name"],
+            "tags": json_value(r["tags"]) or {},
+            "note": r["note"],
         }
         for r in fetch_rows(conn, sql)
     ]

@@ -44,7 +44,15 @@ class Claimable:
     error: Mapped[str | None] = mapped_column(Text)
 
 
-class TrainJob(Claimable, Base):
+class Labelled:
+    """What a person calls a unit of work, to find it again (``--name``, ``--tag KEY=VALUE``, ``--note``)."""
+
+    name: Mapped[str | None] = mapped_column(String(100), default=None)
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class TrainJob(Labelled, Claimable, Base):
     """One training job: one VOC class, one frozen config. The system of record for a job."""
 
     __tablename__ = "train_jobs"
@@ -123,7 +131,7 @@ class Detector(Base):
         return f"Detector(id={self.id}, class={self.voc_class!r}, ap={self.ap:.3f}, active={self.active})"
 
 
-class ScoreRun(Claimable, Base):
+class ScoreRun(Labelled, Claimable, Base):
     """One request to score folders with a set of detectors.
 
     Claimed first by the worker that scans the folders into :class:`ScoreShard` rows; once

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from .models import Detector, TrainJob, utcnow
+from vocfleet.model.events import EpochRecord
+
+from .models import Detector, EpochMetric, TrainJob, utcnow
 from .states import as_utc
 
 if TYPE_CHECKING:
@@ -158,6 +160,7 @@ def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, 
                 "split": m.get("split"),
                 # The data fingerprint (ids and labels of the evaluation pictures), short as git shows a commit.
                 "eval_data": (m.get("eval_fingerprint") or "")[:12] or None,
+                "train_data": (m.get("train_fingerprint") or "")[:12] or None,
                 "eval_fingerprint": m.get("eval_fingerprint"),
                 "train_fingerprint": m.get("train_fingerprint"),
                 "created": as_utc(d.created_at),
@@ -169,6 +172,10 @@ def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, 
                 "ema": cfg.get("ema", 0.0) if job is not None else None,
                 "seed": cfg.get("seed"),
                 "decision": decision(m),
+                "status": "active" if d.active else "inactive",
+                "name": job.name if job is not None else None,
+                "tags": (job.tags if job is not None else None) or {},
+                "note": job.note if job is not None else None,
                 "checkpoint": where(d.checkpoint_path),
                 "curves": plot(m, "curves"),
                 "pr_curve": plot(m, "pr"),
@@ -240,3 +247,35 @@ def set_fingerprint(s: Session, detector_id: int, eval_fingerprint: str) -> None
     det = s.get(Detector, detector_id, with_for_update=True)
     if det is not None and not det.metrics.get("eval_fingerprint"):
         det.metrics = {**det.metrics, "eval_fingerprint": eval_fingerprint}
+
+
+# Settings a comparison leaves out: where the data is and how the job ran, not what was trained.
+_NOT_SETTINGS = {"voc_root", "device", "compile", "num_workers"}
+
+
+def detector_comparison(s: Session, detector_ids: list[int]) -> tuple[list[dict[str, Any]], dict[str, list[Any]], dict[int, list[EpochRecord]]]:
+    """Detectors side by side: their ``detector_rows``, the training settings that differ, and each one's epochs.
+
+    Returns:
+        (rows in the order asked, setting -> one value per detector (only settings that differ),
+        detector id -> its job's epoch records).
+    Raises:
+        ValueError: an id with no detector.
+    """
+    by_id = {r["id"]: r for r in detector_rows(s, include_inactive=True)}
+    if missing := [i for i in detector_ids if i not in by_id]:
+        raise ValueError(f"no detector {', '.join(map(str, missing))}: see 'vocfleet detectors --all'")
+    rows = [by_id[i] for i in detector_ids]
+    configs = []
+    for d in s.scalars(select(Detector).where(Detector.id.in_(detector_ids))):
+        job = s.get(TrainJob, d.job_id) if d.job_id is not None else None
+        configs.append((d.id, dict(job.config) if job is not None else {}))
+    config_of = dict(configs)
+    keys = sorted({k for _, c in configs for k in c} - _NOT_SETTINGS)
+    differ = {k: [config_of[i].get(k) for i in detector_ids] for k in keys if len({repr(config_of[i].get(k)) for i in detector_ids}) > 1}
+    epochs: dict[int, list[EpochRecord]] = {}
+    for i in detector_ids:
+        job_id = by_id[i]["job"]
+        q = select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch) if job_id is not None else None
+        epochs[i] = [EpochRecord(e.epoch, e.train_loss, e.val_loss, e.val_ap, e.lr, e.seconds, e.images_per_s) for e in (s.scalars(q) if q is not None else [])]
+    return rows, differ, epochs

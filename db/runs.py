@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from .claims import cancel_work, clock, is_stale, owned
 from .models import Detector, JobStatus, Score, ScoreRun, ScoreShard, utcnow
-from .states import UNFINISHED, as_utc
+from .states import UNFINISHED, Labels, as_utc
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,10 @@ def run_state(s: Session, run_id: int) -> RunState | None:
     return RunState(run.id, run.status, list(run.classes), run.total_files, run.scored_images, run.error_files, run.error)
 
 
-def create_run(s: Session, folders: list[str], detectors: Sequence[Detector], *, batch_size: int, max_attempts: int, shard_size: int = 2000) -> ScoreRun:
-    """Add a queued scoring run of ``folders`` with ``detectors``; its id is set on return.
+def create_run(
+    s: Session, folders: list[str], detectors: Sequence[Detector], *, batch_size: int, max_attempts: int, shard_size: int = 2000, labels: Labels | None = None
+) -> ScoreRun:
+    """Add a queued scoring run of ``folders`` with ``detectors`` (and ``labels``: name, tags, note); its id is set on return.
 
     Folders are stored with links resolved (``/tmp`` on macOS is one), as the CLI does: the scan
     refuses a link that leads out of its folder, and a folder named through a link would be one.
@@ -57,6 +59,9 @@ def create_run(s: Session, folders: list[str], detectors: Sequence[Detector], *,
         batch_size=batch_size,
         max_attempts=max_attempts,
         shard_size=shard_size,
+        name=labels.name if labels else None,
+        tags=(labels.tags or None) if labels else None,
+        note=labels.note if labels else None,
     )
     s.add(run)
     s.flush()

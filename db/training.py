@@ -13,18 +13,24 @@ from vocfleet.model.events import EpochRecord
 from .claims import clock, owned
 from .models import Detector, EpochMetric, JobStatus, TrainJob, utcnow
 from .registry import record_detector
+from .states import Labels
 
 if TYPE_CHECKING:
     from vocfleet.model.engine import FitResult
 
 
-def create_jobs(s: Session, configs: list[dict[str, Any]], max_attempts: int = 3, promote: str = "if-better") -> list[TrainJob]:
+def create_jobs(s: Session, configs: list[dict[str, Any]], max_attempts: int = 3, promote: str = "if-better", labels: Labels | None = None) -> list[TrainJob]:
     """Add one queued training job per config (``TrainConfig.to_dict()``); ids are set on return.
 
     The VOC root is stored with links resolved, as the submitting host sees it, whoever calls this.
+    ``labels``: the name, tags and note every job of this submit carries.
     """
     configs = [{**c, "voc_root": os.path.realpath(os.path.expanduser(c["voc_root"]))} if c.get("voc_root") else c for c in configs]
-    jobs = [TrainJob(voc_class=c["voc_class"], config=c, max_attempts=max_attempts, promote=promote) for c in configs]
+    lab = labels or Labels()
+    jobs = [
+        TrainJob(voc_class=c["voc_class"], config=c, max_attempts=max_attempts, promote=promote, name=lab.name, tags=lab.tags or None, note=lab.note)
+        for c in configs
+    ]
     s.add_all(jobs)
     s.flush()
     return jobs

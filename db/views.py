@@ -6,7 +6,7 @@ as typed values; the gallery and a picture's page are in :mod:`.gallery`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +35,8 @@ class RunRow:
     created: datetime | None
     finished: datetime | None
     error: str | None
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def done_fraction(self) -> float | None:
@@ -48,7 +50,20 @@ def _conn(s: Session) -> Any:
 def run_list(s: Session) -> list[RunRow]:
     """Every scoring run, newest first (the rows of ``vocfleet runs``)."""
     rows = [
-        RunRow(r["run"], r["status"], r["folders"], r["classes"], r["files"], r["scored"], r["errors"], r["created"], r["finished"], r["error"])
+        RunRow(
+            r["run"],
+            r["status"],
+            r["folders"],
+            r["classes"],
+            r["files"],
+            r["scored"],
+            r["errors"],
+            r["created"],
+            r["finished"],
+            r["error"],
+            r["name"],
+            r["tags"],
+        )
         for r in run_rows(_conn(s))
     ]
     return rows[::-1]
@@ -127,11 +142,26 @@ class JobRow:
     worker: str | None
     heartbeat: datetime | None
     error: str | None
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def job_list(s: Session) -> list[JobRow]:
     rows = [
-        JobRow(r["job"], r["class"], r["status"], r["epochs_done"], r["epochs"], r["val_ap"], r["attempts"], r["worker"], r["heartbeat"], r["error"])
+        JobRow(
+            r["job"],
+            r["class"],
+            r["status"],
+            r["epochs_done"],
+            r["epochs"],
+            r["val_ap"],
+            r["attempts"],
+            r["worker"],
+            r["heartbeat"],
+            r["error"],
+            r["name"],
+            r["tags"],
+        )
         for r in status_rows(_conn(s))
     ]
     return rows[::-1]

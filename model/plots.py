@@ -86,3 +86,36 @@ def save_training_plots(
     fig.savefig(pr, dpi=150)
     plt.close(fig)
     return {"curves": str(curves), "pr": str(pr)}
+
+
+def save_comparison_plot(out: Path, curves: dict[str, Sequence[EpochRecord]], *, title: str) -> Path:
+    """Overlay several detectors' training curves in one PNG: training loss and validation AP per epoch, one colour each.
+
+    Args:
+        out: the PNG to write (its folder is created).
+        curves: a label per detector (``"7 car lr 0.001"``) -> its epochs, in order.
+        title: above both panels.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, history in curves.items():
+        epochs = [h.epoch for h in history]
+        (line,) = ax1.plot(epochs, [h.train_loss for h in history], "o-", ms=3, label=label)
+        ax1.plot(epochs, [h.val_loss for h in history], "--", color=line.get_color(), lw=1)
+        ax2.plot(epochs, [h.val_ap for h in history], "o-", ms=3, color=line.get_color(), label=label)
+    ax1.set_title("loss (solid: training, dashed: validation)")
+    ax2.set_title("validation AP")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    ax2.set_ylim(0, 1)
+    ax2.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,6 +1,6 @@
 """The ``vocfleet`` command line, assembled from one module per area (as Celery's ``celery/bin``).
 
-- ``commands/training.py``: submit, run, status, detectors
+- ``commands/training.py``: submit, run, status, detectors, compare, export
 - ``commands/scoring.py``: score, resume-run, runs, results, predict, report
 - ``commands/operations.py``: worker, scheduler, reap, cancel, retry, gc, db
 - ``commands/data.py``: data download, data check

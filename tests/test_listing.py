@@ -117,3 +117,91 @@ def test_a_database_that_does_not_answer_is_one_line(monkeypatch, command):
     assert res.returncode == 1 and res.stdout == ""
     [line] = res.stderr.splitlines()
     assert line.startswith("vocfleet: error: cannot use the database 'postgresql+psycopg://postgres@127.0.0.1:1/test' (connection")
+
+
+def test_names_tags_and_filters_on_both_databases(database, invoke):
+    """submit/score labels stored and shown; status, runs and detectors filtered by status, class, tag and age, newest first with a limit."""
+    from vocfleet.db.models import Detector
+    from vocfleet.db.runs import create_run
+    from vocfleet.db.states import Labels
+
+    old = utcnow() - timedelta(days=10)
+    with session_scope() as s:
+        car, dog = create_jobs(s, [{"voc_class": "car", "epochs": 2}, {"voc_class": "dog", "epochs": 2}], labels=Labels("baseline", {"exp": "a1"}, "first"))
+        (cat,) = create_jobs(s, [{"voc_class": "cat", "epochs": 2}], labels=Labels(None, {"exp": "b2", "lr": "high"}))
+        car.created_at = dog.created_at = old
+        dog.status = JobStatus.failed
+        det = Detector(voc_class="car", job_id=car.id, checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=0.4, metrics={"ap": 0.4}, active=True)
+        s.add(det)
+        s.flush()
+        create_run(s, ["/photos"], [det], batch_size=8, max_attempts=1, labels=Labels("holiday", {"trip": "rome"}, None))
+        create_run(s, ["/other"], [det], batch_size=8, max_attempts=1)
+
+    def listed(*args):
+        res = invoke(*args, "--format", "json")
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)
+
+    jobs = listed("status")
+    assert [(j["job"], j["name"], j["tags"], j["note"]) for j in jobs] == [
+        (car.id, "baseline", {"exp": "a1"}, "first"),
+        (dog.id, "baseline", {"exp": "a1"}, "first"),
+        (cat.id, None, {"exp": "b2", "lr": "high"}, None),
+    ]
+    assert [j["job"] for j in listed("status", "--tag", "exp=a1")] == [car.id, dog.id]
+    assert [j["job"] for j in listed("status", "--tag", "exp=b2", "--tag", "lr=high")] == [cat.id]
+    assert listed("status", "--tag", "exp=a1", "--tag", "lr=high") == []
+    assert [j["job"] for j in listed("status", "--status", "failed")] == [dog.id]
+    assert [j["job"] for j in listed("status", "--class", "car,cat")] == [car.id, cat.id]
+    assert [j["job"] for j in listed("status", "--since", "2d")] == [cat.id]
+    assert [j["job"] for j in listed("status", "--since", old.date().isoformat())] == [car.id, dog.id, cat.id]
+    res = invoke("status", "--limit", "1", "--format", "json")  # a limit lists the newest first and says how many more
+    assert [j["job"] for j in json.loads(res.stdout)] == [cat.id] and "2 more jobs not shown" in res.stderr
+
+    table = invoke("status", "--tag", "exp=a1").output
+    assert "baseline" in table and "exp=a1" in table and "lr=high" not in table
+    assert [r["run"] for r in listed("runs", "--tag", "trip=rome")] == [1] and listed("runs")[0]["name"] == "holiday"
+    assert [r["run"] for r in listed("runs", "--class", "car", "--status", "queued")] == [1, 2]
+    [d] = listed("detectors", "--tag", "exp=a1")
+    assert (d["id"], d["name"], d["tags"]) == (det.id, "baseline", {"exp": "a1"})
+    assert listed("detectors", "--status", "inactive") == [] and listed("detectors", "--class", "dog") == []
+
+    for args, says in (
+        (("status", "--tag", "exp"), "--tag 'exp': use KEY=VALUE"),
+        (("runs", "--since", "last week"), "--since 'last week': a date"),
+        (("submit", "--classes", "car", "--voc-root", "/nowhere", "--name", " "), "--name ' ': 1 to 100 characters"),
+    ):
+        res = invoke(*args)
+        assert res.exit_code == 2 and res.output.strip().splitlines()[-1].startswith(f"vocfleet: error: {says}"), res.output
+
+
+def test_compare_puts_detectors_side_by_side_with_their_curves_in_one_png(database, invoke, tmp_path):
+    from PIL import Image
+
+    from vocfleet.db.models import Detector, EpochMetric
+
+    ids = []
+    with session_scope() as s:
+        for lr, epochs in ((0.001, 3), (0.01, 2)):
+            (job,) = create_jobs(s, [{"voc_class": "car", "epochs": epochs, "lr": lr, "voc_root": "/voc", "image_size": 64}])
+            for e in range(1, epochs + 1):
+                s.add(EpochMetric(job_id=job.id, epoch=e, train_loss=1 / e, val_loss=1.1 / e, val_ap=0.2 * e, lr=lr, seconds=1.0, images_per_s=10.0))
+            m = {"ap": 0.3 + lr, "auc": 0.7, "baseline_accuracy": 0.85, "eval_fingerprint": "e" * 64, "train_fingerprint": f"{epochs}" * 64}
+            det = Detector(voc_class="car", job_id=job.id, checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=m["ap"], metrics=m, active=lr > 0.005)
+            s.add(det)
+            s.flush()
+            ids.append(det.id)
+    png = tmp_path / "both.png"
+    res = invoke("compare", *ids, "--plot", png)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split() == [str(i) for i in ids]
+    assert lines[lines.index(next(x for x in lines if x.startswith("always_absent")))].split()[1:] == ["0.850", "0.850"]
+    assert any(x.split() == ["lr", "0.001", "0.010"] for x in lines) and any(x.split() == ["epochs", "3", "2"] for x in lines)
+    assert not any(x.startswith("voc_root") for x in lines) and lines[-1].startswith("settings that differ: epochs, lr;")
+    assert Image.open(png).size[0] > 600  # the curves, overlaid
+    data = json.loads(invoke("compare", *ids, "--plot", png, "--format", "json").output)
+    assert data["settings_that_differ"] == {"epochs": [3, 2], "lr": [0.001, 0.01]} and [d["id"] for d in data["detectors"]] == ids
+    assert [d["train_data"] for d in data["detectors"]] == ["3" * 12, "2" * 12]  # the data each trained on, told apart
+    res = invoke("compare", ids[0], 999)
+    assert res.exit_code == 2 and "no detector 999" in res.output

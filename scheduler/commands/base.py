@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from vocfleet.db.errors import database_problem, raised
+from vocfleet.db.listing import ListFilter
 from vocfleet.db.settings import SettingsError, get_settings
-from vocfleet.db.states import as_utc
+from vocfleet.db.states import Labels, as_utc, parse_since, parse_tag
 from vocfleet.model import ConfigError
 
 from ..output import FORMATS
@@ -105,6 +106,65 @@ def emit(fmt: str, result: dict[str, Any]) -> None:
     """The command's result as one JSON object on stdout (``--format json``)."""
     if fmt == "json":
         click.echo(json.dumps(result, default=str))
+
+
+def labels_options(f):
+    """``--name``, ``--tag KEY=VALUE`` (repeatable) and ``--note``: what a person calls the work, to find it again."""
+    f = click.option("--note", default=None, help="A note kept with it, shown by --format json.")(f)
+    f = click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag to find it by (repeatable).")(f)
+    return click.option("--name", default=None, help="A name to find it by (up to 100 characters).")(f)
+
+
+def labels_from(name: str | None, tags: tuple[str, ...], note: str | None) -> Labels:
+    try:
+        return Labels.parse(name, tags, note)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+TERMINAL_LIMIT = 50  # rows a listing shows in a terminal unless --limit says otherwise
+
+
+def filter_options(statuses: tuple[str, ...]):
+    """``--status``, ``--class``, ``--tag``, ``--since``, ``--limit`` for a listing whose rows have these statuses."""
+
+    def add(f):
+        most = f"At most this many, newest first [default in a terminal: {TERMINAL_LIMIT}; else all, oldest first]."
+        f = click.option("--limit", type=click.IntRange(1), default=None, help=most)(f)
+        f = click.option("--since", default=None, metavar="WHEN", help="Only those created since a date, a time or an age (2026-11-30, 12h, 7d).")(f)
+        f = click.option("--tag", "tag_filter", multiple=True, metavar="KEY=VALUE", help="Only those with this tag (repeatable: all of them).")(f)
+        f = click.option("--class", "class_filter", multiple=True, help="Only this class (repeatable, or comma-separated).", shell_complete=complete_classes)(f)
+        return click.option("--status", "status_filter", multiple=True, type=click.Choice(statuses), help="Only this status (repeatable).")(f)
+
+    return add
+
+
+def list_filter(
+    fmt: str, status_filter: tuple[str, ...], class_filter: tuple[str, ...], tag_filter: tuple[str, ...], since: str | None, limit: int | None
+) -> ListFilter:
+    """The filter a listing's options ask for; in a terminal, the newest first and at most TERMINAL_LIMIT."""
+    terminal = fmt == "table" and sys.stdout.isatty()
+    try:
+        tags = dict(parse_tag(t) for t in tag_filter)
+        when = parse_since(since) if since else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    classes = tuple(c for text in class_filter for c in text.split(",") if c)
+    return ListFilter(tuple(status_filter), classes, tags, when, limit or (TERMINAL_LIMIT if terminal else None), newest_first=terminal or limit is not None)
+
+
+def more_line(fmt: str, more: int, what: str) -> None:
+    """After a listing cut by its limit: how many more there are (on stderr where the output is data)."""
+    if more:
+        click.echo(
+            f"{more} more {what if more > 1 else what[:-1]} not shown: --limit N shows more; --status, --class, --tag and --since narrow the list",
+            err=fmt != "table",
+        )
+
+
+def label_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The name and tags columns, where any row has one (most work has neither)."""
+    return [c for c in ("name", "tags") if any(r.get(c) for r in rows)]
 
 
 def format_option(f):

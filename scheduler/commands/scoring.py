@@ -6,11 +6,12 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from vocfleet.db.settings import get_settings
-from vocfleet.db.states import SORTS
+from vocfleet.db.states import SORTS, JobStatus
 from vocfleet.model import ConfigError
 
 from ..output import render, stream
@@ -22,8 +23,14 @@ from .base import (
     database,
     emit,
     exit_interrupted,
+    filter_options,
     format_option,
     interruptible,
+    label_columns,
+    labels_from,
+    labels_options,
+    list_filter,
+    more_line,
     say,
     stale_option,
     stale_window,
@@ -56,8 +63,20 @@ def _detectors_for(s, classes: str | None) -> list:
 @click.option("--max-attempts", type=int, default=3, help="Attempts per shard before a shard whose worker keeps dying fails.")
 @click.option("--shard-size", type=int, default=2000, help="Files per shard: the unit of work one score worker takes at a time.")
 @click.option("--wait", is_flag=True, help="In a fleet: show progress until the run has finished.")
+@labels_options
 @action_format_option
-def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_attempts: int, shard_size: int, wait: bool, fmt: str) -> None:
+def score(
+    folders: tuple[str, ...],
+    classes: str | None,
+    batch_size: int,
+    max_attempts: int,
+    shard_size: int,
+    wait: bool,
+    fmt: str,
+    name: str | None,
+    tags: tuple[str, ...],
+    note: str | None,
+) -> None:
     """Score every picture under FOLDERS with every active detector (or --classes).
 
     The folders are scanned once into shards of --shard-size files. On the embedded default the
@@ -73,10 +92,11 @@ def score(folders: tuple[str, ...], classes: str | None, batch_size: int, max_at
     for name, value in (("--batch-size", batch_size), ("--max-attempts", max_attempts), ("--shard-size", shard_size)):
         if not 1 <= value <= 2**31 - 1:
             raise ConfigError(f"{name} {value}: must be between 1 and 2147483647")
+    labels = labels_from(name, tags, note)
     resolved = [str(f) for f in distinct_folders([check_score_folder(f) for f in folders])]
     check_broker()
     with database() as s:
-        run = create_run(s, resolved, _detectors_for(s, classes), batch_size=batch_size, max_attempts=max_attempts, shard_size=shard_size)
+        run = create_run(s, resolved, _detectors_for(s, classes), batch_size=batch_size, max_attempts=max_attempts, shard_size=shard_size, labels=labels)
         run_id, names = run.id, list(run.classes)
     if get_settings().broker_url:
         enqueue(ScoreRun, [run_id])
@@ -193,18 +213,27 @@ def resume_run(run_id: int, stale_after: float | None) -> None:
 
 
 @click.command()
+@filter_options(tuple(JobStatus))
 @format_option
-def runs(fmt: str) -> None:
-    """Scoring runs with status and counts."""
-    from vocfleet.db.listing import read_connection, run_rows
+def runs(fmt: str, **filters: Any) -> None:
+    """Scoring runs with status and counts (--status, --class, --tag, --since, --limit choose which)."""
+    from vocfleet.db.listing import read_connection, run_rows, tag_text
 
+    chosen = list_filter(fmt, **filters)
     with read_connection() as conn:
-        rows = run_rows(conn)
+        every = run_rows(conn)
         warn_idle_queue(conn, "score")
-    if not rows:
+    if not every:
         click.echo("no scoring runs yet: vocfleet score FOLDER")
         return
-    click.echo(render(rows, ["run", "status", "files", "scored", "errors", "classes", "created", "finished", "folders", "error"], fmt))
+    rows, more = chosen.apply(every, classes="classes")
+    if not rows and fmt == "table":
+        click.echo(f"none of the {len(every)} runs match")
+        return
+    labels = label_columns(rows) if fmt == "table" else ["name", "tags", "note"]
+    shown = [{**r, "tags": tag_text(r["tags"])} for r in rows] if fmt == "table" else rows
+    click.echo(render(shown, ["run", *labels, "status", "files", "scored", "errors", "classes", "created", "finished", "folders", "error"], fmt))
+    more_line(fmt, more, "runs")
 
 
 @click.command()

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from vocfleet.db.settings import get_settings
-from vocfleet.db.states import PROMOTE
+from vocfleet.db.states import PROMOTE, JobStatus
 from vocfleet.model import ConfigError, DetectorUnavailable
 from vocfleet.model.config import ARCHS, BALANCE, DIFFICULT, OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -23,8 +23,14 @@ from .base import (
     database,
     emit,
     exit_interrupted,
+    filter_options,
     format_option,
     interruptible,
+    label_columns,
+    labels_from,
+    labels_options,
+    list_filter,
+    more_line,
     say,
     stale_option,
     stale_window,
@@ -77,8 +83,11 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
     help="When the new detector becomes its class's active one: if its AP is at least the active one's (same evaluation split), always, or never.",
 )
 @click.option("--dry-run", is_flag=True, help="Show the jobs it would queue and an estimate of their time on this machine; queue nothing.")
+@labels_options
 @action_format_option
-def submit(classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: str, **options: Any) -> None:
+def submit(
+    classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: str, name: str | None, tags: tuple[str, ...], note: str | None, **options: Any
+) -> None:
     """Queue one training job per class."""
     from vocfleet.db.models import TrainJob
     from vocfleet.db.training import create_jobs
@@ -86,6 +95,7 @@ def submit(classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: st
 
     from ..configs import build_configs, parse_classes
 
+    labels = labels_from(name, tags, note)
     configs = build_configs(parse_classes(classes), **options)
     if dry_run:
         _estimate(configs, fmt)
@@ -96,7 +106,7 @@ def submit(classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: st
     ArtifactStore.from_settings(get_settings()).check()  # no bucket, no credentials: said now, not after an epoch
     check_broker()  # a wrong broker URL: said now, before any job is written
     with database() as s:
-        ids = [j.id for j in create_jobs(s, [c.to_dict() for c in configs], max_attempts=max_attempts, promote=promote)]
+        ids = [j.id for j in create_jobs(s, [c.to_dict() for c in configs], max_attempts=max_attempts, promote=promote, labels=labels)]
     sent = None
     if get_settings().broker_url:
         sent = enqueue(TrainJob, ids)
@@ -125,7 +135,7 @@ def _estimate(configs: list[TrainConfig], fmt: str) -> None:
         rates = [{"arch": r.arch, "image_size": r.image_size, "images_per_s": r.images_per_s, "source": r.source} for r in result.rates]
         emit(fmt, {"jobs": rows, "total_seconds": total, "rates": rates, "queued": False})
         return
-    where = "; ".join(f"{r.arch} at {r.image_size} px: {r.images_per_s:.0f} img/s from {r.source}" for r in result.rates)
+    where = "; ".join(f"{r.arch} at {r.image_size} px: {r.images_per_s:.3g} img/s from {r.source}" for r in result.rates)  # 0.42, not 0
     click.echo(render([{**r, "estimate": duration(r["seconds"])} for r in rows], ["class", "epochs", "image_size", "train_images", "estimate"]))
     click.echo(f"{len(rows)} job(s), about {duration(total)} in all, one after another ({where}); nothing queued (dry run)")
     cpu = get_settings().broker_url is None and resolve_device(configs[0].device).type == "cpu"
@@ -134,26 +144,34 @@ def _estimate(configs: list[TrainConfig], fmt: str) -> None:
 
 
 @click.command()
-@click.option("--watch", is_flag=True, help="Refresh until every job has finished.")
+@click.option("--watch", is_flag=True, help="Refresh until every job shown has finished.")
 @click.option("--interval", type=Finite(0.1), default=5.0, help="Seconds between refreshes with --watch (at least 0.1).")
+@filter_options(tuple(JobStatus))
 @format_option
-def status(watch: bool, interval: float, fmt: str) -> None:
-    """Jobs with progress: epoch x of y and the latest validation AP."""
+def status(watch: bool, interval: float, fmt: str, **filters: Any) -> None:
+    """Jobs with progress: epoch x of y and the latest validation AP (--status, --class, --tag, --since, --limit choose which)."""
     from vocfleet.db.estimates import queue_left
-    from vocfleet.db.listing import read_connection, status_rows
-    from vocfleet.db.states import JobStatus
+    from vocfleet.db.listing import read_connection, status_rows, tag_text
 
+    chosen = list_filter(fmt, **filters)
     while True:
         with read_connection() as conn:
-            rows, left = status_rows(conn), queue_left(conn)
+            every, left = status_rows(conn), queue_left(conn)
             warn_idle_queue(conn, "train")
         if watch and sys.stdout.isatty():
             click.clear()
-        if not rows:
+        if not every:
             click.echo("no jobs yet: vocfleet submit --classes car --voc-root PATH")
             return
+        rows, more = chosen.apply(every)
+        if not rows and fmt == "table":
+            click.echo(f"none of the {len(every)} jobs match")
+            return
         progress = ["epoch"] if fmt == "table" else ["epochs_done", "epochs"]  # "2/3" for people, two numbers for scripts
-        click.echo(render(rows, ["job", "class", "status", *progress, "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
+        labels = label_columns(rows) if fmt == "table" else ["name", "tags", "note"]
+        shown = [{**r, "tags": tag_text(r["tags"])} for r in rows] if fmt == "table" else rows
+        click.echo(render(shown, ["job", "class", *labels, "status", *progress, "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
+        more_line(fmt, more, "jobs")
         if fmt == "table":
             click.echo(queue_line(*left))
         if not watch or all(JobStatus(r["status"]).finished for r in rows):
@@ -166,9 +184,10 @@ def status(watch: bool, interval: float, fmt: str) -> None:
 @click.group(invoke_without_command=True)
 @click.option("--all", "show_all", is_flag=True, help="Include detectors that are not active (replaced, or kept inactive).")
 @click.option("--plots", is_flag=True, help="List each detector's PNG plots (training curves, precision-recall).")
+@filter_options(("active", "inactive"))
 @format_option
 @click.pass_context
-def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str) -> None:
+def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str, **filters: Any) -> None:
     """Trained detectors: AP on the evaluation split, accuracy beside 'always absent', threshold, how it was trained.
 
     'vocfleet detectors history CLASS' lists a class's detectors with each promotion decision;
@@ -176,19 +195,28 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str) -> None
     """
     if ctx.invoked_subcommand is not None:
         return
+    from vocfleet.db.listing import tag_text
     from vocfleet.db.registry import detector_rows
 
+    chosen = list_filter(fmt, **filters)
     with database() as s:
-        rows = detector_rows(s, show_all)
-    if not rows:
+        every = detector_rows(s, show_all or "inactive" in chosen.statuses)
+    if not every:
         click.echo("no detectors yet: vocfleet submit ... then vocfleet run")
+        return
+    rows, more = chosen.apply(every)
+    if not rows and fmt == "table":
+        click.echo(f"none of the {len(every)} detectors match")
         return
     if plots:
         click.echo(render(rows, ["id", "class", "curves", "pr_curve"], fmt))
+        more_line(fmt, more, "detectors")
         return
-    cols = DETECTOR_COLUMNS + (["active"] if show_all else []) + TRAINING_COLUMNS
+    labels = label_columns(rows) if fmt == "table" else ["name", "tags", "note"]
+    cols = DETECTOR_COLUMNS[:2] + labels + DETECTOR_COLUMNS[2:] + (["active"] if show_all else []) + TRAINING_COLUMNS
     cols += ["checkpoint", "curves", "pr_curve", "decision"] if fmt != "table" else []
-    click.echo(render(rows, cols, fmt))
+    click.echo(render([{**r, "tags": tag_text(r["tags"])} for r in rows] if fmt == "table" else rows, cols, fmt))
+    more_line(fmt, more, "detectors")
 
 
 @detectors.command("history")
@@ -231,6 +259,40 @@ def detectors_activate(detector_id: int, reason: str | None) -> None:
         said = f"detector {detector.id} ({detector.voc_class}, AP {detector.ap:.3f}) is active"
         said += f"; detector {before.id} (AP {before.ap:.3f}) no longer" if before is not None else ""
     click.echo(said)
+
+
+COMPARED = ["class", "status", "name", "tags", "ap", "auc", "accuracy", "always_absent", "f1", "threshold", "eval_images", "split", "eval_data", "train_data"]
+
+
+@click.command()
+@click.argument("detector_ids", nargs=-1, required=True, type=ID)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The curves' PNG [default: compare-ID-ID.png].")
+@format_option
+def compare(detector_ids: tuple[int, ...], plot_path: Path | None, fmt: str) -> None:
+    """Detectors side by side: metrics beside always-absent, the data each saw, the settings that differ, and their curves in one PNG."""
+    from vocfleet.db.listing import tag_text
+    from vocfleet.db.registry import detector_comparison
+    from vocfleet.model.plots import save_comparison_plot
+
+    if len(set(detector_ids)) < 2:
+        raise ConfigError("compare needs two or more different detector ids (see 'vocfleet detectors --all')")
+    with database() as s:
+        try:
+            rows, differ, epochs = detector_comparison(s, list(detector_ids))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    out = plot_path or Path(f"compare-{'-'.join(map(str, detector_ids))}.png")
+    labels = {r["id"]: " ".join(str(x) for x in (r["id"], r["class"], r["name"] or tag_text(r["tags"])) if x) for r in rows}
+    save_comparison_plot(out, {labels[i]: epochs[i] for i in detector_ids if epochs[i]}, title="detectors " + ", ".join(map(str, detector_ids)))
+    if fmt != "table":
+        emit(fmt, {"detectors": rows, "settings_that_differ": differ, "plot": str(out)})
+        return
+    table = [{"": key, **{str(r["id"]): tag_text(r[key]) if key == "tags" else r[key] for r in rows}} for key in COMPARED]
+    table += [{"": key, **{str(i): v for i, v in zip(detector_ids, values, strict=True)}} for key, values in differ.items()]
+    click.echo(render(table, ["", *map(str, detector_ids)], fmt))
+    if len({r["eval_data"] for r in rows}) > 1:
+        click.echo("note: they were evaluated on different pictures (eval_data differs): their APs are not directly comparable")
+    click.echo(f"settings that differ: {', '.join(differ) or 'none'}; curves overlaid in {out}")
 
 
 @click.command()
@@ -328,4 +390,4 @@ def export(detector_id: int, fmt: str, out: str, force: bool) -> None:
     click.echo(f"wrote {out}: {fmt}, {meta['class']} detector {detector_id}, threshold {meta['threshold']:.3f}")
 
 
-COMMANDS = [submit, run, status, detectors, export]
+COMMANDS = [submit, run, status, detectors, compare, export]
