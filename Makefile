@@ -8,20 +8,35 @@ EPOCHS   ?= 3
 SIZE     ?= 64
 BIN      := $(VENV)/bin
 
-.PHONY: install demo test test-fast lint format wheel-check
+.PHONY: install install-run demo test test-fast lint format wheel-check
 
-$(BIN)/.installed: pyproject.toml
+# Where torch comes from: PyPI's build carries CUDA (about 5 GB installed). Where no GPU is wanted,
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the CPU build of the same pinned
+# release first (the pins, torch==2.14.1 and torchvision==0.29.1, accept its +cpu versions).
+TORCH_INDEX ?=
+
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	@if [ -n "$(TORCH_INDEX)" ]; then $(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 --index-url "$(TORCH_INDEX)"; fi
+
+# What running needs (make demo): the package and its dependencies, no test tools.
+$(BIN)/.installed-run: pyproject.toml $(VENV)/bin/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# What the tests need besides (make test): the test extra (a browser driver, an S3 server, ONNX, ruff, the web app).
+$(BIN)/.installed: pyproject.toml $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+install-run: $(BIN)/.installed-run
 install: $(BIN)/.installed
 
 REPORT   ?= vocfleet-report.html
 
 # Uses VOC_ROOT if it holds VOC images, else downloads VOC2007 (needs internet) into the data dir.
-demo: install
+demo: install-run
 	@root="$(VOC_ROOT)"; \
 	if [ ! -d "$$root/JPEGImages" ]; then \
 	  echo "no VOC images at $$root: downloading VOC2007"; \

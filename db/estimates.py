@@ -66,18 +66,24 @@ def epoch_seconds(conn: Any) -> dict[Shape, float]:
     return {key: median for key, (median, _) in _median_by_shape(walls()).items()}
 
 
-def queue_left(conn: Any) -> tuple[int, float | None]:
-    """Unfinished training jobs, and about how many seconds their remaining epochs take.
+# A job's end after its last epoch (the evaluation split and the threshold: forward passes only,
+# plots, the checkpoint's upload) costs about this many of its epochs.
+FINISH_EPOCHS = 0.5
 
-    Each remaining epoch costs the median recorded epoch of its job's shape; None when a job's
-    shape has no recorded epoch yet.
+
+def queue_left(conn: Any) -> tuple[int, float | None]:
+    """Unfinished training jobs, and about how many seconds their remaining epochs and their final evaluation take.
+
+    Each remaining epoch costs the median recorded epoch of its job's shape, and each job's end
+    FINISH_EPOCHS of one (so a job past its last epoch, still evaluating, is not "0 s left");
+    None when a job's shape has no recorded epoch yet.
     """
     per_epoch = epoch_seconds(conn)
     unfinished = ", ".join(f"'{st}'" for st in UNFINISHED)
     left = [(json_value(r["config"]), r["epochs_done"]) for r in fetch_rows(conn, f"SELECT config, epochs_done FROM train_jobs WHERE status IN ({unfinished})")]
     if not {shape(cfg) for cfg, _ in left} <= set(per_epoch):
         return len(left), None
-    return len(left), sum(max(int(cfg.get("epochs", 0)) - done, 0) * per_epoch[shape(cfg)] for cfg, done in left)
+    return len(left), sum((max(int(cfg.get("epochs", 0)) - done, 0) + FINISH_EPOCHS) * per_epoch[shape(cfg)] for cfg, done in left)
 
 
 def training_rates(conn: Any) -> dict[Shape, tuple[float, int]]:

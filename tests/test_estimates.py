@@ -1,6 +1,8 @@
 """submit --dry-run estimates from earlier epochs (or timed steps), and status/run say what is left of the queue."""
 
 import json
+import re
+import time
 
 from sqlalchemy import func, select
 
@@ -66,7 +68,18 @@ def test_estimates_read_only_the_latest_epochs(fake_voc, invoke, monkeypatch):
 
 
 def test_dry_run_on_an_empty_database_times_a_few_steps(fake_voc, invoke):
-    # Steps of the real network are timed (the tiny one's estimate rounds to 0 s).
+    # Steps of the real network are timed (the tiny one's estimate rounds to 0 s). The dry run is
+    # bounded in time: it answers in a fraction of what the training it estimates would take.
+    start = time.monotonic()
+    big = ["--epochs", 200, "--image-size", 160, "--arch", "resnet50"]
+    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, *big, "--dry-run", "--device", "cpu")
+    took = time.monotonic() - start
+    assert res.exit_code == 0, res.output
+    [rate] = re.findall(r"resnet50 at 160 px: ([0-9.e+-]+) img/s", res.output)
+    assert float(rate) > 0 and rate != "0"
+    [total] = re.findall(r"about (\d+) (min|h)", res.output)[:1]
+    hours = int(total[0]) / (60 if total[1] == "min" else 1)
+    assert took < 45 and hours * 3600 > 20 * took, (took, res.output)  # the training it times could not have run in that time
     res = invoke(
         "submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL, "--arch", "resnet50", "--dry-run", "--device", "cpu", "--format", "json"
     )
@@ -78,3 +91,16 @@ def test_dry_run_on_an_empty_database_times_a_few_steps(fake_voc, invoke):
     assert "timing a few training steps at 32 px" in res.output and "timed steps on this machine's cpu" in res.output
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(TrainJob)) == 0
+
+
+def test_a_job_past_its_last_epoch_still_has_its_evaluation_left(fake_voc, invoke):
+    from vocfleet.db import estimates, listing
+
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
+    with session_scope() as s:
+        job = s.get(TrainJob, 1)
+        job.epochs_done = 2  # both epochs recorded; the job is evaluating
+        s.add_all(EpochMetric(job_id=1, epoch=e, train_loss=1, val_loss=1, val_ap=0.5, lr=0.001, seconds=40.0, images_per_s=1.0) for e in (1, 2))
+    with listing.read_connection() as conn:
+        assert estimates.queue_left(conn) == (1, estimates.FINISH_EPOCHS * 40.0)
+    assert "about 20 s left" in invoke("status").output

@@ -32,3 +32,33 @@ def test_batch_rate_leaves_the_first_step_out():
     shown = progress.bar.format_meter(**progress.bar.format_dict)  # what the terminal shows
     rate = float(re.search(r"([\d.]+)batch/s", shown).group(1))
     assert "4/10" in shown and 3 < rate < 15, shown  # about 10 batches/s, not thousands
+
+
+def test_the_python_api_reports_through_a_callback_and_logging(fake_voc, detectors, wild, caplog):
+    """A notebook sees each epoch and a scoring run's progress: the events to a callback, and lines at INFO."""
+    import logging
+
+    from sqlalchemy import select
+
+    from vocfleet.db.models import Detector
+    from vocfleet.db.runs import create_run
+    from vocfleet.db.session import session_scope
+    from vocfleet.db.training import create_jobs
+    from vocfleet.model.config import TrainConfig
+    from vocfleet.model.events import EpochFinished
+    from vocfleet.worker.runner import run_train_job
+    from vocfleet.worker.scoring import run_score_run
+
+    cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), arch="tiny", image_size=32, epochs=2, batch_size=8, max_batches=2)
+    with session_scope() as s:
+        (job,) = create_jobs(s, [cfg.to_dict()])
+    events = []
+    with caplog.at_level(logging.INFO):
+        assert run_train_job(job.id, progress=events.append) == "succeeded"
+        assert [e.record.epoch for e in events if isinstance(e, EpochFinished)] == [1, 2]
+        assert "epoch 2/2" in caplog.text and "val AP" in caplog.text
+        with session_scope() as s:
+            run_id = create_run(s, [str(wild)], list(s.scalars(select(Detector).where(Detector.active.is_(True)))), batch_size=8, max_attempts=1).id
+        seen = []
+        assert run_score_run(run_id, progress=lambda done, total: seen.append((done, total))) == "succeeded"
+    assert seen and seen[-1][0] == seen[-1][1] and "scoring: " in caplog.text and f"{seen[-1][0]} of {seen[-1][1]} files done" in caplog.text

@@ -133,6 +133,9 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
                 record_epoch(s, job_id, token, event.record)
             metrics.EPOCHS.labels(voc_class).inc()
             metrics.EPOCH_SECONDS.observe(event.record.seconds)
+            r = event.record  # a notebook with logging at INFO sees each epoch, without a callback
+            total = config.get("epochs", "?")
+            log.info("job %d (%s): epoch %d/%s, loss %.4f, val AP %.3f, %.1f s", job_id, voc_class, r.epoch, total, r.train_loss, r.val_ap, r.seconds)
         elif isinstance(event, FitResumed):  # a worker killed between its push and its row: the epoch is recorded now
             with session_scope() as s:
                 record_resumed(s, job_id, token, event.history)

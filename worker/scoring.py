@@ -39,11 +39,15 @@ class RunCancelled(Stopped):
     """The shard's run was cancelled before the shard started."""
 
 
+LOG_EVERY_S = 10.0  # how often a run's progress is logged at INFO
+
+
 class Tally:
     """Files of a run finished (scored or not) of files found so far, reported to ``progress(done, total)`` as they change."""
 
     def __init__(self, progress: Callable[[int, int | None], None] | None, done: int = 0, total: int | None = None):
         self.progress, self.done, self.total = progress, done, total
+        self.logged = time.monotonic()
 
     def scanned(self, files: int) -> None:
         self.total = (self.total or 0) + files
@@ -56,6 +60,9 @@ class Tally:
     def _emit(self) -> None:
         if self.progress and not show(self.progress, self.done, self.total):
             self.progress = None  # the display failed: scoring goes on without it
+        if time.monotonic() - self.logged >= LOG_EVERY_S or (self.total is not None and self.done >= self.total):
+            self.logged = time.monotonic()  # a notebook with logging at INFO sees the run move, without a callback
+            log.info("scoring: %d of %s files done", self.done, self.total if self.total is not None else "(still scanning)")
 
 
 def run_score_run(
