@@ -29,10 +29,11 @@ from . import ConfigError, DetectorUnavailable, StoreUnavailable
 log = logging.getLogger(__name__)
 
 # Waits between tries of an object-storage call that failed for a passing reason: a worker waits out
-# an endpoint away for about a minute (a restart, a failover) before failing the job with the reason
-# (s3fs already retries each request a few times within a try). A check made before work starts
-# (submit, doctor, gc) answers within a few seconds instead.
-RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# an endpoint away for about a minute (a restart, a failover) before failing the job with the reason,
+# trying at least every 10 s so it goes on soon after the store is back (s3fs already retries each
+# request a few times within a try). A check made before work starts (submit, doctor, gc) answers
+# within a few seconds instead.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0, 10.0)
 CHECK_DELAYS = (0.5, 1.0, 2.0)
 _TRANSIENT = {
     "EndpointConnectionError",

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.support import SHARED_VOC, free_port, make_fake_voc, wait_for
+from vocfleet.db.session import dispose_engines
 
 VOCFLEET = [sys.executable, "-m", "vocfleet"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -24,10 +25,15 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 TOKEN = "a-token-of-at-least-16-chars"
 
 
-def cli(env: dict[str, str], *args: str) -> str:
-    res = subprocess.run([*VOCFLEET, *args], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res.stdout
+def cli(*args: str) -> str:
+    """The CLI in this process (click's runner), on the environment the fixture set: no interpreter start per command."""
+    from click.testing import CliRunner
+
+    from vocfleet.scheduler.cli import cli as vocfleet
+
+    res = CliRunner().invoke(vocfleet, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
 
 
 def pictures(folder: Path, n: int, seed: int) -> None:
@@ -53,17 +59,23 @@ def site(tmp_path_factory):
     env |= {"VOCFLEET_DATA_DIR": str(base / "data"), "VOCFLEET_WEB_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     voc = make_fake_voc(base / "VOC2007", n=48)
     quick = ["--arch", "tiny", "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--max-batches", "2"]
-    cli(env, "submit", "--classes", "car,dog", "--voc-root", str(voc), *quick)
-    cli(env, "run")
     folder = base / "holiday"
     pictures(folder, 120, seed=1)
     (folder / "park" / "notes.jpg").write_text("not a picture")
     os.symlink("/etc/passwd", folder / "street" / "secret.jpg")  # a link out of the folder: never read
-    cli(env, "score", str(folder))
-    cli(env, "score", str(folder / "park"))  # the same pictures again: a picture's page lists the other run
-    cli(env, "submit", "--classes", "dog", "--voc-root", str(voc), *quick, "--seed", "7", "--promote", "always")
-    cli(env, "run")  # a second dog detector, active now
-    cli(env, "score", str(folder / "park"))  # run 3: the park again, with the new dog detector
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [k for k in os.environ if k.startswith("VOCFLEET_")]:
+            mp.delenv(name)
+        mp.setenv("VOCFLEET_DATA_DIR", env["VOCFLEET_DATA_DIR"])
+        dispose_engines()
+        cli("submit", "--classes", "car,dog", "--voc-root", voc, *quick)
+        cli("run")
+        cli("score", folder)
+        cli("score", folder / "park")  # the same pictures again: a picture's page lists the other run
+        cli("submit", "--classes", "dog", "--voc-root", voc, *quick, "--seed", "7", "--promote", "always")
+        cli("run")  # a second dog detector, active now
+        cli("score", folder / "park")  # run 3: the park again, with the new dog detector
+        dispose_engines()
     port = free_port()
     log = open(base / "serve.log", "w")
     proc = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port), "--allow-actions"], env=env, stdout=log, stderr=subprocess.STDOUT)
