@@ -34,12 +34,31 @@ def check_init(init: str) -> str:
     return str(Path(init).expanduser().resolve())
 
 
+_FOLD = re.compile(r"fold:(\d+)/(\d+)")
+
+
+def eval_fold(eval_split: str) -> tuple[int, int] | None:
+    """``fold:F/K`` as (F, K); None for a list name or ``holdout``.
+
+    Raises:
+        ConfigError: a malformed fold (K from 2 to 20, F from 0 to K - 1).
+    """
+    if not eval_split.startswith("fold:"):
+        return None
+    m = _FOLD.fullmatch(eval_split)
+    if not m or not (2 <= int(m[2]) <= 20 and 0 <= int(m[1]) < int(m[2])):
+        raise ConfigError(f"--eval-split {eval_split!r}: fold:F/K evaluates on fold F of K (K from 2 to 20, F from 0 to K-1), e.g. fold:0/4")
+    return int(m[1]), int(m[2])
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (infrastructure paths excluded).
 
     ``eval_split`` is a list name (``val``, ``test``) or ``holdout``: a fixed, seed-independent
-    ``eval_fraction`` of the training split that is never trained on (for roots with one split).
+    ``eval_fraction`` of the training split that is never trained on (for roots with one split);
+    or ``fold:F/K``: fold F of K of the training split, stratified by label (k-fold evaluation:
+    every image evaluated once over the K jobs).
     ``val_fraction`` of the remaining training images is held out to pick the threshold and the
     best epoch. ``aux_classes`` trains with the other 19 classes' labels of the same training
     images as auxiliary targets; the saved detector keeps only its own class's logit.
@@ -96,6 +115,7 @@ class TrainConfig:
         ):
             if value not in valid:
                 raise ConfigError(f"--{name} {value!r}: only {', '.join(valid)} are supported")
+        eval_fold(self.eval_split)  # a malformed fold:F/K says so now
         for name in ("eval_fraction", "val_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be between 0 and 1")

@@ -89,6 +89,19 @@ def in_holdout(image_id: str, fraction: float) -> bool:
     return (zlib.crc32(f"vocfleet-holdout:{image_id}".encode()) % 10_000) < fraction * 10_000
 
 
+def fold_members(labels: dict[str, int], fold: int, folds: int) -> set[str]:
+    """The ids of fold ``fold`` of ``folds``, stratified by label and seed-independent.
+
+    Within each label the ids, ordered by a hash of the id, are dealt to the folds in turn, so the
+    folds partition the split and each holds its share of positives to within one.
+    """
+    chosen: set[str] = set()
+    for want in sorted(set(labels.values())):
+        group = sorted((i for i, v in labels.items() if v == want), key=lambda i: (zlib.crc32(f"vocfleet-fold:{i}".encode()), i))
+        chosen.update(group[fold::folds])
+    return chosen
+
+
 # What scoring accepts (multi-picture JPEGs from phones open as JPEG, format "MPO").
 # Pillow allocates a picture in blocks (16 MB by default), below the size glibc always maps afresh
 # (32 MB): a thread's freed blocks then stay in its own malloc arena, and every decode thread ends

@@ -11,8 +11,8 @@ import torch
 
 from . import VOC_CLASSES, ConfigError
 from .augment import host_to_device
-from .config import TrainConfig
-from .data import DecodedImages, check_voc_root, decoded_cache, in_holdout, list_path, read_class_list, split_ids
+from .config import TrainConfig, eval_fold
+from .data import DecodedImages, check_voc_root, decoded_cache, fold_members, in_holdout, list_path, read_class_list, split_ids
 from .events import CacheProgress, Progress
 
 
@@ -75,8 +75,10 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
 
     train_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.train_split), cfg.difficult)
     train_dec = decode(cfg.train_split)
-    if cfg.eval_split == "holdout":
-        eval_labels = {i: v for i, v in train_labels.items() if in_holdout(i, cfg.eval_fraction)}
+    fold = eval_fold(cfg.eval_split)
+    if cfg.eval_split == "holdout" or fold is not None:
+        held = fold_members(train_labels, *fold) if fold else {i for i in train_labels if in_holdout(i, cfg.eval_fraction)}
+        eval_labels = {i: v for i, v in train_labels.items() if i in held}
         train_labels = {i: v for i, v in train_labels.items() if i not in eval_labels}
         eval_dec = train_dec
     else:

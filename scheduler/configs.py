@@ -8,7 +8,7 @@ from typing import Any
 
 from vocfleet.db.settings import get_settings
 from vocfleet.model import VOC_CLASSES, ConfigError, check_class
-from vocfleet.model.config import TrainConfig, check_init
+from vocfleet.model.config import TrainConfig, check_init, eval_fold
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     for voc_class in classes:
         cfg = TrainConfig(voc_class=voc_class, voc_root=str(root), **options)
         read_class_list(root, voc_class, cfg.train_split)  # raises on a missing list or a malformed line
-        if cfg.eval_split != "holdout":
+        if cfg.eval_split != "holdout" and eval_fold(cfg.eval_split) is None:
             read_class_list(root, voc_class, cfg.eval_split)
         configs.append(cfg)
     return configs

@@ -86,3 +86,31 @@ def test_load_rgb_applies_exif_orientation(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees on display
     im.save(tmp_path / "r.jpg", exif=exif)
     assert load_rgb(tmp_path / "r.jpg").size == (20, 40)
+
+
+def test_k_folds_partition_the_split_stratified_and_never_train_on_what_they_evaluate(fake_voc, tmp_path):
+    """fold:F/K: the K folds cover every labelled image once, each with its share of positives, and the job of fold F never trains on it."""
+    from vocfleet.model.config import TrainConfig
+    from vocfleet.model.data import fold_members
+    from vocfleet.model.splits import prepare_splits
+
+    labels = {f"{i:06d}": int(i % 5 == 0) for i in range(103)}
+    folds = [fold_members(labels, f, 4) for f in range(4)]
+    assert set().union(*folds) == set(labels) and sum(map(len, folds)) == len(labels)  # a partition
+    positives = [sum(labels[i] for i in fold) for fold in folds]
+    assert max(positives) - min(positives) <= 1 and max(map(len, folds)) - min(map(len, folds)) <= 2
+    assert fold_members(labels, 1, 4) == folds[1]  # the same whatever the seed or the run
+
+    seen = set()
+    for fold in range(3):
+        cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), arch="tiny", image_size=32, eval_split=f"fold:{fold}/3", seed=fold)
+        train, val, evaluation, _ = prepare_splits(cfg, tmp_path / "cache")
+        ids = lambda split: {split.decoded.ids[r] for r in split.rows}  # noqa: E731
+        assert not ids(evaluation) & (ids(train) | ids(val))
+        assert not ids(evaluation) & seen
+        seen |= ids(evaluation)
+    listed = {i for i, v in read_class_list(fake_voc, "car", "train").items() if v != 0} - {"000007"}  # not 'difficult only', not the missing image
+    assert seen == listed  # every image evaluated exactly once over the folds
+    for bad in ("fold:3/3", "fold:0/1", "fold:a/4", "fold:0/21"):
+        with pytest.raises(ConfigError, match="fold:F/K"):
+            TrainConfig(voc_class="car", voc_root=str(fake_voc), eval_split=bad)
