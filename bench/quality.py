@@ -39,6 +39,13 @@ RECIPES = {
 }
 
 
+def recipe_config(args: argparse.Namespace, root: Path, voc_class: str, seed: int, overrides: dict) -> TrainConfig:
+    """A recipe's settings at the run's size, epochs, batch and device."""
+    return TrainConfig(
+        voc_class=voc_class, voc_root=str(root), image_size=args.size, epochs=args.epochs, batch_size=args.batch, seed=seed, device=args.device, **overrides
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--voc-root")
@@ -68,16 +75,7 @@ def main() -> None:
             for seed in args.seeds:
                 per_class = []
                 for voc_class in classes:
-                    cfg = TrainConfig(
-                        voc_class=voc_class,
-                        voc_root=str(root),
-                        image_size=args.size,
-                        epochs=args.epochs,
-                        batch_size=args.batch,
-                        seed=seed,
-                        device=args.device,
-                        **overrides,
-                    )
+                    cfg = recipe_config(args, root, voc_class, seed, overrides)
                     t = time.perf_counter()
                     m = fit(cfg, out_dir=work / f"{len(results)}-{seed}-{voc_class}", cache_dir=work / "cache").metrics
                     m["seconds"] = time.perf_counter() - t
@@ -148,17 +146,7 @@ def folds(args: argparse.Namespace) -> None:
             for voc_class in classes:
                 probs, labels, fold_aps, seconds = [], [], [], 0.0
                 for fold in range(k):
-                    cfg = TrainConfig(
-                        voc_class=voc_class,
-                        voc_root=str(root),
-                        image_size=args.size,
-                        epochs=args.epochs,
-                        batch_size=args.batch,
-                        seed=fold,
-                        device=args.device,
-                        eval_split=f"fold:{fold}/{k}",
-                        **overrides,
-                    )
+                    cfg = recipe_config(args, root, voc_class, fold, {**overrides, "eval_split": f"fold:{fold}/{k}"})
                     t = time.perf_counter()
                     result = fit(cfg, out_dir=work / f"{len(rows)}-{voc_class}-{fold}", cache_dir=work / "cache")
                     seconds += time.perf_counter() - t

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PG_URL, SHARED_VOC, WILD, connectable, free_port, make_fake_voc, wait_for
+from tests.support import CHROMIUM, CHROMIUM_FLAGS, PG_URL, SHARED_VOC, WILD, connectable, free_port, make_fake_voc, wait_for
 from vocfleet.db import session as db_session
 from vocfleet.db.models import Detector
 from vocfleet.db.session import session_scope
@@ -146,3 +146,16 @@ def wild(tmp_path):
     dst = tmp_path / "wild"
     shutil.copytree(WILD, dst)
     return dst
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium, headless, driven by playwright (no browser download); skipped with a reason where it is not installed."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        yield b
+        b.close()

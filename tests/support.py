@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -41,6 +42,11 @@ def make_fake_voc(root: Path, n: int = 48, classes=("car", "dog"), size: int = 4
         (main / f"{c}_train.txt").write_text("".join(f"{i} {labels[c][i]:>2}\n" for i in ids))
     (main / "train.txt").write_text("".join(f"{i}\n" for i in ids))
     return root
+
+
+# Debian's Chromium for the browser tests (playwright drives it: no browser download), and its flags for a headless VM.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update"]
 
 
 def free_port() -> int:

@@ -1,28 +1,11 @@
 """HTML reports, checked in a real headless Chromium: no console errors, pictures show, the class filter works."""
 
-import shutil
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from vocfleet.db.models import Score, ScoredImage
 from vocfleet.db.session import session_scope
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        b.close()
 
 
 def open_page(browser, path: Path):

@@ -20,8 +20,6 @@ from tests.support import SHARED_VOC, free_port, make_fake_voc, wait_for
 from vocfleet.db.session import dispose_engines
 
 VOCFLEET = [sys.executable, "-m", "vocfleet"]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "a-token-of-at-least-16-chars"
 
 
@@ -302,18 +300,6 @@ def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-
-
-@pytest.fixture
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        b.close()
 
 
 def test_a_person_browses_runs_gallery_picture_and_detector(site, browser):
