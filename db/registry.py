@@ -36,6 +36,8 @@ def record_detector(s: Session, job: TrainJob, result: FitResult) -> Detector:
     lock_class(s, job.voc_class)
     current = s.scalar(select(Detector).where(Detector.voc_class == job.voc_class, Detector.active.is_(True)).with_for_update())
     promote, decision = _promotion(s, job, metrics, current)
+    if current is not None and (note := _other_training_data(metrics, current)):
+        decision["decision"] += f"; {note}"
     metrics["promotion"] = decision
     if promote and current is not None:
         current.active = False
@@ -68,6 +70,14 @@ def _promotion(s: Session, job: TrainJob, metrics: dict[str, Any], current: Dete
     if metrics["ap"] >= current.ap:
         return True, decision | {"decision": "promoted: AP at least the active detector's"}
     return False, decision | {"decision": f"kept detector {current.id} active: its AP {current.ap:.3f} is higher"}
+
+
+def _other_training_data(metrics: dict[str, Any], current: Detector) -> str | None:
+    """A note when the new detector trained on other pictures or labels than the active one (their training fingerprints differ)."""
+    ours, theirs = metrics.get("train_fingerprint"), current.metrics.get("train_fingerprint")
+    if ours and theirs and ours != theirs:
+        return f"trained on other pictures or labels than detector {current.id} (train_data {ours[:12]}, its {theirs[:12]})"
+    return None
 
 
 def lock_class(s: Session, voc_class: str) -> None:

@@ -34,7 +34,7 @@ def _race(voc_class: str, i: int, spare: int) -> str:
         return f"{type(exc).__name__}: {exc}"
 
 
-def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root: str = "/voc", voc_class: str = "car") -> int:
+def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root: str = "/voc", voc_class: str = "car", trained_on: str | None = None) -> int:
     """A finished job of ``voc_class`` whose detector file (a few bytes) is in the store; the detector's id."""
     import hashlib
 
@@ -52,7 +52,7 @@ def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root:
     store.job_dir(key).mkdir(parents=True, exist_ok=True)
     (store.job_dir(key) / "detector.pt").write_bytes(key.encode())
     sha = hashlib.sha256(key.encode()).hexdigest()
-    m = {"ap": ap, "split": split, "positives": 5, "images": 50}
+    m = {"ap": ap, "split": split, "positives": 5, "images": 50} | ({"train_fingerprint": trained_on * 64} if trained_on else {})
     result = FitResult(checkpoint=store.location(key, "detector.pt"), sha256=sha, threshold=0.5, metrics=m, val_metrics=m, best_epoch=1)
     with session_scope() as s:
         return finish_job(s, job_id, token, result).id
@@ -196,3 +196,13 @@ def test_a_detector_from_before_fingerprints_gets_one_on_first_use(fake_voc, tmp
         old, new = s.scalars(select(Detector).order_by(Detector.id)).all()
         assert old.metrics["eval_fingerprint"] == fp == new.metrics["eval_fingerprint"]
         assert "other pictures" not in new.metrics["promotion"]["decision"]
+
+
+def test_a_detector_trained_on_other_data_says_so_in_its_decision(invoke):
+    first = _finish(0.30, trained_on="a")
+    same = _finish(0.20, trained_on="a")
+    other = _finish(0.40, trained_on="b")
+    history = {h["id"]: h for h in json.loads(invoke("detectors", "history", "car", "--format", "json").output)}
+    assert "trained on other" not in history[same]["decision"]
+    said = history[other]["decision"]
+    assert said.startswith("promoted") and f"trained on other pictures or labels than detector {first} (train_data {'b' * 12}, its {'a' * 12})" in said
