@@ -283,9 +283,14 @@ def detector_comparison(s: Session, detector_ids: list[int]) -> tuple[list[dict[
     config_of = dict(configs)
     keys = sorted({k for _, c in configs for k in c} - _NOT_SETTINGS)
     differ = {k: [config_of[i].get(k) for i in detector_ids] for k in keys if len({repr(config_of[i].get(k)) for i in detector_ids}) > 1}
-    epochs: dict[int, list[EpochRecord]] = {}
-    for i in detector_ids:
-        job_id = by_id[i]["job"]
-        q = select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch) if job_id is not None else None
-        epochs[i] = [EpochRecord(e.epoch, e.train_loss, e.val_loss, e.val_ap, e.lr, e.seconds, e.images_per_s) for e in (s.scalars(q) if q is not None else [])]
-    return rows, differ, epochs
+    return rows, differ, detector_epochs(s, {i: by_id[i]["job"] for i in detector_ids})
+
+
+def detector_epochs(s: Session, jobs: dict[int, int | None]) -> dict[int, list[EpochRecord]]:
+    """Detector id -> the epoch records of the job that trained it (``jobs``: detector id -> job id; none where the job is gone)."""
+    out: dict[int, list[EpochRecord]] = {}
+    for detector_id, job_id in jobs.items():
+        q = select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
+        rows = s.scalars(q) if job_id is not None else []
+        out[detector_id] = [EpochRecord(e.epoch, e.train_loss, e.val_loss, e.val_ap, e.lr, e.seconds, e.images_per_s) for e in rows]
+    return out

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vocfleet.model import ConfigError
+from vocfleet.model.events import EpochRecord
 
 from .models import Detector, ScoreRun
-from .registry import detector_rows
+from .registry import detector_epochs, detector_rows
 from .results import ResultQuery, error_rows, image_scores, iter_results, summary_rows
 
 PER_CLASS = 24  # pictures per class in a run's report: the most confident present ones
@@ -56,6 +57,7 @@ class FleetDetector:
 class FleetReport:
     detectors: list[FleetDetector]
     rows: list[dict[str, Any]]  # detector_rows of the active detectors
+    epochs: dict[int, list[EpochRecord]] = field(default_factory=dict)  # detector id -> its job's epochs (the curves overlaid)
 
 
 def run_report(s: Session, run_id: int) -> RunReport:
@@ -88,4 +90,5 @@ def fleet_report(s: Session) -> FleetReport:
     dets = list(s.scalars(select(Detector).where(Detector.active.is_(True)).order_by(Detector.voc_class)))
     if not dets:
         raise ConfigError("no trained detectors yet: run 'vocfleet submit ...' and 'vocfleet run' first")
-    return FleetReport([FleetDetector(d.voc_class, d.id, d.job_id, dict(d.metrics.get("plots", {}))) for d in dets], detector_rows(s))
+    epochs = detector_epochs(s, {d.id: d.job_id for d in dets})
+    return FleetReport([FleetDetector(d.voc_class, d.id, d.job_id, dict(d.metrics.get("plots", {}))) for d in dets], detector_rows(s), epochs)

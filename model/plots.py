@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -88,18 +89,19 @@ def save_training_plots(
     return {"curves": str(curves), "pr": str(pr)}
 
 
-def save_comparison_plot(out: Path, curves: dict[str, Sequence[EpochRecord]], *, title: str) -> Path:
+def save_comparison_plot(out: Path | BinaryIO, curves: dict[str, Sequence[EpochRecord]], *, title: str) -> Path | BinaryIO:
     """Overlay several detectors' training curves in one PNG: training loss and validation AP per epoch, one colour each.
 
     Args:
-        out: the PNG to write (its folder is created).
+        out: the PNG to write (its folder is created), or a binary file to write it to.
         curves: a label per detector (``"7 car lr 0.001"``) -> its epochs, in order.
         title: above both panels.
     """
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(out, Path):
+        out.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, history in curves.items():
         epochs = [h.epoch for h in history]
@@ -116,6 +118,6 @@ def save_comparison_plot(out: Path, curves: dict[str, Sequence[EpochRecord]], *,
     ax2.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, format="png")
     plt.close(fig)
     return out

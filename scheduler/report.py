@@ -7,6 +7,7 @@ data URIs) and renders the Jinja2 templates in ``templates/`` (HTML escaped by t
 from __future__ import annotations
 
 import base64
+import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -81,5 +82,13 @@ def render_fleet(report: FleetReport, store: ArtifactStore) -> str:
         {"voc_class": d.voc_class, "id": d.id, "job_id": d.job_id, "plots": [(k, uri) for k in ("curves", "pr") if (uri := _png(store, d.plots.get(k)))]}
         for d in report.detectors
     ]
+    curves = {f"{d.id} {d.voc_class}": report.epochs[d.id] for d in report.detectors if report.epochs.get(d.id)}
+    overlaid = None
+    if len(curves) > 1:  # every active detector's curves in one picture: which classes learn, which stall
+        from vocfleet.model.plots import save_comparison_plot
+
+        buf = io.BytesIO()
+        save_comparison_plot(buf, curves, title="active detectors")
+        overlaid = _data_uri(buf.getvalue(), "image/png")
     page = templates().get_template("fleet.html")
-    return page.render(title="vocfleet detectors", rows=report.rows, sections=sections, generated=_generated())
+    return page.render(title="vocfleet detectors", rows=report.rows, sections=sections, overlaid=overlaid, generated=_generated())

@@ -75,20 +75,23 @@ def test_fleet_report_shows_settings_and_f1_and_plots_read_right(fake_voc, tmp_p
     from vocfleet.db.session import session_scope
 
     args = ["--arch", "tiny", "--epochs", 2, "--image-size", 32, "--batch-size", 8, "--max-batches", 2, "--lr", "0.001", "--ema", "0.9", "--seed", 7]
-    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, *args).exit_code == 0
+    assert invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, *args).exit_code == 0
     assert invoke("run").exit_code == 0
     assert invoke("report", "--fleet", "--out", tmp_path / "fleet.html").exit_code == 0
     page = (tmp_path / "fleet.html").read_text()
     heads = re.findall(r"<th>([^<]+)</th>", page)
     assert {"F1", "image size", "epochs", "batch", "peak LR", "init", "EMA", "seed", "job"} <= set(heads)
     with session_scope() as s:
-        det = s.query(Detector).one()
+        det = s.query(Detector).filter_by(voc_class="car").one()
         f1 = det.metrics["f1"]
+    [overlaid] = re.findall(r"<img id=overlaid alt='[^']*' src='data:image/png;base64,([^']+)'>", page)  # both detectors' curves in one picture
+    import base64
+
+    assert Image.open(io.BytesIO(base64.b64decode(overlaid))).size[0] > 600
+    page = page.replace(overlaid, "")
     row = re.findall(r"<td class=num>([^<]*)</td>", page)[: len(heads)]
     got = dict(zip(heads, row, strict=True))
     assert got["F1"] == f"{f1:.3f}" and got["image size"] == "32 px" and got["peak LR"] == "0.001" and got["EMA"] == "0.9" and got["seed"] == "7"
     for png in re.findall(r"src='data:image/png;base64,([^']+)'", page):
-        import base64
-
         im = Image.open(io.BytesIO(base64.b64decode(png)))
         assert round(im.info["dpi"][0]) == 150
