@@ -281,18 +281,21 @@ def compare(detector_ids: tuple[int, ...], plot_path: Path | None, fmt: str) -> 
             rows, differ, epochs = detector_comparison(s, list(detector_ids))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    out = plot_path or Path(f"compare-{'-'.join(map(str, detector_ids))}.png")
     labels = {r["id"]: " ".join(str(x) for x in (r["id"], r["class"], r["name"] or tag_text(r["tags"])) if x) for r in rows}
-    save_comparison_plot(out, {labels[i]: epochs[i] for i in detector_ids if epochs[i]}, title="detectors " + ", ".join(map(str, detector_ids)))
+    curves = {labels[i]: epochs[i] for i in detector_ids if epochs[i]}
+    out = (plot_path or Path(f"compare-{'-'.join(map(str, detector_ids))}.png")) if curves else None  # no epochs: jobs gone
+    if out is not None:
+        save_comparison_plot(out, curves, title="detectors " + ", ".join(map(str, detector_ids)))
     if fmt != "table":
-        emit(fmt, {"detectors": rows, "settings_that_differ": differ, "plot": str(out)})
+        emit(fmt, {"detectors": rows, "settings_that_differ": differ, "plot": str(out) if out else None})
         return
     table = [{"": key, **{str(r["id"]): tag_text(r[key]) if key == "tags" else r[key] for r in rows}} for key in COMPARED]
     table += [{"": key, **{str(i): v for i, v in zip(detector_ids, values, strict=True)}} for key, values in differ.items()]
     click.echo(render(table, ["", *map(str, detector_ids)], fmt))
     if len({r["eval_data"] for r in rows}) > 1:
         click.echo("note: they were evaluated on different pictures (eval_data differs): their APs are not directly comparable")
-    click.echo(f"settings that differ: {', '.join(differ) or 'none'}; curves overlaid in {out}")
+    curves_said = f"curves overlaid in {out}" if out else "no curves: their jobs' epochs are gone"
+    click.echo(f"settings that differ: {', '.join(differ) or 'none'}; {curves_said}")
 
 
 @click.command()
