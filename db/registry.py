@@ -54,6 +54,8 @@ def record_detector(s: Session, job: TrainJob, result: FitResult) -> Detector:
     )
     s.add(detector)
     s.flush()
+    if promote and current is not None:  # the replaced detector's history says by which, and why
+        _add_event(current, {"at": utcnow().isoformat(timespec="seconds"), "event": "replaced", "by": detector.id, "reason": decision["decision"]})
     return detector
 
 
@@ -195,7 +197,7 @@ def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, 
 
 
 def decision(metrics: dict[str, Any]) -> str | None:
-    """Why a detector is (or is not) active: the latest change by hand, else the promotion decision made when it finished."""
+    """Why a detector is (or is not) active: its latest change (by hand, or replaced by a newer one), else its promotion decision."""
     said = metrics.get("promotion", {}).get("decision")
     events = metrics.get("events") or []
     if not events:
@@ -205,6 +207,8 @@ def decision(metrics: dict[str, Any]) -> str | None:
     if e["event"] == "activated":
         replaced = f", replacing detector {e['replaced']}" if e.get("replaced") else ""
         return f"activated by hand at {e['at']}{replaced}{why}"
+    if e["event"] == "replaced":  # by a newer detector's promotion when its job finished
+        return f"replaced at {e['at']} by detector {e['by']}{why}"
     return f"deactivated at {e['at']}: detector {e['by']} activated by hand{why}"
 
 

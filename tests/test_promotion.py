@@ -73,6 +73,8 @@ def test_a_worse_detector_does_not_replace_a_better_one(invoke):
     assert {"job", "created", "image_size", "epochs", "init"} <= set(json.loads(invoke("detectors", "--format", "json").output)[0])
     better = _finish(0.30)
     assert active_ids() == [better]
+    history = {h["id"]: h for h in json.loads(invoke("detectors", "history", "car", "--format", "json").output)}
+    assert history[first]["decision"].startswith("replaced at ") and f"by detector {better}: promoted: AP at least" in history[first]["decision"]
     other_split = _finish(0.10, split="test")  # APs on different splits do not compare: promoted, and it says so
     assert active_ids() == [other_split]
     assert _finish(0.05, promote="always") in active_ids()
