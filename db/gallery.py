@@ -259,16 +259,6 @@ def recorded_file(s: Session, image_id: int) -> tuple[str, str, str] | None:
     return tuple(row) if row else None
 
 
-def run_classes_and_thresholds(s: Session, run_id: int) -> dict[str, float]:
-    """Each class a run scored, with its detector's threshold (what "near the threshold" is near)."""
-    run = s.get(ScoreRun, run_id)
-    if run is None:
-        return {}
-    det = select(Detector.voc_class, Detector.threshold).where(Detector.id.in_(list(run.detector_ids or [])))
-    found = dict(s.execute(det).all())
-    return {c: found.get(c, 0.5) for c in run.classes}
-
-
 @dataclass(frozen=True)
 class Disagreement:
     """A picture two runs scored (the same sha256) whose detectors of one class disagree on whether it is present."""

@@ -139,10 +139,12 @@ def _add_event(detector: Detector, event: dict[str, Any]) -> None:
     detector.metrics = {**detector.metrics, "events": [*detector.metrics.get("events", []), event]}
 
 
-def detector_rows(s: Session, include_inactive: bool = False) -> list[dict[str, Any]]:
-    """Detectors (active ones unless ``include_inactive``): evaluation metrics and how each was trained, as flat columns."""
+def detector_rows(s: Session, include_inactive: bool = False, ids: list[int] | None = None) -> list[dict[str, Any]]:
+    """Detectors (active ones unless ``include_inactive``; ``ids``: just these, active or not): metrics and how each was trained, flat."""
     q = select(Detector, TrainJob).outerjoin(TrainJob, TrainJob.id == Detector.job_id).order_by(Detector.voc_class, Detector.id)
-    if not include_inactive:
+    if ids is not None:
+        q = q.where(Detector.id.in_(ids))
+    elif not include_inactive:
         q = q.where(Detector.active.is_(True))
     from vocfleet.model.artifacts import resolve
 
@@ -276,7 +278,7 @@ def detector_comparison(s: Session, detector_ids: list[int]) -> tuple[list[dict[
     Raises:
         ValueError: an id with no detector.
     """
-    by_id = {r["id"]: r for r in detector_rows(s, include_inactive=True)}
+    by_id = {r["id"]: r for r in detector_rows(s, ids=detector_ids)}
     if missing := [i for i in detector_ids if i not in by_id]:
         raise ValueError(f"no detector {', '.join(map(str, missing))}: see 'vocfleet detectors --all'")
     rows = [by_id[i] for i in detector_ids]

@@ -82,7 +82,7 @@ def run_report(s: Session, run_id: int) -> RunReport:
         counts=summary_rows(s, (run_id,)),
         pictures=[Picture(first["folder"], first["image"], scores[image_id]) for image_id, first in picked.items()],
         errors=error_rows(s, run_id, limit=MAX_ERRORS),
-        detectors=[r for r in detector_rows(s, include_inactive=True) if r["id"] in used],
+        detectors=detector_rows(s, ids=sorted(used)),
     )
 
 

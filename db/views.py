@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from .listing import run_rows, status_rows
 from .models import Detector, EpochMetric, ScoreRun, ScoreShard
 from .registry import detector_rows
-from .results import error_rows
 from .runs import class_presence
 from .states import as_utc
 
@@ -123,11 +122,6 @@ def run_view(s: Session, run_id: int) -> RunView | None:
     )
 
 
-def run_errors(s: Session, run_id: int, limit: int) -> list[dict[str, Any]]:
-    """The first ``limit`` files a run could not score, with the reason (``vocfleet results RUN --errors``)."""
-    return error_rows(s, run_id, limit)
-
-
 @dataclass(frozen=True)
 class JobRow:
     """A training job with its live epoch progress (the rows of ``vocfleet status``)."""
@@ -203,7 +197,7 @@ def detector_view(s: Session, detector_id: int) -> DetectorView | None:
     d = s.get(Detector, detector_id)
     if d is None:
         return None
-    row = next(r for r in detector_rows(s, include_inactive=True) if r["id"] == detector_id)
+    [row] = detector_rows(s, ids=[detector_id])
     plots = {k: v for k, v in (d.metrics.get("plots") or {}).items() if v}
     epochs = []
     if d.job_id is not None:

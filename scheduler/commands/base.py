@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from vocfleet.db.errors import database_problem, raised
-from vocfleet.db.listing import ListFilter
+from vocfleet.db.listing import ListFilter, tag_text
 from vocfleet.db.settings import SettingsError, get_settings
 from vocfleet.db.states import Labels, as_utc, parse_since, parse_tag
 from vocfleet.model import ConfigError
@@ -162,9 +162,11 @@ def more_line(fmt: str, more: int, what: str) -> None:
         )
 
 
-def label_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The name and tags columns, where any row has one (most work has neither)."""
-    return [c for c in ("name", "tags") if any(r.get(c) for r in rows)]
+def with_labels(rows: list[dict[str, Any]], fmt: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the rows to render, the label columns to show): in a table the name and tags where any row has one, tags as ``k=v``; else all three, as stored."""
+    if fmt != "table":
+        return rows, ["name", "tags", "note"]
+    return [{**r, "tags": tag_text(r["tags"])} for r in rows], [c for c in ("name", "tags") if any(r.get(c) for r in rows)]
 
 
 def format_option(f):

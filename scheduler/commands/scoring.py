@@ -26,7 +26,6 @@ from .base import (
     filter_options,
     format_option,
     interruptible,
-    label_columns,
     labels_from,
     labels_options,
     list_filter,
@@ -36,6 +35,7 @@ from .base import (
     stale_window,
     takeback_note,
     warn_idle_queue,
+    with_labels,
 )
 
 
@@ -217,7 +217,7 @@ def resume_run(run_id: int, stale_after: float | None) -> None:
 @format_option
 def runs(fmt: str, **filters: Any) -> None:
     """Scoring runs with status and counts (--status, --class, --tag, --since, --limit choose which)."""
-    from vocfleet.db.listing import read_connection, run_rows, tag_text
+    from vocfleet.db.listing import read_connection, run_rows
 
     chosen = list_filter(fmt, **filters)
     with read_connection() as conn:
@@ -230,8 +230,7 @@ def runs(fmt: str, **filters: Any) -> None:
     if not rows and fmt == "table":
         click.echo(f"none of the {len(every)} runs match")
         return
-    labels = label_columns(rows) if fmt == "table" else ["name", "tags", "note"]
-    shown = [{**r, "tags": tag_text(r["tags"])} for r in rows] if fmt == "table" else rows
+    shown, labels = with_labels(rows, fmt)
     click.echo(render(shown, ["run", *labels, "status", "files", "scored", "errors", "classes", "created", "finished", "folders", "error"], fmt))
     more_line(fmt, more, "runs")
 

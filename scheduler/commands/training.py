@@ -26,7 +26,6 @@ from .base import (
     filter_options,
     format_option,
     interruptible,
-    label_columns,
     labels_from,
     labels_options,
     list_filter,
@@ -36,6 +35,7 @@ from .base import (
     stale_window,
     takeback_note,
     warn_idle_queue,
+    with_labels,
 )
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
@@ -151,7 +151,7 @@ def _estimate(configs: list[TrainConfig], fmt: str) -> None:
 def status(watch: bool, interval: float, fmt: str, **filters: Any) -> None:
     """Jobs with progress: epoch x of y and the latest validation AP (--status, --class, --tag, --since, --limit choose which)."""
     from vocfleet.db.estimates import queue_left
-    from vocfleet.db.listing import read_connection, status_rows, tag_text
+    from vocfleet.db.listing import read_connection, status_rows
 
     chosen = list_filter(fmt, **filters)
     while True:
@@ -168,8 +168,7 @@ def status(watch: bool, interval: float, fmt: str, **filters: Any) -> None:
             click.echo(f"none of the {len(every)} jobs match")
             return
         progress = ["epoch"] if fmt == "table" else ["epochs_done", "epochs"]  # "2/3" for people, two numbers for scripts
-        labels = label_columns(rows) if fmt == "table" else ["name", "tags", "note"]
-        shown = [{**r, "tags": tag_text(r["tags"])} for r in rows] if fmt == "table" else rows
+        shown, labels = with_labels(rows, fmt)
         click.echo(render(shown, ["job", "class", *labels, "status", *progress, "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
         more_line(fmt, more, "jobs")
         if fmt == "table":
@@ -195,7 +194,6 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str, **filte
     """
     if ctx.invoked_subcommand is not None:
         return
-    from vocfleet.db.listing import tag_text
     from vocfleet.db.registry import detector_rows
 
     chosen = list_filter(fmt, **filters)
@@ -212,10 +210,10 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str, **filte
         click.echo(render(rows, ["id", "class", "curves", "pr_curve"], fmt))
         more_line(fmt, more, "detectors")
         return
-    labels = label_columns(rows) if fmt == "table" else ["name", "tags", "note"]
+    shown, labels = with_labels(rows, fmt)
     cols = DETECTOR_COLUMNS[:2] + labels + DETECTOR_COLUMNS[2:] + (["active"] if show_all else []) + TRAINING_COLUMNS
     cols += ["checkpoint", "curves", "pr_curve", "decision"] if fmt != "table" else []
-    click.echo(render([{**r, "tags": tag_text(r["tags"])} for r in rows] if fmt == "table" else rows, cols, fmt))
+    click.echo(render(shown, cols, fmt))
     more_line(fmt, more, "detectors")
 
 

@@ -33,7 +33,7 @@ from vocfleet.db import views as web_db
 from vocfleet.db.claims import cancel_work
 from vocfleet.db.models import TrainJob
 from vocfleet.db.registry import activate_detector
-from vocfleet.db.results import RESULT_COLUMNS, ResultQuery, export_csv, export_json
+from vocfleet.db.results import RESULT_COLUMNS, ResultQuery, error_rows, export_csv, export_json
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.db.training import retry_job
@@ -237,7 +237,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
     def errors_page(request: Request, run_id: int, limit: ErrorLimit = 500) -> HTMLResponse:
         view = _run(run_id)
         with session_scope() as s:
-            errors = web_db.run_errors(s, run_id, limit)
+            errors = error_rows(s, run_id, limit)
         return page(request, "errors.html", title=f"Run {run_id}: files not scored", run=view, errors=errors)
 
     @app.get("/pictures/{image_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -338,7 +338,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         """The files a run could not score, with the reason for each."""
         view = _run(run_id)
         with session_scope() as s:
-            return {"total": view.error_files, "errors": web_db.run_errors(s, run_id, limit)}
+            return {"total": view.error_files, "errors": error_rows(s, run_id, limit)}
 
     @app.get("/api/runs/{run_id}/export", tags=["runs"])
     def api_export(run_id: int, format: Annotated[str, Query(pattern="^(jsonl|csv)$")] = "jsonl") -> StreamingResponse:  # noqa: A002
