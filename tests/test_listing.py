@@ -119,7 +119,7 @@ def test_a_database_that_does_not_answer_is_one_line(monkeypatch, command):
     assert line.startswith("vocfleet: error: cannot use the database 'postgresql+psycopg://postgres@127.0.0.1:1/test' (connection")
 
 
-def test_names_tags_and_filters_on_both_databases(database, invoke):
+def test_names_tags_and_filters_on_both_databases(database, invoke, tmp_path):
     """submit/score labels stored and shown; status, runs and detectors filtered by status, class, tag and age, newest first with a limit."""
     from vocfleet.db.models import Detector
     from vocfleet.db.runs import create_run
@@ -165,6 +165,13 @@ def test_names_tags_and_filters_on_both_databases(database, invoke):
     [d] = listed("detectors", "--tag", "exp=a1")
     assert (d["id"], d["name"], d["tags"]) == (det.id, "baseline", {"exp": "a1"})
     assert listed("detectors", "--status", "inactive") == [] and listed("detectors", "--class", "dog") == []
+
+    # Through the CLI too: the labels a user types are the ones stored.
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    res = invoke("score", pics, "--name", "first look", "--tag", "trip=demo", "--note", "nothing yet")
+    assert res.exit_code == 0, res.output
+    assert [(r["name"], r["tags"], r["note"]) for r in listed("runs", "--tag", "trip=demo")] == [("first look", {"trip": "demo"}, "nothing yet")]
 
     for args, says in (
         (("status", "--tag", "exp"), "--tag 'exp': use KEY=VALUE"),

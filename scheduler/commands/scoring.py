@@ -89,10 +89,10 @@ def score(
     from vocfleet.worker.dispatch import check_broker, enqueue
     from vocfleet.worker.safety import check_score_folder, distinct_folders
 
-    for name, value in (("--batch-size", batch_size), ("--max-attempts", max_attempts), ("--shard-size", shard_size)):
-        if not 1 <= value <= 2**31 - 1:
-            raise ConfigError(f"{name} {value}: must be between 1 and 2147483647")
     labels = labels_from(name, tags, note)
+    for option, value in (("--batch-size", batch_size), ("--max-attempts", max_attempts), ("--shard-size", shard_size)):
+        if not 1 <= value <= 2**31 - 1:
+            raise ConfigError(f"{option} {value}: must be between 1 and 2147483647")
     resolved = [str(f) for f in distinct_folders([check_score_folder(f) for f in folders])]
     check_broker()
     with database() as s:
