@@ -32,11 +32,25 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        stop = _interruption(exc)
+        if stop is not None and stop is not exc:  # a signal (Ctrl-C, SIGTERM, SIGHUP) landed inside torch's writer
+            raise stop from None
         if _no_space(exc):
             full = DiskFull(f"disk full while writing {path.name}: free space in {path.parent}, then 'vocfleet retry' the job")
             full.errno = errno.ENOSPC
             raise full from None
         raise
+
+
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt behind ``exc``, if any: torch's zip writer reports an interruption inside
+    a write as a short write (``unexpected pos``), which would otherwise read as a full disk."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _no_space(exc: BaseException) -> bool:
