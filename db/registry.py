@@ -246,6 +246,31 @@ def export_metadata(s: Session, detector_id: int) -> dict[str, Any] | None:
     }
 
 
+def active_fingerprints(s: Session, classes: list[str]) -> dict[str, tuple[int, str | None, str | None]]:
+    """class -> (active detector id, its train fingerprint, its eval fingerprint), for the classes that have an active detector."""
+    rows = s.execute(select(Detector.voc_class, Detector.id, Detector.metrics).where(Detector.voc_class.in_(classes), Detector.active.is_(True)))
+    return {r.voc_class: (r.id, r.metrics.get("train_fingerprint"), r.metrics.get("eval_fingerprint")) for r in rows}
+
+
+def other_data_notes(s: Session, planned: dict[str, tuple[str, str]], promote: str) -> list[str]:
+    """One line per class whose new job will train or be judged on other pictures or labels than the class's active detector.
+
+    ``planned``: class -> the (train, eval) fingerprints the new job will record.
+    """
+    notes = []
+    for voc_class, (det_id, train_fp, eval_fp) in sorted(active_fingerprints(s, list(planned)).items()):
+        ours_train, ours_eval = planned[voc_class]
+        said = []
+        if train_fp and train_fp != ours_train:
+            said.append(f"trains on other pictures or labels (train_data {ours_train[:12]}, its {train_fp[:12]})")
+        if eval_fp and eval_fp != ours_eval:
+            then = "; --promote if-better will promote it without comparing AP" if promote == "if-better" else ""
+            said.append(f"is judged on other pictures or labels (eval_data {ours_eval[:12]}, its {eval_fp[:12]}){then}")
+        if said:
+            notes.append(f"{voc_class}: unlike detector {det_id}, the active {voc_class} detector, this job {' and '.join(said)}")
+    return notes
+
+
 def missing_fingerprint(s: Session, voc_class: str) -> tuple[int, dict[str, Any]] | None:
     """The class's active detector when it has no data fingerprint (trained before 0.5.0): its id and its job's config; else None."""
     row = s.execute(

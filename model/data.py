@@ -8,7 +8,7 @@ import logging
 import os
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from filelock import FileLock
 from PIL import Image, ImageOps
 
 from . import VOC_CLASSES, ConfigError
+from .config import TrainConfig, eval_fold
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,58 @@ def fold_members(labels: dict[str, int], fold: int, folds: int) -> set[str]:
         group = sorted((i for i, v in labels.items() if v == want), key=lambda i: (zlib.crc32(f"vocfleet-fold:{i}".encode()), i))
         chosen.update(group[fold::folds])
     return chosen
+
+
+def label_digest(pairs: Iterable[tuple[str, int]]) -> str:
+    """sha256 of (image id, 0/1 label) pairs in id order: the data fingerprint (see ``splits.fingerprint``)."""
+    return hashlib.sha256("".join(f"{i} {label}\n" for i, label in sorted(pairs)).encode()).hexdigest()
+
+
+def planned_fingerprints(cfg: TrainConfig) -> tuple[str, str]:
+    """The (train, eval) fingerprints a job of ``cfg`` will record, from the lists alone, before any picture is decoded.
+
+    What :func:`prepare_splits` keeps, minus the pictures that are not there; a picture present
+    but unreadable is the one case where the job's own fingerprint differs.
+    """
+    root = check_voc_root(cfg.voc_root)
+    train_labels, eval_labels = role_labels(cfg, root)
+    jpegs = root / "JPEGImages"
+    present = {i for i in {*train_labels, *eval_labels} if (jpegs / f"{i}.jpg").is_file()}
+    return label_digest((i, v) for i, v in train_labels.items() if i in present), label_digest((i, v) for i, v in eval_labels.items() if i in present)
+
+
+def role_labels(cfg: TrainConfig, root: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """0/1 labels of the images trained on (training and validation together) and of those evaluated on, from the lists.
+
+    Raises:
+        ConfigError: the evaluation split shares images with the training split.
+    """
+    train_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.train_split), cfg.difficult)
+    fold = eval_fold(cfg.eval_split)
+    if cfg.eval_split == "holdout" or fold is not None:
+        held = fold_members(train_labels, *fold) if fold else {i for i in train_labels if in_holdout(i, cfg.eval_fraction)}
+        eval_labels = {i: v for i, v in train_labels.items() if i in held}
+        return {i: v for i, v in train_labels.items() if i not in held}, eval_labels
+    eval_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.eval_split), cfg.difficult)
+    overlap = set(eval_labels) & set(train_labels)
+    if overlap:
+        raise ConfigError(
+            f"--eval-split {cfg.eval_split} shares {len(overlap)} images with --train-split {cfg.train_split}: "
+            "choose disjoint splits (e.g. train/val or trainval/test)"
+        )
+    return train_labels, eval_labels
+
+
+def _labels_for(labels: dict[str, int], difficult: str) -> dict[str, int]:
+    """Map VOC labels to 0/1; 'difficult only' images are dropped or counted as asked."""
+    out = {}
+    for image_id, label in labels.items():
+        if label == 0:
+            if difficult == "exclude":
+                continue
+            label = 1 if difficult == "positive" else -1
+        out[image_id] = 1 if label == 1 else 0
+    return out
 
 
 # What scoring accepts (multi-picture JPEGs from phones open as JPEG, format "MPO").

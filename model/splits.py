@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from . import VOC_CLASSES, ConfigError
 from .augment import host_to_device
 from .config import TrainConfig, eval_fold
-from .data import DecodedImages, check_voc_root, decoded_cache, fold_members, in_holdout, list_path, read_class_list, split_ids
+from .data import DecodedImages, check_voc_root, decoded_cache, label_digest, list_path, read_class_list, role_labels, split_ids
 from .events import CacheProgress, Progress
 
 
@@ -41,20 +40,7 @@ def fingerprint(*splits: SplitData) -> str:
     (another path, a link, a copy); a changed label or a picture more or less changes it.
     Cheap: ids and labels only, no pixels.
     """
-    pairs = sorted((split.decoded.ids[row], int(label)) for split in splits for row, label in zip(split.rows, split.labels, strict=True))
-    return hashlib.sha256("".join(f"{i} {label}\n" for i, label in pairs).encode()).hexdigest()
-
-
-def _labels_for(labels: dict[str, int], difficult: str) -> dict[str, int]:
-    """Map VOC labels to 0/1; 'difficult only' images are dropped or counted as asked."""
-    out = {}
-    for image_id, label in labels.items():
-        if label == 0:
-            if difficult == "exclude":
-                continue
-            label = 1 if difficult == "positive" else -1
-        out[image_id] = 1 if label == 1 else 0
-    return out
+    return label_digest((split.decoded.ids[row], int(label)) for split in splits for row, label in zip(split.rows, split.labels, strict=True))
 
 
 def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None = None) -> tuple[SplitData, SplitData, SplitData, list[str]]:
@@ -73,23 +59,10 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
     def decode(split: str) -> DecodedImages:
         return decoded_cache(root, split_ids(root, split, cfg.voc_class), cfg.image_size, cache_dir, progress=cache_progress)
 
-    train_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.train_split), cfg.difficult)
+    train_labels, eval_labels = role_labels(cfg, root)
     train_dec = decode(cfg.train_split)
-    fold = eval_fold(cfg.eval_split)
-    if cfg.eval_split == "holdout" or fold is not None:
-        held = fold_members(train_labels, *fold) if fold else {i for i in train_labels if in_holdout(i, cfg.eval_fraction)}
-        eval_labels = {i: v for i, v in train_labels.items() if i in held}
-        train_labels = {i: v for i, v in train_labels.items() if i not in eval_labels}
-        eval_dec = train_dec
-    else:
-        eval_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.eval_split), cfg.difficult)
-        overlap = set(eval_labels) & set(train_labels)
-        if overlap:
-            raise ConfigError(
-                f"--eval-split {cfg.eval_split} shares {len(overlap)} images with --train-split {cfg.train_split}: "
-                "choose disjoint splits (e.g. train/val or trainval/test)"
-            )
-        eval_dec = decode(cfg.eval_split)
+    in_training_split = cfg.eval_split == "holdout" or eval_fold(cfg.eval_split) is not None
+    eval_dec = train_dec if in_training_split else decode(cfg.eval_split)
 
     skipped = sorted(set(train_dec.bad) | set(eval_dec.bad))
 

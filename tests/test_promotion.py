@@ -208,3 +208,55 @@ def test_a_detector_trained_on_other_data_says_so_in_its_decision(invoke):
     assert "trained on other" not in history[same]["decision"]
     said = history[other]["decision"]
     assert said.startswith("promoted") and f"trained on other pictures or labels than detector {first} (train_data {'b' * 12}, its {'a' * 12})" in said
+
+
+@pytest.mark.parametrize("eval_split", ["holdout", "fold:2/4"])
+def test_submit_knows_the_fingerprints_a_job_will_record(fake_voc, tmp_path, eval_split):
+    """From the lists alone, the (train, eval) fingerprints the trained job records, a listed picture missing included."""
+    from vocfleet.model.data import planned_fingerprints
+    from vocfleet.model.splits import fingerprint, prepare_splits
+
+    cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), image_size=32, eval_split=eval_split)
+    train, val, evaluation, skipped = prepare_splits(cfg, tmp_path / "cache")
+    assert skipped == ["000007"]
+    assert planned_fingerprints(cfg) == (fingerprint(train, val), fingerprint(evaluation))
+
+
+def test_submit_says_when_a_class_will_see_other_data_than_its_active_detector(invoke, fake_voc):
+    from vocfleet.model.data import in_holdout, planned_fingerprints
+
+    cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), eval_split="holdout")
+    train_fp, eval_fp = planned_fingerprints(cfg)
+    active = _finish(0.3)
+    with session_scope() as s:
+        det = s.get(Detector, active)
+        det.metrics = {**det.metrics, "train_fingerprint": train_fp, "eval_fingerprint": eval_fp}
+
+    def submit(*more):
+        said = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, "--format", "json", *more)
+        assert said.exit_code == 0, said.output
+        return json.loads(said.stdout)["notes"], [line for line in said.stderr.splitlines() if line.startswith("note:")]
+
+    assert submit() == ([], [])  # the same pictures and labels, dog without a detector: nothing to say
+    assert submit("--seed", 7) == ([], [])  # settings are not data
+    listing = fake_voc / "ImageSets" / "Main" / "car_train.txt"
+    original = listing.read_text()
+    for held, then in ((False, "trains on other pictures or labels (train_data"), (True, "is judged on other pictures or labels (eval_data")):
+        flip = next(line.split()[0] for line in original.splitlines() if in_holdout(line.split()[0], cfg.eval_fraction) == held)
+        listing.write_text("".join(f"{i} {-int(v)}\n" if i == flip else f"{i} {v}\n" for i, v in (line.split() for line in original.splitlines())))
+        new_train, new_eval = planned_fingerprints(cfg)
+        assert (new_train != train_fp, new_eval != eval_fp) == (not held, held)  # one label: one fingerprint moves
+        notes, stderr = submit()
+        ours, theirs = (new_eval, eval_fp) if held else (new_train, train_fp)
+        assert notes == [
+            f"car: unlike detector {active}, the active car detector, this job {then} {ours[:12]}, its {theirs[:12]})"
+            + ("; --promote if-better will promote it without comparing AP" if held else "")
+        ]
+        assert stderr == [f"note: {notes[0]}"]
+    listing.write_text(original)
+    gone = next(line.split()[0] for line in original.splitlines() if not in_holdout(line.split()[0], cfg.eval_fraction) and line.split()[0] != "000007")
+    (fake_voc / "JPEGImages" / f"{gone}.jpg").unlink()  # a picture fewer to train on is other data too
+    fewer = planned_fingerprints(cfg)[0]
+    assert submit("--promote", "always")[0] == [
+        f"car: unlike detector {active}, the active car detector, this job trains on other pictures or labels (train_data {fewer[:12]}, its {train_fp[:12]})"
+    ]

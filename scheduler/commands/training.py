@@ -40,7 +40,7 @@ from .base import (
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
-DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split", "eval_data"]
+DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split", "eval_data", "train_data"]
 
 
 @click.command()
@@ -97,8 +97,9 @@ def submit(
 
     labels = labels_from(name, tags, note)
     configs = build_configs(parse_classes(classes), **options)
+    notes = _other_data(configs, promote)
     if dry_run:
-        _estimate(configs, fmt)
+        _estimate(configs, fmt, notes)
         return
     from vocfleet.model.artifacts import ArtifactStore
     from vocfleet.worker.dispatch import check_broker
@@ -119,10 +120,23 @@ def submit(
         f"queued {len(ids)} job(s) {ids[0]}..{ids[-1]} for {', '.join(c.voc_class for c in configs)} "
         f"({cfg.epochs} epochs, {cfg.image_size} px, eval split: {cfg.eval_split}); {where}",
     )
-    emit(fmt, {"jobs": [{"job": i, "class": c.voc_class, "status": "queued"} for i, c in zip(ids, configs, strict=True)], "sent_to_broker": sent})
+    jobs = [{"job": i, "class": c.voc_class, "status": "queued"} for i, c in zip(ids, configs, strict=True)]
+    emit(fmt, {"jobs": jobs, "sent_to_broker": sent, "notes": notes})
 
 
-def _estimate(configs: list[TrainConfig], fmt: str) -> None:
+def _other_data(configs: list[TrainConfig], promote: str) -> list[str]:
+    """Say (on stderr) which classes' new jobs see other pictures or labels than their active detector; the lines, for JSON."""
+    from vocfleet.db.registry import other_data_notes
+    from vocfleet.model.data import planned_fingerprints
+
+    with database() as s:
+        notes = other_data_notes(s, {c.voc_class: planned_fingerprints(c) for c in configs}, promote)
+    for line in notes:
+        click.echo(f"note: {line}", err=True)
+    return notes
+
+
+def _estimate(configs: list[TrainConfig], fmt: str, notes: list[str]) -> None:
     """submit --dry-run: each job's images per epoch and time, from earlier epochs at its shape or a few timed steps here."""
     from vocfleet.model.engine import resolve_device
 
@@ -133,7 +147,7 @@ def _estimate(configs: list[TrainConfig], fmt: str) -> None:
     total = result.total_seconds
     if fmt == "json":
         rates = [{"arch": r.arch, "image_size": r.image_size, "images_per_s": r.images_per_s, "source": r.source} for r in result.rates]
-        emit(fmt, {"jobs": rows, "total_seconds": total, "rates": rates, "queued": False})
+        emit(fmt, {"jobs": rows, "total_seconds": total, "rates": rates, "queued": False, "notes": notes})
         return
     where = "; ".join(f"{r.arch} at {r.image_size} px: {r.images_per_s:.3g} img/s from {r.source}" for r in result.rates)  # 0.42, not 0
     click.echo(render([{**r, "estimate": duration(r["seconds"])} for r in rows], ["class", "epochs", "image_size", "train_images", "estimate"]))
