@@ -36,14 +36,19 @@ RECIPES = {
     "vocfleet with pos_weight instead of the sampler (the 0.3 default)": dict(balance="pos_weight"),
     "vocfleet without EMA": dict(ema=0.0),
     "vocfleet without zero-init residuals": dict(zero_init_residual=False),
+    "vocfleet, batch 32": dict(batch_size=32),
+    "vocfleet, batch 128": dict(batch_size=128),
+    "vocfleet, lr 1e-3": dict(lr=1e-3),
+    "vocfleet, lr 4e-3": dict(lr=4e-3),
+    "vocfleet with label smoothing 0.1": dict(label_smoothing=0.1),
+    "vocfleet with mixup 0.2": dict(mixup=0.2),
 }
 
 
 def recipe_config(args: argparse.Namespace, root: Path, voc_class: str, seed: int, overrides: dict) -> TrainConfig:
     """A recipe's settings at the run's size, epochs, batch and device."""
-    return TrainConfig(
-        voc_class=voc_class, voc_root=str(root), image_size=args.size, epochs=args.epochs, batch_size=args.batch, seed=seed, device=args.device, **overrides
-    )
+    settings = {"image_size": args.size, "epochs": args.epochs, "batch_size": args.batch, "seed": seed, "device": args.device, **overrides}
+    return TrainConfig(voc_class=voc_class, voc_root=str(root), **settings)
 
 
 def main() -> None:

@@ -84,6 +84,8 @@ class TrainConfig:
     augment: bool = True
     balance: str = "sampler"
     aux_classes: bool = False
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
     difficult: str = "exclude"
     seed: int = 0
     max_batches: int | None = None
@@ -119,6 +121,12 @@ class TrainConfig:
         for name in ("eval_fraction", "val_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be between 0 and 1")
+        if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 0.5):
+            raise ConfigError(f"--label-smoothing {self.label_smoothing}: must be at least 0 (off) and below 0.5")
+        if not (math.isfinite(self.mixup) and 0 <= self.mixup <= 10):
+            raise ConfigError(f"--mixup {self.mixup}: the Beta(a, a) parameter must be between 0 (off) and 10")
+        if (self.label_smoothing or self.mixup) and self.aux_classes:
+            raise ConfigError("--label-smoothing and --mixup do not combine with --aux-classes yet: drop one of them")
         if not (math.isfinite(self.ema) and 0 <= self.ema < 1):
             raise ConfigError(f"--ema {self.ema}: the decay must be at least 0 (off) and below 1")
         if self.init == "imagenet" and self.arch != "resnet50":

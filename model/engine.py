@@ -72,6 +72,24 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+class SoftTargets:
+    """Mixup (each batch blended with itself shuffled, labels alike; weight ~ Beta(a, a)) and label smoothing (0/1 -> e/2, 1 - e/2)."""
+
+    def __init__(self, mixup: float, smoothing: float):
+        self.mixup, self.smoothing = mixup, smoothing
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mixup:
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            lam = float(np.random.default_rng(seed).beta(self.mixup, self.mixup))
+            order = host_to_device(torch.randperm(len(labels), generator=generator), x.device)
+            x = x.mul(lam).add_(x[order], alpha=1 - lam)
+            labels = labels * lam + labels[order] * (1 - lam)
+        if self.smoothing:
+            labels = labels * (1 - self.smoothing) + self.smoothing / 2
+        return x, labels
+
+
 def train_one_epoch(
     model: nn.Module,
     feeder: BatchFeeder,
@@ -87,8 +105,9 @@ def train_one_epoch(
     on_batch: Callable[[int, int], None] | None = None,
     ema: AveragedModel | None = None,
     bf16: bool | None = None,
+    soft: SoftTargets | None = None,
 ) -> dict[str, float]:
-    """One pass over ``positions``; ``ema``, if given, is updated after every step.
+    """One pass over ``positions``; ``ema``, if given, is updated after every step; ``soft`` mixes and smooths each batch.
 
     ``bf16``: bfloat16 autocast on or off; None (what jobs use) leaves it to :func:`~vocfleet.model.net.bf16_training`.
 
@@ -106,6 +125,8 @@ def train_one_epoch(
     for b in range(n_batches):
         images, labels = feeder.batch(positions[b * batch_size : (b + 1) * batch_size])
         x = augment(images, generator)
+        if soft is not None:
+            x, labels = soft(x, labels, generator)
         with autocast:
             logits = model(x).squeeze(1)
         loss = loss_fn(logits.float(), labels)
@@ -251,6 +272,7 @@ def fit(
         pos_weight = torch.tensor((len(train) - train.positives) / train.positives, device=device)
     loss_fn = AuxLoss(head, pos_weight) if cfg.aux_classes else nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     augment = TrainAugment(reuse_output=True) if cfg.augment else NoAugment()  # each batch is done with before the next
+    soft = SoftTargets(cfg.mixup, cfg.label_smoothing) if cfg.mixup or cfg.label_smoothing else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     step_model = torch.compile(model) if cfg.compile else model
@@ -301,6 +323,7 @@ def fit(
             max_batches=cfg.max_batches,
             on_batch=on_batch,
             ema=ema,
+            soft=soft,
         )
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"training loss became {stats['loss']} in epoch {epoch}: lower --lr")

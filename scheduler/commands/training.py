@@ -40,7 +40,8 @@ from .base import (
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
-DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split", "eval_data", "train_data"]
+DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split"]
+DETECTOR_COLUMNS += ["eval_data", "train_data"]
 
 
 @click.command()
@@ -66,6 +67,8 @@ DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_abse
     default=_DEFAULTS.aux_classes,
     help="Also learn the other 19 classes' labels of the training images (the detector keeps one logit).",
 )
+@click.option("--label-smoothing", type=float, default=_DEFAULTS.label_smoothing, help="Train on targets e/2 and 1 - e/2 instead of 0 and 1 (0: off).")
+@click.option("--mixup", type=float, default=_DEFAULTS.mixup, help="Blend each batch with itself shuffled, weight ~ Beta(a, a) (0: off).")
 @click.option("--difficult", type=click.Choice(DIFFICULT), default=_DEFAULTS.difficult, help="'Difficult only' images (label 0).")
 @click.option("--train-split", default=_DEFAULTS.train_split)
 @click.option("--eval-split", default="auto", help="A split name, 'holdout' (part of the training split), or 'auto'.")
