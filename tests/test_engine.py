@@ -148,3 +148,38 @@ def test_a_config_stored_before_ema_keeps_running_without_it(fake_voc):
     stored = _cfg(fake_voc).to_dict()
     del stored["ema"]  # a job row written by 0.2
     assert TrainConfig.from_dict(stored).ema == 0.0 and TrainConfig(voc_class="car", voc_root=str(fake_voc)).ema == 0.95
+
+
+def test_soft_targets_smooth_and_mix_within_the_batch():
+    from vocfleet.model.engine import SoftTargets
+
+    x = torch.arange(8 * 3 * 2 * 2, dtype=torch.float32).reshape(8, 3, 2, 2)
+    labels = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 1])
+    _, smoothed = SoftTargets(0.0, 0.1)(x, labels, torch.Generator().manual_seed(0))
+    assert smoothed.tolist() == pytest.approx([0.95 if v else 0.05 for v in labels.tolist()])
+    mixed_x, mixed = SoftTargets(0.4, 0.0)(x, labels, torch.Generator().manual_seed(1))
+    assert not torch.equal(mixed_x, x) and bool(((mixed >= 0) & (mixed <= 1)).all())
+    # A convex blend of the batch with itself shuffled: pixel and label sums are kept.
+    assert float(mixed.sum()) == pytest.approx(float(labels.sum())) and float(mixed_x.sum()) == pytest.approx(float(x.sum()), rel=1e-5)
+    again_x, again = SoftTargets(0.4, 0.0)(x, labels, torch.Generator().manual_seed(1))
+    assert torch.equal(again_x, mixed_x) and torch.equal(again, mixed)  # seeded: a resumed epoch draws the same
+
+
+@pytest.mark.parametrize("kw", [{"mixup": 0.2}, {"label_smoothing": 0.1}, {"mixup": 0.2, "label_smoothing": 0.1}])
+def test_fit_trains_with_soft_targets(fake_voc, tmp_path, kw):
+    plain = fit(_cfg(fake_voc, epochs=1), out_dir=tmp_path / "plain", cache_dir=tmp_path / "cache")
+    soft = fit(_cfg(fake_voc, epochs=1, **kw), out_dir=tmp_path / "soft", cache_dir=tmp_path / "cache")
+    assert soft.history[0].train_loss != plain.history[0].train_loss and np.isfinite(soft.metrics["ap"])
+
+
+@pytest.mark.parametrize(
+    ("kw", "said"),
+    [
+        ({"label_smoothing": 0.5}, "--label-smoothing 0.5: must be at least 0 (off) and below 0.5"),
+        ({"mixup": -1.0}, "--mixup -1.0: the Beta(a, a) parameter must be between 0 (off) and 10"),
+        ({"mixup": 0.2, "aux_classes": True}, "--label-smoothing and --mixup do not combine with --aux-classes yet"),
+    ],
+)
+def test_soft_target_settings_are_checked(fake_voc, kw, said):
+    with pytest.raises(ConfigError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        _cfg(fake_voc, **kw)
