@@ -14,7 +14,8 @@ def as_json(res):
 
 def test_submit_run_retry_cancel_as_json(fake_voc, invoke):
     got = as_json(invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, *SMALL, "--format", "json"))
-    assert got == {"jobs": [{"job": 1, "class": "car", "status": "queued"}, {"job": 2, "class": "dog", "status": "queued"}], "sent_to_broker": None}
+    queued = [{"job": 1, "class": "car", "status": "queued"}, {"job": 2, "class": "dog", "status": "queued"}]
+    assert got == {"jobs": queued, "sent_to_broker": None, "notes": []}
     assert as_json(invoke("cancel", 2, "--format", "json")) == {"changed": [{"job": 2, "status": "cancelled"}], "missing": []}
     got = as_json(invoke("run", "--format", "json"))
     assert got == {"jobs": [{"job": 1, "class": "car", "outcome": "succeeded", "error": None}], "requeued": [], "failed_stale": []}
