@@ -45,6 +45,13 @@ RECIPES = {
 }
 
 
+def chosen_recipes(only: list[str] | None) -> list[tuple[str, dict]]:
+    """The recipes whose names start with one of ``only``, in the order ``only`` names them (every recipe without it)."""
+    if not only:
+        return list(RECIPES.items())
+    return [(name, RECIPES[name]) for prefix in only for name in RECIPES if name.startswith(prefix)]
+
+
 def recipe_config(args: argparse.Namespace, root: Path, voc_class: str, seed: int, overrides: dict) -> TrainConfig:
     """A recipe's settings at the run's size, epochs, batch and device."""
     settings = {"image_size": args.size, "epochs": args.epochs, "batch_size": args.batch, "seed": seed, "device": args.device, **overrides}
@@ -60,7 +67,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per recipe and seed; the table shows mean and spread")
-    ap.add_argument("--only", nargs="*", help="run only recipes whose name starts with one of these")
+    ap.add_argument("--only", nargs="*", help="run only recipes whose name starts with one of these, in this order")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--folds", type=int, default=0, help="K-fold over the training split (each image evaluated once); 0: the fixed 25%% hold-out")
     args = ap.parse_args()
@@ -74,9 +81,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vocfleet-quality-"))
     results: dict[str, list[dict]] = {}
     try:
-        for name, overrides in RECIPES.items():
-            if args.only and not any(name.startswith(o) for o in args.only):
-                continue
+        for name, overrides in chosen_recipes(args.only):
             for seed in args.seeds:
                 per_class = []
                 for voc_class in classes:
@@ -145,9 +150,7 @@ def folds(args: argparse.Namespace) -> None:
     rows = []
     pooled_of: dict[tuple[str, str], float] = {}
     try:
-        for name, overrides in RECIPES.items():
-            if args.only and not any(name.startswith(o) for o in args.only):
-                continue
+        for name, overrides in chosen_recipes(args.only):
             for voc_class in classes:
                 probs, labels, fold_aps, seconds = [], [], [], 0.0
                 for fold in range(k):
