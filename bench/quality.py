@@ -184,6 +184,7 @@ def folds(args: argparse.Namespace) -> None:
                         f"{seconds / 60:.1f} min",
                     ]
                 )
+                print(f"{name}, {voc_class}: " + ", ".join(rows[-1][2:]), flush=True)  # kept if a long grid is stopped early
     finally:
         shutil.rmtree(work, ignore_errors=True)
     origin = {c: ap for (n, c), ap in pooled_of.items() if n.startswith("origin")}
