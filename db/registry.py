@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from vocfleet.model import ConfigError
+from vocfleet.model.config import TrainConfig
 from vocfleet.model.events import EpochRecord
 
 from .models import Detector, EpochMetric, TrainJob, utcnow
@@ -294,6 +296,14 @@ def set_fingerprint(s: Session, detector_id: int, eval_fingerprint: str) -> None
 _NOT_SETTINGS = {"voc_root", "device", "compile", "num_workers"}
 
 
+def _as_run(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored job config with every setting it ran with: one stored before a setting existed reads as that setting's old value, not as None."""
+    try:
+        return TrainConfig.from_dict(config).to_dict()
+    except (ConfigError, TypeError):  # a config this version cannot read: compared as stored
+        return dict(config)
+
+
 def detector_comparison(s: Session, detector_ids: list[int]) -> tuple[list[dict[str, Any]], dict[str, list[Any]], dict[int, list[EpochRecord]]]:
     """Detectors side by side: their ``detector_rows``, the training settings that differ, and each one's epochs.
 
@@ -310,7 +320,7 @@ def detector_comparison(s: Session, detector_ids: list[int]) -> tuple[list[dict[
     configs = []
     for d in s.scalars(select(Detector).where(Detector.id.in_(detector_ids))):
         job = s.get(TrainJob, d.job_id) if d.job_id is not None else None
-        configs.append((d.id, dict(job.config) if job is not None else {}))
+        configs.append((d.id, _as_run(job.config) if job is not None else {}))
     config_of = dict(configs)
     keys = sorted({k for _, c in configs for k in c} - _NOT_SETTINGS)
     differ = {k: [config_of[i].get(k) for i in detector_ids] for k in keys if len({repr(config_of[i].get(k)) for i in detector_ids}) > 1}

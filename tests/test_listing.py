@@ -212,3 +212,21 @@ def test_compare_puts_detectors_side_by_side_with_their_curves_in_one_png(databa
     assert [d["train_data"] for d in data["detectors"]] == ["3" * 12, "2" * 12]  # the data each trained on, told apart
     res = invoke("compare", ids[0], 999)
     assert res.exit_code == 2 and "no detector 999" in res.output
+
+
+def test_compare_reads_an_old_job_config_as_it_ran(database, invoke):
+    """A job stored before a setting existed differs from a new one only where it really ran otherwise (EMA off before 0.3), not in every new setting."""
+    from vocfleet.db.models import Detector
+    from vocfleet.model.config import TrainConfig
+
+    old = {"voc_class": "car", "epochs": 3, "lr": 0.001, "voc_root": "/voc", "image_size": 64}
+    ids = []
+    with session_scope() as s:
+        for config in (old, TrainConfig(**old).to_dict()):
+            (job,) = create_jobs(s, [config])
+            det = Detector(voc_class="car", job_id=job.id, checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=0.3, metrics={"ap": 0.3}, active=False)
+            s.add(det)
+            s.flush()
+            ids.append(det.id)
+    data = json.loads(invoke("compare", *ids, "--format", "json").output)
+    assert data["settings_that_differ"] == {"ema": [0.0, 0.95]}
