@@ -108,17 +108,26 @@ def label_digest(pairs: Iterable[tuple[str, int]]) -> str:
     return hashlib.sha256("".join(f"{i} {label}\n" for i, label in sorted(pairs)).encode()).hexdigest()
 
 
-def planned_fingerprints(cfg: TrainConfig) -> tuple[str, str]:
-    """The (train, eval) fingerprints a job of ``cfg`` will record, from the lists alone, before any picture is decoded.
+def planned_fingerprints(configs: Sequence[TrainConfig]) -> dict[str, tuple[str, str]]:
+    """class -> the (train, eval) fingerprints its job will record, from the lists alone, before any picture is decoded.
 
-    What :func:`prepare_splits` keeps, minus the pictures that are not there; a picture present
-    but unreadable is the one case where the job's own fingerprint differs.
+    What :func:`prepare_splits` keeps, minus the pictures that are not there (each folder listed
+    once for all classes); a picture present but unreadable is the one case where the job's own
+    fingerprint differs.
     """
-    root = check_voc_root(cfg.voc_root)
-    train_labels, eval_labels = role_labels(cfg, root)
-    jpegs = root / "JPEGImages"
-    present = {i for i in {*train_labels, *eval_labels} if (jpegs / f"{i}.jpg").is_file()}
-    return label_digest((i, v) for i, v in train_labels.items() if i in present), label_digest((i, v) for i, v in eval_labels.items() if i in present)
+    present: dict[Path, set[str]] = {}
+    out = {}
+    for cfg in configs:
+        root = check_voc_root(cfg.voc_root)
+        if root not in present:
+            present[root] = {e.name[:-4] for e in os.scandir(root / "JPEGImages") if e.name.endswith(".jpg")}
+        there = present[root]
+        train_labels, eval_labels = role_labels(cfg, root)
+        out[cfg.voc_class] = (
+            label_digest((i, v) for i, v in train_labels.items() if i in there),
+            label_digest((i, v) for i, v in eval_labels.items() if i in there),
+        )
+    return out
 
 
 def role_labels(cfg: TrainConfig, root: Path) -> tuple[dict[str, int], dict[str, int]]:

@@ -219,14 +219,14 @@ def test_submit_knows_the_fingerprints_a_job_will_record(fake_voc, tmp_path, eva
     cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), image_size=32, eval_split=eval_split)
     train, val, evaluation, skipped = prepare_splits(cfg, tmp_path / "cache")
     assert skipped == ["000007"]
-    assert planned_fingerprints(cfg) == (fingerprint(train, val), fingerprint(evaluation))
+    assert planned_fingerprints([cfg]) == {"car": (fingerprint(train, val), fingerprint(evaluation))}
 
 
 def test_submit_says_when_a_class_will_see_other_data_than_its_active_detector(invoke, fake_voc):
     from vocfleet.model.data import in_holdout, planned_fingerprints
 
     cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), eval_split="holdout")
-    train_fp, eval_fp = planned_fingerprints(cfg)
+    train_fp, eval_fp = planned_fingerprints([cfg])["car"]
     active = _finish(0.3)
     with session_scope() as s:
         det = s.get(Detector, active)
@@ -244,7 +244,7 @@ def test_submit_says_when_a_class_will_see_other_data_than_its_active_detector(i
     for held, then in ((False, "trains on other pictures or labels (train_data"), (True, "is judged on other pictures or labels (eval_data")):
         flip = next(line.split()[0] for line in original.splitlines() if in_holdout(line.split()[0], cfg.eval_fraction) == held)
         listing.write_text("".join(f"{i} {-int(v)}\n" if i == flip else f"{i} {v}\n" for i, v in (line.split() for line in original.splitlines())))
-        new_train, new_eval = planned_fingerprints(cfg)
+        new_train, new_eval = planned_fingerprints([cfg])["car"]
         assert (new_train != train_fp, new_eval != eval_fp) == (not held, held)  # one label: one fingerprint moves
         notes, stderr = submit()
         ours, theirs = (new_eval, eval_fp) if held else (new_train, train_fp)
@@ -256,7 +256,7 @@ def test_submit_says_when_a_class_will_see_other_data_than_its_active_detector(i
     listing.write_text(original)
     gone = next(line.split()[0] for line in original.splitlines() if not in_holdout(line.split()[0], cfg.eval_fraction) and line.split()[0] != "000007")
     (fake_voc / "JPEGImages" / f"{gone}.jpg").unlink()  # a picture fewer to train on is other data too
-    fewer = planned_fingerprints(cfg)[0]
+    fewer = planned_fingerprints([cfg])["car"][0]
     assert submit("--promote", "always")[0] == [
         f"car: unlike detector {active}, the active car detector, this job trains on other pictures or labels (train_data {fewer[:12]}, its {train_fp[:12]})"
     ]

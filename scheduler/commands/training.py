@@ -40,8 +40,8 @@ from .base import (
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
-DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split"]
-DETECTOR_COLUMNS += ["eval_data", "train_data"]
+DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split", "eval_data"]
+DETECTOR_COLUMNS.append("train_data")
 
 
 @click.command()
@@ -133,7 +133,7 @@ def _other_data(configs: list[TrainConfig], promote: str) -> list[str]:
     from vocfleet.model.data import planned_fingerprints
 
     with database() as s:
-        notes = other_data_notes(s, {c.voc_class: planned_fingerprints(c) for c in configs}, promote)
+        notes = other_data_notes(s, planned_fingerprints(configs), promote)
     for line in notes:
         click.echo(f"note: {line}", err=True)
     return notes
