@@ -42,7 +42,7 @@ def voc_root(arg: str | None) -> Path:
     root = Path(arg or os.environ.get("VOCFLEET_VOC_ROOT") or DEFAULT_VOC)
     if not (root / "JPEGImages").is_dir():
         sys.exit(f"no VOC images at {root}: pass --voc-root (a VOCdevkit/VOC2007 folder)")
-    return root
+    return root.resolve()  # absolute, as a scan gives scoring its folders (read_inside opens from /)
 
 
 def jpeg_ids(root: Path, limit: int | None = None) -> list[str]:

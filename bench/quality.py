@@ -16,9 +16,13 @@ plain SGD at a constant learning rate, torchvision's default initialisation.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +62,50 @@ def recipe_config(args: argparse.Namespace, root: Path, voc_class: str, seed: in
     return TrainConfig(voc_class=voc_class, voc_root=str(root), **settings)
 
 
+def fit_one(cfg: TrainConfig, out_dir: Path, cache_dir: Path, threads: int = 0) -> dict:
+    """One detector trained and judged through the product's ``fit``: its metrics and seconds; its checkpoints deleted."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    t = time.perf_counter()
+    m = fit(cfg, out_dir=out_dir, cache_dir=cache_dir).metrics
+    m["seconds"] = time.perf_counter() - t
+    shutil.rmtree(out_dir, ignore_errors=True)  # at 224 px a run's checkpoints are over half a gigabyte
+    return m
+
+
+def fit_all(runs: list[tuple[TrainConfig, Path, Path]], workers: int, time_limit: float | None) -> Iterator[dict]:
+    """Each run's metrics, in order, ``workers`` fits at a time on the one device (separate processes).
+
+    No fit starts once ``time_limit`` seconds have passed; the ones running finish, the rest are not yielded.
+    """
+    start = time.perf_counter()
+
+    def in_time() -> bool:
+        return time_limit is None or time.perf_counter() - start < time_limit
+
+    if workers <= 1:
+        for run in runs:
+            if not in_time():
+                return
+            yield fit_one(*run)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures: list[Future] = []
+        for run in runs:
+            if len(futures) - sum(f.done() for f in futures) >= workers:  # every process busy: wait for one
+                wait([f for f in futures if not f.done()], return_when=FIRST_COMPLETED)
+            while futures and futures[0].done():
+                yield futures.pop(0).result()
+            if not in_time():
+                break
+            futures.append(pool.submit(fit_one, *run, threads))
+        for f in futures:
+            yield f.result()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--voc-root")
@@ -69,6 +117,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per recipe and seed; the table shows mean and spread")
     ap.add_argument("--only", nargs="*", help="run only recipes whose name starts with one of these, in this order")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=1, help="fits at a time on the one device, each in its own process")
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds after which no fit starts; the table covers the classes every recipe finished")
     ap.add_argument("--folds", type=int, default=0, help="K-fold over the training split (each image evaluated once); 0: the fixed 25%% hold-out")
     args = ap.parse_args()
     if args.folds:
@@ -76,27 +126,39 @@ def main() -> None:
         return
     root = voc_root(args.voc_root)
     classes = list(VOC_CLASSES) if args.classes == "all" else (args.classes.split(",") if args.classes else [args.voc_class])
+    recipes = chosen_recipes(args.only)
     print(f"machine: {machine()}")
-    print(f"classes {','.join(classes)}, {args.size} px, {args.epochs} epochs, batch {args.batch}, seeds {args.seeds}, from scratch, device {args.device}")
+    print(
+        f"classes {','.join(classes)}, {args.size} px, {args.epochs} epochs, batch {args.batch}, seeds {args.seeds}, from scratch, "
+        f"device {args.device}, {args.workers} fit(s) at a time"
+    )
+    # Class by class, every recipe of a class next to each other: a run stopped by --time-limit still
+    # compares the recipes on the same classes.
+    plan = [(name, overrides, seed, c) for seed in args.seeds for c in classes for name, overrides in recipes]
     work = Path(tempfile.mkdtemp(prefix="vocfleet-quality-"))
-    results: dict[str, list[dict]] = {}
+    done: dict[tuple[str, int], dict[str, dict]] = {}
     try:
-        for name, overrides in chosen_recipes(args.only):
-            for seed in args.seeds:
-                per_class = []
-                for voc_class in classes:
-                    cfg = recipe_config(args, root, voc_class, seed, overrides)
-                    t = time.perf_counter()
-                    m = fit(cfg, out_dir=work / f"{len(results)}-{seed}-{voc_class}", cache_dir=work / "cache").metrics
-                    m["seconds"] = time.perf_counter() - t
-                    per_class.append(m)
-                    where = f"{m['images']} {m['split']} images ({m['positives']} positives)"
-                    print(f"{name}, seed {seed}, {voc_class}: AP {m['ap']:.3f} AUC {m['auc']:.3f} on {where}", flush=True)
-                # One entry per seed: each metric averaged over the classes (AP: mAP), seconds summed.
-                mean = {k: float(np.mean([m[k] for m in per_class])) for k in ("ap", "ap11", "auc", "accuracy", "baseline_accuracy")}
-                results.setdefault(name, []).append({**mean, "seconds": sum(m["seconds"] for m in per_class)})
+        configs = [recipe_config(args, root, c, seed, overrides) for _, overrides, seed, c in plan]
+        runs = [(cfg, work / f"{i}-{cfg.voc_class}", work / "cache") for i, cfg in enumerate(configs)]
+        for (name, _, seed, voc_class), m in zip(plan, fit_all(runs, args.workers, args.time_limit), strict=False):
+            done.setdefault((name, seed), {})[voc_class] = m
+            where = f"{m['images']} {m['split']} images ({m['positives']} positives)"
+            print(f"{name}, seed {seed}, {voc_class}: AP {m['ap']:.3f} AUC {m['auc']:.3f} on {where} ({m['seconds']:.0f}s)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    finished = [c for c in classes if all(c in done.get((name, seed), {}) for name, _ in recipes for seed in args.seeds)]
+    if len(finished) < len(classes):
+        left = f"({len(finished)} of {len(classes)}): {','.join(finished) or 'none'}"
+        print(f"--time-limit reached: the table covers the classes every recipe and seed finished {left}")
+    if not finished:
+        return
+    # One entry per recipe and seed: each metric averaged over the classes (AP: mAP), seconds summed.
+    results: dict[str, list[dict]] = {}
+    for name, _ in recipes:
+        for seed in args.seeds:
+            per_class = [done[(name, seed)][c] for c in finished]
+            mean = {k: float(np.mean([m[k] for m in per_class])) for k in ("ap", "ap11", "auc", "accuracy", "baseline_accuracy")}
+            results.setdefault(name, []).append({**mean, "seconds": sum(m["seconds"] for m in per_class)})
 
     def stat(runs: list[dict], key: str) -> str:
         v = np.array([r[key] for r in runs])
@@ -120,13 +182,13 @@ def main() -> None:
     heads = (
         "recipe",
         "seeds",
-        "AP" if len(classes) == 1 else f"mAP ({len(classes)} classes)",
+        "AP" if len(finished) == 1 else f"mAP ({len(finished)} classes)",
         "AP 11-pt",
         "AUC",
         "accuracy",
         "always absent",
         "mean AP vs origin",
-        "time per seed",
+        "fit time per seed",
     )
     print(table(rows, heads))
 

@@ -80,6 +80,8 @@ def read_inside(top: str, rel_path: str, max_bytes: int) -> bytes:
         UnsafeFile: a link out of ``top``, not a regular file, or larger than ``max_bytes``.
         OSError: gone or unreadable.
     """
+    if not os.path.isabs(top):  # _open_no_links walks from /: a relative folder would be read from the wrong place
+        raise ValueError(f"read_inside needs an absolute folder, not {top!r}")
     path = os.path.join(top, rel_path)
     try:
         fd = _open_no_links(path)
