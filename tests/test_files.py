@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vocfleet.model.decode import BadImage, decode_file
-from vocfleet.model.scan import iter_scan
+from vocfleet.model.scan import FileEntry, iter_scan
 
 
 def picture(path, colour=(200, 30, 30), size=(48, 40)):
@@ -33,6 +33,13 @@ def scanned(tmp_path):
 def test_a_link_inside_the_folder_is_read(scanned):
     _, _, entries = scanned
     assert decode_file(entries["inner.jpg"].entry, [32]).sha256 == decode_file(entries["sub/x.jpg"].entry, [32]).sha256
+
+
+def test_a_relative_folder_is_refused_not_read_from_elsewhere(scanned, monkeypatch):
+    tmp, _, _ = scanned
+    monkeypatch.chdir(tmp)  # "pics" names the folder from here; read from / it names another
+    with pytest.raises(ValueError, match="absolute folder, not 'pics'"):
+        decode_file(FileEntry("pics", "sub/x.jpg"), [32])
 
 
 def test_a_folder_swapped_for_a_link_after_the_scan_is_not_followed(scanned):
