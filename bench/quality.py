@@ -46,6 +46,7 @@ RECIPES = {
     "vocfleet, lr 4e-3": dict(lr=4e-3),
     "vocfleet with label smoothing 0.1": dict(label_smoothing=0.1),
     "vocfleet with mixup 0.2": dict(mixup=0.2),
+    "vocfleet with stochastic depth 0.05": dict(drop_path=0.05),
 }
 
 

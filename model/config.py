@@ -86,6 +86,7 @@ class TrainConfig:
     aux_classes: bool = False
     label_smoothing: float = 0.0
     mixup: float = 0.0
+    drop_path: float = 0.0
     difficult: str = "exclude"
     seed: int = 0
     max_batches: int | None = None
@@ -125,6 +126,8 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing {self.label_smoothing}: must be at least 0 (off) and below 0.5")
         if not (math.isfinite(self.mixup) and 0 <= self.mixup <= 10):
             raise ConfigError(f"--mixup {self.mixup}: the Beta(a, a) parameter must be between 0 (off) and 10")
+        if not (math.isfinite(self.drop_path) and 0 <= self.drop_path < 1):
+            raise ConfigError(f"--drop-path {self.drop_path}: the last block's drop probability must be at least 0 (off) and below 1")
         if (self.label_smoothing or self.mixup) and self.aux_classes:
             raise ConfigError("--label-smoothing and --mixup do not combine with --aux-classes yet: drop one of them")
         if not (math.isfinite(self.ema) and 0 <= self.ema < 1):

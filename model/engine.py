@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .events import BatchProgress, EpochFinished, EpochRecord, FitFinished, FitResumed, FitWarning, Progress
 from .metrics import average_precision, binary_report, choose_threshold
-from .net import AuxLoss, SelectLogit, build_model, single_logit_state, training_autocast
+from .net import AuxLoss, SelectLogit, add_stochastic_depth, build_model, single_logit_state, training_autocast
 from .splits import BatchFeeder, RepeatFeeder, SplitData, epoch_positions, fingerprint, prepare_splits
 
 log = logging.getLogger(__name__)
@@ -257,6 +257,8 @@ def fit(
     torch.manual_seed(cfg.seed)
     head = VOC_CLASSES.index(cfg.voc_class) if cfg.aux_classes else 0
     model = build_model(cfg.init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1, zero_init_residual=cfg.zero_init_residual, arch=cfg.arch).to(device)
+    if cfg.drop_path:
+        add_stochastic_depth(model, cfg.drop_path)
     # With --ema, validation, the best epoch and the saved detector use the weights' moving average.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     net = ema.module if ema is not None else model

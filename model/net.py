@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.ops import stochastic_depth
 
 from . import ConfigError
 from .config import check_init
@@ -97,6 +98,21 @@ def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: boo
             raise ConfigError(f"--init {init!r}: holds a {type(state).__name__}, not a state dict; pass a ResNet-50 .pt/.pth file")
         _load_backbone(model, state, arch)
     return model.to(memory_format=torch.channels_last)
+
+
+def add_stochastic_depth(model: ResNet, last: float) -> None:
+    """Stochastic depth in training: each sample skips each residual branch with a probability rising
+    linearly from ``last / blocks`` at the first block to ``last`` at the last (Huang et al. 2016).
+
+    A forward hook on the branch's last batch norm drops it (and scales what survives, so evaluation
+    needs nothing); the weights and their names are untouched, so a detector trained this way is
+    saved, loaded and scored like any other.
+    """
+    blocks = [b for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for b in stage]
+    for i, block in enumerate(blocks, 1):
+        branch_end = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+        p = last * i / len(blocks)
+        branch_end.register_forward_hook(lambda m, _, out, p=p: stochastic_depth(out, p, "row", m.training))
 
 
 def detector_model(ckpt: dict) -> nn.Module:

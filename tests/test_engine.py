@@ -9,7 +9,7 @@ from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import Stopped, evaluate, fit
 from vocfleet.model.events import BatchProgress, EpochFinished, FitResumed
-from vocfleet.model.net import build_model, detector_model
+from vocfleet.model.net import add_stochastic_depth, build_model, detector_model
 from vocfleet.model.splits import prepare_splits
 
 
@@ -165,8 +165,28 @@ def test_soft_targets_smooth_and_mix_within_the_batch():
     assert torch.equal(again_x, mixed_x) and torch.equal(again, mixed)  # seeded: a resumed epoch draws the same
 
 
-@pytest.mark.parametrize("kw", [{"mixup": 0.2}, {"label_smoothing": 0.1}, {"mixup": 0.2, "label_smoothing": 0.1}])
-def test_fit_trains_with_soft_targets(fake_voc, tmp_path, kw):
+@pytest.mark.parametrize("arch", ["tiny", "resnet50"])
+def test_stochastic_depth_drops_blocks_in_training_only(arch):
+    torch.manual_seed(0)
+    plain = build_model(arch=arch)
+    deep = build_model(arch=arch)
+    deep.load_state_dict(plain.state_dict())
+    add_stochastic_depth(deep, 0.5)
+    assert deep.state_dict().keys() == plain.state_dict().keys()  # saved and scored like any detector
+    x = torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(deep.eval()(x), plain.eval()(x))  # evaluation: every block, nothing rescaled
+        plain.train()
+        deep.train()
+        torch.manual_seed(1)
+        dropped = deep(x)
+        assert not torch.allclose(dropped, plain(x))
+        torch.manual_seed(1)
+        assert torch.equal(deep(x), dropped)  # drawn from torch's seeded generator
+
+
+@pytest.mark.parametrize("kw", [{"mixup": 0.2}, {"label_smoothing": 0.1}, {"mixup": 0.2, "label_smoothing": 0.1}, {"drop_path": 0.2}])
+def test_fit_trains_with_soft_targets_or_stochastic_depth(fake_voc, tmp_path, kw):
     plain = fit(_cfg(fake_voc, epochs=1), out_dir=tmp_path / "plain", cache_dir=tmp_path / "cache")
     soft = fit(_cfg(fake_voc, epochs=1, **kw), out_dir=tmp_path / "soft", cache_dir=tmp_path / "cache")
     assert soft.history[0].train_loss != plain.history[0].train_loss and np.isfinite(soft.metrics["ap"])
@@ -178,8 +198,9 @@ def test_fit_trains_with_soft_targets(fake_voc, tmp_path, kw):
         ({"label_smoothing": 0.5}, "--label-smoothing 0.5: must be at least 0 (off) and below 0.5"),
         ({"mixup": -1.0}, "--mixup -1.0: the Beta(a, a) parameter must be between 0 (off) and 10"),
         ({"mixup": 0.2, "aux_classes": True}, "--label-smoothing and --mixup do not combine with --aux-classes yet"),
+        ({"drop_path": 1.0}, "--drop-path 1.0: the last block's drop probability must be at least 0 (off) and below 1"),
     ],
 )
-def test_soft_target_settings_are_checked(fake_voc, kw, said):
+def test_soft_target_and_drop_path_settings_are_checked(fake_voc, kw, said):
     with pytest.raises(ConfigError, match=said.replace("(", r"\(").replace(")", r"\)")):
         _cfg(fake_voc, **kw)

@@ -69,6 +69,12 @@ DETECTOR_COLUMNS.append("train_data")
 )
 @click.option("--label-smoothing", type=float, default=_DEFAULTS.label_smoothing, help="Train on targets e/2 and 1 - e/2 instead of 0 and 1 (0: off).")
 @click.option("--mixup", type=float, default=_DEFAULTS.mixup, help="Blend each batch with itself shuffled, weight ~ Beta(a, a) (0: off).")
+@click.option(
+    "--drop-path",
+    type=float,
+    default=_DEFAULTS.drop_path,
+    help="Stochastic depth: in training skip residual blocks, at most this often (the last block; 0: off).",
+)
 @click.option("--difficult", type=click.Choice(DIFFICULT), default=_DEFAULTS.difficult, help="'Difficult only' images (label 0).")
 @click.option("--train-split", default=_DEFAULTS.train_split)
 @click.option("--eval-split", default="auto", help="A split name, 'holdout' (part of the training split), or 'auto'.")
