@@ -87,6 +87,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0
     drop_path: float = 0.0
+    progressive_resize: float = 0.0
     difficult: str = "exclude"
     seed: int = 0
     max_batches: int | None = None
@@ -128,6 +129,13 @@ class TrainConfig:
             raise ConfigError(f"--mixup {self.mixup}: the Beta(a, a) parameter must be between 0 (off) and 10")
         if not (math.isfinite(self.drop_path) and 0 <= self.drop_path < 1):
             raise ConfigError(f"--drop-path {self.drop_path}: the last block's drop probability must be at least 0 (off) and below 1")
+        if not (math.isfinite(self.progressive_resize) and 0 <= self.progressive_resize < 1):
+            raise ConfigError(f"--progressive-resize {self.progressive_resize}: the first epoch's share of --image-size must be at least 0 (off) and below 1")
+        if self.progressive_resize and self.progressive_resize * self.image_size < MIN_IMAGE_SIZE:
+            first = self.progressive_resize * self.image_size
+            raise ConfigError(
+                f"--progressive-resize {self.progressive_resize}: the first epoch would train at {first:.0f} px, below {MIN_IMAGE_SIZE}; raise it"
+            )
         if (self.label_smoothing or self.mixup) and self.aux_classes:
             raise ConfigError("--label-smoothing and --mixup do not combine with --aux-classes yet: drop one of them")
         if not (math.isfinite(self.ema) and 0 <= self.ema < 1):

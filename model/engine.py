@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import VOC_CLASSES, ConfigError
 from .artifacts import sha256_file
 from .augment import NoAugment, TrainAugment, host_to_device, preprocess_eval
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import MIN_IMAGE_SIZE, TrainConfig
 from .events import BatchProgress, EpochFinished, EpochRecord, FitFinished, FitResumed, FitWarning, Progress
 from .metrics import average_precision, binary_report, choose_threshold
 from .net import AuxLoss, SelectLogit, add_stochastic_depth, build_model, single_logit_state, training_autocast
@@ -90,6 +91,16 @@ class SoftTargets:
         return x, labels
 
 
+def epoch_image_size(cfg: TrainConfig, epoch: int) -> int | None:
+    """The side epoch ``epoch`` trains at under ``--progressive-resize F``: F x the image size at the first
+    epoch, growing linearly to the full size at the last, in steps of 8 px; None: the full size (evaluation always is)."""
+    if not cfg.progressive_resize or cfg.epochs == 1:
+        return None
+    share = cfg.progressive_resize + (1 - cfg.progressive_resize) * (epoch - 1) / (cfg.epochs - 1)
+    size = max(MIN_IMAGE_SIZE, round(cfg.image_size * share / 8) * 8)
+    return size if size < cfg.image_size else None
+
+
 def train_one_epoch(
     model: nn.Module,
     feeder: BatchFeeder,
@@ -106,8 +117,10 @@ def train_one_epoch(
     ema: AveragedModel | None = None,
     bf16: bool | None = None,
     soft: SoftTargets | None = None,
+    size: int | None = None,
 ) -> dict[str, float]:
-    """One pass over ``positions``; ``ema``, if given, is updated after every step; ``soft`` mixes and smooths each batch.
+    """One pass over ``positions``; ``ema``, if given, is updated after every step; ``soft`` mixes and smooths each batch;
+    ``size``, if given, is the side the augmented batches are shrunk to (progressive resizing).
 
     ``bf16``: bfloat16 autocast on or off; None (what jobs use) leaves it to :func:`~vocfleet.model.net.bf16_training`.
 
@@ -127,6 +140,8 @@ def train_one_epoch(
         x = augment(images, generator)
         if soft is not None:
             x, labels = soft(x, labels, generator)
+        if size is not None:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         with autocast:
             logits = model(x).squeeze(1)
         loss = loss_fn(logits.float(), labels)
@@ -326,6 +341,7 @@ def fit(
             on_batch=on_batch,
             ema=ema,
             soft=soft,
+            size=epoch_image_size(cfg, epoch),
         )
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"training loss became {stats['loss']} in epoch {epoch}: lower --lr")

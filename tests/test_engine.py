@@ -7,7 +7,7 @@ import torch
 from vocfleet.model import ConfigError
 from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import TrainConfig
-from vocfleet.model.engine import Stopped, evaluate, fit
+from vocfleet.model.engine import Stopped, epoch_image_size, evaluate, fit
 from vocfleet.model.events import BatchProgress, EpochFinished, FitResumed
 from vocfleet.model.net import add_stochastic_depth, build_model, detector_model
 from vocfleet.model.splits import prepare_splits
@@ -185,8 +185,17 @@ def test_stochastic_depth_drops_blocks_in_training_only(arch):
         assert torch.equal(deep(x), dropped)  # drawn from torch's seeded generator
 
 
-@pytest.mark.parametrize("kw", [{"mixup": 0.2}, {"label_smoothing": 0.1}, {"mixup": 0.2, "label_smoothing": 0.1}, {"drop_path": 0.2}])
-def test_fit_trains_with_soft_targets_or_stochastic_depth(fake_voc, tmp_path, kw):
+def test_progressive_resizing_grows_to_the_full_size_by_the_last_epoch(fake_voc):
+    sizes = [epoch_image_size(_cfg(fake_voc, image_size=64, epochs=8, progressive_resize=0.5), e) for e in range(1, 9)]
+    assert sizes == [32, 40, 40, 48, 48, 56, 56, None]  # None: the full 64 px, as evaluation
+    assert epoch_image_size(_cfg(fake_voc, image_size=64, epochs=1, progressive_resize=0.5), 1) is None
+    assert epoch_image_size(_cfg(fake_voc, image_size=64, epochs=8), 1) is None
+
+
+@pytest.mark.parametrize(
+    "kw", [{"mixup": 0.2}, {"label_smoothing": 0.1}, {"mixup": 0.2, "label_smoothing": 0.1}, {"drop_path": 0.2}, {"progressive_resize": 0.5, "image_size": 64}]
+)
+def test_fit_trains_with_each_new_idea(fake_voc, tmp_path, kw):
     plain = fit(_cfg(fake_voc, epochs=1), out_dir=tmp_path / "plain", cache_dir=tmp_path / "cache")
     soft = fit(_cfg(fake_voc, epochs=1, **kw), out_dir=tmp_path / "soft", cache_dir=tmp_path / "cache")
     assert soft.history[0].train_loss != plain.history[0].train_loss and np.isfinite(soft.metrics["ap"])
@@ -198,9 +207,11 @@ def test_fit_trains_with_soft_targets_or_stochastic_depth(fake_voc, tmp_path, kw
         ({"label_smoothing": 0.5}, "--label-smoothing 0.5: must be at least 0 (off) and below 0.5"),
         ({"mixup": -1.0}, "--mixup -1.0: the Beta(a, a) parameter must be between 0 (off) and 10"),
         ({"mixup": 0.2, "aux_classes": True}, "--label-smoothing and --mixup do not combine with --aux-classes yet"),
+        ({"progressive_resize": 0.5, "image_size": 48}, "--progressive-resize 0.5: the first epoch would train at 24 px, below 32; raise it"),
+        ({"progressive_resize": 1.0}, "--progressive-resize 1.0: the first epoch's share of --image-size must be at least 0 (off) and below 1"),
         ({"drop_path": 1.0}, "--drop-path 1.0: the last block's drop probability must be at least 0 (off) and below 1"),
     ],
 )
-def test_soft_target_and_drop_path_settings_are_checked(fake_voc, kw, said):
+def test_new_idea_settings_are_checked(fake_voc, kw, said):
     with pytest.raises(ConfigError, match=said.replace("(", r"\(").replace(")", r"\)")):
         _cfg(fake_voc, **kw)

@@ -75,6 +75,12 @@ DETECTOR_COLUMNS.append("train_data")
     default=_DEFAULTS.drop_path,
     help="Stochastic depth: in training skip residual blocks, at most this often (the last block; 0: off).",
 )
+@click.option(
+    "--progressive-resize",
+    type=float,
+    default=_DEFAULTS.progressive_resize,
+    help="Train the first epoch at this share of --image-size, growing to the full size by the last (0: off).",
+)
 @click.option("--difficult", type=click.Choice(DIFFICULT), default=_DEFAULTS.difficult, help="'Difficult only' images (label 0).")
 @click.option("--train-split", default=_DEFAULTS.train_split)
 @click.option("--eval-split", default="auto", help="A split name, 'holdout' (part of the training split), or 'auto'.")
