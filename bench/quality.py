@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from common import machine, table, voc_root
 
 from vocfleet.model import VOC_CLASSES
 from vocfleet.model.config import TrainConfig
-from vocfleet.model.engine import fit
+from vocfleet.model.engine import FitResult, fit
 
 RECIPES = {
     "origin (SGD, constant LR, no balancing)": dict(
@@ -49,6 +50,11 @@ RECIPES = {
     "vocfleet with stochastic depth 0.05": dict(drop_path=0.05),
     # 64 px at 5 epochs: 32-56 px for 7 epochs and 64 for the last, 4.7 epochs' worth of pixels, about the default's compute.
     "vocfleet with progressive resizing from half size, 8 epochs": dict(progressive_resize=0.5, epochs=8),
+    # "start": a first job with these settings (all 20 labels of the same training images), whose
+    # network the class's job then starts from (--init its detector.pt): what a 20-label shared start
+    # (--init fleet) would give, without leaking the evaluation fold. Twice one job's compute for one
+    # class; a fleet would train the start once for all 20 classes (1.05x).
+    "vocfleet from a 20-label start (an --aux-classes job first)": dict(start=dict(aux_classes=True)),
 }
 
 
@@ -60,25 +66,35 @@ def chosen_recipes(only: list[str] | None) -> list[tuple[str, dict]]:
 
 
 def recipe_config(args: argparse.Namespace, root: Path, voc_class: str, seed: int, overrides: dict) -> TrainConfig:
-    """A recipe's settings at the run's size, epochs, batch and device."""
+    """A recipe's settings at the run's size, epochs, batch and device (its ``start``, if any, aside)."""
     settings = {"image_size": args.size, "epochs": args.epochs, "batch_size": args.batch, "seed": seed, "device": args.device, **overrides}
+    settings.pop("start", None)
     return TrainConfig(voc_class=voc_class, voc_root=str(root), **settings)
 
 
-def fit_one(cfg: TrainConfig, out_dir: Path, cache_dir: Path, threads: int = 0) -> dict:
+def fit_recipe(cfg: TrainConfig, out_dir: Path, cache_dir: Path, start: dict | None = None) -> FitResult:
+    """``fit(cfg)``; with ``start``, first a job of ``cfg`` changed by ``start``, whose detector the job starts from."""
+    if start:
+        first = fit(replace(cfg, **start), out_dir=out_dir.with_name(out_dir.name + "-start"), cache_dir=cache_dir)
+        cfg = replace(cfg, init=first.checkpoint)
+    return fit(cfg, out_dir=out_dir, cache_dir=cache_dir)
+
+
+def fit_one(cfg: TrainConfig, out_dir: Path, cache_dir: Path, start: dict | None = None, threads: int = 0) -> dict:
     """One detector trained and judged through the product's ``fit``: its metrics and seconds; its checkpoints deleted."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     t = time.perf_counter()
-    m = fit(cfg, out_dir=out_dir, cache_dir=cache_dir).metrics
+    m = fit_recipe(cfg, out_dir, cache_dir, start).metrics
     m["seconds"] = time.perf_counter() - t
-    shutil.rmtree(out_dir, ignore_errors=True)  # at 224 px a run's checkpoints are over half a gigabyte
+    for folder in (out_dir, out_dir.with_name(out_dir.name + "-start")):
+        shutil.rmtree(folder, ignore_errors=True)  # at 224 px a run's checkpoints are over half a gigabyte
     return m
 
 
-def fit_all(runs: list[tuple[TrainConfig, Path, Path]], workers: int, time_limit: float | None) -> Iterator[dict]:
+def fit_all(runs: list[tuple[TrainConfig, Path, Path, dict | None]], workers: int, time_limit: float | None) -> Iterator[dict]:
     """Each run's metrics, in order, ``workers`` fits at a time on the one device (separate processes).
 
     No fit starts once ``time_limit`` seconds have passed; the ones running finish, the rest are not yielded.
@@ -142,7 +158,7 @@ def main() -> None:
     done: dict[tuple[str, int], dict[str, dict]] = {}
     try:
         configs = [recipe_config(args, root, c, seed, overrides) for _, overrides, seed, c in plan]
-        runs = [(cfg, work / f"{i}-{cfg.voc_class}", work / "cache") for i, cfg in enumerate(configs)]
+        runs = [(cfg, work / f"{i}-{cfg.voc_class}", work / "cache", p[1].get("start")) for i, (cfg, p) in enumerate(zip(configs, plan, strict=True))]
         for (name, _, seed, voc_class), m in zip(plan, fit_all(runs, args.workers, args.time_limit), strict=False):
             done.setdefault((name, seed), {})[voc_class] = m
             where = f"{m['images']} {m['split']} images ({m['positives']} positives)"
@@ -221,7 +237,7 @@ def folds(args: argparse.Namespace) -> None:
                 for fold in range(k):
                     cfg = recipe_config(args, root, voc_class, fold, {**overrides, "eval_split": f"fold:{fold}/{k}"})
                     t = time.perf_counter()
-                    result = fit(cfg, out_dir=work / f"{len(rows)}-{voc_class}-{fold}", cache_dir=work / "cache")
+                    result = fit_recipe(cfg, work / f"{len(rows)}-{voc_class}-{fold}", work / "cache", overrides.get("start"))
                     seconds += time.perf_counter() - t
                     _, _, evaluation, _ = prepare_splits(cfg, work / "cache")
                     model = detector_model(torch.load(result.checkpoint, weights_only=True)).to(device)
