@@ -72,10 +72,15 @@ def recipe_config(args: argparse.Namespace, root: Path, voc_class: str, seed: in
     return TrainConfig(voc_class=voc_class, voc_root=str(root), **settings)
 
 
+def start_dir(out_dir: Path) -> Path:
+    """Where a recipe's ``start`` job writes, beside its class's job."""
+    return out_dir.with_name(out_dir.name + "-start")
+
+
 def fit_recipe(cfg: TrainConfig, out_dir: Path, cache_dir: Path, start: dict | None = None) -> FitResult:
     """``fit(cfg)``; with ``start``, first a job of ``cfg`` changed by ``start``, whose detector the job starts from."""
     if start:
-        first = fit(replace(cfg, **start), out_dir=out_dir.with_name(out_dir.name + "-start"), cache_dir=cache_dir)
+        first = fit(replace(cfg, **start), out_dir=start_dir(out_dir), cache_dir=cache_dir)
         cfg = replace(cfg, init=first.checkpoint)
     return fit(cfg, out_dir=out_dir, cache_dir=cache_dir)
 
@@ -89,7 +94,7 @@ def fit_one(cfg: TrainConfig, out_dir: Path, cache_dir: Path, start: dict | None
     t = time.perf_counter()
     m = fit_recipe(cfg, out_dir, cache_dir, start).metrics
     m["seconds"] = time.perf_counter() - t
-    for folder in (out_dir, out_dir.with_name(out_dir.name + "-start")):
+    for folder in (out_dir, start_dir(out_dir)):
         shutil.rmtree(folder, ignore_errors=True)  # at 224 px a run's checkpoints are over half a gigabyte
     return m
 
