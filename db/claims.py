@@ -43,13 +43,13 @@ def claim_job(s: Session, table: Work, job_id: int, host: str) -> str | None:
         host: worker host name, recorded on the row.
     Returns:
         The claim token for later guarded writes, or None (already running elsewhere, finished,
-        cancelled).
+        cancelled, or waiting for the work it depends on: a class job for its start).
     """
     token = uuid.uuid4().hex
     now = clock(s)
     res = s.execute(
         update(table)
-        .where(table.id == job_id, table.status == JobStatus.queued, table.cancel_requested.is_(False))
+        .where(table.id == job_id, table.status == JobStatus.queued, table.cancel_requested.is_(False), table.ready())
         .values(
             status=JobStatus.running,
             claim_token=token,
@@ -133,11 +133,16 @@ def reap_stale(s: Session, table: Work, stale_after: timedelta, now: datetime | 
 def cancel_work(s: Session, table: Work, ids: list[int] | None) -> tuple[list[int], list[int]]:
     """Cancel rows of ``table`` (``None``: every unfinished one): queued ones at once, running ones at their next heartbeat.
 
+    A cancelled start takes the queued class jobs that wait for it along (they could never run).
+
     Returns:
         (cancelled now, cancel requested from the running worker).
     """
     q = select(table).where(table.status.in_([JobStatus.queued, JobStatus.running]))
     if ids is not None:
+        waiting = getattr(table, "start_job_id", None)
+        if waiting is not None:
+            ids = [*ids, *s.scalars(select(table.id).where(waiting.in_(ids), table.status == JobStatus.queued))]
         q = q.where(table.id.in_(ids))
     now, asked = [], []
     for row in s.scalars(q.with_for_update()):

@@ -136,13 +136,17 @@ def _first_line(text: str | None) -> str | None:
 
 def status_rows(conn: Any) -> list[dict[str, Any]]:
     """One row per training job: status, epochs done of total, latest validation AP, worker, first line of the error."""
+    cols = "id, voc_class, status, epochs_done, config, latest_val_ap, attempts, worker_host, heartbeat_at, error, created_at, name, tags, note, start_job_id"
     sql = (
-        "SELECT id, voc_class, status, epochs_done, config, latest_val_ap, attempts, worker_host, heartbeat_at, error, "
-        "created_at, name, tags, note FROM train_jobs ORDER BY id"
+        f"SELECT {', '.join('t.' + c.strip() for c in cols.split(','))}, s.status AS start_status "
+        "FROM train_jobs t LEFT JOIN train_jobs s ON s.id = t.start_job_id ORDER BY t.id"
     )
     rows = []
     for r in fetch_rows(conn, sql):
         epochs = int(json_value(r["config"]).get("epochs", 0))  # TrainJob.total_epochs
+        error = _first_line(r["error"])
+        if r["status"] == "queued" and r["start_job_id"] is not None and r["start_status"] != "succeeded":
+            error = f"waits for start job {r['start_job_id']} ({r['start_status']})"
         rows.append(
             {
                 "job": r["id"],
@@ -155,11 +159,12 @@ def status_rows(conn: Any) -> list[dict[str, Any]]:
                 "attempts": r["attempts"],
                 "worker": r["worker_host"],
                 "heartbeat": timestamp(r["heartbeat_at"]),
-                "error": _first_line(r["error"]),
+                "error": error,
                 "created": timestamp(r["created_at"]),
                 "name": r["name"],
                 "tags": json_value(r["tags"]) or {},
                 "note": r["note"],
+                "start": r["start_job_id"],
             }
         )
     return rows

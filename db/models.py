@@ -6,9 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, Enum, ForeignKey, Index, String, Table, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Boolean, Column, ColumnElement, DateTime, Enum, ForeignKey, Index, String, Table, Text, UniqueConstraint, exists, or_, text, true
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column, relationship
 
 from .states import JobStatus, utcnow
 
@@ -43,6 +43,11 @@ class Claimable:
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
 
+    @classmethod
+    def ready(cls) -> ColumnElement[bool]:
+        """SQL: a queued row of this table may be claimed now (nothing it waits for). Every row, unless a table says otherwise."""
+        return true()
+
 
 class Labelled:
     """What a person calls a unit of work, to find it again (``--name``, ``--tag KEY=VALUE``, ``--note``)."""
@@ -67,12 +72,24 @@ class TrainJob(Labelled, Claimable, Base):
     latest_val_ap: Mapped[float | None]
     # When its detector becomes the class's active one: if-better (AP at least the active one's), always, never.
     promote: Mapped[str] = mapped_column(String(16), default="if-better")
+    # The shared start this class job begins from; it is not claimed before that job has succeeded.
+    start_job_id: Mapped[int | None] = mapped_column(ForeignKey("train_jobs.id", ondelete="SET NULL", name="fk_train_jobs_start_job_id"), index=True)
+    # A start job's result: its start.pt, relative to the artifact store, and that file's sha256.
+    start_file: Mapped[str | None] = mapped_column(Text)
+    start_sha256: Mapped[str | None] = mapped_column(String(64))
+    start_job: Mapped[TrainJob | None] = relationship(remote_side="TrainJob.id", foreign_keys=[start_job_id])
 
     epochs: Mapped[list[EpochMetric]] = relationship(back_populates="job", cascade="all, delete-orphan", order_by="EpochMetric.epoch")
 
     @property
     def total_epochs(self) -> int:
         return int(self.config.get("epochs", 0))
+
+    @classmethod
+    def ready(cls) -> ColumnElement[bool]:
+        """SQL: no start, or a start that has succeeded."""
+        start = aliased(TrainJob)
+        return or_(cls.start_job_id.is_(None), exists().where(start.id == cls.start_job_id, start.status == JobStatus.succeeded))
 
     def __repr__(self) -> str:
         return f"TrainJob(id={self.id}, class={self.voc_class!r}, status={self.status.value}, epochs={self.epochs_done}/{self.total_epochs})"

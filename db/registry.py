@@ -182,7 +182,8 @@ def detector_rows(s: Session, include_inactive: bool = False, ids: list[int] | N
                 "created": as_utc(d.created_at),
                 "image_size": cfg.get("image_size"),
                 "epochs": cfg.get("epochs"),
-                "init": cfg.get("init"),
+                "init": how_started(job),
+                "start": job.start_job_id if job is not None else None,
                 "batch_size": cfg.get("batch_size"),
                 "lr": cfg.get("lr"),
                 "ema": cfg.get("ema", 0.0) if job is not None else None,
@@ -198,6 +199,17 @@ def detector_rows(s: Session, include_inactive: bool = False, ids: list[int] | N
             }
         )
     return rows
+
+
+def how_started(job: TrainJob | None) -> str | None:
+    """Where a detector's training began: ``start job N`` (a shared start), or its ``--init`` (scratch, imagenet, a file)."""
+    if job is None:
+        return None
+    if job.start_job_id is not None:
+        return f"start job {job.start_job_id}"
+    if job.config.get("start"):  # its start's row was deleted since
+        return f"start {job.config['start'][:12]}"
+    return job.config.get("init")
 
 
 def decision(metrics: dict[str, Any]) -> str | None:

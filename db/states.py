@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 # The newest Alembic revision (tests/test_db.py checks it against the migrations folder): a
 # database already there is used without importing Alembic, which costs a CLI command ~0.5 s.
-SCHEMA_HEAD = "0011"
+SCHEMA_HEAD = "0012"
 
 # How `vocfleet results` orders rows (db/results.py; the CLI's --sort choices, offered without importing SQLAlchemy).
 SORTS = ("image", "probability", "margin")

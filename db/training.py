@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
+from vocfleet.model import ConfigError
+from vocfleet.model.config import START_CLASS, TrainConfig, check_start_fits
 from vocfleet.model.events import EpochRecord
 
 from .claims import clock, owned
@@ -19,21 +22,114 @@ if TYPE_CHECKING:
     from vocfleet.model.engine import FitResult
 
 
-def create_jobs(s: Session, configs: list[dict[str, Any]], max_attempts: int = 3, promote: str = "if-better", labels: Labels | None = None) -> list[TrainJob]:
+def create_jobs(
+    s: Session,
+    configs: list[dict[str, Any]],
+    max_attempts: int = 3,
+    promote: str = "if-better",
+    labels: Labels | None = None,
+    start_job_id: int | None = None,
+) -> list[TrainJob]:
     """Add one queued training job per config (``TrainConfig.to_dict()``); ids are set on return.
 
     The VOC root is stored with links resolved, as the submitting host sees it, whoever calls this.
     ``labels``: the name, tags and note every job of this submit carries.
+    ``start_job_id``: the shared start every job begins from (a start job of this database, queued,
+    running or done): each config gets its key as ``start``, and no job is claimed before it succeeds.
+
+    Raises:
+        ConfigError: the start is not a start job, has ended without a result, or was trained so that
+            a job's evaluation pictures would be in its training.
     """
     configs = [{**c, "voc_root": os.path.realpath(os.path.expanduser(c["voc_root"]))} if c.get("voc_root") else c for c in configs]
+    if start_job_id is not None:
+        start = usable_start(s, start_job_id)
+        configs = [TrainConfig.from_dict({**c, "start": start.key}).to_dict() for c in configs]
+        for c in configs:
+            check_start_fits(TrainConfig.from_dict(start.config), TrainConfig.from_dict(c), start_job_id)
     lab = labels or Labels()
     jobs = [
-        TrainJob(voc_class=c["voc_class"], config=c, max_attempts=max_attempts, promote=promote, name=lab.name, tags=lab.tags or None, note=lab.note)
+        TrainJob(
+            voc_class=c["voc_class"],
+            config=c,
+            max_attempts=max_attempts,
+            promote=promote,
+            name=lab.name,
+            tags=lab.tags or None,
+            note=lab.note,
+            start_job_id=start_job_id,
+        )
         for c in configs
     ]
     s.add_all(jobs)
     s.flush()
     return jobs
+
+
+def usable_start(s: Session, job_id: int) -> TrainJob:
+    """The start job ``job_id``, if class jobs may begin from it: queued, running or succeeded.
+
+    Raises:
+        ConfigError: no such job, not a start, or failed or cancelled (one line with what to do).
+    """
+    job = s.get(TrainJob, job_id)
+    if job is None or job.voc_class != START_CLASS:
+        raise ConfigError(f"--start {job_id}: no start job {job_id} (a start is queued with --start new; 'vocfleet status --class all' lists them)")
+    if job.status in (JobStatus.failed, JobStatus.cancelled):
+        raise ConfigError(f"--start {job_id}: that start is {job.status.value}; 'vocfleet retry {job_id}' first, or --start new")
+    return job
+
+
+def finish_start(s: Session, job_id: int, token: str, location: str, sha256: str, val_map: float) -> list[int] | None:
+    """Mark a start job succeeded with its ``start.pt`` (a store location and its sha256).
+
+    Returns:
+        The queued class jobs that waited for it (now ready; the caller sends them to the broker),
+        or None when this worker no longer holds the job.
+    """
+    job = owned(s, TrainJob, job_id, token)
+    if job is None:
+        return None
+    job.start_file, job.start_sha256, job.latest_val_ap = location, sha256, val_map
+    job.status, job.finished_at, job.error = JobStatus.succeeded, utcnow(), None
+    return waiting_for(s, job_id)
+
+
+def ready_ids(s: Session, ids: list[int]) -> list[int]:
+    """Those of ``ids`` that are queued and wait for nothing: what may go to the broker now."""
+    q = select(TrainJob.id).where(TrainJob.id.in_(ids), TrainJob.status == JobStatus.queued, TrainJob.ready())
+    return list(s.scalars(q.order_by(TrainJob.id)))
+
+
+def waiting_for(s: Session, start_job_id: int) -> list[int]:
+    """The queued class jobs of one start, by id."""
+    q = select(TrainJob.id).where(TrainJob.start_job_id == start_job_id, TrainJob.status == JobStatus.queued)
+    return list(s.scalars(q.order_by(TrainJob.id)))
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Queued class jobs whose start has not succeeded: the start and where it stands."""
+
+    start_job_id: int
+    start_status: JobStatus
+    job_ids: tuple[int, ...]
+
+
+def waiting_jobs(s: Session) -> list[Waiting]:
+    """Every start that queued class jobs wait for and has not succeeded, with those jobs."""
+    start = aliased(TrainJob)
+    q = (
+        select(TrainJob.start_job_id, start.status, TrainJob.id)
+        .join(start, start.id == TrainJob.start_job_id)
+        .where(TrainJob.status == JobStatus.queued, start.status != JobStatus.succeeded)
+        .order_by(TrainJob.start_job_id, TrainJob.id)
+    )
+    out: dict[int, Waiting] = {}
+    for start_id, status, job_id in s.execute(q):
+        w = out.get(start_id, Waiting(start_id, status, ()))
+        out[start_id] = Waiting(start_id, status, (*w.job_ids, job_id))
+    return list(out.values())
 
 
 class QueuedJob(NamedTuple):
@@ -42,8 +138,8 @@ class QueuedJob(NamedTuple):
 
 
 def next_queued(s: Session) -> QueuedJob | None:
-    """The oldest queued training job that nobody asked to cancel (its id and class), or None."""
-    q = select(TrainJob.id, TrainJob.voc_class).where(TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False))
+    """The oldest queued training job that nobody asked to cancel and that waits for nothing (its id and class), or None."""
+    q = select(TrainJob.id, TrainJob.voc_class).where(TrainJob.status == JobStatus.queued, TrainJob.cancel_requested.is_(False), TrainJob.ready())
     row = s.execute(q.order_by(TrainJob.id).limit(1)).first()
     return QueuedJob(*row) if row is not None else None
 

@@ -23,6 +23,9 @@ SCHEDULES = ("onecycle", "constant")
 # resnet50: the product. tiny: the same torchvision ResNet code at 1/8 width and one block per stage
 # (~0.1 M parameters), for tests and smoke runs of the whole path in seconds.
 ARCHS = ("resnet50", "tiny")
+# The class of a shared start job: one network learning all 20 VOC labels, that class jobs start from.
+START_CLASS = "all"
+FOLD_BY = ("label", "image")
 
 
 def check_init(init: str) -> str:
@@ -32,6 +35,20 @@ def check_init(init: str) -> str:
     if not Path(init).expanduser().is_file():
         raise ConfigError(f"--init {init!r}: not 'scratch', 'imagenet' or an existing state-dict file")
     return str(Path(init).expanduser().resolve())
+
+
+def check_start_fits(start: TrainConfig, cfg: TrainConfig, start_job_id: int | str) -> None:
+    """A class job may begin from ``start`` only if no picture it is judged on was in the start's training.
+
+    Raises:
+        ConfigError: another network, VOC folder, training split or evaluation split (one line naming it).
+    """
+    for name in ("arch", "voc_root", "train_split", "eval_split", "fold_by") + (("eval_fraction",) if cfg.eval_split == "holdout" else ()):
+        ours, its = getattr(cfg, name), getattr(start, name)
+        if ours != its:
+            why = "its network does not fit" if name == "arch" else "pictures this job is judged on could be in the start's training"
+            setting = name.replace("_", "-")
+            raise ConfigError(f"--start {start_job_id}: the start has {setting} {its!r}, this job {ours!r} ({why}); use the same, or --start new")
 
 
 _FOLD = re.compile(r"fold:(\d+)/(\d+)")
@@ -57,11 +74,18 @@ class TrainConfig:
 
     ``eval_split`` is a list name (``val``, ``test``) or ``holdout``: a fixed, seed-independent
     ``eval_fraction`` of the training split that is never trained on (for roots with one split);
-    or ``fold:F/K``: fold F of K of the training split, stratified by label (k-fold evaluation:
-    every image evaluated once over the K jobs).
+    or ``fold:F/K``: fold F of K of the training split (k-fold evaluation: every image evaluated
+    once over the K jobs), stratified by the class's label with ``fold_by="label"``, or cut by the
+    image id alone with ``fold_by="image"``, the same pictures for every class (what a shared start
+    needs: it trains on every class's labels, so no class may evaluate on its pictures).
     ``val_fraction`` of the remaining training images is held out to pick the threshold and the
     best epoch. ``aux_classes`` trains with the other 19 classes' labels of the same training
     images as auxiliary targets; the saved detector keeps only its own class's logit.
+
+    ``voc_class="all"`` (:data:`START_CLASS`) is a shared start: one network trained on all 20
+    labels of every training picture (the evaluation pictures left out), saved as ``start.pt``.
+    ``start`` names the key of the start job a class job begins from (its network, and its
+    class's row of the start's head); the job's ``init`` is then the start's, not its own.
     """
 
     voc_class: str
@@ -89,13 +113,16 @@ class TrainConfig:
     drop_path: float = 0.0
     progressive_resize: float = 0.0
     difficult: str = "exclude"
+    start: str | None = None
+    fold_by: str = "label"
     seed: int = 0
     max_batches: int | None = None
     device: str = "auto"
     compile: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "voc_class", check_class(self.voc_class))  # frozen: normalised once, here
+        if self.voc_class != START_CLASS:
+            object.__setattr__(self, "voc_class", check_class(self.voc_class))  # frozen: normalised once, here
         if not 1 <= self.epochs <= MAX_EPOCHS:
             raise ConfigError(f"--epochs {self.epochs}: must be between 1 and {MAX_EPOCHS}")
         if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
@@ -116,6 +143,7 @@ class TrainConfig:
             ("difficult", self.difficult, DIFFICULT),
             ("schedule", self.schedule, SCHEDULES),
             ("arch", self.arch, ARCHS),
+            ("fold-by", self.fold_by, FOLD_BY),
         ):
             if value not in valid:
                 raise ConfigError(f"--{name} {value!r}: only {', '.join(valid)} are supported")
@@ -144,6 +172,24 @@ class TrainConfig:
             raise ConfigError(f"--init imagenet: ImageNet weights exist for resnet50 only, not --arch {self.arch}; use --init scratch or --arch resnet50")
         if self.max_batches is not None and self.max_batches < 1:
             raise ConfigError(f"--max-batches {self.max_batches}: must be at least 1")
+        self._check_start()
+
+    @property
+    def is_start(self) -> bool:
+        """A shared start job (all 20 labels), not one class's detector."""
+        return self.voc_class == START_CLASS
+
+    def _check_start(self) -> None:
+        if self.is_start:
+            if self.start is not None:
+                raise ConfigError("a start job cannot itself begin from a start: give it --init scratch, imagenet or PATH")
+            if self.aux_classes or self.mixup or self.label_smoothing or self.balance != "none":
+                raise ConfigError("a start job learns all 20 labels of every picture: no --aux-classes, --mixup, --label-smoothing or --balance")
+        elif self.start is not None and self.init != "scratch":
+            raise ConfigError(f"--init {self.init} with a start: the start's network is where the job begins; give --init to the start instead")
+        if (self.is_start or self.start is not None) and eval_fold(self.eval_split) is not None and self.fold_by != "image":
+            why = "the start trains on every class's pictures"
+            raise ConfigError(f"--eval-split {self.eval_split} with a start needs folds cut by image (--fold-by image): {why}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -103,6 +103,27 @@ def fold_members(labels: dict[str, int], fold: int, folds: int) -> set[str]:
     return chosen
 
 
+def in_image_fold(image_id: str, fold: int, folds: int) -> bool:
+    """Whether a picture is in fold ``fold`` of ``folds`` cut by image: a function of its id alone, so
+    the same for every class, whatever each class's list keeps (``--fold-by image``, what a start needs)."""
+    return zlib.crc32(f"vocfleet-fold:{image_id}".encode()) % folds == fold
+
+
+def held_out(cfg: TrainConfig, ids: Iterable[str], labels: dict[str, int] | None = None) -> set[str]:
+    """The pictures of ``ids`` that a hold-out or fold evaluation split keeps out of training (none for a named split).
+
+    ``labels``: the class's 0/1 labels, for folds stratified by label (``fold_by="label"``).
+    """
+    fold = eval_fold(cfg.eval_split)
+    if fold is not None:
+        if cfg.fold_by == "label" and labels is not None:
+            return fold_members(labels, *fold)
+        return {i for i in ids if in_image_fold(i, *fold)}
+    if cfg.eval_split == "holdout":
+        return {i for i in ids if in_holdout(i, cfg.eval_fraction)}
+    return set()
+
+
 def label_digest(pairs: Iterable[tuple[str, int]]) -> str:
     """sha256 of (image id, 0/1 label) pairs in id order: the data fingerprint (see ``splits.fingerprint``)."""
     return hashlib.sha256("".join(f"{i} {label}\n" for i, label in sorted(pairs)).encode()).hexdigest()
@@ -137,9 +158,8 @@ def role_labels(cfg: TrainConfig, root: Path) -> tuple[dict[str, int], dict[str,
         ConfigError: the evaluation split shares images with the training split.
     """
     train_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.train_split), cfg.difficult)
-    fold = eval_fold(cfg.eval_split)
-    if cfg.eval_split == "holdout" or fold is not None:
-        held = fold_members(train_labels, *fold) if fold else {i for i in train_labels if in_holdout(i, cfg.eval_fraction)}
+    if cfg.eval_split == "holdout" or eval_fold(cfg.eval_split) is not None:
+        held = held_out(cfg, train_labels, train_labels)
         eval_labels = {i: v for i, v in train_labels.items() if i in held}
         return {i: v for i, v in train_labels.items() if i not in held}, eval_labels
     eval_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.eval_split), cfg.difficult)
@@ -150,6 +170,22 @@ def role_labels(cfg: TrainConfig, root: Path) -> tuple[dict[str, int], dict[str,
             "choose disjoint splits (e.g. train/val or trainval/test)"
         )
     return train_labels, eval_labels
+
+
+def start_labels(cfg: TrainConfig, root: Path) -> dict[str, list[float]]:
+    """A start job's training pictures, each with its 20 labels (1 present, 0 absent, -1 difficult only: left out of the loss).
+
+    Every picture of the training split that no class evaluates on: the hold-out or fold is cut by
+    image (:func:`held_out`), so it is the same for every class; a named evaluation split is other pictures.
+    """
+    # A class without a list for the split (a folder of one's own with a few classes) is unknown for every picture.
+    lists = {c: read_class_list(root, c, cfg.train_split) if list_path(root, c, cfg.train_split).is_file() else {} for c in VOC_CLASSES}
+    if not any(lists.values()):
+        raise ConfigError(f"start: no class list of split {cfg.train_split!r} in {root}/ImageSets/Main (check --voc-root and --train-split)")
+    ids = list(dict.fromkeys(i for labels in lists.values() for i in labels))
+    held = held_out(cfg, ids)
+    lookup = {1: 1.0, -1: 0.0, 0: -1.0}
+    return {i: [lookup[lists[c].get(i, 0)] for c in VOC_CLASSES] for i in sorted(ids) if i not in held}
 
 
 def _labels_for(labels: dict[str, int], difficult: str) -> dict[str, int]:

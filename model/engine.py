@@ -1,8 +1,5 @@
-"""Training and evaluation loops: ``train_one_epoch``, ``evaluate`` and the ``fit`` that a task calls.
-
-About 320 lines, on purpose: ``fit`` stays one plain function that a reader follows top to bottom
-(the house style's loop, not a Trainer class), with the result type it returns beside it.
-"""
+"""Training and evaluation loops: ``train_one_epoch``, ``evaluate``, and the ``fit`` (a class's detector) and
+``fit_start`` (a shared start on all 20 labels) that a task calls; both run the same epoch loop, ``_train``."""
 
 from __future__ import annotations
 
@@ -25,11 +22,11 @@ from . import VOC_CLASSES, ConfigError
 from .artifacts import sha256_file
 from .augment import NoAugment, TrainAugment, host_to_device, preprocess_eval
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import MIN_IMAGE_SIZE, TrainConfig
+from .config import MIN_IMAGE_SIZE, START_CLASS, TrainConfig
 from .events import BatchProgress, EpochFinished, EpochRecord, FitFinished, FitResumed, FitWarning, Progress
 from .metrics import average_precision, binary_report, choose_threshold
-from .net import AuxLoss, SelectLogit, add_stochastic_depth, build_model, single_logit_state, training_autocast
-from .splits import BatchFeeder, RepeatFeeder, SplitData, epoch_positions, fingerprint, prepare_splits
+from .net import AuxLoss, MaskedBCE, SelectLogit, add_stochastic_depth, build_model, single_logit_state, training_autocast
+from .splits import BatchFeeder, RepeatFeeder, SplitData, epoch_positions, fingerprint, prepare_splits, prepare_start_splits
 
 log = logging.getLogger(__name__)
 
@@ -233,61 +230,45 @@ def _resume_state(path: Path, device: torch.device, emit: Progress) -> dict | No
         return None
 
 
-def fit(
-    cfg: TrainConfig,
-    *,
-    out_dir: Path,
-    cache_dir: Path,
-    progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    job_key: str | None = None,
-) -> FitResult:
-    """Train one detector; resume from ``out_dir/last.pt`` if an earlier attempt left one.
+@dataclass
+class _Trained:
+    """What the shared epoch loop hands back: the network to keep (the EMA's, if any) at its best epoch."""
 
-    Args:
-        cfg: the training settings.
-        out_dir: this job's folder: ``last.pt`` (resume state), ``detector.pt`` (the result).
-        cache_dir: the decoded-image cache shared by every job on this machine.
-        progress: called with each event of :mod:`vocfleet.model.events` (cache, batch, epoch, warning, done).
-        should_stop: polled between batches; returning True raises :class:`Stopped`.
-        job_key: the job's unique key, written into ``last.pt``; a ``last.pt`` with another key
-            (another job, another database) is never resumed from.
-    Returns:
-        A :class:`FitResult`.
+    net: nn.Module
+    best_epoch: int
+    history: list[EpochRecord]
+    resumed_from: int
+
+
+def _train(
+    cfg: TrainConfig,
+    model: nn.Module,
+    train: SplitData,
+    val_score: Callable[[nn.Module], dict[str, Any]],
+    *,
+    loss_fn: nn.Module,
+    device: torch.device,
+    out_dir: Path,
+    emit: Progress,
+    should_stop: Callable[[], bool] | None,
+    job_key: str | None,
+) -> _Trained:
+    """The epochs of one job, whatever its head: train, validate (``val_score(net)`` -> ``loss``, ``ap``), keep the best, checkpoint, resume.
+
+    Resumes from ``out_dir/last.pt`` when it was written by this job with this config; the best
+    epoch's weights go to ``best.pt`` and are loaded into the returned ``net`` at the end.
     """
-    emit = progress or (lambda _event: None)
-    device = resolve_device(cfg.device)
-    train, val, evaluation, skipped = prepare_splits(cfg, cache_dir, progress)
-    log.info(
-        "class %s: %d train (%d pos), %d val (%d pos), %d eval (%d pos), %d skipped",
-        cfg.voc_class,
-        len(train),
-        train.positives,
-        len(val),
-        val.positives,
-        len(evaluation),
-        evaluation.positives,
-        len(skipped),
-    )
-    torch.manual_seed(cfg.seed)
-    head = VOC_CLASSES.index(cfg.voc_class) if cfg.aux_classes else 0
-    model = build_model(cfg.init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1, zero_init_residual=cfg.zero_init_residual, arch=cfg.arch).to(device)
     if cfg.drop_path:
         add_stochastic_depth(model, cfg.drop_path)
-    # With --ema, validation, the best epoch and the saved detector use the weights' moving average.
+    # With --ema, validation, the best epoch and the saved network use the weights' moving average.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     net = ema.module if ema is not None else model
-    detector = SelectLogit(net, head) if cfg.aux_classes else net
     steps = len(train) // cfg.batch_size
     if steps == 0:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training images of {cfg.voc_class!r}")
     steps = min(steps, cfg.max_batches or steps)
     optimizer = _make_optimizer(cfg, model, device)
     scheduler = _make_scheduler(cfg, optimizer, steps)
-    pos_weight = None
-    if cfg.balance == "pos_weight":
-        pos_weight = torch.tensor((len(train) - train.positives) / train.positives, device=device)
-    loss_fn = AuxLoss(head, pos_weight) if cfg.aux_classes else nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     augment = TrainAugment(reuse_output=True) if cfg.augment else NoAugment()  # each batch is done with before the next
     soft = SoftTargets(cfg.mixup, cfg.label_smoothing) if cfg.mixup or cfg.label_smoothing else None
     if device.type == "cuda":
@@ -295,7 +276,7 @@ def fit(
     step_model = torch.compile(model) if cfg.compile else model
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path, final_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "detector.pt"
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     start_epoch, best = 1, {"ap": -1.0, "epoch": 0}
     history: list[EpochRecord] = []
     state = _resume_state(last_path, device, emit)
@@ -318,6 +299,8 @@ def fit(
     if resumed_from:
         emit(FitResumed(tuple(history)))
     feeder = BatchFeeder(train, device)
+    # A start draws every picture once per epoch: a balanced sampler needs one label to balance.
+    balance = "none" if cfg.is_start else cfg.balance
 
     def on_batch(b: int, n: int) -> None:
         if should_stop and should_stop():
@@ -326,7 +309,7 @@ def fit(
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         gen = _epoch_generator(cfg.seed, epoch)
-        positions = epoch_positions(train, balance=cfg.balance, generator=gen)
+        positions = epoch_positions(train, balance=balance, generator=gen)
         stats = train_one_epoch(
             step_model,
             feeder,
@@ -345,7 +328,7 @@ def fit(
         )
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"training loss became {stats['loss']} in epoch {epoch}: lower --lr")
-        ev = evaluate(detector, val, device)
+        ev = val_score(net)
         record = EpochRecord(
             epoch=epoch,
             train_loss=stats["loss"],
@@ -373,9 +356,80 @@ def fit(
             },
         )
         emit(EpochFinished(record, cfg.epochs))
-
-    # The detector is the best epoch on validation; its threshold comes from validation too.
     net.load_state_dict(load_checkpoint(best_path, device)["model"])
+    return _Trained(net, best["epoch"], history, resumed_from)
+
+
+def fit(
+    cfg: TrainConfig,
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    job_key: str | None = None,
+    start_weights: Path | None = None,
+) -> FitResult:
+    """Train one detector; resume from ``out_dir/last.pt`` if an earlier attempt left one.
+
+    Args:
+        cfg: the training settings.
+        out_dir: this job's folder: ``last.pt`` (resume state), ``detector.pt`` (the result).
+        cache_dir: the decoded-image cache shared by every job on this machine.
+        progress: called with each event of :mod:`vocfleet.model.events` (cache, batch, epoch, warning, done).
+        should_stop: polled between batches; returning True raises :class:`Stopped`.
+        job_key: the job's unique key, written into ``last.pt``; a ``last.pt`` with another key
+            (another job, another database) is never resumed from.
+        start_weights: the ``start.pt`` of the start job ``cfg.start`` names (a local copy): the
+            network starts from it, with its class's row of the start's head as the one logit.
+    Returns:
+        A :class:`FitResult`.
+    """
+    if cfg.is_start:
+        raise ConfigError("a start job trains with fit_start, not fit")
+    if (cfg.start is None) != (start_weights is None):
+        raise ConfigError(f"class {cfg.voc_class!r}: start {cfg.start!r} needs its start.pt, and start.pt needs a start")
+    emit = progress or (lambda _event: None)
+    device = resolve_device(cfg.device)
+    train, val, evaluation, skipped = prepare_splits(cfg, cache_dir, progress)
+    log.info(
+        "class %s: %d train (%d pos), %d val (%d pos), %d eval (%d pos), %d skipped",
+        cfg.voc_class,
+        len(train),
+        train.positives,
+        len(val),
+        val.positives,
+        len(evaluation),
+        evaluation.positives,
+        len(skipped),
+    )
+    torch.manual_seed(cfg.seed)
+    index = VOC_CLASSES.index(cfg.voc_class)
+    head = index if cfg.aux_classes else 0
+    init = str(start_weights) if start_weights is not None else cfg.init
+    model = build_model(init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1, zero_init_residual=cfg.zero_init_residual, arch=cfg.arch, head=index)
+    pos_weight = None
+    if cfg.balance == "pos_weight":
+        pos_weight = torch.tensor((len(train) - train.positives) / train.positives, device=device)
+    loss_fn = AuxLoss(head, pos_weight) if cfg.aux_classes else nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    def detector_of(net: nn.Module) -> nn.Module:
+        return SelectLogit(net, head) if cfg.aux_classes else net
+
+    run = _train(
+        cfg,
+        model.to(device),
+        train,
+        lambda net: evaluate(detector_of(net), val, device),
+        loss_fn=loss_fn,
+        device=device,
+        out_dir=out_dir,
+        emit=emit,
+        should_stop=should_stop,
+        job_key=job_key,
+    )
+    # The detector is the best epoch on validation; its threshold comes from validation too.
+    net, detector = run.net, detector_of(run.net)
     val_ev = evaluate(detector, val, device)
     threshold = choose_threshold(val_ev["probs"], val.labels)
     eval_ev = evaluate(detector, evaluation, device)
@@ -385,13 +439,14 @@ def fit(
     metrics["eval_fingerprint"], metrics["train_fingerprint"] = fingerprint(evaluation), fingerprint(train, val)
     val_metrics = binary_report(val_ev["probs"], val.labels, threshold)
     final_state = single_logit_state(net.state_dict(), head) if cfg.aux_classes else net.state_dict()
+    final_path = out_dir / "detector.pt"
     save_checkpoint(
         final_path,
         {
             "model": final_state,
-            "epoch": best["epoch"],
+            "epoch": run.best_epoch,
             "config": cfg.to_dict(),
-            "metrics": {"eval": metrics, "val": val_metrics, "history": [h.as_dict() for h in history]},
+            "metrics": {"eval": metrics, "val": val_metrics, "history": [h.as_dict() for h in run.history]},
             "threshold": threshold,
         },
     )
@@ -399,12 +454,12 @@ def fit(
 
     plots = save_training_plots(
         out_dir,
-        history,
+        run.history,
         eval_ev["probs"],
         evaluation.labels,
         title=cfg.voc_class,
         ap=metrics["ap"],
-        best_epoch=best["epoch"],
+        best_epoch=run.best_epoch,
         balance=cfg.balance,
     )
     result = FitResult(
@@ -413,14 +468,97 @@ def fit(
         threshold=threshold,
         metrics=metrics,
         val_metrics=val_metrics,
-        best_epoch=best["epoch"],
-        history=history,
+        best_epoch=run.best_epoch,
+        history=run.history,
         skipped_images=skipped,
-        resumed_from=resumed_from,
+        resumed_from=run.resumed_from,
         plots=plots,
     )
     emit(FitFinished(metrics))
     return result
+
+
+START_FILE = "start.pt"
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """What :func:`fit_start` hands back: the start's network file and how well it learned the labels.
+
+    Attributes:
+        checkpoint: path of ``start.pt`` (the 20-logit network at its best epoch, its config, its metrics).
+        sha256: of that file; a class job refuses a start whose file no longer matches.
+        metrics: ``map`` (mean AP over the classes on validation), ``ap`` per class, ``images`` trained on.
+        best_epoch, history, skipped_images, resumed_from: as :class:`FitResult`'s.
+    """
+
+    checkpoint: str
+    sha256: str
+    metrics: dict[str, Any]
+    best_epoch: int
+    history: list[EpochRecord] = field(default_factory=list)
+    skipped_images: list[str] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def evaluate_labels(model: nn.Module, split: SplitData, device: torch.device, batch_size: int = 256) -> dict[str, Any]:
+    """A many-label network on a split with ``aux`` labels: ``loss`` (BCE over known labels), ``ap`` (mean over classes), ``per_class``."""
+    rows = split.rows
+    order = np.argsort(rows, kind="stable")
+    probs = np.empty((len(rows), len(VOC_CLASSES)), np.float32)
+    probs[order] = predict_uint8(model, split.decoded.images[rows[order]], device, batch_size)
+    labels = split.aux
+    known = labels >= 0
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    bce = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    per_class = {}
+    for k, name in enumerate(VOC_CLASSES):
+        mask = known[:, k]
+        if labels[mask, k].sum() > 0:
+            per_class[name] = average_precision(probs[mask, k], labels[mask, k].astype(int))
+    return {"loss": float(bce[known].mean()), "ap": float(np.mean(list(per_class.values()))) if per_class else 0.0, "per_class": per_class}
+
+
+def fit_start(
+    cfg: TrainConfig,
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    job_key: str | None = None,
+) -> StartResult:
+    """Train a shared start: one network on all 20 labels of every training picture no class evaluates on.
+
+    Arguments as :func:`fit`'s. The epochs are :func:`fit`'s loop (resume, EMA, best epoch by
+    validation mean AP); the result is ``out_dir/start.pt``, which class jobs begin from.
+    """
+    if not cfg.is_start:
+        raise ConfigError(f"fit_start trains a start (voc_class {START_CLASS!r}), not {cfg.voc_class!r}")
+    emit = progress or (lambda _event: None)
+    device = resolve_device(cfg.device)
+    train, val, skipped = prepare_start_splits(cfg, cache_dir, progress)
+    log.info("start: %d train, %d val pictures with 20 labels each, %d skipped", len(train), len(val), len(skipped))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.init, outputs=len(VOC_CLASSES), zero_init_residual=cfg.zero_init_residual, arch=cfg.arch)
+    run = _train(
+        cfg,
+        model.to(device),
+        train,
+        lambda net: evaluate_labels(net, val, device),
+        loss_fn=MaskedBCE(),
+        device=device,
+        out_dir=out_dir,
+        emit=emit,
+        should_stop=should_stop,
+        job_key=job_key,
+    )
+    ev = evaluate_labels(run.net, val, device)
+    metrics = {"map": ev["ap"], "ap": ev["per_class"], "train_images": len(train), "val_images": len(val), "split": cfg.eval_split}
+    path = out_dir / START_FILE
+    save_checkpoint(path, {"model": run.net.state_dict(), "epoch": run.best_epoch, "config": cfg.to_dict(), "metrics": metrics})
+    emit(FitFinished(metrics))
+    return StartResult(str(path), sha256_file(path), metrics, run.best_epoch, run.history, skipped, run.resumed_from)
 
 
 CPU_STEP_PIXELS = 64 * 64 * 64  # one batch of 64 at 64 px: about 0.6 s per step on 2 cores

@@ -65,7 +65,7 @@ class TinyResNet(ResNet):
         return super()._make_layer(block, planes // 8, blocks, stride, dilate)
 
 
-def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: bool = False, arch: str = "resnet50") -> nn.Module:
+def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: bool = False, arch: str = "resnet50", head: int | None = None) -> nn.Module:
     """Build torchvision's ResNet-50 with a single-logit head (or ``outputs`` logits while training).
 
     Args:
@@ -76,6 +76,8 @@ def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: boo
             begins as the identity (torchvision's option; markedly better for short training from
             scratch). Irrelevant when weights are loaded.
         arch: ``resnet50``, or ``tiny`` (:class:`TinyResNet`).
+        head: with a state dict of a many-logit network (a shared start's ``start.pt``), the row of
+            its head that becomes this network's one logit (its class's); None: a fresh head.
     Returns:
         The model, on the CPU, in channels_last layout.
     """
@@ -96,6 +98,8 @@ def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: boo
             state = state["model"]
         if not isinstance(state, dict):
             raise ConfigError(f"--init {init!r}: holds a {type(state).__name__}, not a state dict; pass a ResNet-50 .pt/.pth file")
+        if head is not None and outputs == 1 and getattr(state.get("fc.weight"), "ndim", 0) == 2 and len(state["fc.weight"]) > head:
+            state = single_logit_state(state, head)
         _load_backbone(model, state, arch)
     return model.to(memory_format=torch.channels_last)
 
@@ -202,6 +206,15 @@ class AuxLoss(nn.Module):
         mask[:, k] = False
         aux = nn.functional.binary_cross_entropy_with_logits(logits, targets.clamp(min=0), reduction="none")
         return main + self.aux_weight * (aux * mask).sum() / mask.sum().clamp(min=1)
+
+
+class MaskedBCE(nn.Module):
+    """A shared start's loss: BCE over every class of every picture, except labels marked unknown (-1: difficult only)."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        mask = targets >= 0
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets.clamp(min=0), reduction="none")
+        return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
 class SelectLogit(nn.Module):

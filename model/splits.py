@@ -11,7 +11,7 @@ import torch
 from . import VOC_CLASSES, ConfigError
 from .augment import host_to_device
 from .config import TrainConfig, eval_fold
-from .data import DecodedImages, check_voc_root, decoded_cache, label_digest, list_path, read_class_list, role_labels, split_ids
+from .data import DecodedImages, check_voc_root, decoded_cache, label_digest, list_path, read_class_list, role_labels, split_ids, start_labels
 from .events import CacheProgress, Progress
 
 
@@ -95,6 +95,39 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
         if split.positives == 0 or split.positives == len(split):
             raise ConfigError(f"class {cfg.voc_class!r}: the {name} part has {split.positives} positives of {len(split)} images; use a larger VOC split")
     return train, val, evaluation, skipped
+
+
+def prepare_start_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None = None) -> tuple[SplitData, SplitData, list[str]]:
+    """A start job's training and validation parts: every training picture no class evaluates on, with its 20 labels.
+
+    Validation (``val_fraction``, seeded) picks the best epoch by mean AP over the classes.
+
+    Returns:
+        (train, val, skipped); each split's ``aux`` holds the (N, 20) labels, -1 where unknown,
+        and ``labels`` whether any class is present.
+    """
+    root = check_voc_root(cfg.voc_root)
+    labels = start_labels(cfg, root)
+
+    def cache_progress(done: int, total: int) -> None:
+        if progress:
+            progress(CacheProgress(done, total))
+
+    decoded = decoded_cache(root, split_ids(root, cfg.train_split), cfg.image_size, cache_dir, progress=cache_progress)
+    index = decoded.index()
+    keep = [i for i in labels if i in index and decoded.ok[index[i]]]
+    rng = np.random.default_rng(cfg.seed)
+    val_set = set(rng.choice(keep, size=max(1, round(len(keep) * cfg.val_fraction)), replace=False)) if keep else set()
+
+    def to_split(ids: list[str]) -> SplitData:
+        matrix = np.array([labels[i] for i in ids], dtype=np.float32).reshape(len(ids), len(VOC_CLASSES))
+        return SplitData(decoded, np.array([index[i] for i in ids], dtype=np.int64), (matrix == 1).any(1).astype(np.float32), matrix)
+
+    train, val = to_split([i for i in keep if i not in val_set]), to_split(sorted(val_set))
+    if len(train) < 2 * cfg.batch_size or len(val) < 2:
+        found = f"{len(train)} training and {len(val)} validation pictures in split {cfg.train_split!r}"
+        raise ConfigError(f"start: {found}; use a larger VOC split or a smaller --batch-size")
+    return train, val, sorted(decoded.bad)
 
 
 class BatchFeeder:

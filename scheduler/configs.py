@@ -8,7 +8,7 @@ from typing import Any
 
 from vocfleet.db.settings import get_settings
 from vocfleet.model import VOC_CLASSES, ConfigError, check_class
-from vocfleet.model.config import TrainConfig, check_init, eval_fold
+from vocfleet.model.config import START_CLASS, TrainConfig, check_init, eval_fold
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +75,22 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
             read_class_list(root, voc_class, cfg.eval_split)
         configs.append(cfg)
     return configs
+
+
+def parse_start(spec: str) -> str | int | None:
+    """``--start``: None for ``none``, ``new``, or a start job's id.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    text = spec.strip().lower()
+    if text in ("none", "new"):
+        return None if text == "none" else text
+    if text.isdigit() and 0 < int(text) < 2**63:
+        return int(text)
+    raise ConfigError(f"--start {spec!r}: 'none', 'new' (queue a start first) or the id of a start job")
+
+
+def start_config(first: TrainConfig, *, init: str, epochs: int) -> TrainConfig:
+    """A shared start for class jobs like ``first``: the same network, pictures, size and optimiser, on all 20 labels for ``epochs``, from ``init``."""
+    return first.with_(voc_class=START_CLASS, epochs=epochs, init=init, start=None, balance="none", aux_classes=False, mixup=0.0, label_smoothing=0.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vocfleet.db.estimates import Shape, shape, training_rates
 from vocfleet.db.listing import read_connection
-from vocfleet.model.config import TrainConfig
+from vocfleet.model.config import TrainConfig, eval_fold
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,13 @@ def job_images(cfg: TrainConfig) -> tuple[int, int, int]:
     from vocfleet.model.data import split_ids
 
     root = Path(cfg.voc_root)
-    listed = len(split_ids(root, cfg.train_split, cfg.voc_class))
-    evaluated = round(listed * cfg.eval_fraction) if cfg.eval_split == "holdout" else len(split_ids(root, cfg.eval_split, cfg.voc_class))
-    pool = listed - evaluated if cfg.eval_split == "holdout" else listed
+    listed = len(split_ids(root, cfg.train_split, None if cfg.is_start else cfg.voc_class))
+    fold = eval_fold(cfg.eval_split)
+    if cfg.eval_split == "holdout" or fold is not None:  # held out of the training split
+        evaluated = round(listed * cfg.eval_fraction) if fold is None else round(listed / fold[1])
+        pool = listed - evaluated
+    else:
+        evaluated, pool = (0 if cfg.is_start else len(split_ids(root, cfg.eval_split, cfg.voc_class))), listed
     val = round(pool * cfg.val_fraction)
     train = pool - val
     if cfg.max_batches:

@@ -39,6 +39,7 @@ def tick(stale_after: timedelta, resend_after: timedelta) -> dict[str, list[int]
                         .where(
                             table.status == JobStatus.queued,
                             table.cancel_requested.is_(False),
+                            table.ready(),  # a class job waiting for its start is sent when the start ends
                             or_(table.enqueued_at.is_(None), table.enqueued_at < utcnow() - resend_after),
                         )
                         .order_by(table.id)

@@ -24,12 +24,12 @@ from vocfleet.db.models import JobStatus, TrainJob
 from vocfleet.db.registry import missing_fingerprint, set_fingerprint
 from vocfleet.db.session import DatabaseGone, session_scope
 from vocfleet.db.settings import get_settings
-from vocfleet.db.training import finish_job, record_epoch, record_resumed
+from vocfleet.db.training import finish_job, finish_start, record_epoch, record_resumed
 from vocfleet.model import ConfigError, StoreUnavailable
 from vocfleet.model.artifacts import RESUME_FILES, ArtifactStore
 from vocfleet.model.checkpoint import DiskFull
 from vocfleet.model.config import TrainConfig
-from vocfleet.model.engine import FitResult, Stopped, fit
+from vocfleet.model.engine import START_FILE, FitResult, StartResult, Stopped, fit, fit_start
 from vocfleet.model.events import EpochFinished, Event, FitResumed, Progress
 from vocfleet.model.splits import fingerprint, prepare_splits
 
@@ -117,10 +117,10 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
     """
     settings = get_settings()
     try:
-        claimed = claim(TrainJob, job_id, lambda job: (dict(job.config), job.key), host)
+        claimed = claim(TrainJob, job_id, read_job, host)
     except NotClaimed as nothing:
         return nothing.outcome
-    token, (config, key) = claimed.token, claimed.data
+    token, (config, key, start_file) = claimed.token, claimed.data
     voc_class = config["voc_class"]
     store = ArtifactStore.from_settings(settings)
     # Under a key unique across databases: two databases sharing one store never share a job's files.
@@ -145,8 +145,15 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
         try:
             cfg = TrainConfig.from_dict(config)
             store.pull(key)  # on object storage: the last epoch any host finished
-            result = publish(store, key, fit(cfg, out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop, job_key=key))
-            backfill_fingerprint(cfg.voc_class, settings.cache_dir)  # under the heartbeat: it may decode an old split
+            run = dict(out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop, job_key=key)
+            if cfg.is_start:
+                result = fit_start(cfg, **run)
+            else:
+                if cfg.start and start_file is None:  # its start's row was deleted (the column is then NULL)
+                    raise ConfigError(f"job {job_id}: its start (key {cfg.start}) is gone from the database; submit the class again with --start new")
+                weights = store.local_copy(*start_file) if start_file else None  # checked against its sha256
+                result = publish(store, key, fit(cfg, start_weights=weights, **run))
+                backfill_fingerprint(cfg.voc_class, settings.cache_dir)  # under the heartbeat: it may decode an old split
         except Stopped:
             if hb.gone is not None:
                 raise hb.gone from None
@@ -175,11 +182,27 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             with session_scope() as s:
                 end_job(s, TrainJob, job_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=3)}")
             return Outcome.failed
-    with session_scope() as s:
-        if finish_job(s, job_id, token, result) is None:
+    if isinstance(result, StartResult):
+        location = store.push(key, [START_FILE])[START_FILE]
+        with session_scope() as s:
+            ready = finish_start(s, job_id, token, location, result.sha256, result.metrics["map"])
+        if ready is None:
             return Outcome.skipped
+        from .dispatch import enqueue
+
+        enqueue(TrainJob, ready)  # its class jobs, waiting until now (a lost message: the scheduler re-sends them)
+    else:
+        with session_scope() as s:
+            if finish_job(s, job_id, token, result) is None:
+                return Outcome.skipped
     store.drop_resume_files(key)  # the detector is recorded: last.pt and best.pt (2-3x its size) are not needed again
     return Outcome.succeeded
+
+
+def read_job(job: TrainJob) -> tuple[dict[str, Any], str, tuple[str, str] | None]:
+    """What a claimed training job needs: its config, its key, and its start's ``start.pt`` (location, sha256) if it has one."""
+    start = job.start_job
+    return dict(job.config), job.key, (start.start_file, start.start_sha256) if start is not None else None
 
 
 def backfill_fingerprint(voc_class: str, cache_dir: Path) -> None:

@@ -12,7 +12,7 @@ import click
 from vocfleet.db.settings import get_settings
 from vocfleet.db.states import PROMOTE, JobStatus
 from vocfleet.model import ConfigError, DetectorUnavailable
-from vocfleet.model.config import ARCHS, BALANCE, DIFFICULT, OPTIMIZERS, SCHEDULES, TrainConfig
+from vocfleet.model.config import ARCHS, BALANCE, DIFFICULT, FOLD_BY, OPTIMIZERS, SCHEDULES, START_CLASS, TrainConfig, check_init
 
 from ..output import duration, queue_line, render
 from .base import (
@@ -81,6 +81,20 @@ DETECTOR_COLUMNS.append("train_data")
     default=_DEFAULTS.progressive_resize,
     help="Train the first epoch at this share of --image-size, growing to the full size by the last (0: off).",
 )
+@click.option(
+    "--start",
+    "start_spec",
+    default="none",
+    help="A shared start: 'new' queues one job first (one network on all 20 labels of every training picture, --start-epochs long, from --init) "
+    "that each class's job then begins from; a start job's id: begin from that one; 'none': each class from --init.",
+)
+@click.option("--start-epochs", type=int, default=20, help="With --start new: the start's epochs (paid once for every class).")
+@click.option(
+    "--fold-by",
+    type=click.Choice(("auto", *FOLD_BY)),
+    default="auto",
+    help="With --eval-split fold:F/K: folds stratified by each class's label, or cut by image (the same for every class); auto: image with a start.",
+)
 @click.option("--difficult", type=click.Choice(DIFFICULT), default=_DEFAULTS.difficult, help="'Difficult only' images (label 0).")
 @click.option("--train-split", default=_DEFAULTS.train_split)
 @click.option("--eval-split", default="auto", help="A split name, 'holdout' (part of the training split), or 'auto'.")
@@ -101,42 +115,71 @@ DETECTOR_COLUMNS.append("train_data")
 @labels_options
 @action_format_option
 def submit(
-    classes: str, max_attempts: int, promote: str, dry_run: bool, fmt: str, name: str | None, tags: tuple[str, ...], note: str | None, **options: Any
+    classes: str,
+    max_attempts: int,
+    promote: str,
+    dry_run: bool,
+    fmt: str,
+    name: str | None,
+    tags: tuple[str, ...],
+    note: str | None,
+    start_spec: str,
+    start_epochs: int,
+    fold_by: str,
+    **options: Any,
 ) -> None:
-    """Queue one training job per class."""
+    """Queue one training job per class (with --start new, a shared start first that they begin from)."""
     from vocfleet.db.models import TrainJob
-    from vocfleet.db.training import create_jobs
+    from vocfleet.db.training import create_jobs, ready_ids
     from vocfleet.worker.dispatch import enqueue
 
-    from ..configs import build_configs, parse_classes
+    from ..configs import build_configs, parse_classes, parse_start, start_config
 
     labels = labels_from(name, tags, note)
-    configs = build_configs(parse_classes(classes), **options)
+    start = parse_start(start_spec)
+    options["fold_by"] = ("image" if start is not None else "label") if fold_by == "auto" else fold_by
+    init = options.get("init", "scratch")
+    if start == "new":  # the start begins from --init; the class jobs from the start
+        options["init"] = "scratch"
+    configs = build_configs(parse_classes(classes), **options, start=None if start is None else str(start))
+    first = None
+    if start == "new":
+        build_configs([], **{**options, "init": init})  # the start's --init checked as a job's is (a file read, ImageNet weights found)
+        first = start_config(configs[0], init=check_init(init), epochs=start_epochs)
     notes = _other_data(configs, promote)
     if dry_run:
-        _estimate(configs, fmt, notes)
+        _estimate(([first] if first else []) + configs, fmt, notes)
         return
     from vocfleet.model.artifacts import ArtifactStore
     from vocfleet.worker.dispatch import check_broker
 
     ArtifactStore.from_settings(get_settings()).check()  # no bucket, no credentials: said now, not after an epoch
     check_broker()  # a wrong broker URL: said now, before any job is written
+    dicts = [{**c.to_dict(), "start": None} for c in configs]  # the start's key is set by create_jobs
     with database() as s:
-        ids = [j.id for j in create_jobs(s, [c.to_dict() for c in configs], max_attempts=max_attempts, promote=promote, labels=labels)]
+        start_id = create_jobs(s, [first.to_dict()], max_attempts=max_attempts, labels=labels)[0].id if first else start
+        ids = [j.id for j in create_jobs(s, dicts, max_attempts=max_attempts, promote=promote, labels=labels, start_job_id=start_id)]
+        ready = ready_ids(s, ([start_id] if first else []) + ids)
     sent = None
     if get_settings().broker_url:
-        sent = enqueue(TrainJob, ids)
-        where = f"sent {sent} to the broker" if sent == len(ids) else f"sent {sent}; 'vocfleet scheduler' sends the rest when the broker is back"
+        sent = enqueue(TrainJob, ready)
+        where = f"sent {sent} to the broker" if sent == len(ready) else f"sent {sent}; 'vocfleet scheduler' sends the rest when the broker is back"
+        if len(ready) < len(ids) + bool(first):
+            where += f"; the class jobs go when start job {start_id} has succeeded"
     else:
         where = "run them with: vocfleet run"
     cfg = configs[0]
+    if first:
+        say(fmt, f"queued start job {start_id}: one network on all 20 labels, {first.epochs} epochs from {init}; the jobs below begin from it")
+    begin = f", beginning from start job {start_id}" if start_id else ""
     say(
         fmt,
         f"queued {len(ids)} job(s) {ids[0]}..{ids[-1]} for {', '.join(c.voc_class for c in configs)} "
-        f"({cfg.epochs} epochs, {cfg.image_size} px, eval split: {cfg.eval_split}); {where}",
+        f"({cfg.epochs} epochs, {cfg.image_size} px, eval split: {cfg.eval_split}{begin}); {where}",
     )
-    jobs = [{"job": i, "class": c.voc_class, "status": "queued"} for i, c in zip(ids, configs, strict=True)]
-    emit(fmt, {"jobs": jobs, "sent_to_broker": sent, "notes": notes})
+    jobs = [{"job": start_id, "class": first.voc_class, "status": "queued"}] if first else []
+    jobs += [{"job": i, "class": c.voc_class, "status": "queued"} for i, c in zip(ids, configs, strict=True)]
+    emit(fmt, {"jobs": jobs, "start_job": start_id, "sent_to_broker": sent, "notes": notes})
 
 
 def _other_data(configs: list[TrainConfig], promote: str) -> list[str]:
@@ -338,7 +381,7 @@ def run(stale_after: float | None, fmt: str) -> None:
     from vocfleet.db.listing import read_connection
     from vocfleet.db.models import TrainJob
     from vocfleet.db.registry import detector_rows
-    from vocfleet.db.training import next_queued
+    from vocfleet.db.training import next_queued, waiting_jobs
     from vocfleet.worker.runner import Outcome, run_train_job
 
     from ..progress import TrainProgress
@@ -359,7 +402,8 @@ def run(stale_after: float | None, fmt: str) -> None:
         if job_id is None:
             break
         with read_connection() as conn:
-            click.echo(f"job {job_id}: training {voc_class}; {queue_line(*queue_left(conn))}", err=True)
+            what = "the shared start (one network on all 20 labels)" if voc_class == START_CLASS else voc_class
+            click.echo(f"job {job_id}: training {what}; {queue_line(*queue_left(conn))}", err=True)
         try:
             with interruptible():
                 outcome = run_train_job(job_id, progress=TrainProgress(f"job {job_id} {voc_class}"))
@@ -371,20 +415,27 @@ def run(stale_after: float | None, fmt: str) -> None:
             with database() as s:
                 ran[-1]["error"] = (work_states(s, TrainJob, [job_id])[job_id].error or "").splitlines()[0]
             click.echo(f"job {job_id} ({voc_class}) failed: {ran[-1]['error']}", err=True)
+    with database() as s:
+        waiting = waiting_jobs(s)
     if not outcomes:
         with database() as s:
             running = work_states(s, TrainJob)
         for job_id, w in running.items():  # after a kill -9, say when the job comes back rather than "nothing queued"
             note = takeback_note(w.heartbeat_at, w.worker_host, stale_window(stale_after), "'vocfleet run'")
             click.echo(f"job {job_id} ({w.voc_class}) is running: {note}", err=True)
-        if not running:
+        if not running and not waiting:
             click.echo("nothing queued: vocfleet submit --classes car --voc-root PATH", err=True)
+    for w in waiting:  # a failed or cancelled start: its class jobs cannot run until it is retried
+        ids = ", ".join(map(str, w.job_ids))
+        fix = f"'vocfleet retry {w.start_job_id}', then 'vocfleet run'" if w.start_status.finished else "its worker to finish it"
+        click.echo(f"job(s) {ids} wait for start job {w.start_job_id}, which is {w.start_status.value}: {fix}", err=True)
     with database() as s:
         rows = detector_rows(s)
     if rows and fmt == "text":
         click.echo(render(rows, DETECTOR_COLUMNS))
-    emit(fmt, {"jobs": ran, "requeued": requeued, "failed_stale": failed})
-    if Outcome.failed in outcomes:
+    blocked = [{"start_job": w.start_job_id, "start_status": w.start_status.value, "jobs": list(w.job_ids)} for w in waiting]
+    emit(fmt, {"jobs": ran, "requeued": requeued, "failed_stale": failed, "waiting": blocked})
+    if Outcome.failed in outcomes or any(w.start_status.finished for w in waiting):
         sys.exit(1)
 
 
