@@ -29,12 +29,13 @@ class Garbage:
 
 
 def _referenced(s: Session) -> tuple[set[tuple[str, str]], set[str], set[str]]:
-    """What detector rows point to: (job key, file name) of each checkpoint and plot, the job keys, the sha256s."""
+    """What detector rows point to: (job key, file name) of each checkpoint and plot, the job keys, the sha256s (and starts' sha256s)."""
     files, shas = set(), set()
     for location, sha, metrics in s.execute(select(Detector.checkpoint_path, Detector.sha256, Detector.metrics)):
         plots = [v for v in (metrics or {}).get("plots", {}).values() if isinstance(v, str)]
         files.update(f for f in map(split_location, [location, *plots]) if f is not None)
         shas.add(sha)
+    shas.update(s.scalars(select(TrainJob.start_sha256).where(TrainJob.start_sha256.is_not(None))))  # a start's start.pt, fetched by class jobs
     return files, {key for key, _ in files}, shas
 
 

@@ -15,10 +15,10 @@ def as_json(res):
 def test_submit_run_retry_cancel_as_json(fake_voc, invoke):
     got = as_json(invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, *SMALL, "--format", "json"))
     queued = [{"job": 1, "class": "car", "status": "queued"}, {"job": 2, "class": "dog", "status": "queued"}]
-    assert got == {"jobs": queued, "sent_to_broker": None, "notes": []}
+    assert got == {"jobs": queued, "start_job": None, "sent_to_broker": None, "notes": []}
     assert as_json(invoke("cancel", 2, "--format", "json")) == {"changed": [{"job": 2, "status": "cancelled"}], "missing": []}
     got = as_json(invoke("run", "--format", "json"))
-    assert got == {"jobs": [{"job": 1, "class": "car", "outcome": "succeeded", "error": None}], "requeued": [], "failed_stale": []}
+    assert got == {"jobs": [{"job": 1, "class": "car", "outcome": "succeeded", "error": None}], "requeued": [], "failed_stale": [], "waiting": []}
     got = as_json(invoke("retry", 1, 2, 9, "--format", "json"))
     assert got == {"jobs": [{"job": 1, "status": "succeeded"}, {"job": 2, "status": "queued"}, {"job": 9, "status": "missing"}]}
     res = invoke("cancel", 2, 7, "--format", "json")

@@ -284,7 +284,7 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str, **filte
         return
     shown, labels = with_labels(rows, fmt)
     cols = DETECTOR_COLUMNS[:2] + labels + DETECTOR_COLUMNS[2:] + (["active"] if show_all else []) + TRAINING_COLUMNS
-    cols += ["checkpoint", "curves", "pr_curve", "decision"] if fmt != "table" else []
+    cols += ["start", "checkpoint", "curves", "pr_curve", "decision"] if fmt != "table" else []
     click.echo(render(shown, cols, fmt))
     more_line(fmt, more, "detectors")
 
