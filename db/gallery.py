@@ -17,6 +17,7 @@ from sqlalchemy import func, or_, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
 from .models import Detector, Score, ScoredImage, ScoreRun, TrainJob
+from .registry import how_started
 from .states import as_utc
 
 PAGE = 48  # pictures per gallery page
@@ -215,13 +216,20 @@ TRAINING_KEYS = ("arch", "init", "image_size", "epochs", "batch_size", "lr", "se
 MAX_SIGHTINGS = 50
 
 
+def training_of(job: TrainJob | None) -> dict[str, Any]:
+    """The settings a reader of a detector wants (:data:`TRAINING_KEYS`), its ``init`` saying which start it began from."""
+    if job is None:
+        return {}
+    return {**{k: job.config[k] for k in TRAINING_KEYS if k in job.config}, "init": how_started(job)}
+
+
 def picture(s: Session, image_id: int) -> PictureDetail | None:
     """A scored picture: every class's probability beside its threshold and detector, and the runs that saw the same file."""
     image = s.get(ScoredImage, image_id)
     if image is None:
         return None
     rows = s.execute(
-        select(Score, Detector, TrainJob.config)
+        select(Score, Detector, TrainJob)
         .join(Detector, Detector.id == Score.detector_id)
         .outerjoin(TrainJob, TrainJob.id == Detector.job_id)
         .where(Score.image_id == image_id)
@@ -238,9 +246,9 @@ def picture(s: Session, image_id: int) -> PictureDetail | None:
             d.ap,
             d.active,
             d.job_id,
-            {k: config[k] for k in TRAINING_KEYS if k in config} if config else {},
+            training_of(job),
         )
-        for sc, d, config in rows
+        for sc, d, job in rows
     ]
     others = s.execute(
         select(ScoredImage.run_id, ScoredImage.id, ScoredImage.folder, ScoredImage.rel_path, ScoreRun.created_at)

@@ -19,11 +19,17 @@ from .config import check_init
 
 log = logging.getLogger(__name__)
 IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
+# Files a host without internet may hold instead (torchvision's names): the V2 weights first, else V1.
+IMAGENET_FILES = (IMAGENET_WEIGHTS, ResNet50_Weights.IMAGENET1K_V1)
 
 
 def imagenet_weights_path() -> Path:
-    """Where torchvision caches the ImageNet ResNet-50 weights on this machine."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_WEIGHTS.url)
+    """Where this machine holds the ImageNet ResNet-50 weights: torchvision's cache, ``$TORCH_HOME/hub/checkpoints``
+    (``~/.cache/torch/hub/checkpoints`` by default), under torchvision's file name for the V2 weights or, failing
+    that, the V1 weights; the V2 path when neither is there (where a download goes)."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    found = [folder / os.path.basename(w.url) for w in IMAGENET_FILES if (folder / os.path.basename(w.url)).is_file()]
+    return found[0] if found else folder / os.path.basename(IMAGENET_WEIGHTS.url)
 
 
 def ensure_imagenet_weights(timeout: float = 15.0) -> Path:
@@ -86,7 +92,11 @@ def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: boo
     else:
         model = resnet50(weights=None, num_classes=outputs, zero_init_residual=zero_init_residual)
     if init == "imagenet":
-        state = torch.load(ensure_imagenet_weights(), map_location="cpu", weights_only=True)
+        path = ensure_imagenet_weights()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a file put there by hand may be anything
+            raise ConfigError(f"--init imagenet: {path} is not a PyTorch state dict ({exc.__class__.__name__}); replace it with torchvision's file") from None
         _load_backbone(model, state, arch)
     elif init != "scratch":
         path = check_init(init)

@@ -64,9 +64,9 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
 
         build_model(options["init"], arch=options.get("arch", "resnet50"))  # ConfigError unless it fits the network
     if options["init"] == "imagenet":
-        from vocfleet.model.net import ensure_imagenet_weights  # torch: only when ImageNet weights are asked for
+        from vocfleet.model.net import build_model  # torch: only when ImageNet weights are asked for
 
-        ensure_imagenet_weights()
+        build_model("imagenet", arch=options.get("arch", "resnet50"))  # found (or downloaded) and read now: a bad file is said before anything is queued
     configs = []
     for voc_class in classes:
         cfg = TrainConfig(voc_class=voc_class, voc_root=str(root), **options)

@@ -41,3 +41,30 @@ def test_imagenet_init_loads_the_cached_weights_replaces_the_head_fine_tunes_and
     assert res.exit_code == 0 and got["status"] == "succeeded" and got["scored"] == 47  # 48 listed, one missing on purpose
     rows = json.loads(invoke("results", got["run"], "--format", "json").output)
     assert all(r["present"] == (r["probability"] >= threshold) for r in rows)
+
+
+def test_the_v1_file_is_found_a_bad_file_is_one_line_and_a_start_takes_the_imagenet_init(fake_voc, tmp_path, monkeypatch, invoke):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    from vocfleet.model.net import build_model, imagenet_weights_path
+
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    v1 = folder / "resnet50-0676ba61.pth"  # torchvision's name for the V1 weights, where a user may have only those
+    v1.write_bytes(b"not a state dict")
+    assert imagenet_weights_path() == v1
+    res = invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--init", "imagenet", "--image-size", 32)
+    assert res.exit_code == 2 and f"--init imagenet: {v1} is not a PyTorch state dict" in res.output and "Traceback" not in res.output
+    torch.manual_seed(5)
+    weights = resnet50(num_classes=1000).state_dict()
+    torch.save(weights, v1)
+    assert torch.equal(build_model("imagenet").state_dict()["layer1.0.conv1.weight"], weights["layer1.0.conv1.weight"])
+
+    # With a shared start, --init is the start's: the start begins from ImageNet, the class jobs from the start.
+    res = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, "--init", "imagenet", "--start", "new", "--image-size", 32, "--format", "json")
+    assert res.exit_code == 0, res.output
+    with session_scope() as s:
+        from vocfleet.db.models import TrainJob
+
+        jobs = s.query(TrainJob).order_by(TrainJob.id).all()
+        assert [(j.voc_class, j.config["init"], j.start_job_id) for j in jobs] == [("all", "imagenet", None), ("car", "scratch", 1), ("dog", "scratch", 1)]
+        assert jobs[1].config["start"] == jobs[0].key

@@ -332,6 +332,7 @@ def detectors_activate(detector_id: int, reason: str | None) -> None:
 
 
 COMPARED = ["class", "status", "name", "tags", "ap", "auc", "accuracy", "always_absent", "f1", "threshold", "eval_images", "split", "eval_data", "train_data"]
+COMPARED.append("init")  # scratch, imagenet, a file, or the start job it began from
 
 
 @click.command()
