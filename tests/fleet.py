@@ -194,8 +194,8 @@ class Fleet:
         for name in list(self.procs):
             self.kill(name, signal.SIGKILL)
 
-    def submit(self, classes: str, epochs: int, max_batches: int = 3, image_size: int = 32) -> None:
-        """Jobs of the tiny network (the same code as ResNet-50 at 1/8 width): a larger image size paces the epochs."""
+    def submit(self, classes: str, epochs: int, max_batches: int = 3, image_size: int = 32, *more: str) -> None:
+        """Jobs of the tiny network (the same code as ResNet-50 at 1/8 width): a larger image size paces the epochs; ``more``: further options."""
         subprocess.run(
             [
                 *VOCFLEET,
@@ -214,6 +214,7 @@ class Fleet:
                 "8",
                 "--max-batches",
                 str(max_batches),
+                *more,
             ],
             check=True,
             capture_output=True,

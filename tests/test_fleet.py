@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 
 from tests.fleet import (
@@ -73,6 +73,24 @@ def test_kill_9_worker_mid_job_resumes_elsewhere(fleet):
         epoch1 = s.scalar(select(EpochMetric).where(EpochMetric.epoch == 1))
         assert (epoch1.created_at, epoch1.train_loss) == (epoch1_at, epoch1_loss)  # resumed, not started over
     assert "requeued" in (fleet.tmp / "scheduler.log").read_text()
+
+
+def test_a_start_runs_first_then_its_class_jobs_on_two_workers_at_once(fleet):
+    fleet.start_worker("w0")
+    fleet.start_worker("w1")
+    fleet.wait_ready("w0", "w1")
+    fleet.start_scheduler()
+    fleet.submit("car,dog,cat", 2, 3, 32, "--start", "new", "--start-epochs", "3")
+    fleet.wait(lambda: all_finished(4), 240, "the start and its three class jobs")
+    with session_scope() as s:
+        jobs = {j.id: j for j in s.scalars(select(TrainJob))}
+        start = jobs[1]
+        assert start.voc_class == "all" and start.status == JobStatus.succeeded and start.start_sha256
+        for job in (jobs[2], jobs[3], jobs[4]):
+            assert job.status == JobStatus.succeeded and job.start_job_id == 1 and job.attempts == 1, (job, job.error)
+            assert job.started_at >= start.finished_at  # none began before its start had ended
+        assert {j.worker_host.split("-")[0] for j in (jobs[2], jobs[3], jobs[4])} == {"w0", "w1"}  # the class jobs spread over the fleet
+        assert s.scalar(select(func.count()).select_from(Detector)) == 3
 
 
 def test_sigterm_drains_a_worker_its_job_continues_elsewhere_at_once(fleet, monkeypatch, invoke):
