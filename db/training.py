@@ -41,7 +41,10 @@ def create_jobs(
         ConfigError: the start is not a start job, has ended without a result, or was trained so that
             a job's evaluation pictures would be in its training.
     """
-    configs = [{**c, "voc_root": os.path.realpath(os.path.expanduser(c["voc_root"]))} if c.get("voc_root") else c for c in configs]
+    def real(path: str) -> str:
+        return os.path.realpath(os.path.expanduser(path))
+
+    configs = [{**c, "voc_root": real(c["voc_root"]), "more_roots": [real(r) for r in c.get("more_roots", ())]} if c.get("voc_root") else c for c in configs]
     if start_job_id is not None:
         start = usable_start(s, start_job_id)
         configs = [TrainConfig.from_dict({**c, "start": start.key}).to_dict() for c in configs]

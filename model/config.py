@@ -43,7 +43,7 @@ def check_start_fits(start: TrainConfig, cfg: TrainConfig, start_job_id: int | s
     Raises:
         ConfigError: another network, VOC folder, training split or evaluation split (one line naming it).
     """
-    for name in ("arch", "voc_root", "train_split", "eval_split", "fold_by") + (("eval_fraction",) if cfg.eval_split == "holdout" else ()):
+    for name in ("arch", "voc_root", "more_roots", "train_split", "eval_split", "fold_by") + (("eval_fraction",) if cfg.eval_split == "holdout" else ()):
         ours, its = getattr(cfg, name), getattr(start, name)
         if ours != its:
             why = "its network does not fit" if name == "arch" else "pictures this job is judged on could be in the start's training"
@@ -82,6 +82,10 @@ class TrainConfig:
     best epoch. ``aux_classes`` trains with the other 19 classes' labels of the same training
     images as auxiliary targets; the saved detector keeps only its own class's logit.
 
+    ``more_roots``: further VOC year folders whose ``train_split`` pictures are trained on too (the
+    usual VOC2007+2012 trainval); evaluation is always ``voc_root``'s (its split, hold-out or fold),
+    and a picture id found in two folders is taken from the first.
+
     ``voc_class="all"`` (:data:`START_CLASS`) is a shared start: one network trained on all 20
     labels of every training picture (the evaluation pictures left out), saved as ``start.pt``.
     ``start`` names the key of the start job a class job begins from (its network, and its
@@ -115,12 +119,16 @@ class TrainConfig:
     difficult: str = "exclude"
     start: str | None = None
     fold_by: str = "label"
+    more_roots: tuple[str, ...] = ()
     seed: int = 0
     max_batches: int | None = None
     device: str = "auto"
     compile: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "more_roots", tuple(self.more_roots))  # a JSON list read back from a row
+        if self.voc_root in self.more_roots or len(set(self.more_roots)) < len(self.more_roots):
+            raise ConfigError(f"--voc-root {self.voc_root} {' '.join(self.more_roots)}: a folder is given twice; give each VOC year folder once")
         if self.voc_class != START_CLASS:
             object.__setattr__(self, "voc_class", check_class(self.voc_class))  # frozen: normalised once, here
         if not 1 <= self.epochs <= MAX_EPOCHS:

@@ -140,9 +140,10 @@ def planned_fingerprints(configs: Sequence[TrainConfig]) -> dict[str, tuple[str,
     out = {}
     for cfg in configs:
         root = check_voc_root(cfg.voc_root)
-        if root not in present:
-            present[root] = {e.name[:-4] for e in os.scandir(root / "JPEGImages") if e.name.endswith(".jpg")}
-        there = present[root]
+        for folder in (root, *map(check_voc_root, cfg.more_roots)):
+            if folder not in present:
+                present[folder] = {e.name[:-4] for e in os.scandir(folder / "JPEGImages") if e.name.endswith(".jpg")}
+        there = set().union(*(present[check_voc_root(f)] for f in (cfg.voc_root, *cfg.more_roots)))
         train_labels, eval_labels = role_labels(cfg, root)
         out[cfg.voc_class] = (
             label_digest((i, v) for i, v in train_labels.items() if i in there),
@@ -157,19 +158,52 @@ def role_labels(cfg: TrainConfig, root: Path) -> tuple[dict[str, int], dict[str,
     Raises:
         ConfigError: the evaluation split shares images with the training split.
     """
-    train_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.train_split), cfg.difficult)
+    listed = read_class_list(root, cfg.voc_class, cfg.train_split)
+    train_labels = _labels_for(listed, cfg.difficult)
+    # A further folder's picture whose id the first folder lists (with any label) is the first folder's: never trained from elsewhere.
+    more = {
+        i: v
+        for i, v in _more_labels(cfg, lambda extra: _labels_for(read_class_list(extra, cfg.voc_class, cfg.train_split), cfg.difficult)).items()
+        if i not in listed
+    }
     if cfg.eval_split == "holdout" or eval_fold(cfg.eval_split) is not None:
         held = held_out(cfg, train_labels, train_labels)
         eval_labels = {i: v for i, v in train_labels.items() if i in held}
-        return {i: v for i, v in train_labels.items() if i not in held}, eval_labels
+        return {**{i: v for i, v in train_labels.items() if i not in held}, **more}, eval_labels
     eval_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.eval_split), cfg.difficult)
-    overlap = set(eval_labels) & set(train_labels)
+    overlap = set(eval_labels) & (set(train_labels) | set(more))
     if overlap:
         raise ConfigError(
             f"--eval-split {cfg.eval_split} shares {len(overlap)} images with --train-split {cfg.train_split}: "
             "choose disjoint splits (e.g. train/val or trainval/test)"
         )
-    return train_labels, eval_labels
+    return {**train_labels, **more}, eval_labels
+
+
+def _more_labels(cfg: TrainConfig, read: Callable[[Path], dict]) -> dict:
+    """The labels ``read`` gives for each of ``cfg.more_roots``, together; an id already seen in an earlier folder keeps that folder's."""
+    out: dict = {}
+    for extra in cfg.more_roots:
+        for i, v in read(check_voc_root(extra)).items():
+            out.setdefault(i, v)
+    return out
+
+
+def training_sources(cfg: TrainConfig) -> tuple[Path, list[str], list[tuple[Path, list[str]]]]:
+    """Where the training split's pictures are: ``voc_root`` and its ids, then each of ``more_roots`` with the ids no earlier folder has.
+
+    Returns:
+        (root, ids, [(more root, ids), ...]): what :func:`decoded_cache` decodes for training.
+    """
+    root = check_voc_root(cfg.voc_root)
+    listed = None if cfg.is_start else cfg.voc_class
+    ids = split_ids(root, cfg.train_split, listed)
+    seen, more = set(ids), []
+    for extra in map(check_voc_root, cfg.more_roots):
+        new = [i for i in split_ids(extra, cfg.train_split, listed) if i not in seen]
+        seen.update(new)
+        more.append((extra, new))
+    return root, ids, more
 
 
 def start_labels(cfg: TrainConfig, root: Path) -> dict[str, list[float]]:
@@ -185,7 +219,13 @@ def start_labels(cfg: TrainConfig, root: Path) -> dict[str, list[float]]:
     ids = list(dict.fromkeys(i for labels in lists.values() for i in labels))
     held = held_out(cfg, ids)
     lookup = {1: 1.0, -1: 0.0, 0: -1.0}
-    return {i: [lookup[lists[c].get(i, 0)] for c in VOC_CLASSES] for i in sorted(ids) if i not in held}
+    out = {i: [lookup[lists[c].get(i, 0)] for c in VOC_CLASSES] for i in sorted(ids) if i not in held}
+
+    def all_labels(extra: Path) -> dict[str, list[float]]:  # every picture of a further folder trains the start
+        found = {c: read_class_list(extra, c, cfg.train_split) if list_path(extra, c, cfg.train_split).is_file() else {} for c in VOC_CLASSES}
+        return {i: [lookup[found[c].get(i, 0)] for c in VOC_CLASSES] for i in sorted({i for labels in found.values() for i in labels})}
+
+    return {**out, **{i: v for i, v in _more_labels(cfg, all_labels).items() if i not in set(ids)}}
 
 
 def _labels_for(labels: dict[str, int], difficult: str) -> dict[str, int]:
@@ -293,6 +333,7 @@ def decoded_cache(
     *,
     progress: Callable[[int, int], None] | None = None,
     threads: int | None = None,
+    more: Sequence[tuple[Path, Sequence[str]]] = (),
 ) -> DecodedImages:
     """Return the images ``ids`` of ``root`` decoded and resized to ``size``, building the cache once.
 
@@ -308,16 +349,20 @@ def decoded_cache(
         cache_dir: where cache files live (one per key).
         progress: called with (done, total) while building.
         threads: decode threads (Pillow releases the GIL while decoding); default: CPU count.
+        more: further (VOC folder, ids) whose pictures follow ``ids`` in the same array (``--voc-root`` given more than once).
     Returns:
         A :class:`DecodedImages` over a read-only memory map.
     """
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, str(root), list(ids), size]).encode()).hexdigest()[:24]
+    extra = [[str(r), list(i)] for r, i in more]
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, str(root), list(ids), size, *([extra] if extra else [])]).encode()).hexdigest()[:24]
+    paths = [root / "JPEGImages" / f"{i}.jpg" for i in ids] + [r / "JPEGImages" / f"{i}.jpg" for r, rids in more for i in rids]
+    ids = [*ids, *(i for _, rids in more for i in rids)]
     cache_dir.mkdir(parents=True, exist_ok=True)
     data_path = cache_dir / f"{key}.npy"
     meta_path = cache_dir / f"{key}.json"
     with FileLock(str(cache_dir / f"{key}.lock")):
         if not (data_path.is_file() and meta_path.is_file()):
-            _build_cache(root, ids, size, data_path, meta_path, progress, threads)
+            _build_cache(root, ids, paths, size, data_path, meta_path, progress, threads)
     meta = json.loads(meta_path.read_text())
     images = np.load(data_path, mmap_mode="r")
     ok = np.array([image_id not in meta["bad"] for image_id in ids], dtype=bool)
@@ -326,14 +371,13 @@ def decoded_cache(
     return DecodedImages(ids=list(ids), images=images, ok=ok, bad=meta["bad"])
 
 
-def _build_cache(root, ids, size, data_path, meta_path, progress, threads) -> None:
+def _build_cache(root, ids, paths, size, data_path, meta_path, progress, threads) -> None:
     tmp = data_path.with_suffix(f".tmp{os.getpid()}.npy")
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
     bad: dict[str, str] = {}
-    jpeg_dir = root / "JPEGImages"
     threads = threads or os.cpu_count() or 1
     with ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(_decode_into, arr, i, jpeg_dir / f"{image_id}.jpg", size) for i, image_id in enumerate(ids)]
+        futures = [pool.submit(_decode_into, arr, i, path, size) for i, path in enumerate(paths)]
         for done, (image_id, fut) in enumerate(zip(ids, futures, strict=True), 1):
             reason = fut.result()
             if reason:

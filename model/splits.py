@@ -11,7 +11,18 @@ import torch
 from . import VOC_CLASSES, ConfigError
 from .augment import host_to_device
 from .config import TrainConfig, eval_fold
-from .data import DecodedImages, check_voc_root, decoded_cache, label_digest, list_path, read_class_list, role_labels, split_ids, start_labels
+from .data import (
+    DecodedImages,
+    check_voc_root,
+    decoded_cache,
+    label_digest,
+    list_path,
+    read_class_list,
+    role_labels,
+    split_ids,
+    start_labels,
+    training_sources,
+)
 from .events import CacheProgress, Progress
 
 
@@ -60,7 +71,8 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
         return decoded_cache(root, split_ids(root, split, cfg.voc_class), cfg.image_size, cache_dir, progress=cache_progress)
 
     train_labels, eval_labels = role_labels(cfg, root)
-    train_dec = decode(cfg.train_split)
+    _, train_ids, more = training_sources(cfg)
+    train_dec = decoded_cache(root, train_ids, cfg.image_size, cache_dir, progress=cache_progress, more=more)
     in_training_split = cfg.eval_split == "holdout" or eval_fold(cfg.eval_split) is not None
     eval_dec = train_dec if in_training_split else decode(cfg.eval_split)
 
@@ -113,7 +125,8 @@ def prepare_start_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress |
         if progress:
             progress(CacheProgress(done, total))
 
-    decoded = decoded_cache(root, split_ids(root, cfg.train_split), cfg.image_size, cache_dir, progress=cache_progress)
+    _, ids, more = training_sources(cfg)
+    decoded = decoded_cache(root, ids, cfg.image_size, cache_dir, progress=cache_progress, more=more)
     index = decoded.index()
     keep = [i for i in labels if i in index and decoded.ok[index[i]]]
     rng = np.random.default_rng(cfg.seed)

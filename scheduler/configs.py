@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from vocfleet.db.settings import get_settings
@@ -44,7 +45,12 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     """
     from vocfleet.model.data import check_voc_root, read_class_list
 
-    root = check_voc_root(options.pop("voc_root"))
+    roots = options.pop("voc_root")
+    roots = [roots] if isinstance(roots, str) else list(roots)
+    if not roots:
+        raise ConfigError("--voc-root is missing: pass the VOCdevkit/VOC2007 folder (or set VOCFLEET_VOC_ROOT)")
+    root = check_voc_root(roots[0])
+    options["more_roots"] = tuple(str(check_voc_root(r)) for r in roots[1:])  # training pictures only; evaluation is the first folder's
     options["eval_split"] = resolve_eval_split(root, options.get("train_split", "train"), options.get("eval_split", "auto"))
     options["init"] = check_init(options.get("init", "scratch"))
     classes = list(classes)
@@ -70,7 +76,8 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     configs = []
     for voc_class in classes:
         cfg = TrainConfig(voc_class=voc_class, voc_root=str(root), **options)
-        read_class_list(root, voc_class, cfg.train_split)  # raises on a missing list or a malformed line
+        for folder in (root, *map(Path, cfg.more_roots)):
+            read_class_list(folder, voc_class, cfg.train_split)  # raises on a missing list or a malformed line
         if cfg.eval_split != "holdout" and eval_fold(cfg.eval_split) is None:
             read_class_list(root, voc_class, cfg.eval_split)
         configs.append(cfg)

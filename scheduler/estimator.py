@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from vocfleet.db.estimates import Shape, shape, training_rates
 from vocfleet.db.listing import read_connection
@@ -48,16 +47,16 @@ class Estimate:
 
 def job_images(cfg: TrainConfig) -> tuple[int, int, int]:
     """(training images per epoch, validation images, evaluation images) of a job, from its lists alone."""
-    from vocfleet.model.data import split_ids
+    from vocfleet.model.data import split_ids, training_sources
 
-    root = Path(cfg.voc_root)
-    listed = len(split_ids(root, cfg.train_split, None if cfg.is_start else cfg.voc_class))
+    root, ids, more = training_sources(cfg)
+    listed, further = len(ids), sum(len(i) for _, i in more)  # evaluation comes from the first folder only
     fold = eval_fold(cfg.eval_split)
     if cfg.eval_split == "holdout" or fold is not None:  # held out of the training split
         evaluated = round(listed * cfg.eval_fraction) if fold is None else round(listed / fold[1])
-        pool = listed - evaluated
+        pool = listed - evaluated + further
     else:
-        evaluated, pool = (0 if cfg.is_start else len(split_ids(root, cfg.eval_split, cfg.voc_class))), listed
+        evaluated, pool = (0 if cfg.is_start else len(split_ids(root, cfg.eval_split, cfg.voc_class))), listed + further
     val = round(pool * cfg.val_fraction)
     train = pool - val
     if cfg.max_batches:

@@ -46,7 +46,15 @@ DETECTOR_COLUMNS.append("train_data")
 
 @click.command()
 @click.option("--classes", required=True, help="Comma-separated VOC classes, or 'all'.", shell_complete=complete_classes)
-@click.option("--voc-root", required=True, type=click.Path(), envvar="VOCFLEET_VOC_ROOT", help="VOCdevkit/VOC2007 folder [env VOCFLEET_VOC_ROOT].")
+@click.option(
+    "--voc-root",
+    required=True,
+    multiple=True,
+    type=click.Path(),
+    envvar="VOCFLEET_VOC_ROOT",
+    help="VOCdevkit/VOC2007 folder [env VOCFLEET_VOC_ROOT]; given again (e.g. VOC2012), its --train-split pictures are trained on too, "
+    "evaluation stays the first folder's.",
+)
 @click.option("--epochs", type=int, default=_DEFAULTS.epochs)
 @click.option("--image-size", type=int, default=_DEFAULTS.image_size, help="Square training size in pixels.")
 @click.option("--arch", type=click.Choice(ARCHS), default=_DEFAULTS.arch, help="resnet50, or tiny: the same code at 1/8 width for smoke runs and tests.")

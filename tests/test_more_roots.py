@@ -1,0 +1,83 @@
+"""--voc-root given more than once: the further folders' pictures are trained on, evaluation stays the first folder's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support import make_fake_voc
+from vocfleet.model import ConfigError
+from vocfleet.model.config import START_CLASS, TrainConfig
+from vocfleet.model.data import planned_fingerprints, role_labels, start_labels
+from vocfleet.model.engine import fit, fit_start
+from vocfleet.model.splits import fingerprint, prepare_splits
+
+
+def _voc2012(root: Path, n: int = 40) -> Path:
+    """A made-up VOC2012-like folder: its own ids (2008_...), car and dog lists of the train split, and one id shared with the 2007 tree."""
+    make_fake_voc(root, n=n, seed=3, missing=())
+    for f in sorted((root / "JPEGImages").iterdir()):
+        f.rename(f.with_name(("" if f.stem == "000001" else "2008_") + f.name))
+    for f in (root / "ImageSets" / "Main").iterdir():
+        f.write_text("".join(("" if line.split()[0] == "000001" else "2008_") + line for line in f.read_text().splitlines(True)))
+    return root
+
+
+@pytest.fixture
+def roots(tmp_path):
+    return make_fake_voc(tmp_path / "VOC2007", n=64), _voc2012(tmp_path / "VOC2012")
+
+
+def _cfg(roots, voc_class="car", **kw) -> TrainConfig:
+    first, second = roots
+    settings = {"arch": "tiny", "image_size": 32, "epochs": 1, "batch_size": 8, "max_batches": 2, "val_fraction": 0.3, **kw}
+    if voc_class == START_CLASS:
+        settings["balance"] = "none"
+    return TrainConfig(voc_class=voc_class, voc_root=str(first), more_roots=(str(second),), **settings)
+
+
+@pytest.mark.parametrize("split", [{"eval_split": "holdout"}, {"eval_split": "fold:1/4", "fold_by": "image"}])
+def test_further_folders_train_and_never_evaluate(roots, split):
+    train, evaluation = role_labels(_cfg(roots, **split), roots[0])
+    alone_train, alone_eval = role_labels(TrainConfig(voc_class="car", voc_root=str(roots[0]), **split), roots[0])
+    assert evaluation == alone_eval  # judged on the first folder's pictures, as without the second
+    added = set(train) - set(alone_train)
+    assert added and all(i.startswith("2008_") for i in added) and len(added) == 39 - 4  # 40 listed, one shared id, 4 difficult only
+    assert "000001" not in added  # the id both folders list is the first folder's (trained or held out there)
+    start = set(start_labels(_cfg(roots, START_CLASS, **split), roots[0]))
+    assert added <= start and not start & set(evaluation)
+
+
+def test_a_job_trains_on_the_union_and_records_it_in_its_fingerprint(roots, tmp_path):
+    cfg = _cfg(roots)
+    train, val, evaluation, skipped = prepare_splits(cfg, tmp_path / "cache")
+    ids = {train.decoded.ids[r] for r in [*train.rows, *val.rows]}
+    assert any(i.startswith("2008_") for i in ids) and skipped == ["000007"]
+    assert planned_fingerprints([cfg])["car"] == (fingerprint(train, val), fingerprint(evaluation))
+    alone = TrainConfig(voc_class="car", voc_root=str(roots[0]))
+    assert planned_fingerprints([alone])["car"][0] != fingerprint(train, val)  # more pictures: another training fingerprint
+    assert planned_fingerprints([alone])["car"][1] == fingerprint(evaluation)  # the same evaluation
+    start = fit_start(_cfg(roots, START_CLASS), out_dir=tmp_path / "start", cache_dir=tmp_path / "cache")
+    assert start.metrics["train_images"] + start.metrics["val_images"] > 64
+    assert 0 <= fit(cfg, out_dir=tmp_path / "car", cache_dir=tmp_path / "cache").metrics["ap"] <= 1
+
+
+def test_the_cli_takes_voc_root_twice_and_refuses_a_folder_given_twice(roots, invoke):
+    first, second = roots
+    tiny = ("--arch", "tiny", "--image-size", 32, "--epochs", 1, "--batch-size", 8, "--max-batches", 2)
+    res = invoke("submit", "--classes", "car", "--voc-root", first, "--voc-root", first, *tiny)
+    assert res.exit_code == 2 and "a folder is given twice" in res.output
+    (second / "ImageSets" / "Main" / "dog_train.txt").unlink()
+    res = invoke("submit", "--classes", "car,dog", "--voc-root", first, "--voc-root", second, *tiny)
+    assert res.exit_code == 2 and "dog_train.txt" in res.output and "Traceback" not in res.output
+    res = invoke("submit", "--classes", "car", "--voc-root", first, "--voc-root", second, *tiny)
+    assert res.exit_code == 0, res.output
+    assert invoke("run").exit_code == 0
+    from vocfleet.db.models import TrainJob
+    from vocfleet.db.session import session_scope
+
+    with session_scope() as s:
+        assert s.get(TrainJob, 1).config["more_roots"] == [str(second.resolve())]
+    with pytest.raises(ConfigError, match="given twice"):
+        TrainConfig(voc_class="car", voc_root="/a", more_roots=("/b", "/b"))
