@@ -41,7 +41,7 @@ def images_trained(history) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--voc-root")
-    ap.add_argument("--classes", default="car,dog,person,cat,bird,chair")
+    ap.add_argument("--classes", default="car,dog,person,cat,bird,chair", help="comma-separated, or 'all'")
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--only-folds", type=int, nargs="*", help="run these folds only (the table then pools those)")
     ap.add_argument("--size", type=int, default=64)
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--max-batches", type=int, default=None, help="smoke runs only")
     args = ap.parse_args()
     root = voc_root(args.voc_root)
-    classes = args.classes.split(",")
+    classes = list(VOC_CLASSES) if args.classes == "all" else args.classes.split(",")
     folds = args.only_folds if args.only_folds else list(range(args.folds))
     device = resolve_device(args.device)
     print(f"machine: {machine()}")
@@ -141,7 +141,7 @@ def main() -> None:
         "per-fold mean AP (mean ± sd)",
         "pooled AP per class",
         f"fleet images per fold ({args.fleet_classes} classes)",
-        "CPU time here",
+        "time here",
     )
     print(table(rows, heads))
     ratio = np.mean(cost["start + fine-tune"]) / np.mean(cost["independent"])

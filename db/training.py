@@ -41,6 +41,7 @@ def create_jobs(
         ConfigError: the start is not a start job, has ended without a result, or was trained so that
             a job's evaluation pictures would be in its training.
     """
+
     def real(path: str) -> str:
         return os.path.realpath(os.path.expanduser(path))
 

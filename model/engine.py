@@ -407,7 +407,8 @@ def fit(
     index = VOC_CLASSES.index(cfg.voc_class)
     head = index if cfg.aux_classes else 0
     init = str(start_weights) if start_weights is not None else cfg.init
-    model = build_model(init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1, zero_init_residual=cfg.zero_init_residual, arch=cfg.arch, head=index)
+    from_start = index if start_weights is not None else None  # its class's row of the start's head; another file's head is never a class's
+    model = build_model(init, outputs=len(VOC_CLASSES) if cfg.aux_classes else 1, zero_init_residual=cfg.zero_init_residual, arch=cfg.arch, head=from_start)
     pos_weight = None
     if cfg.balance == "pos_weight":
         pos_weight = torch.tensor((len(train) - train.positives) / train.positives, device=device)

@@ -84,18 +84,20 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     return configs
 
 
-def parse_start(spec: str) -> str | int | None:
-    """``--start``: None for ``none``, ``new``, or a start job's id.
+def parse_start(spec: str, classes: int = 1) -> str | int | None:
+    """``--start``: None for ``none``, ``new``, or a start job's id; ``auto``: ``new`` for ``classes`` of two or more, else None.
 
     Raises:
         ConfigError: anything else.
     """
     text = spec.strip().lower()
+    if text == "auto":
+        text = "new" if classes > 1 else "none"
     if text in ("none", "new"):
         return None if text == "none" else text
     if text.isdigit() and 0 < int(text) < 2**63:
         return int(text)
-    raise ConfigError(f"--start {spec!r}: 'none', 'new' (queue a start first) or the id of a start job")
+    raise ConfigError(f"--start {spec!r}: 'auto', 'none', 'new' (queue a start first) or the id of a start job")
 
 
 def start_config(first: TrainConfig, *, init: str, epochs: int) -> TrainConfig:

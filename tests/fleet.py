@@ -214,6 +214,8 @@ class Fleet:
                 "8",
                 "--max-batches",
                 str(max_batches),
+                "--start",
+                "none",  # each class on its own, unless ``more`` says otherwise
                 *more,
             ],
             check=True,

@@ -123,7 +123,7 @@ def test_a_job_resumes_on_another_host_from_the_checkpoint_in_s3(s3_root, fake_v
 
 
 def test_gc_removes_what_no_detector_or_resume_needs(fake_voc, data_dir, invoke):
-    assert invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, "--epochs", 1, *SMALL).exit_code == 0
+    assert invoke("submit", "--classes", "car,dog", "--start", "none", "--voc-root", fake_voc, "--epochs", 1, *SMALL).exit_code == 0
     assert invoke("run").exit_code == 0
     store = ArtifactStore.from_settings(get_settings())
     with session_scope() as s:

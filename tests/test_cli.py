@@ -49,13 +49,13 @@ def test_missing_voc_root(tmp_path, invoke):
 def test_malformed_list_line(fake_voc, invoke):
     p = fake_voc / "ImageSets/Main/dog_train.txt"
     p.write_text(p.read_text() + "oops\n")
-    res = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc)
+    res = invoke("submit", "--classes", "car,dog", "--start", "none", "--voc-root", fake_voc)
     assert res.exit_code == 2 and "dog_train.txt:49: malformed line" in res.output
     assert job_count() == 0
 
 
 def test_submit_run_status_detectors(fake_voc, invoke):
-    res = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, *SMALL, "--eval-split", "auto")
+    res = invoke("submit", "--classes", "car,dog", "--start", "none", "--voc-root", fake_voc, *SMALL, "--eval-split", "auto")
     assert res.exit_code == 0 and "queued 2 job(s)" in res.output and "eval split: holdout" in res.output
     st = invoke("status")
     assert "queued" in st.output and "0/1" in st.output
@@ -127,7 +127,7 @@ def test_bad_input_at_run_time_fails_once_with_reason(fake_voc, invoke):
 
 
 def test_class_names_in_any_case(fake_voc, invoke):
-    res = invoke("submit", "--classes", "Car,DOG", "--voc-root", fake_voc, *SMALL)
+    res = invoke("submit", "--classes", "Car,DOG", "--start", "none", "--voc-root", fake_voc, *SMALL)
     assert res.exit_code == 0 and "for car, dog" in res.output, res.output
     with session_scope() as s:
         assert [j.voc_class for j in s.scalars(select(TrainJob).order_by(TrainJob.id))] == ["car", "dog"]

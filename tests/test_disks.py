@@ -145,7 +145,7 @@ def test_a_full_disk_under_the_database_is_one_line_that_says_so(fake_voc, invok
                     fh.flush()
         except OSError:
             pass
-        res = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, *SMALL)
+        res = invoke("submit", "--classes", "car,dog", "--start", "none", "--voc-root", fake_voc, *SMALL)
         [line] = res.output.splitlines()
         assert res.exit_code == 1 and "is full: free space there" in line, line
         dispose_engines()

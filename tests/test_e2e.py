@@ -26,7 +26,7 @@ SMALL = ["--arch", "tiny", "--epochs", "2", "--image-size", "32", "--batch-size"
 
 def test_two_classes_end_to_end(shared_voc, data_dir, invoke):
     """Submit, run, rows and files on the real sample (the tiny network; ResNet-50 itself trains and scores in test_imagenet.py)."""
-    res = invoke("submit", "--classes", "car,dog", "--voc-root", shared_voc, *SMALL)
+    res = invoke("submit", "--classes", "car,dog", "--start", "none", "--voc-root", shared_voc, *SMALL)
     assert res.exit_code == 0, res.output
     res = invoke("run")
     assert res.exit_code == 0, res.output

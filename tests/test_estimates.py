@@ -18,7 +18,7 @@ def test_dry_run_estimates_from_earlier_epochs_and_queues_nothing(fake_voc, invo
     assert invoke("run").exit_code == 0
     with session_scope() as s:
         rates = sorted(s.scalars(select(EpochMetric.images_per_s)))
-    res = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, "--epochs", 3, *SMALL, "--dry-run", "--format", "json")
+    res = invoke("submit", "--classes", "car,dog", "--start", "none", "--voc-root", fake_voc, "--epochs", 3, *SMALL, "--dry-run", "--format", "json")
     got = json.loads(res.stdout)
     assert got["queued"] is False and [j["class"] for j in got["jobs"]] == ["car", "dog"]
     [rate] = got["rates"]  # the median recorded epoch at this shape: nothing timed
@@ -54,7 +54,7 @@ def test_status_and_run_say_what_is_left_of_the_queue(fake_voc, invoke):
 def test_estimates_read_only_the_latest_epochs(fake_voc, invoke, monkeypatch):
     from vocfleet.db import estimates, listing
 
-    assert invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
+    assert invoke("submit", "--classes", "car,dog", "--start", "none", "--voc-root", fake_voc, "--epochs", 2, *SMALL).exit_code == 0
     with session_scope() as s:  # job 1: an old, slow machine; job 2: today's
         for job, per_s in ((1, 1.0), (2, 50.0)):
             s.add_all(EpochMetric(job_id=job, epoch=e, train_loss=1, val_loss=1, val_ap=0.5, lr=0.001, seconds=16 / per_s, images_per_s=per_s) for e in (1, 2))

@@ -13,7 +13,7 @@ def as_json(res):
 
 
 def test_submit_run_retry_cancel_as_json(fake_voc, invoke):
-    got = as_json(invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, *SMALL, "--format", "json"))
+    got = as_json(invoke("submit", "--classes", "car,dog", "--start", "none", "--voc-root", fake_voc, *SMALL, "--format", "json"))
     queued = [{"job": 1, "class": "car", "status": "queued"}, {"job": 2, "class": "dog", "status": "queued"}]
     assert got == {"jobs": queued, "start_job": None, "sent_to_broker": None, "notes": []}
     assert as_json(invoke("cancel", 2, "--format", "json")) == {"changed": [{"job": 2, "status": "cancelled"}], "missing": []}

@@ -233,7 +233,7 @@ def test_submit_says_when_a_class_will_see_other_data_than_its_active_detector(i
         det.metrics = {**det.metrics, "train_fingerprint": train_fp, "eval_fingerprint": eval_fp}
 
     def submit(*more):
-        said = invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, "--format", "json", *more)
+        said = invoke("submit", "--classes", "car,dog", "--start", "none", "--voc-root", fake_voc, "--format", "json", *more)
         assert said.exit_code == 0, said.output
         return json.loads(said.stdout)["notes"], [line for line in said.stderr.splitlines() if line.startswith("note:")]
 

@@ -75,7 +75,7 @@ def test_fleet_report_shows_settings_and_f1_and_plots_read_right(fake_voc, tmp_p
     from vocfleet.db.session import session_scope
 
     args = ["--arch", "tiny", "--epochs", 2, "--image-size", 32, "--batch-size", 8, "--max-batches", 2, "--lr", "0.001", "--ema", "0.9", "--seed", 7]
-    assert invoke("submit", "--classes", "car,dog", "--voc-root", fake_voc, *args).exit_code == 0
+    assert invoke("submit", "--classes", "car,dog", "--start", "none", "--voc-root", fake_voc, *args).exit_code == 0
     assert invoke("run").exit_code == 0
     assert invoke("report", "--fleet", "--out", tmp_path / "fleet.html").exit_code == 0
     page = (tmp_path / "fleet.html").read_text()

@@ -204,3 +204,18 @@ def test_start_new_through_the_cli_then_run_trains_the_start_first(voc, invoke, 
     assert invoke("run").exit_code == 0
     res = invoke("compare", 1, 3)
     assert res.exit_code == 0, res.output
+
+
+def test_the_default_is_a_start_for_several_classes_and_none_for_one(voc, invoke):
+    res = invoke("submit", "--classes", "car,dog", "--voc-root", voc, "--arch", "tiny", "--image-size", 32, "--format", "json")
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["start_job"] == 1 and [j["class"] for j in got["jobs"]] == [START_CLASS, "car", "dog"]
+    res = invoke("submit", "--classes", "cat", "--voc-root", voc, "--arch", "tiny", "--image-size", 32, "--format", "json")
+    assert json.loads(res.stdout)["start_job"] is None
+    with session_scope() as s:
+        epochs = {j.id: (j.voc_class, j.config["epochs"], j.config["fold_by"]) for j in s.query(TrainJob)}
+    # The folds' choice (bench/RESULTS.md): a 20-epoch start, then one epoch per class; a class alone keeps five.
+    assert epochs == {1: (START_CLASS, 20, "image"), 2: ("car", 1, "image"), 3: ("dog", 1, "image"), 4: ("cat", 5, "label")}
+    res = invoke("submit", "--classes", "car,dog", "--voc-root", voc, "--arch", "tiny", "--image-size", 32, "--dry-run", "--format", "json")
+    assert [(j["class"], j["epochs"]) for j in json.loads(res.stdout)["jobs"]] == [(START_CLASS, 20), ("car", 1), ("dog", 1)]

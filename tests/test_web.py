@@ -66,7 +66,7 @@ def site(tmp_path_factory):
             mp.delenv(name)
         mp.setenv("VOCFLEET_DATA_DIR", env["VOCFLEET_DATA_DIR"])
         dispose_engines()
-        cli("submit", "--classes", "car,dog", "--voc-root", voc, *quick)
+        cli("submit", "--classes", "car,dog", "--start", "none", "--voc-root", voc, *quick)
         cli("run")
         cli("score", folder)
         cli("score", folder / "park")  # the same pictures again: a picture's page lists the other run

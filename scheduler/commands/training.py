@@ -39,6 +39,9 @@ from .base import (
 )
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
+# With a shared start (bench/RESULTS.md, "A shared start"): the start's epochs, and each class's fine-tune after it.
+START_EPOCHS = 20
+FINETUNE_EPOCHS = 1
 TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
 DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split", "eval_data"]
 DETECTOR_COLUMNS.append("train_data")
@@ -55,7 +58,12 @@ DETECTOR_COLUMNS.append("train_data")
     help="VOCdevkit/VOC2007 folder [env VOCFLEET_VOC_ROOT]; given again (e.g. VOC2012), its --train-split pictures are trained on too, "
     "evaluation stays the first folder's.",
 )
-@click.option("--epochs", type=int, default=_DEFAULTS.epochs)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help=f"Each class job's epochs [default: {FINETUNE_EPOCHS} from a start, {_DEFAULTS.epochs} without].",
+)
 @click.option("--image-size", type=int, default=_DEFAULTS.image_size, help="Square training size in pixels.")
 @click.option("--arch", type=click.Choice(ARCHS), default=_DEFAULTS.arch, help="resnet50, or tiny: the same code at 1/8 width for smoke runs and tests.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size)
@@ -92,11 +100,13 @@ DETECTOR_COLUMNS.append("train_data")
 @click.option(
     "--start",
     "start_spec",
-    default="none",
+    default="auto",
+    show_default=True,
     help="A shared start: 'new' queues one job first (one network on all 20 labels of every training picture, --start-epochs long, from --init) "
-    "that each class's job then begins from; a start job's id: begin from that one; 'none': each class from --init.",
+    "that each class's job then begins from; a start job's id: begin from that one; 'none': each class from --init; "
+    "auto: new for two classes or more, none for one.",
 )
-@click.option("--start-epochs", type=int, default=20, help="With --start new: the start's epochs (paid once for every class).")
+@click.option("--start-epochs", type=int, default=START_EPOCHS, show_default=True, help="With --start new: the start's epochs (paid once for every class).")
 @click.option(
     "--fold-by",
     type=click.Choice(("auto", *FOLD_BY)),
@@ -144,12 +154,15 @@ def submit(
     from ..configs import build_configs, parse_classes, parse_start, start_config
 
     labels = labels_from(name, tags, note)
-    start = parse_start(start_spec)
+    voc_classes = parse_classes(classes)
+    start = parse_start(start_spec, len(voc_classes))
+    if options["epochs"] is None:
+        options["epochs"] = FINETUNE_EPOCHS if start is not None else _DEFAULTS.epochs
     options["fold_by"] = ("image" if start is not None else "label") if fold_by == "auto" else fold_by
     init = options.get("init", "scratch")
     if start == "new":  # the start begins from --init; the class jobs from the start
         options["init"] = "scratch"
-    configs = build_configs(parse_classes(classes), **options, start=None if start is None else str(start))
+    configs = build_configs(voc_classes, **options, start=None if start is None else str(start))
     first = None
     if start == "new":
         build_configs([], **{**options, "init": init})  # the start's --init checked as a job's is (a file read, ImageNet weights found)

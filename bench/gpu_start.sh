@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU's shared-start comparison (issue 33): the 20 VOC classes at 224 px, today's independent
+# fits (EPOCHS each, 10: the figure of 2026-11-30) against one shared start (START_EPOCHS) plus
+# FINETUNE epochs per class, at the same fleet compute (20 x EPOCHS = START_EPOCHS + 20 x FINETUNE),
+# on the folds FOLDS (by image) of the sample, through the product's fit_start and fit
+# (bench/shared_start.py). About 5 minutes a fold on an H200; the log says the ratio of compute.
+#
+# Images: the sample at 224 px travels as JPEG, first, here:
+#   Q224=1 bash bench/prepare_gpu_data.sh     # .bench-data/VOC2007-224 (git-ignored)
+# then, with .bench-data carried:  BUDGET=400 bash bench/gpu_start.sh
+# Smoke test on a CPU: DEVICE=cpu SIZE=32 ARCH=tiny CLASSES=car,dog EPOCHS=2 START_EPOCHS=2 FINETUNE=1 FOLDS="0 1" MAX_BATCHES=2 VOC_ROOT=../../shared/voc2007/VOCdevkit/VOC2007 bash bench/gpu_start.sh
+set -uo pipefail
+cd "$(dirname "$0")"
+VOC="${VOC_ROOT:-../.bench-data/VOC2007-224}"
+[ -d "$VOC/JPEGImages" ] || { echo "no images at $VOC: run Q224=1 bench/prepare_gpu_data.sh first (or set VOC_ROOT)"; exit 2; }
+DEVICE="${DEVICE:-cuda}" SIZE="${SIZE:-224}" EPOCHS="${EPOCHS:-10}" START_EPOCHS="${START_EPOCHS:-180}" FINETUNE="${FINETUNE:-1}"
+FOLDS="${FOLDS:-0}" BUDGET="${BUDGET:-400}" CLASSES="${CLASSES:-all}" ARCH="${ARCH:-resnet50}" MAX_BATCHES="${MAX_BATCHES:-}"
+LOG="${OUT:-/tmp}/gpu_start.log"
+export PYTHONUNBUFFERED=1
+[ -w /dev/shm ] && export TMPDIR=/dev/shm  # each fit's checkpoints, in memory where it can
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  # shellcheck disable=SC2086
+  timeout "$BUDGET" "${PYTHON:-python3}" shared_start.py --voc-root "$VOC" --classes "$CLASSES" --size "$SIZE" --epochs "$EPOCHS" \
+    --start-epochs "$START_EPOCHS" --finetune-epochs "$FINETUNE" --only-folds $FOLDS --device "$DEVICE" --arch "$ARCH" ${MAX_BATCHES:+--max-batches $MAX_BATCHES}
+  echo "== exit $?; $(date -u)"
+} 2>&1 | tee "$LOG"
