@@ -148,6 +148,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             run = dict(out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop, job_key=key)
             if cfg.is_start:
                 result = fit_start(cfg, **run)
+                location = store.push(key, [START_FILE])[START_FILE]  # where its class jobs fetch it from
             else:
                 if cfg.start and start_file is None:  # its start's row was deleted (the column is then NULL)
                     raise ConfigError(f"job {job_id}: its start (key {cfg.start}) is gone from the database; submit the class again with --start new")
@@ -183,7 +184,6 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
                 end_job(s, TrainJob, job_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=3)}")
             return Outcome.failed
     if isinstance(result, StartResult):
-        location = store.push(key, [START_FILE])[START_FILE]
         with session_scope() as s:
             ready = finish_start(s, job_id, token, location, result.sha256, result.metrics["map"])
         if ready is None:
