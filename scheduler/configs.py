@@ -9,7 +9,7 @@ from typing import Any
 
 from vocfleet.db.settings import get_settings
 from vocfleet.model import VOC_CLASSES, ConfigError, check_class
-from vocfleet.model.config import START_CLASS, TrainConfig, check_init, eval_fold
+from vocfleet.model.config import MAX_EPOCHS, START_CLASS, TrainConfig, check_init, eval_fold
 
 log = logging.getLogger(__name__)
 
@@ -102,4 +102,6 @@ def parse_start(spec: str, classes: int = 1) -> str | int | None:
 
 def start_config(first: TrainConfig, *, init: str, epochs: int) -> TrainConfig:
     """A shared start for class jobs like ``first``: the same network, pictures, size and optimiser, on all 20 labels for ``epochs``, from ``init``."""
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise ConfigError(f"--start-epochs {epochs}: must be between 1 and {MAX_EPOCHS}")
     return first.with_(voc_class=START_CLASS, epochs=epochs, init=init, start=None, balance="none", aux_classes=False, mixup=0.0, label_smoothing=0.0)

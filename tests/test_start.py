@@ -219,3 +219,16 @@ def test_the_default_is_a_start_for_several_classes_and_none_for_one(voc, invoke
     assert epochs == {1: (START_CLASS, 20, "image"), 2: ("car", 1, "image"), 3: ("dog", 1, "image"), 4: ("cat", 5, "label")}
     res = invoke("submit", "--classes", "car,dog", "--voc-root", voc, "--arch", "tiny", "--image-size", 32, "--dry-run", "--format", "json")
     assert [(j["class"], j["epochs"]) for j in json.loads(res.stdout)["jobs"]] == [(START_CLASS, 20), ("car", 1), ("dog", 1)]
+
+
+def test_bad_start_options_are_one_line_and_queue_nothing(voc, invoke):
+    for args, said in (
+        (("--start", "new", "--start-epochs", 0), "--start-epochs 0: must be between 1 and 1000"),
+        (("--start", "soon"), "--start 'soon': 'auto', 'none', 'new'"),
+        (("--start", "new", "--fold-by", "label", "--eval-split", "fold:0/4"), "needs folds cut by image"),
+    ):
+        res = invoke("submit", "--classes", "car,dog", "--voc-root", voc, "--arch", "tiny", *args)
+        assert res.exit_code == 2 and said in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    upgrade_database()
+    with session_scope() as s:
+        assert s.query(TrainJob).count() == 0
