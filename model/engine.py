@@ -489,7 +489,7 @@ class StartResult:
     Attributes:
         checkpoint: path of ``start.pt`` (the 20-logit network at its best epoch, its config, its metrics).
         sha256: of that file; a class job refuses a start whose file no longer matches.
-        metrics: ``map`` (mean AP over the classes on validation), ``ap`` per class, ``images`` trained on.
+        metrics: ``map`` (mean AP over the classes on validation), ``class_ap`` (class -> AP), ``train_images`` and ``val_images``.
         best_epoch, history, skipped_images, resumed_from: as :class:`FitResult`'s.
     """
 
@@ -555,7 +555,7 @@ def fit_start(
         job_key=job_key,
     )
     ev = evaluate_labels(run.net, val, device)
-    metrics = {"map": ev["ap"], "ap": ev["per_class"], "train_images": len(train), "val_images": len(val), "split": cfg.eval_split}
+    metrics = {"map": ev["ap"], "class_ap": ev["per_class"], "train_images": len(train), "val_images": len(val), "split": cfg.eval_split}
     path = out_dir / START_FILE
     save_checkpoint(path, {"model": run.net.state_dict(), "epoch": run.best_epoch, "config": cfg.to_dict(), "metrics": metrics})
     emit(FitFinished(metrics))

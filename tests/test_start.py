@@ -81,7 +81,7 @@ def test_folds_by_label_with_a_start_are_refused_in_one_line(voc):
 def test_a_class_job_begins_from_the_start_and_its_row_of_the_head(voc, tmp_path):
     start = fit_start(_tiny(voc, START_CLASS, epochs=2), out_dir=tmp_path / "start", cache_dir=tmp_path / "cache")
     assert Path(start.checkpoint).name == "start.pt" and len(start.history) == 2
-    assert set(start.metrics["ap"]) == set(CLASSES)  # the classes with labels; the other 16 have no list here
+    assert set(start.metrics["class_ap"]) == set(CLASSES)  # the classes with labels; the other 16 have no list here
     saved = torch.load(start.checkpoint, weights_only=True)["model"]
     assert saved["fc.weight"].shape[0] == len(VOC_CLASSES)
     dog = VOC_CLASSES.index("dog")
