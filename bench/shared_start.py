@@ -83,7 +83,8 @@ def main() -> None:
                 TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common), out_dir=work / f"start{fold}", cache_dir=cache
             )
             start_seconds = time.perf_counter() - t
-            print(f"fold {fold}: start val mAP {start.metrics['map']:.3f} over {len(start.metrics['class_ap'])} classes ({start_seconds / 60:.1f} min)", flush=True)
+            learned = f"val mAP {start.metrics['map']:.3f} over {len(start.metrics['class_ap'])} classes"
+            print(f"fold {fold}: start {learned} ({start_seconds / 60:.1f} min)", flush=True)
             start_net = build_model(start.checkpoint, outputs=len(VOC_CLASSES), arch=args.arch).to(device)
             per_class = {r: [] for r in recipes}
             for c in classes:
