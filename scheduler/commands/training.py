@@ -99,7 +99,6 @@ DETECTOR_COLUMNS.append("train_data")
 )
 @click.option(
     "--start",
-    "start_spec",
     default="auto",
     show_default=True,
     help="A shared start: 'new' queues one job first (one network on all 20 labels of every training picture, --start-epochs long, from --init) "
@@ -141,7 +140,7 @@ def submit(
     name: str | None,
     tags: tuple[str, ...],
     note: str | None,
-    start_spec: str,
+    start: str,
     start_epochs: int,
     fold_by: str,
     **options: Any,
@@ -155,16 +154,16 @@ def submit(
 
     labels = labels_from(name, tags, note)
     voc_classes = parse_classes(classes)
-    start = parse_start(start_spec, len(voc_classes))
+    begin = parse_start(start, len(voc_classes))
     if options["epochs"] is None:
-        options["epochs"] = FINETUNE_EPOCHS if start is not None else _DEFAULTS.epochs
-    options["fold_by"] = ("image" if start is not None else "label") if fold_by == "auto" else fold_by
+        options["epochs"] = FINETUNE_EPOCHS if begin is not None else _DEFAULTS.epochs
+    options["fold_by"] = ("image" if begin is not None else "label") if fold_by == "auto" else fold_by
     init = options.get("init", "scratch")
-    if start == "new":  # the start begins from --init; the class jobs from the start
+    if begin == "new":  # the start begins from --init; the class jobs from the start
         options["init"] = "scratch"
-    configs = build_configs(voc_classes, **options, start=None if start is None else str(start))
+    configs = build_configs(voc_classes, **options, start=None if begin is None else str(begin))
     first = None
-    if start == "new":
+    if begin == "new":
         build_configs([], **{**options, "init": init})  # the start's --init checked as a job's is (a file read, ImageNet weights found)
         first = start_config(configs[0], init=check_init(init), epochs=start_epochs)
     notes = _other_data(configs, promote)
@@ -178,7 +177,7 @@ def submit(
     check_broker()  # a wrong broker URL: said now, before any job is written
     dicts = [{**c.to_dict(), "start": None} for c in configs]  # the start's key is set by create_jobs
     with database() as s:
-        start_id = create_jobs(s, [first.to_dict()], max_attempts=max_attempts, labels=labels)[0].id if first else start
+        start_id = create_jobs(s, [first.to_dict()], max_attempts=max_attempts, labels=labels)[0].id if first else begin
         ids = [j.id for j in create_jobs(s, dicts, max_attempts=max_attempts, promote=promote, labels=labels, start_job_id=start_id)]
         ready = ready_ids(s, ([start_id] if first else []) + ids)
     sent = None
@@ -192,11 +191,11 @@ def submit(
     cfg = configs[0]
     if first:
         say(fmt, f"queued start job {start_id}: one network on all 20 labels, {first.epochs} epochs from {init}; the jobs below begin from it")
-    begin = f", beginning from start job {start_id}" if start_id else ""
+    after = f", beginning from start job {start_id}" if start_id else ""
     say(
         fmt,
         f"queued {len(ids)} job(s) {ids[0]}..{ids[-1]} for {', '.join(c.voc_class for c in configs)} "
-        f"({cfg.epochs} epochs, {cfg.image_size} px, eval split: {cfg.eval_split}{begin}); {where}",
+        f"({cfg.epochs} epochs, {cfg.image_size} px, eval split: {cfg.eval_split}{after}); {where}",
     )
     jobs = [{"job": start_id, "class": first.voc_class, "status": "queued"}] if first else []
     jobs += [{"job": i, "class": c.voc_class, "status": "queued"} for i, c in zip(ids, configs, strict=True)]
