@@ -225,7 +225,8 @@ def start_labels(cfg: TrainConfig, root: Path) -> dict[str, list[float]]:
         found = {c: read_class_list(extra, c, cfg.train_split) if list_path(extra, c, cfg.train_split).is_file() else {} for c in VOC_CLASSES}
         return {i: [lookup[found[c].get(i, 0)] for c in VOC_CLASSES] for i in sorted({i for labels in found.values() for i in labels})}
 
-    return {**out, **{i: v for i, v in _more_labels(cfg, all_labels).items() if i not in set(ids)}}
+    first = set(ids)
+    return {**out, **{i: v for i, v in _more_labels(cfg, all_labels).items() if i not in first}}
 
 
 def _labels_for(labels: dict[str, int], difficult: str) -> dict[str, int]:
