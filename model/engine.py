@@ -172,16 +172,26 @@ def predict_uint8(model: nn.Module, images: np.ndarray | torch.Tensor, device: t
     return torch.cat(out).cpu().numpy() if out else np.zeros(0, np.float32)
 
 
+def predict_split(model: nn.Module, split: SplitData, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Probabilities for a split's pictures, in ``split.rows`` order: (N,) for one logit, (N, K) for K.
+
+    The rows are read from the decoded array in sorted order (sequential reads of the memory map).
+    """
+    rows = split.rows
+    order = np.argsort(rows, kind="stable")
+    probs = predict_uint8(model, split.decoded.images[rows[order]], device, batch_size)
+    out = np.empty_like(probs)
+    out[order] = probs
+    return out
+
+
 def evaluate(model: nn.Module, split: SplitData, device: torch.device, batch_size: int = 256) -> dict[str, Any]:
     """Probabilities, loss and AP of ``model`` on one split.
 
     Returns:
         ``probs`` (numpy, in ``split.rows`` order), ``loss`` (unweighted BCE), ``ap``.
     """
-    rows = split.rows
-    order = np.argsort(rows, kind="stable")
-    probs = np.empty(len(rows), np.float32)
-    probs[order] = predict_uint8(model, split.decoded.images[rows[order]], device, batch_size)
+    probs = predict_split(model, split, device, batch_size)
     p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
     loss = float(-np.mean(split.labels * np.log(p) + (1 - split.labels) * np.log(1 - p)))
     return {"probs": probs, "loss": loss, "ap": average_precision(probs, split.labels.astype(int))}
@@ -504,10 +514,7 @@ class StartResult:
 
 def evaluate_labels(model: nn.Module, split: SplitData, device: torch.device, batch_size: int = 256) -> dict[str, Any]:
     """A many-label network on a split with ``aux`` labels: ``loss`` (BCE over known labels), ``ap`` (mean over classes), ``per_class``."""
-    rows = split.rows
-    order = np.argsort(rows, kind="stable")
-    probs = np.empty((len(rows), len(VOC_CLASSES)), np.float32)
-    probs[order] = predict_uint8(model, split.decoded.images[rows[order]], device, batch_size)
+    probs = predict_split(model, split, device, batch_size)
     labels = split.aux
     known = labels >= 0
     p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)

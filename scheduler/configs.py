@@ -53,6 +53,9 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     options["more_roots"] = tuple(str(check_voc_root(r)) for r in roots[1:])  # training pictures only; evaluation is the first folder's
     options["eval_split"] = resolve_eval_split(root, options.get("train_split", "train"), options.get("eval_split", "auto"))
     options["init"] = check_init(options.get("init", "scratch"))
+    init = options["init"]
+    if options.get("start") == "new":  # --init is the new start's (checked below); the class jobs begin from the start
+        options["init"] = "scratch"
     classes = list(classes)
     if classes:  # every setting checked before any weights are read or timed
         TrainConfig(voc_class=classes[0], voc_root=str(root), **options)
@@ -65,14 +68,11 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
         if index >= torch.cuda.device_count():
             found = torch.cuda.device_count()
             raise ConfigError(f"--device {device}: this machine has {found or 'no'} CUDA device{'s' if found != 1 else ''}; use --device auto or cpu")
-    if options["init"] not in ("scratch", "imagenet"):
-        from vocfleet.model.net import build_model  # torch: only for a state-dict file, read now rather than at run time
+    if init != "scratch":
+        from vocfleet.model.net import build_model  # torch: only for weights to read
 
-        build_model(options["init"], arch=options.get("arch", "resnet50"))  # ConfigError unless it fits the network
-    if options["init"] == "imagenet":
-        from vocfleet.model.net import build_model  # torch: only when ImageNet weights are asked for
-
-        build_model("imagenet", arch=options.get("arch", "resnet50"))  # found (or downloaded) and read now: a bad file is said before anything is queued
+        # A state-dict file or the ImageNet weights (found or downloaded) read now: ConfigError unless they fit, before anything is queued.
+        build_model(init, arch=options.get("arch", "resnet50"))
     configs = []
     for voc_class in classes:
         cfg = TrainConfig(voc_class=voc_class, voc_root=str(root), **options)

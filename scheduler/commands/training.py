@@ -159,13 +159,8 @@ def submit(
         options["epochs"] = FINETUNE_EPOCHS if begin is not None else _DEFAULTS.epochs
     options["fold_by"] = ("image" if begin is not None else "label") if fold_by == "auto" else fold_by
     init = options.get("init", "scratch")
-    if begin == "new":  # the start begins from --init; the class jobs from the start
-        options["init"] = "scratch"
-    configs = build_configs(voc_classes, **options, start=None if begin is None else str(begin))
-    first = None
-    if begin == "new":
-        build_configs([], **{**options, "init": init})  # the start's --init checked as a job's is (a file read, ImageNet weights found)
-        first = start_config(configs[0], init=check_init(init), epochs=start_epochs)
+    configs = build_configs(voc_classes, **options, start=None if begin is None else str(begin))  # with "new": --init is the start's
+    first = start_config(configs[0], init=check_init(init), epochs=start_epochs) if begin == "new" else None
     notes = _other_data(configs, promote)
     if dry_run:
         _estimate(([first] if first else []) + configs, fmt, notes)
