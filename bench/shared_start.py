@@ -17,6 +17,7 @@ own head evaluated as a detector (no fine-tune).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -38,6 +39,32 @@ def images_trained(history) -> float:
     return sum(r.images_per_s * r.seconds for r in history)
 
 
+def table_of(saved: list[dict], fleet_classes: int) -> None:
+    """Pool saved folds (each: labels and probabilities per class and recipe, fleet images, seconds) into one table."""
+    classes, recipes = list(saved[0]["labels"]), list(saved[0]["probs"])
+    rows = []
+    for recipe in recipes:
+
+        def pooled(metric, c, recipe=recipe):
+            return metric(np.concatenate([f["probs"][recipe][c] for f in saved]), np.concatenate([f["labels"][c] for f in saved]))
+
+        aps, aucs = [pooled(average_precision, c) for c in classes], [pooled(roc_auc, c) for c in classes]
+        fold_means = np.array([np.mean([average_precision(np.array(f["probs"][recipe][c]), np.array(f["labels"][c])) for c in classes]) for f in saved])
+        spread = f"{fold_means.mean():.3f} ± {fold_means.std(ddof=1):.3f}" if len(saved) > 1 else f"{fold_means.mean():.3f}"
+        per = " ".join(f"{c} {a:.3f}/{u:.2f}" for c, a, u in zip(classes, aps, aucs, strict=True))
+        images = np.mean([f["images"][recipe] for f in saved])
+        minutes = sum(f["seconds"][recipe] for f in saved) / 60
+        rows.append((recipe, f"{np.mean(aps):.3f}", f"{np.mean(aucs):.3f}", spread, per, f"{images / 1e3:.0f}k", f"{minutes:.0f} min"))
+    heads = ("recipe", "mean pooled AP", "mean AUC", "per-fold mean AP (mean ± sd)", "pooled AP/AUC per class")
+    heads += (f"fleet images per fold ({fleet_classes} classes)", "time here")
+    print(f"folds {[f['fold'] for f in saved]}")
+    print(table(rows, heads))
+    base = np.mean([f["images"]["independent"] for f in saved])
+    for recipe in recipes[1:]:
+        ratio = np.mean([f["images"][recipe] for f in saved]) / base
+        print(f"fleet compute, {recipe} / independent: {ratio:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--voc-root")
@@ -49,11 +76,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="independent fits: epochs per class")
     ap.add_argument("--start-epochs", type=int, default=20)
     ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--finetune-lrs", type=float, nargs="+", default=[TrainConfig.lr], help="one fine-tune recipe per learning rate")
     ap.add_argument("--fleet-classes", type=int, default=20, help="classes the fleet serves: the start is paid once for them all")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--max-batches", type=int, default=None, help="smoke runs only")
+    ap.add_argument("--save", help="a folder: each fold's labels and probabilities as fold<N>.json once it ends")
+    ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, and nothing else")
     args = ap.parse_args()
+    if args.combine:
+        table_of([json.loads(Path(p).read_text()) for p in args.combine], args.fleet_classes)
+        return
     root = voc_root(args.voc_root)
     classes = list(VOC_CLASSES) if args.classes == "all" else args.classes.split(",")
     folds = args.only_folds if args.only_folds else list(range(args.folds))
@@ -61,17 +94,14 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(
         f"{args.folds}-fold by image (folds {folds}), classes {','.join(classes)}, {args.size} px, batch {args.batch}; independent {args.epochs} epochs "
-        f"per class; start {args.start_epochs} epochs + {args.finetune_epochs} per class; fleet of {args.fleet_classes} classes",
+        f"per class; start {args.start_epochs} epochs + {args.finetune_epochs} per class at lr {args.finetune_lrs}; fleet of {args.fleet_classes} classes",
         flush=True,
     )
+    tunes = {f"start + fine-tune lr {lr:g}": lr for lr in args.finetune_lrs}
+    recipes = ("independent", "start alone (its head)", *tunes)
     work = Path(tempfile.mkdtemp(prefix="vocfleet-start-"))
     cache = work / "cache"
-    recipes = ("independent", "start alone (its head)", "start + fine-tune")
-    probs = {(r, c): [] for r in recipes for c in classes}
-    labels = {c: [] for c in classes}
-    fold_ap = {(r, c): [] for r in recipes for c in classes}
-    cost = {r: [] for r in recipes}  # fleet images per fold
-    secs = {r: 0.0 for r in recipes}
+    saved = []
     try:
         for fold in folds:
             common = dict(
@@ -83,70 +113,43 @@ def main() -> None:
                 TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common), out_dir=work / f"start{fold}", cache_dir=cache
             )
             start_seconds = time.perf_counter() - t
+            best = max(start.history, key=lambda r: r.val_ap, default=None)
             learned = f"val mAP {start.metrics['map']:.3f} over {len(start.metrics['class_ap'])} classes"
+            learned += f" (best epoch {best.epoch} of {len(start.history)})" if best else ""
             print(f"fold {fold}: start {learned} ({start_seconds / 60:.1f} min)", flush=True)
             start_net = build_model(start.checkpoint, outputs=len(VOC_CLASSES), arch=args.arch).to(device)
+            got = {"fold": fold, "labels": {}, "probs": {r: {} for r in recipes}, "seconds": {r: 0.0 for r in recipes}, "images": {}}
             per_class = {r: [] for r in recipes}
             for c in classes:
                 cfg = TrainConfig(voc_class=c, epochs=args.epochs, **common)
                 _, _, evaluation, _ = prepare_splits(cfg, cache)
-                labels[c].append(evaluation.labels)
-                t = time.perf_counter()
-                ind = fit(cfg, out_dir=work / f"ind{fold}-{c}", cache_dir=cache)
-                secs["independent"] += time.perf_counter() - t
-                t = time.perf_counter()
-                ft = fit(
-                    cfg.with_(epochs=args.finetune_epochs, start="bench"), out_dir=work / f"ft{fold}-{c}", cache_dir=cache, start_weights=Path(start.checkpoint)
-                )
-                secs["start + fine-tune"] += time.perf_counter() - t
-                alone = evaluate(SelectLogit(start_net, VOC_CLASSES.index(c)), evaluation, device)["probs"]
-                for recipe, p, history in (
-                    ("independent", ind, ind.history),
-                    ("start + fine-tune", ft, ft.history),
-                    ("start alone (its head)", alone, []),
-                ):
-                    p = evaluate(build_model(p.checkpoint, arch=args.arch).to(device), evaluation, device)["probs"] if recipe != "start alone (its head)" else p
-                    probs[(recipe, c)].append(p)
-                    fold_ap[(recipe, c)].append(average_precision(p, evaluation.labels))
-                    per_class[recipe].append(images_trained(history))
-                print(
-                    f"fold {fold}, {c}: AP independent {fold_ap[('independent', c)][-1]:.3f}, start alone {fold_ap[('start alone (its head)', c)][-1]:.3f}, "
-                    f"start + fine-tune {fold_ap[('start + fine-tune', c)][-1]:.3f} ({len(evaluation)} pictures, {int(evaluation.labels.sum())} positives)",
-                    flush=True,
-                )
+                got["labels"][c] = evaluation.labels.tolist()
+                fits = {"independent": (cfg, None)}
+                fits.update({r: (cfg.with_(epochs=args.finetune_epochs, start="bench", lr=lr), Path(start.checkpoint)) for r, lr in tunes.items()})
+                for recipe, (run_cfg, weights) in fits.items():
+                    t = time.perf_counter()
+                    r = fit(run_cfg, out_dir=work / f"fit{fold}-{c}", cache_dir=cache, start_weights=weights)
+                    got["seconds"][recipe] += time.perf_counter() - t
+                    got["probs"][recipe][c] = evaluate(build_model(r.checkpoint, arch=args.arch).to(device), evaluation, device)["probs"].tolist()
+                    per_class[recipe].append(images_trained(r.history))
+                    shutil.rmtree(work / f"fit{fold}-{c}", ignore_errors=True)
+                got["probs"]["start alone (its head)"][c] = evaluate(SelectLogit(start_net, VOC_CLASSES.index(c)), evaluation, device)["probs"].tolist()
+                aps = ", ".join(f"{r} {average_precision(np.array(got['probs'][r][c]), evaluation.labels):.3f}" for r in recipes)
+                print(f"fold {fold}, {c}: AP {aps} ({len(evaluation)} pictures, {int(evaluation.labels.sum())} positives)", flush=True)
             start_images = images_trained(start.history)
-            secs["start alone (its head)"] += start_seconds
-            secs["start + fine-tune"] += start_seconds
-            cost["independent"].append(args.fleet_classes * np.mean(per_class["independent"]))
-            cost["start alone (its head)"].append(start_images)
-            cost["start + fine-tune"].append(start_images + args.fleet_classes * np.mean(per_class["start + fine-tune"]))
-            for name in ("ind", "ft", "start"):
-                for d in work.glob(f"{name}{fold}*"):
-                    shutil.rmtree(d, ignore_errors=True)
+            for recipe in recipes:
+                fleet = args.fleet_classes * np.mean(per_class[recipe]) if per_class[recipe] else 0.0
+                got["images"][recipe] = fleet + (start_images if recipe != "independent" else 0.0)
+                if recipe != "independent":
+                    got["seconds"][recipe] += start_seconds
+            saved.append(got)
+            if args.save:
+                Path(args.save).mkdir(parents=True, exist_ok=True)
+                Path(args.save, f"fold{fold}.json").write_text(json.dumps(got))
+            shutil.rmtree(work / f"start{fold}", ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rows = []
-    for recipe in recipes:
-        pooled = [average_precision(np.concatenate(probs[(recipe, c)]), np.concatenate(labels[c])) for c in classes]
-        aucs = [roc_auc(np.concatenate(probs[(recipe, c)]), np.concatenate(labels[c])) for c in classes]
-        fold_means = np.array([np.mean([fold_ap[(recipe, c)][i] for c in classes]) for i in range(len(folds))])
-        spread = f"{fold_means.mean():.3f} ± {fold_means.std(ddof=1):.3f}" if len(folds) > 1 else f"{fold_means.mean():.3f}"
-        per = " ".join(f"{c} {a:.3f}" for c, a in zip(classes, pooled, strict=True))
-        rows.append(
-            (recipe, f"{np.mean(pooled):.3f}", f"{np.mean(aucs):.3f}", spread, per, f"{np.mean(cost[recipe]) / 1e3:.0f}k", f"{secs[recipe] / 60:.0f} min")
-        )
-    heads = (
-        "recipe",
-        "mean pooled AP",
-        "mean AUC",
-        "per-fold mean AP (mean ± sd)",
-        "pooled AP per class",
-        f"fleet images per fold ({args.fleet_classes} classes)",
-        "time here",
-    )
-    print(table(rows, heads))
-    ratio = np.mean(cost["start + fine-tune"]) / np.mean(cost["independent"])
-    print(f"fleet compute, start + fine-tune / independent: {ratio:.2f}" + ("" if 0.9 <= ratio <= 1.1 else " (NOT equal compute: change --start-epochs)"))
+    table_of(saved, args.fleet_classes)
     if torch.cuda.is_available():
         print(f"device: {torch.cuda.get_device_name()}")
 

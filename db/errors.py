@@ -21,7 +21,7 @@ def database_problem(exc: BaseException, url: str) -> tuple[str, int] | None:
         return str(exc), 1
     if any(raised(exc, module, "OperationalError") for module in ("sqlalchemy.exc", "psycopg", "sqlite3")):
         reason = " ".join(str(getattr(exc, "orig", exc)).split())
-        if "disk is full" in reason or "No space left" in reason:
+        if "disk is full" in reason or "No space left" in reason or "disk I/O error" in reason and _full(url):
             return f"the disk holding the database {url!r} is full: free space there, then run the command again", 1
         if "readonly database" in reason or "read-only" in reason:
             return f"the database {url!r} is read-only here ({reason}): use an account or mount that can write it", 1
@@ -29,3 +29,16 @@ def database_problem(exc: BaseException, url: str) -> tuple[str, int] | None:
     if raised(exc, "sqlalchemy.exc", "ArgumentError"):  # includes NoSuchModuleError: an unknown scheme
         return f"VOCFLEET_DATABASE_URL={url!r} is not a database URL ({exc}): use sqlite:///PATH or postgresql+psycopg://...", 2
     return None
+
+
+def _full(url: str) -> bool:
+    """The SQLite file's folder has under 1 MiB free: SQLite reports a log it cannot grow as an I/O error, not a full disk."""
+    import shutil
+
+    from .settings import sqlite_file
+
+    path = sqlite_file(url)
+    try:
+        return path is not None and shutil.disk_usage(path.parent).free < 1 << 20
+    except OSError:
+        return False

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from .settings import SettingsError, get_settings, read_only_sqlite
+from .settings import SettingsError, get_settings, read_only_sqlite, sqlite_file
 from .states import SCHEMA_HEAD
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,6 @@ class DatabaseGone(Exception):
 
 
 _sqlite_files: dict[str, tuple[int, int]] = {}  # SQLite URL -> (device, inode) of the file this process opened
-
-
-def _sqlite_path(url: str) -> Path | None:
-    path = url.split("///", 1)[-1].split("?", 1)[0] if url.startswith("sqlite") else ""
-    return Path(path) if path and path != ":memory:" else None
 
 
 def _watch_sqlite_file(engine: Engine, url: str, path: Path) -> None:
@@ -105,7 +100,7 @@ def get_engine(url: str | None = None) -> Engine:
     engine = _engines.get(url)
     if engine is None:
         if url.startswith("sqlite"):
-            path = _sqlite_path(url)
+            path = sqlite_file(url)
             if path is not None and path.parent == get_settings().data_dir:
                 path.parent.mkdir(parents=True, exist_ok=True)  # the data folder is ours to make; any other folder must exist
             read_only = read_only_sqlite(path) if path is not None else None
@@ -139,6 +134,88 @@ def dispose_engines() -> None:
     _sqlite_files.clear()
     _makers.clear()
     _current.clear()
+
+
+def close_databases() -> None:
+    """Fold SQLite's write-ahead log into the database file and close every pooled connection.
+
+    Run as each command exits: the ``.db`` file alone then holds everything (a plain copy, a
+    read-only mount, ``gc`` reading it elsewhere), and no ``-wal`` or ``-shm`` is left beside it.
+    A file that was deleted or replaced meanwhile is not touched (connecting would create an empty
+    one); closing still lets SQLite drop the log that belonged to it.
+    """
+    for url, engine in list(_engines.items()):
+        path = sqlite_file(url)
+        try:
+            st = path.stat() if path is not None else None
+            ours = st is not None and (st.st_dev, st.st_ino) == _sqlite_files.get(url) and not read_only_sqlite(path)
+            if ours:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (OSError, SQLAlchemyError, DatabaseGone) as exc:  # another process mid-write: it folds the log when it ends
+            log.debug("no checkpoint of %s: %s", path, exc)
+        engine.dispose()
+    _engines.clear()
+    _sqlite_files.clear()
+    _makers.clear()
+    _current.clear()
+
+
+def _copy_sqlite(src: Path, dst: Path) -> dict[str, int]:
+    """SQLite's online backup from ``src`` to ``dst`` (a consistent snapshot, the log's pages included),
+    left in rollback-journal mode so the copy is one self-contained file; checked, then counted."""
+    import sqlite3
+
+    source = sqlite3.connect(src, timeout=30)
+    target = sqlite3.connect(dst, timeout=30)
+    try:
+        source.backup(target)
+        target.execute("PRAGMA journal_mode=DELETE")
+        problem = target.execute("PRAGMA integrity_check").fetchone()[0]
+        if problem != "ok":
+            raise DatabaseGone(f"the copy of {src} fails SQLite's integrity check ({problem}): the source itself is damaged")
+        tables = {"jobs": "train_jobs", "detectors": "detectors", "runs": "score_runs"}
+        present = {r[0] for r in target.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {what: target.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for what, table in tables.items() if table in present}  # noqa: S608 - names above
+    finally:
+        target.close()
+        source.close()
+
+
+def backup_sqlite(src: Path, out: Path) -> dict[str, int]:
+    """Back up the SQLite database ``src`` to ``out`` (checked by ``output_path`` first), written beside and renamed.
+
+    Returns:
+        Jobs, detectors and runs in the copy.
+    """
+    from vocfleet.model.files import replacing
+
+    with replacing(out, then="back up again") as tmp:
+        return _copy_sqlite(src, tmp)
+
+
+def restore_sqlite(backup: Path, db: Path) -> dict[str, int]:
+    """Put ``backup`` back as the database ``db`` through SQLite's backup API: every page is written
+    through ``db``'s connection, so a log left beside it (a deleted file's) is read first and then
+    overwritten, never replayed over the restored pages as after a plain copy.
+
+    Raises:
+        DatabaseGone: ``backup`` is not a whole vocfleet database.
+    """
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{backup}?mode=ro", uri=True) as conn:
+            problem = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseGone(f"{backup} is not a vocfleet database ({exc}): give the file 'vocfleet db backup' wrote") from None
+    if problem != "ok" or revision is None:
+        raise DatabaseGone(f"{backup} is not a whole vocfleet database ({problem if problem != 'ok' else 'no schema'}): give another backup")
+    counts = _copy_sqlite(backup, db)
+    with sqlite3.connect(db, timeout=30) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    return counts
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
@@ -259,7 +336,7 @@ def ensure_schema(url: str | None = None) -> None:
         return
     if url == get_settings().database_url:
         check_default_database()
-    path = _sqlite_path(url)
+    path = sqlite_file(url)
     if path is not None and path.parent != get_settings().data_dir and not path.parent.is_dir():
         raise DatabaseGone(f"VOCFLEET_DATABASE_URL={url!r}: the folder {path.parent} does not exist; create it, or fix the URL")
     revision = schema_revision(url)

@@ -25,6 +25,12 @@ def read_only_sqlite(path: Path) -> str | None:
     return None
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite:///PATH`` URL names; None for other databases and in-memory SQLite."""
+    path = url.split("///", 1)[-1].split("?", 1)[0] if url.startswith("sqlite") else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "vocfleet"
@@ -71,6 +77,17 @@ class Settings:
     metrics_bind: str = "127.0.0.1"
     web_token: str | None = None
     web_password: str | None = None
+
+    def own_paths(self) -> tuple[Path, ...]:
+        """What vocfleet keeps and no file a person names may replace or sit inside: the data folder,
+        the cache, a local artifact store, the SQLite file and its ``-wal``, ``-shm`` and ``-journal``."""
+        paths = [self.data_dir, self.cache_dir]
+        if "://" not in self.artifact_root:
+            paths.append(Path(self.artifact_root))
+        db = sqlite_file(self.database_url)
+        if db is not None:
+            paths += [db, *(db.with_name(db.name + end) for end in ("-wal", "-shm", "-journal"))]
+        return tuple(paths)
 
 
 def get_settings() -> Settings:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 from . import ConfigError
 from .augment import IMAGENET_MEAN, IMAGENET_STD, preprocess_eval
 from .checkpoint import load_checkpoint
+from .files import replacing
 from .net import detector_model
 
 FORMATS = ("torchscript", "onnx")
@@ -42,34 +42,6 @@ class Probability(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.model(preprocess_eval(images))[:, 0])
-
-
-def check_out(out: str, *, force: bool, protected: tuple[Path, ...] = ()) -> Path:
-    """Where an export may be written: a new file (or, with ``force``, an existing file) outside ``protected`` folders.
-
-    Raises:
-        ConfigError: an empty name, a folder, an existing file without ``force``, or a path inside
-            the artifact store or data folder (an export must never replace a detector's file).
-    """
-    if not out.strip():
-        raise ConfigError("--out '': name the file to write, e.g. --out car.pt")
-    path = Path(out).expanduser().absolute()
-    real = Path(os.path.realpath(path))
-    for folder in protected:
-        if real.is_relative_to(Path(os.path.realpath(folder))):
-            raise ConfigError(f"--out {out}: inside {folder}, where vocfleet keeps its own files; write the export somewhere else")
-    if real.is_dir():
-        raise ConfigError(f"--out {out}: is a folder; name a file in it, e.g. --out {path / 'detector.pt'}")
-    if real.exists() and not force:
-        raise ConfigError(f"--out {out}: the file exists; pass --force to replace it, or choose another name")
-    probe = path.with_name(f".{path.name}.probe{os.getpid()}")
-    try:  # a folder that takes no files (/proc, read-only) says so now, before any work
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe.touch(exist_ok=False)
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot write in {path.parent} ({exc.strerror}); choose a folder you can write") from None
-    return path
 
 
 def export_detector(checkpoint: Path, out: Path, fmt: str, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -99,23 +71,19 @@ def export_detector(checkpoint: Path, out: Path, fmt: str, metadata: dict[str, A
         "std": IMAGENET_STD,
     }
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with torch.inference_mode(False), torch.no_grad():
-            if fmt == "torchscript":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the mean, std and input layout are constants of the file
-                    # TorchScript is deprecated in favour of torch.export, but it is what plain torch.jit.load runs today.
-                    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
-                    traced = torch.jit.trace(net, example, check_trace=False)
-                    torch.jit.save(traced, str(tmp), _extra_files={"vocfleet.json": json.dumps(meta)})
-            else:
+    with replacing(out) as tmp, torch.inference_mode(False), torch.no_grad():
+        if fmt == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the mean, std and input layout are constants of the file
+                # TorchScript is deprecated in favour of torch.export, but it is what plain torch.jit.load runs today.
+                warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+                traced = torch.jit.trace(net, example, check_trace=False)
+                torch.jit.save(traced, str(tmp), _extra_files={"vocfleet.json": json.dumps(meta)})
+        else:
+            try:
                 _export_onnx(net, example, tmp, meta)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)  # the ONNX exporter's weights file, if it wrote one
+            finally:
+                tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)  # the ONNX exporter's weights file, if it wrote one
     return meta
 
 

@@ -87,7 +87,8 @@ def test_bad_environment_is_one_line(invoke, monkeypatch, env, code, words):
 
 
 def test_report_into_a_folder_that_cannot_be_written(detectors, invoke):
-    one_line(invoke("report", "--fleet", "--out", "/proc/vocfleet/report.html"), 1, "cannot write /proc/vocfleet")
+    one_line(invoke("report", "--fleet", "--out", "/proc/vocfleet/report.html"), 2, "the folder /proc/vocfleet does not exist")  # nothing made on the way
+    one_line(invoke("report", "--fleet", "--out", "/proc/report.html"), 2, "cannot write in /proc")
 
 
 def test_download_into_a_folder_that_cannot_be_written(invoke):

@@ -207,7 +207,8 @@ def test_compare_puts_detectors_side_by_side_with_their_curves_in_one_png(databa
     assert any(x.split() == ["lr", "0.001", "0.010"] for x in lines) and any(x.split() == ["epochs", "3", "2"] for x in lines)
     assert not any(x.startswith("voc_root") for x in lines) and lines[-1].startswith("settings that differ: epochs, lr;")
     assert Image.open(png).size[0] > 600  # the curves, overlaid
-    data = json.loads(invoke("compare", *ids, "--plot", png, "--format", "json").output)
+    assert "--plot" in invoke("compare", *ids, "--plot", png).output  # no --force: the file is kept
+    data = json.loads(invoke("compare", *ids, "--plot", png, "--force", "--format", "json").output)
     assert data["settings_that_differ"] == {"epochs": [3, 2], "lr": [0.001, 0.01]} and [d["id"] for d in data["detectors"]] == ids
     assert [d["train_data"] for d in data["detectors"]] == ["3" * 12, "2" * 12]  # the data each trained on, told apart
     res = invoke("compare", ids[0], 999)

@@ -33,7 +33,7 @@ class VocfleetGroup(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = self._main_closing(args, prog_name, complete_var, **extra)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else (prog_name or "vocfleet")
             click.echo(f"vocfleet: error: {exc.format_message()} (see '{where} --help')", err=True)
@@ -46,6 +46,16 @@ class VocfleetGroup(click.Group):
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
+    def _main_closing(self, args, prog_name, complete_var, **extra):
+        """The command, then the SQLite file made whole (its log folded in), however the command ended."""
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        finally:
+            if "vocfleet.db.session" in sys.modules:  # only a command that opened a database pays for this
+                from vocfleet.db.session import close_databases
+
+                close_databases()
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -53,7 +63,8 @@ class VocfleetGroup(click.Group):
             click.echo(f"vocfleet: error: {exc}", err=True)
             ctx.exit(2)
         except Exception as exc:
-            if raised(exc, "vocfleet.model.download", "DownloadError") or raised(exc, "vocfleet.model", "StoreUnavailable"):
+            one_line = (("vocfleet.model.download", "DownloadError"), ("vocfleet.model", "StoreUnavailable"), ("vocfleet.model.files", "DiskFull"))
+            if any(raised(exc, module, name) for module, name in one_line):
                 click.echo(f"vocfleet: error: {exc}", err=True)
                 ctx.exit(1)
             problem = database_problem(exc, get_settings().database_url)

@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from vocfleet.db.settings import get_settings
+from vocfleet.db.settings import get_settings, sqlite_file
 from vocfleet.model import ConfigError
+from vocfleet.model.files import output_path
 
 from .base import ID, Finite, action_format_option, database, emit, format_option, say, stale_option, stale_window, takeback_note
 
@@ -203,6 +204,45 @@ def db_upgrade() -> None:
         return
     upgrade_database()
     click.echo(f"database at {where}: schema {before or 'none'} -> {SCHEMA_HEAD}")
+
+
+@db.command("backup")
+@click.argument("path")
+@click.option("--force", is_flag=True, help="Replace PATH if it exists.")
+def db_backup(path: str, force: bool) -> None:
+    """Copy the SQLite database to PATH as one consistent file, while jobs may be writing (PostgreSQL: use pg_dump)."""
+    from vocfleet.db.session import backup_sqlite
+
+    settings = get_settings()
+    src = sqlite_file(settings.database_url)
+    if src is None:
+        where = settings.database_url.split("@")[-1]
+        raise ConfigError(f"the database at {where} is not a SQLite file: back it up with its own tool (PostgreSQL: pg_dump -Fc, see docs/fleet.md)")
+    if not src.is_file():
+        raise ConfigError(f"no database at {src}: nothing to back up (VOCFLEET_DATA_DIR or VOCFLEET_DATABASE_URL points elsewhere?)")
+    out = output_path(path, option="PATH", force=force, protected=settings.own_paths())
+    counts = backup_sqlite(src, out)
+    click.echo(f"backed up {src} to {path}: " + ", ".join(f"{n} {what}" for what, n in counts.items()) + "; put it back with 'vocfleet db restore'")
+
+
+@db.command("restore")
+@click.argument("backup", type=click.Path(exists=True, dir_okay=False))
+@click.option("--yes", is_flag=True, help="Replace the database without asking.")
+def db_restore(backup: str, yes: bool) -> None:
+    """Put a backup made by 'db backup' back as the SQLite database (stop running commands and workers first)."""
+    from pathlib import Path
+
+    from vocfleet.db.session import restore_sqlite
+
+    db = sqlite_file(get_settings().database_url)
+    if db is None:
+        raise ConfigError("the database is not a SQLite file: restore it with its own tool (PostgreSQL: pg_restore)")
+    if Path(os.path.realpath(backup)) == Path(os.path.realpath(db)):
+        raise ConfigError(f"{backup} is the database itself: give the backup's path")
+    if db.exists() and not yes:
+        click.confirm(f"replace everything in {db} with {backup}?", abort=True)
+    counts = restore_sqlite(Path(backup), db)
+    click.echo(f"restored {db} from {backup}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
 
 
 @db.command("check")

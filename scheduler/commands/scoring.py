@@ -366,24 +366,25 @@ def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
 @click.command()
 @click.argument("run_id", type=ID, required=False)
 @click.option("--fleet", is_flag=True, help="Report on the active detectors (table and training curves) instead of a run.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="HTML file to write.")
-def report(run_id: int | None, fleet: bool, out: str) -> None:
+@click.option("--out", required=True, help="The HTML file to write (a new name, or an existing file with --force); never inside the data folder.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def report(run_id: int | None, fleet: bool, out: str, force: bool) -> None:
     """Write a self-contained HTML page: a scoring run (RUN_ID) or the fleet's detectors (--fleet)."""
     from vocfleet.db.reports import fleet_report, run_report
     from vocfleet.model.artifacts import ArtifactStore
+    from vocfleet.model.files import output_path, write_bytes
 
     from ..report import render_fleet, render_run
 
     if (run_id is None) == (not fleet):
         raise ConfigError("give a scoring run id, or --fleet (not both)")
+    settings = get_settings()
+    path = output_path(out, option="--out", force=force, protected=settings.own_paths())
     with database() as s:
-        page = render_fleet(fleet_report(s), ArtifactStore.from_settings(get_settings())) if fleet else render_run(run_report(s, run_id))
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)  # never a half-written report
-    click.echo(f"wrote {path} ({len(page) // 1024} KiB)")
+        page = render_fleet(fleet_report(s), ArtifactStore.from_settings(settings)) if fleet else render_run(run_report(s, run_id))
+    data = page.encode("utf-8")
+    write_bytes(path, data)
+    click.echo(f"wrote {out} ({len(data) // 1024} KiB)")
 
 
 COMMANDS = [score, resume_run, runs, results, predict, report]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -352,16 +351,19 @@ COMPARED.append("init")  # scratch, imagenet, a file, or the start job it began 
 
 @click.command()
 @click.argument("detector_ids", nargs=-1, required=True, type=ID)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The curves' PNG [default: compare-ID-ID.png].")
+@click.option("--plot", "plot_path", default=None, help="Write their curves overlaid to this PNG (a new name, or an existing file with --force).")
+@click.option("--force", is_flag=True, help="Replace --plot if it exists.")
 @format_option
-def compare(detector_ids: tuple[int, ...], plot_path: Path | None, fmt: str) -> None:
+def compare(detector_ids: tuple[int, ...], plot_path: str | None, force: bool, fmt: str) -> None:
     """Detectors side by side: metrics beside always-absent, the data each saw, the settings that differ, and their curves in one PNG."""
     from vocfleet.db.listing import tag_text
     from vocfleet.db.registry import detector_comparison
+    from vocfleet.model.files import output_path, writing
     from vocfleet.model.plots import save_comparison_plot
 
     if len(set(detector_ids)) < 2:
         raise ConfigError("compare needs two or more different detector ids (see 'vocfleet detectors --all')")
+    out = output_path(plot_path, option="--plot", force=force, protected=get_settings().own_paths()) if plot_path is not None else None
     with database() as s:
         try:
             rows, differ, epochs = detector_comparison(s, list(detector_ids))
@@ -369,9 +371,11 @@ def compare(detector_ids: tuple[int, ...], plot_path: Path | None, fmt: str) -> 
             raise ConfigError(str(exc)) from None
     labels = {r["id"]: " ".join(str(x) for x in (r["id"], r["class"], r["name"] or tag_text(r["tags"])) if x) for r in rows}
     curves = {labels[i]: epochs[i] for i in detector_ids if epochs[i]}
-    out = (plot_path or Path(f"compare-{'-'.join(map(str, detector_ids))}.png")) if curves else None  # no epochs: jobs gone
-    if out is not None:
-        save_comparison_plot(out, curves, title="detectors " + ", ".join(map(str, detector_ids)))
+    if out is not None and curves:
+        with writing(out) as fh:
+            save_comparison_plot(fh, curves, title="detectors " + ", ".join(map(str, detector_ids)))
+    elif out is not None:
+        out = None
     if fmt != "table":
         emit(fmt, {"detectors": rows, "settings_that_differ": differ, "plot": str(out) if out else None})
         return
@@ -380,7 +384,10 @@ def compare(detector_ids: tuple[int, ...], plot_path: Path | None, fmt: str) -> 
     click.echo(render(table, ["", *map(str, detector_ids)], fmt))
     if len({r["eval_data"] for r in rows}) > 1:
         click.echo("note: they were evaluated on different pictures (eval_data differs): their APs are not directly comparable")
-    curves_said = f"curves overlaid in {out}" if out else "no curves: their jobs' epochs are gone"
+    if out is not None:
+        curves_said = f"curves overlaid in {plot_path}"
+    else:
+        curves_said = "--plot FILE.png overlays their curves" if curves else "no curves: their jobs' epochs are gone"
     click.echo(f"settings that differ: {', '.join(differ) or 'none'}; {curves_said}")
 
 
@@ -468,12 +475,12 @@ def export(detector_id: int, fmt: str, out: str, force: bool) -> None:
     from vocfleet import __version__
     from vocfleet.db.registry import detector_file, export_metadata
     from vocfleet.model.artifacts import ArtifactStore
-    from vocfleet.model.export import check_out, export_detector
+    from vocfleet.model.export import export_detector
+    from vocfleet.model.files import output_path
 
     settings = get_settings()
     store = ArtifactStore.from_settings(settings)
-    protected = (settings.data_dir, settings.cache_dir) + (() if store.remote else (Path(store.root),))
-    path = check_out(out, force=force, protected=protected)
+    path = output_path(out, option="--out", force=force, protected=settings.own_paths())
     with database() as s:
         spec, meta = detector_file(s, detector_id), export_metadata(s, detector_id)
     if spec is None or meta is None:
