@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from PIL import Image, ImageOps
 
 from . import VOC_CLASSES, ConfigError
 from .config import TrainConfig, eval_fold
+from .files import DiskFull, no_space, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -373,24 +375,46 @@ def decoded_cache(
 
 
 def _build_cache(root, ids, paths, size, data_path, meta_path, progress, threads) -> None:
+    """Decode into a temporary memory map, then publish it; its blocks are reserved first (a sparse
+    map on a full disk dies of SIGBUS at the first page it cannot back), and a failed build removes it."""
     tmp = data_path.with_suffix(f".tmp{os.getpid()}.npy")
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
-    bad: dict[str, str] = {}
-    threads = threads or os.cpu_count() or 1
-    with ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(_decode_into, arr, i, path, size) for i, path in enumerate(paths)]
-        for done, (image_id, fut) in enumerate(zip(ids, futures, strict=True), 1):
-            reason = fut.result()
-            if reason:
-                bad[image_id] = reason
-            if progress and (done % 64 == 0 or done == len(ids)):
-                progress(done, len(ids))
-    arr.flush()
-    del arr
-    os.replace(tmp, data_path)
-    meta_tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps({"root": str(root), "size": size, "count": len(ids), "bad": bad}))
-    os.replace(meta_tmp, meta_path)
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
+        _reserve(tmp)
+        bad: dict[str, str] = {}
+        threads = threads or os.cpu_count() or 1
+        with ThreadPoolExecutor(threads) as pool:
+            futures = [pool.submit(_decode_into, arr, i, path, size) for i, path in enumerate(paths)]
+            for done, (image_id, fut) in enumerate(zip(ids, futures, strict=True), 1):
+                reason = fut.result()
+                if reason:
+                    bad[image_id] = reason
+                if progress and (done % 64 == 0 or done == len(ids)):
+                    progress(done, len(ids))
+        arr.flush()
+        del arr
+        os.replace(tmp, data_path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if no_space(exc):
+            need = len(ids) * size * size * 3 / 1e6
+            full = DiskFull(f"disk full while building the image cache ({need:.0f} MB): free space in {data_path.parent}, then 'vocfleet retry' the job")
+            full.errno = errno.ENOSPC
+            raise full from None
+        raise
+    write_bytes(meta_path, json.dumps({"root": str(root), "size": size, "count": len(ids), "bad": bad}).encode(), then="'vocfleet retry' the job")
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of ``path`` now, so running out of space is an error here rather than a SIGBUS later."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it: as before
+            raise
+    finally:
+        os.close(fd)
 
 
 def voc_summary(root: Path) -> dict:

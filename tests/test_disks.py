@@ -168,3 +168,18 @@ def test_a_signal_inside_the_checkpoint_writer_is_an_interruption_not_a_full_dis
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
     assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_a_full_disk_while_the_image_cache_is_built_fails_the_job_in_one_line_and_leaves_no_file(fake_voc, invoke, monkeypatch, tmp_path):
+    """The cache is a memory map: unreserved, a full disk kills the process with SIGBUS; reserved first, it is the job's one-line reason."""
+    disk = _small_disk(tmp_path, 1)  # the fake VOC's pictures at 224 px need about 5 MB
+    try:
+        monkeypatch.setenv("VOCFLEET_CACHE_DIR", str(disk))
+        assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--image-size", 224, "--arch", "tiny", "--max-batches", 1).exit_code == 0
+        assert run_train_job(1) == "failed"
+        with session_scope() as s:
+            error = s.get(TrainJob, 1).error
+        assert error.startswith("disk full while building the image cache (") and f"free space in {disk}, then 'vocfleet retry' the job" in error, error
+        assert [p.name for p in disk.iterdir() if not p.name.endswith(".lock")] == []  # no sparse temporary file keeps the disk full
+    finally:
+        _unmount(disk)
