@@ -64,7 +64,7 @@ def read_connection(url: str | None = None) -> Iterator[Any]:
     if conn is None:
         from .session import ensure_schema, get_engine
 
-        ensure_schema(url)
+        ensure_schema(url, create=False)  # a listing never makes tables in a database that is not vocfleet's
         conn = get_engine(url).raw_connection()
     with closing(conn):
         yield conn

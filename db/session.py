@@ -329,9 +329,21 @@ def schema_revision(url: str | None = None) -> str | None:
         raise
 
 
-def ensure_schema(url: str | None = None) -> None:
-    """Create or upgrade the schema unless it is already current (checked once per process and URL)."""
-    url = url or get_settings().database_url
+def ensure_schema(url: str | None = None, *, create: bool = True) -> None:
+    """Create or upgrade the schema unless it is already current (checked once per process and URL).
+
+    ``create=False`` (the commands that only read): a database with no vocfleet tables is refused
+    in one line rather than given eleven tables, unless it is the embedded default's own file.
+    """
+    settings = get_settings()
+    url = url or settings.database_url
+    if not create and url in _current:
+        return
+    if not create and not (settings.database_is_default and url == settings.database_url) and schema_revision(url) is None:
+        raise SchemaMismatch(
+            f"the database at {_where(url)} has no vocfleet tables, so there is nothing to read: point VOCFLEET_DATABASE_URL "
+            "at vocfleet's database, or run 'vocfleet db upgrade' to make this one vocfleet's"
+        )
     if url in _current:
         return
     if url == get_settings().database_url:

@@ -1,8 +1,10 @@
-"""The SQLite file is whole when a command exits; ``db backup`` and ``db restore`` bring every row back."""
+"""The database: its SQLite file whole when a command exits, `db backup` and `db restore` bringing every row back, readers making no tables."""
 
 import json
 import shutil
 import sqlite3
+
+import pytest
 
 from vocfleet.db import session as db_session
 
@@ -56,3 +58,24 @@ def test_restore_refuses_what_is_not_a_whole_vocfleet_database(invoke, data_dir,
 def test_postgres_is_backed_up_with_its_own_tool(pg_url, invoke, tmp_path):
     res = invoke("db", "backup", tmp_path / "b.db")
     assert res.exit_code == 2 and "pg_dump" in res.output and not (tmp_path / "b.db").exists(), res.output
+
+
+READERS = [["status"], ["runs"], ["detectors"], ["results", "--all-runs"], ["workers"], ["detectors", "history", "car"], ["compare", "1", "2"]]
+
+
+@pytest.mark.parametrize("command", READERS)
+def test_a_reading_command_never_makes_tables_in_a_database_that_is_not_vocfleets(pg_url, invoke, command):
+    from sqlalchemy import create_engine, inspect
+
+    res = invoke(*command)
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "has no vocfleet tables" in res.output, res.output
+    engine = create_engine(pg_url)
+    try:
+        assert inspect(engine).get_table_names() == [] and inspect(engine).get_view_names() == []
+    finally:
+        engine.dispose()
+
+
+def test_a_reading_command_on_a_new_embedded_database_answers_empty(invoke):
+    res = invoke("status")
+    assert res.exit_code == 0, res.output

@@ -78,11 +78,14 @@ class VocfleetGroup(click.Group):
 
 
 @contextmanager
-def database() -> Iterator[Session]:
-    """One short transaction on the configured database, its schema created or upgraded first."""
+def database(*, read: bool = False) -> Iterator[Session]:
+    """One short transaction on the configured database, its schema created or upgraded first.
+
+    ``read``: the command only reads, and never creates tables in a database that has none of vocfleet's.
+    """
     from vocfleet.db.session import ensure_schema, session_scope
 
-    ensure_schema()
+    ensure_schema(create=not read)
     with session_scope() as s:
         yield s
 

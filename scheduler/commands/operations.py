@@ -163,7 +163,7 @@ def gc(dry_run: bool, orphans: bool, yes: bool) -> None:
     from ..output import clean
 
     store = ArtifactStore.from_settings(get_settings())
-    with database() as s:
+    with database(read=True) as s:
         garbage, orphaned = find_garbage(s, store, orphans=orphans)
     total = sum(g.size for g in garbage)
     for g in garbage:
@@ -285,7 +285,7 @@ def workers(show_all: bool, stale_after: float | None, fmt: str) -> None:
 
     from ..output import render
 
-    with database() as s:
+    with database(read=True) as s:
         rows = worker_rows(s, stale_window(stale_after), include_gone=show_all)
     if not rows:
         click.echo("no live workers: start one with 'vocfleet worker' (--all lists those that stopped)")

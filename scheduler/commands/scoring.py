@@ -136,7 +136,7 @@ def _wait_for_run(run_id: int, fmt: str = "text", interval: float = 1.0) -> None
 
     with CountProgress(f"run {run_id}", "file") as progress:
         while True:
-            with database() as s:
+            with database(read=True) as s:
                 run = run_state(s, run_id)
                 status, done, total, error, result = run.status, run.scored_images + run.error_files, run.total_files, run.error, _run_result(run)
             progress(done, total)
@@ -289,7 +289,7 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
         voc_class = None  # every class the runs scored, as without --class
     elif voc_class:
         voc_class = parse_classes(voc_class)[0]
-    with database() as s:
+    with database(read=True) as s:
         for run_id in run_ids:
             if run_state(s, run_id) is None:
                 raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
@@ -337,7 +337,7 @@ def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
     from vocfleet.model.scan import FileEntry
     from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
-    with database() as s:
+    with database(read=True) as s:
         specs = [DetectorSpec.of(d) for d in _detectors_for(s, classes)]
     entries = []
     for img in images:
@@ -380,7 +380,7 @@ def report(run_id: int | None, fleet: bool, out: str, force: bool) -> None:
         raise ConfigError("give a scoring run id, or --fleet (not both)")
     settings = get_settings()
     path = output_path(out, option="--out", force=force, protected=settings.own_paths())
-    with database() as s:
+    with database(read=True) as s:
         page = render_fleet(fleet_report(s), ArtifactStore.from_settings(settings)) if fleet else render_run(run_report(s, run_id))
     data = page.encode("utf-8")
     write_bytes(path, data)

@@ -283,7 +283,7 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str, **filte
     from vocfleet.db.registry import detector_rows
 
     chosen = list_filter(fmt, **filters)
-    with database() as s:
+    with database(read=True) as s:
         every = detector_rows(s, show_all or "inactive" in chosen.statuses)
     if not every:
         click.echo("no detectors yet: vocfleet submit ... then vocfleet run")
@@ -313,7 +313,7 @@ def detectors_history(voc_class: str, fmt: str) -> None:
     from ..configs import parse_classes
 
     (voc_class,) = parse_classes(voc_class)
-    with database() as s:
+    with database(read=True) as s:
         rows = sorted((r for r in detector_rows(s, True) if r["class"] == voc_class), key=lambda r: r["id"])
     if not rows:
         click.echo(f"no {voc_class} detectors yet")
@@ -364,7 +364,7 @@ def compare(detector_ids: tuple[int, ...], plot_path: str | None, force: bool, f
     if len(set(detector_ids)) < 2:
         raise ConfigError("compare needs two or more different detector ids (see 'vocfleet detectors --all')")
     out = output_path(plot_path, option="--plot", force=force, protected=get_settings().own_paths()) if plot_path is not None else None
-    with database() as s:
+    with database(read=True) as s:
         try:
             rows, differ, epochs = detector_comparison(s, list(detector_ids))
         except ValueError as exc:
@@ -481,7 +481,7 @@ def export(detector_id: int, fmt: str, out: str, force: bool) -> None:
     settings = get_settings()
     store = ArtifactStore.from_settings(settings)
     path = output_path(out, option="--out", force=force, protected=settings.own_paths())
-    with database() as s:
+    with database(read=True) as s:
         spec, meta = detector_file(s, detector_id), export_metadata(s, detector_id)
     if spec is None or meta is None:
         raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")

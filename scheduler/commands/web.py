@@ -37,7 +37,7 @@ def serve(host: str, port: int, allow_actions: bool) -> None:
         raise ConfigError(
             f"--allow-actions needs a secret of at least {MIN_TOKEN} characters in VOCFLEET_WEB_TOKEN: export VOCFLEET_WEB_TOKEN=$(openssl rand -hex 16)"
         )
-    with database():  # the schema checked (or, on the embedded default, created) before the first request
+    with database(read=True):  # the schema checked (or, on the embedded default, created) before the first request
         pass
     click.echo(f"vocfleet: serving http://{host}:{port}/ ({'actions allowed with the token' if token else 'read-only'}); Ctrl-C stops", err=True)
     uvicorn.run(create_app(actions_token=token), host=host, port=port, log_level="warning")
