@@ -22,6 +22,7 @@ from .models import Detector, EpochMetric, TrainJob, utcnow
 from .states import as_utc
 
 if TYPE_CHECKING:
+    from vocfleet.model.artifacts import ArtifactStore
     from vocfleet.model.engine import FitResult
 
 
@@ -134,6 +135,32 @@ def activate_detector(s: Session, detector_id: int, reason: str | None = None) -
     detector.active = True
     _add_event(detector, {"at": at, "event": "activated", "replaced": before.id if before is not None else None, "reason": reason})
     return detector, before
+
+
+def activate_usable(store: ArtifactStore, detector_id: int, reason: str | None) -> tuple[Detector, Detector | None] | None:
+    """``activate_detector`` after what the CLI and the web app both check: the detector's file is
+    there with its recorded sha256 (one whose file is gone or changed would fail every scoring run).
+    Two short transactions: fetching a file from object storage holds no lock.
+
+    Returns:
+        As ``activate_detector``; None if there is no such detector.
+    Raises:
+        ConfigError: the file is gone or changed; the detector is not activated.
+    """
+    from vocfleet.model import DetectorUnavailable
+
+    from .session import session_scope
+
+    with session_scope() as s:
+        found = detector_file(s, detector_id)
+    if found is None:
+        return None
+    try:
+        store.local_copy(*found)
+    except DetectorUnavailable as exc:
+        raise ConfigError(f"detector {detector_id} not activated: {exc}") from None
+    with session_scope() as s:
+        return activate_detector(s, detector_id, reason)
 
 
 def _add_event(detector: Detector, event: dict[str, Any]) -> None:

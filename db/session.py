@@ -337,21 +337,19 @@ def ensure_schema(url: str | None = None, *, create: bool = True) -> None:
     """
     settings = get_settings()
     url = url or settings.database_url
-    if not create and url in _current:
+    if url in _current:
         return
-    if not create and not (settings.database_is_default and url == settings.database_url) and schema_revision(url) is None:
+    if url == settings.database_url:
+        check_default_database()
+    path = sqlite_file(url)
+    if path is not None and path.parent != settings.data_dir and not path.parent.is_dir():
+        raise DatabaseGone(f"VOCFLEET_DATABASE_URL={url!r}: the folder {path.parent} does not exist; create it, or fix the URL")
+    revision = schema_revision(url)
+    if not create and not (settings.database_is_default and url == settings.database_url) and revision is None:
         raise SchemaMismatch(
             f"the database at {_where(url)} has no vocfleet tables, so there is nothing to read: point VOCFLEET_DATABASE_URL "
             "at vocfleet's database, or run 'vocfleet db upgrade' to make this one vocfleet's"
         )
-    if url in _current:
-        return
-    if url == get_settings().database_url:
-        check_default_database()
-    path = sqlite_file(url)
-    if path is not None and path.parent != get_settings().data_dir and not path.parent.is_dir():
-        raise DatabaseGone(f"VOCFLEET_DATABASE_URL={url!r}: the folder {path.parent} does not exist; create it, or fix the URL")
-    revision = schema_revision(url)
     if revision is not None and int(revision) > int(SCHEMA_HEAD):
         _check_newer(url, revision)
     elif revision != SCHEMA_HEAD:

@@ -64,11 +64,38 @@ class Labels:
         """
         if name is not None and not 0 < len(name.strip()) <= MAX_NAME:
             raise ValueError(f"--name {name!r}: 1 to {MAX_NAME} characters")
+        plain_text("--name", name)
+        plain_text("--note", note, lines=True)
         return cls(name.strip() if name else None, dict(parse_tag(t) for t in tags), note.strip() if note and note.strip() else None)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain_text(option: str, text: str | None, *, lines: bool = False) -> str | None:
+    """``text`` as given, if it is UTF-8 without control characters (``lines``: newlines and tabs allowed).
+
+    Stored raw, such text breaks every page, table and CSV that shows it (a byte the terminal could
+    not decode arrives as a lone surrogate, which no encoder writes).
+
+    Raises:
+        ValueError: one line naming the option and what to change.
+    """
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{option} {text.encode('utf-8', 'surrogateescape')!r}: not UTF-8 text; give it in UTF-8") from None
+    if (_CONTROL_BUT_LINES if lines else _CONTROL).search(text):
+        raise ValueError(f"{option} {text!r}: holds a control character; remove it")
+    return text
 
 
 def parse_tag(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` as (key, value). Raises ValueError naming the bad tag."""
+    plain_text("--tag", text)
     key, sep, value = text.partition("=")
     if not sep or not _TAG_KEY.fullmatch(key) or len(value) > MAX_NAME:
         raise ValueError(f"--tag {text!r}: use KEY=VALUE, the key of letters, digits, '_', '.' or '-' (up to 50), the value up to {MAX_NAME} characters")
@@ -86,7 +113,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         ValueError: one line naming the bad value and the forms it takes.
     """
     if m := _AGO.fullmatch(text.strip()):
-        return (now or utcnow()) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        try:
+            return (now or utcnow()) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        except OverflowError:
+            raise ValueError(f"--since {text!r}: further back than the calendar goes; give a smaller age or a date") from None
     try:
         return as_utc(datetime.fromisoformat(text.strip()))
     except ValueError:

@@ -22,6 +22,9 @@ SUBMIT_CASES = [
     (["--epochs", 10**9], ["--epochs 1000000000"]),
     (["--max-attempts", -1], ["--max-attempts"]),
     (["--bogus-option"], ["No such option"]),
+    (["--name", "caf\udce9"], ["--name b'caf\\xe9'", "not UTF-8"]),  # a byte the shell passes raw
+    (["--tag", "k=a\x01b"], ["--tag 'k=a\\x01b'", "control character"]),
+    (["--note", "x\x1b[2J"], ["--note", "control character"]),
 ]
 COMMAND_CASES = [
     (["results", 2**40], ["1099511627776"]),
@@ -43,6 +46,12 @@ COMMAND_CASES = [
     (["score", ".", "--shard-size", 99999999999], ["--shard-size 99999999999"]),
     (["export", 1, "--out", ""], ["--out ''"]),
     (["export", 1, "--out", "/proc/x.pt"], ["cannot write in /proc"]),
+    (["export", 1, "--out", "caf\udce9.pt"], ["--out b'caf\\xe9.pt'", "not UTF-8"]),
+    (["status", "--since", "99999999999d"], ["--since '99999999999d'", "further back"]),
+    (["status", "--since", ""], ["--since ''"]),
+    (["status", "--class", ""], ["--class ''", "not a VOC class"]),
+    (["runs", "--class", "banana"], ["--class 'banana'", "not a VOC class"]),
+    (["detectors", "activate", 1, "--reason", "\x07"], ["--reason", "control character"]),
 ]
 ENV_CASES = [
     ({"VOCFLEET_HEARTBEAT_SECONDS": "abc"}, 2, ["VOCFLEET_HEARTBEAT_SECONDS='abc'"]),

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -271,6 +272,21 @@ def test_actions_need_the_token(site):
     assert status == 403
     status, body = api(site, f"/api/detectors/{dog['active_id']}/activate", "POST", {"X-Vocfleet-Token": TOKEN})
     assert status == 200 and "active dog detector" in body["done"]
+    # What the CLI refuses, the app refuses: the first dog detector's file gone, or changed.
+    data = Path(site["env"]["VOCFLEET_DATA_DIR"])
+    with sqlite3.connect(data / "vocfleet.db") as conn:
+        first, where = conn.execute("SELECT id, checkpoint_path FROM detectors WHERE voc_class = 'dog' ORDER BY id").fetchone()
+    weights = data / "artifacts" / where
+    weights.rename(weights.with_suffix(".moved"))
+    try:
+        status, body = api(site, f"/api/detectors/{first}/activate", "POST", {"X-Vocfleet-Token": TOKEN})
+        assert status == 409 and body["error"].startswith(f"detector {first} not activated: ") and "missing" in body["error"], body
+        weights.write_bytes(b"not the detector")
+        status, body = api(site, f"/api/detectors/{first}/activate", "POST", {"X-Vocfleet-Token": TOKEN})
+        assert status == 409 and "sha256" in body["error"], body
+    finally:
+        weights.with_suffix(".moved").replace(weights)
+    assert api(site, "/api/detectors")[1][1]["active_id"] == dog["active_id"]  # still the one it was
     status, body = api(site, "/api/jobs/1/retry", "POST", {"X-Vocfleet-Token": TOKEN})
     assert status == 409 and "succeeded, not retried" in body["error"]
     status, body = api(site, "/api/jobs/99/cancel", "POST", {"X-Vocfleet-Token": TOKEN})

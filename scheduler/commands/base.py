@@ -160,11 +160,30 @@ def list_filter(
     terminal = fmt == "table" and sys.stdout.isatty()
     try:
         tags = dict(parse_tag(t) for t in tag_filter)
-        when = parse_since(since) if since else None
+        when = parse_since(since) if since is not None else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    classes = tuple(c for text in class_filter for c in text.split(",") if c)
-    return ListFilter(tuple(status_filter), classes, tags, when, limit or (TERMINAL_LIMIT if terminal else None), newest_first=terminal or limit is not None)
+    shown = limit or (TERMINAL_LIMIT if terminal else None)
+    return ListFilter(tuple(status_filter), class_names(class_filter), tags, when, shown, newest_first=terminal or limit is not None)
+
+
+def class_names(given: tuple[str, ...]) -> tuple[str, ...]:
+    """``--class`` values (repeatable or comma-separated) as VOC class names, in any case; 'all' is a shared start's row.
+
+    Raises:
+        ConfigError: an empty value (which would otherwise mean every class) or a name that is not a class.
+    """
+    from vocfleet.model import VOC_CLASSES
+
+    names = []
+    for text in given:
+        for part in text.split(","):
+            name = part.strip().lower()
+            if name not in (*VOC_CLASSES, "all"):
+                said = repr(part) if part.strip() else "''"
+                raise ConfigError(f"--class {said}: not a VOC class; use one of {', '.join(VOC_CLASSES)} (or 'all' for shared starts)")
+            names.append(name)
+    return tuple(names)
 
 
 def more_line(fmt: str, more: int, what: str) -> None:

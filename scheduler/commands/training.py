@@ -326,22 +326,22 @@ def detectors_history(voc_class: str, fmt: str) -> None:
 @click.option("--reason", default=None, help="Why, kept in 'vocfleet detectors history'.")
 def detectors_activate(detector_id: int, reason: str | None) -> None:
     """Make a detector the active one of its class (new scoring runs use it); recorded in the history with --reason."""
-    from vocfleet.db.registry import activate_detector, detector_file
+    from vocfleet.db.registry import activate_usable
+    from vocfleet.db.session import ensure_schema
+    from vocfleet.db.states import plain_text
     from vocfleet.model.artifacts import ArtifactStore
 
-    with database() as s:
-        found = detector_file(s, detector_id)
-    if found is None:
+    try:
+        plain_text("--reason", reason, lines=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    ensure_schema()
+    done = activate_usable(ArtifactStore.from_settings(get_settings()), detector_id, reason)
+    if done is None:
         raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")
-    location, sha = found
-    try:  # a detector whose checkpoint is gone or changed would fail every scoring run that uses it
-        ArtifactStore.from_settings(get_settings()).local_copy(location, sha)
-    except DetectorUnavailable as exc:
-        raise ConfigError(f"detector {detector_id} not activated: {exc}") from None
-    with database() as s:
-        detector, before = activate_detector(s, detector_id, reason)
-        said = f"detector {detector.id} ({detector.voc_class}, AP {detector.ap:.3f}) is active"
-        said += f"; detector {before.id} (AP {before.ap:.3f}) no longer" if before is not None else ""
+    detector, before = done
+    said = f"detector {detector.id} ({detector.voc_class}, AP {detector.ap:.3f}) is active"
+    said += f"; detector {before.id} (AP {before.ap:.3f}) no longer" if before is not None else ""
     click.echo(said)
 
 

@@ -32,11 +32,12 @@ from vocfleet.db import gallery as gallery_db
 from vocfleet.db import views as web_db
 from vocfleet.db.claims import cancel_work
 from vocfleet.db.models import TrainJob
-from vocfleet.db.registry import activate_detector
+from vocfleet.db.registry import activate_usable
 from vocfleet.db.results import RESULT_COLUMNS, ResultQuery, error_rows, export_csv, export_json
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.db.training import retry_job
+from vocfleet.model import ConfigError
 from vocfleet.model.artifacts import ArtifactStore
 from vocfleet.model.thumbnails import SIZES, cached_thumbnail
 from vocfleet.worker.dispatch import enqueue
@@ -382,11 +383,13 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         """Make a detector its class's active one (needs --allow-actions and the token)."""
 
         def change() -> str:
-            with session_scope() as s:
-                done = activate_detector(s, detector_id, reason="activated in the web app")
-                if done is None:
-                    raise Problem(404, f"detector {detector_id}: no such detector")
-                return f"detector {detector_id} is the active {done[0].voc_class} detector"
+            try:  # the CLI's checks: a detector whose file is gone or changed is not activated
+                done = activate_usable(store, detector_id, reason="activated in the web app")
+            except ConfigError as exc:
+                raise Problem(409, str(exc)) from None
+            if done is None:
+                raise Problem(404, f"detector {detector_id}: no such detector")
+            return f"detector {detector_id} is the active {done[0].voc_class} detector"
 
         return _act(request, f"activate detector {detector_id}", change)
 
