@@ -26,6 +26,8 @@ def database_problem(exc: BaseException, url: str) -> tuple[str, int] | None:
         if "readonly database" in reason or "read-only" in reason:
             return f"the database {url!r} is read-only here ({reason}): use an account or mount that can write it", 1
         return f"cannot use the database {url!r} ({reason}): check VOCFLEET_DATABASE_URL", 1
+    if any(raised(exc, module, "DatabaseError") for module in ("sqlalchemy.exc", "sqlite3")) and "not a database" in str(exc):
+        return f"VOCFLEET_DATABASE_URL={url!r} names a file that is not a SQLite database: point it at vocfleet's database file", 2
     if raised(exc, "sqlalchemy.exc", "ArgumentError"):  # includes NoSuchModuleError: an unknown scheme
         return f"VOCFLEET_DATABASE_URL={url!r} is not a database URL ({exc}): use sqlite:///PATH or postgresql+psycopg://...", 2
     return None

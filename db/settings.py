@@ -109,7 +109,7 @@ def get_settings() -> Settings:
         decode_threads=_count("VOCFLEET_DECODE_THREADS", env.get("VOCFLEET_DECODE_THREADS")),
         s3_endpoint_url=_endpoint(env.get("VOCFLEET_S3_ENDPOINT_URL") or None),
         visibility_timeout=_seconds("VOCFLEET_VISIBILITY_TIMEOUT", env.get("VOCFLEET_VISIBILITY_TIMEOUT", "3600"), 1),
-        metrics_port=_count("VOCFLEET_METRICS_PORT", env.get("VOCFLEET_METRICS_PORT")),
+        metrics_port=_port("VOCFLEET_METRICS_PORT", env.get("VOCFLEET_METRICS_PORT")),
         metrics_bind=env.get("VOCFLEET_METRICS_BIND") or "127.0.0.1",
         web_token=env.get("VOCFLEET_WEB_TOKEN") or None,
         web_password=env.get("VOCFLEET_WEB_PASSWORD") or None,
@@ -156,14 +156,17 @@ def _artifact_root(value: str | None, data_dir: Path) -> str:
     return str(Path((value or "").removeprefix("file://") or data_dir / "artifacts").expanduser().resolve())
 
 
+MAX_SECONDS = 7 * 86400.0  # a week: longer waits are typos, and past about 1e9 a thread's sleep overflows
+
+
 def _seconds(name: str, value: str, low: float) -> float:
-    """A finite number of seconds, at least ``low``."""
+    """A finite number of seconds, from ``low`` to a week."""
     try:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not math.isfinite(seconds) or seconds < low:
-        raise SettingsError(f"{name}={value!r}: use a number of seconds of at least {low:g}")
+    if not math.isfinite(seconds) or not low <= seconds <= MAX_SECONDS:
+        raise SettingsError(f"{name}={value!r}: use a number of seconds from {low:g} to {MAX_SECONDS:g} (a week)")
     return seconds
 
 
@@ -178,6 +181,14 @@ def _count(name: str, value: str | None) -> int | None:
     if n < 1:
         raise SettingsError(f"{name}={value!r}: use a whole number of at least 1")
     return n
+
+
+def _port(name: str, value: str | None) -> int | None:
+    """A TCP port (1-65535), or None when unset."""
+    port = _count(name, value)
+    if port is not None and port > 65535:
+        raise SettingsError(f"{name}={value!r}: use a port from 1 to 65535")
+    return port
 
 
 def _switch(name: str, value: str) -> bool | None:

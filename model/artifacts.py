@@ -209,8 +209,13 @@ class ArtifactStore:
             raise ConfigError(f"artifact location {uri!r}: {exc} (for s3:// install vocfleet[s3])") from None
 
     def check(self) -> None:
-        """On object storage: the bucket exists and takes a write (a probe object, written and removed); one line if not."""
+        """The store can be used: a local root is a folder (or can be made one); on object storage the bucket
+        exists and takes a write (a probe object, written and removed). One line if not."""
         if not self.remote:
+            root = Path(self.root)
+            there = next((p for p in (root, *root.parents) if p.exists()), None)
+            if there is not None and not there.is_dir():
+                raise StoreUnavailable(f"artifact store {self.root}: {there} is a file, not a folder; fix VOCFLEET_ARTIFACT_ROOT")
             return
         fs, base = self._fs(self.root)
         probe = f"{base}/.vocfleet-probe-{uuid.uuid4().hex}"

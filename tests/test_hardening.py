@@ -35,6 +35,8 @@ COMMAND_CASES = [
     (["results", 1, "--min-prob", "nan"], ["--min-prob", "'nan'"]),
     (["results", 1, "--min-prob", "-1"], ["--min-prob"]),
     (["status", "--watch", "--interval", "inf"], ["--interval"]),
+    (["status", "--watch", "--interval", "1e308"], ["--interval", "'1e308'"]),
+    (["reap", "--stale-after", "1e308"], ["--stale-after", "'1e308'"]),
     (["reap", "--stale-after", "-5"], ["--stale-after"]),
     (["scheduler", "--interval", "0"], ["--interval", "'0'"]),
     (["data", "download", "--year", "1999"], ["--year 1999"]),
@@ -64,6 +66,9 @@ ENV_CASES = [
     ({"VOCFLEET_ARTIFACT_ROOT": "ftp://host/x"}, 2, ["VOCFLEET_ARTIFACT_ROOT='ftp://host/x'", "s3://bucket/prefix"]),
     ({"VOCFLEET_S3_ENDPOINT_URL": "http://[::1"}, 2, ["VOCFLEET_S3_ENDPOINT_URL='http://[::1'"]),
     ({"VOCFLEET_VISIBILITY_TIMEOUT": "abc"}, 2, ["VOCFLEET_VISIBILITY_TIMEOUT='abc'"]),
+    ({"VOCFLEET_HEARTBEAT_SECONDS": "1e308"}, 2, ["VOCFLEET_HEARTBEAT_SECONDS='1e308'", "a week"]),
+    ({"VOCFLEET_METRICS_PORT": "70000"}, 2, ["VOCFLEET_METRICS_PORT='70000'", "65535"]),
+    ({"VOCFLEET_DATABASE_URL": "sqlite:////etc/hostname"}, 2, ["names a file that is not a SQLite database"]),
     ({"VOCFLEET_BROKER_URL": "redsi://localhost:6379/0"}, 2, ["VOCFLEET_BROKER_URL='redsi://localhost:6379/0'", "redis://host:6379/0"]),
 ]
 
@@ -137,3 +142,11 @@ def test_a_redis_database_that_does_not_exist_is_refused_not_waited_for(fake_voc
     ensure_schema()
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(TrainJob)) == 0  # nothing written
+
+
+def test_an_artifact_root_under_a_file_is_refused_at_submit(fake_voc, invoke, monkeypatch, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("VOCFLEET_ARTIFACT_ROOT", str(tmp_path / "afile" / "store"))
+    one_line(invoke("submit", "--classes", "car", "--voc-root", fake_voc), 1, f"{tmp_path / 'afile'} is a file, not a folder", "VOCFLEET_ARTIFACT_ROOT")
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(TrainJob)) == 0

@@ -15,7 +15,7 @@ import click
 
 from vocfleet.db.errors import database_problem, raised
 from vocfleet.db.listing import ListFilter, tag_text
-from vocfleet.db.settings import SettingsError, get_settings
+from vocfleet.db.settings import MAX_SECONDS, SettingsError, get_settings
 from vocfleet.db.states import Labels, as_utc, parse_since, parse_tag
 from vocfleet.model import ConfigError
 
@@ -255,7 +255,10 @@ def exit_interrupted(exc: KeyboardInterrupt, what: str) -> None:
 
 def stale_option(f):
     return click.option(
-        "--stale-after", type=Finite(0), default=None, help="Seconds without heartbeat before running work is taken back [default: VOCFLEET_STALE_SECONDS]."
+        "--stale-after",
+        type=Finite(0, MAX_SECONDS),
+        default=None,
+        help="Seconds without heartbeat before running work is taken back [default: VOCFLEET_STALE_SECONDS].",
     )(f)
 
 

@@ -11,13 +11,18 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from vocfleet.db.settings import get_settings, sqlite_file
+from vocfleet.db.settings import MAX_SECONDS, get_settings, sqlite_file
 from vocfleet.model import ConfigError
 from vocfleet.model.files import output_path
 
 from .base import ID, Finite, action_format_option, database, emit, format_option, say, stale_option, stale_window, takeback_note
 
-resend_option = click.option("--resend-after", type=Finite(0), default=60.0, help="Re-send rows queued this long when the broker's queue is empty.")
+resend_option = click.option(
+    "--resend-after",
+    type=Finite(0, MAX_SECONDS),
+    default=60.0,
+    help="Re-send rows queued this long when the broker's queue is empty.",
+)
 
 
 @click.command()
@@ -35,7 +40,7 @@ def reap(stale_after: float | None, resend_after: float) -> None:
 
 
 @click.command("scheduler")
-@click.option("--interval", type=Finite(0.1), default=30.0, help="Seconds between passes (at least 0.1).")
+@click.option("--interval", type=Finite(0.1, MAX_SECONDS), default=30.0, help="Seconds between passes (0.1 to a week).")
 @stale_option
 @resend_option
 def scheduler_daemon(interval: float, stale_after: float | None, resend_after: float) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from vocfleet.db.settings import get_settings
+from vocfleet.db.settings import MAX_SECONDS, get_settings
 from vocfleet.db.states import PROMOTE, JobStatus
 from vocfleet.model import ConfigError, DetectorUnavailable
 from vocfleet.model.config import ARCHS, BALANCE, DIFFICULT, FOLD_BY, OPTIMIZERS, SCHEDULES, START_CLASS, TrainConfig, check_init
@@ -231,7 +231,7 @@ def _estimate(configs: list[TrainConfig], fmt: str, notes: list[str]) -> None:
 
 @click.command()
 @click.option("--watch", is_flag=True, help="Refresh until every job shown has finished.")
-@click.option("--interval", type=Finite(0.1), default=5.0, help="Seconds between refreshes with --watch (at least 0.1).")
+@click.option("--interval", type=Finite(0.1, MAX_SECONDS), default=5.0, help="Seconds between refreshes with --watch (0.1 to a week).")
 @filter_options(tuple(JobStatus))
 @format_option
 def status(watch: bool, interval: float, fmt: str, **filters: Any) -> None:
