@@ -9,6 +9,7 @@ margin above the threshold, and every present picture comes before every absent 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,9 @@ from .states import as_utc
 
 PAGE = 48  # pictures per gallery page
 MAX_PAGE = 200
+
+
+MAX_ID = 2**31 - 1  # the largest id an INTEGER column holds; larger ones are refused, not sent to the driver
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,10 @@ class Cursor:
             present, probability, image_id = text.split("_")
             if present not in ("0", "1"):
                 raise ValueError
-            return cls(present == "1", float(probability), int(image_id))
+            cursor = cls(present == "1", float(probability), int(image_id))
+            if not (math.isfinite(cursor.probability) and 0 <= cursor.probability <= 1 and 1 <= cursor.image_id <= MAX_ID):
+                raise ValueError
+            return cursor
         except ValueError:
             raise ValueError(f"after={text!r}: not a page cursor (use the 'next' value of the previous page)") from None
 
@@ -70,6 +77,10 @@ class GalleryQuery:
     folder: str | None = None
     after: Cursor | None = None
     limit: int = PAGE
+
+    def __post_init__(self) -> None:
+        if self.min_prob is not None and self.max_prob is not None and self.min_prob > self.max_prob:
+            raise ValueError(f"min={self.min_prob:g} is above max={self.max_prob:g}: no picture can match; swap them")
 
 
 @dataclass(frozen=True)

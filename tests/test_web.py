@@ -197,6 +197,13 @@ def test_gallery_pages_follow_each_other_and_filters_combine(site):
         ("/api/pictures/99999", 404, "picture 99999: no such picture"),
         ("/api/detectors/99", 404, "detector 99: no such detector"),
         ("/api/nothing", 404, "/api/nothing: no such page"),
+        (f"/api/runs/{2**63}", 400, f"run_id='{2**63}'"),  # past any integer column: refused, not the driver's overflow
+        (f"/api/pictures/{2**64}", 400, f"image_id='{2**64}'"),
+        (f"/api/detectors/{2**63}", 400, f"detector_id='{2**63}'"),
+        (f"/api/runs/1/compare?other={2**63}&class=dog", 400, f"other='{2**63}'"),
+        (f"/api/runs/1/gallery?after=1_0.5_{2**63}", 400, "not a page cursor"),
+        ("/api/runs/1/gallery?after=1_nan_2", 400, "not a page cursor"),
+        ("/api/runs/1/gallery?class=dog&min=0.8&max=0.2", 400, "min=0.8 is above max=0.2"),
     ],
 )
 def test_bad_requests_get_one_json_error(site, path, status, says):

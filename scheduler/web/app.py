@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 import jinja2
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -59,6 +60,8 @@ ClassParam = Annotated[str | None, Query(alias="class", max_length=32)]
 ClassNeeded = Annotated[str, Query(alias="class", max_length=32)]
 ErrorLimit = Annotated[int, Query(ge=1, le=10000)]
 Offset = Annotated[int, Query(ge=0, le=gallery_db.MAX_COMPARED)]
+RowId = Annotated[int, FastPath(ge=1, le=gallery_db.MAX_ID)]  # a larger id is a 422 that names it, not the driver's overflow
+OtherRun = Annotated[int, Query(ge=1, le=gallery_db.MAX_ID)]
 
 
 class Problem(Exception):
@@ -196,7 +199,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
     @app.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
     def run_page(
         request: Request,
-        run_id: int,
+        run_id: RowId,
         voc_class: ClassParam = None,
         also: str | None = None,
         without: str | None = None,
@@ -225,7 +228,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
             raise Problem(400, str(exc)) from None
 
     @app.get("/runs/{run_id}/compare", response_class=HTMLResponse, include_in_schema=False)
-    def compare_page(request: Request, run_id: int, other: int, voc_class: ClassNeeded, offset: Offset = 0) -> HTMLResponse:
+    def compare_page(request: Request, run_id: RowId, other: OtherRun, voc_class: ClassNeeded, offset: Offset = 0) -> HTMLResponse:
         view, rows = _compare(run_id, other, voc_class, offset, gallery_db.PAGE)
         following = urlencode({"other": other, "class": voc_class, "offset": offset + len(rows)})
         more = f"/runs/{run_id}/compare?{following}" if len(rows) == gallery_db.PAGE else None
@@ -235,14 +238,14 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         return page(request, "compare.html", title=title, run=view, other=other, voc_class=voc_class, rows=rows, more=more, runs=runs)
 
     @app.get("/runs/{run_id}/errors", response_class=HTMLResponse, include_in_schema=False)
-    def errors_page(request: Request, run_id: int, limit: ErrorLimit = 500) -> HTMLResponse:
+    def errors_page(request: Request, run_id: RowId, limit: ErrorLimit = 500) -> HTMLResponse:
         view = _run(run_id)
         with session_scope() as s:
             errors = error_rows(s, run_id, limit)
         return page(request, "errors.html", title=f"Run {run_id}: files not scored", run=view, errors=errors)
 
     @app.get("/pictures/{image_id}", response_class=HTMLResponse, include_in_schema=False)
-    def picture_page(request: Request, image_id: int) -> HTMLResponse:
+    def picture_page(request: Request, image_id: RowId) -> HTMLResponse:
         return page(request, "picture.html", title="Picture", p=_picture(image_id))
 
     @app.get("/detectors", response_class=HTMLResponse, include_in_schema=False)
@@ -252,7 +255,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         return page(request, "detectors.html", title="Detectors", classes=classes)
 
     @app.get("/detectors/{detector_id}", response_class=HTMLResponse, include_in_schema=False)
-    def detector_page(request: Request, detector_id: int) -> HTMLResponse:
+    def detector_page(request: Request, detector_id: RowId) -> HTMLResponse:
         return page(request, "detector.html", title=f"Detector {detector_id}", d=_detector(detector_id))
 
     @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
@@ -262,7 +265,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         return page(request, "jobs.html", title="Training jobs", jobs=jobs)
 
     @app.get("/thumbs/{image_id}.jpg", include_in_schema=False)
-    def thumb(image_id: int, size: int = 160) -> Response:
+    def thumb(image_id: RowId, size: int = 160) -> Response:
         if size not in SIZES:
             raise Problem(400, f"size={size}: one of {', '.join(map(str, SIZES))}")
         with session_scope() as s:
@@ -275,7 +278,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
     @app.get("/detectors/{detector_id}/{kind}.png", include_in_schema=False)
-    def plot(detector_id: int, kind: str) -> Response:
+    def plot(detector_id: RowId, kind: str) -> Response:
         d = _detector(detector_id)
         location = d.plots.get(kind)
         data = store.read_bytes(location) if location else None
@@ -306,13 +309,13 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
             return plain(web_db.run_list(s))
 
     @app.get("/api/runs/{run_id}", tags=["runs"])
-    def api_run(run_id: int) -> dict[str, Any]:
+    def api_run(run_id: RowId) -> dict[str, Any]:
         """A run: its progress, and per class the detector used and how many pictures have the class."""
         return plain(_run(run_id))
 
     @app.get("/api/runs/{run_id}/gallery", tags=["runs"])
     def api_gallery(
-        run_id: int,
+        run_id: RowId,
         voc_class: ClassParam = None,
         also: Annotated[str | None, Query(description="classes that must be present too, comma-separated")] = None,
         without: Annotated[str | None, Query(description="classes that must be absent, comma-separated")] = None,
@@ -329,27 +332,27 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         return {"class": q.voc_class, "pictures": plain(result.tiles), "next": plain(result.next)}
 
     @app.get("/api/runs/{run_id}/compare", tags=["runs"])
-    def api_compare(run_id: int, other: int, voc_class: ClassNeeded, offset: Offset = 0, limit: Limit = gallery_db.PAGE) -> dict[str, Any]:
+    def api_compare(run_id: RowId, other: OtherRun, voc_class: ClassNeeded, offset: Offset = 0, limit: Limit = gallery_db.PAGE) -> dict[str, Any]:
         """The pictures both runs scored (same sha256) where their detectors of a class disagree, widest gap first (offset paging)."""
         _, rows = _compare(run_id, other, voc_class, offset, limit)
         return {"class": voc_class, "pictures": plain(rows), "next_offset": offset + len(rows) if len(rows) == limit else None}
 
     @app.get("/api/runs/{run_id}/errors", tags=["runs"])
-    def api_errors(run_id: int, limit: ErrorLimit = 500) -> dict[str, Any]:
+    def api_errors(run_id: RowId, limit: ErrorLimit = 500) -> dict[str, Any]:
         """The files a run could not score, with the reason for each."""
         view = _run(run_id)
         with session_scope() as s:
             return {"total": view.error_files, "errors": error_rows(s, run_id, limit)}
 
     @app.get("/api/runs/{run_id}/export", tags=["runs"])
-    def api_export(run_id: int, format: Annotated[str, Query(pattern="^(jsonl|csv)$")] = "jsonl") -> StreamingResponse:  # noqa: A002
+    def api_export(run_id: RowId, format: Annotated[str, Query(pattern="^(jsonl|csv)$")] = "jsonl") -> StreamingResponse:  # noqa: A002
         """Every score of a run, streamed (JSON lines or CSV) in the order of ``vocfleet results --format``."""
         _run(run_id)
         columns = list(RESULT_COLUMNS)
         return StreamingResponse(_export(run_id, columns, format), media_type="text/csv" if format == "csv" else "application/x-ndjson")
 
     @app.get("/api/pictures/{image_id}", tags=["pictures"])
-    def api_picture(image_id: int) -> dict[str, Any]:
+    def api_picture(image_id: RowId) -> dict[str, Any]:
         """A picture: every class's probability beside its threshold and detector, and the other runs that scored the same file."""
         return plain(_picture(image_id))
 
@@ -360,7 +363,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
             return plain(web_db.registry(s))
 
     @app.get("/api/detectors/{detector_id}", tags=["detectors"])
-    def api_detector(detector_id: int) -> dict[str, Any]:
+    def api_detector(detector_id: RowId) -> dict[str, Any]:
         """A detector: its metrics beside always-absent, training settings, decision, and its job's epochs."""
         return plain(_detector(detector_id))
 
@@ -379,7 +382,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         return {"done": change()}
 
     @app.post("/api/detectors/{detector_id}/activate", tags=["actions"])
-    def api_activate(request: Request, detector_id: int) -> dict[str, Any]:
+    def api_activate(request: Request, detector_id: RowId) -> dict[str, Any]:
         """Make a detector its class's active one (needs --allow-actions and the token)."""
 
         def change() -> str:
@@ -394,7 +397,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         return _act(request, f"activate detector {detector_id}", change)
 
     @app.post("/api/jobs/{job_id}/cancel", tags=["actions"])
-    def api_cancel(request: Request, job_id: int) -> dict[str, Any]:
+    def api_cancel(request: Request, job_id: RowId) -> dict[str, Any]:
         """Cancel a queued or running training job (needs --allow-actions and the token)."""
 
         def change() -> str:
@@ -407,7 +410,7 @@ def create_app(*, actions_token: str | None = None) -> FastAPI:
         return _act(request, f"cancel job {job_id}", change)
 
     @app.post("/api/jobs/{job_id}/retry", tags=["actions"])
-    def api_retry(request: Request, job_id: int) -> dict[str, Any]:
+    def api_retry(request: Request, job_id: RowId) -> dict[str, Any]:
         """Queue a failed or cancelled job again; it resumes from its last checkpoint (needs --allow-actions and the token)."""
 
         def change() -> str:
