@@ -309,6 +309,18 @@ def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line
     assert res.returncode == 2 and res.stderr.splitlines() == [
         "vocfleet: error: vocfleet serve needs the web extra (uvicorn is missing): pip install 'vocfleet[web]'"
     ]
+    for token in (" " * 16, "a" * 20, "  a-token-of-at-least-16  "):  # guessable, or spaces a copy and paste may add
+        argv = [*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())]
+        res = subprocess.run(argv, env={**env, "VOCFLEET_WEB_TOKEN": token}, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and "not easily guessed and without spaces" in res.stderr, (token, res.stderr)
+    res = subprocess.run([*VOCFLEET, "serve", "--host", "0.0.0.0", "--port", str(free_port())], env=site["env"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.splitlines() == [
+        f"vocfleet: error: --host 0.0.0.0: every machine that reaches port {res.args[-1]} could read the results; set VOCFLEET_WEB_PASSWORD, "
+        "or pass --no-password to serve them to all"
+    ]
+    taken = site["url"].rsplit(":", 1)[1].rstrip("/")
+    res = subprocess.run([*VOCFLEET, "serve", "--port", taken], env=site["env"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "cannot listen there (Address already in use)" in res.stderr and "serving" not in res.stderr, res.stderr
     port = free_port()
     env = {**site["env"], "VOCFLEET_WEB_PASSWORD": "sesame"}  # behind a password, as compose runs it
     proc = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -323,6 +335,13 @@ def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_without_a_password_only_its_own_names_are_answered(site):
+    """A page on evil.example whose name resolves to 127.0.0.1 (DNS rebinding) sends Host: evil.example: refused."""
+    for host, status in (("evil.example", 421), (f"evil.example:{site['url'].rsplit(':', 1)[1].rstrip('/')}", 421), ("localhost", 200), ("127.0.0.1:1", 200)):
+        got = get(site, "/api/runs", headers={"Host": host})[0]
+        assert got == status, (host, got)
 
 
 def test_a_person_browses_runs_gallery_picture_and_detector(site, browser):

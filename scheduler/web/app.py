@@ -115,11 +115,25 @@ def _classes(text: str | None) -> tuple[str, ...]:
     return tuple(c for c in (text or "").replace(" ", ",").split(",") if c)
 
 
-def create_app(*, actions_token: str | None = None) -> FastAPI:
-    """The app; ``actions_token``: allow activate, cancel and retry to requests that carry it (else read-only)."""
+def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ()) -> FastAPI:
+    """The app; ``actions_token``: allow activate, cancel and retry to requests that carry it (else read-only).
+
+    ``hosts``: the names a request's Host header may give (any, when empty). Without a password a
+    server answers only to the names it was started for, so a page elsewhere cannot read it through
+    a name that resolves to this host (DNS rebinding).
+    """
     app = FastAPI(title="vocfleet", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # no docs page: it loads from a CDN
     settings = get_settings()
     store = ArtifactStore.from_settings(settings)
+
+    if hosts:
+
+        @app.middleware("http")
+        async def _host(request: Request, call_next) -> Response:
+            name = request.headers.get("host", "").rpartition(":")[0] if request.headers.get("host", "").count(":") == 1 else request.headers.get("host", "")
+            if name.strip("[]").lower() not in hosts:
+                return Response(f"vocfleet: this server answers to {', '.join(hosts)}, not {name!r}", 421)
+            return await call_next(request)
 
     if settings.web_password is not None:
 
