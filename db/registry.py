@@ -216,6 +216,7 @@ def detector_rows(s: Session, include_inactive: bool = False, ids: list[int] | N
                 "ema": cfg.get("ema", 0.0) if job is not None else None,
                 "seed": cfg.get("seed"),
                 "decision": decision(m),
+                "changes": changes(as_utc(d.created_at).isoformat(timespec="seconds"), m),
                 "status": "active" if d.active else "inactive",
                 "name": job.name if job is not None else None,
                 "tags": (job.tags if job is not None else None) or {},
@@ -239,20 +240,30 @@ def how_started(job: TrainJob | None) -> str | None:
     return job.config.get("init")
 
 
+def changes(created: str, metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """Every decision about one detector, oldest first: its promotion when its job finished, then each
+    change by hand or by a newer detector's promotion (the history is appended to, never rewritten)."""
+    said = [{"at": created, "what": metrics["promotion"]["decision"]}] if metrics.get("promotion", {}).get("decision") else []
+    return said + [{"at": e["at"], "what": _event_text(e)} for e in metrics.get("events") or []]
+
+
+def _event_text(e: dict[str, Any]) -> str:
+    why = f": {e['reason']}" if e.get("reason") else ""
+    if e["event"] == "activated":
+        replaced = f", replacing detector {e['replaced']}" if e.get("replaced") else ""
+        return f"activated by hand{replaced}{why}"
+    if e["event"] == "replaced":  # by a newer detector's promotion when its job finished
+        return f"replaced by detector {e['by']}{why}"
+    return f"deactivated: detector {e['by']} activated by hand{why}"
+
+
 def decision(metrics: dict[str, Any]) -> str | None:
     """Why a detector is (or is not) active: its latest change (by hand, or replaced by a newer one), else its promotion decision."""
     said = metrics.get("promotion", {}).get("decision")
     events = metrics.get("events") or []
     if not events:
         return said
-    e = events[-1]
-    why = f": {e['reason']}" if e.get("reason") else ""
-    if e["event"] == "activated":
-        replaced = f", replacing detector {e['replaced']}" if e.get("replaced") else ""
-        return f"activated by hand at {e['at']}{replaced}{why}"
-    if e["event"] == "replaced":  # by a newer detector's promotion when its job finished
-        return f"replaced at {e['at']} by detector {e['by']}{why}"
-    return f"deactivated at {e['at']}: detector {e['by']} activated by hand{why}"
+    return f"{_event_text(events[-1])} (at {events[-1]['at']})"
 
 
 def active_detectors(s: Session, classes: list[str] | None = None) -> list[Detector]:

@@ -74,7 +74,7 @@ def test_a_worse_detector_does_not_replace_a_better_one(invoke):
     better = _finish(0.30)
     assert active_ids() == [better]
     history = {h["id"]: h for h in json.loads(invoke("detectors", "history", "car", "--format", "json").output)}
-    assert history[first]["decision"].startswith("replaced at ") and f"by detector {better}: promoted: AP at least" in history[first]["decision"]
+    assert history[first]["decision"].startswith(f"replaced by detector {better}: promoted: AP at least") and "(at 20" in history[first]["decision"]
     other_split = _finish(0.10, split="test")  # APs on different splits do not compare: promoted, and it says so
     assert active_ids() == [other_split]
     assert _finish(0.05, promote="always") in active_ids()
@@ -92,8 +92,26 @@ def test_activate_a_detector_by_hand(invoke):
     res = invoke("detectors", "activate", second, "--reason", "better on the new photos")
     assert res.exit_code == 0 and active_ids() == [second]
     history = {h["id"]: h["decision"] for h in json.loads(invoke("detectors", "history", "car", "--format", "json").output)}
-    assert history[second].startswith("activated by hand at ") and history[second].endswith(f", replacing detector {first}: better on the new photos")
+    assert history[second].startswith(f"activated by hand, replacing detector {first}: better on the new photos (at ")
     assert f"detector {second} activated by hand: better on the new photos" in history[first]
+    # Activate the first again with another reason: nothing said before is lost (JSON and table).
+    assert invoke("detectors", "activate", first, "--reason", "the new photos were mislabelled").exit_code == 0
+    rows = {h["id"]: [c["what"] for c in h["changes"]] for h in json.loads(invoke("detectors", "history", "car", "--format", "json").output)}
+    assert rows[first] == [
+        "first detector of its class",
+        f"replaced by detector {second}: promoted: AP at least the active detector's",
+        f"activated by hand, replacing detector {second}",
+        f"deactivated: detector {second} activated by hand: better on the new photos",
+        f"activated by hand, replacing detector {second}: the new photos were mislabelled",
+    ]
+    assert rows[second] == [
+        "promoted: AP at least the active detector's",
+        f"deactivated: detector {first} activated by hand",
+        f"activated by hand, replacing detector {first}: better on the new photos",
+        f"deactivated: detector {first} activated by hand: the new photos were mislabelled",
+    ]
+    table = invoke("detectors", "history", "car").output
+    assert "first detector of its class" in table and "better on the new photos" in table and "the new photos were mislabelled" in table
 
 
 def test_a_detector_whose_checkpoint_is_gone_is_not_activated(invoke):

@@ -318,7 +318,10 @@ def detectors_history(voc_class: str, fmt: str) -> None:
     if not rows:
         click.echo(f"no {voc_class} detectors yet")
         return
-    click.echo(render(rows, ["id", "active", "ap", "split", *TRAINING_COLUMNS, "decision"], fmt))
+    click.echo(render(rows, ["id", "active", "ap", "split", *TRAINING_COLUMNS, "decision", *(["changes"] if fmt != "table" else [])], fmt))
+    if fmt == "table":  # every decision, oldest first: the column above holds only the latest of each
+        timeline = sorted(({"at": c["at"], "detector": r["id"], "what": c["what"]} for r in rows for c in r["changes"]), key=lambda c: c["at"])
+        click.echo("\nchanges, oldest first:\n" + render(timeline, ["at", "detector", "what"], fmt))
 
 
 @detectors.command("activate")
