@@ -20,6 +20,11 @@ from vocfleet.db.models import Detector, JobStatus, TrainJob
 from vocfleet.model.artifacts import ArtifactStore, StoredFile, is_spent, split_location
 
 
+# A detector's files, and a shared start's: never removed, even for a job this database does not
+# know (another database sharing the store may have it active).
+DETECTOR_FILES = ("detector.pt", "start.pt", "curves.png", "pr.png")
+
+
 @dataclass(frozen=True)
 class Garbage:
     location: str  # a URI in the store, or a path on this host
@@ -43,8 +48,9 @@ def find_garbage(s: Session, store: ArtifactStore, *, orphans: bool = False) -> 
     """Files safe to delete, with why, and how many job folders no job of this database owns.
 
     Never a file a detector row points to, nor anything of a queued, running, failed or cancelled
-    job (``retry`` resumes from it), nor a finished job's detector or plots. ``orphans``: also the
-    folders of jobs this database does not know, which another database sharing the store may own.
+    job (``retry`` resumes from it), nor any detector's or start's file or plots. ``orphans``: also
+    the resume state and leftovers of jobs this database does not know, which another database
+    sharing the store may own (their detectors' files stay).
     The store is listed before the database is read, so a job that starts meanwhile is seen as
     the job it is, not as an orphan. The store is listed once (on S3, a listing of every object).
     """
@@ -63,7 +69,7 @@ def find_garbage(s: Session, store: ArtifactStore, *, orphans: bool = False) -> 
             garbage.append(Garbage(f.uri, f.size, "finished job: resume state"))
         elif state is None and key not in detector_keys:
             orphaned.add(key)
-            if orphans:
+            if orphans and name not in DETECTOR_FILES:
                 garbage.append(Garbage(f.uri, f.size, "no job of this database"))
     # This host's copies (object storage only): work folders of jobs no longer running, fetched detectors.
     for key, path in work:

@@ -174,7 +174,7 @@ def gc(dry_run: bool, orphans: bool, yes: bool) -> None:
     for g in garbage:
         click.echo(f"{g.size / 2**20:9.1f} MiB  {clean(g.location)}  ({g.reason})")
     if orphaned and not orphans:
-        click.echo(f"{orphaned} job folder(s) in {store.root} belong to no job of this database: --orphans removes them")
+        click.echo(f"{orphaned} job folder(s) in {store.root} belong to no job of this database: --orphans removes their resume state (never a detector)")
     if not garbage:
         click.echo("nothing to remove")
         return
