@@ -35,7 +35,8 @@ def check_voc_root(root: str | os.PathLike) -> Path:
     """Return ``root`` resolved, or raise ConfigError if it does not look like a VOC year folder."""
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"VOC root {str(root)!r} does not exist: pass --voc-root pointing at VOCdevkit/VOC2007")
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise ConfigError(f"VOC root {str(root)!r} {what}: pass --voc-root pointing at VOCdevkit/VOC2007")
     for sub in ("ImageSets/Main", "JPEGImages"):
         if not (path / sub).is_dir():
             raise ConfigError(f"VOC root {str(root)!r} has no {sub}/: pass --voc-root pointing at VOCdevkit/VOC2007")

@@ -25,6 +25,7 @@ SUBMIT_CASES = [
     (["--name", "caf\udce9"], ["--name b'caf\\xe9'", "not UTF-8"]),  # a byte the shell passes raw
     (["--tag", "k=a\x01b"], ["--tag 'k=a\\x01b'", "control character"]),
     (["--note", "x\x1b[2J"], ["--note", "control character"]),
+    (["--voc-root", "/dev/null"], ["VOC root '/dev/null' is not a folder"]),
 ]
 COMMAND_CASES = [
     (["results", 2**40], ["1099511627776"]),
@@ -54,6 +55,10 @@ COMMAND_CASES = [
     (["status", "--class", ""], ["--class ''", "not a VOC class"]),
     (["runs", "--class", "banana"], ["--class 'banana'", "not a VOC class"]),
     (["detectors", "activate", 1, "--reason", "\x07"], ["--reason", "control character"]),
+    (["results", 1, "--present", "--absent"], ["--present and --absent contradict each other"]),
+    (["score", ""], ["folder ''", "give '.' for that"]),
+    (["score", "/proc/self"], ["'/proc/self'", "the kernel's"]),
+    (["score", "/sys"], ["'/sys'", "the kernel's"]),
 ]
 ENV_CASES = [
     ({"VOCFLEET_HEARTBEAT_SECONDS": "abc"}, 2, ["VOCFLEET_HEARTBEAT_SECONDS='abc'"]),
@@ -150,3 +155,9 @@ def test_an_artifact_root_under_a_file_is_refused_at_submit(fake_voc, invoke, mo
     one_line(invoke("submit", "--classes", "car", "--voc-root", fake_voc), 1, f"{tmp_path / 'afile'} is a file, not a folder", "VOCFLEET_ARTIFACT_ROOT")
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(TrainJob)) == 0
+
+
+def test_score_refuses_vocfleets_own_folders(invoke, data_dir, tmp_path):
+    (data_dir / "cache").mkdir(parents=True)
+    for folder in (data_dir, data_dir / "cache"):  # the data folder and inside it
+        one_line(invoke("score", folder), 2, f"'{folder}'", "vocfleet's own")

@@ -8,6 +8,8 @@ from pathlib import Path
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 
+PSEUDO = ("/proc", "/sys", "/dev")  # file systems of the kernel: endless or changing files, never photos
+
 
 def check_score_folder(folder: str | os.PathLike) -> Path:
     """Return the folder resolved (links and ``..`` followed), or raise ConfigError.
@@ -16,12 +18,19 @@ def check_score_folder(folder: str | os.PathLike) -> Path:
     fleet (a broker is configured) the roots are required, since workers read with their own rights.
     """
     settings = get_settings()
+    if not str(folder).strip():
+        raise ConfigError("folder '': name the folder to score (an empty name is not the current folder; give '.' for that)")
     path = Path(folder).expanduser()
     if not path.exists():
         raise ConfigError(f"folder {str(folder)!r} does not exist: check the path")
     if not path.is_dir():
         raise ConfigError(f"{str(folder)!r} is not a folder: pass folders (use 'vocfleet predict' for single images)")
     resolved = path.resolve()
+    if any(resolved == Path(p) or resolved.is_relative_to(p) for p in PSEUDO):
+        raise ConfigError(f"folder {str(folder)!r} (really {resolved}) is the kernel's, not pictures: give a folder of photos")
+    ours = next((p for p in settings.own_paths() if resolved.is_relative_to(os.path.realpath(p))), None)
+    if ours is not None:
+        raise ConfigError(f"folder {str(folder)!r} (really {resolved}) is vocfleet's own {ours}: give a folder of photos")
     roots = settings.score_roots
     if not roots and settings.broker_url:
         raise ConfigError("scoring in a fleet needs VOCFLEET_SCORE_ROOTS: set it to the folders workers may read (separated by ':')")

@@ -240,7 +240,8 @@ def runs(fmt: str, **filters: Any) -> None:
 @click.option("--all-runs", is_flag=True, help="Every run: the newest score of each file and class.")
 @click.option("--class", "voc_class", default=None, help="Only this class.", shell_complete=complete_classes)
 @click.option("--min-prob", type=Finite(0, 1), default=None, help="Only probabilities at or above this.")
-@click.option("--present/--absent", default=None, help="Only images judged present (or absent) at the detector's threshold.")
+@click.option("--present", "only_present", is_flag=True, help="Only images judged present at the detector's threshold.")
+@click.option("--absent", "only_absent", is_flag=True, help="Only images judged absent at the detector's threshold.")
 @click.option("--image", default=None, help="One image (path relative to its folder, or sha256): which classes are in it.")
 @click.option("--by-image", is_flag=True, help="One row per image: the classes present, and the three most above their threshold.")
 @click.option("--summary", is_flag=True, help="Per class: images, images present, mean probability.")
@@ -253,7 +254,7 @@ def runs(fmt: str, **filters: Any) -> None:
 )
 @click.option("--limit", type=int, default=None, help="At most this many rows.")
 @format_option
-def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, summary, show_errors, sort, limit, fmt) -> None:
+def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, image, by_image, summary, show_errors, sort, limit, fmt) -> None:
     """Query scoring results: one run, several (the newest score of each file and class), or --all-runs.
 
     Streamed: an export of millions of rows starts at once and holds a few thousand in memory.
@@ -265,16 +266,16 @@ def results(run_ids, all_runs, voc_class, min_prob, present, image, by_image, su
 
     if bool(run_ids) == all_runs:
         raise ConfigError("give run ids (see 'vocfleet runs') or --all-runs")
+    if only_present and only_absent:
+        raise ConfigError("--present and --absent contradict each other: choose one (or neither, for both)")
+    present = True if only_present else False if only_absent else None
     if limit is not None and not 1 <= limit <= 2**62:
         raise ConfigError(f"--limit {limit}: must be between 1 and 2**62")
     modes = [name for name, on in (("--by-image", by_image), ("--summary", summary), ("--errors", show_errors)) if on]
     if len(modes) > 1:
         raise ConfigError(f"{' and '.join(modes)} contradict each other: choose one")
-    filters = [
-        name
-        for name, on in (("--class", voc_class), ("--min-prob", min_prob is not None), ("--present/--absent", present is not None), ("--image", image))
-        if on
-    ]
+    given = (("--class", voc_class), ("--min-prob", min_prob is not None), ("--present", only_present), ("--absent", only_absent), ("--image", image))
+    filters = [name for name, on in given if on]
     if show_errors and filters:
         raise ConfigError(f"--errors lists the files not scored, which have no scores: drop {', '.join(filters)}")
     if image is not None and not image.strip():
