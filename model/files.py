@@ -106,7 +106,7 @@ def _kind(mode: int) -> str:
 
 
 @contextmanager
-def replacing(path: Path, *, then: str = "free space there and run the command again") -> Iterator[Path]:
+def replacing(path: Path, *, then: str = "run the command again") -> Iterator[Path]:
     """A temporary path beside ``path`` to write; on success it is flushed and renamed over ``path``.
 
     On any failure the temporary file is removed and ``path`` is untouched. ``then`` finishes a
@@ -140,7 +140,7 @@ def replacing(path: Path, *, then: str = "free space there and run the command a
 
 
 @contextmanager
-def writing(path: Path, *, then: str = "free space there and run the command again") -> Iterator[BinaryIO]:
+def writing(path: Path, *, then: str = "run the command again") -> Iterator[BinaryIO]:
     """``replacing`` with the temporary file open for binary writing."""
     with replacing(path, then=then) as tmp, open(tmp, "wb") as fh:
         yield fh

@@ -37,6 +37,8 @@ def _cell(value: Any) -> str:
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, dict | list | tuple):
+        value = json.dumps(value, ensure_ascii=False, default=str)  # tags and lists as JSON, as --format json gives them
     if isinstance(value, str) and value.startswith(_FORMULA):
         return "'" + value  # OWASP's advice against formula injection: shown as text
     return value

@@ -137,7 +137,7 @@ def test_a_full_disk_under_the_database_is_one_line_that_says_so(fake_voc, invok
         from vocfleet.db.session import dispose_engines
 
         dispose_engines()
-        assert invoke("status").exit_code == 0
+        assert invoke("db", "upgrade").exit_code == 0  # a database named by a URL is made by a command that writes
         try:
             with open(disk / "filler", "wb") as fh:  # fill what is left
                 while True:
@@ -181,5 +181,23 @@ def test_a_full_disk_while_the_image_cache_is_built_fails_the_job_in_one_line_an
             error = s.get(TrainJob, 1).error
         assert error.startswith("disk full while building the image cache (") and f"free space in {disk}, then 'vocfleet retry' the job" in error, error
         assert [p.name for p in disk.iterdir() if not p.name.endswith(".lock")] == []  # no sparse temporary file keeps the disk full
+    finally:
+        _unmount(disk)
+
+
+def test_a_full_disk_under_a_report_or_a_plot_is_one_line_and_leaves_nothing(detectors, invoke, tmp_path):
+    disk = _small_disk(tmp_path, 1)
+    try:
+        with open(disk / "filler", "wb", buffering=0) as fh:  # fill the disk
+            try:
+                while True:
+                    fh.write(b"x" * 4096)
+            except OSError:
+                pass
+        os.truncate(disk / "filler", os.path.getsize(disk / "filler") - 16 * 1024)  # 16 KiB free: less than the report needs
+        res = invoke("report", "--fleet", "--out", disk / "fleet.html")
+        [line] = res.output.splitlines()
+        assert res.exit_code == 1 and line == f"vocfleet: error: disk full while writing fleet.html: free space in {disk}, then run the command again", line
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no temporary file, no half a report
     finally:
         _unmount(disk)

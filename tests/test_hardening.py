@@ -1,5 +1,7 @@
 """Bad values: each one line naming the input, exit 2 (or 1 for the machine's state), nothing written."""
 
+import json
+
 import pytest
 from sqlalchemy import func, select
 
@@ -161,3 +163,12 @@ def test_score_refuses_vocfleets_own_folders(invoke, data_dir, tmp_path):
     (data_dir / "cache").mkdir(parents=True)
     for folder in (data_dir, data_dir / "cache"):  # the data folder and inside it
         one_line(invoke("score", folder), 2, f"'{folder}'", "vocfleet's own")
+
+
+def test_tags_in_csv_are_json(fake_voc, invoke):
+    import csv
+    import io
+
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--tag", "team=vision", "--tag", "run=7").exit_code == 0
+    [row] = list(csv.DictReader(io.StringIO(invoke("status", "--format", "csv").output)))
+    assert json.loads(row["tags"]) == {"team": "vision", "run": "7"}
