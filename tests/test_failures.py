@@ -101,3 +101,25 @@ def test_a_sqlite_url_in_a_missing_folder_is_refused(monkeypatch, tmp_path, invo
     dispose_engines()
     res = invoke("runs")
     assert res.exit_code == 1 and "the folder" in res.output and "does not exist" in res.output and not (tmp_path / "nowhere").exists()
+
+
+def test_a_database_deleted_under_scoring_is_one_line_with_no_logged_traceback(detectors, data_dir, invoke, tmp_path, monkeypatch, caplog):
+    import numpy as np
+    from PIL import Image
+
+    from vocfleet.worker import scoring
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(folder / f"{i}.jpg")
+    real = scoring._score_shard
+
+    def delete_first(*args, **kwargs):
+        (data_dir / "vocfleet.db").unlink()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "_score_shard", delete_first)
+    res = invoke("score", folder)
+    assert res.exit_code == 1 and res.output.splitlines()[-1].startswith("vocfleet: error: the database") and "was deleted" in res.output, res.output
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]

@@ -178,6 +178,8 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
         except (KeyboardInterrupt, OperationalError):
             hand_back(TrainJob, job_id, token, "interrupted; will resume from the last checkpoint")
             raise
+        except DatabaseGone:  # nothing can be recorded where the database was: the command says so in one line
+            raise
         except Exception as exc:  # noqa: BLE001 - any crash is recorded with its reason
             log.exception("job %d failed", job_id)
             with session_scope() as s:

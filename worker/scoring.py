@@ -19,7 +19,7 @@ from vocfleet.db.claims import end_job
 from vocfleet.db.models import Detector, JobStatus, ScoreRun, ScoreShard
 from vocfleet.db.runs import add_shard, finish_run_if_done, finish_scan, scan_position
 from vocfleet.db.score_writer import recorded_paths, store_chunk
-from vocfleet.db.session import session_scope
+from vocfleet.db.session import DatabaseGone, session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 from vocfleet.model.artifacts import ArtifactStore
@@ -119,6 +119,8 @@ def run_score_run(
         except (KeyboardInterrupt, OperationalError):
             hand_back(ScoreRun, run_id, token, "interrupted; will resume where it stopped")
             raise
+        except DatabaseGone:  # nothing can be recorded where the database was: the command says so in one line
+            raise
         except Exception as exc:  # noqa: BLE001 - any crash is recorded with its reason
             log.exception("scoring run %d failed while scanning", run_id)
             with session_scope() as s:
@@ -208,6 +210,8 @@ def run_score_shard(shard_id: int, *, tally: Tally | None = None, host: str | No
             return end(JobStatus.failed, str(exc))
         except (KeyboardInterrupt, OperationalError):
             hand_back(ScoreShard, shard_id, token, "interrupted; will resume where it stopped")
+            raise
+        except DatabaseGone:  # nothing can be recorded where the database was: the command says so in one line
             raise
         except Exception as exc:  # noqa: BLE001
             log.exception("shard %d of scoring run %d failed", shard_id, run_id)
