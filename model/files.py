@@ -76,7 +76,7 @@ def output_path(name: str, *, option: str, force: bool = False, protected: Itera
     real = Path(os.path.realpath(folder)) / path.name
     for kept in protected:
         if real.is_relative_to(os.path.realpath(kept)):
-            raise ConfigError(f"{said}: {kept} is vocfleet's own; write somewhere else")
+            raise ConfigError(f"{said}: that is in {kept}, where vocfleet keeps its own files; write somewhere else")
     try:
         st = os.lstat(real)
     except FileNotFoundError:
