@@ -174,14 +174,27 @@ def test_training_reads_mpo_too(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_scoring_proc_ends_with_a_reason_for_every_file(detectors, invoke):
+def test_scoring_proc_ends_with_a_reason_for_every_file(detectors, invoke, tmp_path):
     """/proc: files that lie about their size, vanish mid-scan or cannot be read; none stops the run.
 
     This process's own folder (its threads come and go while it is scanned) and the kernel's
     settings: 1,500 files, not the 30,000 of all /proc (a minute, the same kinds of file).
     Files that block are the FIFOs above.
     """
-    res = invoke("score", "/proc/self", "/proc/sys")
+    import subprocess
+
+    assert invoke("score", "/proc/self").exit_code == 2  # given by name, the kernel's folders are refused outright
+    mounts = [tmp_path / "self", tmp_path / "sys"]  # the same files under a folder of the user's (a bind mount, as a container may have)
+    for mount, source in zip(mounts, (f"/proc/{os.getpid()}", "/proc/sys"), strict=True):
+        mount.mkdir()
+        done = subprocess.run(["mount", "--bind", source, str(mount)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount /proc here ({done.stderr.decode().strip()})")
+    try:
+        res = invoke("score", *mounts)
+    finally:
+        for mount in mounts:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
     assert res.exit_code == 0, res.output
     assert "run 1 succeeded: 0 image(s) scored" in res.output and "Traceback" not in res.output and "None" not in res.output
     from vocfleet.db.models import ScoreRun
