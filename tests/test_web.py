@@ -391,3 +391,11 @@ def test_a_person_browses_runs_gallery_picture_and_detector(site, browser):
     keep = Path(os.environ.get("WEB_SCREENSHOTS") or site["base"])  # WEB_SCREENSHOTS=docs: refresh the README's pictures
     for name, png in shots.items():
         (keep / f"web-{name}.png").write_bytes(png)
+
+
+def test_a_detectors_page_keeps_every_decision(site):
+    with sqlite3.connect(Path(site["env"]["VOCFLEET_DATA_DIR"]) / "vocfleet.db") as conn:
+        (first,) = conn.execute("SELECT min(id) FROM detectors WHERE voc_class = 'dog'").fetchone()
+    status, _, body = get(site, f"/detectors/{first}")
+    page = body.decode()
+    assert status == 200 and "every decision (" in page and "first detector of its class" in page and "replaced by detector" in page, page[:2000]
