@@ -1,4 +1,4 @@
-"""The package's import graph has no cycle, not even through an import inside a function."""
+"""The package's import graph: no cycle, not even through an import inside a function, and layers that import downwards only."""
 
 import ast
 from pathlib import Path
@@ -107,3 +107,35 @@ def test_every_name_imported_inside_the_package_exists():
                 if not hasattr(module, alias.name) and f"{base}.{alias.name}" not in modules:
                     missing.append(f"{path.relative_to(ROOT)}: {base}.{alias.name}")
     assert missing == []
+
+
+# docs/architecture.md: layers import downwards only, scheduler -> worker -> db -> model.
+LAYERS = ["vocfleet.model", "vocfleet.db", "vocfleet.worker", "vocfleet.scheduler"]
+
+
+def _layer(module: str) -> int | None:
+    return next((i for i, top in enumerate(LAYERS) if module == top or module.startswith(top + ".")), None)
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a module from a higher layer than its own (type-checking imports excluded)."""
+    bad = []
+    for name, targets in graph.items():
+        mine = _layer(name)
+        for target in sorted(targets):
+            theirs = _layer(target)
+            if mine is not None and theirs is not None and theirs > mine:
+                bad.append(f"{name} imports {target}")
+    return bad
+
+
+def test_layers_import_downwards_only():
+    modules = _modules()
+    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+    assert layer_violations(graph) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert layer_violations({"vocfleet.model.data": {"vocfleet.db.session"}, "vocfleet.db.x": {"vocfleet.model.data"}}) == [
+        "vocfleet.model.data imports vocfleet.db.session"
+    ]
