@@ -399,3 +399,22 @@ def test_a_detectors_page_keeps_every_decision(site):
     status, _, body = get(site, f"/detectors/{first}")
     page = body.decode()
     assert status == 200 and "every decision (" in page and "first detector of its class" in page and "replaced by detector" in page, page[:2000]
+
+
+def test_text_stored_before_it_was_refused_still_renders(fake_voc, invoke, data_dir):
+    """A tag holding a byte that is not UTF-8 (older versions stored it) took /jobs, /api/jobs and /api/detectors down with 500s."""
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc, "--tag", "team=x", "--name", "mine").exit_code == 0
+    with sqlite3.connect(data_dir / "vocfleet.db") as conn:
+        conn.execute("""UPDATE train_jobs SET tags = '{"team": "caf\\udce9"}'""")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOCFLEET_")} | {"VOCFLEET_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _status(f"http://127.0.0.1:{port}/api/jobs") == 200, 60, "the server")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/jobs", timeout=10).read()
+        assert json.loads(body)[0]["tags"] == {"team": "caf\udce9"}  # escaped in the JSON, read back as stored
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/jobs", timeout=10).read().decode()
+        assert "caf\\udce9" in page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

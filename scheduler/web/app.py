@@ -9,6 +9,7 @@ run recorded, read with scoring's no-link checks, and cached per picture and siz
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import queue
 import secrets
@@ -115,6 +116,14 @@ def _classes(text: str | None) -> tuple[str, ...]:
     return tuple(c for c in (text or "").replace(" ", ",").split(",") if c)
 
 
+class _JSON(JSONResponse):
+    """JSON that any stored text can be written in: a name or tag that is not UTF-8 (stored before such
+    input was refused) is escaped (``\\udcff``) instead of failing every page that lists it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ()) -> FastAPI:
     """The app; ``actions_token``: allow activate, cancel and retry to requests that carry it (else read-only).
 
@@ -122,7 +131,9 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
     server answers only to the names it was started for, so a page elsewhere cannot read it through
     a name that resolves to this host (DNS rebinding).
     """
-    app = FastAPI(title="vocfleet", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # no docs page: it loads from a CDN
+    app = FastAPI(  # no docs page: it loads from a CDN
+        title="vocfleet", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json", default_response_class=_JSON
+    )
     settings = get_settings()
     store = ArtifactStore.from_settings(settings)
 
@@ -153,12 +164,12 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
         html = (
             _templates().get_template(template).render(version=__version__, actions=actions_token is not None, path=request.url.path, status=status, **context)
         )
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(html.encode("utf-8", "backslashreplace"), status_code=status)  # text stored by older versions may not be UTF-8
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+            return _JSON({"error": exc.message}, status_code=exc.status)
         return page(request, "error.html", exc.status, message=exc.message, title=f"error {exc.status}")
 
     @app.exception_handler(RequestValidationError)
