@@ -17,8 +17,6 @@ def database_problem(exc: BaseException, url: str) -> tuple[str, int] | None:
     SQLAlchemy's errors, or the driver's own where ``status`` and ``runs`` read without SQLAlchemy
     (``listing.py``); a full disk and a read-only file are named as such.
     """
-    if raised(exc, "vocfleet.db.session", "DatabaseGone") or raised(exc, "vocfleet.db.session", "SchemaMismatch"):
-        return str(exc), 1
     if any(raised(exc, module, "OperationalError") for module in ("sqlalchemy.exc", "psycopg", "sqlite3")):
         reason = " ".join(str(getattr(exc, "orig", exc)).split())
         if "disk is full" in reason or "No space left" in reason or "disk I/O error" in reason and _full(url):

@@ -145,7 +145,7 @@ def activate_usable(store: ArtifactStore, detector_id: int, reason: str | None) 
     Returns:
         As ``activate_detector``; None if there is no such detector.
     Raises:
-        ConfigError: the file is gone or changed; the detector is not activated.
+        DetectorUnavailable: the file is gone or changed; the detector is not activated.
     """
     from vocfleet.model import DetectorUnavailable
 
@@ -158,7 +158,7 @@ def activate_usable(store: ArtifactStore, detector_id: int, reason: str | None) 
     try:
         store.local_copy(*found)
     except DetectorUnavailable as exc:
-        raise ConfigError(f"detector {detector_id} not activated: {exc}") from None
+        raise DetectorUnavailable(f"detector {detector_id} not activated: {exc}") from None
     with session_scope() as s:
         return activate_detector(s, detector_id, reason)
 

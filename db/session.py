@@ -13,6 +13,8 @@ from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from vocfleet.model import VocfleetError
+
 from .settings import SettingsError, get_settings, read_only_sqlite, sqlite_file
 from .states import SCHEMA_HEAD
 
@@ -34,11 +36,11 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-class SchemaMismatch(Exception):
+class SchemaMismatch(VocfleetError):
     """The database's schema and this code's do not match, and this process may not change it: one line says what to run."""
 
 
-class DatabaseGone(Exception):
+class DatabaseGone(VocfleetError):
     """The SQLite file was deleted or replaced while this process used it, or is missing beside earlier work: one line."""
 
 

@@ -7,9 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vocfleet.model import VocfleetError
 
-class SettingsError(ValueError):
+
+class SettingsError(VocfleetError, ValueError):
     """A ``VOCFLEET_*`` variable holds a value that cannot be used."""
+
+    exit_code = 2
 
 
 def read_only_sqlite(path: Path) -> str | None:

@@ -28,12 +28,29 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 
 
-class ConfigError(ValueError):
+class VocfleetError(Exception):
+    """What vocfleet tells a person: one line naming the input or the state and the fix.
+
+    Every error meant for a person derives from it, so the CLI and the web app each handle them in
+    one place: the CLI prints the line and exits with ``exit_code`` (2: bad input, 1: the state of
+    the machine, the database or a service), the web app answers ``http_status``.
+    """
+
+    exit_code = 1
+    http_status = 500
+
+
+class ConfigError(VocfleetError, ValueError):
     """Bad input from the user (never retried): the message is one line naming the input and the fix."""
+
+    exit_code = 2
+    http_status = 400
 
 
 class DetectorUnavailable(ConfigError):
     """A detector's checkpoint is missing or no longer matches its recorded sha256 (retrain or restore it)."""
+
+    http_status = 409
 
 
 def check_class(name: str) -> str:
@@ -43,5 +60,7 @@ def check_class(name: str) -> str:
     return name.strip().lower()
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(VocfleetError):
     """Object storage could not be reached or used (no bucket, no credentials, an outage that outlasted the retries): one line."""
+
+    http_status = 503

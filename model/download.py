@@ -12,7 +12,7 @@ from pathlib import Path
 from torchvision.datasets.utils import USER_AGENT, check_integrity, extract_archive
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 
-from . import ConfigError
+from . import ConfigError, VocfleetError
 
 log = logging.getLogger(__name__)
 # torchvision knows the archives and their MD5s; VOC2007 has a separate test archive.
@@ -20,8 +20,10 @@ ARCHIVES = {"2007": ["2007", "2007-test"], "2012": ["2012"]}
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(VocfleetError, RuntimeError):
     """The download could not be done (offline, server error, checksum mismatch); one line for the user."""
+
+    http_status = 502
 
 
 def fetch(url: str, path: Path, *, progress: Callable[[int, int], None] | None = None, timeout: float = 20.0) -> None:

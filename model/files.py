@@ -19,11 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from . import ConfigError
+from . import ConfigError, VocfleetError
 
 
-class DiskFull(OSError):
+class DiskFull(VocfleetError, OSError):
     """No space (or quota) left while writing a file; the message names the file and the folder to free."""
+
+    http_status = 507
 
 
 def no_space(exc: BaseException) -> bool:

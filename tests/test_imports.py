@@ -139,3 +139,25 @@ def test_the_layer_check_finds_an_upward_import():
     assert layer_violations({"vocfleet.model.data": {"vocfleet.db.session"}, "vocfleet.db.x": {"vocfleet.model.data"}}) == [
         "vocfleet.model.data imports vocfleet.db.session"
     ]
+
+
+def test_every_error_meant_for_a_person_has_one_base():
+    """The CLI and the web app handle VocfleetError in one place each; an error class outside it would print a traceback.
+
+    Exceptions that are control flow, not messages (a stop request, a lost claim, a file's recorded reason), are listed.
+    """
+    import importlib
+    import inspect
+
+    from vocfleet.model import VocfleetError
+
+    control_flow = {"Stopped", "RunCancelled", "NotClaimed", "WorkFailed", "BadImage", "UnsafeFile", "_Closed", "Interrupted"}
+    outside = []
+    for name in _modules():
+        if name.endswith(("__main__", "celery_app", "tasks")):
+            continue  # importing them starts Celery's app
+        module = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == name and issubclass(cls, BaseException) and cls_name not in control_flow and not issubclass(cls, VocfleetError):
+                outside.append(f"{name}.{cls_name}")
+    assert outside == []

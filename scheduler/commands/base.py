@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from vocfleet.db.errors import database_problem, raised
+from vocfleet.db.errors import database_problem
 from vocfleet.db.listing import ListFilter, tag_text
-from vocfleet.db.settings import MAX_SECONDS, SettingsError, get_settings
+from vocfleet.db.settings import MAX_SECONDS, get_settings
 from vocfleet.db.states import Labels, as_utc, parse_since, parse_tag
-from vocfleet.model import ConfigError
+from vocfleet.model import ConfigError, VocfleetError
 
 from ..output import FORMATS
 
@@ -59,14 +59,10 @@ class VocfleetGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ConfigError, SettingsError) as exc:
+        except VocfleetError as exc:  # every error meant for a person: its line, its exit code
             click.echo(f"vocfleet: error: {exc}", err=True)
-            ctx.exit(2)
+            ctx.exit(exc.exit_code)
         except Exception as exc:
-            one_line = (("vocfleet.model.download", "DownloadError"), ("vocfleet.model", "StoreUnavailable"), ("vocfleet.model.files", "DiskFull"))
-            if any(raised(exc, module, name) for module, name in one_line):
-                click.echo(f"vocfleet: error: {exc}", err=True)
-                ctx.exit(1)
             problem = database_problem(exc, get_settings().database_url)
             if problem is not None:
                 click.echo(f"vocfleet: error: {problem[0]}", err=True)

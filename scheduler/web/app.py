@@ -39,7 +39,7 @@ from vocfleet.db.results import RESULT_COLUMNS, ResultQuery, error_rows, export_
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.db.training import retry_job
-from vocfleet.model import ConfigError
+from vocfleet.model import VocfleetError
 from vocfleet.model.artifacts import ArtifactStore
 from vocfleet.model.thumbnails import SIZES, cached_thumbnail
 from vocfleet.worker.dispatch import enqueue
@@ -65,12 +65,12 @@ RowId = Annotated[int, FastPath(ge=1, le=gallery_db.MAX_ID)]  # a larger id is a
 OtherRun = Annotated[int, Query(ge=1, le=gallery_db.MAX_ID)]
 
 
-class Problem(Exception):
+class Problem(VocfleetError):
     """A request the app refuses: one line and an HTTP status (JSON under /api/, a page elsewhere)."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.http_status = status
 
 
 @cache
@@ -166,11 +166,12 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
         )
         return HTMLResponse(html.encode("utf-8", "backslashreplace"), status_code=status)  # text stored by older versions may not be UTF-8
 
-    @app.exception_handler(Problem)
-    async def _problem(request: Request, exc: Problem) -> Response:
+    @app.exception_handler(VocfleetError)
+    async def _problem(request: Request, exc: VocfleetError) -> Response:
+        """Every error for a person, in one place: its line and its status (JSON under /api/, a page elsewhere)."""
         if request.url.path.startswith("/api/"):
-            return _JSON({"error": exc.message}, status_code=exc.status)
-        return page(request, "error.html", exc.status, message=exc.message, title=f"error {exc.status}")
+            return _JSON({"error": str(exc)}, status_code=exc.http_status)
+        return page(request, "error.html", exc.http_status, message=str(exc), title=f"error {exc.http_status}")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -411,10 +412,7 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
         """Make a detector its class's active one (needs --allow-actions and the token)."""
 
         def change() -> str:
-            try:  # the CLI's checks: a detector whose file is gone or changed is not activated
-                done = activate_usable(store, detector_id, reason="activated in the web app")
-            except ConfigError as exc:
-                raise Problem(409, str(exc)) from None
+            done = activate_usable(store, detector_id, reason="activated in the web app")  # the CLI's checks: 409 if the file is gone or changed
             if done is None:
                 raise Problem(404, f"detector {detector_id}: no such detector")
             return f"detector {detector_id} is the active {done[0].voc_class} detector"
