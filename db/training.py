@@ -194,16 +194,16 @@ def finish_job(s: Session, job_id: int, token: str, result: FitResult) -> Detect
     return detector
 
 
-def retry_job(s: Session, job_id: int) -> str:
+def retry_job(s: Session, job_id: int) -> JobStatus | None:
     """Queue a failed or cancelled job again with fresh attempts (it resumes from its ``last.pt``).
 
     Returns:
-        ``queued``, ``missing``, or the status that kept it from being retried.
+        ``JobStatus.queued`` once done; the status that kept it from being retried; None if there is no such job.
     """
     job = s.get(TrainJob, job_id, with_for_update=True)
     if job is None:
-        return "missing"
+        return None
     if job.status not in (JobStatus.failed, JobStatus.cancelled):
-        return job.status.value
+        return job.status
     job.status, job.claim_token, job.cancel_requested, job.error, job.finished_at, job.attempts = JobStatus.queued, None, False, None, None, 0
-    return "queued"
+    return JobStatus.queued

@@ -248,7 +248,7 @@ def test_gc_keeps_what_became_needed_after_it_listed(s3_root, data_dir, invoke):
         garbage, _ = find_garbage(s, store)
     assert {g.reason for g in garbage} == {"work copy of a job not running", "cached copy of no detector"}
     with session_scope() as s:
-        assert retry_job(s, job.id) == "queued"
+        assert retry_job(s, job.id) == JobStatus.queued
         s.add(Detector(voc_class="car", checkpoint_path="jobs/x/detector.pt", sha256="e" * 64, threshold=0.5, ap=0.5, metrics={}, active=False))
     assert remove_garbage(session_scope, store, garbage) == []
     assert (store.job_dir(key) / "last.pt").exists() and cached.exists()

@@ -156,7 +156,7 @@ def test_cancelling_a_start_cancels_the_jobs_that_wait_for_it_and_retry_brings_i
     res = invoke("submit", "--classes", "car", "--voc-root", "/nonexistent", "--start", start)
     assert res.exit_code == 2
     with session_scope() as s:
-        assert retry_job(s, start) == "queued" and retry_job(s, jobs[0]) == "queued"
+        assert retry_job(s, start) == JobStatus.queued and retry_job(s, jobs[0]) == JobStatus.queued
         assert next_queued(s) == (start, START_CLASS) and ready_ids(s, jobs) == []
 
 

@@ -132,21 +132,24 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
 @action_format_option
 def retry(job_ids: tuple[int, ...], fmt: str) -> None:
     """Put failed or cancelled training jobs back in the queue; each resumes from its last checkpoint."""
-    from vocfleet.db.models import TrainJob
+    from vocfleet.db.models import JobStatus, TrainJob
     from vocfleet.db.training import retry_job
     from vocfleet.worker.dispatch import enqueue
 
     with database() as s:
         outcomes = {i: retry_job(s, i) for i in job_ids}
-    queued = [i for i, o in outcomes.items() if o == "queued"]
+    queued = [i for i, o in outcomes.items() if o == JobStatus.queued]
     for i, outcome in outcomes.items():
-        say(fmt, f"job {i}: " + {"queued": "queued again; resumes from its last checkpoint", "missing": "no such job"}.get(outcome, f"{outcome}, not retried"))
+        if outcome is None:
+            say(fmt, f"job {i}: no such job")
+        else:
+            say(fmt, f"job {i}: " + ("queued again; resumes from its last checkpoint" if outcome == JobStatus.queued else f"{outcome}, not retried"))
     if queued and get_settings().broker_url:
         enqueue(TrainJob, queued)
     elif queued:
         say(fmt, "run them with: vocfleet run")
-    emit(fmt, {"jobs": [{"job": i, "status": o} for i, o in outcomes.items()]})
-    if any(o == "missing" for o in outcomes.values()):
+    emit(fmt, {"jobs": [{"job": i, "status": o.value if o is not None else "missing"} for i, o in outcomes.items()]})
+    if None in outcomes.values():
         sys.exit(1)
 
 

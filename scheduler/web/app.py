@@ -33,7 +33,7 @@ from vocfleet import __version__
 from vocfleet.db import gallery as gallery_db
 from vocfleet.db import views as web_db
 from vocfleet.db.claims import cancel_work
-from vocfleet.db.models import TrainJob
+from vocfleet.db.models import JobStatus, TrainJob
 from vocfleet.db.registry import activate_usable
 from vocfleet.db.results import RESULT_COLUMNS, ResultQuery, error_rows, export_csv, export_json
 from vocfleet.db.session import session_scope
@@ -439,9 +439,9 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
         def change() -> str:
             with session_scope() as s:
                 outcome = retry_job(s, job_id)
-            if outcome == "missing":
+            if outcome is None:
                 raise Problem(404, f"job {job_id}: no such job")
-            if outcome != "queued":
+            if outcome != JobStatus.queued:
                 raise Problem(409, f"job {job_id}: {outcome}, not retried (only failed or cancelled jobs are)")
             if settings.broker_url:
                 enqueue(TrainJob, [job_id])
