@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 try:
-    import vocfleet.model  # noqa: F401 - installed (pip install -e . or the wheel)
+    import vocfleet.model  # installed (pip install -e . or the wheel)
 except ModuleNotFoundError:  # a bare checkout (a lent GPU host): map the folders as pyproject's package-dir does
     import vocfleet
 

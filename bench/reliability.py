@@ -23,8 +23,8 @@ from common import ROOT
 from PIL import Image
 
 sys.path.insert(0, str(ROOT))
-from tests.support import make_fake_voc  # noqa: E402 - after the path is set
-from tests.test_hardening import COMMAND_CASES, ENV_CASES, SMALL, SUBMIT_CASES  # noqa: E402
+from tests.support import make_fake_voc  # after the path is set
+from tests.test_hardening import COMMAND_CASES, ENV_CASES, SMALL, SUBMIT_CASES
 
 VOCFLEET = [sys.executable, "-m", "vocfleet"]
 

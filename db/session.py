@@ -178,7 +178,7 @@ def _copy_sqlite(src: Path, dst: Path) -> dict[str, int]:
             raise DatabaseGone(f"the copy of {src} fails SQLite's integrity check ({problem}): the source itself is damaged")
         tables = {"jobs": "train_jobs", "detectors": "detectors", "runs": "score_runs"}
         present = {r[0] for r in target.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        return {what: target.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for what, table in tables.items() if table in present}  # noqa: S608 - names above
+        return {what: target.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for what, table in tables.items() if table in present}  # names above
     finally:
         target.close()
         source.close()
@@ -279,7 +279,7 @@ def upgrade_database(url: str | None = None) -> None:
     engine.dispose()  # pooled connections may hold the old schema's statements
 
 
-def oldest_compatible(cfg) -> str:  # noqa: ANN001 - alembic's Config, imported only here
+def oldest_compatible(cfg) -> str:  # alembic's Config, imported only here
     """The oldest revision whose code can run on a schema at head: down from head past each migration marked ``older_code_ok``."""
     from alembic.script import ScriptDirectory
 
@@ -290,7 +290,7 @@ def oldest_compatible(cfg) -> str:  # noqa: ANN001 - alembic's Config, imported 
     return rev.revision
 
 
-def _record_compat(conn, cfg) -> None:  # noqa: ANN001
+def _record_compat(conn, cfg) -> None:
     conn.execute(text("DELETE FROM schema_compat"))
     conn.execute(text("INSERT INTO schema_compat (oldest_code) VALUES (:r)"), {"r": oldest_compatible(cfg)})
 

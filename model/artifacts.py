@@ -115,7 +115,7 @@ def retrying(what: str, call, *args, delays: tuple[float, ...] | None = None, **
             return call(*args, **kwargs)
         except FileNotFoundError:
             raise
-        except Exception as exc:  # noqa: BLE001 - s3fs, botocore and aiohttp raise many kinds; sorted below
+        except Exception as exc:  # s3fs, botocore and aiohttp raise many kinds; sorted below
             if delay is None or not _transient(exc):
                 raise _store_error(what, exc) from exc
             log.warning("artifact store: %s failed (%s); trying again in %gs", what, exc.__class__.__name__, delay)

@@ -67,7 +67,7 @@ class TinyResNet(ResNet):
         super().__init__(BasicBlock, [1, 1, 1, 1], num_classes=num_classes, zero_init_residual=zero_init_residual)
         self.fc = nn.Linear(self.inplanes, num_classes)  # ResNet sizes its head for full width
 
-    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # noqa: ANN001 - torchvision's signature
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # torchvision's signature
         return super()._make_layer(block, planes // 8, blocks, stride, dilate)
 
 

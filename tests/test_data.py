@@ -105,7 +105,7 @@ def test_k_folds_partition_the_split_stratified_and_never_train_on_what_they_eva
     for fold in range(3):
         cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), arch="tiny", image_size=32, eval_split=f"fold:{fold}/3", seed=fold)
         train, val, evaluation, _ = prepare_splits(cfg, tmp_path / "cache")
-        ids = lambda split: {split.decoded.ids[r] for r in split.rows}  # noqa: E731
+        ids = lambda split: {split.decoded.ids[r] for r in split.rows}
         assert not ids(evaluation) & (ids(train) | ids(val))
         assert not ids(evaluation) & seen
         seen |= ids(evaluation)

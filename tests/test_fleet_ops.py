@@ -84,7 +84,7 @@ def test_a_host_clock_minutes_off_neither_looks_dead_nor_outlives_its_heartbeat(
         s.add(job)
         s.flush()
         job_id = job.id
-    host_clock = lambda: states.utcnow() + timedelta(minutes=skew_minutes)  # noqa: E731
+    host_clock = lambda: states.utcnow() + timedelta(minutes=skew_minutes)
     with monkeypatch.context() as m:  # the worker's host: its clock is off
         m.setattr(claims, "utcnow", host_clock)
         m.setattr(states, "utcnow", host_clock)

@@ -30,7 +30,7 @@ class Presence:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vocfleet-presence", daemon=True)
 
-    def _write(self, action, *args) -> bool:  # noqa: ANN001
+    def _write(self, action, *args) -> bool:
         try:
             with session_scope() as s:
                 return action(s, self.name, *args) is not False

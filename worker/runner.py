@@ -180,7 +180,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             raise
         except DatabaseGone:  # nothing can be recorded where the database was: the command says so in one line
             raise
-        except Exception as exc:  # noqa: BLE001 - any crash is recorded with its reason
+        except Exception as exc:  # any crash is recorded with its reason
             log.exception("job %d failed", job_id)
             with session_scope() as s:
                 end_job(s, TrainJob, job_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=3)}")

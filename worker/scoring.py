@@ -121,7 +121,7 @@ def run_score_run(
             raise
         except DatabaseGone:  # nothing can be recorded where the database was: the command says so in one line
             raise
-        except Exception as exc:  # noqa: BLE001 - any crash is recorded with its reason
+        except Exception as exc:  # any crash is recorded with its reason
             log.exception("scoring run %d failed while scanning", run_id)
             with session_scope() as s:
                 end_job(s, ScoreRun, run_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}")
@@ -213,7 +213,7 @@ def run_score_shard(shard_id: int, *, tally: Tally | None = None, host: str | No
             raise
         except DatabaseGone:  # nothing can be recorded where the database was: the command says so in one line
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("shard %d of scoring run %d failed", shard_id, run_id)
             return end(JobStatus.failed, f"{exc.__class__.__name__}: {exc}")
     return end(JobStatus.succeeded, None)

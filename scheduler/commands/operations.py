@@ -417,7 +417,7 @@ def worker(gpus: str, queues: str, name: str, loglevel: str, metrics_port: int |
         if len(devices) == 1:
             os.execvpe(cmd[0], cmd, env)  # one worker: become it, so signals reach Celery directly
         procs.append(subprocess.Popen(cmd, env=env))
-    forward = lambda signum, _frame: [p.send_signal(signum) for p in procs]  # noqa: E731
+    forward = lambda signum, _frame: [p.send_signal(signum) for p in procs]
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     sys.exit(max(p.wait() for p in procs))

@@ -229,8 +229,8 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
         voc_class: ClassParam = None,
         also: str | None = None,
         without: str | None = None,
-        min: str | None = None,  # noqa: A002 - the query parameter's name; a form's empty field is ""
-        max: str | None = None,  # noqa: A002
+        min: str | None = None,  # the query parameter's name; a form's empty field is ""
+        max: str | None = None,
         folder: str | None = None,
         after: str | None = None,
         limit: Limit = gallery_db.PAGE,
@@ -345,8 +345,8 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
         voc_class: ClassParam = None,
         also: Annotated[str | None, Query(description="classes that must be present too, comma-separated")] = None,
         without: Annotated[str | None, Query(description="classes that must be absent, comma-separated")] = None,
-        min: Prob = None,  # noqa: A002
-        max: Prob = None,  # noqa: A002
+        min: Prob = None,
+        max: Prob = None,
         folder: Annotated[str | None, Query(description="only files under this folder")] = None,
         after: Annotated[str | None, Query(description="the previous page's 'next'")] = None,
         limit: Limit = gallery_db.PAGE,
@@ -371,7 +371,7 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
             return {"total": view.error_files, "errors": error_rows(s, run_id, limit)}
 
     @app.get("/api/runs/{run_id}/export", tags=["runs"])
-    def api_export(run_id: RowId, format: Annotated[str, Query(pattern="^(jsonl|csv)$")] = "jsonl") -> StreamingResponse:  # noqa: A002
+    def api_export(run_id: RowId, format: Annotated[str, Query(pattern="^(jsonl|csv)$")] = "jsonl") -> StreamingResponse:
         """Every score of a run, streamed (JSON lines or CSV) in the order of ``vocfleet results --format``."""
         _run(run_id)
         columns = list(RESULT_COLUMNS)
