@@ -1,9 +1,9 @@
 """What `status` and `runs` show (jobs, runs), read through the database driver alone (the queue's time left: ``estimates.py``).
 
-Importing SQLAlchemy costs 0.4-0.5 s on a 2-core machine, the whole budget of these two commands
-(issue 12); sqlite3 or psycopg alone answer in about 0.2 s. A database whose schema is missing or
-old, or a URL for another driver, goes through SQLAlchemy (which creates or upgrades the schema)
-and its raw connection runs the same SQL.
+Importing SQLAlchemy costs 0.4-0.5 s on a 2-core machine, the whole budget of these two commands;
+sqlite3 or psycopg alone answer in about 0.2 s. A database whose schema is missing or old, or a URL
+for another driver, goes through SQLAlchemy (which upgrades the schema, and refuses a database
+with none of vocfleet's tables) and its raw connection runs the same SQL.
 """
 
 from __future__ import annotations
