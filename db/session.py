@@ -153,6 +153,7 @@ def close_databases() -> None:
             ours = st is not None and (st.st_dev, st.st_ino) == _sqlite_files.get(url) and not read_only_sqlite(path)
             if ours:
                 with engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA busy_timeout=2000")  # another process mid-write: wait briefly, not the usual 30 s
                     conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         except (OSError, SQLAlchemyError, DatabaseGone) as exc:  # another process mid-write: it folds the log when it ends
             log.debug("no checkpoint of %s: %s", path, exc)
