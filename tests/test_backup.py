@@ -79,3 +79,19 @@ def test_a_reading_command_never_makes_tables_in_a_database_that_is_not_vocfleet
 def test_a_reading_command_on_a_new_embedded_database_answers_empty(invoke):
     res = invoke("status")
     assert res.exit_code == 0, res.output
+
+
+def test_a_command_exits_promptly_while_another_process_writes_and_the_log_is_folded_later(fake_voc, invoke, data_dir):
+    import time
+
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc).exit_code == 0
+    writer = sqlite3.connect(data_dir / "vocfleet.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+    writer.execute("UPDATE train_jobs SET error = 'x'")
+    t = time.monotonic()
+    assert invoke("status").exit_code == 0
+    assert time.monotonic() - t < 10  # not SQLite's 30 s busy wait at exit
+    writer.execute("COMMIT")
+    writer.close()
+    assert invoke("status").exit_code == 0
+    assert not (data_dir / "vocfleet.db-wal").exists()
