@@ -10,6 +10,8 @@ from sqlalchemy import JSON, Boolean, Column, ColumnElement, DateTime, Enum, For
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column, relationship
 
+from vocfleet.model.config import TrainConfig
+
 from .states import JobStatus, utcnow
 
 # JSON columns are JSONB on PostgreSQL (indexable, compact, operators for ad-hoc SQL), JSON text elsewhere.
@@ -84,6 +86,16 @@ class TrainJob(Labelled, Claimable, Base):
     @property
     def total_epochs(self) -> int:
         return int(self.config.get("epochs", 0))
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The stored config as the ``TrainConfig`` it ran with: a row stored before a setting existed reads
+        as that setting's old value (``TrainConfig.from_dict``, the one place that knows them).
+
+        Raises:
+            ConfigError: a config this version cannot read.
+        """
+        return TrainConfig.from_dict(self.config)
 
     @classmethod
     def ready(cls) -> ColumnElement[bool]:

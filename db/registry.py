@@ -184,7 +184,7 @@ def detector_rows(s: Session, include_inactive: bool = False, ids: list[int] | N
     plot = lambda m, k: where(p) if (p := m.get("plots", {}).get(k)) else None
     rows = []
     for d, job in s.execute(q):
-        m, cfg = d.metrics, (job.config if job is not None else {})
+        m, cfg = d.metrics, (_as_run(job.config) if job is not None else {})
         rows.append(
             {
                 "id": d.id,
@@ -213,7 +213,7 @@ def detector_rows(s: Session, include_inactive: bool = False, ids: list[int] | N
                 "start": job.start_job_id if job is not None else None,
                 "batch_size": cfg.get("batch_size"),
                 "lr": cfg.get("lr"),
-                "ema": cfg.get("ema", 0.0) if job is not None else None,
+                "ema": cfg.get("ema"),
                 "seed": cfg.get("seed"),
                 "decision": decision(m),
                 "changes": changes(as_utc(d.created_at).isoformat(timespec="seconds"), m),

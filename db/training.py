@@ -50,7 +50,7 @@ def create_jobs(
         start = usable_start(s, start_job_id)
         configs = [TrainConfig.from_dict({**c, "start": start.key}).to_dict() for c in configs]
         for c in configs:
-            check_start_fits(TrainConfig.from_dict(start.config), TrainConfig.from_dict(c), start_job_id)
+            check_start_fits(start.train_config, TrainConfig.from_dict(c), start_job_id)
     lab = labels or Labels()
     jobs = [
         TrainJob(

@@ -123,3 +123,16 @@ def test_a_database_deleted_under_scoring_is_one_line_with_no_logged_traceback(d
     res = invoke("score", folder)
     assert res.exit_code == 1 and res.output.splitlines()[-1].startswith("vocfleet: error: the database") and "was deleted" in res.output, res.output
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
+def test_a_job_whose_stored_settings_cannot_be_read_fails_once_with_the_reason(fake_voc, invoke):
+    from vocfleet.db.models import TrainJob
+    from vocfleet.db.session import session_scope
+    from vocfleet.worker.runner import run_train_job
+
+    assert invoke("submit", "--classes", "car", "--voc-root", fake_voc).exit_code == 0
+    with session_scope() as s:
+        s.get(TrainJob, 1).config = {**s.get(TrainJob, 1).config, "epochs": 0}  # as a row edited by hand, or written by a newer version
+    assert run_train_job(1) == "failed"
+    with session_scope() as s:
+        assert s.get(TrainJob, 1).error == "its stored settings cannot be read: --epochs 0: must be between 1 and 1000"

@@ -121,7 +121,13 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
     except NotClaimed as nothing:
         return nothing.outcome
     token, (config, key, start_file) = claimed.token, claimed.data
-    voc_class = config["voc_class"]
+    try:
+        cfg = TrainConfig.from_dict(config)  # old rows read as they ran: the one place that knows them
+    except ConfigError as exc:  # a row this version cannot read fails once, with the reason
+        with session_scope() as s:
+            end_job(s, TrainJob, job_id, token, JobStatus.failed, f"its stored settings cannot be read: {exc}")
+        return Outcome.failed
+    voc_class = cfg.voc_class
     store = ArtifactStore.from_settings(settings)
     # Under a key unique across databases: two databases sharing one store never share a job's files.
     out_dir = store.job_dir(key)
@@ -134,8 +140,7 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
             metrics.EPOCHS.labels(voc_class).inc()
             metrics.EPOCH_SECONDS.observe(event.record.seconds)
             r = event.record  # a notebook with logging at INFO sees each epoch, without a callback
-            total = config.get("epochs", "?")
-            log.info("job %d (%s): epoch %d/%s, loss %.4f, val AP %.3f, %.1f s", job_id, voc_class, r.epoch, total, r.train_loss, r.val_ap, r.seconds)
+            log.info("job %d (%s): epoch %d/%d, loss %.4f, val AP %.3f, %.1f s", job_id, voc_class, r.epoch, cfg.epochs, r.train_loss, r.val_ap, r.seconds)
         elif isinstance(event, FitResumed):  # a worker killed between its push and its row: the epoch is recorded now
             with session_scope() as s:
                 record_resumed(s, job_id, token, event.history)
@@ -143,7 +148,6 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
 
     with Heartbeat(TrainJob, job_id, token, settings.heartbeat_seconds) as hb:
         try:
-            cfg = TrainConfig.from_dict(config)
             store.pull(key)  # on object storage: the last epoch any host finished
             run = dict(out_dir=out_dir, cache_dir=settings.cache_dir, progress=on_progress, should_stop=hb.should_stop, job_key=key)
             if cfg.is_start:
