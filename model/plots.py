@@ -9,6 +9,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .events import EpochRecord
+from .files import writing
 
 
 def _pyplot():
@@ -69,7 +70,8 @@ def save_training_plots(
     fig.suptitle(title)
     fig.tight_layout()
     curves = out_dir / "curves.png"
-    fig.savefig(curves, dpi=150)
+    with writing(curves, then="'vocfleet retry' the job") as fh:
+        fig.savefig(fh, dpi=150, format="png")
     plt.close(fig)
 
     prec, rec, _ = precision_recall_curve(np.asarray(labels) == 1, probs)
@@ -84,7 +86,8 @@ def save_training_plots(
     ax.legend(loc="upper right")
     fig.tight_layout()
     pr = out_dir / "pr.png"
-    fig.savefig(pr, dpi=150)
+    with writing(pr, then="'vocfleet retry' the job") as fh:
+        fig.savefig(fh, dpi=150, format="png")
     plt.close(fig)
     return {"curves": str(curves), "pr": str(pr)}
 
