@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .settings import get_settings, read_only_sqlite
+from .settings import SettingsError, get_settings, read_only_sqlite
 from .states import SCHEMA_HEAD, as_utc, utcnow
 
 
@@ -37,7 +37,11 @@ def _driver_connection(url: str) -> Any | None:
     if scheme == "postgresql+psycopg":
         import psycopg
 
-        return psycopg.connect(f"postgresql://{rest}")
+        try:
+            return psycopg.connect(f"postgresql://{rest}")
+        except psycopg.ProgrammingError as exc:  # the URL itself cannot be parsed (connection failures are OperationalError)
+            said = " ".join(str(exc).split())
+            raise SettingsError(f"VOCFLEET_DATABASE_URL={url!r} is not a database URL ({said}): use postgresql+psycopg://USER@HOST:PORT/DB") from None
     return None
 
 

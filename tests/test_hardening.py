@@ -76,6 +76,7 @@ ENV_CASES = [
     ({"VOCFLEET_HEARTBEAT_SECONDS": "1e308"}, 2, ["VOCFLEET_HEARTBEAT_SECONDS='1e308'", "a week"]),
     ({"VOCFLEET_METRICS_PORT": "70000"}, 2, ["VOCFLEET_METRICS_PORT='70000'", "65535"]),
     ({"VOCFLEET_DATABASE_URL": "sqlite:////etc/hostname"}, 2, ["names a file that is not a SQLite database"]),
+    ({"VOCFLEET_DATABASE_URL": "postgresql+psycopg://[bad"}, 2, ["VOCFLEET_DATABASE_URL='postgresql+psycopg://[bad' is not a database URL"]),
     ({"VOCFLEET_BROKER_URL": "redsi://localhost:6379/0"}, 2, ["VOCFLEET_BROKER_URL='redsi://localhost:6379/0'", "redis://host:6379/0"]),
 ]
 
