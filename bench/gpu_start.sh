@@ -23,6 +23,7 @@ export PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   # shellcheck disable=SC2086
   timeout "$BUDGET" "${PYTHON:-python3}" shared_start.py --voc-root "$VOC" --classes "$CLASSES" --size "$SIZE" --epochs "$EPOCHS" \
-    --start-epochs "$START_EPOCHS" --finetune-epochs "$FINETUNE" --only-folds $FOLDS --device "$DEVICE" --arch "$ARCH" ${MAX_BATCHES:+--max-batches $MAX_BATCHES}
+    --start-epochs "$START_EPOCHS" --finetune-epochs "$FINETUNE" --finetune-lrs ${FINETUNE_LRS:-2e-3 2e-4} --only-folds $FOLDS --device "$DEVICE" \
+    --arch "$ARCH" --save "${OUT:-/tmp}/gpu_start-folds" ${MAX_BATCHES:+--max-batches $MAX_BATCHES}
   echo "== exit $?; $(date -u)"
 } 2>&1 | tee "$LOG"
