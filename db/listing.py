@@ -108,12 +108,13 @@ class ListFilter:
     newest_first: bool = False
 
     def apply(self, rows: list[dict[str, Any]], *, when: str = "created", classes: str = "class") -> tuple[list[dict[str, Any]], int]:
-        """(the rows shown, how many more matched past the limit). ``classes``: the key holding a row's class or comma-separated classes."""
+        """(the rows shown, how many more matched past the limit). ``classes``: the key holding a row's class or list of classes."""
 
         def keep(r: dict[str, Any]) -> bool:
             if self.statuses and r.get("status") not in self.statuses:
                 return False
-            if self.classes and not set(str(r.get(classes) or "").split(",")) & set(self.classes):
+            value = r.get(classes)
+            if self.classes and not set(value if isinstance(value, list) else [value]) & set(self.classes):
                 return False
             tags = r.get("tags") or {}
             if any(tags.get(k) != v for k, v in self.tags.items()):
@@ -184,8 +185,8 @@ def run_rows(conn: Any) -> list[dict[str, Any]]:
         {
             "run": r["id"],
             "status": r["status"],
-            "folders": " ".join(json_value(r["folders"])),
-            "classes": ",".join(json_value(r["classes"])),
+            "folders": list(json_value(r["folders"])),
+            "classes": list(json_value(r["classes"])),
             "files": r["total_files"],
             "scored": r["scored_images"],
             "errors": r["error_files"],

@@ -26,8 +26,8 @@ class RunRow:
 
     run_id: int
     status: str
-    folders: str
-    classes: str
+    folders: list[str]
+    classes: list[str]
     files: int | None  # None until the scan has counted them
     scored: int
     errors: int

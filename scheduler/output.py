@@ -31,6 +31,8 @@ def _cell(value: Any) -> str:
         return f"{value:.3f}"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, list | tuple):  # lists stay lists in JSON and CSV; a table lists them with commas
+        value = ", ".join(map(str, value))
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 

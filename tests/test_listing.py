@@ -44,8 +44,8 @@ def test_rows_match_the_orm(database):
     [run] = runs
     assert {k: run[k] for k in ("status", "folders", "classes", "files", "scored", "errors", "finished", "error")} == {
         "status": "queued",
-        "folders": "/photos/a /photos/b",
-        "classes": "car,dog",
+        "folders": ["/photos/a", "/photos/b"],
+        "classes": ["car", "dog"],
         "files": 10,
         "scored": 7,
         "errors": 1,

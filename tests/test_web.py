@@ -117,6 +117,7 @@ def test_every_endpoint_answers_with_the_data_the_cli_shows(site):
     assert status == 200 and [r["run_id"] for r in runs] == [3, 2, 1]
     first = runs[-1]
     assert (first["status"], first["files"], first["scored"], first["errors"]) == ("succeeded", 122, 120, 2)
+    assert first["classes"] == ["car", "dog"] and first["folders"] == [str(site["folder"])]  # lists, as /api/runs/ID gives them
     status, run = api(site, "/api/runs/1")
     assert status == 200 and [c["voc_class"] for c in run["classes"]] == ["car", "dog"]
     listed = subprocess.run([*VOCFLEET, "results", "1", "--summary", "--format", "json"], env=site["env"], capture_output=True, text=True, check=True)
