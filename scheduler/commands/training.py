@@ -41,6 +41,7 @@ _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 # With a shared start (bench/RESULTS.md, "A shared start"): the start's epochs, and each class's fine-tune after it.
 START_EPOCHS = 20
 FINETUNE_EPOCHS = 1
+FINETUNE_LR = 2e-4  # a tenth of the start's rate: at 2e-3 one epoch undid part of the start (bench/RESULTS.md, "fine-tune rate")
 TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
 DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split", "eval_data"]
 DETECTOR_COLUMNS.append("train_data")
@@ -66,7 +67,7 @@ DETECTOR_COLUMNS.append("train_data")
 @click.option("--image-size", type=int, default=_DEFAULTS.image_size, help="Square training size in pixels.")
 @click.option("--arch", type=click.Choice(ARCHS), default=_DEFAULTS.arch, help="resnet50, or tiny: the same code at 1/8 width for smoke runs and tests.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size)
-@click.option("--lr", type=float, default=_DEFAULTS.lr, help="Peak learning rate.")
+@click.option("--lr", type=float, default=None, help=f"Peak learning rate [default: {_DEFAULTS.lr:g}; a class job from a start: {FINETUNE_LR:g}].")
 @click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS.optimizer)
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=_DEFAULTS.schedule, help="Learning-rate schedule.")
@@ -156,10 +157,13 @@ def submit(
     begin = parse_start(start, len(voc_classes))
     if options["epochs"] is None:
         options["epochs"] = FINETUNE_EPOCHS if begin is not None else _DEFAULTS.epochs
+    peak = options["lr"] if options["lr"] is not None else _DEFAULTS.lr  # the start's, when one is made
+    if options["lr"] is None:
+        options["lr"] = FINETUNE_LR if begin is not None else _DEFAULTS.lr
     options["fold_by"] = ("image" if begin is not None else "label") if fold_by == "auto" else fold_by
     init = options.get("init", "scratch")
     configs = build_configs(voc_classes, **options, start=None if begin is None else str(begin))  # with "new": --init is the start's
-    first = start_config(configs[0], init=check_init(init), epochs=start_epochs) if begin == "new" else None
+    first = start_config(configs[0], init=check_init(init), epochs=start_epochs, lr=peak) if begin == "new" else None
     notes = _other_data(configs, promote)
     if dry_run:
         _estimate(([first] if first else []) + configs, fmt, notes)
