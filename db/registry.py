@@ -114,7 +114,8 @@ def _same_evaluation(s: Session, current: Detector, job: TrainJob, metrics: dict
 
 
 def activate_detector(s: Session, detector_id: int, reason: str | None = None) -> tuple[Detector, Detector | None] | None:
-    """Make a detector its class's active one (the one before it is returned too); None if there is no such detector.
+    """Make a detector its class's active one (the one before it is returned too, itself if it was already
+    active, None if its class had none); None if there is no such detector.
 
     The change is recorded in both detectors' history (``metrics["events"]``): when, which
     detector replaced which, and ``reason``.
@@ -125,8 +126,8 @@ def activate_detector(s: Session, detector_id: int, reason: str | None = None) -
     lock_class(s, detector.voc_class)
     s.refresh(detector, with_for_update=True)
     before = s.scalar(select(Detector).where(Detector.voc_class == detector.voc_class, Detector.active.is_(True)).with_for_update())
-    if before is detector:
-        return detector, None
+    if before is detector:  # already active: nothing changes, nothing is recorded
+        return detector, detector
     at = utcnow().isoformat(timespec="seconds")
     if before is not None:
         before.active = False

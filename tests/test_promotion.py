@@ -86,6 +86,8 @@ def test_activate_a_detector_by_hand(invoke):
     res = invoke("detectors", "activate", first)
     assert res.exit_code == 0 and f"detector {first} (car, AP 0.300) is active; detector {second} (AP 0.400) no longer" in res.output
     assert active_ids() == [first]
+    res = invoke("detectors", "activate", first, "--reason", "again")
+    assert res.exit_code == 0 and "is active already: nothing changed, the reason is not recorded" in res.output
     res = invoke("detectors", "activate", 99)
     assert res.exit_code == 2 and res.output.strip() == "vocfleet: error: no detector 99: see 'vocfleet detectors --all'"
     assert invoke("detectors", "--all").exit_code == 0 and active_ids() == [first]

@@ -348,7 +348,10 @@ def detectors_activate(detector_id: int, reason: str | None) -> None:
         raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")
     detector, before = done
     said = f"detector {detector.id} ({detector.voc_class}, AP {detector.ap:.3f}) is active"
-    said += f"; detector {before.id} (AP {before.ap:.3f}) no longer" if before is not None else ""
+    if before is detector:
+        said += " already: nothing changed" + (", the reason is not recorded" if reason else "")
+    elif before is not None:
+        said += f"; detector {before.id} (AP {before.ap:.3f}) no longer"
     click.echo(said)
 
 
