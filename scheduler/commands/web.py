@@ -49,7 +49,7 @@ def serve(host: str, port: int, allow_actions: bool, no_password: bool) -> None:
     with database(read=True):  # the schema checked (or, on the embedded default, created) before the first request
         pass
     sock = _bound(host, port)  # bound before saying so: a port in use is one line, and "serving" is true when printed
-    # Without a password only the names this server was started for are answered (DNS rebinding); with one, any.
+    # On this host without a password, only requests naming it are answered (DNS rebinding); with one, or served to all, any.
     hosts = () if settings.web_password is not None or not loopback else tuple(dict.fromkeys((*LOOPBACK, host.strip("[]").lower())))
     if not loopback and settings.web_password is None:
         click.echo(f"vocfleet: warning: serving {host}:{port} with no password: anyone who reaches it reads every result", err=True)
