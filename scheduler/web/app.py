@@ -20,7 +20,7 @@ from datetime import datetime
 from enum import Enum
 from functools import cache
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from fastapi import FastAPI, Query, Request
@@ -141,8 +141,11 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
 
         @app.middleware("http")
         async def _host(request: Request, call_next) -> Response:
-            name = request.headers.get("host", "").rpartition(":")[0] if request.headers.get("host", "").count(":") == 1 else request.headers.get("host", "")
-            if name.strip("[]").lower() not in hosts:
+            try:  # the stdlib's URL parser: a port, [::1]:8000 and case handled as a browser sends them
+                name = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+            except ValueError:
+                name = ""
+            if name not in hosts:
                 return Response(f"vocfleet: this server answers to {', '.join(hosts)}, not {name!r}", 421)
             return await call_next(request)
 
