@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from . import VOC_CLASSES, ConfigError
 from .config import TrainConfig, eval_fold
-from .files import DiskFull, no_space, write_bytes
+from .files import replacing, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -376,10 +376,11 @@ def decoded_cache(
 
 
 def _build_cache(root, ids, paths, size, data_path, meta_path, progress, threads) -> None:
-    """Decode into a temporary memory map, then publish it; its blocks are reserved first (a sparse
-    map on a full disk dies of SIGBUS at the first page it cannot back), and a failed build removes it."""
-    tmp = data_path.with_suffix(f".tmp{os.getpid()}.npy")
-    try:
+    """Decode into a temporary memory map beside the cache file (the one writer: renamed once whole,
+    removed on failure); its blocks are reserved first (a sparse map on a full disk dies of SIGBUS
+    at the first page it cannot back)."""
+    need = len(ids) * size * size * 3 / 1e6
+    with replacing(data_path, then="'vocfleet retry' the job", what=f"building the image cache ({need:.0f} MB)") as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
         _reserve(tmp)
         bad: dict[str, str] = {}
@@ -394,15 +395,6 @@ def _build_cache(root, ids, paths, size, data_path, meta_path, progress, threads
                     progress(done, len(ids))
         arr.flush()
         del arr
-        os.replace(tmp, data_path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if no_space(exc):
-            need = len(ids) * size * size * 3 / 1e6
-            full = DiskFull(f"disk full while building the image cache ({need:.0f} MB): free space in {data_path.parent}, then 'vocfleet retry' the job")
-            full.errno = errno.ENOSPC
-            raise full from None
-        raise
     write_bytes(meta_path, json.dumps({"root": str(root), "size": size, "count": len(ids), "bad": bad}).encode(), then="'vocfleet retry' the job")
 
 

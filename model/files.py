@@ -108,11 +108,12 @@ def _kind(mode: int) -> str:
 
 
 @contextmanager
-def replacing(path: Path, *, then: str = "run the command again") -> Iterator[Path]:
+def replacing(path: Path, *, then: str = "run the command again", what: str | None = None) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; on success it is flushed and renamed over ``path``.
 
     On any failure the temporary file is removed and ``path`` is untouched. ``then`` finishes a
-    full disk's message (what to do once space is freed).
+    full disk's message (what to do once space is freed); ``what`` names the file there (its name
+    by default).
 
     Raises:
         DiskFull: the disk or a quota filled while writing.
@@ -133,7 +134,7 @@ def replacing(path: Path, *, then: str = "run the command again") -> Iterator[Pa
         if stop is not None and stop is not exc:  # a signal landed inside a library's writer
             raise stop from None
         if no_space(exc):
-            full = DiskFull(f"disk full while writing {path.name}: free space in {path.parent}, then {then}")
+            full = DiskFull(f"disk full while {what or f'writing {path.name}'}: free space in {path.parent}, then {then}")
             full.errno = errno.ENOSPC
             raise full from None
         if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
