@@ -132,6 +132,11 @@ def dispose_engines() -> None:
     """Drop pooled connections (after a fork, a connection must not be shared with the parent)."""
     for engine in _engines.values():
         engine.dispose(close=False)
+    _forget()
+
+
+def _forget() -> None:
+    """No engine, session maker or schema check of this process is kept: the next use starts afresh."""
     _engines.clear()
     _sqlite_files.clear()
     _makers.clear()
@@ -158,10 +163,7 @@ def close_databases() -> None:
         except (OSError, SQLAlchemyError, DatabaseGone) as exc:  # another process mid-write: it folds the log when it ends
             log.debug("no checkpoint of %s: %s", path, exc)
         engine.dispose()
-    _engines.clear()
-    _sqlite_files.clear()
-    _makers.clear()
-    _current.clear()
+    _forget()
 
 
 def _copy_sqlite(src: Path, dst: Path) -> dict[str, int]:
