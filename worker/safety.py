@@ -26,7 +26,7 @@ def check_score_folder(folder: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise ConfigError(f"{str(folder)!r} is not a folder: pass folders (use 'vocfleet predict' for single images)")
     resolved = path.resolve()
-    if any(resolved == Path(p) or resolved.is_relative_to(p) for p in PSEUDO):
+    if any(resolved.is_relative_to(p) for p in PSEUDO):
         raise ConfigError(f"folder {str(folder)!r} (really {resolved}) is the kernel's, not pictures: give a folder of photos")
     ours = next((p for p in settings.own_paths() if resolved.is_relative_to(os.path.realpath(p))), None)
     if ours is not None:
