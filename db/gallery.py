@@ -19,13 +19,10 @@ from sqlalchemy.orm import Session, aliased
 
 from .models import Detector, Score, ScoredImage, ScoreRun, TrainJob
 from .registry import how_started
-from .states import as_utc
+from .states import MAX_ID, as_utc
 
 PAGE = 48  # pictures per gallery page
 MAX_PAGE = 200
-
-
-MAX_ID = 2**31 - 1  # the largest id an INTEGER column holds; larger ones are refused, not sent to the driver
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ SCHEMA_HEAD = "0012"
 SORTS = ("image", "probability", "margin")
 
 
+MAX_ID = 2**31 - 1  # the largest id an INTEGER column holds: a larger one is refused in one line, never sent to the driver
+
+
 class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"

@@ -16,7 +16,7 @@ import click
 from vocfleet.db.errors import database_problem
 from vocfleet.db.listing import ListFilter, tag_text
 from vocfleet.db.settings import MAX_SECONDS, get_settings
-from vocfleet.db.states import Labels, as_utc, parse_since, parse_tag
+from vocfleet.db.states import MAX_ID, Labels, as_utc, parse_since, parse_tag
 from vocfleet.model import ConfigError, VocfleetError
 
 from ..output import FORMATS
@@ -278,7 +278,7 @@ class Finite(click.ParamType):
         return number
 
 
-ID = click.IntRange(1, 2**31 - 1)  # the databases' integer ids: a larger number is one line, not a traceback
+ID = click.IntRange(1, MAX_ID)  # the databases' integer ids: a larger number is one line, not a traceback
 
 
 def warn_idle_queue(conn: Any, queue: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from vocfleet.db.settings import get_settings
-from vocfleet.db.states import SORTS, JobStatus
+from vocfleet.db.states import MAX_ID, SORTS, JobStatus
 from vocfleet.model import ConfigError
 
 from ..output import render, stream
@@ -91,8 +91,8 @@ def score(
 
     labels = labels_from(name, tags, note)
     for option, value in (("--batch-size", batch_size), ("--max-attempts", max_attempts), ("--shard-size", shard_size)):
-        if not 1 <= value <= 2**31 - 1:
-            raise ConfigError(f"{option} {value}: must be between 1 and 2147483647")
+        if not 1 <= value <= MAX_ID:
+            raise ConfigError(f"{option} {value}: must be between 1 and {MAX_ID}")
     resolved = [str(f) for f in distinct_folders([check_score_folder(f) for f in folders])]
     check_broker()
     with database() as s:

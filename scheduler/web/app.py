@@ -38,6 +38,7 @@ from vocfleet.db.registry import activate_usable
 from vocfleet.db.results import RESULT_COLUMNS, ResultQuery, error_rows, export_csv, export_json
 from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
+from vocfleet.db.states import MAX_ID
 from vocfleet.db.training import retry_job
 from vocfleet.model import VocfleetError
 from vocfleet.model.artifacts import ArtifactStore
@@ -61,8 +62,8 @@ ClassParam = Annotated[str | None, Query(alias="class", max_length=32)]
 ClassNeeded = Annotated[str, Query(alias="class", max_length=32)]
 ErrorLimit = Annotated[int, Query(ge=1, le=10000)]
 Offset = Annotated[int, Query(ge=0, le=gallery_db.MAX_COMPARED)]
-RowId = Annotated[int, FastPath(ge=1, le=gallery_db.MAX_ID)]  # a larger id is a 422 that names it, not the driver's overflow
-OtherRun = Annotated[int, Query(ge=1, le=gallery_db.MAX_ID)]
+RowId = Annotated[int, FastPath(ge=1, le=MAX_ID)]  # a larger id is a 422 that names it, not the driver's overflow
+OtherRun = Annotated[int, Query(ge=1, le=MAX_ID)]
 
 
 class Problem(VocfleetError):
