@@ -21,6 +21,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +60,38 @@ def table_of(saved: list[dict], fleet_classes: int) -> None:
     heads += (f"fleet images per fold ({fleet_classes} classes)", "time here")
     print(f"folds {[f['fold'] for f in saved]}")
     print(table(rows, heads))
+    if "independent" not in recipes:
+        return
     base = np.mean([f["images"]["independent"] for f in saved])
     for recipe in recipes[1:]:
         ratio = np.mean([f["images"][recipe] for f in saved]) / base
         print(f"fleet compute, {recipe} / independent: {ratio:.2f}")
+
+
+def joined(saved: list[dict]) -> list[dict]:
+    """Folds saved by several runs, one entry per fold with every run's recipes (the same fold must have the same labels)."""
+    by_fold: dict[int, dict] = {}
+    for f in saved:
+        into = by_fold.setdefault(f["fold"], {"fold": f["fold"], "labels": f["labels"], "probs": {}, "seconds": {}, "images": {}})
+        if into["labels"] != f["labels"]:
+            raise SystemExit(f"fold {f['fold']}: two runs evaluated different pictures; combine runs of the same split only")
+        for key in ("probs", "seconds", "images"):
+            into[key].update(f[key])
+    order = [r for f in saved for r in f["probs"]]
+    first = sorted(order, key=lambda r: r != "independent")  # the baseline first: the ratios are against it
+    for f in by_fold.values():
+        f["probs"] = {r: f["probs"][r] for r in dict.fromkeys(first)}
+    return [by_fold[k] for k in sorted(by_fold)]
+
+
+def start_setting(kv: str) -> tuple[str, object]:
+    """``mixup=0.4`` as ("mixup", 0.4), typed by TrainConfig's field."""
+    key, _, value = kv.partition("=")
+    kinds = {f.name: str if f.default is MISSING else type(f.default) for f in fields(TrainConfig)}
+    if key not in kinds or not value:
+        raise SystemExit(f"--start-set {kv!r}: use KEY=VALUE with a TrainConfig field, e.g. mixup=0.4")
+    kind = kinds[key]
+    return key, (value.lower() in ("1", "true", "yes") if kind is bool else kind(value) if kind in (int, float) else value)
 
 
 def main() -> None:
@@ -82,11 +111,14 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--max-batches", type=int, default=None, help="smoke runs only")
     ap.add_argument("--save", help="a folder: each fold's labels and probabilities as fold<N>.json once it ends")
-    ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, and nothing else")
+    ap.add_argument("--start-set", nargs="+", default=[], metavar="KEY=VALUE", help="settings of the start's TrainConfig (mixup=0.4 drop_path=0.1); named in its recipes")
+    ap.add_argument("--skip-independent", action="store_true", help="run the start's recipes only (--combine joins them with saved independent fits of the same folds)")
+    ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, and nothing else; files of one fold from several runs are joined")
     args = ap.parse_args()
     if args.combine:
-        table_of([json.loads(Path(p).read_text()) for p in args.combine], args.fleet_classes)
+        table_of(joined([json.loads(Path(p).read_text()) for p in args.combine]), args.fleet_classes)
         return
+    start_set = dict(start_setting(kv) for kv in args.start_set)
     root = voc_root(args.voc_root)
     classes = list(VOC_CLASSES) if args.classes == "all" else args.classes.split(",")
     folds = args.only_folds if args.only_folds else list(range(args.folds))
@@ -97,8 +129,10 @@ def main() -> None:
         f"per class; start {args.start_epochs} epochs + {args.finetune_epochs} per class at lr {args.finetune_lrs}; fleet of {args.fleet_classes} classes",
         flush=True,
     )
-    tunes = {f"start + fine-tune lr {lr:g}": lr for lr in args.finetune_lrs}
-    recipes = ("independent", "start alone (its head)", *tunes)
+    named = f"start ({' '.join(args.start_set)})" if args.start_set else "start"
+    tunes = {f"{named} + fine-tune lr {lr:g}": lr for lr in args.finetune_lrs}
+    head = f"{named} alone (its head)"
+    recipes = (() if args.skip_independent else ("independent",)) + (head, *tunes)
     work = Path(tempfile.mkdtemp(prefix="vocfleet-start-"))
     cache = work / "cache"
     saved = []
@@ -110,7 +144,7 @@ def main() -> None:
             )  # fmt: skip
             t = time.perf_counter()
             start = fit_start(
-                TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common), out_dir=work / f"start{fold}", cache_dir=cache
+                TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common).with_(**start_set), out_dir=work / f"start{fold}", cache_dir=cache
             )
             start_seconds = time.perf_counter() - t
             best = max(start.history, key=lambda r: r.val_ap, default=None)
@@ -124,7 +158,7 @@ def main() -> None:
                 cfg = TrainConfig(voc_class=c, epochs=args.epochs, **common)
                 _, _, evaluation, _ = prepare_splits(cfg, cache)
                 got["labels"][c] = evaluation.labels.tolist()
-                fits = {"independent": (cfg, None)}
+                fits = {} if args.skip_independent else {"independent": (cfg, None)}
                 fits.update({r: (cfg.with_(epochs=args.finetune_epochs, start="bench", lr=lr), Path(start.checkpoint)) for r, lr in tunes.items()})
                 for recipe, (run_cfg, weights) in fits.items():
                     t = time.perf_counter()
@@ -133,7 +167,7 @@ def main() -> None:
                     got["probs"][recipe][c] = evaluate(build_model(r.checkpoint, arch=args.arch).to(device), evaluation, device)["probs"].tolist()
                     per_class[recipe].append(images_trained(r.history))
                     shutil.rmtree(work / f"fit{fold}-{c}", ignore_errors=True)
-                got["probs"]["start alone (its head)"][c] = evaluate(SelectLogit(start_net, VOC_CLASSES.index(c)), evaluation, device)["probs"].tolist()
+                got["probs"][head][c] = evaluate(SelectLogit(start_net, VOC_CLASSES.index(c)), evaluation, device)["probs"].tolist()
                 aps = ", ".join(f"{r} {average_precision(np.array(got['probs'][r][c]), evaluation.labels):.3f}" for r in recipes)
                 print(f"fold {fold}, {c}: AP {aps} ({len(evaluation)} pictures, {int(evaluation.labels.sum())} positives)", flush=True)
             start_images = images_trained(start.history)

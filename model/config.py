@@ -191,8 +191,8 @@ class TrainConfig:
         if self.is_start:
             if self.start is not None:
                 raise ConfigError("a start job cannot itself begin from a start: give it --init scratch, imagenet or PATH")
-            if self.aux_classes or self.mixup or self.label_smoothing or self.balance != "none":
-                raise ConfigError("a start job learns all 20 labels of every picture: no --aux-classes, --mixup, --label-smoothing or --balance")
+            if self.aux_classes or self.balance != "none":
+                raise ConfigError("a start job learns all 20 labels of every picture: no --aux-classes or --balance")
         elif self.start is not None and self.init != "scratch":
             raise ConfigError(f"--init {self.init} with a start: the start's network is where the job begins; give --init to the start instead")
         if (self.is_start or self.start is not None) and eval_fold(self.eval_split) is not None and self.fold_by != "image":

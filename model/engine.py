@@ -71,21 +71,27 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class SoftTargets:
-    """Mixup (each batch blended with itself shuffled, labels alike; weight ~ Beta(a, a)) and label smoothing (0/1 -> e/2, 1 - e/2)."""
+    """Mixup (each batch blended with itself shuffled, labels alike; weight ~ Beta(a, a)) and label smoothing (0/1 -> e/2, 1 - e/2).
+
+    A start's unknown labels (-1, :class:`~vocfleet.model.net.MaskedBCE`) stay unknown: a blend of
+    an unknown with anything is unknown, and smoothing leaves them alone.
+    """
 
     def __init__(self, mixup: float, smoothing: float):
         self.mixup, self.smoothing = mixup, smoothing
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        unknown = labels < 0
         if self.mixup:
             seed = int(torch.randint(2**62, (1,), generator=generator))
             lam = float(np.random.default_rng(seed).beta(self.mixup, self.mixup))
             order = host_to_device(torch.randperm(len(labels), generator=generator), x.device)
             x = x.mul(lam).add_(x[order], alpha=1 - lam)
             labels = labels * lam + labels[order] * (1 - lam)
+            unknown = unknown | unknown[order]
         if self.smoothing:
             labels = labels * (1 - self.smoothing) + self.smoothing / 2
-        return x, labels
+        return x, labels.masked_fill(unknown, -1.0)
 
 
 def epoch_image_size(cfg: TrainConfig, epoch: int) -> int | None:

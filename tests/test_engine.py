@@ -7,7 +7,7 @@ import torch
 from vocfleet.model import ConfigError
 from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import TrainConfig
-from vocfleet.model.engine import Stopped, epoch_image_size, evaluate, fit
+from vocfleet.model.engine import SoftTargets, Stopped, epoch_image_size, evaluate, fit
 from vocfleet.model.events import BatchProgress, EpochFinished, FitResumed
 from vocfleet.model.net import add_stochastic_depth, build_model, detector_model
 from vocfleet.model.splits import prepare_splits
@@ -199,6 +199,20 @@ def test_fit_trains_with_each_new_idea(fake_voc, tmp_path, kw):
     plain = fit(_cfg(fake_voc, epochs=1), out_dir=tmp_path / "plain", cache_dir=tmp_path / "cache")
     soft = fit(_cfg(fake_voc, epochs=1, **kw), out_dir=tmp_path / "soft", cache_dir=tmp_path / "cache")
     assert soft.history[0].train_loss != plain.history[0].train_loss and np.isfinite(soft.metrics["ap"])
+
+
+def test_mixup_and_smoothing_keep_a_starts_unknown_labels_unknown():
+    labels = torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2).contiguous()
+    mixed_x, mixed = SoftTargets(mixup=1.0, smoothing=0.1)(x, labels, torch.Generator().manual_seed(3))
+    assert not torch.equal(mixed_x, x)  # the pictures were blended
+    unknown = mixed < 0
+    assert torch.all(mixed[unknown] == -1.0) and unknown[0, 1] and unknown[1, 2]  # an unknown stays unknown in its own row
+    assert unknown.sum() > 2  # and makes the row it was blended into unknown there too
+    known = mixed[~unknown]
+    assert known.min() >= 0.05 - 1e-6 and known.max() <= 0.95 + 1e-6  # smoothed known labels only
+    _, smoothed = SoftTargets(mixup=0.0, smoothing=0.1)(x, labels, torch.Generator())
+    assert torch.equal(smoothed[labels < 0], labels[labels < 0]) and torch.allclose(smoothed[labels == 1], torch.tensor(0.95))
 
 
 @pytest.mark.parametrize(
