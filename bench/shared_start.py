@@ -111,9 +111,9 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--max-batches", type=int, default=None, help="smoke runs only")
     ap.add_argument("--save", help="a folder: each fold's labels and probabilities as fold<N>.json once it ends")
-    ap.add_argument("--start-set", nargs="+", default=[], metavar="KEY=VALUE", help="settings of the start's TrainConfig (mixup=0.4 drop_path=0.1); named in its recipes")
-    ap.add_argument("--skip-independent", action="store_true", help="run the start's recipes only (--combine joins them with saved independent fits of the same folds)")
-    ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, and nothing else; files of one fold from several runs are joined")
+    ap.add_argument("--start-set", nargs="+", default=[], metavar="KEY=VALUE", help="the start's TrainConfig settings (mixup=0.4), named in its recipes")
+    ap.add_argument("--skip-independent", action="store_true", help="the start's recipes only (--combine joins saved independent fits)")
+    ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, and nothing else (one fold's runs joined)")
     args = ap.parse_args()
     if args.combine:
         table_of(joined([json.loads(Path(p).read_text()) for p in args.combine]), args.fleet_classes)
@@ -143,9 +143,8 @@ def main() -> None:
                 seed=fold, device=args.device, arch=args.arch, max_batches=args.max_batches,
             )  # fmt: skip
             t = time.perf_counter()
-            start = fit_start(
-                TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common).with_(**start_set), out_dir=work / f"start{fold}", cache_dir=cache
-            )
+            start_cfg = TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common).with_(**start_set)
+            start = fit_start(start_cfg, out_dir=work / f"start{fold}", cache_dir=cache)
             start_seconds = time.perf_counter() - t
             best = max(start.history, key=lambda r: r.val_ap, default=None)
             learned = f"val mAP {start.metrics['map']:.3f} over {len(start.metrics['class_ap'])} classes"

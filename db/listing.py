@@ -1,4 +1,4 @@
-"""What `status` and `runs` show (jobs, runs), read through the database driver alone (the queue's time left: ``estimates.py``).
+"""What `status` and `runs` show (job and run records), read through the database driver alone (the queue's time left: ``estimates.py``).
 
 Importing SQLAlchemy costs 0.4-0.5 s on a 2-core machine, the whole budget of these two commands;
 sqlite3 or psycopg alone answer in about 0.2 s. A database whose schema is missing or old, or a URL
@@ -9,15 +9,18 @@ with none of vocfleet's tables) and its raw connection runs the same SQL.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from .records import DetectorRecord, JobRecord, RunRecord
 from .settings import SettingsError, get_settings, read_only_sqlite
-from .states import SCHEMA_HEAD, as_utc, utcnow
+from .states import SCHEMA_HEAD, JobStatus, as_utc, utcnow
+
+R = TypeVar("R", JobRecord, RunRecord, DetectorRecord)
 
 
 def _driver_connection(url: str) -> Any | None:
@@ -107,24 +110,23 @@ class ListFilter:
     limit: int | None = None
     newest_first: bool = False
 
-    def apply(self, rows: list[dict[str, Any]], *, when: str = "created", classes: str = "class") -> tuple[list[dict[str, Any]], int]:
-        """(the rows shown, how many more matched past the limit). ``classes``: the key holding a row's class or list of classes."""
+    def apply(self, records: Sequence[R], *, classes: str = "voc_class") -> tuple[list[R], int]:
+        """(the records shown, how many more matched past the limit). ``classes``: the attribute holding a record's class or list of classes."""
 
-        def keep(r: dict[str, Any]) -> bool:
-            if self.statuses and r.get("status") not in self.statuses:
+        def keep(r: R) -> bool:
+            if self.statuses and r.status not in self.statuses:
                 return False
-            value = r.get(classes)
+            value = getattr(r, classes)
             if self.classes and not set(value if isinstance(value, list) else [value]) & set(self.classes):
                 return False
-            tags = r.get("tags") or {}
-            if any(tags.get(k) != v for k, v in self.tags.items()):
+            if any(r.tags.get(k) != v for k, v in self.tags.items()):
                 return False
-            return self.since is None or (r.get(when) is not None and r[when] >= self.since)
+            return self.since is None or (r.created is not None and r.created >= self.since)
 
-        kept = [r for r in rows if keep(r)]
+        kept = [r for r in records if keep(r)]
         if self.newest_first:
             oldest = datetime.min.replace(tzinfo=UTC)
-            kept.sort(key=lambda r: r.get(when) or oldest, reverse=True)
+            kept.sort(key=lambda r: r.created or oldest, reverse=True)
         if self.limit is None or len(kept) <= self.limit:
             return kept, 0
         return kept[: self.limit], len(kept) - self.limit
@@ -139,64 +141,62 @@ def _first_line(text: str | None) -> str | None:
     return text.splitlines()[0] if text else None
 
 
-def status_rows(conn: Any) -> list[dict[str, Any]]:
-    """One row per training job: status, epochs done of total, latest validation AP, worker, first line of the error."""
+def job_records(conn: Any) -> list[JobRecord]:
+    """Every training job, oldest first: status, epochs done of total, latest validation AP, worker, first line of the error."""
     cols = "id, voc_class, status, epochs_done, config, latest_val_ap, attempts, worker_host, heartbeat_at, error, created_at, name, tags, note, start_job_id"
     sql = (
         f"SELECT {', '.join('t.' + c.strip() for c in cols.split(','))}, s.status AS start_status "
         "FROM train_jobs t LEFT JOIN train_jobs s ON s.id = t.start_job_id ORDER BY t.id"
     )
-    rows = []
+    records = []
     for r in fetch_rows(conn, sql):
-        epochs = int(json_value(r["config"]).get("epochs", 0))  # TrainJob.total_epochs
         error = _first_line(r["error"])
         if r["status"] == "queued" and r["start_job_id"] is not None and r["start_status"] != "succeeded":
             error = f"waits for start job {r['start_job_id']} ({r['start_status']})"
-        rows.append(
-            {
-                "job": r["id"],
-                "class": r["voc_class"],
-                "status": r["status"],
-                "epoch": f"{r['epochs_done']}/{epochs}",
-                "epochs_done": r["epochs_done"],
-                "epochs": epochs,
-                "val_ap": r["latest_val_ap"],
-                "attempts": r["attempts"],
-                "worker": r["worker_host"],
-                "heartbeat": timestamp(r["heartbeat_at"]),
-                "error": error,
-                "created": timestamp(r["created_at"]),
-                "name": r["name"],
-                "tags": json_value(r["tags"]) or {},
-                "note": r["note"],
-                "start": r["start_job_id"],
-            }
+        records.append(
+            JobRecord(
+                job_id=r["id"],
+                voc_class=r["voc_class"],
+                status=JobStatus(r["status"]),
+                epochs_done=r["epochs_done"],
+                epochs=int(json_value(r["config"]).get("epochs", 0)),  # TrainJob.total_epochs
+                val_ap=r["latest_val_ap"],
+                attempts=r["attempts"],
+                worker=r["worker_host"],
+                heartbeat=timestamp(r["heartbeat_at"]),
+                error=error,
+                created=timestamp(r["created_at"]),
+                name=r["name"],
+                tags=json_value(r["tags"]) or {},
+                note=r["note"],
+                start_job_id=r["start_job_id"],
+            )
         )
-    return rows
+    return records
 
 
-def run_rows(conn: Any) -> list[dict[str, Any]]:
-    """One row per scoring run with its counts."""
+def run_records(conn: Any) -> list[RunRecord]:
+    """Every scoring run with its counts, oldest first."""
     sql = (
         "SELECT id, status, folders, classes, total_files, scored_images, error_files, created_at, finished_at, error, name, tags, note "
         "FROM score_runs ORDER BY id"
     )
     return [
-        {
-            "run": r["id"],
-            "status": r["status"],
-            "folders": list(json_value(r["folders"])),
-            "classes": list(json_value(r["classes"])),
-            "files": r["total_files"],
-            "scored": r["scored_images"],
-            "errors": r["error_files"],
-            "created": timestamp(r["created_at"]),
-            "finished": timestamp(r["finished_at"]),
-            "error": _first_line(r["error"]),
-            "name": r["name"],
-            "tags": json_value(r["tags"]) or {},
-            "note": r["note"],
-        }
+        RunRecord(
+            run_id=r["id"],
+            status=JobStatus(r["status"]),
+            folders=list(json_value(r["folders"])),
+            classes=list(json_value(r["classes"])),
+            files=r["total_files"],
+            scored=r["scored_images"],
+            errors=r["error_files"],
+            created=timestamp(r["created_at"]),
+            finished=timestamp(r["finished_at"]),
+            error=_first_line(r["error"]),
+            name=r["name"],
+            tags=json_value(r["tags"]) or {},
+            note=r["note"],
+        )
         for r in fetch_rows(conn, sql)
     ]
 

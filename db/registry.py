@@ -1,4 +1,4 @@
-"""The detector registry: recording a finished job's detector, promotion, activation by hand, and the rows listed.
+"""The detector registry: recording a finished job's detector, promotion, activation by hand, and the records listed.
 
 One detector per class is active, enforced by a partial unique index and, on PostgreSQL, a
 per-class advisory lock held by whoever changes it (:func:`lock_class`). Each detector's
@@ -19,6 +19,7 @@ from vocfleet.model.config import TrainConfig
 from vocfleet.model.events import EpochRecord
 
 from .models import Detector, EpochMetric, TrainJob, utcnow
+from .records import Change, DetectorRecord
 from .states import as_utc
 
 if TYPE_CHECKING:
@@ -169,8 +170,8 @@ def _add_event(detector: Detector, event: dict[str, Any]) -> None:
     detector.metrics = {**detector.metrics, "events": [*detector.metrics.get("events", []), event]}
 
 
-def detector_rows(s: Session, include_inactive: bool = False, ids: list[int] | None = None) -> list[dict[str, Any]]:
-    """Detectors (active ones unless ``include_inactive``; ``ids``: just these, active or not): metrics and how each was trained, flat."""
+def detector_records(s: Session, include_inactive: bool = False, ids: list[int] | None = None) -> list[DetectorRecord]:
+    """Detectors (active ones unless ``include_inactive``; ``ids``: just these, active or not) by class and id: metrics and how each was trained."""
     q = select(Detector, TrainJob).outerjoin(TrainJob, TrainJob.id == Detector.job_id).order_by(Detector.voc_class, Detector.id)
     if ids is not None:
         q = q.where(Detector.id.in_(ids))
@@ -183,51 +184,48 @@ def detector_rows(s: Session, include_inactive: bool = False, ids: list[int] | N
     root = get_settings().artifact_root
     where = lambda location: resolve(root, location)  # rows hold locations relative to the store; no client opened
     plot = lambda m, k: where(p) if (p := m.get("plots", {}).get(k)) else None
-    rows = []
+    records = []
     for d, job in s.execute(q):
         m, cfg = d.metrics, (_as_run(job.config) if job is not None else {})
-        rows.append(
-            {
-                "id": d.id,
-                "class": d.voc_class,
-                "job": d.job_id,
-                "active": d.active,
-                "ap": d.ap,
-                "ap11": m.get("ap11"),
-                "auc": m.get("auc"),
-                "accuracy": m.get("accuracy"),
-                "always_absent": m.get("baseline_accuracy"),
-                "f1": m.get("f1"),
-                "threshold": d.threshold,
-                "pos_rate": m["positives"] / max(m["images"], 1) if "positives" in m else None,
-                "eval_images": m.get("images"),
-                "split": m.get("split"),
-                # The data fingerprint (ids and labels of the evaluation pictures), short as git shows a commit.
-                "eval_data": (m.get("eval_fingerprint") or "")[:12] or None,
-                "train_data": (m.get("train_fingerprint") or "")[:12] or None,
-                "eval_fingerprint": m.get("eval_fingerprint"),
-                "train_fingerprint": m.get("train_fingerprint"),
-                "created": as_utc(d.created_at),
-                "image_size": cfg.get("image_size"),
-                "epochs": cfg.get("epochs"),
-                "init": how_started(job),
-                "start": job.start_job_id if job is not None else None,
-                "batch_size": cfg.get("batch_size"),
-                "lr": cfg.get("lr"),
-                "ema": cfg.get("ema"),
-                "seed": cfg.get("seed"),
-                "decision": decision(m),
-                "changes": changes(as_utc(d.created_at).isoformat(timespec="seconds"), m),
-                "status": "active" if d.active else "inactive",
-                "name": job.name if job is not None else None,
-                "tags": (job.tags if job is not None else None) or {},
-                "note": job.note if job is not None else None,
-                "checkpoint": where(d.checkpoint_path),
-                "curves": plot(m, "curves"),
-                "pr_curve": plot(m, "pr"),
-            }
+        created = as_utc(d.created_at)
+        records.append(
+            DetectorRecord(
+                detector_id=d.id,
+                voc_class=d.voc_class,
+                job_id=d.job_id,
+                active=d.active,
+                ap=d.ap,
+                ap11=m.get("ap11"),
+                auc=m.get("auc"),
+                accuracy=m.get("accuracy"),
+                always_absent=m.get("baseline_accuracy"),
+                f1=m.get("f1"),
+                threshold=d.threshold,
+                pos_rate=m["positives"] / max(m["images"], 1) if "positives" in m else None,
+                eval_images=m.get("images"),
+                split=m.get("split"),
+                eval_fingerprint=m.get("eval_fingerprint"),
+                train_fingerprint=m.get("train_fingerprint"),
+                created=created,
+                image_size=cfg.get("image_size"),
+                epochs=cfg.get("epochs"),
+                init=how_started(job),
+                start_job_id=job.start_job_id if job is not None else None,
+                batch_size=cfg.get("batch_size"),
+                lr=cfg.get("lr"),
+                ema=cfg.get("ema"),
+                seed=cfg.get("seed"),
+                decision=decision(m),
+                changes=changes(created.isoformat(timespec="seconds") if created else "", m),
+                name=job.name if job is not None else None,
+                tags=(job.tags if job is not None else None) or {},
+                note=job.note if job is not None else None,
+                checkpoint=where(d.checkpoint_path),
+                curves=plot(m, "curves"),
+                pr_curve=plot(m, "pr"),
+            )
         )
-    return rows
+    return records
 
 
 def how_started(job: TrainJob | None) -> str | None:
@@ -241,11 +239,11 @@ def how_started(job: TrainJob | None) -> str | None:
     return job.config.get("init")
 
 
-def changes(created: str, metrics: dict[str, Any]) -> list[dict[str, str]]:
+def changes(created: str, metrics: dict[str, Any]) -> list[Change]:
     """Every decision about one detector, oldest first: its promotion when its job finished, then each
     change by hand or by a newer detector's promotion (the history is appended to, never rewritten)."""
-    said = [{"at": created, "what": metrics["promotion"]["decision"]}] if metrics.get("promotion", {}).get("decision") else []
-    return said + [{"at": e["at"], "what": _event_text(e)} for e in metrics.get("events") or []]
+    said = [Change(created, metrics["promotion"]["decision"])] if metrics.get("promotion", {}).get("decision") else []
+    return said + [Change(e["at"], _event_text(e)) for e in metrics.get("events") or []]
 
 
 def _event_text(e: dict[str, Any]) -> str:
@@ -355,8 +353,8 @@ def _as_run(config: dict[str, Any]) -> dict[str, Any]:
         return dict(config)
 
 
-def detector_comparison(s: Session, detector_ids: list[int]) -> tuple[list[dict[str, Any]], dict[str, list[Any]], dict[int, list[EpochRecord]]]:
-    """Detectors side by side: their ``detector_rows``, the training settings that differ, and each one's epochs.
+def detector_comparison(s: Session, detector_ids: list[int]) -> tuple[list[DetectorRecord], dict[str, list[Any]], dict[int, list[EpochRecord]]]:
+    """Detectors side by side: their records, the training settings that differ, and each one's epochs.
 
     Returns:
         (rows in the order asked, setting -> one value per detector (only settings that differ),
@@ -364,7 +362,7 @@ def detector_comparison(s: Session, detector_ids: list[int]) -> tuple[list[dict[
     Raises:
         ValueError: an id with no detector.
     """
-    by_id = {r["id"]: r for r in detector_rows(s, ids=detector_ids)}
+    by_id = {r.detector_id: r for r in detector_records(s, ids=detector_ids)}
     if missing := [i for i in detector_ids if i not in by_id]:
         raise ValueError(f"no detector {', '.join(map(str, missing))}: see 'vocfleet detectors --all'")
     rows = [by_id[i] for i in detector_ids]
@@ -375,7 +373,7 @@ def detector_comparison(s: Session, detector_ids: list[int]) -> tuple[list[dict[
     config_of = dict(configs)
     keys = sorted({k for _, c in configs for k in c} - _NOT_SETTINGS)
     differ = {k: [config_of[i].get(k) for i in detector_ids] for k in keys if len({repr(config_of[i].get(k)) for i in detector_ids}) > 1}
-    return rows, differ, detector_epochs(s, {i: by_id[i]["job"] for i in detector_ids})
+    return rows, differ, detector_epochs(s, {i: by_id[i].job_id for i in detector_ids})
 
 
 def detector_epochs(s: Session, jobs: dict[int, int | None]) -> dict[int, list[EpochRecord]]:

@@ -12,7 +12,8 @@ from vocfleet.model import ConfigError
 from vocfleet.model.events import EpochRecord
 
 from .models import Detector, ScoreRun
-from .registry import detector_epochs, detector_rows
+from .records import DetectorRecord
+from .registry import detector_epochs, detector_records
 from .results import ResultQuery, error_rows, image_scores, iter_results, summary_rows
 
 PER_CLASS = 24  # pictures per class in a run's report: the most confident present ones
@@ -42,7 +43,7 @@ class RunReport:
     counts: list[dict[str, Any]]  # per class: images, present, mean probability
     pictures: list[Picture]  # up to PER_CLASS per class, the most confident present ones
     errors: list[dict[str, Any]]  # the first MAX_ERRORS files not scored
-    detectors: list[dict[str, Any]]  # detector_rows of the detectors the run used
+    detectors: list[DetectorRecord]  # the detectors the run used
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class FleetDetector:
 @dataclass(frozen=True)
 class FleetReport:
     detectors: list[FleetDetector]
-    rows: list[dict[str, Any]]  # detector_rows of the active detectors
+    rows: list[DetectorRecord]  # the active detectors
     epochs: dict[int, list[EpochRecord]] = field(default_factory=dict)  # detector id -> its job's epochs (the curves overlaid)
 
 
@@ -82,7 +83,7 @@ def run_report(s: Session, run_id: int) -> RunReport:
         counts=summary_rows(s, (run_id,)),
         pictures=[Picture(first["folder"], first["image"], scores[image_id]) for image_id, first in picked.items()],
         errors=error_rows(s, run_id, limit=MAX_ERRORS),
-        detectors=detector_rows(s, ids=sorted(used)),
+        detectors=detector_records(s, ids=sorted(used)),
     )
 
 
@@ -91,4 +92,4 @@ def fleet_report(s: Session) -> FleetReport:
     if not dets:
         raise ConfigError("no trained detectors yet: run 'vocfleet submit ...' and 'vocfleet run' first")
     epochs = detector_epochs(s, {d.id: d.job_id for d in dets})
-    return FleetReport([FleetDetector(d.voc_class, d.id, d.job_id, dict(d.metrics.get("plots", {}))) for d in dets], detector_rows(s), epochs)
+    return FleetReport([FleetDetector(d.voc_class, d.id, d.job_id, dict(d.metrics.get("plots", {}))) for d in dets], detector_records(s), epochs)

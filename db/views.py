@@ -6,66 +6,28 @@ as typed values; the gallery and a picture's page are in :mod:`.gallery`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .listing import run_rows, status_rows
+from .listing import job_records, run_records
 from .models import Detector, EpochMetric, ScoreRun, ScoreShard
-from .registry import detector_rows
+from .records import DetectorRecord, JobRecord, RunRecord
+from .registry import detector_records
 from .runs import class_presence
 from .states import as_utc
-
-
-@dataclass(frozen=True)
-class RunRow:
-    """A scoring run in the list: its progress, live while it runs."""
-
-    run_id: int
-    status: str
-    folders: list[str]
-    classes: list[str]
-    files: int | None  # None until the scan has counted them
-    scored: int
-    errors: int
-    created: datetime | None
-    finished: datetime | None
-    error: str | None
-    name: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def done_fraction(self) -> float | None:
-        return (self.scored + self.errors) / self.files if self.files else None
 
 
 def _conn(s: Session) -> Any:
     return s.connection().connection.driver_connection
 
 
-def run_list(s: Session) -> list[RunRow]:
+def run_list(s: Session) -> list[RunRecord]:
     """Every scoring run, newest first (the rows of ``vocfleet runs``)."""
-    rows = [
-        RunRow(
-            r["run"],
-            r["status"],
-            r["folders"],
-            r["classes"],
-            r["files"],
-            r["scored"],
-            r["errors"],
-            r["created"],
-            r["finished"],
-            r["error"],
-            r["name"],
-            r["tags"],
-        )
-        for r in run_rows(_conn(s))
-    ]
-    return rows[::-1]
+    return run_records(_conn(s))[::-1]
 
 
 @dataclass(frozen=True)
@@ -122,43 +84,9 @@ def run_view(s: Session, run_id: int) -> RunView | None:
     )
 
 
-@dataclass(frozen=True)
-class JobRow:
-    """A training job with its live epoch progress (the rows of ``vocfleet status``)."""
-
-    job_id: int
-    voc_class: str
-    status: str
-    epochs_done: int
-    epochs: int
-    val_ap: float | None
-    attempts: int
-    worker: str | None
-    heartbeat: datetime | None
-    error: str | None
-    name: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-def job_list(s: Session) -> list[JobRow]:
-    rows = [
-        JobRow(
-            r["job"],
-            r["class"],
-            r["status"],
-            r["epochs_done"],
-            r["epochs"],
-            r["val_ap"],
-            r["attempts"],
-            r["worker"],
-            r["heartbeat"],
-            r["error"],
-            r["name"],
-            r["tags"],
-        )
-        for r in status_rows(_conn(s))
-    ]
-    return rows[::-1]
+def job_list(s: Session) -> list[JobRecord]:
+    """Every training job, newest first (the rows of ``vocfleet status``)."""
+    return job_records(_conn(s))[::-1]
 
 
 @dataclass(frozen=True)
@@ -168,7 +96,7 @@ class DetectorView:
     id: int
     voc_class: str
     active: bool
-    row: dict[str, Any]  # detector_rows' columns: AP, AUC, accuracy beside always-absent, settings, decision
+    row: DetectorRecord  # AP, AUC, accuracy beside always-absent, settings, decision
     plots: dict[str, str]  # kind (curves, pr) -> location in the artifact store
     epochs: list[dict[str, Any]]
 
@@ -179,17 +107,17 @@ class ClassRegistry:
 
     voc_class: str
     active_id: int | None
-    detectors: list[dict[str, Any]]
+    detectors: list[DetectorRecord]
 
 
 def registry(s: Session) -> list[ClassRegistry]:
-    by_class: dict[str, list[dict[str, Any]]] = {}
-    for row in detector_rows(s, include_inactive=True):
-        by_class.setdefault(row["class"], []).append(row)
+    by_class: dict[str, list[DetectorRecord]] = {}
+    for record in detector_records(s, include_inactive=True):
+        by_class.setdefault(record.voc_class, []).append(record)
     out = []
-    for cls, rows in sorted(by_class.items()):
-        rows.sort(key=lambda r: (not r["active"], -r["id"]))
-        out.append(ClassRegistry(cls, next((r["id"] for r in rows if r["active"]), None), rows))
+    for cls, records in sorted(by_class.items()):
+        records.sort(key=lambda r: (not r.active, -r.detector_id))
+        out.append(ClassRegistry(cls, next((r.detector_id for r in records if r.active), None), records))
     return out
 
 
@@ -197,7 +125,7 @@ def detector_view(s: Session, detector_id: int) -> DetectorView | None:
     d = s.get(Detector, detector_id)
     if d is None:
         return None
-    [row] = detector_rows(s, ids=[detector_id])
+    [row] = detector_records(s, ids=[detector_id])
     plots = {k: v for k, v in (d.metrics.get("plots") or {}).items() if v}
     epochs = []
     if d.job_id is not None:

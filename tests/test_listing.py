@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 
 from vocfleet.db.claims import claim_job
-from vocfleet.db.listing import read_connection, run_rows, status_rows
+from vocfleet.db.listing import job_records, read_connection, run_records
 from vocfleet.db.models import JobStatus, ScoreRun, TrainJob, utcnow
 from vocfleet.db.session import ensure_schema, session_scope
 from vocfleet.db.training import create_jobs
+from vocfleet.scheduler.commands.base import columns
 
 DBS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)]
 
@@ -33,28 +34,27 @@ def test_rows_match_the_orm(database):
         second.status, second.error = JobStatus.failed, "CUDA out of memory\nTraceback ..."
         s.add(ScoreRun(folders=["/photos/a", "/photos/b"], classes=["car", "dog"], detector_ids=[1, 2], total_files=10, scored_images=7, error_files=1))
     with read_connection() as conn:
-        jobs, runs = status_rows(conn), run_rows(conn)
-    assert [(j["job"], j["class"], j["status"], j["epoch"], j["epochs_done"], j["epochs"]) for j in jobs] == [
-        (first.id, "car", "running", "2/5", 2, 5),
-        (second.id, "dog", "failed", "0/3", 0, 3),
-    ]
-    assert jobs[0]["val_ap"] == pytest.approx(0.41) and jobs[0]["worker"] == "gpu-7" and jobs[0]["attempts"] == 1
-    assert abs(jobs[0]["heartbeat"] - beat) < timedelta(milliseconds=1) and jobs[0]["heartbeat"].utcoffset() == timedelta(0)
-    assert jobs[1]["error"] == "CUDA out of memory" and jobs[1]["heartbeat"] is None
+        jobs, runs = job_records(conn), run_records(conn)
+    assert [(j.job_id, j.voc_class, j.status, j.epochs_done, j.epochs) for j in jobs] == [(first.id, "car", "running", 2, 5), (second.id, "dog", "failed", 0, 3)]
+    assert all(isinstance(j.status, JobStatus) for j in jobs) and isinstance(runs[0].status, JobStatus)  # enums, not strings
+    assert jobs[0].val_ap == pytest.approx(0.41) and jobs[0].worker == "gpu-7" and jobs[0].attempts == 1
+    assert abs(jobs[0].heartbeat - beat) < timedelta(milliseconds=1) and jobs[0].heartbeat.utcoffset() == timedelta(0)
+    assert jobs[1].error == "CUDA out of memory" and jobs[1].heartbeat is None
     [run] = runs
-    assert {k: run[k] for k in ("status", "folders", "classes", "files", "scored", "errors", "finished", "error")} == {
-        "status": "queued",
-        "folders": ["/photos/a", "/photos/b"],
-        "classes": ["car", "dog"],
-        "files": 10,
-        "scored": 7,
-        "errors": 1,
-        "finished": None,
-        "error": None,
-    }
-    assert run["created"].utcoffset() == timedelta(0)
+    assert (run.status, run.folders, run.classes, run.files, run.scored, run.errors, run.finished, run.error) == (
+        "queued",
+        ["/photos/a", "/photos/b"],
+        ["car", "dog"],
+        10,
+        7,
+        1,
+        None,
+        None,
+    )
+    assert run.created.utcoffset() == timedelta(0) and run.done_fraction == pytest.approx(0.8)
     with session_scope() as s:  # and what the ORM reads back is the same
-        assert s.get(TrainJob, first.id).total_epochs == jobs[0]["epochs"]
+        assert s.get(TrainJob, first.id).total_epochs == jobs[0].epochs
+    assert columns(jobs[0])["epoch"] == "2/5" and columns(jobs[0])["job"] == first.id  # the CLI's "2/3" is made in the CLI
 
 
 PROBE = """

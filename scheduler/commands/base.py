@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ import click
 
 from vocfleet.db.errors import database_problem
 from vocfleet.db.listing import ListFilter, tag_text
+from vocfleet.db.records import DetectorRecord, JobRecord, RunRecord
 from vocfleet.db.settings import MAX_SECONDS, get_settings
 from vocfleet.db.states import MAX_ID, Labels, as_utc, parse_since, parse_tag
 from vocfleet.model import ConfigError, VocfleetError
@@ -189,6 +191,23 @@ def more_line(fmt: str, more: int, what: str) -> None:
             f"{more} more {what if more > 1 else what[:-1]} not shown: --limit N shows more; --status, --class, --tag and --since narrow the list",
             err=fmt != "table",
         )
+
+
+# The CLI's names for a record's fields: its table headers, and the keys of its CSV and JSON.
+_CLI_NAMES = {"job_id": "job", "run_id": "run", "detector_id": "id", "voc_class": "class", "start_job_id": "start"}
+
+
+def columns(record: JobRecord | RunRecord | DetectorRecord) -> dict[str, Any]:
+    """A record as the CLI shows it: every field under its CLI name, and what a person reads beside:
+    a job's ``epoch`` (``2/5``), a detector's ``status`` and short fingerprints (12 characters, as git shows a commit)."""
+    row = {_CLI_NAMES.get(k, k): v for k, v in asdict(record).items()}
+    if isinstance(record, JobRecord):
+        row["epoch"] = f"{record.epochs_done}/{record.epochs}"
+    if isinstance(record, DetectorRecord):
+        row["status"] = record.status
+        row["eval_data"] = (record.eval_fingerprint or "")[:12] or None
+        row["train_data"] = (record.train_fingerprint or "")[:12] or None
+    return row
 
 
 def with_labels(rows: list[dict[str, Any]], fmt: str) -> tuple[list[dict[str, Any]], list[str]]:

@@ -19,6 +19,7 @@ from .base import (
     ID,
     Finite,
     action_format_option,
+    columns,
     complete_classes,
     database,
     emit,
@@ -217,11 +218,11 @@ def resume_run(run_id: int, stale_after: float | None) -> None:
 @format_option
 def runs(fmt: str, **filters: Any) -> None:
     """Scoring runs with status and counts (--status, --class, --tag, --since, --limit choose which)."""
-    from vocfleet.db.listing import read_connection, run_rows
+    from vocfleet.db.listing import read_connection, run_records
 
     chosen = list_filter(fmt, **filters)
     with read_connection() as conn:
-        every = run_rows(conn)
+        every = run_records(conn)
         warn_idle_queue(conn, "score")
     if not every:
         click.echo("no scoring runs yet: vocfleet score FOLDER")
@@ -230,7 +231,7 @@ def runs(fmt: str, **filters: Any) -> None:
     if not rows and fmt == "table":
         click.echo(f"none of the {len(every)} runs match")
         return
-    shown, labels = with_labels(rows, fmt)
+    shown, labels = with_labels([columns(r) for r in rows], fmt)
     click.echo(render(shown, ["run", *labels, "status", "files", "scored", "errors", "classes", "created", "finished", "folders", "error"], fmt))
     more_line(fmt, more, "runs")
 

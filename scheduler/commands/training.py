@@ -18,6 +18,7 @@ from .base import (
     ID,
     Finite,
     action_format_option,
+    columns,
     complete_classes,
     database,
     emit,
@@ -241,12 +242,12 @@ def _estimate(configs: list[TrainConfig], fmt: str, notes: list[str]) -> None:
 def status(watch: bool, interval: float, fmt: str, **filters: Any) -> None:
     """Jobs with progress: epoch x of y and the latest validation AP (--status, --class, --tag, --since, --limit choose which)."""
     from vocfleet.db.estimates import queue_left
-    from vocfleet.db.listing import read_connection, status_rows
+    from vocfleet.db.listing import job_records, read_connection
 
     chosen = list_filter(fmt, **filters)
     while True:
         with read_connection() as conn:
-            every, left = status_rows(conn), queue_left(conn)
+            every, left = job_records(conn), queue_left(conn)
             warn_idle_queue(conn, "train")
         if watch and sys.stdout.isatty():
             click.clear()
@@ -258,12 +259,12 @@ def status(watch: bool, interval: float, fmt: str, **filters: Any) -> None:
             click.echo(f"none of the {len(every)} jobs match")
             return
         progress = ["epoch"] if fmt == "table" else ["epochs_done", "epochs"]  # "2/3" for people, two numbers for scripts
-        shown, labels = with_labels(rows, fmt)
+        shown, labels = with_labels([columns(r) for r in rows], fmt)
         click.echo(render(shown, ["job", "class", *labels, "status", *progress, "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
         more_line(fmt, more, "jobs")
         if fmt == "table":
             click.echo(queue_line(*left))
-        if not watch or all(JobStatus(r["status"]).finished for r in rows):
+        if not watch or all(r.status.finished for r in rows):
             return
         if not sys.stdout.isatty():
             click.echo("")
@@ -284,11 +285,11 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str, **filte
     """
     if ctx.invoked_subcommand is not None:
         return
-    from vocfleet.db.registry import detector_rows
+    from vocfleet.db.registry import detector_records
 
     chosen = list_filter(fmt, **filters)
     with database(read=True) as s:
-        every = detector_rows(s, show_all or "inactive" in chosen.statuses)
+        every = detector_records(s, show_all or "inactive" in chosen.statuses)
     if not every:
         click.echo("no detectors yet: vocfleet submit ... then vocfleet run")
         return
@@ -297,10 +298,10 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str, **filte
         click.echo(f"none of the {len(every)} detectors match")
         return
     if plots:
-        click.echo(render(rows, ["id", "class", "curves", "pr_curve"], fmt))
+        click.echo(render([columns(r) for r in rows], ["id", "class", "curves", "pr_curve"], fmt))
         more_line(fmt, more, "detectors")
         return
-    shown, labels = with_labels(rows, fmt)
+    shown, labels = with_labels([columns(r) for r in rows], fmt)
     cols = DETECTOR_COLUMNS[:2] + labels + DETECTOR_COLUMNS[2:] + (["active"] if show_all else []) + TRAINING_COLUMNS
     cols += ["start", "checkpoint", "curves", "pr_curve", "decision"] if fmt != "table" else []
     click.echo(render(shown, cols, fmt))
@@ -312,13 +313,13 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str, **filte
 @format_option
 def detectors_history(voc_class: str, fmt: str) -> None:
     """Every detector of a class, oldest first, with the promotion decision made when it finished."""
-    from vocfleet.db.registry import detector_rows
+    from vocfleet.db.registry import detector_records
 
     from ..configs import parse_classes
 
     (voc_class,) = parse_classes(voc_class)
     with database(read=True) as s:
-        rows = sorted((r for r in detector_rows(s, True) if r["class"] == voc_class), key=lambda r: r["id"])
+        rows = [columns(r) for r in detector_records(s, True) if r.voc_class == voc_class]  # by id: oldest first
     if not rows:
         click.echo(f"no {voc_class} detectors yet")
         return
@@ -376,10 +377,11 @@ def compare(detector_ids: tuple[int, ...], plot_path: str | None, force: bool, f
     out = output_path(plot_path, option="--plot", force=force, protected=get_settings().own_paths()) if plot_path is not None else None
     with database(read=True) as s:
         try:
-            rows, differ, epochs = detector_comparison(s, list(detector_ids))
+            records, differ, epochs = detector_comparison(s, list(detector_ids))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    labels = {r["id"]: " ".join(str(x) for x in (r["id"], r["class"], r["name"] or tag_text(r["tags"])) if x) for r in rows}
+    labels = {r.detector_id: " ".join(str(x) for x in (r.detector_id, r.voc_class, r.name or tag_text(r.tags)) if x) for r in records}
+    rows = [columns(r) for r in records]
     curves = {labels[i]: epochs[i] for i in detector_ids if epochs[i]}
     if out is not None and curves:
         with writing(out) as fh:
@@ -413,7 +415,7 @@ def run(stale_after: float | None, fmt: str) -> None:
     from vocfleet.db.estimates import queue_left
     from vocfleet.db.listing import read_connection
     from vocfleet.db.models import TrainJob
-    from vocfleet.db.registry import detector_rows
+    from vocfleet.db.registry import detector_records
     from vocfleet.db.training import next_queued, waiting_jobs
     from vocfleet.worker.runner import Outcome, run_train_job
 
@@ -463,7 +465,7 @@ def run(stale_after: float | None, fmt: str) -> None:
         fix = f"'vocfleet retry {w.start_job_id}', then 'vocfleet run'" if w.start_status.finished else "its worker to finish it"
         click.echo(f"job(s) {ids} wait for start job {w.start_job_id}, which is {w.start_status.value}: {fix}", err=True)
     with database() as s:
-        rows = detector_rows(s)
+        rows = [columns(r) for r in detector_records(s)]
     if rows and fmt == "text":
         click.echo(render(rows, DETECTOR_COLUMNS))
     blocked = [{"start_job": w.start_job_id, "start_status": w.start_status.value, "jobs": list(w.job_ids)} for w in waiting]
