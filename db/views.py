@@ -13,10 +13,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from vocfleet.model.events import EpochRecord
+
 from .listing import job_records, run_records
-from .models import Detector, EpochMetric, ScoreRun, ScoreShard
+from .models import Detector, ScoreRun, ScoreShard
 from .records import DetectorRecord, JobRecord, RunRecord
-from .registry import detector_records
+from .registry import detector_epochs, detector_records
 from .runs import class_presence
 from .states import as_utc
 
@@ -91,14 +93,11 @@ def job_list(s: Session) -> list[JobRecord]:
 
 @dataclass(frozen=True)
 class DetectorView:
-    """A detector: the row ``vocfleet detectors --all`` shows, its plots, and its job's epochs."""
+    """A detector's page: its record (what ``vocfleet detectors --all`` shows), its plots, and its job's epochs."""
 
-    id: int
-    voc_class: str
-    active: bool
-    row: DetectorRecord  # AP, AUC, accuracy beside always-absent, settings, decision
+    detector: DetectorRecord
     plots: dict[str, str]  # kind (curves, pr) -> location in the artifact store
-    epochs: list[dict[str, Any]]
+    epochs: list[EpochRecord]
 
 
 @dataclass(frozen=True)
@@ -125,12 +124,6 @@ def detector_view(s: Session, detector_id: int) -> DetectorView | None:
     d = s.get(Detector, detector_id)
     if d is None:
         return None
-    [row] = detector_records(s, ids=[detector_id])
+    [record] = detector_records(s, ids=[detector_id])
     plots = {k: v for k, v in (d.metrics.get("plots") or {}).items() if v}
-    epochs = []
-    if d.job_id is not None:
-        q = select(EpochMetric).where(EpochMetric.job_id == d.job_id).order_by(EpochMetric.epoch)
-        epochs = [
-            {"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss, "val_ap": e.val_ap, "lr": e.lr, "seconds": e.seconds} for e in s.scalars(q)
-        ]
-    return DetectorView(d.id, d.voc_class, d.active, row, plots, epochs)
+    return DetectorView(record, plots, detector_epochs(s, {d.id: d.job_id})[d.id])

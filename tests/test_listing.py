@@ -35,7 +35,8 @@ def test_rows_match_the_orm(database):
         s.add(ScoreRun(folders=["/photos/a", "/photos/b"], classes=["car", "dog"], detector_ids=[1, 2], total_files=10, scored_images=7, error_files=1))
     with read_connection() as conn:
         jobs, runs = job_records(conn), run_records(conn)
-    assert [(j.job_id, j.voc_class, j.status, j.epochs_done, j.epochs) for j in jobs] == [(first.id, "car", "running", 2, 5), (second.id, "dog", "failed", 0, 3)]
+    got = [(j.job_id, j.voc_class, j.status, j.epochs_done, j.epochs) for j in jobs]
+    assert got == [(first.id, "car", "running", 2, 5), (second.id, "dog", "failed", 0, 3)]
     assert all(isinstance(j.status, JobStatus) for j in jobs) and isinstance(runs[0].status, JobStatus)  # enums, not strings
     assert jobs[0].val_ap == pytest.approx(0.41) and jobs[0].worker == "gpu-7" and jobs[0].attempts == 1
     assert abs(jobs[0].heartbeat - beat) < timedelta(milliseconds=1) and jobs[0].heartbeat.utcoffset() == timedelta(0)

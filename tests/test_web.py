@@ -140,14 +140,14 @@ def test_every_endpoint_answers_with_the_data_the_cli_shows(site):
     assert status == 200 and [c["voc_class"] for c in registry] == ["car", "dog"] and all(c["active_id"] for c in registry)
     assert [len(c["detectors"]) for c in registry] == [1, 2] and registry[1]["detectors"][0]["active"]  # the active one first
     status, det = api(site, f"/api/detectors/{registry[0]['active_id']}")
-    assert status == 200 and [e["epoch"] for e in det["epochs"]] == [1, 2] and det["row"]["always_absent"] is not None
+    assert status == 200 and [e["epoch"] for e in det["epochs"]] == [1, 2] and det["detector"]["always_absent"] is not None
     assert set(det["plots"]) == {"curves", "pr"}
-    assert get(site, f"/detectors/{det['id']}/pr.png")[1]["content-type"] == "image/png"
+    assert get(site, f"/detectors/{det['detector']['detector_id']}/pr.png")[1]["content-type"] == "image/png"
     status, jobs = api(site, "/api/jobs")
     assert status == 200 and sorted((j["voc_class"], j["status"], j["epochs_done"]) for j in jobs) == [("car", "succeeded", 2), *[("dog", "succeeded", 2)] * 2]
 
     pages = ["/runs", "/runs/1", "/runs/1/errors", "/runs/1/compare?other=3&class=dog", f"/pictures/{image_id}", "/detectors", "/jobs"]
-    pages.append(f"/detectors/{det['id']}")
+    pages.append(f"/detectors/{det['detector']['detector_id']}")
     for page in pages:
         status, headers, body = get(site, page)
         assert status == 200 and headers["content-type"].startswith("text/html") and b"<h1>" in body, page
@@ -419,3 +419,22 @@ def test_text_stored_before_it_was_refused_still_renders(fake_voc, invoke, data_
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_openapi_describes_every_answer(data_dir):
+    """Every /api/ route names what it answers (typed records), so a client can be generated from /openapi.json."""
+    from vocfleet.scheduler.web.app import create_app
+
+    spec = create_app().openapi()
+    undescribed = [
+        f"{method.upper()} {path}"
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if not all(media.get("schema") for media in op["responses"]["200"].get("content", {}).values()) or not op["responses"]["200"].get("content")
+    ]
+    assert not undescribed and all(p.startswith("/api/") for p in spec["paths"])  # the pages are not in the schema
+    jobs = spec["paths"]["/api/jobs"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert jobs["items"]["$ref"].endswith("/JobRecord")
+    record = spec["components"]["schemas"]["JobRecord"]["properties"]
+    assert {"job_id", "voc_class", "status", "epochs_done", "epochs", "tags"} <= set(record)
+    assert spec["components"]["schemas"]["RunRecord"]["properties"]["folders"]["type"] == "array"  # lists are lists

@@ -1,0 +1,269 @@
+"""The JSON API under ``/api/``: the records ``db/`` returns, typed, so ``/openapi.json`` describes every answer.
+
+Reads take the request's one transaction; the actions (activate, cancel, retry) call the CLI's own
+functions, which keep their transactions short on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from vocfleet.db import gallery as gallery_db
+from vocfleet.db import views as web_db
+from vocfleet.db.claims import cancel_work
+from vocfleet.db.models import JobStatus, TrainJob
+from vocfleet.db.records import JobRecord, RunRecord
+from vocfleet.db.registry import activate_usable
+from vocfleet.db.results import RESULT_COLUMNS, ResultQuery, error_rows, export_csv, export_json
+from vocfleet.db.session import session_scope
+from vocfleet.db.training import retry_job
+from vocfleet.worker.dispatch import enqueue
+
+from .common import (
+    DB,
+    ClassNeeded,
+    ClassParam,
+    ErrorLimit,
+    Limit,
+    Offset,
+    OtherRun,
+    Prob,
+    Problem,
+    RowId,
+    Store,
+    compare,
+    detector_or_404,
+    gallery,
+    picture_or_404,
+    run_or_404,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+
+class GalleryAnswer(_Out):
+    voc_class: str | None = Field(serialization_alias="class")
+    pictures: list[gallery_db.Tile]
+    next: str | None = Field(description="the next page's 'after'; null on the last page")
+
+
+class CompareAnswer(_Out):
+    voc_class: str = Field(serialization_alias="class")
+    pictures: list[gallery_db.Disagreement]
+    next_offset: int | None = Field(description="the next page's 'offset'; null on the last page")
+
+
+class FileError(_Out):
+    file: str
+    folder: str
+    reason: str
+
+
+class ErrorsAnswer(_Out):
+    total: int
+    errors: list[FileError]
+
+
+class Done(_Out):
+    done: str
+
+
+@router.get("/runs", tags=["runs"])
+def api_runs(s: DB) -> list[RunRecord]:
+    """Every scoring run, newest first, with its progress."""
+    return web_db.run_list(s)
+
+
+@router.get("/runs/{run_id}", tags=["runs"])
+def api_run(s: DB, run_id: RowId) -> web_db.RunView:
+    """A run: its progress, and per class the detector used and how many pictures have the class."""
+    return run_or_404(s, run_id)
+
+
+@router.get("/runs/{run_id}/gallery", tags=["runs"])
+def api_gallery(
+    s: DB,
+    run_id: RowId,
+    voc_class: ClassParam = None,
+    also: Annotated[str | None, Query(description="classes that must be present too, comma-separated")] = None,
+    without: Annotated[str | None, Query(description="classes that must be absent, comma-separated")] = None,
+    min: Prob = None,
+    max: Prob = None,
+    folder: Annotated[str | None, Query(description="only files under this folder")] = None,
+    after: Annotated[str | None, Query(description="the previous page's 'next'")] = None,
+    limit: Limit = gallery_db.PAGE,
+) -> GalleryAnswer:
+    """A page of the pictures where a class is present (or, with min/max, whose probability is in a range), highest first."""
+    _, q, result = gallery(s, run_id, voc_class, also, without, min, max, folder, after, limit)
+    if result is None:
+        return GalleryAnswer(voc_class=None, pictures=[], next=None)
+    return GalleryAnswer(voc_class=q.voc_class, pictures=result.tiles, next=result.next.encode() if result.next else None)
+
+
+@router.get("/runs/{run_id}/compare", tags=["runs"])
+def api_compare(s: DB, run_id: RowId, other: OtherRun, voc_class: ClassNeeded, offset: Offset = 0, limit: Limit = gallery_db.PAGE) -> CompareAnswer:
+    """The pictures both runs scored (same sha256) where their detectors of a class disagree, widest gap first (offset paging)."""
+    _, rows = compare(s, run_id, other, voc_class, offset, limit)
+    return CompareAnswer(voc_class=voc_class, pictures=rows, next_offset=offset + len(rows) if len(rows) == limit else None)
+
+
+@router.get("/runs/{run_id}/errors", tags=["runs"])
+def api_errors(s: DB, run_id: RowId, limit: ErrorLimit = 500) -> ErrorsAnswer:
+    """The files a run could not score, with the reason for each."""
+    view = run_or_404(s, run_id)
+    return ErrorsAnswer(total=view.error_files, errors=[FileError(**e) for e in error_rows(s, run_id, limit)])
+
+
+_STREAMED = {200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/runs/{run_id}/export", tags=["runs"], response_class=StreamingResponse, responses=_STREAMED)
+def api_export(s: DB, run_id: RowId, format: Annotated[str, Query(pattern="^(jsonl|csv)$")] = "jsonl") -> StreamingResponse:
+    """Every score of a run, streamed (JSON lines or CSV) in the order of ``vocfleet results --format``."""
+    run_or_404(s, run_id)
+    return StreamingResponse(_export(run_id, list(RESULT_COLUMNS), format), media_type="text/csv" if format == "csv" else "application/x-ndjson")
+
+
+@router.get("/pictures/{image_id}", tags=["pictures"])
+def api_picture(s: DB, image_id: RowId) -> gallery_db.PictureDetail:
+    """A picture: every class's probability beside its threshold and detector, and the other runs that scored the same file."""
+    return picture_or_404(s, image_id)
+
+
+@router.get("/detectors", tags=["detectors"])
+def api_detectors(s: DB) -> list[web_db.ClassRegistry]:
+    """The registry, class by class: the active detector and every earlier one, with why each is or is not active."""
+    return web_db.registry(s)
+
+
+@router.get("/detectors/{detector_id}", tags=["detectors"])
+def api_detector(s: DB, detector_id: RowId) -> web_db.DetectorView:
+    """A detector: its metrics beside always-absent, training settings, decision, and its job's epochs."""
+    return detector_or_404(s, detector_id)
+
+
+@router.get("/jobs", tags=["jobs"])
+def api_jobs(s: DB) -> list[JobRecord]:
+    """Every training job with its live epoch progress."""
+    return web_db.job_list(s)
+
+
+def _act(request: Request, what: str, change: Callable[[], str]) -> Done:
+    token = request.app.state.actions_token
+    if token is None:
+        raise Problem(403, f"{what}: this server is read-only (start it with --allow-actions)")
+    given = request.headers.get("x-vocfleet-token", "")
+    if not secrets.compare_digest(given.encode(), token.encode()):
+        raise Problem(403, f"{what}: wrong or missing X-Vocfleet-Token header")
+    return Done(done=change())
+
+
+@router.post("/detectors/{detector_id}/activate", tags=["actions"])
+def api_activate(request: Request, store: Store, detector_id: RowId) -> Done:
+    """Make a detector its class's active one (needs --allow-actions and the token)."""
+
+    def change() -> str:
+        done = activate_usable(store, detector_id, reason="activated in the web app")  # the CLI's checks: 409 if the file is gone or changed
+        if done is None:
+            raise Problem(404, f"detector {detector_id}: no such detector")
+        return f"detector {detector_id} is the active {done[0].voc_class} detector"
+
+    return _act(request, f"activate detector {detector_id}", change)
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["actions"])
+def api_cancel(request: Request, job_id: RowId) -> Done:
+    """Cancel a queued or running training job (needs --allow-actions and the token)."""
+
+    def change() -> str:
+        with session_scope() as s:
+            now, asked = cancel_work(s, TrainJob, [job_id])
+        if not (now or asked):
+            raise Problem(409, f"job {job_id}: not queued or running (or no such job)")
+        return f"job {job_id}: " + ("cancelled" if now else "its worker stops it within a few batches")
+
+    return _act(request, f"cancel job {job_id}", change)
+
+
+@router.post("/jobs/{job_id}/retry", tags=["actions"])
+def api_retry(request: Request, job_id: RowId) -> Done:
+    """Queue a failed or cancelled job again; it resumes from its last checkpoint (needs --allow-actions and the token)."""
+    fleet = request.app.state.settings.broker_url is not None
+
+    def change() -> str:
+        with session_scope() as s:
+            outcome = retry_job(s, job_id)
+        if outcome is None:
+            raise Problem(404, f"job {job_id}: no such job")
+        if outcome != JobStatus.queued:
+            raise Problem(409, f"job {job_id}: {outcome}, not retried (only failed or cancelled jobs are)")
+        if fleet:
+            enqueue(TrainJob, [job_id])
+        return f"job {job_id}: queued again; resumes from its last checkpoint" + ("" if fleet else " (vocfleet run runs it)")
+
+    return _act(request, f"retry job {job_id}", change)
+
+
+class _Closed(Exception):
+    """The client went away: the export stops."""
+
+
+class _Pipe:
+    """A file-like sink for ``db.results``' exports, read as a generator: a few chunks in flight, so memory stays flat."""
+
+    def __init__(self) -> None:
+        self.chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+        self.closed = threading.Event()
+
+    def write(self, data: bytes) -> int:
+        while not self.closed.is_set():
+            try:
+                self.chunks.put(bytes(data), timeout=0.5)
+                return len(data)
+            except queue.Full:
+                continue
+        raise _Closed
+
+
+def _export(run_id: int, columns: list[str], fmt: str) -> Iterator[bytes]:
+    """A run's scores as the CLI exports them (``vocfleet results --format csv|jsonl``: on PostgreSQL the server writes them), passed on as they come."""
+    pipe = _Pipe()
+
+    def produce() -> None:
+        try:
+            with session_scope() as s:
+                q = ResultQuery(run_ids=(run_id,))
+                if fmt == "csv":
+                    export_csv(s, q, columns, pipe)
+                else:
+                    export_json(s, q, columns, pipe, lines=True)
+            pipe.chunks.put(None)
+        except _Closed:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, which ends the response
+            pipe.chunks.put(exc)
+
+    threading.Thread(target=produce, daemon=True, name=f"export-run-{run_id}").start()
+    try:
+        while (chunk := pipe.chunks.get()) is not None:
+            if isinstance(chunk, BaseException):
+                log.error("export of run %d failed: %s", run_id, chunk)
+                raise RuntimeError(f"export of run {run_id} failed: {chunk}") from chunk  # the connection drops: the client sees the body end short
+            yield chunk
+    finally:
+        pipe.closed.set()

@@ -1,0 +1,132 @@
+"""What the pages and the API share: the request's session, the refusal type, the query parameters, and the lookups that 404.
+
+A request gets one session (:func:`db_session`): one transaction for everything a page or an
+answer reads. Settings, the artifact store and the actions token are the app's, set once by
+``create_app`` on ``app.state``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from fastapi import Path as FastPath
+from fastapi.responses import JSONResponse
+
+from vocfleet.db import gallery as gallery_db
+from vocfleet.db import views as web_db
+from vocfleet.db.session import Session, session_scope
+from vocfleet.db.states import MAX_ID
+from vocfleet.model import VocfleetError
+from vocfleet.model.artifacts import ArtifactStore
+
+# Query parameters shared by the gallery's page and its API (module level: FastAPI resolves them by name).
+Prob = Annotated[float | None, Query(ge=0.0, le=1.0)]
+Limit = Annotated[int, Query(ge=1, le=gallery_db.MAX_PAGE)]
+ClassParam = Annotated[str | None, Query(alias="class", max_length=32)]
+ClassNeeded = Annotated[str, Query(alias="class", max_length=32)]
+ErrorLimit = Annotated[int, Query(ge=1, le=10000)]
+Offset = Annotated[int, Query(ge=0, le=gallery_db.MAX_COMPARED)]
+RowId = Annotated[int, FastPath(ge=1, le=MAX_ID)]  # a larger id is a 422 that names it, not the driver's overflow
+OtherRun = Annotated[int, Query(ge=1, le=MAX_ID)]
+
+
+class Problem(VocfleetError):
+    """A request the app refuses: one line and an HTTP status (JSON under /api/, a page elsewhere)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.http_status = status
+
+
+class JSON(JSONResponse):
+    """JSON that any stored text can be written in: a name or tag that is not UTF-8 (stored before such
+    input was refused) is escaped (``\\udcff``) instead of failing every page that lists it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def db_session() -> Iterator[Session]:
+    """The request's one transaction (committed after the answer is made, rolled back on an error)."""
+    with session_scope() as s:
+        yield s
+
+
+def app_store(request: Request) -> ArtifactStore:
+    return request.app.state.store
+
+
+DB = Annotated[Session, Depends(db_session)]
+Store = Annotated[ArtifactStore, Depends(app_store)]
+
+
+def form_prob(name: str, text: str | None) -> float | None:
+    """A probability from a form field: blank is none; anything else must be a number in [0, 1]."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise Problem(400, f"{name}={text!r}: a probability between 0 and 1")
+    return value
+
+
+def class_list(text: str | None) -> tuple[str, ...]:
+    return tuple(c for c in (text or "").replace(" ", ",").split(",") if c)
+
+
+def run_or_404(s: Session, run_id: int) -> web_db.RunView:
+    view = web_db.run_view(s, run_id)
+    if view is None:
+        raise Problem(404, f"run {run_id}: no such run (see /api/runs)")
+    return view
+
+
+def picture_or_404(s: Session, image_id: int) -> gallery_db.PictureDetail:
+    p = gallery_db.picture(s, image_id)
+    if p is None:
+        raise Problem(404, f"picture {image_id}: no such picture in any run")
+    return p
+
+
+def detector_or_404(s: Session, detector_id: int) -> web_db.DetectorView:
+    d = web_db.detector_view(s, detector_id)
+    if d is None:
+        raise Problem(404, f"detector {detector_id}: no such detector (see /api/detectors)")
+    return d
+
+
+def gallery(
+    s: Session, run_id: int, voc_class: str | None, also: str | None, without: str | None, min_prob, max_prob, folder, after, limit
+) -> tuple[web_db.RunView, gallery_db.GalleryQuery | None, gallery_db.GalleryPage | None]:
+    """A run, the query its gallery asks, and the page (no query or page where the run scored no class)."""
+    view = run_or_404(s, run_id)
+    cls = voc_class or (view.classes[0].voc_class if view.classes else None)
+    if cls is None:
+        return view, None, None
+    known = {c.voc_class for c in view.classes}
+    for name in (cls, *class_list(also), *class_list(without)):
+        if name not in known:
+            raise Problem(400, f"class={name!r}: run {run_id} scored {', '.join(sorted(known)) or 'no class'}")
+    try:
+        cursor = gallery_db.Cursor.decode(after) if after else None
+        q = gallery_db.GalleryQuery(run_id, cls, class_list(also), class_list(without), min_prob, max_prob, folder or None, cursor, limit)
+        return view, q, gallery_db.gallery_page(s, q)
+    except ValueError as exc:
+        raise Problem(400, str(exc)) from None
+
+
+def compare(s: Session, run_id: int, other: int, voc_class: str, offset: int, limit: int) -> tuple[web_db.RunView, list[gallery_db.Disagreement]]:
+    """A run, and the pictures it shares with ``other`` where their detectors of ``voc_class`` disagree."""
+    view, _ = run_or_404(s, run_id), run_or_404(s, other)
+    if voc_class not in {c.voc_class for c in view.classes}:
+        raise Problem(400, f"class={voc_class!r}: run {run_id} scored {', '.join(c.voc_class for c in view.classes) or 'no class'}")
+    try:
+        return view, gallery_db.disagreements(s, run_id, other, voc_class, limit=limit, offset=offset)
+    except ValueError as exc:
+        raise Problem(400, str(exc)) from None

@@ -1,0 +1,152 @@
+"""The pages: each a Jinja2 template over the records its ``/api/`` twin returns, read in the request's one transaction."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from vocfleet import __version__
+from vocfleet.db import gallery as gallery_db
+from vocfleet.db import views as web_db
+from vocfleet.db.results import error_rows
+from vocfleet.model.thumbnails import SIZES, cached_thumbnail
+
+from .common import (
+    DB,
+    ClassNeeded,
+    ClassParam,
+    ErrorLimit,
+    Limit,
+    Offset,
+    OtherRun,
+    Problem,
+    RowId,
+    Store,
+    compare,
+    detector_or_404,
+    form_prob,
+    gallery,
+    picture_or_404,
+    run_or_404,
+)
+
+router = APIRouter(include_in_schema=False)
+
+PLACEHOLDER = (
+    "<svg xmlns='http://www.w3.org/2000/svg' width='160' height='160' viewBox='0 0 160 160'>"
+    "<rect width='160' height='160' fill='#eee'/><text x='80' y='76' font-family='sans-serif' font-size='13' "
+    "text-anchor='middle' fill='#777'>picture gone</text><text x='80' y='96' font-family='sans-serif' "
+    "font-size='13' text-anchor='middle' fill='#777'>or changed</text></svg>"
+)
+
+
+@cache
+def templates() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vocfleet.scheduler.web", "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["pct"] = lambda x: "" if x is None else f"{100 * x:.0f}%"
+    env.filters["num"] = lambda x, d=3: "" if x is None else f"{x:.{d}f}"
+    env.filters["when"] = lambda t: "" if t is None else t.strftime("%Y-%m-%d %H:%M:%S")
+    return env
+
+
+def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    actions = request.app.state.actions_token is not None
+    html = templates().get_template(template).render(version=__version__, actions=actions, path=request.url.path, status=status, **context)
+    return HTMLResponse(html.encode("utf-8", "backslashreplace"), status_code=status)  # text stored by older versions may not be UTF-8
+
+
+@router.get("/")
+def home() -> RedirectResponse:
+    return RedirectResponse("/runs")
+
+
+@router.get("/runs", response_class=HTMLResponse)
+def runs_page(request: Request, s: DB) -> HTMLResponse:
+    return page(request, "runs.html", title="Scoring runs", runs=web_db.run_list(s))
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(
+    request: Request,
+    s: DB,
+    run_id: RowId,
+    voc_class: ClassParam = None,
+    also: str | None = None,
+    without: str | None = None,
+    min: str | None = None,  # the query parameter's name; a form's empty field is ""
+    max: str | None = None,
+    folder: str | None = None,
+    after: str | None = None,
+    limit: Limit = gallery_db.PAGE,
+) -> HTMLResponse:
+    view, q, result = gallery(s, run_id, voc_class, also, without, form_prob("min", min), form_prob("max", max), folder, after, limit)
+    params = {k: v for k, v in request.query_params.items() if k != "after"}
+    next_url = f"/runs/{run_id}?{urlencode({**params, 'after': result.next.encode()})}" if result and result.next else None
+    first_url = f"/runs/{run_id}?{urlencode(params)}" if after else None
+    others = [r for r in web_db.run_list(s) if r.run_id != run_id]
+    return page(request, "run.html", title=f"Run {run_id}", run=view, q=q, result=result, next_url=next_url, first_url=first_url, other_runs=others)
+
+
+@router.get("/runs/{run_id}/compare", response_class=HTMLResponse)
+def compare_page(request: Request, s: DB, run_id: RowId, other: OtherRun, voc_class: ClassNeeded, offset: Offset = 0) -> HTMLResponse:
+    view, rows = compare(s, run_id, other, voc_class, offset, gallery_db.PAGE)
+    following = urlencode({"other": other, "class": voc_class, "offset": offset + len(rows)})
+    more = f"/runs/{run_id}/compare?{following}" if len(rows) == gallery_db.PAGE else None
+    title = f"Run {run_id} against run {other}"
+    return page(request, "compare.html", title=title, run=view, other=other, voc_class=voc_class, rows=rows, more=more, runs=web_db.run_list(s))
+
+
+@router.get("/runs/{run_id}/errors", response_class=HTMLResponse)
+def errors_page(request: Request, s: DB, run_id: RowId, limit: ErrorLimit = 500) -> HTMLResponse:
+    view = run_or_404(s, run_id)
+    return page(request, "errors.html", title=f"Run {run_id}: files not scored", run=view, errors=error_rows(s, run_id, limit))
+
+
+@router.get("/pictures/{image_id}", response_class=HTMLResponse)
+def picture_page(request: Request, s: DB, image_id: RowId) -> HTMLResponse:
+    return page(request, "picture.html", title="Picture", p=picture_or_404(s, image_id))
+
+
+@router.get("/detectors", response_class=HTMLResponse)
+def detectors_page(request: Request, s: DB) -> HTMLResponse:
+    return page(request, "detectors.html", title="Detectors", classes=web_db.registry(s))
+
+
+@router.get("/detectors/{detector_id}", response_class=HTMLResponse)
+def detector_page(request: Request, s: DB, detector_id: RowId) -> HTMLResponse:
+    return page(request, "detector.html", title=f"Detector {detector_id}", d=detector_or_404(s, detector_id))
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request, s: DB) -> HTMLResponse:
+    return page(request, "jobs.html", title="Training jobs", jobs=web_db.job_list(s))
+
+
+@router.get("/thumbs/{image_id}.jpg")
+def thumb(request: Request, image_id: RowId, size: int = 160) -> Response:
+    if size not in SIZES:
+        raise Problem(400, f"size={size}: one of {', '.join(map(str, SIZES))}")
+    from vocfleet.db.session import session_scope
+
+    with session_scope() as s:  # closed before the picture is read: a slow disk holds no transaction
+        recorded = gallery_db.recorded_file(s, image_id)
+    if recorded is None:
+        raise Problem(404, f"picture {image_id}: no such picture in any run")
+    jpeg = cached_thumbnail(request.app.state.settings.cache_dir, *recorded, size)
+    if jpeg is None:  # gone, unreadable, a link out of its folder, or changed since it was scored
+        return Response(PLACEHOLDER, media_type="image/svg+xml", headers={"X-Vocfleet-Placeholder": "1", "Cache-Control": "no-store"})
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.get("/detectors/{detector_id}/{kind}.png")
+def plot(s: DB, store: Store, detector_id: RowId, kind: str) -> Response:
+    location = detector_or_404(s, detector_id).plots.get(kind)
+    data = store.read_bytes(location) if location else None
+    if data is None:
+        raise Problem(404, f"detector {detector_id}: no {kind} plot")
+    return Response(data, media_type="image/png")
