@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
@@ -24,15 +25,15 @@ if TYPE_CHECKING:
 
 def create_jobs(
     s: Session,
-    configs: list[dict[str, Any]],
+    configs: Sequence[TrainConfig],
     max_attempts: int = 3,
     promote: str = "if-better",
     labels: Labels | None = None,
     start_job_id: int | None = None,
 ) -> list[TrainJob]:
-    """Add one queued training job per config (``TrainConfig.to_dict()``); ids are set on return.
+    """Add one queued training job per config; ids are set on return.
 
-    The VOC root is stored with links resolved, as the submitting host sees it, whoever calls this.
+    The VOC roots are stored with links resolved, as the submitting host sees them, whoever calls this.
     ``labels``: the name, tags and note every job of this submit carries.
     ``start_job_id``: the shared start every job begins from (a start job of this database, queued,
     running or done): each config gets its key as ``start``, and no job is claimed before it succeeds.
@@ -45,17 +46,17 @@ def create_jobs(
     def real(path: str) -> str:
         return os.path.realpath(os.path.expanduser(path))
 
-    configs = [{**c, "voc_root": real(c["voc_root"]), "more_roots": [real(r) for r in c.get("more_roots", ())]} if c.get("voc_root") else c for c in configs]
+    configs = [c.with_(voc_root=real(c.voc_root), more_roots=tuple(real(r) for r in c.more_roots)) for c in configs]
     if start_job_id is not None:
         start = usable_start(s, start_job_id)
-        configs = [TrainConfig.from_dict({**c, "start": start.key}).to_dict() for c in configs]
+        configs = [c.with_(start=start.key) for c in configs]
         for c in configs:
-            check_start_fits(start.train_config, TrainConfig.from_dict(c), start_job_id)
+            check_start_fits(start.train_config, c, start_job_id)
     lab = labels or Labels()
     jobs = [
         TrainJob(
-            voc_class=c["voc_class"],
-            config=c,
+            voc_class=c.voc_class,
+            config=c.to_dict(),
             max_attempts=max_attempts,
             promote=promote,
             name=lab.name,

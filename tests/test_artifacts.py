@@ -236,7 +236,7 @@ def test_gc_keeps_what_became_needed_after_it_listed(s3_root, data_dir, invoke):
 
     ensure_schema()
     with session_scope() as s:
-        (job,) = create_jobs(s, [{"voc_class": "car", "epochs": 1}])
+        (job,) = create_jobs(s, [TrainConfig(voc_class="car", epochs=1, voc_root="/voc")])
         job.status, key = JobStatus.failed, job.key
     store = ArtifactStore.from_settings(get_settings())
     store.job_dir(key).mkdir(parents=True)
@@ -298,7 +298,7 @@ def test_after_any_sequence_every_detector_file_exists_and_matches(seed, data_di
 
     def train() -> None:
         with session_scope() as s:
-            job = create_jobs(s, [{"voc_class": rng.choice(["car", "dog"]), "voc_root": "/voc", "epochs": 1}])[0]
+            job = create_jobs(s, [TrainConfig(voc_class=rng.choice(["car", "dog"]), voc_root="/voc", epochs=1)])[0]
             job_id, key = job.id, job.key
         with session_scope() as s:
             token = claim_job(s, TrainJob, job_id, "h")

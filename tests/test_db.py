@@ -150,9 +150,10 @@ def test_ensure_schema_creates_a_fresh_database(tmp_path):
 
 def test_create_jobs_and_next_queued(db):
     from vocfleet.db.training import create_jobs, next_queued
+    from vocfleet.model.config import TrainConfig
 
     with session_scope() as s:
-        jobs = create_jobs(s, [{"voc_class": "dog", "epochs": 1}, {"voc_class": "cat", "epochs": 1}], max_attempts=5)
+        jobs = create_jobs(s, [TrainConfig(voc_class=c, epochs=1, voc_root="/voc") for c in ("dog", "cat")], max_attempts=5)
         ids = [j.id for j in jobs]
     with session_scope() as s:
         assert [s.get(TrainJob, i).max_attempts for i in ids] == [5, 5]
@@ -165,9 +166,10 @@ def test_create_jobs_and_next_queued(db):
 def test_cancel_work_queued_now_running_asked(db):
     from vocfleet.db.claims import cancel_work
     from vocfleet.db.training import create_jobs
+    from vocfleet.model.config import TrainConfig
 
     with session_scope() as s:
-        other = create_jobs(s, [{"voc_class": "dog"}])[0].id
+        other = create_jobs(s, [TrainConfig(voc_class="dog", voc_root="/voc")])[0].id
     with session_scope() as s:
         claim_job(s, TrainJob, db, "h")
     with session_scope() as s:

@@ -12,6 +12,7 @@ from vocfleet.db.listing import job_records, read_connection, run_records
 from vocfleet.db.models import JobStatus, ScoreRun, TrainJob, utcnow
 from vocfleet.db.session import ensure_schema, session_scope
 from vocfleet.db.training import create_jobs
+from vocfleet.model.config import TrainConfig
 from vocfleet.scheduler.commands.base import columns
 
 DBS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)]
@@ -28,7 +29,7 @@ def database(request):
 def test_rows_match_the_orm(database):
     beat = utcnow() - timedelta(seconds=5)
     with session_scope() as s:
-        first, second = create_jobs(s, [{"voc_class": "car", "epochs": 5}, {"voc_class": "dog", "epochs": 3}])
+        first, second = create_jobs(s, [TrainConfig(voc_class="car", epochs=5, voc_root="/voc"), TrainConfig(voc_class="dog", epochs=3, voc_root="/voc")])
         assert claim_job(s, TrainJob, first.id, "gpu-7")
         first.epochs_done, first.latest_val_ap, first.heartbeat_at = 2, 0.41, beat
         second.status, second.error = JobStatus.failed, "CUDA out of memory\nTraceback ..."
@@ -77,7 +78,7 @@ def probe(*args):
 @pytest.mark.parametrize("command", ["status", "runs"])
 def test_listings_do_not_import_sqlalchemy(database, command):
     with session_scope() as s:
-        create_jobs(s, [{"voc_class": "car", "epochs": 2}])
+        create_jobs(s, [TrainConfig(voc_class="car", epochs=2, voc_root="/voc")])
     out, got = probe(command, "--format", "json")
     assert got == {"code": 0, "sqlalchemy": False}, out
 
@@ -128,8 +129,12 @@ def test_names_tags_and_filters_on_both_databases(database, invoke, tmp_path):
 
     old = utcnow() - timedelta(days=10)
     with session_scope() as s:
-        car, dog = create_jobs(s, [{"voc_class": "car", "epochs": 2}, {"voc_class": "dog", "epochs": 2}], labels=Labels("baseline", {"exp": "a1"}, "first"))
-        (cat,) = create_jobs(s, [{"voc_class": "cat", "epochs": 2}], labels=Labels(None, {"exp": "b2", "lr": "high"}))
+        car, dog = create_jobs(
+            s,
+            [TrainConfig(voc_class="car", epochs=2, voc_root="/voc"), TrainConfig(voc_class="dog", epochs=2, voc_root="/voc")],
+            labels=Labels("baseline", {"exp": "a1"}, "first"),
+        )
+        (cat,) = create_jobs(s, [TrainConfig(voc_class="cat", epochs=2, voc_root="/voc")], labels=Labels(None, {"exp": "b2", "lr": "high"}))
         car.created_at = dog.created_at = old
         dog.status = JobStatus.failed
         det = Detector(voc_class="car", job_id=car.id, checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=0.4, metrics={"ap": 0.4}, active=True)
@@ -191,7 +196,7 @@ def test_compare_puts_detectors_side_by_side_with_their_curves_in_one_png(databa
     ids = []
     with session_scope() as s:
         for lr, epochs in ((0.001, 3), (0.01, 2)):
-            (job,) = create_jobs(s, [{"voc_class": "car", "epochs": epochs, "lr": lr, "voc_root": "/voc", "image_size": 64}])
+            (job,) = create_jobs(s, [TrainConfig(voc_class="car", epochs=epochs, lr=lr, voc_root="/voc", image_size=64)])
             for e in range(1, epochs + 1):
                 s.add(EpochMetric(job_id=job.id, epoch=e, train_loss=1 / e, val_loss=1.1 / e, val_ap=0.2 * e, lr=lr, seconds=1.0, images_per_s=10.0))
             m = {"ap": 0.3 + lr, "auc": 0.7, "baseline_accuracy": 0.85, "eval_fingerprint": "e" * 64, "train_fingerprint": f"{epochs}" * 64}
@@ -219,13 +224,14 @@ def test_compare_puts_detectors_side_by_side_with_their_curves_in_one_png(databa
 def test_compare_reads_an_old_job_config_as_it_ran(database, invoke):
     """A job stored before a setting existed differs from a new one only where it really ran otherwise (EMA off before 0.3), not in every new setting."""
     from vocfleet.db.models import Detector
-    from vocfleet.model.config import TrainConfig
 
     old = {"voc_class": "car", "epochs": 3, "lr": 0.001, "voc_root": "/voc", "image_size": 64}
     ids = []
     with session_scope() as s:
-        for config in (old, TrainConfig(**old).to_dict()):
-            (job,) = create_jobs(s, [config])
+        for config in (old, TrainConfig(**old).to_dict()):  # a row as 0.2 stored it, and one as this version does
+            job = TrainJob(voc_class="car", config=config)
+            s.add(job)
+            s.flush()
             det = Detector(voc_class="car", job_id=job.id, checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=0.3, metrics={"ap": 0.3}, active=False)
             s.add(det)
             s.flush()

@@ -14,6 +14,7 @@ import pytest
 from vocfleet.db.models import Detector, EpochMetric
 from vocfleet.db.session import session_scope
 from vocfleet.db.training import create_jobs
+from vocfleet.model.config import TrainConfig
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def made(detectors, data_dir):
     ids = []
     with session_scope() as s:
         for lr in (0.001, 0.01):
-            (job,) = create_jobs(s, [{"voc_class": "car", "epochs": 2, "lr": lr, "voc_root": "/voc", "image_size": 32}])
+            (job,) = create_jobs(s, [TrainConfig(voc_class="car", epochs=2, lr=lr, voc_root="/voc", image_size=32)])
             for e in (1, 2):
                 s.add(EpochMetric(job_id=job.id, epoch=e, train_loss=1 / e, val_loss=1 / e, val_ap=0.3 * e, lr=lr, seconds=1.0, images_per_s=9.0))
             det = Detector(voc_class="car", job_id=job.id, checkpoint_path="/x", sha256="0" * 64, threshold=0.5, ap=0.3, metrics={"ap": 0.3}, active=False)

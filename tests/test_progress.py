@@ -51,7 +51,7 @@ def test_the_python_api_reports_through_a_callback_and_logging(fake_voc, detecto
 
     cfg = TrainConfig(voc_class="car", voc_root=str(fake_voc), arch="tiny", image_size=32, epochs=2, batch_size=8, max_batches=2)
     with session_scope() as s:
-        (job,) = create_jobs(s, [cfg.to_dict()])
+        (job,) = create_jobs(s, [cfg])
     events = []
     with caplog.at_level(logging.INFO):
         assert run_train_job(job.id, progress=events.append) == "succeeded"

@@ -9,6 +9,7 @@ from tests.support import QUICK
 from vocfleet.db.models import Detector, ScoreRun, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, session_scope
 from vocfleet.db.settings import get_settings
+from vocfleet.model import VOC_CLASSES
 from vocfleet.model.config import TrainConfig
 
 SMALL = ["--epochs", 1, *QUICK]
@@ -44,7 +45,7 @@ def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root:
     from vocfleet.model.engine import FitResult
 
     with session_scope() as s:
-        job = create_jobs(s, [{"voc_class": voc_class, "voc_root": root, "image_size": 64, "epochs": 3, "init": "scratch"}], promote=promote)[0]
+        job = create_jobs(s, [TrainConfig(voc_class=voc_class, voc_root=root, image_size=64, epochs=3, init="scratch")], promote=promote)[0]
         job_id, key = job.id, job.key
     with session_scope() as s:
         token = claim_job(s, TrainJob, job_id, "h")
@@ -135,7 +136,7 @@ def test_one_active_detector_per_class_under_concurrent_promotion_and_activation
     import multiprocessing
 
     ensure_schema()
-    classes = [f"c{i}" for i in range(8)]
+    classes = list(VOC_CLASSES[:8])
     spare = {c: _finish(0.1, promote="never", voc_class=c) for c in classes}  # one inactive detector per class to activate
     dispose_engines()
     ctx = multiprocessing.get_context("fork")
@@ -158,7 +159,7 @@ def test_the_library_resolves_links_and_promotion_compares_the_data_not_the_path
     link = tmp_path / "voc-link"
     link.symlink_to(fake_voc)
     small = {"voc_class": "car", "arch": "tiny", "image_size": 32, "epochs": 1, "batch_size": 8, "max_batches": 2}
-    configs = [TrainConfig(voc_root=str(root), seed=seed, **small).to_dict() for root, seed in ((fake_voc, 0), (link, 1))]
+    configs = [TrainConfig(voc_root=str(root), seed=seed, **small) for root, seed in ((fake_voc, 0), (link, 1))]
     with session_scope() as s:
         ids = [job.id for job in create_jobs(s, configs)]
     assert [run_train_job(i) for i in ids] == ["succeeded", "succeeded"]
@@ -203,7 +204,7 @@ def test_a_detector_from_before_fingerprints_gets_one_on_first_use(fake_voc, tmp
 
     small = {"voc_class": "car", "arch": "tiny", "image_size": 32, "epochs": 1, "batch_size": 8, "max_batches": 2}
     with session_scope() as s:
-        first = create_jobs(s, [TrainConfig(voc_root=str(fake_voc), **small).to_dict()])[0].id
+        first = create_jobs(s, [TrainConfig(voc_root=str(fake_voc), **small)])[0].id
     assert run_train_job(first) == "succeeded"
     with session_scope() as s:  # as 0.4 left it: no fingerprint
         old = s.scalars(select(Detector)).one()
@@ -212,7 +213,7 @@ def test_a_detector_from_before_fingerprints_gets_one_on_first_use(fake_voc, tmp
     link = tmp_path / "voc-link"
     link.symlink_to(fake_voc)
     with session_scope() as s:
-        second = create_jobs(s, [TrainConfig(voc_root=str(link), seed=1, **small).to_dict()])[0].id
+        second = create_jobs(s, [TrainConfig(voc_root=str(link), seed=1, **small)])[0].id
     assert run_train_job(second) == "succeeded"
     with session_scope() as s:
         old, new = s.scalars(select(Detector).order_by(Detector.id)).all()

@@ -116,8 +116,8 @@ def db(request, voc):
         request.getfixturevalue("pg_url")
     upgrade_database()
     with session_scope() as s:
-        start = create_jobs(s, [_tiny(voc, START_CLASS).to_dict()])[0]
-        jobs = create_jobs(s, [_tiny(voc, c).to_dict() for c in ("car", "dog")], start_job_id=start.id)
+        start = create_jobs(s, [_tiny(voc, START_CLASS)])[0]
+        jobs = create_jobs(s, [_tiny(voc, c) for c in ("car", "dog")], start_job_id=start.id)
         assert all(j.config["start"] == start.key for j in jobs)
         return start.id, [j.id for j in jobs]
 

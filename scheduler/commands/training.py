@@ -174,10 +174,10 @@ def submit(
 
     ArtifactStore.from_settings(get_settings()).check()  # no bucket, no credentials: said now, not after an epoch
     check_broker()  # a wrong broker URL: said now, before any job is written
-    dicts = [{**c.to_dict(), "start": None} for c in configs]  # the start's key is set by create_jobs
+    unstarted = [c.with_(start=None) for c in configs]  # the start's key is set by create_jobs
     with database() as s:
-        start_id = create_jobs(s, [first.to_dict()], max_attempts=max_attempts, labels=labels)[0].id if first else begin
-        ids = [j.id for j in create_jobs(s, dicts, max_attempts=max_attempts, promote=promote, labels=labels, start_job_id=start_id)]
+        start_id = create_jobs(s, [first], max_attempts=max_attempts, labels=labels)[0].id if first else begin
+        ids = [j.id for j in create_jobs(s, unstarted, max_attempts=max_attempts, promote=promote, labels=labels, start_job_id=start_id)]
         ready = ready_ids(s, ([start_id] if first else []) + ids)
     sent = None
     if get_settings().broker_url:
