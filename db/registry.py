@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, text
@@ -322,23 +323,37 @@ def other_data_notes(s: Session, planned: dict[str, tuple[str, str]], promote: s
     return notes
 
 
-def missing_fingerprint(s: Session, voc_class: str) -> tuple[int, dict[str, Any]] | None:
-    """The class's active detector when it has no data fingerprint (trained before 0.5.0): its id and its job's config; else None."""
-    row = s.execute(
-        select(Detector.id, Detector.metrics, TrainJob.config)
-        .join(TrainJob, TrainJob.id == Detector.job_id)
-        .where(Detector.voc_class == voc_class, Detector.active.is_(True))
-    ).first()
-    if row is None or row.metrics.get("eval_fingerprint"):
-        return None
-    return row.id, row.config
+def backfill_fingerprints(cache_dir: Path) -> tuple[list[int], dict[int, str]]:
+    """Give every detector trained before data fingerprints (0.5.0) one, computed from its job's settings
+    (its evaluation split's ids and labels), so promotion compares data, not paths. Run by ``vocfleet db
+    upgrade``: the one place old detectors are brought up to date, never inside a training job.
 
+    Returns:
+        (the ids given one, {id: why not} for those whose VOC root is gone or unreadable: promotion
+        keeps comparing their real paths).
+    """
+    from .session import session_scope
 
-def set_fingerprint(s: Session, detector_id: int, eval_fingerprint: str) -> None:
-    """Record the data fingerprint of a detector that had none (computed on first use from its job's settings)."""
-    det = s.get(Detector, detector_id, with_for_update=True)
-    if det is not None and not det.metrics.get("eval_fingerprint"):
-        det.metrics = {**det.metrics, "eval_fingerprint": eval_fingerprint}
+    with session_scope() as s:
+        rows = s.execute(select(Detector.id, Detector.metrics, TrainJob.config).join(TrainJob, TrainJob.id == Detector.job_id).order_by(Detector.id)).all()
+    todo = [(r.id, r.config) for r in rows if not r.metrics.get("eval_fingerprint")]
+    if not todo:
+        return [], {}
+    from vocfleet.model.splits import fingerprint, prepare_splits
+
+    done, failed = [], {}
+    for detector_id, config in todo:
+        try:
+            _, _, evaluation, _ = prepare_splits(TrainConfig.from_dict(config), cache_dir)
+        except Exception as exc:  # noqa: BLE001 - its data may be gone; promotion then compares paths
+            failed[detector_id] = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+            continue
+        with session_scope() as s:
+            det = s.get(Detector, detector_id, with_for_update=True)
+            if det is not None and not det.metrics.get("eval_fingerprint"):
+                det.metrics = {**det.metrics, "eval_fingerprint": fingerprint(evaluation)}
+        done.append(detector_id)
+    return done, failed
 
 
 # Settings a comparison leaves out: where the data is and how the job ran, not what was trained.

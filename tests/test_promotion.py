@@ -197,8 +197,8 @@ def test_the_data_fingerprint_follows_labels_not_places(fake_voc, tmp_path):
     assert fingerprint(prepare_splits(cfg, tmp_path / "cache3")[2]) != before
 
 
-def test_a_detector_from_before_fingerprints_gets_one_on_first_use(fake_voc, tmp_path):
-    """An active detector trained before 0.5.0 has no fingerprint: the next job of its class computes it from its job's settings."""
+def test_db_upgrade_gives_a_detector_from_before_fingerprints_one(fake_voc, tmp_path, invoke):
+    """An active detector trained before 0.5.0 has no fingerprint: 'vocfleet db upgrade' computes it from its job's settings (no job does)."""
     from vocfleet.db.training import create_jobs
     from vocfleet.worker.runner import run_train_job
 
@@ -208,15 +208,24 @@ def test_a_detector_from_before_fingerprints_gets_one_on_first_use(fake_voc, tmp
     assert run_train_job(first) == "succeeded"
     with session_scope() as s:  # as 0.4 left it: no fingerprint
         old = s.scalars(select(Detector)).one()
-        fp = old.metrics.pop("eval_fingerprint")
-        old.metrics = dict(old.metrics)
+        fp = old.metrics["eval_fingerprint"]
+        old.metrics = {k: v for k, v in old.metrics.items() if k != "eval_fingerprint"}  # a new dict: popping in place is not seen as a change
+    with session_scope() as s:
+        assert "eval_fingerprint" not in s.get(Detector, 1).metrics
+    with session_scope() as s:  # and one whose VOC root is gone
+        gone = create_jobs(s, [TrainConfig(voc_root=str(tmp_path / "gone"), **small)])[0].id
+        s.add(Detector(voc_class="car", job_id=gone, checkpoint_path="x", sha256="0" * 64, threshold=0.5, ap=0.1, metrics={}, active=False))
+    res = invoke("db", "upgrade")
+    assert res.exit_code == 0 and "1 detector(s) trained before data fingerprints now have one (ids 1)" in res.output, res.output
+    assert "detector 2: no data fingerprint" in res.output and "compares its VOC root's real path" in res.output
+    assert "now have one" not in invoke("db", "upgrade").output  # done once
     link = tmp_path / "voc-link"
     link.symlink_to(fake_voc)
     with session_scope() as s:
         second = create_jobs(s, [TrainConfig(voc_root=str(link), seed=1, **small)])[0].id
     assert run_train_job(second) == "succeeded"
     with session_scope() as s:
-        old, new = s.scalars(select(Detector).order_by(Detector.id)).all()
+        old, _, new = s.scalars(select(Detector).order_by(Detector.id)).all()
         assert old.metrics["eval_fingerprint"] == fp == new.metrics["eval_fingerprint"]
         assert "other pictures" not in new.metrics["promotion"]["decision"]
 

@@ -21,7 +21,6 @@ from sqlalchemy.exc import OperationalError
 
 from vocfleet.db.claims import Work, claim_job, end_job, heartbeat
 from vocfleet.db.models import JobStatus, TrainJob
-from vocfleet.db.registry import missing_fingerprint, set_fingerprint
 from vocfleet.db.session import DatabaseGone, session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.db.training import finish_job, finish_start, record_epoch, record_resumed
@@ -31,7 +30,6 @@ from vocfleet.model.checkpoint import DiskFull
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import START_FILE, FitResult, StartResult, Stopped, fit, fit_start
 from vocfleet.model.events import EpochFinished, Event, FitResumed, Progress
-from vocfleet.model.splits import fingerprint, prepare_splits
 
 from . import metrics
 from .drain import DRAIN
@@ -158,7 +156,6 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
                     raise ConfigError(f"job {job_id}: its start (key {cfg.start}) is gone from the database; submit the class again with --start new")
                 weights = store.local_copy(*start_file) if start_file else None  # checked against its sha256
                 result = publish(store, key, fit(cfg, start_weights=weights, **run))
-                backfill_fingerprint(cfg.voc_class, settings.cache_dir)  # under the heartbeat: it may decode an old split
         except Stopped:
             if hb.gone is not None:
                 raise hb.gone from None
@@ -209,26 +206,6 @@ def read_job(job: TrainJob) -> tuple[dict[str, Any], str, tuple[str, str] | None
     """What a claimed training job needs: its config, its key, and its start's ``start.pt`` (location, sha256) if it has one."""
     start = job.start_job
     return dict(job.config), job.key, (start.start_file, start.start_sha256) if start is not None else None
-
-
-def backfill_fingerprint(voc_class: str, cache_dir: Path) -> None:
-    """Give the class's active detector a data fingerprint if it was trained before they existed, so promotion compares data, not paths.
-
-    Computed once from its job's settings (the evaluation split's ids and labels); where its VOC
-    root is gone, it keeps none and promotion falls back to comparing the real paths.
-    """
-    with session_scope() as s:
-        target = missing_fingerprint(s, voc_class)
-    if target is None:
-        return
-    detector_id, config = target
-    try:
-        _, _, evaluation, _ = prepare_splits(TrainConfig.from_dict(config), cache_dir)
-    except Exception as exc:  # noqa: BLE001 - its data may be gone; promotion then compares paths
-        log.warning("detector %d: no data fingerprint (%s: %s)", detector_id, exc.__class__.__name__, exc)
-        return
-    with session_scope() as s:
-        set_fingerprint(s, detector_id, fingerprint(evaluation))
 
 
 def publish(store: ArtifactStore, key: str, result: FitResult) -> FitResult:

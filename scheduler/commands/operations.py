@@ -208,10 +208,22 @@ def db_upgrade() -> None:
     before = schema_revision()
     if before is not None and int(before) >= int(SCHEMA_HEAD):
         check_schema()  # newer: one line unless this code may still run on it
-        click.echo(f"database at {where} already has schema {before} (this vocfleet's newest: {SCHEMA_HEAD}); nothing to do")
-        return
-    upgrade_database()
-    click.echo(f"database at {where}: schema {before or 'none'} -> {SCHEMA_HEAD}")
+        click.echo(f"database at {where} already has schema {before} (this vocfleet's newest: {SCHEMA_HEAD})")
+    else:
+        upgrade_database()
+        click.echo(f"database at {where}: schema {before or 'none'} -> {SCHEMA_HEAD}")
+    _backfill_fingerprints()
+
+
+def _backfill_fingerprints() -> None:
+    """Detectors from before 0.5.0 get their data fingerprint, once (decoding their evaluation pictures)."""
+    from vocfleet.db.registry import backfill_fingerprints
+
+    done, failed = backfill_fingerprints(get_settings().cache_dir)
+    if done:
+        click.echo(f"{len(done)} detector(s) trained before data fingerprints now have one (ids {', '.join(map(str, done))}): promotion compares their data")
+    for detector_id, why in failed.items():
+        click.echo(f"detector {detector_id}: no data fingerprint ({why}); promotion compares its VOC root's real path instead", err=True)
 
 
 @db.command("backup")
