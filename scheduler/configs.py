@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vocfleet.db.settings import get_settings
 from vocfleet.model import VOC_CLASSES, ConfigError, check_class
 from vocfleet.model.config import MAX_EPOCHS, START_CLASS, TrainConfig, check_init, eval_fold
+from vocfleet.worker.executor import executor
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def build_configs(classes: Iterable[str], **options: Any) -> list[TrainConfig]:
     if classes:  # every setting checked before any weights are read or timed
         TrainConfig(voc_class=classes[0], voc_root=str(root), **options)
     device = options.get("device", "auto")
-    if device.startswith("cuda") and not get_settings().broker_url:
+    if device.startswith("cuda") and not executor().fleet:
         # Embedded: the jobs run on this machine, so its GPUs decide now (in a fleet, the workers' do).
         import torch
 

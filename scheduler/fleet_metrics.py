@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from vocfleet.db.settings import get_settings
 from vocfleet.worker.dispatch import broker_queue_length
+from vocfleet.worker.executor import executor
 from vocfleet.worker.metrics import serve
 
 
@@ -43,7 +44,7 @@ class FleetCollector(Collector):
         yield from families.values()
         yield workers
         depth = GaugeMetricFamily("vocfleet_queue_messages", "Messages waiting in the broker, by queue", labels=["queue"])
-        for queue in ("train", "score") if settings.broker_url else ():
+        for queue in ("train", "score") if executor(settings).fleet else ():
             if (n := broker_queue_length(queue)) is not None:  # None: the broker cannot be asked now
                 depth.add_metric([queue], n)
         yield depth

@@ -11,8 +11,8 @@ from vocfleet.db.claims import reap_stale
 from vocfleet.db.models import JobStatus, utcnow
 from vocfleet.db.runs import finish_run_if_done, running_runs
 from vocfleet.db.session import session_scope
-from vocfleet.db.settings import get_settings
 from vocfleet.worker.dispatch import TASKS, broker_queue_length, enqueue
+from vocfleet.worker.executor import executor
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def tick(stale_after: timedelta, resend_after: timedelta) -> dict[str, list[int]
         out[f"{table.__tablename__}_requeued"], out[f"{table.__tablename__}_failed"] = requeued, failed
         enqueue(table, requeued)
         resend: list[int] = []
-        if get_settings().broker_url and broker_queue_length(queue) == 0:
+        if executor().fleet and broker_queue_length(queue) == 0:
             with session_scope() as s:
                 resend = list(
                     s.scalars(

@@ -161,3 +161,20 @@ def test_every_error_meant_for_a_person_has_one_base():
             if cls.__module__ == name and issubclass(cls, BaseException) and cls_name not in control_flow and not issubclass(cls, VocfleetError):
                 outside.append(f"{name}.{cls_name}")
     assert outside == []
+
+
+def test_one_executor_decides_fleet_or_embedded(monkeypatch):
+    """Only the executor reads the broker URL to decide where work runs; the rest ask it (the broker's own modules connect to it)."""
+    connects = {"vocfleet.worker.executor", "vocfleet.worker.dispatch", "vocfleet.worker.celeryconfig", "vocfleet.scheduler.doctor", "vocfleet.db.settings"}
+    readers = [name for name, path in _modules().items() if name not in connects and ".broker_url" in path.read_text()]
+    assert readers == []
+
+    from vocfleet.db.models import TrainJob
+    from vocfleet.db.settings import get_settings
+    from vocfleet.worker.executor import executor
+
+    monkeypatch.delenv("VOCFLEET_BROKER_URL", raising=False)
+    local = executor(get_settings())
+    assert not local.fleet and local.hand_over(TrainJob, [1, 2]) == (None, "run them with: vocfleet run") and local.reaper == "'vocfleet run'"
+    monkeypatch.setenv("VOCFLEET_BROKER_URL", "redis://127.0.0.1:6379/0")
+    assert executor(get_settings()).fleet and executor(get_settings()).hand_over(TrainJob, []) == (0, "sent 0 to the broker")

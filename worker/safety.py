@@ -8,6 +8,8 @@ from pathlib import Path
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 
+from .executor import executor
+
 PSEUDO = ("/proc", "/sys", "/dev")  # file systems of the kernel: endless or changing files, never photos
 
 
@@ -32,7 +34,7 @@ def check_score_folder(folder: str | os.PathLike) -> Path:
     if ours is not None:
         raise ConfigError(f"folder {str(folder)!r} (really {resolved}) is vocfleet's own {ours}: give a folder of photos")
     roots = settings.score_roots
-    if not roots and settings.broker_url:
+    if not roots and executor(settings).fleet:
         raise ConfigError("scoring in a fleet needs VOCFLEET_SCORE_ROOTS: set it to the folders workers may read (separated by ':')")
     if roots and not any(resolved.is_relative_to(r) for r in roots):
         raise ConfigError(

@@ -20,6 +20,7 @@ from vocfleet.db.records import DetectorRecord, JobRecord, RunRecord
 from vocfleet.db.settings import MAX_SECONDS, get_settings
 from vocfleet.db.states import MAX_ID, Labels, as_utc, parse_since, parse_tag
 from vocfleet.model import ConfigError, VocfleetError
+from vocfleet.worker.executor import executor
 
 from ..output import FORMATS
 
@@ -303,7 +304,7 @@ ID = click.IntRange(1, MAX_ID)  # the databases' integer ids: a larger number is
 def warn_idle_queue(conn: Any, queue: str) -> None:
     """In a fleet: say on stderr when work waits in ``queue`` and no live worker consumes it."""
     settings = get_settings()
-    if not settings.broker_url:
+    if not executor(settings).fleet:
         return
     from vocfleet.db.listing import idle_queues
 

@@ -14,6 +14,7 @@ import click
 from vocfleet.db.settings import MAX_SECONDS, get_settings, sqlite_file
 from vocfleet.model import ConfigError
 from vocfleet.model.files import output_path
+from vocfleet.worker.executor import executor
 
 from .base import ID, Finite, action_format_option, database, emit, format_option, say, stale_option, stale_window, takeback_note
 
@@ -117,7 +118,7 @@ def cancel(job_ids: tuple[int, ...], cancel_all: bool, run_ids: tuple[int, ...],
             if beat is not None and datetime.now(UTC) - beat < timedelta(seconds=3 * settings.heartbeat_seconds):
                 say(fmt, f"{kind} {i}: running; its worker stops it within a few batches")
             else:  # a silent worker may be gone (kill -9): then the job ends cancelled when it is taken back
-                taker = "'vocfleet run'" if kind == "job" and not settings.broker_url else "the scheduler ('vocfleet reap')"
+                taker = executor(settings).reaper if kind == "job" else "the scheduler ('vocfleet reap')"
                 say(fmt, f"{kind} {i}: cancel requested; {takeback_note(beat, host, stale_window(None), taker)}, as cancelled")
     if not changed and not missing:
         say(fmt, "nothing to cancel: already finished")
@@ -134,7 +135,6 @@ def retry(job_ids: tuple[int, ...], fmt: str) -> None:
     """Put failed or cancelled training jobs back in the queue; each resumes from its last checkpoint."""
     from vocfleet.db.models import JobStatus, TrainJob
     from vocfleet.db.training import retry_job
-    from vocfleet.worker.dispatch import enqueue
 
     with database() as s:
         outcomes = {i: retry_job(s, i) for i in job_ids}
@@ -144,10 +144,10 @@ def retry(job_ids: tuple[int, ...], fmt: str) -> None:
             say(fmt, f"job {i}: no such job")
         else:
             say(fmt, f"job {i}: " + ("queued again; resumes from its last checkpoint" if outcome == JobStatus.queued else f"{outcome}, not retried"))
-    if queued and get_settings().broker_url:
-        enqueue(TrainJob, queued)
-    elif queued:
-        say(fmt, "run them with: vocfleet run")
+    if queued:
+        sent, where = executor().hand_over(TrainJob, queued)
+        if sent is None:
+            say(fmt, where)
     emit(fmt, {"jobs": [{"job": i, "status": o.value if o is not None else "missing"} for i, o in outcomes.items()]})
     if None in outcomes.values():
         sys.exit(1)
@@ -374,7 +374,7 @@ def worker(gpus: str, queues: str, name: str, loglevel: str, metrics_port: int |
     Each worker acknowledges late, prefetches one message and runs tasks in a forked child, so
     the process that forks never initialises CUDA.
     """
-    if not get_settings().broker_url:
+    if not executor().fleet:
         raise ConfigError("vocfleet worker needs VOCFLEET_BROKER_URL (e.g. redis://localhost:6379/0); without a broker use 'vocfleet run'")
     bad = [q for q in queues.split(",") if q not in ("train", "score")]
     if bad:

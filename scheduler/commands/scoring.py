@@ -13,6 +13,7 @@ import click
 from vocfleet.db.settings import get_settings
 from vocfleet.db.states import MAX_ID, SORTS, JobStatus
 from vocfleet.model import ConfigError
+from vocfleet.worker.executor import executor
 
 from ..output import render, stream
 from .base import (
@@ -87,7 +88,7 @@ def score(
     """
     from vocfleet.db.models import ScoreRun
     from vocfleet.db.runs import create_run
-    from vocfleet.worker.dispatch import check_broker, enqueue
+    from vocfleet.worker.dispatch import check_broker
     from vocfleet.worker.safety import check_score_folder, distinct_folders
 
     labels = labels_from(name, tags, note)
@@ -99,8 +100,8 @@ def score(
     with database() as s:
         run = create_run(s, resolved, _detectors_for(s, classes), batch_size=batch_size, max_attempts=max_attempts, shard_size=shard_size, labels=labels)
         run_id, names = run.id, list(run.classes)
-    if get_settings().broker_url:
-        enqueue(ScoreRun, [run_id])
+    if executor().fleet:
+        executor().hand_over(ScoreRun, [run_id])
         say(fmt, f"scoring run {run_id} queued for {', '.join(names)}; follow it with: vocfleet runs")
         if wait:
             _wait_for_run(run_id, fmt)
@@ -192,7 +193,6 @@ def resume_run(run_id: int, stale_after: float | None) -> None:
     """Continue an interrupted scoring run where it stopped (already recorded files are not redone)."""
     from vocfleet.db.models import ScoreRun
     from vocfleet.db.runs import Reopen, last_heartbeat, reopen_run
-    from vocfleet.worker.dispatch import enqueue
 
     with database() as s:
         state, run = reopen_run(s, run_id, stale_window(stale_after))
@@ -206,8 +206,8 @@ def resume_run(run_id: int, stale_after: float | None) -> None:
     if state == Reopen.finished:
         click.echo(f"run {run_id} already finished")
         return
-    if get_settings().broker_url:
-        enqueue(ScoreRun, [run_id])
+    if executor().fleet:
+        executor().hand_over(ScoreRun, [run_id])
         click.echo(f"scoring run {run_id} queued again")
         return
     _run_scoring(run_id, names)

@@ -12,6 +12,7 @@ from vocfleet.db.settings import MAX_SECONDS, get_settings
 from vocfleet.db.states import PROMOTE, JobStatus
 from vocfleet.model import ConfigError, DetectorUnavailable
 from vocfleet.model.config import ARCHS, BALANCE, DIFFICULT, FOLD_BY, OPTIMIZERS, SCHEDULES, START_CLASS, TrainConfig, check_init
+from vocfleet.worker.executor import executor
 
 from ..output import duration, queue_line, render
 from .base import (
@@ -149,7 +150,6 @@ def submit(
     """Queue one training job per class (with --start new, a shared start first that they begin from)."""
     from vocfleet.db.models import TrainJob
     from vocfleet.db.training import create_jobs, ready_ids
-    from vocfleet.worker.dispatch import enqueue
 
     from ..configs import build_configs, parse_classes, parse_start, start_config
 
@@ -179,14 +179,9 @@ def submit(
         start_id = create_jobs(s, [first], max_attempts=max_attempts, labels=labels)[0].id if first else begin
         ids = [j.id for j in create_jobs(s, unstarted, max_attempts=max_attempts, promote=promote, labels=labels, start_job_id=start_id)]
         ready = ready_ids(s, ([start_id] if first else []) + ids)
-    sent = None
-    if get_settings().broker_url:
-        sent = enqueue(TrainJob, ready)
-        where = f"sent {sent} to the broker" if sent == len(ready) else f"sent {sent}; 'vocfleet scheduler' sends the rest when the broker is back"
-        if len(ready) < len(ids) + bool(first):
-            where += f"; the class jobs go when start job {start_id} has succeeded"
-    else:
-        where = "run them with: vocfleet run"
+    sent, where = executor().hand_over(TrainJob, ready)
+    if executor().fleet and len(ready) < len(ids) + bool(first):
+        where += f"; the class jobs go when start job {start_id} has succeeded"
     cfg = configs[0]
     if first:
         say(fmt, f"queued start job {start_id}: one network on all 20 labels, {first.epochs} epochs from {init}; the jobs below begin from it")
@@ -229,7 +224,7 @@ def _estimate(configs: list[TrainConfig], fmt: str, notes: list[str]) -> None:
     where = "; ".join(f"{r.arch} at {r.image_size} px: {r.images_per_s:.3g} img/s from {r.source}" for r in result.rates)  # 0.42, not 0
     click.echo(render([{**r, "estimate": duration(r["seconds"])} for r in rows], ["class", "epochs", "image_size", "train_images", "estimate"]))
     click.echo(f"{len(rows)} job(s), about {duration(total)} in all, one after another ({where}); nothing queued (dry run)")
-    cpu = get_settings().broker_url is None and resolve_device(configs[0].device).type == "cpu"
+    cpu = not executor().fleet and resolve_device(configs[0].device).type == "cpu"
     if cpu and total > 3600:
         click.echo(f"warning: about {duration(total)} on this CPU; a GPU, a smaller --image-size or fewer --epochs is much faster", err=True)
 
@@ -421,7 +416,7 @@ def run(stale_after: float | None, fmt: str) -> None:
 
     from ..progress import TrainProgress
 
-    if get_settings().broker_url:
+    if executor().fleet:
         raise ConfigError("VOCFLEET_BROKER_URL is set, so jobs go to the fleet: start 'vocfleet worker' instead (or unset it)")
     with database() as s:
         requeued, failed = reap_stale(s, TrainJob, stale_window(stale_after))

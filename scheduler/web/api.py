@@ -26,7 +26,7 @@ from vocfleet.db.registry import activate_usable
 from vocfleet.db.results import RESULT_COLUMNS, ResultQuery, error_rows, export_csv, export_json
 from vocfleet.db.session import session_scope
 from vocfleet.db.training import retry_job
-from vocfleet.worker.dispatch import enqueue
+from vocfleet.worker.executor import executor
 
 from .common import (
     DB,
@@ -203,7 +203,7 @@ def api_cancel(request: Request, job_id: RowId) -> Done:
 @router.post("/jobs/{job_id}/retry", tags=["actions"])
 def api_retry(request: Request, job_id: RowId) -> Done:
     """Queue a failed or cancelled job again; it resumes from its last checkpoint (needs --allow-actions and the token)."""
-    fleet = request.app.state.settings.broker_url is not None
+    run_by = executor(request.app.state.settings)
 
     def change() -> str:
         with session_scope() as s:
@@ -212,9 +212,8 @@ def api_retry(request: Request, job_id: RowId) -> Done:
             raise Problem(404, f"job {job_id}: no such job")
         if outcome != JobStatus.queued:
             raise Problem(409, f"job {job_id}: {outcome}, not retried (only failed or cancelled jobs are)")
-        if fleet:
-            enqueue(TrainJob, [job_id])
-        return f"job {job_id}: queued again; resumes from its last checkpoint" + ("" if fleet else " (vocfleet run runs it)")
+        run_by.hand_over(TrainJob, [job_id])
+        return f"job {job_id}: queued again; resumes from its last checkpoint" + ("" if run_by.fleet else " (vocfleet run runs it)")
 
     return _act(request, f"retry job {job_id}", change)
 
