@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from vocfleet.model import utf8
+
 # The newest Alembic revision (tests/test_db.py checks it against the migrations folder): a
 # database already there is used without importing Alembic, which costs a CLI command ~0.5 s.
 SCHEMA_HEAD = "0012"
@@ -87,10 +89,7 @@ def plain_text(option: str, text: str | None, *, lines: bool = False) -> str | N
     """
     if text is None:
         return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{option} {text.encode('utf-8', 'surrogateescape')!r}: not UTF-8 text; give it in UTF-8") from None
+    utf8(option, text)
     if (_CONTROL_BUT_LINES if lines else _CONTROL).search(text):
         raise ValueError(f"{option} {text!r}: holds a control character; remove it")
     return text

@@ -53,6 +53,19 @@ class DetectorUnavailable(ConfigError):
     http_status = 409
 
 
+def utf8(option: str, text: str, fix: str = "give it in UTF-8") -> str:
+    """``text`` if it is UTF-8; else ConfigError naming ``option``, the raw bytes and ``fix``.
+
+    A byte the shell or the terminal could not decode arrives as a lone surrogate, which no encoder
+    writes: stored or printed, it would break every page, table and message that shows it.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{option} {text.encode('utf-8', 'surrogateescape')!r}: not UTF-8; {fix}") from None
+    return text
+
+
 def check_class(name: str) -> str:
     """The VOC class ``name`` names, in any case (``Car`` is ``car``), else ConfigError listing the valid ones."""
     if name.strip().lower() not in VOC_CLASSES:

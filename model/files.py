@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from . import ConfigError, VocfleetError
+from . import ConfigError, VocfleetError, utf8
 
 
 class DiskFull(VocfleetError, OSError):
@@ -67,10 +67,7 @@ def output_path(name: str, *, option: str, force: bool = False, protected: Itera
     said = f"{option} {name}" if name else f"{option} ''"
     if not name.strip():
         raise ConfigError(f"{said}: name the file to write")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # a byte the terminal could not decode: every message naming the file would fail
-        raise ConfigError(f"{option} {os.fsencode(name)!r}: not UTF-8; name the file in UTF-8") from None
+    utf8(option, name, "name the file in UTF-8")  # else every message naming the file would fail
     path = Path(name).expanduser().absolute()
     folder = path.parent
     if not folder.is_dir():

@@ -45,7 +45,7 @@ COMMAND_CASES = [
     (["data", "download", "--year", "1999"], ["--year 1999"]),
     (["results", 1, "--limit", 2**70], ["--limit 1180591620717411303424"]),
     (["results", 1, "--image", ""], ["--image ''"]),
-    (["results", 1, "--image", "caf\udce9.jpg"], ["--image caf\\xe9.jpg", "not valid UTF-8"]),  # as the shell passes raw bytes
+    (["results", 1, "--image", "caf\udce9.jpg"], ["--image b'caf\\xe9.jpg'", "not UTF-8"]),  # as the shell passes raw bytes
     (["results", 1, "--summary", "--by-image"], ["contradict each other"]),
     (["results", 1, "--errors", "--class", "car"], ["--errors lists the files not scored"]),
     (["score", ".", "--shard-size", 99999999999], ["--shard-size 99999999999"]),

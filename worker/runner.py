@@ -14,6 +14,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -103,6 +104,43 @@ class Heartbeat:
         self._thread.join()
 
 
+# Bad input, a full disk, storage away past its retries: the work fails once, with the reason as it is; 'retry' resumes it.
+FAILS_WITH_REASON = (ConfigError, FloatingPointError, DiskFull, StoreUnavailable)
+
+
+RESUMES = "interrupted; will resume from the last checkpoint"
+
+
+def failer(table: Work, row_id: int, token: str) -> Callable[[str], Outcome]:
+    """``fail(reason)`` for :func:`crashed`: the owned row ends failed with the reason."""
+
+    def fail(reason: str) -> Outcome:
+        with session_scope() as s:
+            end_job(s, table, row_id, token, JobStatus.failed, reason)
+        return Outcome.failed
+
+    return fail
+
+
+def crashed(exc: BaseException, *, what: str, fail: Callable[[str], Outcome], back: Callable[[], None], trace: bool = False) -> Outcome:
+    """How a unit of work ends on an exception other than ``Stopped``: the one chain every runner shares.
+
+    ``fail(reason)`` records it failed; ``back()`` hands it back to the queue. An interrupt or a
+    database that stopped answering hands it back and is raised again; a database that is gone is
+    raised as it is (nothing can be recorded: the command says so in one line); any other crash
+    is recorded with its class, its message and, with ``trace``, the last frames.
+    """
+    if isinstance(exc, FAILS_WITH_REASON):
+        return fail(str(exc))
+    if isinstance(exc, KeyboardInterrupt | OperationalError):
+        back()
+        raise exc
+    if isinstance(exc, DatabaseGone) or not isinstance(exc, Exception):
+        raise exc
+    log.exception("%s failed", what)
+    return fail(f"{exc.__class__.__name__}: {exc}" + (f"\n{traceback.format_exc(limit=3)}" if trace else ""))
+
+
 def run_train_job(job_id: int, progress: Progress | None = None, host: str | None = None) -> Outcome:
     """Run one training job to its end state; safe to call again for the same id (at-least-once delivery).
 
@@ -125,24 +163,11 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
         with session_scope() as s:
             end_job(s, TrainJob, job_id, token, JobStatus.failed, f"its stored settings cannot be read: {exc}")
         return Outcome.failed
-    voc_class = cfg.voc_class
     store = ArtifactStore.from_settings(settings)
     # Under a key unique across databases: two databases sharing one store never share a job's files.
     out_dir = store.job_dir(key)
 
-    def on_progress(event: Event) -> None:
-        if isinstance(event, EpochFinished):
-            store.push(key, RESUME_FILES)  # first: the row never counts an epoch that a resume could not find
-            with session_scope() as s:
-                record_epoch(s, job_id, token, event.record)
-            metrics.EPOCHS.labels(voc_class).inc()
-            metrics.EPOCH_SECONDS.observe(event.record.seconds)
-            r = event.record  # a notebook with logging at INFO sees each epoch, without a callback
-            log.info("job %d (%s): epoch %d/%d, loss %.4f, val AP %.3f, %.1f s", job_id, voc_class, r.epoch, cfg.epochs, r.train_loss, r.val_ap, r.seconds)
-        elif isinstance(event, FitResumed):  # a worker killed between its push and its row: the epoch is recorded now
-            with session_scope() as s:
-                record_resumed(s, job_id, token, event.history)
-        show(progress, event)
+    on_progress = _recorder(job_id, token, cfg, store, key, progress)
 
     with Heartbeat(TrainJob, job_id, token, settings.heartbeat_seconds) as hb:
         try:
@@ -167,25 +192,9 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
                 return requeue(TrainJob, job_id, token)
             log.warning("job %d: claim lost (reaped or re-delivered); leaving it to its new owner", job_id)
             return Outcome.skipped
-        except (
-            ConfigError,
-            FloatingPointError,
-            DiskFull,
-            StoreUnavailable,
-        ) as exc:  # bad input, a full disk, storage away past the retries: fail once with the reason; 'retry' resumes
-            with session_scope() as s:
-                end_job(s, TrainJob, job_id, token, JobStatus.failed, str(exc))
-            return Outcome.failed
-        except (KeyboardInterrupt, OperationalError):
-            hand_back(TrainJob, job_id, token, "interrupted; will resume from the last checkpoint")
-            raise
-        except DatabaseGone:  # nothing can be recorded where the database was: the command says so in one line
-            raise
-        except Exception as exc:  # any crash is recorded with its reason
-            log.exception("job %d failed", job_id)
-            with session_scope() as s:
-                end_job(s, TrainJob, job_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=3)}")
-            return Outcome.failed
+        except BaseException as exc:  # noqa: BLE001 - crashed() raises again what it does not end
+            back = partial(hand_back, TrainJob, job_id, token, RESUMES)
+            return crashed(exc, what=f"job {job_id}", fail=failer(TrainJob, job_id, token), back=back, trace=True)
     if isinstance(result, StartResult):
         with session_scope() as s:
             ready = finish_start(s, job_id, token, location, result.sha256, result.metrics["map"])
@@ -200,6 +209,26 @@ def run_train_job(job_id: int, progress: Progress | None = None, host: str | Non
                 return Outcome.skipped
     store.drop_resume_files(key)  # the detector is recorded: last.pt and best.pt (2-3x its size) are not needed again
     return Outcome.succeeded
+
+
+def _recorder(job_id: int, token: str, cfg: TrainConfig, store: ArtifactStore, key: str, progress: Progress | None) -> Progress:
+    """The training job's progress callback: each epoch's files pushed, then its row written (guarded by the claim token), then shown."""
+
+    def on_progress(event: Event) -> None:
+        if isinstance(event, EpochFinished):
+            store.push(key, RESUME_FILES)  # first: the row never counts an epoch that a resume could not find
+            with session_scope() as s:
+                record_epoch(s, job_id, token, event.record)
+            metrics.EPOCHS.labels(cfg.voc_class).inc()
+            metrics.EPOCH_SECONDS.observe(event.record.seconds)
+            r = event.record  # a notebook with logging at INFO sees each epoch, without a callback
+            log.info("job %d (%s): epoch %d/%d, loss %.4f, val AP %.3f, %.1f s", job_id, cfg.voc_class, r.epoch, cfg.epochs, r.train_loss, r.val_ap, r.seconds)
+        elif isinstance(event, FitResumed):  # a worker killed between its push and its row: the epoch is recorded now
+            with session_scope() as s:
+                record_resumed(s, job_id, token, event.history)
+        show(progress, event)
+
+    return on_progress
 
 
 def read_job(job: TrainJob) -> tuple[dict[str, Any], str, tuple[str, str] | None]:

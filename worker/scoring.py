@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 
 from vocfleet.db.claims import end_job
 from vocfleet.db.models import Detector, JobStatus, ScoreRun, ScoreShard
 from vocfleet.db.runs import add_shard, finish_run_if_done, finish_scan, scan_position
 from vocfleet.db.score_writer import recorded_paths, store_chunk
-from vocfleet.db.session import DatabaseGone, session_scope
+from vocfleet.db.session import session_scope
 from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 from vocfleet.model.artifacts import ArtifactStore
@@ -28,7 +28,7 @@ from vocfleet.model.scan import FileEntry, entry_key, iter_scan
 from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
 from . import metrics
-from .runner import Heartbeat, NotClaimed, Outcome, claim, hand_back, requeue, show
+from .runner import Heartbeat, NotClaimed, Outcome, claim, crashed, failer, hand_back, requeue, show
 from .safety import check_score_folder
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class RunCancelled(Stopped):
 
 
 LOG_EVERY_S = 10.0  # how often a run's progress is logged at INFO
+RESUMES_HERE = "interrupted; will resume where it stopped"
 
 
 class Tally:
@@ -112,20 +113,9 @@ def run_score_run(
                     end_job(s, ScoreRun, run_id, token, JobStatus.cancelled, "cancelled by user")
                 return Outcome.cancelled
             return requeue(ScoreRun, run_id, token) if hb.draining() else Outcome.skipped
-        except ConfigError as exc:  # a folder gone or outside the scoring roots: fail once
-            with session_scope() as s:
-                end_job(s, ScoreRun, run_id, token, JobStatus.failed, str(exc))
-            return Outcome.failed
-        except (KeyboardInterrupt, OperationalError):
-            hand_back(ScoreRun, run_id, token, "interrupted; will resume where it stopped")
-            raise
-        except DatabaseGone:  # nothing can be recorded where the database was: the command says so in one line
-            raise
-        except Exception as exc:  # any crash is recorded with its reason
-            log.exception("scoring run %d failed while scanning", run_id)
-            with session_scope() as s:
-                end_job(s, ScoreRun, run_id, token, JobStatus.failed, f"{exc.__class__.__name__}: {exc}")
-            return Outcome.failed
+        except BaseException as exc:  # noqa: BLE001 - crashed() raises again what it does not end (a folder gone: fails once)
+            back = lambda: hand_back(ScoreRun, run_id, token, RESUMES_HERE)
+            return crashed(exc, what=f"scoring run {run_id} (scanning)", fail=failer(ScoreRun, run_id, token), back=back)
     if dispatch is not None:
         unsent = [i for i in shard_ids if i not in sent]  # a resumed run: shards written by an earlier scan
         if unsent:
@@ -206,16 +196,13 @@ def run_score_shard(shard_id: int, *, tally: Tally | None = None, host: str | No
             if cancelled:
                 return end(JobStatus.cancelled, "cancelled by user")
             return requeue(ScoreShard, shard_id, token) if hb.draining() else Outcome.skipped
-        except ConfigError as exc:  # bad input, a detector file gone (DetectorUnavailable): fail once
-            return end(JobStatus.failed, str(exc))
-        except (KeyboardInterrupt, OperationalError):
-            hand_back(ScoreShard, shard_id, token, "interrupted; will resume where it stopped")
-            raise
-        except DatabaseGone:  # nothing can be recorded where the database was: the command says so in one line
-            raise
-        except Exception as exc:
-            log.exception("shard %d of scoring run %d failed", shard_id, run_id)
-            return end(JobStatus.failed, f"{exc.__class__.__name__}: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - crashed() raises again what it does not end (a detector file gone: fails once)
+            return crashed(
+                exc,
+                what=f"shard {shard_id} of scoring run {run_id}",
+                fail=lambda reason: end(JobStatus.failed, reason),
+                back=partial(hand_back, ScoreShard, shard_id, token, RESUMES_HERE),
+            )
     return end(JobStatus.succeeded, None)
 
 

@@ -12,7 +12,7 @@ import click
 
 from vocfleet.db.settings import get_settings
 from vocfleet.db.states import MAX_ID, SORTS, JobStatus
-from vocfleet.model import ConfigError
+from vocfleet.model import ConfigError, utf8
 from vocfleet.worker.executor import executor
 
 from ..output import render, stream
@@ -281,12 +281,8 @@ def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, i
         raise ConfigError(f"--errors lists the files not scored, which have no scores: drop {', '.join(filters)}")
     if image is not None and not image.strip():
         raise ConfigError("--image '': name a picture (its path relative to its folder) or its sha256")
-    if image is not None and not image.isascii():
-        try:
-            image.encode("utf-8")
-        except UnicodeEncodeError:  # raw bytes from the shell: a name that is not UTF-8 was never scored
-            shown = image.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            raise ConfigError(f"--image {shown}: the name is not valid UTF-8, and such files are not scored: see 'vocfleet results RUN --errors'") from None
+    if image is not None:  # raw bytes from the shell: a name that is not UTF-8 was never scored
+        utf8("--image", image, "such names are not scored: see 'vocfleet results RUN --errors'")
     if voc_class and voc_class.strip().lower() == "all":
         voc_class = None  # every class the runs scored, as without --class
     elif voc_class:

@@ -40,6 +40,15 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
     settings = get_settings()
     app.state.settings, app.state.store, app.state.actions_token = settings, ArtifactStore.from_settings(settings), actions_token
 
+    _guard(app, hosts, settings.web_password)
+    _handle_refusals(app)
+    app.include_router(pages.router)
+    app.include_router(api.router)
+    return app
+
+
+def _guard(app: FastAPI, hosts: tuple[str, ...], password: str | None) -> None:
+    """The Host check (DNS rebinding) and the password, in front of every route."""
     if hosts:
 
         @app.middleware("http")
@@ -52,7 +61,7 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
                 return Response(f"vocfleet: this server answers to {', '.join(hosts)}, not {name!r}", 421)
             return await call_next(request)
 
-    if settings.web_password is not None:
+    if password is not None:
 
         @app.middleware("http")
         async def _password(request: Request, call_next) -> Response:
@@ -62,9 +71,13 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
                 given = base64.b64decode(encoded, validate=True).decode().partition(":")[2] if scheme.lower() == "basic" else ""
             except ValueError:
                 given = ""
-            if not secrets.compare_digest(given.encode(), settings.web_password.encode()):
+            if not secrets.compare_digest(given.encode(), password.encode()):
                 return Response("vocfleet: this server asks for a password", 401, headers={"WWW-Authenticate": 'Basic realm="vocfleet"'})
             return await call_next(request)
+
+
+def _handle_refusals(app: FastAPI) -> None:
+    """Every refusal for a person, in one place: one line and its status (JSON under /api/, a page elsewhere)."""
 
     @app.exception_handler(VocfleetError)
     async def _problem(request: Request, exc: VocfleetError) -> Response:
@@ -85,7 +98,3 @@ def create_app(*, actions_token: str | None = None, hosts: tuple[str, ...] = ())
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         message = "no such page" if exc.status_code == 404 else str(exc.detail)
         return await _problem(request, Problem(exc.status_code, f"{request.url.path}: {message}"))
-
-    app.include_router(pages.router)
-    app.include_router(api.router)
-    return app
