@@ -256,7 +256,7 @@ class _Trained:
     resumed_from: int
 
 
-def _train(
+def _train(  # noqa: C901 - the epoch loop with resume, EMA, best epoch and stop requests, read top to bottom as in torchvision
     cfg: TrainConfig,
     model: nn.Module,
     train: SplitData,

@@ -137,7 +137,7 @@ def iter_scan(folders: Sequence[str | os.PathLike], after: tuple | None = None) 
         yield from _walk(index, top, top, "", (index,), after if after is not None and after[:1] == (index,) else None)
 
 
-def _walk(index: int, top: str, here: str, rel: str, prefix: tuple, after: tuple | None) -> Iterator[ScanEntry]:
+def _walk(index: int, top: str, here: str, rel: str, prefix: tuple, after: tuple | None) -> Iterator[ScanEntry]:  # noqa: C901 - each refusal of the walk (links, devices, hidden, unreadable, outside) beside the check that makes it
     # Plain strings, not pathlib: a million Path objects cost time, and pathlib interns every part.
     # ``rel`` is ``here`` relative to ``top`` ("" at the top); each name is made printable once.
     def found(name: str, reason: str | None = None) -> ScanEntry:

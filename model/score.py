@@ -132,7 +132,7 @@ class ChunkResult:
     errors: list[tuple[FileEntry, str]] = field(default_factory=list)
 
 
-def iter_chunks(
+def iter_chunks(  # noqa: C901 - the decode/infer pipeline with its error paths: split, it would hide what overlaps what
     entries: Sequence[FileEntry],
     detectors: Sequence[LoadedDetector],
     device: torch.device,

@@ -43,7 +43,7 @@ def _referenced(s: Session) -> tuple[set[tuple[str, str]], set[str], set[str]]:
     return files, {key for key, _ in files}, shas
 
 
-def find_garbage(s: Session, store: ArtifactStore, *, orphans: bool = False) -> tuple[list[Garbage], int]:
+def find_garbage(s: Session, store: ArtifactStore, *, orphans: bool = False) -> tuple[list[Garbage], int]:  # noqa: C901 - one walk of the store, each kind of leftover a branch beside the rule that keeps it
     """Files safe to delete, with why, and how many job folders no job of this database owns.
 
     Never a file a detector row points to, nor anything of a queued, running, failed or cancelled

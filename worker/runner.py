@@ -141,7 +141,7 @@ def crashed(exc: BaseException, *, what: str, fail: Callable[[str], Outcome], ba
     return fail(f"{exc.__class__.__name__}: {exc}" + (f"\n{traceback.format_exc(limit=3)}" if trace else ""))
 
 
-def run_train_job(job_id: int, progress: Progress | None = None, host: str | None = None) -> Outcome:
+def run_train_job(job_id: int, progress: Progress | None = None, host: str | None = None) -> Outcome:  # noqa: C901 - a job's whole life in one place: claim, start or detector, every way it ends
     """Run one training job to its end state; safe to call again for the same id (at-least-once delivery).
 
     Args:

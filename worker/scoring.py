@@ -66,7 +66,7 @@ class Tally:
             log.info("scoring: %d of %s files done", self.done, self.total if self.total is not None else "(still scanning)")
 
 
-def run_score_run(
+def run_score_run(  # noqa: C901 - a run's whole life in one place: claim, scan, shards here or to the fleet, every way it ends
     run_id: int,
     *,
     progress: Callable[[int, int | None], None] | None = None,

@@ -255,7 +255,7 @@ def runs(fmt: str, **filters: Any) -> None:
 )
 @click.option("--limit", type=int, default=None, help="At most this many rows.")
 @format_option
-def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, image, by_image, summary, show_errors, sort, limit, fmt) -> None:
+def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, image, by_image, summary, show_errors, sort, limit, fmt) -> None:  # noqa: C901 - one command, four output modes (rows, --by-image, --summary, --errors) in one read transaction
     """Query scoring results: one run, several (the newest score of each file and class), or --all-runs.
 
     Streamed: an export of millions of rows starts at once and holds a few thousand in memory.
@@ -263,30 +263,7 @@ def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, i
     from vocfleet.db.results import ResultQuery, export_csv, export_json, iter_by_image, iter_errors, iter_results, runs_have_class, summary_rows
     from vocfleet.db.runs import run_state
 
-    from ..configs import parse_classes
-
-    if bool(run_ids) == all_runs:
-        raise ConfigError("give run ids (see 'vocfleet runs') or --all-runs")
-    if only_present and only_absent:
-        raise ConfigError("--present and --absent contradict each other: choose one (or neither, for both)")
-    present = True if only_present else False if only_absent else None
-    if limit is not None and not 1 <= limit <= 2**62:
-        raise ConfigError(f"--limit {limit}: must be between 1 and 2**62")
-    modes = [name for name, on in (("--by-image", by_image), ("--summary", summary), ("--errors", show_errors)) if on]
-    if len(modes) > 1:
-        raise ConfigError(f"{' and '.join(modes)} contradict each other: choose one")
-    given = (("--class", voc_class), ("--min-prob", min_prob is not None), ("--present", only_present), ("--absent", only_absent), ("--image", image))
-    filters = [name for name, on in given if on]
-    if show_errors and filters:
-        raise ConfigError(f"--errors lists the files not scored, which have no scores: drop {', '.join(filters)}")
-    if image is not None and not image.strip():
-        raise ConfigError("--image '': name a picture (its path relative to its folder) or its sha256")
-    if image is not None:  # raw bytes from the shell: a name that is not UTF-8 was never scored
-        utf8("--image", image, "such names are not scored: see 'vocfleet results RUN --errors'")
-    if voc_class and voc_class.strip().lower() == "all":
-        voc_class = None  # every class the runs scored, as without --class
-    elif voc_class:
-        voc_class = parse_classes(voc_class)[0]
+    present, voc_class = _check_results_options(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, image, by_image, summary, show_errors, limit)
     with database(read=True) as s:
         for run_id in run_ids:
             if run_state(s, run_id) is None:
@@ -322,6 +299,33 @@ def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, i
             sys.stdout.buffer.flush()
             return
         stream(iter_results(s, query), columns, fmt)
+
+
+def _check_results_options(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, image, by_image, summary, show_errors, limit):
+    """What ``results`` refuses before reading anything; (present: True/False/None, the class or None for every class)."""
+    from ..configs import parse_classes
+
+    if bool(run_ids) == all_runs:
+        raise ConfigError("give run ids (see 'vocfleet runs') or --all-runs")
+    if only_present and only_absent:
+        raise ConfigError("--present and --absent contradict each other: choose one (or neither, for both)")
+    present = True if only_present else False if only_absent else None
+    if limit is not None and not 1 <= limit <= 2**62:
+        raise ConfigError(f"--limit {limit}: must be between 1 and 2**62")
+    modes = [name for name, on in (("--by-image", by_image), ("--summary", summary), ("--errors", show_errors)) if on]
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} contradict each other: choose one")
+    given = (("--class", voc_class), ("--min-prob", min_prob is not None), ("--present", only_present), ("--absent", only_absent), ("--image", image))
+    filters = [name for name, on in given if on]
+    if show_errors and filters:
+        raise ConfigError(f"--errors lists the files not scored, which have no scores: drop {', '.join(filters)}")
+    if image is not None and not image.strip():
+        raise ConfigError("--image '': name a picture (its path relative to its folder) or its sha256")
+    if image is not None:  # raw bytes from the shell: a name that is not UTF-8 was never scored
+        utf8("--image", image, "such names are not scored: see 'vocfleet results RUN --errors'")
+    if voc_class and voc_class.strip().lower() == "all":
+        return present, None  # every class the runs scored, as without --class
+    return present, parse_classes(voc_class)[0] if voc_class else None
 
 
 @click.command()

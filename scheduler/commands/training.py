@@ -196,6 +196,29 @@ def submit(
     emit(fmt, {"jobs": jobs, "start_job": start_id, "sent_to_broker": sent, "notes": notes})
 
 
+def _say_what_is_left(*, ran_any: bool, stale_after: float | None) -> list:
+    """After 'vocfleet run' (on stderr): what still runs elsewhere when nothing ran here, and the jobs that wait for a start; the waiting ones."""
+    from vocfleet.db.claims import work_states
+    from vocfleet.db.models import TrainJob
+    from vocfleet.db.training import waiting_jobs
+
+    with database() as s:
+        waiting = waiting_jobs(s)
+    if not ran_any:
+        with database() as s:
+            running = work_states(s, TrainJob)
+        for job_id, w in running.items():  # after a kill -9, say when the job comes back rather than "nothing queued"
+            note = takeback_note(w.heartbeat_at, w.worker_host, stale_window(stale_after), "'vocfleet run'")
+            click.echo(f"job {job_id} ({w.voc_class}) is running: {note}", err=True)
+        if not running and not waiting:
+            click.echo("nothing queued: vocfleet submit --classes car --voc-root PATH", err=True)
+    for w in waiting:  # a failed or cancelled start: its class jobs cannot run until it is retried
+        ids = ", ".join(map(str, w.job_ids))
+        fix = f"'vocfleet retry {w.start_job_id}', then 'vocfleet run'" if w.start_status.finished else "its worker to finish it"
+        click.echo(f"job(s) {ids} wait for start job {w.start_job_id}, which is {w.start_status.value}: {fix}", err=True)
+    return waiting
+
+
 def _other_data(configs: list[TrainConfig], promote: str) -> list[str]:
     """Say (on stderr) which classes' new jobs see other pictures or labels than their active detector; the lines, for JSON."""
     from vocfleet.db.registry import other_data_notes
@@ -411,7 +434,7 @@ def run(stale_after: float | None, fmt: str) -> None:
     from vocfleet.db.listing import read_connection
     from vocfleet.db.models import TrainJob
     from vocfleet.db.registry import detector_records
-    from vocfleet.db.training import next_queued, waiting_jobs
+    from vocfleet.db.training import next_queued
     from vocfleet.worker.runner import Outcome, run_train_job
 
     from ..progress import TrainProgress
@@ -445,20 +468,7 @@ def run(stale_after: float | None, fmt: str) -> None:
             with database() as s:
                 ran[-1]["error"] = (work_states(s, TrainJob, [job_id])[job_id].error or "").splitlines()[0]
             click.echo(f"job {job_id} ({voc_class}) failed: {ran[-1]['error']}", err=True)
-    with database() as s:
-        waiting = waiting_jobs(s)
-    if not outcomes:
-        with database() as s:
-            running = work_states(s, TrainJob)
-        for job_id, w in running.items():  # after a kill -9, say when the job comes back rather than "nothing queued"
-            note = takeback_note(w.heartbeat_at, w.worker_host, stale_window(stale_after), "'vocfleet run'")
-            click.echo(f"job {job_id} ({w.voc_class}) is running: {note}", err=True)
-        if not running and not waiting:
-            click.echo("nothing queued: vocfleet submit --classes car --voc-root PATH", err=True)
-    for w in waiting:  # a failed or cancelled start: its class jobs cannot run until it is retried
-        ids = ", ".join(map(str, w.job_ids))
-        fix = f"'vocfleet retry {w.start_job_id}', then 'vocfleet run'" if w.start_status.finished else "its worker to finish it"
-        click.echo(f"job(s) {ids} wait for start job {w.start_job_id}, which is {w.start_status.value}: {fix}", err=True)
+    waiting = _say_what_is_left(ran_any=bool(outcomes), stale_after=stale_after)
     with database() as s:
         rows = [columns(r) for r in detector_records(s)]
     if rows and fmt == "text":
