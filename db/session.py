@@ -15,7 +15,7 @@ from sqlalchemy.pool import NullPool
 
 from vocfleet.model import VocfleetError
 
-from .settings import SettingsError, get_settings, read_only_sqlite, sqlite_file
+from .settings import SettingsError, get_settings, read_only_sqlite, shown, sqlite_file
 from .states import SCHEMA_HEAD
 
 log = logging.getLogger(__name__)
@@ -307,10 +307,6 @@ def _oldest_code(url: str) -> str | None:
         return None
 
 
-def _where(url: str) -> str:
-    return url.split("@")[-1]
-
-
 def schema_revision(url: str | None = None) -> str | None:
     """The database's Alembic revision, or None if it has no schema yet.
 
@@ -322,7 +318,7 @@ def schema_revision(url: str | None = None) -> str | None:
             revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         if revision is not None and not revision.isdigit():
             raise SchemaMismatch(
-                f"the database at {_where(url or get_settings().database_url)} holds another application's schema "
+                f"the database at {shown(url or get_settings().database_url)} holds another application's schema "
                 f"(Alembic revision {revision!r}): point VOCFLEET_DATABASE_URL at a database of vocfleet's own"
             )
         return revision
@@ -352,7 +348,7 @@ def ensure_schema(url: str | None = None, *, create: bool = True) -> None:
     revision = schema_revision(url)
     if not create and not (settings.database_is_default and url == settings.database_url) and revision is None:
         raise SchemaMismatch(
-            f"the database at {_where(url)} has no vocfleet tables, so there is nothing to read: point VOCFLEET_DATABASE_URL "
+            f"the database at {shown(url)} has no vocfleet tables, so there is nothing to read: point VOCFLEET_DATABASE_URL "
             "at vocfleet's database, or run 'vocfleet db upgrade' to make this one vocfleet's"
         )
     if revision is not None and int(revision) > int(SCHEMA_HEAD):
@@ -369,7 +365,7 @@ def ensure_schema(url: str | None = None, *, create: bool = True) -> None:
 def _needs_upgrade(url: str, revision: str | None) -> SchemaMismatch:
     has = "no schema yet" if revision is None else f"schema {revision}"
     return SchemaMismatch(
-        f"the database at {_where(url)} has {has} and this vocfleet {_version()} needs {SCHEMA_HEAD}: "
+        f"the database at {shown(url)} has {has} and this vocfleet {_version()} needs {SCHEMA_HEAD}: "
         "run 'vocfleet db upgrade' once for the fleet (docs/fleet.md: upgrading a running fleet)"
     )
 
@@ -402,10 +398,10 @@ def _check_newer(url: str, revision: str) -> None:
     oldest = _oldest_code(url)
     if oldest is not None and int(oldest) <= int(SCHEMA_HEAD):
         log.warning(
-            "the database at %s has schema %s, newer than this vocfleet %s (%s), which may still run on it", _where(url), revision, _version(), SCHEMA_HEAD
+            "the database at %s has schema %s, newer than this vocfleet %s (%s), which may still run on it", shown(url), revision, _version(), SCHEMA_HEAD
         )
         return
     raise SchemaMismatch(
-        f"the database at {_where(url)} has schema {revision}, newer than this vocfleet {_version()} can run on "
+        f"the database at {shown(url)} has schema {revision}, newer than this vocfleet {_version()} can run on "
         f"(it knows up to {SCHEMA_HEAD}{f'; the database needs {oldest} or newer' if oldest else ''}): upgrade vocfleet on this host"
     )

@@ -10,6 +10,11 @@ from pathlib import Path
 from vocfleet.model import VocfleetError
 
 
+def shown(url: str) -> str:
+    """A database or broker URL as messages show it: where it is, without the user and password."""
+    return url.split("@")[-1]
+
+
 class SettingsError(VocfleetError, ValueError):
     """A ``VOCFLEET_*`` variable holds a value that cannot be used."""
 

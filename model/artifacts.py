@@ -50,6 +50,8 @@ RESUME_FILES = ("last.pt", "best.pt")  # what a job needs to resume; a finished 
 # What a finished job's folder may hold that nothing reads again: its resume state, a truncated
 # last.pt set aside, and temporary files of killed writers (".last.pt.tmp123", ".best.pt.part9").
 SPENT_FILES = (*RESUME_FILES, "last.pt.bad")
+# What a finished job leaves that a detector or its page needs: never removed, even for a job no database knows.
+DETECTOR_FILES = ("detector.pt", "start.pt", "curves.png", "pr.png")
 
 
 def is_spent(name: str) -> bool:

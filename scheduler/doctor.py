@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vocfleet.db.settings import Settings, get_settings
+from vocfleet.db.settings import Settings, get_settings, shown
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -24,7 +24,7 @@ def _database(settings: Settings) -> Check:
     from vocfleet import __version__
     from vocfleet.db.session import check_schema
 
-    where = settings.database_url.split("@")[-1]
+    where = shown(settings.database_url)
     revision = check_schema()  # SchemaMismatch, or the driver's error: reported by run_checks
     return Check("database", OK, f"{where}: schema {revision}, which vocfleet {__version__} runs on")
 
@@ -34,7 +34,7 @@ def _broker(settings: Settings) -> Check:
         return Check("broker", OK, "none: the embedded default (vocfleet run)")
     from vocfleet.worker.dispatch import ask_broker
 
-    where = settings.broker_url.split("@")[-1]
+    where = shown(settings.broker_url)
     exc = ask_broker(settings.broker_url)
     if exc is not None:
         return Check("broker", FAIL, f"{where} does not answer ({' '.join(str(exc).split())})")

@@ -17,11 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vocfleet.db.models import Detector, JobStatus, TrainJob
-from vocfleet.model.artifacts import ArtifactStore, StoredFile, is_spent, split_location
+from vocfleet.model.artifacts import DETECTOR_FILES, ArtifactStore, StoredFile, is_spent, split_location
 
 # A detector's files, and a shared start's: never removed, even for a job this database does not
 # know (another database sharing the store may have it active).
-DETECTOR_FILES = ("detector.pt", "start.pt", "curves.png", "pr.png")
 
 
 @dataclass(frozen=True)

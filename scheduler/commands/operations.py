@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from vocfleet.db.settings import MAX_SECONDS, get_settings, sqlite_file
+from vocfleet.db.settings import MAX_SECONDS, get_settings, shown, sqlite_file
 from vocfleet.model import ConfigError
 from vocfleet.model.files import output_path
 from vocfleet.worker.executor import executor
@@ -204,7 +204,7 @@ def db_upgrade() -> None:
     from vocfleet.db.session import check_schema, schema_revision, upgrade_database
     from vocfleet.db.states import SCHEMA_HEAD
 
-    where = get_settings().database_url.split("@")[-1]
+    where = shown(get_settings().database_url)
     before = schema_revision()
     if before is not None and int(before) >= int(SCHEMA_HEAD):
         check_schema()  # newer: one line unless this code may still run on it
@@ -236,7 +236,7 @@ def db_backup(path: str, force: bool) -> None:
     settings = get_settings()
     src = sqlite_file(settings.database_url)
     if src is None:
-        where = settings.database_url.split("@")[-1]
+        where = shown(settings.database_url)
         raise ConfigError(f"the database at {where} is not a SQLite file: back it up with its own tool (PostgreSQL: pg_dump -Fc, see docs/fleet.md)")
     if not src.is_file():
         raise ConfigError(f"no database at {src}: nothing to back up (VOCFLEET_DATA_DIR or VOCFLEET_DATABASE_URL points elsewhere?)")
@@ -280,7 +280,7 @@ def db_check(fmt: str) -> None:
     except SchemaMismatch as exc:
         problem = str(exc)
     row = {
-        "database": get_settings().database_url.split("@")[-1],
+        "database": shown(get_settings().database_url),
         "schema": revision,
         "code_schema": SCHEMA_HEAD,
         "version": __version__,
