@@ -1,16 +1,20 @@
 """Scoring's decode step alone (``model.decode.decode_file``: read, hash, decode, resize), images/s by thread count.
 
 Says whether decoding or the detectors limit scoring on a host, and which thread count to use.
+Each thread count runs twice, side by side: reads through ``openat2`` (one system call that refuses
+a link anywhere on the path) and through the component walk from ``/`` that kernels without it get.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from common import jpeg_ids, machine, table, voc_root
 
+from vocfleet.model import scan
 from vocfleet.model.decode import decode_file
 from vocfleet.model.scan import FileEntry
 
@@ -27,14 +31,22 @@ def main() -> None:
     print(f"machine: {machine()}")
     for e in entries:  # warm the page cache: measure decoding, not the disk
         e.path.read_bytes()
+    probe = scan._openat2("/", os.O_RDONLY)
+    has_openat2 = probe is not None
+    if probe is not None:
+        os.close(probe)
     rows = []
     for n in args.threads:
-        with ThreadPoolExecutor(n) as pool:
-            t = time.perf_counter()
-            list(pool.map(lambda e: decode_file(e, [args.size]), entries))
-            rate = len(entries) / (time.perf_counter() - t)
-        rows.append((n, f"{rate:,.0f}", f"{rate / float(rows[0][1].replace(',', '')) if rows else 1:.1f}x"))
-    print(table(rows, ("threads", f"images/s decoded at {args.size} px", "vs first")))
+        rates = {}
+        for read in ("openat2", "walk") if has_openat2 else ("walk",):
+            scan._openat2_works = read == "openat2"
+            with ThreadPoolExecutor(n) as pool:
+                t = time.perf_counter()
+                list(pool.map(lambda e: decode_file(e, [args.size]), entries))
+                rates[read] = len(entries) / (time.perf_counter() - t)
+        ratio = f"{rates['openat2'] / rates['walk']:.2f}x" if has_openat2 else "no openat2 here"
+        rows.append((n, f"{rates.get('openat2', 0):,.0f}", f"{rates['walk']:,.0f}", ratio))
+    print(table(rows, ("threads", f"img/s at {args.size} px, openat2", "component walk", "openat2 / walk")))
 
 
 if __name__ == "__main__":

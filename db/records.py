@@ -108,3 +108,17 @@ class DetectorRecord:
     def status(self) -> str:
         """``active`` or ``inactive``: what ``--status`` filters on."""
         return "active" if self.active else "inactive"
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A fleet worker: who it is, what it runs and holds, how long since it last said it is alive (``vocfleet workers``)."""
+
+    name: str  # node name: queues, device and host
+    host: str
+    queues: list[str]
+    version: str  # the vocfleet it runs
+    device: str
+    state: str  # live, stopped (it said so) or silent (no heartbeat within the stale window)
+    holding: list[str]  # the running rows it claimed: "job 3", "shard 12"
+    heartbeat_age_s: float | None  # seconds since its last heartbeat, by the database's clock

@@ -62,6 +62,7 @@ def create_run(
         name=labels.name if labels else None,
         tags=(labels.tags or None) if labels else None,
         note=labels.note if labels else None,
+        class_counts={d.voc_class: 0 for d in detectors},  # counted as chunks land (score_writer.store_chunk)
     )
     s.add(run)
     s.flush()
@@ -136,7 +137,8 @@ def finish_run_if_done(s: Session, run_id: int) -> JobStatus | None:
     else:
         run.status, run.error = JobStatus.succeeded, None
     run.finished_at = utcnow()
-    run.class_counts = class_presence(s, run_id)  # once, at the end: a GROUP BY over the run's present scores
+    if run.class_counts is None:  # a run begun before 0.10 kept none as its chunks landed: counted once, here
+        run.class_counts = class_presence(s, run_id)
     return run.status
 
 
@@ -218,5 +220,6 @@ def reopen_run(s: Session, run_id: int, stale_after: timedelta) -> tuple[Reopen,
         sh.status, sh.claim_token, sh.cancel_requested, sh.finished_at, sh.error = JobStatus.queued, None, False, None, None
         sh.attempts = 0
     run.status, run.claim_token, run.cancel_requested, run.finished_at, run.error = JobStatus.queued, None, False, None, None
-    run.attempts, run.class_counts = 0, None  # counted again when it ends
+    run.attempts = 0
+    run.class_counts = class_presence(s, run_id)  # what its chunks wrote so far; its next chunks add to it
     return Reopen.ready, run

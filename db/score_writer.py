@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -67,6 +68,15 @@ def store_chunk(
     s.execute(
         update(ScoreRun).where(ScoreRun.id == run_id).values(scored_images=ScoreRun.scored_images + len(images), error_files=ScoreRun.error_files + len(errors))
     )
+    present = Counter(cls for per_image in scores for _, cls, _, is_present in per_image if is_present)
+    if present:
+        # Per class, the pictures that have it, kept as chunks land, so a running run's page reads them
+        # instead of counting its scores. Read after the increment above: this transaction holds the
+        # run row's lock, so no other chunk's counts can be lost between the read and the write.
+        counts = s.scalar(select(ScoreRun.class_counts).where(ScoreRun.id == run_id))
+        if counts is not None:  # None: a run from before 0.10 still running; its page counts its scores
+            merged = {c: counts.get(c, 0) + present.get(c, 0) for c in {*counts, *present}}
+            s.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(class_counts=merged))
     return True
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from .claims import clock
 from .models import ScoreRun, ScoreShard, TrainJob, Worker
+from .records import WorkerRecord
 from .states import JobStatus, as_utc, utcnow
 
 
@@ -42,29 +42,19 @@ def worker_state(row: Worker, stale_after: timedelta, now: datetime | None = Non
     return "live" if beat is not None and beat >= (now or utcnow()) - stale_after else "silent"
 
 
-def worker_rows(s: Session, stale_after: timedelta, include_gone: bool = False) -> list[dict[str, Any]]:
+def worker_records(s: Session, stale_after: timedelta, include_gone: bool = False) -> list[WorkerRecord]:
     """Workers (live ones unless ``include_gone``) with what each holds: the running rows it claimed."""
     now = clock(s)
     holding: dict[str, list[str]] = {}
     for table, label in ((TrainJob, "job"), (ScoreRun, "run"), (ScoreShard, "shard")):
         for row_id, host in s.execute(select(table.id, table.worker_host).where(table.status == JobStatus.running, table.claim_token.is_not(None))):
             holding.setdefault(host, []).append(f"{label} {row_id}")
-    rows = []
+    records = []
     for w in s.scalars(select(Worker).order_by(Worker.host, Worker.name)):
         state = worker_state(w, stale_after, now)
         if state != "live" and not include_gone:
             continue
         beat = as_utc(w.heartbeat_at)
-        rows.append(
-            {
-                "name": w.name,
-                "host": w.host,
-                "queues": w.queues,
-                "version": w.version,
-                "device": w.device,
-                "state": state,
-                "holding": ", ".join(holding.get(w.name, [])) or None,
-                "heartbeat_s": round((now - beat).total_seconds(), 1) if beat else None,
-            }
-        )
-    return rows
+        age = round((now - beat).total_seconds(), 1) if beat else None
+        records.append(WorkerRecord(w.name, w.host, w.queues.split(","), w.version, w.device, state, holding.get(w.name, []), age))
+    return records

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vocfleet.db.settings import Settings, get_settings, shown
+from vocfleet.worker.executor import executor
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -61,8 +62,8 @@ def _artifacts(settings: Settings) -> Check:
 
 def _score_roots(settings: Settings) -> Check:
     if not settings.score_roots:
-        status = WARN if settings.broker_url else OK
-        return Check("score roots", status, "none set: workers refuse to score in a fleet (set VOCFLEET_SCORE_ROOTS)" if settings.broker_url else "any folder")
+        fleet = executor(settings).fleet
+        return Check("score roots", WARN if fleet else OK, "none set: workers refuse to score in a fleet (set VOCFLEET_SCORE_ROOTS)" if fleet else "any folder")
     bad = [str(r) for r in settings.score_roots if not (r.is_dir() and os.access(r, os.R_OK | os.X_OK))]
     if bad:
         return Check("score roots", FAIL, f"not a readable folder here: {', '.join(bad)}")
@@ -92,15 +93,15 @@ def _workers(settings: Settings) -> Check:
 
     from vocfleet import __version__
     from vocfleet.db.session import session_scope
-    from vocfleet.db.workers import worker_rows
+    from vocfleet.db.workers import worker_records
 
-    if not settings.broker_url:
+    if not executor(settings).fleet:
         return Check("workers", OK, "none needed: the embedded default")
     with session_scope() as s:
-        rows = worker_rows(s, timedelta(seconds=settings.stale_seconds))
+        rows = worker_records(s, timedelta(seconds=settings.stale_seconds))
     if not rows:
         return Check("workers", WARN, "no live worker: queued work waits until one starts (vocfleet worker)")
-    versions = sorted({r["version"] for r in rows})
+    versions = sorted({r.version for r in rows})
     other = [v for v in versions if v != __version__]
     detail = f"{len(rows)} live, version {', '.join(versions)}"
     return Check("workers", WARN if other else OK, detail + (f" (this host runs {__version__})" if other else ""))

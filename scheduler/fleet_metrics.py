@@ -24,7 +24,7 @@ class FleetCollector(Collector):
         from vocfleet.db.models import ScoreRun, ScoreShard, TrainJob
         from vocfleet.db.session import session_scope
         from vocfleet.db.states import JobStatus
-        from vocfleet.db.workers import worker_rows
+        from vocfleet.db.workers import worker_records
 
         settings = get_settings()
         families = {
@@ -38,9 +38,9 @@ class FleetCollector(Collector):
                 counts = dict(s.execute(select(table.status, func.count()).group_by(table.status)).all())
                 for state in JobStatus:
                     family.add_metric([state.value], counts.get(state, 0))
-            live = worker_rows(s, timedelta(seconds=settings.stale_seconds))
+            live = worker_records(s, timedelta(seconds=settings.stale_seconds))
         for queue in ("train", "score"):
-            workers.add_metric([queue], sum(queue in r["queues"].split(",") for r in live))
+            workers.add_metric([queue], sum(queue in r.queues for r in live))
         yield from families.values()
         yield workers
         depth = GaugeMetricFamily("vocfleet_queue_messages", "Messages waiting in the broker, by queue", labels=["queue"])

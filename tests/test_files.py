@@ -18,9 +18,22 @@ def picture(path, colour=(200, 30, 30), size=(48, 40)):
     return path
 
 
-@pytest.fixture
-def scanned(tmp_path):
-    """``pics/`` with ``sub/x.jpg`` and a link ``inner.jpg`` to ``sub/x.jpg``, scanned; a secret picture outside it."""
+@pytest.fixture(params=["openat2", "component walk"])
+def scanned(tmp_path, request, monkeypatch):
+    """``pics/`` with ``sub/x.jpg`` and a link ``inner.jpg`` to ``sub/x.jpg``, scanned; a secret picture outside it.
+
+    Each test runs twice: reads through ``openat2`` (one system call), and through the walk from ``/``
+    that kernels without it get.
+    """
+    from vocfleet.model import scan
+
+    if request.param == "openat2":
+        probe = scan._openat2("/", os.O_RDONLY | os.O_DIRECTORY)
+        if probe is None:
+            pytest.skip("this kernel has no openat2")
+        os.close(probe)
+    else:
+        monkeypatch.setattr(scan, "_openat2_works", False)
     top = tmp_path / "pics"
     picture(top / "sub" / "x.jpg")
     (top / "inner.jpg").symlink_to(top / "sub" / "x.jpg")

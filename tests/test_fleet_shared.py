@@ -196,13 +196,13 @@ def test_workers_say_who_they_are_and_what_they_hold(shared_fleet, invoke):
     assert set(rows) == {"w0", "w1"}  # unique node names: name, queues and device at the host
     for name, r in rows.items():
         assert r["name"].startswith(f"{name}-train+score-cpu@") and (r["queues"], r["version"], r["device"], r["state"]) == (
-            "score,train",
+            ["score", "train"],
             __version__,
             "cpu",
             "live",
         )
     holder = job_rows()[1][2].split("-")[0]
-    assert rows[holder]["holding"] == "job 1" and rows[{"w0": "w1", "w1": "w0"}[holder]]["holding"] is None
+    assert rows[holder]["holding"] == ["job 1"] and rows[{"w0": "w1", "w1": "w0"}[holder]]["holding"] == []
     assert subprocess.run([*VOCFLEET, "cancel", "1", "-y"], capture_output=True, text=True).returncode == 0
     wait_for(lambda: all_finished(1), 30, "the job to stop")
 

@@ -219,3 +219,54 @@ def test_a_closed_output_does_not_fail_the_run(detectors, wild, invoke):
     assert run_score_run(run_id, progress=closed_pipe) == "succeeded"
     assert len(calls) == 1  # not called again once it failed
     assert rows(run_id)[2] == (JobStatus.succeeded, 20, 16, 4)
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_a_running_runs_class_counts_grow_as_chunks_land(database, request, data_dir):
+    """A running run's page reads per-class counts kept as each chunk is written, not a GROUP BY over its scores per request."""
+    from vocfleet.db.claims import claim_job
+    from vocfleet.db.models import Detector
+    from vocfleet.db.runs import add_shard, class_presence, create_run, finish_run_if_done, finish_scan, reopen_run
+    from vocfleet.db.score_writer import store_chunk
+    from vocfleet.db.views import run_view
+
+    if database == "postgresql":
+        request.getfixturevalue("pg_url")
+    ensure_schema()
+    with session_scope() as s:
+        dets = [Detector(voc_class=c, checkpoint_path="x", sha256="0" * 64, threshold=0.5, ap=0.3, metrics={}, active=True) for c in ("car", "dog")]
+        s.add_all(dets)
+        s.flush()
+        run_id = create_run(s, ["/photos"], dets, batch_size=4, max_attempts=2, shard_size=2).id
+        car, dog = (d.id for d in dets)
+    with session_scope() as s:
+        assert s.get(ScoreRun, run_id).class_counts == {"car": 0, "dog": 0}
+        token = claim_job(s, ScoreRun, run_id, "scanner")
+    with session_scope() as s:
+        ids = [add_shard(s, run_id, token, n, [[0, f"{n}a.jpg", None], [0, f"{n}b.jpg", None]]) for n in range(2)]
+        finish_scan(s, run_id, token)
+
+    def chunk(shard: int, names: list[str], present: list[tuple[bool, bool]]) -> None:
+        with session_scope() as s:
+            shard_token = s.get(ScoreShard, shard).claim_token or claim_job(s, ScoreShard, shard, "w")
+        images = [{"folder": "/photos", "rel_path": n, "size_bytes": 1, "sha256": n.ljust(64, "0"), "width": 1, "height": 1} for n in names]
+        scores = [[(car, "car", 0.9 if c else 0.1, c), (dog, "dog", 0.9 if d else 0.1, d)] for c, d in present]
+        with session_scope() as s:
+            assert store_chunk(s, shard, shard_token, images, scores, [])
+
+    chunk(ids[0], ["0a.jpg"], [(True, False)])
+    chunk(ids[1], ["1a.jpg", "1b.jpg"], [(True, True), (False, True)])
+    with session_scope() as s:
+        assert s.get(ScoreRun, run_id).class_counts == {"car": 2, "dog": 2} == class_presence(s, run_id)
+        assert {c.voc_class: c.present for c in run_view(s, run_id).classes} == {"car": 2, "dog": 2}  # while it runs
+    chunk(ids[0], ["0b.jpg"], [(False, True)])
+    with session_scope() as s:
+        for shard in ids:
+            s.get(ScoreShard, shard).status = JobStatus.succeeded
+    with session_scope() as s:
+        assert finish_run_if_done(s, run_id) == JobStatus.succeeded
+        assert s.get(ScoreRun, run_id).class_counts == {"car": 2, "dog": 3} == class_presence(s, run_id)
+        s.get(ScoreRun, run_id).status = JobStatus.failed  # resumed: counted again from its scores, once
+    with session_scope() as s:
+        reopen_run(s, run_id, timedelta(seconds=60))
+        assert s.get(ScoreRun, run_id).class_counts == {"car": 2, "dog": 3}

@@ -59,3 +59,60 @@ def test_shell_completion_is_light(words, offered, data_dir):
     ).stdout.splitlines()
     assert [line.split(",", 1)[1] for line in out[:-1]] == offered
     assert json.loads(out[-1]) == {"heavy": [], "sqlalchemy": False}
+
+
+@pytest.fixture
+def filled(data_dir, fake_voc):
+    """A database as a day's work leaves it: two finished jobs with their epochs (recorded rates), two detectors, a scoring run."""
+    from vocfleet.db.claims import claim_job
+    from vocfleet.db.models import Detector, ScoreRun, TrainJob
+    from vocfleet.db.session import ensure_schema, session_scope
+    from vocfleet.db.training import create_jobs, record_epoch
+    from vocfleet.model.config import TrainConfig
+    from vocfleet.model.events import EpochRecord
+
+    ensure_schema()
+    with session_scope() as s:
+        jobs = create_jobs(s, [TrainConfig(voc_class=c, voc_root=str(fake_voc), image_size=64, epochs=1) for c in ("car", "dog")])
+        for job in jobs:
+            token = claim_job(s, TrainJob, job.id, "h")
+            record_epoch(s, job.id, token, EpochRecord(1, 0.5, 0.6, 0.3, 1e-3, 10.0, 90.0))
+            det = Detector(voc_class=job.voc_class, job_id=job.id, checkpoint_path="x", sha256="0" * 64, threshold=0.5, ap=0.3, metrics={"ap": 0.3})
+            s.add(det)
+            det.active = True
+        s.add(ScoreRun(folders=["/photos"], classes=["car", "dog"], detector_ids=[1, 2], total_files=0))
+    return fake_voc
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["runs"],
+        ["detectors"],
+        ["detectors", "history", "car"],
+        ["results", "1"],
+        ["compare", "1", "2"],
+        ["submit", "--classes", "car", "--dry-run"],
+    ],  # fmt: skip
+)
+def test_commands_that_only_read_import_no_torch_with_data(filled, data_dir, args):
+    """With rows to show (and recorded rates for the dry run's estimate) these answer from the database alone."""
+    if args[0] == "submit":
+        args = [*args, "--voc-root", str(filled), "--image-size", "64", "--start", "none"]
+    got = probe(*args, data_dir=data_dir)
+    assert got["code"] == 0 and [m for m in got["heavy"] if m in ("torch", "torchvision")] == []
+
+
+WEB_PROBE = "import sys; from vocfleet.scheduler.web.app import create_app; create_app(); print([m for m in ('torch', 'torchvision') if m in sys.modules])"
+
+
+def test_the_web_app_imports_no_torch(data_dir):
+    out = subprocess.run(
+        [sys.executable, "-c", WEB_PROBE],
+        capture_output=True,
+        text=True,
+        env={"VOCFLEET_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"

@@ -16,7 +16,7 @@ import click
 
 from vocfleet.db.errors import database_problem
 from vocfleet.db.listing import ListFilter, tag_text
-from vocfleet.db.records import DetectorRecord, JobRecord, RunRecord
+from vocfleet.db.records import DetectorRecord, JobRecord, RunRecord, WorkerRecord
 from vocfleet.db.settings import MAX_SECONDS, get_settings
 from vocfleet.db.states import MAX_ID, Labels, as_utc, parse_since, parse_tag
 from vocfleet.model import ConfigError, VocfleetError
@@ -195,10 +195,10 @@ def more_line(fmt: str, more: int, what: str) -> None:
 
 
 # The CLI's names for a record's fields: its table headers, and the keys of its CSV and JSON.
-_CLI_NAMES = {"job_id": "job", "run_id": "run", "detector_id": "id", "voc_class": "class", "start_job_id": "start"}
+_CLI_NAMES = {"job_id": "job", "run_id": "run", "detector_id": "id", "voc_class": "class", "start_job_id": "start", "heartbeat_age_s": "heartbeat_s"}
 
 
-def columns(record: JobRecord | RunRecord | DetectorRecord) -> dict[str, Any]:
+def columns(record: JobRecord | RunRecord | DetectorRecord | WorkerRecord) -> dict[str, Any]:
     """A record as the CLI shows it: every field under its CLI name, and what a person reads beside:
     a job's ``epoch`` (``2/5``), a detector's ``status`` and short fingerprints (12 characters, as git shows a commit)."""
     row = {_CLI_NAMES.get(k, k): v for k, v in asdict(record).items()}

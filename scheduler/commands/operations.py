@@ -16,7 +16,7 @@ from vocfleet.model import ConfigError
 from vocfleet.model.files import output_path
 from vocfleet.worker.executor import executor
 
-from .base import ID, Finite, action_format_option, database, emit, format_option, say, stale_option, stale_window, takeback_note
+from .base import ID, Finite, action_format_option, columns, database, emit, format_option, say, stale_option, stale_window, takeback_note
 
 resend_option = click.option(
     "--resend-after",
@@ -301,16 +301,16 @@ def db_check(fmt: str) -> None:
 @format_option
 def workers(show_all: bool, stale_after: float | None, fmt: str) -> None:
     """Fleet workers: host, queues, vocfleet version, device, what each holds, seconds since its heartbeat."""
-    from vocfleet.db.workers import worker_rows
+    from vocfleet.db.workers import worker_records
 
     from ..output import render
 
     with database(read=True) as s:
-        rows = worker_rows(s, stale_window(stale_after), include_gone=show_all)
-    if not rows:
+        records = worker_records(s, stale_window(stale_after), include_gone=show_all)
+    if not records:
         click.echo("no live workers: start one with 'vocfleet worker' (--all lists those that stopped)")
         return
-    click.echo(render(rows, ["name", "host", "queues", "version", "device", "state", "holding", "heartbeat_s"], fmt))
+    click.echo(render([columns(r) for r in records], ["name", "host", "queues", "version", "device", "state", "holding", "heartbeat_s"], fmt))
 
 
 @click.command()
