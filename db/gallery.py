@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, aliased
 
 from .models import Detector, Score, ScoredImage, ScoreRun, TrainJob
 from .registry import how_started
+from .results import class_present
 from .states import MAX_ID, as_utc
 
 PAGE = 48  # pictures per gallery page
@@ -100,18 +101,6 @@ class GalleryPage:
     next: Cursor | None  # None: the last page
 
 
-def _present(image_id, voc_class: str):
-    """Whether the picture has ``voc_class``, asked per candidate row (a scalar subquery on the primary key).
-
-    Written so, the database checks the few pictures the ordered index scan reaches before the page
-    is full; as EXISTS, PostgreSQL turns it into a join over every score of the class (seconds at a
-    million pictures).
-    """
-    other = aliased(Score)
-    found = select(other.present).where(other.image_id == image_id, other.voc_class == voc_class).limit(1).scalar_subquery()
-    return func.coalesce(found, False)
-
-
 def _like_prefix(path: str) -> str:
     return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
 
@@ -162,9 +151,9 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
     if q.max_prob is not None:
         stmt = stmt.where(Score.probability <= q.max_prob)
     for cls in q.also:
-        stmt = stmt.where(_present(Score.image_id, cls).is_(True))
+        stmt = stmt.where(class_present(Score.image_id, cls).is_(True))
     for cls in q.without:
-        stmt = stmt.where(_present(Score.image_id, cls).is_(False))
+        stmt = stmt.where(class_present(Score.image_id, cls).is_(False))
     if q.folder:
         run = s.get(ScoreRun, q.run_id)
         stmt = stmt.where(_under(list(run.folders) if run else [], q.folder))

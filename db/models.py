@@ -160,6 +160,25 @@ class Detector(Base):
         return f"Detector(id={self.id}, class={self.voc_class!r}, ap={self.ap:.3f}, active={self.active})"
 
 
+class EvaluationPicture(Base):
+    """One picture a detector was judged on: whether its class is there, and the detector's probability.
+
+    Written with the detector; its false positives (absent, highest probability first), false
+    negatives (present, lowest first) and the pictures near its threshold are read by the index.
+    """
+
+    __tablename__ = "evaluation_pictures"
+    __table_args__ = (Index("ix_evaluation_pictures_ranked", "detector_id", "label", "probability"),)
+
+    detector_id: Mapped[int] = mapped_column(ForeignKey("detectors.id", ondelete="CASCADE"), primary_key=True)
+    picture: Mapped[str] = mapped_column(String(64), primary_key=True)  # its VOC id: JPEGImages/<picture>.jpg under the job's VOC root
+    label: Mapped[bool] = mapped_column(Boolean)
+    probability: Mapped[float]
+
+    def __repr__(self) -> str:
+        return f"EvaluationPicture(detector={self.detector_id}, picture={self.picture!r}, label={self.label}, p={self.probability:.3f})"
+
+
 class ScoreRun(Labelled, Claimable, Base):
     """One request to score folders with a set of detectors.
 

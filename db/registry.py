@@ -12,14 +12,14 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from vocfleet.model import ConfigError
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.events import EpochRecord
 
-from .models import Detector, EpochMetric, TrainJob, utcnow
+from .models import Detector, EpochMetric, EvaluationPicture, TrainJob, utcnow
 from .records import Change, DetectorRecord
 from .states import as_utc
 
@@ -59,6 +59,9 @@ def record_detector(s: Session, job: TrainJob, result: FitResult) -> Detector:
     )
     s.add(detector)
     s.flush()
+    if result.pictures:  # where it is right and wrong, for its page (one insert of every row)
+        rows = [{"detector_id": detector.id, "picture": pic, "label": label, "probability": p} for pic, label, p in result.pictures]
+        s.execute(insert(EvaluationPicture), rows)
     if promote and current is not None:  # the replaced detector's history says by which, and why
         _add_event(current, {"at": utcnow().isoformat(timespec="seconds"), "event": "replaced", "by": detector.id, "reason": decision["decision"]})
     return detector

@@ -13,7 +13,7 @@ from itertools import groupby
 from typing import Any, BinaryIO
 
 from sqlalchemy import Select, String, case, func, literal, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from .models import Detector, FileError, Score, ScoredImage, ScoreRun
 from .states import SORTS
@@ -29,6 +29,7 @@ class ResultQuery:
         run_ids: the runs; several (or ``None``: every run) give the newest score of each file and
             class among them.
         voc_class, min_prob, present, image: filters (image: path relative to its folder, or sha256).
+        also, without: only pictures where these classes are present too, or absent ("dog, not person").
         sort: ``image`` (image by image, in the order they were recorded; within an image the
             classes most above their threshold first), ``probability`` or ``margin`` (probability
             minus the detector's threshold), both highest first.
@@ -42,6 +43,20 @@ class ResultQuery:
     image: str | None = None
     sort: str = "image"
     limit: int | None = None
+    also: tuple[str, ...] = ()
+    without: tuple[str, ...] = ()
+
+
+def class_present(image_id, voc_class: str):
+    """Whether the picture has ``voc_class``, asked per candidate row (a scalar subquery on the primary key).
+
+    Written so, the database checks the few pictures the ordered index scan reaches before the page
+    is full; as EXISTS, PostgreSQL turns it into a join over every score of the class (seconds at a
+    million pictures).
+    """
+    other = aliased(Score)
+    found = select(other.present).where(other.image_id == image_id, other.voc_class == voc_class).limit(1).scalar_subquery()
+    return func.coalesce(found, False)
 
 
 def _select(q: ResultQuery) -> Select:
@@ -72,6 +87,10 @@ def _select(q: ResultQuery) -> Select:
         stmt = stmt.where(Score.probability >= q.min_prob)
     if q.present is not None:
         stmt = stmt.where(Score.present.is_(q.present))
+    for cls in q.also:
+        stmt = stmt.where(class_present(Score.image_id, cls).is_(True))
+    for cls in q.without:
+        stmt = stmt.where(class_present(Score.image_id, cls).is_(False))
     if q.image:
         stmt = stmt.where(or_(ScoredImage.rel_path == q.image, ScoredImage.sha256 == q.image))
         if q.run_ids is not None:  # the same runs, said of the image: lets the planner start from (run, path)

@@ -46,6 +46,7 @@ class FitResult:
         skipped_images: ids named by a list but missing or unreadable.
         resumed_from: epochs already done when this call started.
         plots: PNG paths (``curves``, ``pr``).
+        pictures: every evaluation picture as (VOC id, has the class, probability): where it is right and wrong.
     """
 
     checkpoint: str
@@ -58,6 +59,7 @@ class FitResult:
     skipped_images: list[str] = field(default_factory=list)
     resumed_from: int = 0
     plots: dict[str, str] = field(default_factory=dict)
+    pictures: list[tuple[str, bool, float]] = field(default_factory=list)
 
 
 class Stopped(Exception):
@@ -490,6 +492,10 @@ def fit(
         skipped_images=skipped,
         resumed_from=run.resumed_from,
         plots=plots,
+        pictures=[
+            (str(evaluation.decoded.ids[row]), bool(label), float(p))
+            for row, label, p in zip(evaluation.rows, evaluation.labels, eval_ev["probs"], strict=True)
+        ],
     )
     emit(FitFinished(metrics))
     return result

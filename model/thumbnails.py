@@ -53,13 +53,16 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def cached_thumbnail(cache_dir: Path, folder: str, rel_path: str, sha256: str, size: int) -> bytes | None:
+def cached_thumbnail(cache_dir: Path, folder: str, rel_path: str, sha256: str, size: int, *, verify: bool = True) -> bytes | None:
     """:func:`thumbnail`, made once per (sha256, size) under ``cache_dir/thumbnails`` and read from there after.
 
     Beside each thumbnail is the path, size and modification time of the file it was made from:
     a later request serves the cached one only while the file still looks the same (one
     ``lstat``), else reads and hashes it again, so a picture gone or changed since it was scored
     shows the placeholder, not a stale thumbnail.
+
+    ``verify=False``: ``sha256`` is only the cache's key and the bytes are not checked against it
+    (a detector's evaluation picture, whose content was never hashed; its path comes from the database).
 
     Raises:
         ValueError: ``size`` is not one of :data:`SIZES` (the cache holds a few sizes, not any a client asks for).
@@ -79,7 +82,7 @@ def cached_thumbnail(cache_dir: Path, folder: str, rel_path: str, sha256: str, s
             return path.read_bytes()
     except OSError:
         pass
-    jpeg = thumbnail(folder, rel_path, size, sha256=sha256)
+    jpeg = thumbnail(folder, rel_path, size, sha256=sha256 if verify else None)
     if jpeg is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)

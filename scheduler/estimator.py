@@ -65,9 +65,11 @@ def job_images(cfg: TrainConfig) -> tuple[int, int, int]:
 
 
 def estimate(configs: list[TrainConfig], on_timing: Callable[[TrainConfig], None] = lambda cfg: None) -> Estimate:
-    """Each job's time, one after another; ``on_timing`` is told before steps are timed here (seconds)."""
-    from vocfleet.model.engine import measure_rate, resolve_device
+    """Each job's time, one after another; ``on_timing`` is told before steps are timed here (seconds).
 
+    From recorded epochs it reads the database alone (no torch: a dry run answers at once); only a
+    shape never trained before is timed here, which needs torch.
+    """
     with read_connection() as conn:
         recorded = training_rates(conn)
     rates: dict[Shape, Rate] = {}
@@ -79,6 +81,8 @@ def estimate(configs: list[TrainConfig], on_timing: Callable[[TrainConfig], None
                 rate, n = recorded[key]
                 source = f"{n} earlier epoch(s) at {cfg.image_size} px in the database"
             else:
+                from vocfleet.model.engine import measure_rate, resolve_device
+
                 on_timing(cfg)
                 rate = measure_rate(cfg.image_size, cfg.batch_size, cfg.device, arch=cfg.arch)
                 source = f"timed steps on this machine's {resolve_device(cfg.device).type}"

@@ -69,8 +69,9 @@ class CountProgress:
     Used as a context manager; call it with (done, total) as often as wanted.
     """
 
-    def __init__(self, label: str, unit: str, stream=None):
-        self.label, self.unit = label, unit
+    def __init__(self, label: str, unit: str, stream=None, *, total_grows: bool = False):
+        """``total_grows``: the total is still being counted at first (a scan), so no line says "0 of 1" before the first item is done."""
+        self.label, self.unit, self.total_grows = label, unit, total_grows
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.bar = tqdm(desc=label, unit=unit, file=self.stream, disable=not self.tty, dynamic_ncols=True)
@@ -80,7 +81,7 @@ class CountProgress:
         if self.tty:
             self.bar.total, self.bar.n = total, done
             self.bar.refresh()
-        elif total:
+        elif total and (done or not self.total_grows):
             tenth = done * 10 // total
             if tenth != self.last_tenth:
                 self.last_tenth = tenth

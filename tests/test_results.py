@@ -80,6 +80,18 @@ def test_sort_limit_and_present_by_margin(scored, invoke):
             assert first in row["present"].split(",")
 
 
+def test_also_and_without_pick_pictures_as_the_gallery_does(scored, invoke):
+    """'dog, and car there too' and 'dog, no car': the web gallery's filters, in the CLI, on both databases."""
+    rows = as_json(invoke("results", 1, "--format", "json"))
+    has = {cls: {r["image"] for r in rows if r["class"] == cls and r["present"]} for cls in ("car", "dog")}
+    dogs = {r["image"] for r in as_json(invoke("results", 1, "--class", "dog", "--also", "car", "--format", "json"))}
+    assert dogs == {r["image"] for r in rows if r["class"] == "dog" and r["image"] in has["car"]}
+    no_car = as_json(invoke("results", 1, "--class", "dog", "--present", "--without", "car", "--format", "json"))
+    assert {r["image"] for r in no_car} == has["dog"] - has["car"] and all(r["present"] for r in no_car)
+    by_image = as_json(invoke("results", 1, "--by-image", "--also", "dog", "--format", "json"))
+    assert {r["image"] for r in by_image} == has["dog"] and all("dog" in r["present"].split(",") for r in by_image)
+
+
 def test_across_runs_newest_score_and_summary(scored, invoke):
     newest = as_json(invoke("results", 1, 2, "--format", "json"))
     assert len(newest) == 36  # each file and class once
@@ -119,6 +131,11 @@ def test_bad_queries_one_line(scored, invoke):
         ((1, "--summary", "--by-image"), "--by-image and --summary contradict each other"),
         ((1, "--errors", "--class", "car"), "--errors lists the files not scored"),
         ((1, "--limit", 2**70), "--limit 1180591620717411303424"),
+        ((1, "--also", "dog", "--without", "dog"), "dog is in both --also and --without"),
+        ((1, "--class", "dog", "--without", "dog"), "--class dog --without dog: no picture can be both"),
+        ((2, "--also", "car"), "run 2 has no car detector"),
+        ((1, "--summary", "--also", "car"), "--also picks pictures, which --summary and --errors do not list"),
+        ((1, "--without", ""), "--without '': name one or more classes"),
     ):
         res = invoke("results", *args)
         assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, (args, res.output)

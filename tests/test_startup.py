@@ -73,13 +73,15 @@ def filled(data_dir, fake_voc):
 
     ensure_schema()
     with session_scope() as s:
-        jobs = create_jobs(s, [TrainConfig(voc_class=c, voc_root=str(fake_voc), image_size=64, epochs=1) for c in ("car", "dog")])
-        for job in jobs:
-            token = claim_job(s, TrainJob, job.id, "h")
-            record_epoch(s, job.id, token, EpochRecord(1, 0.5, 0.6, 0.3, 1e-3, 10.0, 90.0))
-            det = Detector(voc_class=job.voc_class, job_id=job.id, checkpoint_path="x", sha256="0" * 64, threshold=0.5, ap=0.3, metrics={"ap": 0.3})
-            s.add(det)
-            det.active = True
+        ids = [j.id for j in create_jobs(s, [TrainConfig(voc_class=c, voc_root=str(fake_voc), image_size=64, epochs=1) for c in ("car", "dog")])]
+    for job_id in ids:
+        with session_scope() as s:
+            token = claim_job(s, TrainJob, job_id, "h")
+        with session_scope() as s:
+            assert record_epoch(s, job_id, token, EpochRecord(1, 0.5, 0.6, 0.3, 1e-3, 10.0, 90.0))
+    with session_scope() as s:
+        for job_id, cls in zip(ids, ("car", "dog"), strict=True):
+            s.add(Detector(voc_class=cls, job_id=job_id, checkpoint_path="x", sha256="0" * 64, threshold=0.5, ap=0.3, metrics={"ap": 0.3}, active=True))
         s.add(ScoreRun(folders=["/photos"], classes=["car", "dog"], detector_ids=[1, 2], total_files=0))
     return fake_voc
 

@@ -143,15 +143,32 @@ def test_every_endpoint_answers_with_the_data_the_cli_shows(site):
     assert status == 200 and [e["epoch"] for e in det["epochs"]] == [1, 2] and det["detector"]["always_absent"] is not None
     assert set(det["plots"]) == {"curves", "pr"}
     assert get(site, f"/detectors/{det['detector']['detector_id']}/pr.png")[1]["content-type"] == "image/png"
+    car_id = det["detector"]["detector_id"]
+    status, m = api(site, f"/api/detectors/{car_id}/mistakes?limit=3")
+    c = m["confusion"]
+    assert status == 200 and m["recorded"] and sum(c.values()) == det["detector"]["eval_images"]
+    assert (c["true_positives"] + c["true_negatives"]) / sum(c.values()) == pytest.approx(det["detector"]["accuracy"])  # the same threshold
+    assert all(not j["label"] and j["probability"] >= m["threshold"] for j in m["false_positives"]) and len(m["false_positives"]) <= 3
+    probs = [j["probability"] for j in m["false_negatives"]]
+    assert probs == sorted(probs) and all(j["label"] and j["probability"] < m["threshold"] for j in m["false_negatives"])
+    shown = (m["false_positives"] + m["false_negatives"] + m["near_threshold"])[0]["picture"]
+    status, headers, body = get(site, f"/detectors/{car_id}/pictures/{shown}.jpg")
+    assert status == 200 and headers["content-type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
+    assert get(site, f"/detectors/{car_id}/pictures/not-one-of-its.jpg")[0] == 404  # only pictures it was judged on
+    assert get(site, f"/detectors/{car_id}/pictures/..%2F..%2Fetc%2Fpasswd.jpg")[0] in (400, 404)
     status, jobs = api(site, "/api/jobs")
     assert status == 200 and sorted((j["voc_class"], j["status"], j["epochs_done"]) for j in jobs) == [("car", "succeeded", 2), *[("dog", "succeeded", 2)] * 2]
 
-    pages = ["/runs", "/runs/1", "/runs/1/errors", "/runs/1/compare?other=3&class=dog", f"/pictures/{image_id}", "/detectors", "/jobs"]
+    pages = ["/runs", "/runs/1", "/runs/1/errors", "/runs/1/compare?other=3&class=dog", f"/pictures/{image_id}", "/detectors", "/jobs", "/api"]
     pages.append(f"/detectors/{det['detector']['detector_id']}")
     for page in pages:
         status, headers, body = get(site, page)
         assert status == 200 and headers["content-type"].startswith("text/html") and b"<h1>" in body, page
 
+    api_page = get(site, "/api")[2].decode()
+    assert "/api/detectors/{detector_id}/mistakes" in api_page and "Where a detector is right and wrong" in api_page  # from the schema
+    status, headers, body = get(site, f"/detectors/{car_id}")
+    assert b"Where it is right and wrong" in body and f"/detectors/{car_id}/pictures/".encode() in body
     status, spec = api(site, "/openapi.json")
     paths = set(spec["paths"])
     assert {"/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/gallery", "/api/runs/{run_id}/export", "/api/pictures/{image_id}"} <= paths

@@ -206,17 +206,18 @@ def db_upgrade() -> None:
 
     where = shown(get_settings().database_url)
     before = schema_revision()
-    if before is not None and int(before) >= int(SCHEMA_HEAD):
+    current = before is not None and int(before) >= int(SCHEMA_HEAD)
+    if current:
         check_schema()  # newer: one line unless this code may still run on it
-        click.echo(f"database at {where} already has schema {before} (this vocfleet's newest: {SCHEMA_HEAD})")
     else:
         upgrade_database()
         click.echo(f"database at {where}: schema {before or 'none'} -> {SCHEMA_HEAD}")
-    _backfill_fingerprints()
+    if not _backfill_fingerprints() and current:
+        click.echo(f"database at {where} already has schema {before} (this vocfleet's newest: {SCHEMA_HEAD}); nothing to do")
 
 
-def _backfill_fingerprints() -> None:
-    """Detectors from before 0.5.0 get their data fingerprint, once (decoding their evaluation pictures)."""
+def _backfill_fingerprints() -> bool:
+    """Detectors from before 0.5.0 get their data fingerprint, once (decoding their evaluation pictures); whether any needed one."""
     from vocfleet.db.registry import backfill_fingerprints
 
     done, failed = backfill_fingerprints(get_settings().cache_dir)
@@ -224,6 +225,7 @@ def _backfill_fingerprints() -> None:
         click.echo(f"{len(done)} detector(s) trained before data fingerprints now have one (ids {', '.join(map(str, done))}): promotion compares their data")
     for detector_id, why in failed.items():
         click.echo(f"detector {detector_id}: no data fingerprint ({why}); promotion compares its VOC root's real path instead", err=True)
+    return bool(done or failed)
 
 
 @db.command("backup")

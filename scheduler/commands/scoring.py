@@ -136,7 +136,7 @@ def _wait_for_run(run_id: int, fmt: str = "text", interval: float = 1.0) -> None
 
     from ..progress import CountProgress
 
-    with CountProgress(f"run {run_id}", "file") as progress:
+    with CountProgress(f"run {run_id}", "file", total_grows=True) as progress:
         while True:
             with database(read=True) as s:
                 run = run_state(s, run_id)
@@ -145,7 +145,8 @@ def _wait_for_run(run_id: int, fmt: str = "text", interval: float = 1.0) -> None
             if status.finished:
                 break
             time.sleep(interval)
-    say(fmt, f"run {run_id} {status.value}: {done} of {_seen(total)} files")
+    said = f"{result['scored']} image(s) scored, {result['errors']} file(s) not scored, of {_seen(total)} seen"  # as the embedded run says it
+    say(fmt, f"run {run_id} {status.value}: {said}" + (f": vocfleet results {run_id} --errors" if result["errors"] else ""))
     emit(fmt, result)
     if status != JobStatus.succeeded:
         click.echo(f"vocfleet: error: run {run_id} {status.value}: {error or 'no reason recorded'}", err=True)
@@ -163,7 +164,7 @@ def _run_scoring(run_id: int, names: list[str], fmt: str = "text") -> None:
 
     click.echo(f"scoring run {run_id} with {len(names)} detector(s): {', '.join(names)}", err=True)
     try:
-        with interruptible(), CountProgress(f"run {run_id}", "file") as progress:
+        with interruptible(), CountProgress(f"run {run_id}", "file", total_grows=True) as progress:
             outcome = run_score_run(run_id, progress=progress)
     except KeyboardInterrupt as exc:
         exit_interrupted(exc, f"resume with 'vocfleet resume-run {run_id}'")
@@ -243,6 +244,13 @@ def runs(fmt: str, **filters: Any) -> None:
 @click.option("--min-prob", type=Finite(0, 1), default=None, help="Only probabilities at or above this.")
 @click.option("--present", "only_present", is_flag=True, help="Only images judged present at the detector's threshold.")
 @click.option("--absent", "only_absent", is_flag=True, help="Only images judged absent at the detector's threshold.")
+@click.option("--also", default=None, help="Only pictures where these classes are present too (comma-separated).", shell_complete=complete_classes)
+@click.option(
+    "--without",
+    default=None,
+    help="Only pictures where these classes are absent (comma-separated): --class dog --without person.",
+    shell_complete=complete_classes,
+)
 @click.option("--image", default=None, help="One image (path relative to its folder, or sha256): which classes are in it.")
 @click.option("--by-image", is_flag=True, help="One row per image: the classes present, and the three most above their threshold.")
 @click.option("--summary", is_flag=True, help="Per class: images, images present, mean probability.")
@@ -255,7 +263,7 @@ def runs(fmt: str, **filters: Any) -> None:
 )
 @click.option("--limit", type=int, default=None, help="At most this many rows.")
 @format_option
-def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, image, by_image, summary, show_errors, sort, limit, fmt) -> None:  # noqa: C901 - one command, four output modes (rows, --by-image, --summary, --errors) in one read transaction
+def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, also, without, image, by_image, summary, show_errors, sort, limit, fmt) -> None:  # noqa: C901 - one command, four output modes (rows, --by-image, --summary, --errors) in one read transaction
     """Query scoring results: one run, several (the newest score of each file and class), or --all-runs.
 
     Streamed: an export of millions of rows starts at once and holds a few thousand in memory.
@@ -264,14 +272,16 @@ def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, i
     from vocfleet.db.runs import run_state
 
     present, voc_class = _check_results_options(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, image, by_image, summary, show_errors, limit)
+    also, without = _pictures_with(also, without, voc_class, summary or show_errors)
     with database(read=True) as s:
         for run_id in run_ids:
             if run_state(s, run_id) is None:
                 raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
         runs = None if all_runs else tuple(dict.fromkeys(run_ids))
-        if voc_class and not runs_have_class(s, runs, voc_class):
-            where = f"run {', '.join(map(str, runs))}" if runs else "any run"
-            raise ConfigError(f"{where} has no {voc_class} detector: see 'vocfleet runs' for the classes each run scored")
+        for cls in filter(None, (voc_class, *also, *without)):
+            if not runs_have_class(s, runs, cls):
+                where = f"run {', '.join(map(str, runs))}" if runs else "any run"
+                raise ConfigError(f"{where} has no {cls} detector: see 'vocfleet runs' for the classes each run scored")
         if show_errors:
             if runs is None or len(runs) != 1:
                 raise ConfigError("--errors takes one run id")
@@ -280,7 +290,7 @@ def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, i
         if summary:
             stream(summary_rows(s, runs), ["class", "images", "present", "present_rate", "mean_probability"], fmt)
             return
-        query = ResultQuery(runs, voc_class, min_prob, present, image, sort or ("margin" if present else "image"), limit)
+        query = ResultQuery(runs, voc_class, min_prob, present, image, sort or ("margin" if present else "image"), limit, also, without)
         if image and next(iter_results(s, dataclasses.replace(query, limit=1)), None) is None:
             raise ConfigError(f"no scored image {image!r} there: see 'vocfleet results {' '.join(map(str, run_ids))} --by-image'")
         many = runs is None or len(runs) > 1
@@ -299,6 +309,24 @@ def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, i
             sys.stdout.buffer.flush()
             return
         stream(iter_results(s, query), columns, fmt)
+
+
+def _pictures_with(also: str | None, without: str | None, voc_class: str | None, counting: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """--also and --without as classes; refused where they would contradict each other or filter nothing."""
+    from ..configs import parse_classes
+
+    given = [(name, text) for name, text in (("--also", also), ("--without", without)) if text is not None]
+    if given and counting:
+        raise ConfigError(f"{given[0][0]} picks pictures, which --summary and --errors do not list: drop it")
+    for name, text in given:
+        if not text.strip():
+            raise ConfigError(f"{name} '': name one or more classes, comma-separated")
+    yes, no = (tuple(parse_classes(t)) if t else () for t in (also, without))
+    if both := sorted(set(yes) & set(no)):
+        raise ConfigError(f"{', '.join(both)} is in both --also and --without: choose one")
+    if voc_class and voc_class in no:
+        raise ConfigError(f"--class {voc_class} --without {voc_class}: no picture can be both; drop one")
+    return yes, no
 
 
 def _check_results_options(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, image, by_image, summary, show_errors, limit):

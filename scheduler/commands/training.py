@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 import click
@@ -231,10 +232,17 @@ def _other_data(configs: list[TrainConfig], promote: str) -> list[str]:
     return notes
 
 
-def _estimate(configs: list[TrainConfig], fmt: str, notes: list[str]) -> None:
-    """submit --dry-run: each job's images per epoch and time, from earlier epochs at its shape or a few timed steps here."""
+def _on_cpu(device: str) -> bool:
+    """Whether jobs for ``device`` would train on this machine's CPU (torch is asked only for 'auto')."""
+    if device != "auto":
+        return device == "cpu"
     from vocfleet.model.engine import resolve_device
 
+    return resolve_device(device).type == "cpu"
+
+
+def _estimate(configs: list[TrainConfig], fmt: str, notes: list[str]) -> None:
+    """submit --dry-run: each job's images per epoch and time, from earlier epochs at its shape or a few timed steps here."""
     from ..estimator import estimate
 
     result = estimate(configs, on_timing=lambda cfg: say(fmt, f"timing a few training steps at {cfg.image_size} px on this machine ..."))
@@ -247,8 +255,7 @@ def _estimate(configs: list[TrainConfig], fmt: str, notes: list[str]) -> None:
     where = "; ".join(f"{r.arch} at {r.image_size} px: {r.images_per_s:.3g} img/s from {r.source}" for r in result.rates)  # 0.42, not 0
     click.echo(render([{**r, "estimate": duration(r["seconds"])} for r in rows], ["class", "epochs", "image_size", "train_images", "estimate"]))
     click.echo(f"{len(rows)} job(s), about {duration(total)} in all, one after another ({where}); nothing queued (dry run)")
-    cpu = not executor().fleet and resolve_device(configs[0].device).type == "cpu"
-    if cpu and total > 3600:
+    if total > 3600 and not executor().fleet and _on_cpu(configs[0].device):
         click.echo(f"warning: about {duration(total)} on this CPU; a GPU, a smaller --image-size or fewer --epochs is much faster", err=True)
 
 
@@ -345,6 +352,40 @@ def detectors_history(voc_class: str, fmt: str) -> None:
     if fmt == "table":  # every decision, oldest first: the column above holds only the latest of each
         timeline = sorted(({"at": c["at"], "detector": r["id"], "what": c["what"]} for r in rows for c in r["changes"]), key=lambda c: c["at"])
         click.echo("\nchanges, oldest first:\n" + render(timeline, ["at", "detector", "what"], fmt))
+
+
+@detectors.command("mistakes")
+@click.argument("detector_id", type=ID)
+@click.option("--limit", type=click.IntRange(1, 500), default=10, show_default=True, help="Pictures of each kind.")
+@format_option
+def detectors_mistakes(detector_id: int, limit: int, fmt: str) -> None:
+    """Where a detector is wrong on its evaluation pictures: false alarms (surest first), misses (least sure first), and right-but-only-just."""
+    from pathlib import Path
+
+    from vocfleet.db.truth import mistakes
+
+    with database(read=True) as s:
+        m = mistakes(s, detector_id, limit)
+    if m is None:
+        raise ConfigError(f"no detector {detector_id}: see 'vocfleet detectors --all'")
+    if not m.recorded:
+        raise ConfigError(f"detector {detector_id} was trained before vocfleet 0.10 kept its evaluation pictures: train {m.voc_class} again to see them")
+    c = m.confusion
+    kinds = (("false positive", m.false_positives), ("false negative", m.false_negatives), ("near threshold", m.near_threshold))
+    where = Path(m.voc_root, "JPEGImages") if m.voc_root else None
+    rows = [
+        {"kind": kind, "picture": j.picture, "label": j.label, "probability": j.probability, "path": str(where / f"{j.picture}.jpg") if where else None}
+        for kind, pics in kinds
+        for j in pics
+    ]
+    if fmt != "table":
+        emit(fmt, {"detector": detector_id, "class": m.voc_class, "threshold": m.threshold, "confusion": asdict(c), "pictures": rows})
+        return
+    click.echo(
+        f"detector {detector_id} ({m.voc_class}) at threshold {m.threshold:.3f}: {c.true_positives} found, {c.false_negatives} missed, "
+        f"{c.false_positives} false alarms, {c.true_negatives} rightly absent (precision {c.precision or 0:.3f}, recall {c.recall or 0:.3f})"
+    )
+    click.echo(render(rows, ["kind", "picture", "label", "probability", "path"], fmt))
 
 
 @detectors.command("activate")

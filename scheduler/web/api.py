@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from vocfleet.db import gallery as gallery_db
+from vocfleet.db import truth
 from vocfleet.db import views as web_db
 from vocfleet.db.claims import cancel_work
 from vocfleet.db.models import JobStatus, TrainJob
@@ -155,6 +156,16 @@ def api_detectors(s: DB) -> list[web_db.ClassRegistry]:
 def api_detector(s: DB, detector_id: RowId) -> web_db.DetectorView:
     """A detector: its metrics beside always-absent, training settings, decision, and its job's epochs."""
     return detector_or_404(s, detector_id)
+
+
+@router.get("/detectors/{detector_id}/mistakes", tags=["detectors"])
+def api_mistakes(s: DB, detector_id: RowId, limit: Annotated[int, Query(ge=1, le=truth.MAX_SHOWN)] = truth.SHOWN) -> truth.Mistakes:
+    """Where a detector is right and wrong on its evaluation pictures: the counts at its threshold, its false
+    positives (surest first), false negatives (least sure first) and true positives just above the threshold."""
+    found = truth.mistakes(s, detector_id, limit)
+    if found is None:
+        raise Problem(404, f"detector {detector_id}: no such detector (see /api/detectors)")
+    return found
 
 
 @router.get("/jobs", tags=["jobs"])

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import jinja2
 from fastapi import APIRouter, Request
+from fastapi import Path as FastPath
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from vocfleet import __version__
 from vocfleet.db import gallery as gallery_db
+from vocfleet.db import truth
 from vocfleet.db import views as web_db
 from vocfleet.db.results import error_rows
 from vocfleet.model.thumbnails import SIZES, cached_thumbnail
@@ -63,6 +66,22 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
 @router.get("/")
 def home() -> RedirectResponse:
     return RedirectResponse("/runs")
+
+
+@router.get("/api", response_class=HTMLResponse)
+def api_page(request: Request) -> HTMLResponse:
+    """The API for a person: each endpoint, what it answers and its parameters, read from the app's own OpenAPI schema."""
+    endpoints = [
+        {
+            "method": method.upper(),
+            "path": path,
+            "summary": (op.get("description") or op.get("summary") or "").split("\n")[0],
+            "params": [prm["name"] for prm in op.get("parameters", [])],
+        }
+        for path, ops in request.app.openapi()["paths"].items()
+        for method, op in ops.items()
+    ]
+    return page(request, "api.html", title="API", endpoints=endpoints)
 
 
 @router.get("/runs", response_class=HTMLResponse)
@@ -119,7 +138,26 @@ def detectors_page(request: Request, s: DB) -> HTMLResponse:
 
 @router.get("/detectors/{detector_id}", response_class=HTMLResponse)
 def detector_page(request: Request, s: DB, detector_id: RowId) -> HTMLResponse:
-    return page(request, "detector.html", title=f"Detector {detector_id}", d=detector_or_404(s, detector_id))
+    view = detector_or_404(s, detector_id)
+    return page(request, "detector.html", title=f"Detector {detector_id}", d=view, m=truth.mistakes(s, detector_id))
+
+
+@router.get("/detectors/{detector_id}/pictures/{picture}.jpg")
+def evaluation_thumb(request: Request, detector_id: RowId, picture: Annotated[str, FastPath(max_length=64, pattern=r"^[\w.-]+$")], size: int = 160) -> Response:
+    """A thumbnail of one of a detector's evaluation pictures (its VOC root and the picture's id come from the database)."""
+    if size not in SIZES:
+        raise Problem(400, f"size={size}: one of {', '.join(map(str, SIZES))}")
+    from vocfleet.db.session import session_scope
+
+    with session_scope() as s:  # closed before the picture is read
+        found = truth.evaluation_file(s, detector_id, picture)
+    if found is None:
+        raise Problem(404, f"detector {detector_id}: no evaluation picture {picture!r}")
+    key = hashlib.sha256(f"{found[0]}/{found[1]}".encode()).hexdigest()  # the cache's key: the file was never hashed
+    jpeg = cached_thumbnail(request.app.state.settings.cache_dir, *found, key, size, verify=False)
+    if jpeg is None:
+        return Response(PLACEHOLDER, media_type="image/svg+xml", headers={"X-Vocfleet-Placeholder": "1", "Cache-Control": "no-store"})
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
 @router.get("/jobs", response_class=HTMLResponse)
