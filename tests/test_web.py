@@ -455,3 +455,44 @@ def test_openapi_describes_every_answer(data_dir):
     record = spec["components"]["schemas"]["JobRecord"]["properties"]
     assert {"job_id", "voc_class", "status", "epochs_done", "epochs", "tags"} <= set(record)
     assert spec["components"]["schemas"]["RunRecord"]["properties"]["folders"]["type"] == "array"  # lists are lists
+
+
+def _post(site, path: str, body: bytes, content_type: str = "image/jpeg"):
+    req = urllib.request.Request(site["url"] + path, data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_one_picture_scored_over_http_as_a_run_scores_it(site):
+    """POST /api/score: every active detector's answer for one picture, the same numbers a scoring run gave it; nothing stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    status, pics = api(site, "/api/runs/3/gallery?class=dog&min=0&max=1&limit=1")  # run 3 scored with the active detectors
+    tile = pics["pictures"][0]
+    photo = (Path(tile["folder"]) / tile["rel_path"]).read_bytes()
+    status, got = _post(site, "/api/score", photo)
+    assert status == 200 and got["sha256"] == tile["sha256"] and {c["class"] for c in got["classes"]} == {"car", "dog"}
+    status, picture = api(site, f"/api/pictures/{tile['image_id']}")
+    scored = {c["voc_class"]: (c["probability"], c["detector_id"]) for c in picture["scores"]}
+    for c in got["classes"]:
+        assert c["probability"] == pytest.approx(scored[c["class"]][0], abs=1e-4) and c["detector_id"] == scored[c["class"]][1]
+        assert c["present"] == (c["probability"] >= c["threshold"])
+    margins = [c["probability"] - c["threshold"] for c in got["classes"]]
+    assert margins == sorted(margins, reverse=True)  # the class most above its threshold first
+    with ThreadPoolExecutor(6) as pool:  # requests together: each gets its own answer
+        answers = list(pool.map(lambda _: _post(site, "/api/score", photo), range(6)))
+    assert all(s == 200 and a["classes"] == got["classes"] for s, a in answers)
+    assert api(site, "/api/runs")[1][0]["run_id"] == 3  # no run was made
+
+    assert _post(site, "/api/score", b"")[0] == 400
+    status, said = _post(site, "/api/score", b"just text, not a picture", "text/plain")
+    assert status == 400 and said["error"].startswith("not a picture vocfleet scores: not an image")
+    status, said = _post(site, "/api/score", b"\xff" * (33 * 2**20))
+    assert status == 413 and "over 32 MB" in said["error"]
+    if shutil.which("curl"):  # as the page tells a shell user to
+        out = subprocess.run(["curl", "-s", "--data-binary", "@-", site["url"] + "/api/score"], input=photo, capture_output=True, check=True)
+        assert json.loads(out.stdout)["classes"] == got["classes"]
+    assert b"/api/score" in get(site, "/score")[2]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,6 +83,41 @@ class ErrorsAnswer(_Out):
 
 class Done(_Out):
     done: str
+
+
+class ClassAnswer(_Out):
+    voc_class: str = Field(serialization_alias="class")
+    probability: float
+    present: bool = Field(description="probability at or above the detector's threshold")
+    threshold: float
+    detector_id: int
+
+
+class ScoreAnswer(_Out):
+    sha256: str
+    width: int
+    height: int
+    classes: list[ClassAnswer] = Field(description="every active detector's answer, the class most above its threshold first")
+
+
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+_scorer_lock = threading.Lock()
+
+
+def _scorer(request: Request, store, specs):
+    """The app's picture scorer for the active detectors, made again when they change (loaded once each per process)."""
+    from vocfleet.model.batcher import PictureScorer
+    from vocfleet.model.engine import resolve_device
+    from vocfleet.model.score import load_detectors
+
+    key = tuple((d.id, d.sha256) for d in specs)
+    with _scorer_lock:
+        held = getattr(request.app.state, "scorer", None)
+        if held is None or held[0] != key:
+            device = resolve_device()
+            held = (key, PictureScorer(load_detectors(specs, device, compile=False, store=store), device))
+            request.app.state.scorer = held
+    return held[1]
 
 
 @router.get("/runs", tags=["runs"])
@@ -172,6 +208,51 @@ def api_mistakes(s: DB, detector_id: RowId, limit: Annotated[int, Query(ge=1, le
 def api_jobs(s: DB) -> list[JobRecord]:
     """Every training job with its live epoch progress."""
     return web_db.job_list(s)
+
+
+@router.post(
+    "/score",
+    tags=["score"],
+    openapi_extra={"requestBody": {"required": True, "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}},
+)
+async def api_score(request: Request, store: Store) -> ScoreAnswer:
+    """Run one picture (the request's body: JPEG, PNG, WebP, BMP, GIF or TIFF, at most 32 MB) through every active
+    detector: each class's probability, whether it is present, and the detector. Nothing is stored; requests that
+    arrive together are scored in one batch."""
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise Problem(413, f"the picture is over {MAX_UPLOAD_BYTES // 2**20} MB: send a smaller one")
+    if not data:
+        raise Problem(400, "no picture: send its bytes as the request's body (curl --data-binary @photo.jpg)")
+    from vocfleet.db.registry import active_detectors
+    from vocfleet.model import DetectorUnavailable
+    from vocfleet.model.decode import BadImage
+    from vocfleet.model.score import DetectorSpec
+
+    def score() -> ScoreAnswer:
+        with session_scope() as s:
+            specs = [DetectorSpec.of(d) for d in active_detectors(s)]
+        if not specs:
+            raise Problem(409, "no active detector yet: train some first (vocfleet submit, then vocfleet run)")
+        try:
+            scorer = _scorer(request, store, specs)
+            decoded, probs = scorer.score(bytes(data))
+        except BadImage as exc:
+            raise Problem(400, f"not a picture vocfleet scores: {exc}") from None
+        except DetectorUnavailable as exc:
+            raise Problem(409, str(exc)) from None
+        answers = [
+            ClassAnswer(
+                voc_class=d.spec.voc_class, probability=float(p), present=bool(p >= d.spec.threshold), threshold=d.spec.threshold, detector_id=d.spec.id
+            )
+            for d, p in zip(scorer.detectors, probs, strict=True)
+        ]
+        answers.sort(key=lambda a: a.threshold - a.probability)
+        return ScoreAnswer(sha256=decoded.sha256, width=decoded.width, height=decoded.height, classes=answers)
+
+    return await run_in_threadpool(score)
 
 
 def _act(request: Request, what: str, change: Callable[[], str]) -> Done:

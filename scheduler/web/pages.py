@@ -84,6 +84,12 @@ def api_page(request: Request) -> HTMLResponse:
     return page(request, "api.html", title="API", endpoints=endpoints)
 
 
+@router.get("/score", response_class=HTMLResponse)
+def score_page(request: Request) -> HTMLResponse:
+    """An upload form for POST /api/score."""
+    return page(request, "score.html", title="Score a picture", origin=f"{request.url.scheme}://{request.url.netloc}")
+
+
 @router.get("/runs", response_class=HTMLResponse)
 def runs_page(request: Request, s: DB) -> HTMLResponse:
     return page(request, "runs.html", title="Scoring runs", runs=web_db.run_list(s))
