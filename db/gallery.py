@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
 from .models import Detector, Score, ScoredImage, ScoreRun, TrainJob
@@ -63,7 +63,8 @@ class GalleryQuery:
         min_prob, max_prob: a probability range of ``voc_class``. Without one, only the pictures
             where it is present; with one, absent pictures in the range too (near the threshold).
         folder: only files under this path (a folder the run scored, or a subfolder of one).
-        after: the page's start (the previous page's ``next``); ``limit``: pictures per page.
+        after: the page's start (the previous page's ``next``); before: the page that ends just
+            before this cursor (a page's ``previous``); ``limit``: pictures per page.
     """
 
     run_id: int
@@ -75,8 +76,11 @@ class GalleryQuery:
     folder: str | None = None
     after: Cursor | None = None
     limit: int = PAGE
+    before: Cursor | None = None
 
     def __post_init__(self) -> None:
+        if self.after is not None and self.before is not None:
+            raise ValueError("after and before: give one (the next page's cursor, or the previous page's)")
         if self.min_prob is not None and self.max_prob is not None and self.min_prob > self.max_prob:
             raise ValueError(f"min={self.min_prob:g} is above max={self.max_prob:g}: no picture can match; swap them")
 
@@ -95,10 +99,17 @@ class Tile:
     present: bool
 
 
+COUNT_CAP = 10_000  # counted exactly up to here; above, "more than" (a count stays an index range scan of at most this many rows)
+
+
 @dataclass(frozen=True)
 class GalleryPage:
     tiles: list[Tile]
     next: Cursor | None  # None: the last page
+    previous: Cursor | None = None  # the ``before`` of the page before; None: the first page
+    total: int = 0  # pictures matching the filter, at most COUNT_CAP
+    total_is_exact: bool = True  # False: more than COUNT_CAP
+    start: int | None = 1  # the first tile's position (1-based) among them; None: past COUNT_CAP
 
 
 def _like_prefix(path: str) -> str:
@@ -157,18 +168,49 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
     if q.folder:
         run = s.get(ScoreRun, q.run_id)
         stmt = stmt.where(_under(list(run.folders) if run else [], q.folder))
-    if q.after is not None:
-        # (present, probability, image id) < the cursor's, written so that the first two, which the
-        # index holds, bound the index scan; the image id only breaks ties.
-        a = q.after
-        head, at = tuple_(Score.present, Score.probability), tuple_(a.present, a.probability)
-        stmt = stmt.where(head <= at, or_(head < at, Score.image_id < a.image_id))
-    stmt = stmt.order_by(Score.present.desc(), Score.probability.desc(), Score.image_id.desc()).limit(q.limit + 1)
-    rows = s.execute(stmt).all()
-    tiles = [Tile(r.image_id, r.folder, r.rel_path, r.sha256, r.probability, r.threshold, r.probability - r.threshold, r.present) for r in rows[: q.limit]]
-    more = len(rows) > q.limit
-    last = tiles[-1] if tiles and more else None
-    return GalleryPage(tiles, Cursor(last.present, last.probability, last.image_id) if last else None)
+    order = (Score.present.desc(), Score.probability.desc(), Score.image_id.desc())
+    if q.before is not None:  # the page before: read upwards from the cursor, shown in the usual order
+        rows = s.execute(stmt.where(_ahead_of(q.before)).order_by(*(c.element.asc() for c in order)).limit(q.limit)).all()[::-1]
+        has_more_after = True
+    else:
+        rows = s.execute((stmt.where(_behind(q.after)) if q.after is not None else stmt).order_by(*order).limit(q.limit + 1)).all()
+        has_more_after = len(rows) > q.limit
+        rows = rows[: q.limit]
+    tiles = [Tile(r.image_id, r.folder, r.rel_path, r.sha256, r.probability, r.threshold, r.probability - r.threshold, r.present) for r in rows]
+    first, last = (_cursor(tiles[0]), _cursor(tiles[-1])) if tiles else (None, None)
+    total = _capped_count(s, stmt)
+    ahead = _capped_count(s, stmt.where(_ahead_of(first))) if first is not None else 0
+    return GalleryPage(
+        tiles,
+        last if has_more_after and tiles else None,
+        first if ahead else None,
+        min(total, COUNT_CAP),
+        total <= COUNT_CAP,
+        ahead + 1 if ahead <= COUNT_CAP else None,
+    )
+
+
+def _cursor(t: Tile) -> Cursor:
+    return Cursor(t.present, t.probability, t.image_id)
+
+
+def _behind(a: Cursor):
+    """(present, probability, image id) after the cursor's in gallery order, written so that the first two,
+    which the index holds, bound the index scan; the image id only breaks ties."""
+    head, at = tuple_(Score.present, Score.probability), tuple_(a.present, a.probability)
+    return and_(head <= at, or_(head < at, Score.image_id < a.image_id))
+
+
+def _ahead_of(a: Cursor):
+    """Before the cursor in gallery order (the pictures shown on earlier pages)."""
+    head, at = tuple_(Score.present, Score.probability), tuple_(a.present, a.probability)
+    return and_(head >= at, or_(head > at, Score.image_id > a.image_id))
+
+
+def _capped_count(s: Session, stmt) -> int:
+    """How many rows ``stmt`` gives, counting at most COUNT_CAP + 1 of them (an index range, never the whole run)."""
+    inner = stmt.with_only_columns(Score.image_id).order_by(None).limit(COUNT_CAP + 1).subquery()
+    return int(s.scalar(select(func.count()).select_from(inner)))
 
 
 @dataclass(frozen=True)

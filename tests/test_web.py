@@ -176,16 +176,25 @@ def test_every_endpoint_answers_with_the_data_the_cli_shows(site):
 
 
 def test_gallery_pages_follow_each_other_and_filters_combine(site):
-    seen, after, pages = [], "", 0
+    seen, after, pages, answers = [], "", 0, []
     while True:
         status, page = api(site, f"/api/runs/1/gallery?class=dog&min=0&limit=25{after}")
-        assert status == 200
+        assert status == 200 and (page["total"], page["total_is_exact"], page["start"]) == (120, True, 1 + 25 * pages)  # where you are
+        assert (page["previous"] is None) == (pages == 0)
         seen += page["pictures"]
+        answers.append(page)
         pages += 1
         if page["next"] is None:
             break
         after = f"&after={page['next']}"
     assert pages == 5 and len(seen) == 120 and len({p["image_id"] for p in seen}) == 120  # every picture once, over five pages
+    for i in (4, 1):  # back from a page: the page before it, the same pictures
+        back = api(site, f"/api/runs/1/gallery?class=dog&min=0&limit=25&before={answers[i]['previous']}")[1]
+        assert back["pictures"] == answers[i - 1]["pictures"] and back["start"] == 1 + 25 * (i - 1) and back["next"] == answers[i - 1]["next"]
+    html = get(site, f"/runs/1?class=dog&min=0&limit=25&after={answers[0]['next']}")[2].decode()
+    assert "pictures 26–50 of 120" in html and 'id=previous href="/runs/1?' in html and "id=next" in html
+    relative = api(site, "/api/runs/1/gallery?class=dog&min=0&limit=200&folder=park")[1]  # as tiles show paths
+    assert relative["total"] == 60 and all(p["rel_path"].startswith("park/") for p in relative["pictures"])
     keys = [(p["present"], p["probability"], p["image_id"]) for p in seen]
     assert keys == sorted(keys, reverse=True)  # present first, then by probability
 

@@ -62,6 +62,10 @@ class GalleryAnswer(_Out):
     voc_class: str | None = Field(serialization_alias="class")
     pictures: list[gallery_db.Tile]
     next: str | None = Field(description="the next page's 'after'; null on the last page")
+    previous: str | None = Field(None, description="the previous page's 'before'; null on the first page")
+    total: int = Field(0, description="pictures matching the filter (counted up to 10,000)")
+    total_is_exact: bool = Field(True, description="false: more than 'total'")
+    start: int | None = Field(None, description="the first picture's position among them (1-based); null past 10,000")
 
 
 class CompareAnswer(_Out):
@@ -143,13 +147,15 @@ def api_gallery(
     max: Prob = None,
     folder: Annotated[str | None, Query(description="only files under this folder")] = None,
     after: Annotated[str | None, Query(description="the previous page's 'next'")] = None,
+    before: Annotated[str | None, Query(description="the next page's 'previous'")] = None,
     limit: Limit = gallery_db.PAGE,
 ) -> GalleryAnswer:
     """A page of the pictures where a class is present (or, with min/max, whose probability is in a range), highest first."""
-    _, q, result = gallery(s, run_id, voc_class, also, without, min, max, folder, after, limit)
+    _, q, result = gallery(s, run_id, voc_class, also, without, min, max, folder, after, limit, before)
     if result is None:
         return GalleryAnswer(voc_class=None, pictures=[], next=None)
-    return GalleryAnswer(voc_class=q.voc_class, pictures=result.tiles, next=result.next.encode() if result.next else None)
+    cursors = {k: c.encode() if (c := getattr(result, k)) else None for k in ("next", "previous")}
+    return GalleryAnswer(voc_class=q.voc_class, pictures=result.tiles, total=result.total, total_is_exact=result.total_is_exact, start=result.start, **cursors)
 
 
 @router.get("/runs/{run_id}/compare", tags=["runs"])

@@ -102,7 +102,7 @@ def detector_or_404(s: Session, detector_id: int) -> web_db.DetectorView:
 
 
 def gallery(
-    s: Session, run_id: int, voc_class: str | None, also: str | None, without: str | None, min_prob, max_prob, folder, after, limit
+    s: Session, run_id: int, voc_class: str | None, also: str | None, without: str | None, min_prob, max_prob, folder, after, limit, before=None
 ) -> tuple[web_db.RunView, gallery_db.GalleryQuery | None, gallery_db.GalleryPage | None]:
     """A run, the query its gallery asks, and the page (no query or page where the run scored no class)."""
     view = run_or_404(s, run_id)
@@ -115,10 +115,21 @@ def gallery(
             raise Problem(400, f"class={name!r}: run {run_id} scored {', '.join(sorted(known)) or 'no class'}")
     try:
         cursor = gallery_db.Cursor.decode(after) if after else None
-        q = gallery_db.GalleryQuery(run_id, cls, class_list(also), class_list(without), min_prob, max_prob, folder or None, cursor, limit)
+        back = gallery_db.Cursor.decode(before) if before else None
+        folder = _in_run(view, folder) if folder else None
+        q = gallery_db.GalleryQuery(run_id, cls, class_list(also), class_list(without), min_prob, max_prob, folder, cursor, limit, back)
         return view, q, gallery_db.gallery_page(s, q)
     except ValueError as exc:
         raise Problem(400, str(exc)) from None
+
+
+def _in_run(view: web_db.RunView, folder: str) -> str:
+    """A folder filter as given: a path, or one relative to the run's folder (``phone``, as tiles show paths)."""
+    if folder.startswith("/"):
+        return folder
+    if len(view.folders) != 1:
+        raise Problem(400, f"folder={folder!r}: run {view.run_id} scored {len(view.folders)} folders; give the full path of one ({', '.join(view.folders)})")
+    return f"{view.folders[0].rstrip('/')}/{folder.strip('/')}"
 
 
 def compare(s: Session, run_id: int, other: int, voc_class: str, offset: int, limit: int) -> tuple[web_db.RunView, list[gallery_db.Disagreement]]:

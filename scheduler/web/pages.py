@@ -107,14 +107,17 @@ def run_page(
     max: str | None = None,
     folder: str | None = None,
     after: str | None = None,
+    before: str | None = None,
     limit: Limit = gallery_db.PAGE,
 ) -> HTMLResponse:
-    view, q, result = gallery(s, run_id, voc_class, also, without, form_prob("min", min), form_prob("max", max), folder, after, limit)
-    params = {k: v for k, v in request.query_params.items() if k != "after"}
+    view, q, result = gallery(s, run_id, voc_class, also, without, form_prob("min", min), form_prob("max", max), folder, after, limit, before)
+    params = {k: v for k, v in request.query_params.items() if k not in ("after", "before")}
     next_url = f"/runs/{run_id}?{urlencode({**params, 'after': result.next.encode()})}" if result and result.next else None
-    first_url = f"/runs/{run_id}?{urlencode(params)}" if after else None
+    previous_url = f"/runs/{run_id}?{urlencode({**params, 'before': result.previous.encode()})}" if result and result.previous else None
+    first_url = f"/runs/{run_id}?{urlencode(params)}" if result and result.previous else None
     others = [r for r in web_db.run_list(s) if r.run_id != run_id]
-    return page(request, "run.html", title=f"Run {run_id}", run=view, q=q, result=result, next_url=next_url, first_url=first_url, other_runs=others)
+    urls = {"next_url": next_url, "previous_url": previous_url, "first_url": first_url}
+    return page(request, "run.html", title=f"Run {run_id}", run=view, q=q, result=result, other_runs=others, **urls)
 
 
 @router.get("/runs/{run_id}/compare", response_class=HTMLResponse)
