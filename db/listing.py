@@ -178,7 +178,7 @@ def job_records(conn: Any) -> list[JobRecord]:
 def run_records(conn: Any) -> list[RunRecord]:
     """Every scoring run with its counts, oldest first."""
     sql = (
-        "SELECT id, status, folders, classes, total_files, scored_images, error_files, created_at, finished_at, error, name, tags, note "
+        "SELECT id, status, folders, classes, total_files, scored_images, error_files, created_at, finished_at, error, name, tags, note, reused "
         "FROM score_runs ORDER BY id"
     )
     return [
@@ -193,6 +193,7 @@ def run_records(conn: Any) -> list[RunRecord]:
             created=timestamp(r["created_at"]),
             finished=timestamp(r["finished_at"]),
             error=_first_line(r["error"]),
+            reused=r["reused"],
             name=r["name"],
             tags=json_value(r["tags"]) or {},
             note=r["note"],

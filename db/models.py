@@ -6,7 +6,26 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, ColumnElement, DateTime, Enum, ForeignKey, Index, String, Table, Text, UniqueConstraint, exists, or_, text, true
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    ColumnElement,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    exists,
+    false,
+    or_,
+    text,
+    true,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column, relationship
 
@@ -199,8 +218,10 @@ class ScoreRun(Labelled, Claimable, Base):
     total_files: Mapped[int | None]
     scored_images: Mapped[int] = mapped_column(default=0)
     error_files: Mapped[int] = mapped_column(default=0)
-    # class -> pictures where it is present, written when the run ends (a run's page at a million pictures)
+    # class -> pictures where it is present, kept as chunks land (a run's page at a million pictures)
     class_counts: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
+    reused: Mapped[int] = mapped_column(default=0, server_default="0")  # pictures taken from earlier runs, not decoded again
+    fresh: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # score --fresh: reuse nothing
 
     def __repr__(self) -> str:
         return f"ScoreRun(id={self.id}, status={self.status.value}, scored={self.scored_images}, errors={self.error_files}, total={self.total_files})"
@@ -253,6 +274,7 @@ class ScoredImage(RunFile, Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     width: Mapped[int]
     height: Mapped[int]
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)  # when scored: with the size, a later run knows the file unchanged unread
 
     def __repr__(self) -> str:
         return f"ScoredImage(id={self.id}, run={self.run_id}, path={self.rel_path!r})"

@@ -49,6 +49,7 @@ class RunRecord:
     created: datetime | None
     finished: datetime | None
     error: str | None  # the first line of why it failed
+    reused: int = 0  # of ``scored``, pictures taken from earlier runs (same content), not decoded again
     name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     note: str | None = None

@@ -34,6 +34,7 @@ class RunState:
     scored_images: int
     error_files: int
     error: str | None
+    reused: int = 0  # of scored_images, taken from earlier runs
 
 
 def run_state(s: Session, run_id: int) -> RunState | None:
@@ -41,13 +42,24 @@ def run_state(s: Session, run_id: int) -> RunState | None:
     run = s.get(ScoreRun, run_id)
     if run is None:
         return None
-    return RunState(run.id, run.status, list(run.classes), run.total_files, run.scored_images, run.error_files, run.error)
+    return RunState(run.id, run.status, list(run.classes), run.total_files, run.scored_images, run.error_files, run.error, run.reused)
 
 
 def create_run(
-    s: Session, folders: list[str], detectors: Sequence[Detector], *, batch_size: int, max_attempts: int, shard_size: int = 2000, labels: Labels | None = None
+    s: Session,
+    folders: list[str],
+    detectors: Sequence[Detector],
+    *,
+    batch_size: int,
+    max_attempts: int,
+    shard_size: int = 2000,
+    labels: Labels | None = None,
+    fresh: bool = False,
 ) -> ScoreRun:
     """Add a queued scoring run of ``folders`` with ``detectors`` (and ``labels``: name, tags, note); its id is set on return.
+
+    A picture an earlier run scored (the same content) is not decoded again: its scores are taken
+    for the detectors that scored it, and only the others run; ``fresh``: decode and score everything.
 
     Folders are stored with links resolved (``/tmp`` on macOS is one), as the CLI does: the scan
     refuses a link that leads out of its folder, and a folder named through a link would be one.
@@ -63,6 +75,7 @@ def create_run(
         tags=(labels.tags or None) if labels else None,
         note=labels.note if labels else None,
         class_counts={d.voc_class: 0 for d in detectors},  # counted as chunks land (score_writer.store_chunk)
+        fresh=fresh,
     )
     s.add(run)
     s.flush()

@@ -38,6 +38,7 @@ def store_chunk(
     images: Sequence[dict[str, Any]],
     scores: Sequence[Sequence[tuple[int, str, float, bool]]],
     errors: Sequence[dict[str, str]],
+    reused: int = 0,
 ) -> bool:
     """Write one chunk of a shard in one transaction: images, their scores, and per-file errors.
 
@@ -47,6 +48,7 @@ def store_chunk(
         images: rows for :class:`ScoredImage` (folder, rel_path, size_bytes, sha256, width, height).
         scores: per image, (detector_id, voc_class, probability, present) for every detector.
         errors: rows for :class:`FileError` (folder, rel_path, reason).
+        reused: how many of ``images`` were taken from earlier runs (not decoded again).
     Returns:
         False if the claim was lost (nothing written).
     """
@@ -66,7 +68,9 @@ def store_chunk(
     # The run's counts are the sum of its shards' chunks. An atomic increment, last, so the run
     # row is locked only while this transaction commits, however many workers write at once.
     s.execute(
-        update(ScoreRun).where(ScoreRun.id == run_id).values(scored_images=ScoreRun.scored_images + len(images), error_files=ScoreRun.error_files + len(errors))
+        update(ScoreRun)
+        .where(ScoreRun.id == run_id)
+        .values(scored_images=ScoreRun.scored_images + len(images), error_files=ScoreRun.error_files + len(errors), reused=ScoreRun.reused + reused)
     )
     present = Counter(cls for per_image in scores for _, cls, _, is_present in per_image if is_present)
     if present:
@@ -81,7 +85,7 @@ def store_chunk(
 
 
 SCORE_COLUMNS = ("run_id", "image_id", "detector_id", "voc_class", "probability", "present")
-IMAGE_COLUMNS = ("id", "run_id", "folder", "rel_path", "size_bytes", "sha256", "width", "height")
+IMAGE_COLUMNS = ("id", "run_id", "folder", "rel_path", "size_bytes", "sha256", "width", "height", "mtime_ns")
 
 
 def _postgres(s: Session) -> bool:
@@ -101,7 +105,7 @@ def _insert_images(s: Session, run_id: int, images: Sequence[dict[str, Any]]) ->
     if _postgres(s):
         # Ids drawn from the sequence in one round trip, then one COPY (RETURNING costs ~40 ms a chunk).
         ids = list(s.scalars(text("SELECT nextval(pg_get_serial_sequence('scored_images', 'id')) FROM generate_series(1, :n)"), {"n": len(images)}))
-        _copy(s, "scored_images", IMAGE_COLUMNS, ((i, run_id, *(img[c] for c in IMAGE_COLUMNS[2:])) for i, img in zip(ids, images, strict=True)))
+        _copy(s, "scored_images", IMAGE_COLUMNS, ((i, run_id, *(img.get(c) for c in IMAGE_COLUMNS[2:])) for i, img in zip(ids, images, strict=True)))
         return ids
     return list(s.scalars(insert(ScoredImage).returning(ScoredImage.id, sort_by_parameter_order=True), [{"run_id": run_id, **img} for img in images]))
 

@@ -8,15 +8,19 @@ one shard and scores its files; each ended shard tries to end its run. No Celery
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 
 from sqlalchemy import select
 
 from vocfleet.db.claims import end_job
 from vocfleet.db.models import Detector, JobStatus, ScoreRun, ScoreShard
+from vocfleet.db.reuse import Known, earlier_runs, known_pictures, sha_by_path
 from vocfleet.db.runs import add_shard, finish_run_if_done, finish_scan, scan_position
 from vocfleet.db.score_writer import recorded_paths, store_chunk
 from vocfleet.db.session import session_scope
@@ -24,7 +28,7 @@ from vocfleet.db.settings import get_settings
 from vocfleet.model import ConfigError
 from vocfleet.model.artifacts import ArtifactStore
 from vocfleet.model.engine import Stopped, resolve_device
-from vocfleet.model.scan import FileEntry, entry_key, iter_scan
+from vocfleet.model.scan import MAX_FILE_BYTES, FileEntry, UnsafeFile, entry_key, iter_scan, read_inside
 from vocfleet.model.score import DetectorSpec, iter_chunks, load_detectors
 
 from . import metrics
@@ -211,7 +215,7 @@ def _score_shard(shard_id: int, token: str, run_id: int, hb: Heartbeat, tally: T
         run = s.get(ScoreRun, run_id)
         if run.cancel_requested:
             raise RunCancelled("the run was cancelled")
-        folders, detector_ids, batch_size = list(run.folders), list(run.detector_ids), run.batch_size
+        folders, detector_ids, batch_size, fresh = list(run.folders), list(run.detector_ids), run.batch_size, run.fresh
         files = s.get(ScoreShard, shard_id).files
         dets = {d.id: d for d in s.scalars(select(Detector).where(Detector.id.in_(detector_ids)))}
         missing = [i for i in detector_ids if i not in dets]
@@ -225,34 +229,127 @@ def _score_shard(shard_id: int, token: str, run_id: int, hb: Heartbeat, tally: T
         already = recorded_paths(s, run_id, [(f, p) for f, p, _ in listed])
     todo = [FileEntry(f, p) for f, p, reason in listed if reason is None and (f, p) not in already]
     pending_errors = [{"folder": f, "rel_path": p, "reason": reason} for f, p, reason in listed if reason is not None and (f, p) not in already]
-    device = resolve_device()
+    writer = _ShardWriter(shard_id, token, hb, tally, specs, pending_errors)
+    plan = _plan(run_id, todo, detector_ids) if not fresh else _Plan(stats={e: m for e, (_, m) in _sizes(todo).items()}, compute={(): todo})
+    for chunk_start in range(0, len(plan.reused), SCORE_CHUNK):  # known pictures: no decode, no detector
+        part = plan.reused[chunk_start : chunk_start + SCORE_CHUNK]
+        writer.write([(e, k.sha256, k.width, k.height, k.size_bytes, plan.stats.get(e), k.scores) for e, k in part], [], reused=len(part))
+        tally.finished(len(part))
+    if not plan.compute:  # every picture known: no detector is loaded
+        writer.flush_errors()
+        return
     settings = get_settings()
+    device = resolve_device()
     loaded = load_detectors(specs, device, compile=settings.score_compile, store=ArtifactStore.from_settings(settings))
-    started = time.monotonic()  # a chunk's time: decoding and the detectors (inside the iterator), then the write
-    for chunk in iter_chunks(todo, loaded, device, chunk_size=SCORE_CHUNK, batch_size=batch_size, threads=settings.decode_threads, on_files=tally.finished):
-        if hb.should_stop():
+    run = partial(_compute, writer, device=device, batch_size=batch_size, threads=settings.decode_threads, stats=plan.stats)
+    changed = [e for have, entries in plan.compute.items() for e in run(entries, [d for d in loaded if d.spec.id not in have], plan.known if have else {})]
+    if changed:  # a file changed under an unchanged size and time: every detector after all
+        run(changed, loaded, {})
+    writer.flush_errors()
+
+
+def _compute(writer: _ShardWriter, entries, detectors, known, *, device, batch_size: int, threads: int, stats) -> list[FileEntry]:
+    """Decode ``entries`` and run ``detectors`` (those the pictures lack), merged with what ``known`` holds of each.
+
+    Returns the entries whose content is not the content ``known`` has (they need every detector).
+    """
+    changed = []
+    for chunk in iter_chunks(entries, detectors, device, chunk_size=SCORE_CHUNK, batch_size=batch_size, threads=threads, on_files=writer.tally.finished):
+        rows = []
+        for j, f in enumerate(chunk.scored):
+            earlier = known.get(f.entry)
+            if known and (earlier is None or earlier.sha256 != f.sha256):
+                changed.append(f.entry)
+                continue
+            scores = dict(earlier.scores) if earlier else {}
+            scores.update({d.spec.id: (float(chunk.probs[k, j]), bool(chunk.probs[k, j] >= d.spec.threshold)) for k, d in enumerate(detectors)})
+            rows.append((f.entry, f.sha256, f.width, f.height, f.size_bytes, stats.get(f.entry), scores))
+        writer.write(rows, chunk.errors)
+    return changed
+
+
+@dataclass
+class _Plan:
+    """A shard's files sorted by what earlier runs know: reused whole, or computed for the detectors they lack."""
+
+    stats: dict[FileEntry, int] = field(default_factory=dict)  # mtime_ns as the file is now
+    reused: list[tuple[FileEntry, Known]] = field(default_factory=list)
+    compute: dict[tuple[int, ...], list[FileEntry]] = field(default_factory=dict)  # detectors it has -> files
+    known: dict[FileEntry, Known] = field(default_factory=dict)
+
+
+def _sizes(entries: list[FileEntry]) -> dict[FileEntry, tuple[int, int]]:
+    """(size, mtime_ns) of each file as it is now; a file gone or unreadable is left out (decoding records why)."""
+    out = {}
+    for e in entries:
+        try:
+            st = os.stat(e.path)
+        except OSError:
+            continue
+        out[e] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _plan(run_id: int, todo: list[FileEntry], detector_ids: list[int]) -> _Plan:
+    """What earlier runs know of ``todo``: by path where size and time are unchanged (unread), else by content (hashed here)."""
+    sizes = _sizes(todo)
+    sha: dict[FileEntry, str] = {}
+    with session_scope() as s:
+        for folder in {e.folder for e in todo}:
+            runs = earlier_runs(s, run_id, folder)
+            mine = {e.rel_path: sizes[e] for e in todo if e.folder == folder and e in sizes}
+            if runs and mine:
+                sha.update({FileEntry(folder, p): h for p, h in sha_by_path(s, runs, folder, mine).items()})
+    for e in todo:  # not recognised by path: hash it (reading is cheap beside decoding), to find a renamed or copied picture
+        if e not in sha and e in sizes:
+            try:
+                sha[e] = hashlib.sha256(read_inside(e.folder, e.rel_path, MAX_FILE_BYTES)).hexdigest()
+            except (OSError, UnsafeFile):
+                pass  # decoding records why
+    with session_scope() as s:
+        known = known_pictures(s, sha.values(), detector_ids) if sha else {}
+    plan = _Plan(stats={e: m for e, (_, m) in sizes.items()})
+    for e in todo:
+        k = known.get(sha.get(e, ""))
+        have = tuple(sorted(k.scores)) if k is not None else ()
+        if k is not None and len(have) == len(detector_ids):
+            plan.reused.append((e, k))
+        else:
+            plan.compute.setdefault(have, []).append(e)
+            if k is not None:
+                plan.known[e] = k
+    return plan
+
+
+class _ShardWriter:
+    """Writes a shard's rows chunk by chunk under its claim: pictures, their scores in the run's detector order, errors."""
+
+    def __init__(self, shard_id: int, token: str, hb: Heartbeat, tally: Tally, specs: list[DetectorSpec], pending_errors: list[dict]):
+        self.shard_id, self.token, self.hb, self.tally, self.specs = shard_id, token, hb, tally, specs
+        self.pending_errors = pending_errors  # the scan's errors, written with the first chunk
+        self.started = time.monotonic()
+
+    def write(self, rows: list[tuple], errors: list[tuple[FileEntry, str]], reused: int = 0) -> None:
+        """``rows``: (entry, sha256, width, height, size, mtime_ns, {detector id: (probability, present)})."""
+        if self.hb.should_stop():
             raise Stopped("stopped between chunks")
         images = [
-            {"folder": f.entry.folder, "rel_path": f.entry.rel_path, "size_bytes": f.size_bytes, "sha256": f.sha256, "width": f.width, "height": f.height}
-            for f in chunk.scored
+            {"folder": e.folder, "rel_path": e.rel_path, "size_bytes": size, "sha256": sha, "width": w, "height": h, "mtime_ns": mtime}
+            for e, sha, w, h, size, mtime, _ in rows
         ]
-        scores = [
-            [(d.spec.id, d.spec.voc_class, float(chunk.probs[k, j]), bool(chunk.probs[k, j] >= d.spec.threshold)) for k, d in enumerate(loaded)]
-            for j in range(len(chunk.scored))
-        ]
-        errors = pending_errors + [{"folder": e.folder, "rel_path": e.rel_path, "reason": r} for e, r in chunk.errors]
+        scores = [[(d.id, d.voc_class, *sc[d.id]) for d in self.specs] for *_, sc in rows]
+        errs = self.pending_errors + [{"folder": e.folder, "rel_path": e.rel_path, "reason": r} for e, r in errors]
         with session_scope() as s:
-            if not store_chunk(s, shard_id, token, images, scores, errors):
+            if not store_chunk(s, self.shard_id, self.token, images, scores, errs, reused=reused):
                 raise Stopped("claim lost")
         metrics.IMAGES_SCORED.inc(len(images))
-        metrics.FILES_ERRORED.inc(len(errors))
-        metrics.CHUNK_SECONDS.observe(time.monotonic() - started)
-        started = time.monotonic()
-        tally.finished(len(pending_errors))  # the scan's errors, written with this chunk
-        pending_errors = []
-    if pending_errors:  # nothing left to decode, only the scan's errors to record
-        with session_scope() as s:
-            if not store_chunk(s, shard_id, token, [], [], pending_errors):
-                raise Stopped("claim lost")
-        metrics.FILES_ERRORED.inc(len(pending_errors))
-        tally.finished(len(pending_errors))
+        metrics.FILES_ERRORED.inc(len(errs))
+        metrics.CHUNK_SECONDS.observe(time.monotonic() - self.started)
+        self.started = time.monotonic()
+        self.tally.finished(len(self.pending_errors))
+        self.pending_errors = []
+
+    def flush_errors(self) -> None:
+        """The scan's errors, when nothing was left to write them with."""
+        if self.pending_errors:
+            self.write([], [])

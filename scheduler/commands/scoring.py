@@ -65,6 +65,7 @@ def _detectors_for(s, classes: str | None) -> list:
 @click.option("--max-attempts", type=int, default=3, help="Attempts per shard before a shard whose worker keeps dying fails.")
 @click.option("--shard-size", type=int, default=2000, help="Files per shard: the unit of work one score worker takes at a time.")
 @click.option("--wait", is_flag=True, help="In a fleet: show progress until the run has finished.")
+@click.option("--fresh", is_flag=True, help="Decode and score every picture again (by default one scored before, same content, is reused).")
 @labels_options
 @action_format_option
 def score(
@@ -74,6 +75,7 @@ def score(
     max_attempts: int,
     shard_size: int,
     wait: bool,
+    fresh: bool,
     fmt: str,
     name: str | None,
     tags: tuple[str, ...],
@@ -85,6 +87,10 @@ def score(
     shards are scored now, one after another, with progress; in a fleet every score worker takes
     shards of the run at once. Files that are not pictures, broken or unsafe are recorded with a
     reason. A folder given twice, or inside another given folder, is scored once.
+
+    Only what changed is computed: a picture an earlier run scored (the same content: known by its
+    size and modification time where unchanged, else by its sha256) is not decoded again, its
+    scores are reused, and only the detectors it lacks run on it. --fresh scores everything.
     """
     from vocfleet.db.models import ScoreRun
     from vocfleet.db.runs import create_run
@@ -98,7 +104,9 @@ def score(
     resolved = [str(f) for f in distinct_folders([check_score_folder(f) for f in folders])]
     check_broker()
     with database() as s:
-        run = create_run(s, resolved, _detectors_for(s, classes), batch_size=batch_size, max_attempts=max_attempts, shard_size=shard_size, labels=labels)
+        run = create_run(
+            s, resolved, _detectors_for(s, classes), batch_size=batch_size, max_attempts=max_attempts, shard_size=shard_size, labels=labels, fresh=fresh
+        )
         run_id, names = run.id, list(run.classes)
     if executor().fleet:
         executor().hand_over(ScoreRun, [run_id])
@@ -119,9 +127,16 @@ def _run_result(run) -> dict:
         "classes": list(run.classes),
         "files": run.total_files,
         "scored": run.scored_images,
+        "reused": run.reused,
         "errors": run.error_files,
         "reason": run.error,
     }
+
+
+def _said(result: dict) -> str:
+    """What a finished run did, in one phrase: scored (reused of them), not scored, of seen."""
+    reused = f" ({result['reused']} reused from earlier runs, {result['scored'] - result['reused']} computed)" if result["reused"] else ""
+    return f"{result['scored']} image(s) scored{reused}, {result['errors']} file(s) not scored, of {_seen(result['files'])} seen"
 
 
 def _seen(total: int | None) -> str:
@@ -145,8 +160,7 @@ def _wait_for_run(run_id: int, fmt: str = "text", interval: float = 1.0) -> None
             if status.finished:
                 break
             time.sleep(interval)
-    said = f"{result['scored']} image(s) scored, {result['errors']} file(s) not scored, of {_seen(total)} seen"  # as the embedded run says it
-    say(fmt, f"run {run_id} {status.value}: {said}" + (f": vocfleet results {run_id} --errors" if result["errors"] else ""))
+    say(fmt, f"run {run_id} {status.value}: {_said(result)}" + (f": vocfleet results {run_id} --errors" if result["errors"] else ""))
     emit(fmt, result)
     if status != JobStatus.succeeded:
         click.echo(f"vocfleet: error: run {run_id} {status.value}: {error or 'no reason recorded'}", err=True)
@@ -172,9 +186,7 @@ def _run_scoring(run_id: int, names: list[str], fmt: str = "text") -> None:
         run = run_state(s, run_id)
         errors = error_rows(s, run_id, limit=50)
         result = _run_result(run)
-        say(
-            fmt, f"run {run_id} {run.status.value}: {run.scored_images} image(s) scored, {run.error_files} file(s) not scored, of {_seen(run.total_files)} seen"
-        )
+        say(fmt, f"run {run_id} {run.status.value}: {_said(result)}")
         if run.error:
             click.echo(f"reason: {run.error}", err=True)
     if errors:
@@ -233,7 +245,7 @@ def runs(fmt: str, **filters: Any) -> None:
         click.echo(f"none of the {len(every)} runs match")
         return
     shown, labels = with_labels([columns(r) for r in rows], fmt)
-    click.echo(render(shown, ["run", *labels, "status", "files", "scored", "errors", "classes", "created", "finished", "folders", "error"], fmt))
+    click.echo(render(shown, ["run", *labels, "status", "files", "scored", "reused", "errors", "classes", "created", "finished", "folders", "error"], fmt))
     more_line(fmt, more, "runs")
 
 

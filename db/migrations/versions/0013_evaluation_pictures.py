@@ -1,4 +1,4 @@
-"""each detector's evaluation pictures: their label and its probability, to show where it is right and wrong
+"""each detector's evaluation pictures (where it is right and wrong), and what incremental scoring needs
 
 Revision ID: 0013
 Revises: 0012
@@ -8,7 +8,13 @@ Create Date: 2026-12-02 21:00:00
 class is in it, the detector's probability), written with the detector when its job ends. Its
 false positives, false negatives and the pictures near its threshold are read from here.
 
-A new table only: 0012 code reads and writes what it always did (its detectors have none).
+``scored_images.mtime_ns``: the file's modification time when it was scored, so a later run of the
+same folder knows an unchanged file by its size and time without reading it. ``score_runs.reused``:
+pictures a run took from earlier runs instead of decoding them; ``score_runs.fresh``: a run asked
+to score everything again (``score --fresh``).
+
+A new table and columns with defaults: 0012 code reads and writes what it always did (its
+detectors keep no pictures, its runs reuse nothing).
 """
 
 import sqlalchemy as sa
@@ -18,7 +24,7 @@ revision = "0013"
 down_revision = "0012"
 branch_labels = None
 depends_on = None
-older_code_ok = True  # a new table that older code never reads or writes
+older_code_ok = True  # a new table and defaulted columns that older code never reads or writes
 
 
 def upgrade() -> None:
@@ -27,11 +33,21 @@ def upgrade() -> None:
         sa.Column("detector_id", sa.Integer(), sa.ForeignKey("detectors.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("picture", sa.String(64), primary_key=True),
         sa.Column("label", sa.Boolean(), nullable=False),
-        sa.Column("probability", sa.Float(), nullable=False),
+        sa.Column("probability", sa.Double(), nullable=False),
     )
     op.create_index("ix_evaluation_pictures_ranked", "evaluation_pictures", ["detector_id", "label", "probability"])
+    with op.batch_alter_table("scored_images") as batch:
+        batch.add_column(sa.Column("mtime_ns", sa.BigInteger(), nullable=True))
+    with op.batch_alter_table("score_runs") as batch:
+        batch.add_column(sa.Column("reused", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("fresh", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("score_runs") as batch:
+        batch.drop_column("fresh")
+        batch.drop_column("reused")
+    with op.batch_alter_table("scored_images") as batch:
+        batch.drop_column("mtime_ns")
     op.drop_index("ix_evaluation_pictures_ranked", table_name="evaluation_pictures")
     op.drop_table("evaluation_pictures")
