@@ -123,3 +123,14 @@ def evaluation_file(s: Session, detector_id: int, picture: str) -> tuple[str, st
     if row is None or not row.config.get("voc_root"):
         return None
     return str(Path(row.config["voc_root"]) / "JPEGImages"), f"{picture}.jpg"
+
+
+def judged(s: Session, detector_ids: list[int]) -> dict[int, tuple[list[float], list[bool]]]:
+    """Detector id -> (probabilities, labels) of its evaluation pictures (none for a detector from before 0.10)."""
+    out: dict[int, tuple[list[float], list[bool]]] = {}
+    q = select(EvaluationPicture.detector_id, EvaluationPicture.probability, EvaluationPicture.label).where(EvaluationPicture.detector_id.in_(detector_ids))
+    for detector_id, probability, label in s.execute(q):
+        probs, labels = out.setdefault(detector_id, ([], []))
+        probs.append(probability)
+        labels.append(label)
+    return out

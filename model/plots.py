@@ -92,25 +92,50 @@ def save_training_plots(
     return {"curves": str(curves), "pr": str(pr)}
 
 
-def save_comparison_plot(out: Path | BinaryIO, curves: dict[str, Sequence[EpochRecord]], *, title: str) -> Path | BinaryIO:
+def save_comparison_plot(
+    out: Path | BinaryIO,
+    curves: dict[str, Sequence[EpochRecord]],
+    *,
+    title: str,
+    pr: dict[str, tuple[Sequence[float], Sequence[bool]]] | None = None,
+) -> Path | BinaryIO:
     """Overlay several detectors' training curves in one PNG: training loss and validation AP per epoch, one colour each.
 
     Args:
         out: the PNG to write (its folder is created), or a binary file to write it to.
         curves: a label per detector (``"7 car lr 0.001"``) -> its epochs, in order.
         title: above both panels.
+        pr: the same labels -> (probabilities, labels) of their evaluation pictures: a third panel
+            overlays their precision-recall curves.
     """
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
     if isinstance(out, Path):
         out.parent.mkdir(parents=True, exist_ok=True)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 3 if pr else 2, figsize=(15 if pr else 10, 3.8))
+    ax1, ax2 = axes[0], axes[1]
+    colours = {}
     for label, history in curves.items():
         epochs = [h.epoch for h in history]
         (line,) = ax1.plot(epochs, [h.train_loss for h in history], "o-", ms=3, label=label)
+        colours[label] = line.get_color()
         ax1.plot(epochs, [h.val_loss for h in history], "--", color=line.get_color(), lw=1)
         ax2.plot(epochs, [h.val_ap for h in history], "o-", ms=3, color=line.get_color(), label=label)
+    if pr:
+        ax3 = axes[2]
+        for label, (probs, labels) in pr.items():
+            order = np.argsort(-np.asarray(probs, dtype=float), kind="stable")
+            hits = np.asarray(labels, dtype=bool)[order]
+            tp = np.cumsum(hits)
+            if tp.size and tp[-1]:
+                ax3.plot(tp / tp[-1], tp / np.arange(1, tp.size + 1), color=colours.get(label), lw=1.2, label=label)
+        ax3.set_title("precision-recall (evaluation pictures)")
+        ax3.set_xlabel("recall")
+        ax3.set_ylabel("precision")
+        ax3.set_xlim(0, 1)
+        ax3.set_ylim(0, 1.02)
+        ax3.grid(alpha=0.3)
     ax1.set_title("loss (solid: training, dashed: validation)")
     ax2.set_title("validation AP")
     for ax in (ax1, ax2):

@@ -165,6 +165,15 @@ def test_every_endpoint_answers_with_the_data_the_cli_shows(site):
         status, headers, body = get(site, page)
         assert status == 200 and headers["content-type"].startswith("text/html") and b"<h1>" in body, page
 
+    dogs = sorted(d["detector_id"] for d in registry[1]["detectors"])
+    status, both = api(site, f"/api/detectors/compare?ids={dogs[0]}&ids={dogs[1]}")
+    assert status == 200 and [d["detector_id"] for d in both["detectors"]] == dogs and both["settings_that_differ"]["seed"] == [0, 7]
+    status, headers, html = get(site, f"/detectors/compare?ids={dogs[0]}&ids={dogs[1]}")
+    assert status == 200 and b"Settings that differ" in html and b"<th>seed</th><td>0</td><td>7</td>" in html
+    status, headers, png = get(site, f"/detectors/compare.png?ids={dogs[0]}&ids={dogs[1]}&ids={car_id}")
+    assert status == 200 and headers["content-type"] == "image/png" and png[:4] == b"\x89PNG"
+    assert api(site, f"/api/detectors/compare?ids={car_id}")[0] == 400 and api(site, "/api/detectors/compare?ids=1&ids=99")[0] == 404
+    assert b'name=ids value="1"' in get(site, "/detectors")[2]  # chosen on the registry page
     api_page = get(site, "/api")[2].decode()
     assert "/api/detectors/{detector_id}/mistakes" in api_page and "Where a detector is right and wrong" in api_page  # from the schema
     status, headers, body = get(site, f"/detectors/{car_id}")

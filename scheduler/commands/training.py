@@ -428,8 +428,8 @@ def compare(detector_ids: tuple[int, ...], plot_path: str | None, force: bool, f
     """Detectors side by side: metrics beside always-absent, the data each saw, the settings that differ, and their curves in one PNG."""
     from vocfleet.db.listing import tag_text
     from vocfleet.db.registry import detector_comparison
+    from vocfleet.db.truth import judged
     from vocfleet.model.files import output_path, writing
-    from vocfleet.model.plots import save_comparison_plot
 
     if len(set(detector_ids)) < 2:
         raise ConfigError("compare needs two or more different detector ids (see 'vocfleet detectors --all')")
@@ -439,12 +439,15 @@ def compare(detector_ids: tuple[int, ...], plot_path: str | None, force: bool, f
             records, differ, epochs = detector_comparison(s, list(detector_ids))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        pictures = judged(s, list(detector_ids)) if out is not None else {}
     labels = {r.detector_id: " ".join(str(x) for x in (r.detector_id, r.voc_class, r.name or tag_text(r.tags)) if x) for r in records}
     rows = [columns(r) for r in records]
     curves = {labels[i]: epochs[i] for i in detector_ids if epochs[i]}
     if out is not None and curves:
+        from vocfleet.model.plots import save_comparison_plot  # numpy and matplotlib only where a plot is made
+
         with writing(out) as fh:
-            save_comparison_plot(fh, curves, title="detectors " + ", ".join(map(str, detector_ids)))
+            save_comparison_plot(fh, curves, title="detectors " + ", ".join(map(str, detector_ids)), pr={labels[i]: pr for i, pr in pictures.items()})
     elif out is not None:
         out = None
     if fmt != "table":

@@ -11,7 +11,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -23,7 +23,7 @@ from vocfleet.db import truth
 from vocfleet.db import views as web_db
 from vocfleet.db.claims import cancel_work
 from vocfleet.db.models import JobStatus, TrainJob
-from vocfleet.db.records import JobRecord, RunRecord
+from vocfleet.db.records import DetectorRecord, JobRecord, RunRecord
 from vocfleet.db.registry import activate_usable
 from vocfleet.db.results import RESULT_COLUMNS, ResultQuery, error_rows, export_csv, export_json
 from vocfleet.db.session import session_scope
@@ -43,6 +43,7 @@ from .common import (
     RowId,
     Store,
     compare,
+    compared_detectors,
     detector_or_404,
     gallery,
     picture_or_404,
@@ -192,6 +193,18 @@ def api_picture(s: DB, image_id: RowId) -> gallery_db.PictureDetail:
 def api_detectors(s: DB) -> list[web_db.ClassRegistry]:
     """The registry, class by class: the active detector and every earlier one, with why each is or is not active."""
     return web_db.registry(s)
+
+
+class DetectorsCompared(_Out):
+    detectors: list[DetectorRecord]
+    settings_that_differ: dict[str, list[Any]] = Field(description="setting -> one value per detector, in the order asked")
+
+
+@router.get("/detectors/compare", tags=["detectors"])
+def api_detectors_compare(s: DB, ids: Annotated[list[int], Query(description="the detectors, each as ids=N")] = []) -> DetectorsCompared:  # noqa: B006 - copied per request
+    """Detectors side by side (2 to 12): their records and the training settings that differ; curves overlaid at /detectors/compare.png."""
+    records, differ, _ = compared_detectors(s, ids)
+    return DetectorsCompared(detectors=records, settings_that_differ=differ)
 
 
 @router.get("/detectors/{detector_id}", tags=["detectors"])

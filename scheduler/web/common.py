@@ -141,3 +141,19 @@ def compare(s: Session, run_id: int, other: int, voc_class: str, offset: int, li
         return view, gallery_db.disagreements(s, run_id, other, voc_class, limit=limit, offset=offset)
     except ValueError as exc:
         raise Problem(400, str(exc)) from None
+
+
+MAX_COMPARED_DETECTORS = 12
+
+
+def compared_detectors(s: Session, ids: list[int]):
+    """The detectors asked for, side by side: (records in the order asked, settings that differ, their epochs)."""
+    from vocfleet.db.registry import detector_comparison
+
+    ids = list(dict.fromkeys(ids))
+    if not 2 <= len(ids) <= MAX_COMPARED_DETECTORS:
+        raise Problem(400, f"ids={','.join(map(str, ids)) or '(none)'}: choose 2 to {MAX_COMPARED_DETECTORS} different detectors to compare")
+    try:
+        return detector_comparison(s, ids)
+    except ValueError as exc:
+        raise Problem(404, str(exc).replace("'vocfleet detectors --all'", "/detectors")) from None

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import jinja2
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi import Path as FastPath
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -31,6 +31,7 @@ from .common import (
     RowId,
     Store,
     compare,
+    compared_detectors,
     detector_or_404,
     form_prob,
     gallery,
@@ -143,6 +144,33 @@ def picture_page(request: Request, s: DB, image_id: RowId) -> HTMLResponse:
 @router.get("/detectors", response_class=HTMLResponse)
 def detectors_page(request: Request, s: DB) -> HTMLResponse:
     return page(request, "detectors.html", title="Detectors", classes=web_db.registry(s))
+
+
+Ids = Annotated[list[int], Query(description="the detectors to compare, each as ids=N")]
+
+
+@router.get("/detectors/compare", response_class=HTMLResponse)
+def detectors_compare_page(request: Request, s: DB, ids: Ids = []) -> HTMLResponse:  # noqa: B006 - FastAPI copies defaults per request
+    """Detectors side by side: metrics, the data each was judged on, the settings that differ, their curves overlaid."""
+    records, differ, _ = compared_detectors(s, ids)
+    query = urlencode([("ids", r.detector_id) for r in records])
+    return page(request, "compare_detectors.html", title="Compare detectors", records=records, differ=differ, plot=f"/detectors/compare.png?{query}")
+
+
+@router.get("/detectors/compare.png")
+def detectors_compare_plot(s: DB, ids: Ids = []) -> Response:  # noqa: B006 - FastAPI copies defaults per request
+    """Their training curves (loss, validation AP) and precision-recall curves overlaid, one colour each."""
+    import io
+
+    from vocfleet.model.plots import save_comparison_plot
+
+    records, _, epochs = compared_detectors(s, ids)
+    pictures = truth.judged(s, [r.detector_id for r in records])
+    label = {r.detector_id: " ".join(str(x) for x in (r.detector_id, r.voc_class, r.name) if x) for r in records}
+    buf = io.BytesIO()
+    curves = {label[i]: e for i, e in epochs.items() if e}
+    save_comparison_plot(buf, curves, title="detectors " + ", ".join(map(str, label)), pr={label[i]: pr for i, pr in pictures.items()})
+    return Response(buf.getvalue(), media_type="image/png")
 
 
 @router.get("/detectors/{detector_id}", response_class=HTMLResponse)
