@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
+from .labels import LabelRecord, latest_labels
 from .models import Detector, Score, ScoredImage, ScoreRun, TrainJob
 from .registry import how_started
 from .results import class_present
@@ -249,6 +250,7 @@ class PictureDetail:
     sha256: str
     scores: list[ClassScore]  # most above its threshold first
     elsewhere: list[Sighting] = field(default_factory=list)
+    labels: list[LabelRecord] = field(default_factory=list)  # what people said of its classes (the latest word on each)
 
 
 TRAINING_KEYS = ("arch", "init", "image_size", "epochs", "batch_size", "lr", "seed")
@@ -297,7 +299,8 @@ def picture(s: Session, image_id: int) -> PictureDetail | None:
         .limit(MAX_SIGHTINGS)
     ).all()
     elsewhere = [Sighting(r.run_id, r.id, r.folder, r.rel_path, as_utc(r.created_at)) for r in others]
-    return PictureDetail(image.id, image.run_id, image.folder, image.rel_path, image.sha256, scores, elsewhere)
+    labels = latest_labels(s, sha256=image.sha256)
+    return PictureDetail(image.id, image.run_id, image.folder, image.rel_path, image.sha256, scores, elsewhere, labels)
 
 
 def recorded_file(s: Session, image_id: int) -> tuple[str, str, str] | None:

@@ -198,6 +198,26 @@ class EvaluationPicture(Base):
         return f"EvaluationPicture(detector={self.detector_id}, picture={self.picture!r}, label={self.label}, p={self.probability:.3f})"
 
 
+class PictureLabel(Base):
+    """A person's word that a class is (or is not) in a picture, found by its content: it follows the file wherever it moves.
+
+    Appended to, never overwritten: the latest row of a (picture, class) is what counts, the rest is its history.
+    """
+
+    __tablename__ = "picture_labels"
+    __table_args__ = (Index("ix_picture_labels_sha256_class", "sha256", "voc_class", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    voc_class: Mapped[str] = mapped_column(String(32))
+    present: Mapped[bool] = mapped_column(Boolean)
+    who: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"PictureLabel(id={self.id}, sha256={self.sha256[:12]}, class={self.voc_class!r}, present={self.present}, who={self.who!r})"
+
+
 class ScoreRun(Labelled, Claimable, Base):
     """One request to score folders with a set of detectors.
 

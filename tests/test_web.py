@@ -336,6 +336,34 @@ def test_actions_need_the_token(site):
     assert status == 409
 
 
+def _label(site, image_id: int, body: dict, token: str | None = TOKEN):
+    headers = {"Content-Type": "application/json", **({"X-Vocfleet-Token": token} if token else {})}
+    req = urllib.request.Request(f"{site['url']}/api/pictures/{image_id}/labels", data=json.dumps(body).encode(), method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_people_label_pictures_and_the_label_follows_the_content(site):
+    """A class marked present or absent on a picture is kept by its sha256 with who and when; the latest word counts, the rest is history."""
+    tile = api(site, "/api/runs/1/gallery?class=dog&min=0&limit=1")[1]["pictures"][0]
+    assert _label(site, tile["image_id"], {"class": "dog", "present": False}, token=None)[0] == 403  # an action: off without the token
+    assert _label(site, tile["image_id"], {"class": "dog", "present": False, "who": "ana"})[0] == 200
+    assert _label(site, tile["image_id"], {"class": "dog", "present": True, "who": "ben"})[0] == 200
+    assert _label(site, tile["image_id"], {"class": "unicorn", "present": True})[0] == 400
+    assert _label(site, 10**9, {"class": "dog", "present": True})[0] == 404
+    same = [p for p in api(site, f"/api/pictures/{tile['image_id']}")[1]["elsewhere"]]
+    for image_id in [tile["image_id"], *(o["image_id"] for o in same)]:  # every copy of the content carries it
+        labels = api(site, f"/api/pictures/{image_id}")[1]["labels"]
+        assert [(lb["voc_class"], lb["present"], lb["who"], lb["earlier"]) for lb in labels] == [("dog", True, "ben", 1)]
+    listed = subprocess.run([*VOCFLEET, "labels", "--format", "json"], env=site["env"], capture_output=True, text=True, check=True)
+    [row] = json.loads(listed.stdout)
+    assert (row["class"], row["present"], row["who"], row["sha256"]) == ("dog", True, "ben", tile["sha256"]) and row["path"]
+    assert b"people say" in get(site, f"/pictures/{tile['image_id']}")[2]
+
+
 def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line(site):
     env = {**site["env"], "VOCFLEET_WEB_TOKEN": "short"}
     res = subprocess.run([*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)

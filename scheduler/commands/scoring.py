@@ -429,4 +429,23 @@ def report(run_id: int | None, fleet: bool, out: str, force: bool) -> None:
     click.echo(f"wrote {out} ({len(data) // 1024} KiB)")
 
 
-COMMANDS = [score, resume_run, runs, results, predict, report]
+@click.command()
+@click.option("--class", "voc_class", default=None, help="Only this class.", shell_complete=complete_classes)
+@format_option
+def labels(voc_class: str | None, fmt: str) -> None:
+    """What people said of pictures (marked on a picture's page in 'vocfleet serve --allow-actions'): the latest word on each class of each picture.
+
+    Kept by the picture's sha256, so a label follows the file; --format csv|json exports them with who, when, and where a run last saw the picture.
+    """
+    from vocfleet.db.labels import latest_labels
+
+    with database(read=True) as s:
+        found = latest_labels(s, voc_class=voc_class)
+    if not found:
+        click.echo("no labels yet: mark classes on a picture's page (vocfleet serve --allow-actions)")
+        return
+    rows = [{"sha256": r.sha256, "class": r.voc_class, "present": r.present, "who": r.who, "at": r.at, "earlier": r.earlier, "path": r.path} for r in found]
+    click.echo(render(rows, ["class", "present", "who", "at", "earlier", "path", "sha256"], fmt))
+
+
+COMMANDS = [score, resume_run, runs, results, predict, report, labels]

@@ -284,6 +284,33 @@ def _act(request: Request, what: str, change: Callable[[], str]) -> Done:
     return Done(done=change())
 
 
+class LabelIn(_Out):
+    voc_class: str = Field(alias="class", max_length=32)
+    present: bool
+    who: str = Field("web", max_length=200, description="who says so (kept with the label)")
+
+
+@router.post("/pictures/{image_id}/labels", tags=["actions"])
+def api_label(request: Request, image_id: RowId, body: LabelIn) -> Done:
+    """Say whether a class is in a picture (needs --allow-actions and the token); kept by the picture's sha256 with who
+    and when, never overwriting: the latest word counts, earlier ones stay as its history."""
+    from vocfleet.db.labels import add_label
+    from vocfleet.model import ConfigError
+
+    def change() -> str:
+        with session_scope() as s:
+            found = gallery_db.recorded_file(s, image_id)
+            if found is None:
+                raise Problem(404, f"picture {image_id}: no such picture in any run")
+            try:
+                add_label(s, found[2], body.voc_class, body.present, body.who)
+            except ConfigError as exc:
+                raise Problem(400, str(exc)) from None
+        return f"picture {image_id}: {body.voc_class} {'present' if body.present else 'absent'}, said by {body.who}"
+
+    return _act(request, f"label picture {image_id}", change)
+
+
 @router.post("/detectors/{detector_id}/activate", tags=["actions"])
 def api_activate(request: Request, store: Store, detector_id: RowId) -> Done:
     """Make a detector its class's active one (needs --allow-actions and the token)."""

@@ -11,7 +11,8 @@ false positives, false negatives and the pictures near its threshold are read fr
 ``scored_images.mtime_ns``: the file's modification time when it was scored, so a later run of the
 same folder knows an unchanged file by its size and time without reading it. ``score_runs.reused``:
 pictures a run took from earlier runs instead of decoding them; ``score_runs.fresh``: a run asked
-to score everything again (``score --fresh``).
+to score everything again (``score --fresh``). ``picture_labels``: a person's word that a class is
+or is not in a picture, by its sha256 (so it follows the file), appended to, never overwritten.
 
 A new table and columns with defaults: 0012 code reads and writes what it always did (its
 detectors keep no pictures, its runs reuse nothing).
@@ -38,12 +39,24 @@ def upgrade() -> None:
     op.create_index("ix_evaluation_pictures_ranked", "evaluation_pictures", ["detector_id", "label", "probability"])
     with op.batch_alter_table("scored_images") as batch:
         batch.add_column(sa.Column("mtime_ns", sa.BigInteger(), nullable=True))
+    op.create_table(
+        "picture_labels",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("voc_class", sa.String(32), nullable=False),
+        sa.Column("present", sa.Boolean(), nullable=False),
+        sa.Column("who", sa.String(200), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_picture_labels_sha256_class", "picture_labels", ["sha256", "voc_class", "id"])
     with op.batch_alter_table("score_runs") as batch:
         batch.add_column(sa.Column("reused", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("fresh", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_picture_labels_sha256_class", table_name="picture_labels")
+    op.drop_table("picture_labels")
     with op.batch_alter_table("score_runs") as batch:
         batch.drop_column("fresh")
         batch.drop_column("reused")

@@ -1,0 +1,73 @@
+"""Labels from people: a class marked present or absent in a picture, by its content (sha256), with who and when.
+
+Appended to, never overwritten: the latest word on a (picture, class) counts, and every earlier
+one is its history. Found by content, a label follows a file that is renamed or moved, and holds
+for every copy of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from vocfleet.model import ConfigError, check_class
+
+from .models import PictureLabel, ScoredImage
+from .states import as_utc, plain_text
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """The latest word on one class of one picture, and how many were said before it."""
+
+    sha256: str
+    voc_class: str
+    present: bool
+    who: str
+    at: datetime | None
+    earlier: int  # words on the same picture and class before this one
+    path: str | None  # where a run last saw the picture (folder/relative path), if any did
+
+
+def add_label(s: Session, sha256: str, voc_class: str, present: bool, who: str) -> PictureLabel:
+    """Record a person's word on a class of a picture (appended; the latest counts).
+
+    Raises:
+        ConfigError: not a VOC class, a sha256 that is not 64 hex digits, or a name that is not plain text.
+    """
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ConfigError(f"{sha256!r}: not a picture's sha256 (64 lowercase hex digits)")
+    who = plain_text("who", who.strip()) or ""
+    if not who or len(who) > 200:
+        raise ConfigError("who: say who labels (1 to 200 characters)")
+    label = PictureLabel(sha256=sha256, voc_class=check_class(voc_class), present=present, who=who)
+    s.add(label)
+    s.flush()
+    return label
+
+
+def latest_labels(s: Session, *, sha256: str | None = None, voc_class: str | None = None) -> list[LabelRecord]:
+    """The latest word on each (picture, class), oldest first; only one picture's or one class's when asked."""
+    q = select(PictureLabel.sha256, PictureLabel.voc_class, func.max(PictureLabel.id).label("last"), func.count().label("n")).group_by(
+        PictureLabel.sha256, PictureLabel.voc_class
+    )
+    if sha256 is not None:
+        q = q.where(PictureLabel.sha256 == sha256)
+    if voc_class is not None:
+        q = q.where(PictureLabel.voc_class == check_class(voc_class))
+    latest = {r.last: r.n for r in s.execute(q)}
+    if not latest:
+        return []
+    rows = s.scalars(select(PictureLabel).where(PictureLabel.id.in_(list(latest))).order_by(PictureLabel.id)).all()
+    shas = list({r.sha256 for r in rows})
+    seen = dict(
+        s.execute(
+            select(ScoredImage.sha256, ScoredImage.folder + "/" + ScoredImage.rel_path)
+            .where(ScoredImage.sha256.in_(shas))
+            .order_by(ScoredImage.id)  # the newest sighting wins below
+        ).all()
+    )
+    return [LabelRecord(r.sha256, r.voc_class, r.present, r.who, as_utc(r.at), latest[r.id] - 1, seen.get(r.sha256)) for r in rows]
