@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from vocfleet.model import ConfigError, check_class
 
-from .models import PictureLabel, ScoredImage
+from .models import PictureLabel, Score, ScoredImage
 from .states import as_utc, plain_text
 
 
@@ -71,3 +71,28 @@ def latest_labels(s: Session, *, sha256: str | None = None, voc_class: str | Non
         ).all()
     )
     return [LabelRecord(r.sha256, r.voc_class, r.present, r.who, as_utc(r.at), latest[r.id] - 1, seen.get(r.sha256)) for r in rows]
+
+
+def labelled_files(s: Session) -> dict[str, tuple[str, str]]:
+    """sha256 -> (folder, relative path) where a run last saw each labelled picture (a picture no run saw is left out)."""
+    shas = list(s.scalars(select(PictureLabel.sha256).distinct()))
+    out: dict[str, tuple[str, str]] = {}
+    for i in range(0, len(shas), 5000):
+        q = select(ScoredImage.sha256, ScoredImage.folder, ScoredImage.rel_path).where(ScoredImage.sha256.in_(shas[i : i + 5000])).order_by(ScoredImage.id)
+        out.update({sha: (folder, rel) for sha, folder, rel in s.execute(q)})  # the newest sighting last, so it wins
+    return out
+
+
+def judged_by_people(s: Session, detector_id: int, voc_class: str) -> tuple[list[float], list[bool]]:
+    """A detector's probabilities for the pictures people labelled for its class, and their labels (the latest word on each)."""
+    labels = {r.sha256: r.present for r in latest_labels(s, voc_class=voc_class)}
+    if not labels:
+        return [], []
+    q = (
+        select(ScoredImage.sha256, func.max(Score.probability))
+        .join(Score, Score.image_id == ScoredImage.id)
+        .where(Score.detector_id == detector_id, ScoredImage.sha256.in_(list(labels)))
+        .group_by(ScoredImage.sha256)
+    )
+    rows = s.execute(q).all()
+    return [p for _, p in rows], [labels[sha] for sha, _ in rows]

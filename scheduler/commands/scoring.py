@@ -429,14 +429,19 @@ def report(run_id: int | None, fleet: bool, out: str, force: bool) -> None:
     click.echo(f"wrote {out} ({len(data) // 1024} KiB)")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--class", "voc_class", default=None, help="Only this class.", shell_complete=complete_classes)
 @format_option
-def labels(voc_class: str | None, fmt: str) -> None:
+@click.pass_context
+def labels(ctx: click.Context, voc_class: str | None, fmt: str) -> None:
     """What people said of pictures (marked on a picture's page in 'vocfleet serve --allow-actions'): the latest word on each class of each picture.
 
     Kept by the picture's sha256, so a label follows the file; --format csv|json exports them with who, when, and where a run last saw the picture.
+    'vocfleet labels export DIR' writes them as a VOC folder to train on ('submit --voc-root VOC2007 --voc-root DIR');
+    'vocfleet labels evaluate' scores the active detectors against them.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from vocfleet.db.labels import latest_labels
 
     with database(read=True) as s:
@@ -446,6 +451,90 @@ def labels(voc_class: str | None, fmt: str) -> None:
         return
     rows = [{"sha256": r.sha256, "class": r.voc_class, "present": r.present, "who": r.who, "at": r.at, "earlier": r.earlier, "path": r.path} for r in found]
     click.echo(render(rows, ["class", "present", "who", "at", "earlier", "path", "sha256"], fmt))
+
+
+@labels.command("export")
+@click.argument("folder")
+def labels_export(folder: str) -> None:
+    """Write the labels as a VOC year folder (JPEGImages/, ImageSets/Main/<class>_train.txt): 1 there, -1 not there, 0 not said.
+
+    Train on them beside VOC with 'vocfleet submit --voc-root VOC2007 --voc-root FOLDER' (0, "not said", is left out of training).
+    The folder must be new; each picture is copied as a run last saw it, checked against its sha256.
+    """
+    import hashlib
+    from pathlib import Path
+
+    from vocfleet.db.labels import labelled_files, latest_labels
+    from vocfleet.model import VOC_CLASSES
+    from vocfleet.model.files import write_bytes
+    from vocfleet.model.scan import MAX_FILE_BYTES, UnsafeFile, read_inside
+
+    out = Path(folder).expanduser().absolute()
+    if out.exists():
+        raise ConfigError(f"{folder}: exists; name a new folder (the labels are written as a whole VOC folder)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{folder}: the folder {out.parent} does not exist; create it first")
+    with database(read=True) as s:
+        said = latest_labels(s)
+        where = labelled_files(s)
+    if not said:
+        raise ConfigError("no labels yet: mark classes on a picture's page (vocfleet serve --allow-actions)")
+    pictures: dict[str, bytes] = {}
+    for sha, (top, rel) in where.items():
+        try:
+            data = read_inside(top, rel, MAX_FILE_BYTES)
+        except (OSError, UnsafeFile) as exc:
+            click.echo(f"{top}/{rel}: left out ({exc})", err=True)
+            continue
+        if hashlib.sha256(data).hexdigest() != sha:
+            click.echo(f"{top}/{rel}: left out (changed since it was scored)", err=True)
+            continue
+        pictures[sha] = data
+    labels_of = {(r.sha256, r.voc_class): r.present for r in said}
+    (out / "JPEGImages").mkdir(parents=True)
+    (out / "ImageSets" / "Main").mkdir(parents=True)
+    ids = {sha: sha[:16] for sha in pictures}
+    for sha, data in pictures.items():
+        write_bytes(out / "JPEGImages" / f"{ids[sha]}.jpg", data)  # any format Pillow reads: decoding goes by content
+    order = sorted(ids.values())
+    write_bytes(out / "ImageSets" / "Main" / "train.txt", "".join(f"{i}\n" for i in order).encode())
+    back = {i: sha for sha, i in ids.items()}
+    for cls in VOC_CLASSES:
+        lines = [f"{i} {({True: 1, False: -1}).get(labels_of.get((back[i], cls)), 0)}\n" for i in order]
+        write_bytes(out / "ImageSets" / "Main" / f"{cls}_train.txt", "".join(lines).encode())
+    click.echo(f"wrote {len(pictures)} labelled picture(s) to {out}; train on them with: vocfleet submit --voc-root VOC2007 --voc-root {out}")
+
+
+@labels.command("evaluate")
+@format_option
+def labels_evaluate(fmt: str) -> None:
+    """Each active detector on the pictures people labelled for its class: AP and AUC on your own photos, beside its AP on VOC."""
+    from vocfleet.db.labels import judged_by_people
+    from vocfleet.db.registry import active_detectors
+    from vocfleet.model.metrics import average_precision, roc_auc
+
+    rows = []
+    with database(read=True) as s:
+        for d in active_detectors(s):
+            probs, labels = judged_by_people(s, d.id, d.voc_class)
+            if not probs:
+                continue
+            both = 0 < sum(labels) < len(labels)
+            rows.append(
+                {
+                    "detector": d.id,
+                    "class": d.voc_class,
+                    "pictures": len(labels),
+                    "there": sum(labels),
+                    "ap": average_precision(probs, labels) if both else None,
+                    "auc": roc_auc(probs, labels) if both else None,
+                    "ap_on_voc": d.ap,
+                }
+            )
+    if not rows:
+        click.echo("no labelled picture scored by an active detector yet: label pictures of a run (vocfleet serve --allow-actions)")
+        return
+    click.echo(render(rows, ["detector", "class", "pictures", "there", "ap", "auc", "ap_on_voc"], fmt))
 
 
 COMMANDS = [score, resume_run, runs, results, predict, report, labels]
