@@ -7,6 +7,7 @@ import pytest
 from tests.support import QUICK, migrate_to
 from vocfleet.db.session import session_scope
 from vocfleet.db.workers import register_worker, worker_stopped
+from vocfleet.model import ConfigError
 
 pytestmark = pytest.mark.services
 
@@ -110,3 +111,22 @@ def test_a_worker_asked_for_gpus_torch_cannot_use_refuses_in_one_line(invoke, mo
     res = invoke("worker", "--gpus", "0")
     assert res.exit_code == 2 and "can use 0 GPU(s) here, not 0" in res.output and "--gpus none" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_one_worker_command_starts_a_scoring_process_per_gpu(monkeypatch):
+    """'vocfleet worker --gpus all --queues score' on a host with three GPUs (the device count faked): three pinned processes."""
+    from vocfleet.scheduler.commands.operations import worker_devices, worker_processes
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    devices = worker_devices("all")
+    assert devices == ["0", "1", "2"] == worker_devices("auto")
+    started = worker_processes(devices, "score", "vocfleet", "info", 9100)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env, _ in started] == ["0", "1", "2"]  # each process sees its GPU alone
+    assert [env["VOCFLEET_METRICS_PORT"] for env, _ in started] == ["9100", "9101", "9102"]
+    nodes = [cmd[cmd.index("-n") + 1] for _, cmd in started]
+    assert nodes == ["vocfleet-score-gpu0@%h", "vocfleet-score-gpu1@%h", "vocfleet-score-gpu2@%h"]
+    assert all(cmd[cmd.index("-Q") + 1] == "score" and cmd[cmd.index("--concurrency") + 1] == "1" for _, cmd in started)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert worker_devices("all") == [None] and worker_devices("1,1") == ["1"]
+    with pytest.raises(ConfigError, match="--gpus 'x'"):
+        worker_devices("x")

@@ -359,8 +359,35 @@ def _visible_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
+def worker_devices(gpus: str) -> list[str | None]:
+    """The devices ``--gpus`` names: a GPU index per worker process, or None for one CPU worker."""
+    if gpus in ("auto", "all"):
+        return _visible_gpus() or [None]
+    if gpus in ("none", "cpu"):
+        return [None]
+    devices = [g.strip() for g in gpus.split(",") if g.strip()]
+    if not devices or not all(g.isdigit() for g in devices):
+        raise ConfigError(f"--gpus {gpus!r}: use 'all' (or 'auto'), 'none' or indices like 0,1")
+    return list(dict.fromkeys(devices))
+
+
+def worker_processes(devices: list[str | None], queues: str, name: str, loglevel: str, metrics_port: int | None) -> list[tuple[dict[str, str], list[str]]]:
+    """(environment, command) of each Celery worker to start: one per device, pinned with CUDA_VISIBLE_DEVICES, for any queue (training or scoring)."""
+    out = []
+    for index, dev in enumerate(devices):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if dev is None else dev)
+        if metrics_port:
+            env.update(VOCFLEET_METRICS_PORT=str(metrics_port + index))
+        # Unique per host, queues and device: a train and a score worker on one host are two nodes.
+        node = f"{name}-{queues.replace(',', '+')}-{'cpu' if dev is None else 'gpu' + dev}@%h"
+        cmd = [sys.executable, "-m", "celery", "-A", "vocfleet.worker.celery_app", "worker", "-Q", queues, "-n", node]
+        cmd += ["--concurrency", "1", "--prefetch-multiplier", "1", "-O", "fair", "--loglevel", loglevel]
+        out.append((env, cmd))
+    return out
+
+
 @click.command()
-@click.option("--gpus", default="auto", help="'auto' (every visible GPU), 'none' (CPU), or indices like 0,1.")
+@click.option("--gpus", default="auto", help="'all' or 'auto' (every visible GPU, a worker process each), 'none' (CPU), or indices like 0,1.")
 @click.option("--queues", default="train,score", help="Queues this host serves: train, score or both.")
 @click.option("--name", default="vocfleet", help="Worker name prefix (the host name is appended).")
 @click.option("--loglevel", default="info")
@@ -384,15 +411,7 @@ def worker(gpus: str, queues: str, name: str, loglevel: str, metrics_port: int |
     from vocfleet.model.artifacts import ArtifactStore
 
     ArtifactStore.from_settings(get_settings()).check()  # a missing bucket or bad credentials: said now, in one line
-    devices: list[str | None]
-    if gpus == "auto":
-        devices = _visible_gpus() or [None]
-    elif gpus in ("none", "cpu"):
-        devices = [None]
-    else:
-        devices = [g.strip() for g in gpus.split(",") if g.strip()]
-        if not all(g.isdigit() for g in devices):
-            raise ConfigError(f"--gpus {gpus!r}: use 'auto', 'none' or indices like 0,1")
+    devices = worker_devices(gpus)
     if any(dev is not None for dev in devices):
         _check_cuda(gpus, devices)
     # Never a migration here: a worker runs on the schema as it is, or refuses in one line
@@ -400,37 +419,11 @@ def worker(gpus: str, queues: str, name: str, loglevel: str, metrics_port: int |
     from vocfleet.db.session import check_schema
 
     check_schema()
-    procs = []
-    metrics_port = metrics_port or get_settings().metrics_port
-    for index, dev in enumerate(devices):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if dev is None else dev)
-        if metrics_port:
-            env.update(VOCFLEET_METRICS_PORT=str(metrics_port + index))
-        # Unique per host, queues and device: a train and a score worker on one host are two nodes.
-        node = f"{name}-{queues.replace(',', '+')}-{'cpu' if dev is None else 'gpu' + dev}@%h"
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "vocfleet.worker.celery_app",
-            "worker",
-            "-Q",
-            queues,
-            "-n",
-            node,
-            "--concurrency",
-            "1",
-            "--prefetch-multiplier",
-            "1",
-            "-O",
-            "fair",
-            "--loglevel",
-            loglevel,
-        ]
-        if len(devices) == 1:
-            os.execvpe(cmd[0], cmd, env)  # one worker: become it, so signals reach Celery directly
-        procs.append(subprocess.Popen(cmd, env=env))
+    started = worker_processes(devices, queues, name, loglevel, metrics_port or get_settings().metrics_port)
+    if len(started) == 1:
+        env, cmd = started[0]
+        os.execvpe(cmd[0], cmd, env)  # one worker: become it, so signals reach Celery directly
+    procs = [subprocess.Popen(cmd, env=env) for env, cmd in started]
     forward = lambda signum, _frame: [p.send_signal(signum) for p in procs]
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
