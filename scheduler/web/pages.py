@@ -117,7 +117,12 @@ def run_page(
     previous_url = f"/runs/{run_id}?{urlencode({**params, 'before': result.previous.encode()})}" if result and result.previous else None
     first_url = f"/runs/{run_id}?{urlencode(params)}" if result and result.previous else None
     others = [r for r in web_db.run_list(s) if r.run_id != run_id]
-    urls = {"next_url": next_url, "previous_url": previous_url, "first_url": first_url}
+    urls = {
+        "next_url": next_url,
+        "previous_url": previous_url,
+        "first_url": first_url,
+        "filter_query": urlencode({**params, "class": q.voc_class} if q else params),
+    }
     return page(request, "run.html", title=f"Run {run_id}", run=view, q=q, result=result, other_runs=others, **urls)
 
 
@@ -137,8 +142,33 @@ def errors_page(request: Request, s: DB, run_id: RowId, limit: ErrorLimit = 500)
 
 
 @router.get("/pictures/{image_id}", response_class=HTMLResponse)
-def picture_page(request: Request, s: DB, image_id: RowId) -> HTMLResponse:
-    return page(request, "picture.html", title="Picture", p=picture_or_404(s, image_id))
+def picture_page(
+    request: Request,
+    s: DB,
+    image_id: RowId,
+    voc_class: ClassParam = None,
+    also: str | None = None,
+    without: str | None = None,
+    min: str | None = None,
+    max: str | None = None,
+    folder: str | None = None,
+) -> HTMLResponse:
+    """A picture; reached from a gallery (its filter in the query), also the previous and next pictures of that filter."""
+    p = picture_or_404(s, image_id)
+    around = None
+    if voc_class is not None:
+        mine = next((c for c in p.scores if c.voc_class == voc_class), None)
+        if mine is not None:
+            here = gallery_db.Cursor(mine.present, mine.probability, image_id)
+            lo, hi = form_prob("min", min), form_prob("max", max)
+            view, _, after = gallery(s, p.run_id, voc_class, also, without, lo, hi, folder, here.encode(), 1)
+            _, _, before = gallery(s, p.run_id, voc_class, also, without, lo, hi, folder, None, 1, here.encode())
+            params = dict(request.query_params)
+            link = lambda found: f"/pictures/{found.tiles[0].image_id}?{urlencode(params)}" if found and found.tiles else None
+            position = (before.start + 1 if before.start else None) if before and before.tiles else 1
+            total = f"{after.total:,}" if after.total_is_exact else f"more than {after.total:,}"
+            around = {"previous": link(before), "next": link(after), "gallery": f"/runs/{p.run_id}?{urlencode(params)}", "where": (position, total)}
+    return page(request, "picture.html", title="Picture", p=p, around=around)
 
 
 @router.get("/detectors", response_class=HTMLResponse)
