@@ -98,6 +98,7 @@ class Tile:
     threshold: float
     margin: float
     present: bool
+    filtered: dict[str, float] = field(default_factory=dict)  # the probability of each class the filter names besides (also, without)
 
 
 COUNT_CAP = 10_000  # counted exactly up to here; above, "more than" (a count stays an index range scan of at most this many rows)
@@ -177,7 +178,11 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
         rows = s.execute((stmt.where(_behind(q.after)) if q.after is not None else stmt).order_by(*order).limit(q.limit + 1)).all()
         has_more_after = len(rows) > q.limit
         rows = rows[: q.limit]
-    tiles = [Tile(r.image_id, r.folder, r.rel_path, r.sha256, r.probability, r.threshold, r.probability - r.threshold, r.present) for r in rows]
+    others = _probabilities(s, [r.image_id for r in rows], (*q.also, *q.without)) if q.also or q.without else {}
+    tiles = [
+        Tile(r.image_id, r.folder, r.rel_path, r.sha256, r.probability, r.threshold, r.probability - r.threshold, r.present, others.get(r.image_id, {}))
+        for r in rows
+    ]
     first, last = (_cursor(tiles[0]), _cursor(tiles[-1])) if tiles else (None, None)
     total = _capped_count(s, stmt)
     ahead = _capped_count(s, stmt.where(_ahead_of(first))) if first is not None else 0
@@ -189,6 +194,15 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
         total <= COUNT_CAP,
         ahead + 1 if ahead <= COUNT_CAP else None,
     )
+
+
+def _probabilities(s: Session, image_ids: list[int], classes: tuple[str, ...]) -> dict[int, dict[str, float]]:
+    """image id -> class -> probability, for a page's pictures and the classes its filter names."""
+    out: dict[int, dict[str, float]] = {}
+    q = select(Score.image_id, Score.voc_class, Score.probability).where(Score.image_id.in_(image_ids), Score.voc_class.in_(classes))
+    for image_id, cls, p in s.execute(q):
+        out.setdefault(image_id, {})[cls] = p
+    return out
 
 
 def _cursor(t: Tile) -> Cursor:

@@ -204,8 +204,8 @@ def test_gallery_pages_follow_each_other_and_filters_combine(site):
     assert "pictures 26–50 of 120" in html and 'id=previous href="/runs/1?' in html and "id=next" in html
     second = seen[1]["image_id"]  # a picture's page, reached from the gallery, steps through the same filter
     html = get(site, f"/pictures/{second}?class=dog&min=0")[2].decode()
-    assert f'href="/pictures/{seen[0]["image_id"]}?class=dog&amp;min=0">previous' in html.replace('id=previous ', "")
-    assert f'href="/pictures/{seen[2]["image_id"]}?class=dog&amp;min=0">next' in html.replace('id=next ', "") and "picture 2 of 120" in html
+    assert f'href="/pictures/{seen[0]["image_id"]}?class=dog&amp;min=0">previous' in html.replace("id=previous ", "")
+    assert f'href="/pictures/{seen[2]["image_id"]}?class=dog&amp;min=0">next' in html.replace("id=next ", "") and "picture 2 of 120" in html
     assert "/pictures/" in get(site, "/runs/1?class=dog&min=0")[2].decode().split("id=grid")[1][:400]
     relative = api(site, "/api/runs/1/gallery?class=dog&min=0&limit=200&folder=park")[1]  # as tiles show paths
     assert relative["total"] == 60 and all(p["rel_path"].startswith("park/") for p in relative["pictures"])
@@ -213,6 +213,7 @@ def test_gallery_pages_follow_each_other_and_filters_combine(site):
     assert keys == sorted(keys, reverse=True)  # present first, then by probability
 
     both = api(site, "/api/runs/1/gallery?class=dog&also=car&limit=200")[1]["pictures"]
+    assert all(set(p["filtered"]) == {"car"} for p in both)  # a tile shows the classes its filter names too
     not_car = api(site, "/api/runs/1/gallery?class=dog&without=car&limit=200")[1]["pictures"]
     dog = [p for p in seen if p["present"]]
     assert len(both) + len(not_car) == len(dog) and not {p["image_id"] for p in both} & {p["image_id"] for p in not_car}
