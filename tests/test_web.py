@@ -156,6 +156,9 @@ def test_every_endpoint_answers_with_the_data_the_cli_shows(site):
     assert status == 200 and headers["content-type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
     assert get(site, f"/detectors/{car_id}/pictures/not-one-of-its.jpg")[0] == 404  # only pictures it was judged on
     assert get(site, f"/detectors/{car_id}/pictures/..%2F..%2Fetc%2Fpasswd.jpg")[0] in (400, 404)
+    assert api(site, "/api/runs?tag=exp=nothing-has-it")[1] == [] and api(site, "/api/jobs?tag=exp=none")[1] == []  # tags filter as --tag does
+    status, body = api(site, "/api/runs?tag=no-equals-sign")
+    assert status == 400 and body["error"].startswith("tag='no-equals-sign'")
     status, jobs = api(site, "/api/jobs")
     assert status == 200 and sorted((j["voc_class"], j["status"], j["epochs_done"]) for j in jobs) == [("car", "succeeded", 2), *[("dog", "succeeded", 2)] * 2]
 

@@ -42,12 +42,14 @@ from .common import (
     Problem,
     RowId,
     Store,
+    Tags,
     compare,
     compared_detectors,
     detector_or_404,
     gallery,
     picture_or_404,
     run_or_404,
+    tagged,
 )
 
 log = logging.getLogger(__name__)
@@ -126,9 +128,9 @@ def _scorer(request: Request, store, specs):
 
 
 @router.get("/runs", tags=["runs"])
-def api_runs(s: DB) -> list[RunRecord]:
-    """Every scoring run, newest first, with its progress."""
-    return web_db.run_list(s)
+def api_runs(s: DB, tag: Tags = []) -> list[RunRecord]:  # noqa: B006 - FastAPI copies defaults per request
+    """Every scoring run, newest first, with its progress (``tag=KEY=VALUE``, repeatable: only runs with every one)."""
+    return tagged(web_db.run_list(s), tag)
 
 
 @router.get("/runs/{run_id}", tags=["runs"])
@@ -224,9 +226,9 @@ def api_mistakes(s: DB, detector_id: RowId, limit: Annotated[int, Query(ge=1, le
 
 
 @router.get("/jobs", tags=["jobs"])
-def api_jobs(s: DB) -> list[JobRecord]:
-    """Every training job with its live epoch progress."""
-    return web_db.job_list(s)
+def api_jobs(s: DB, tag: Tags = []) -> list[JobRecord]:  # noqa: B006 - FastAPI copies defaults per request
+    """Every training job with its live epoch progress (``tag=KEY=VALUE``, repeatable: only jobs with every one)."""
+    return tagged(web_db.job_list(s), tag)
 
 
 @router.post(

@@ -157,3 +157,17 @@ def compared_detectors(s: Session, ids: list[int]):
         return detector_comparison(s, ids)
     except ValueError as exc:
         raise Problem(404, str(exc).replace("'vocfleet detectors --all'", "/detectors")) from None
+
+
+Tags = Annotated[list[str], Query(alias="tag", description="KEY=VALUE, repeatable: only what carries every one")]
+
+
+def tagged(records: list, tags: list[str]) -> list:
+    """The records (runs, jobs) that carry every ``tag`` (``KEY=VALUE``), as ``--tag`` picks them in the CLI."""
+    from vocfleet.db.states import parse_tag
+
+    try:
+        wanted = dict(parse_tag(t) for t in tags)
+    except ValueError as exc:
+        raise Problem(400, str(exc).replace("--tag ", "tag=")) from None
+    return [r for r in records if all(r.tags.get(k) == v for k, v in wanted.items())]

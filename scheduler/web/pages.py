@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from functools import cache
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Query, Request
@@ -30,6 +30,7 @@ from .common import (
     Problem,
     RowId,
     Store,
+    Tags,
     compare,
     compared_detectors,
     detector_or_404,
@@ -37,6 +38,7 @@ from .common import (
     gallery,
     picture_or_404,
     run_or_404,
+    tagged,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -55,6 +57,7 @@ def templates() -> jinja2.Environment:
     env.filters["pct"] = lambda x: "" if x is None else f"{100 * x:.0f}%"
     env.filters["num"] = lambda x, d=3: "" if x is None else f"{x:.{d}f}"
     env.filters["when"] = lambda t: "" if t is None else t.strftime("%Y-%m-%d %H:%M:%S")
+    env.filters["query"] = lambda text: quote(str(text).encode("utf-8", "surrogateescape"), safe="=")  # text stored before it was checked too
     return env
 
 
@@ -92,8 +95,8 @@ def score_page(request: Request) -> HTMLResponse:
 
 
 @router.get("/runs", response_class=HTMLResponse)
-def runs_page(request: Request, s: DB) -> HTMLResponse:
-    return page(request, "runs.html", title="Scoring runs", runs=web_db.run_list(s))
+def runs_page(request: Request, s: DB, tag: Tags = []) -> HTMLResponse:  # noqa: B006 - FastAPI copies defaults per request
+    return page(request, "runs.html", title="Scoring runs", runs=tagged(web_db.run_list(s), tag), tags=tag)
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
@@ -228,8 +231,8 @@ def evaluation_thumb(request: Request, detector_id: RowId, picture: Annotated[st
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs_page(request: Request, s: DB) -> HTMLResponse:
-    return page(request, "jobs.html", title="Training jobs", jobs=web_db.job_list(s))
+def jobs_page(request: Request, s: DB, tag: Tags = []) -> HTMLResponse:  # noqa: B006 - FastAPI copies defaults per request
+    return page(request, "jobs.html", title="Training jobs", jobs=tagged(web_db.job_list(s), tag), tags=tag)
 
 
 @router.get("/thumbs/{image_id}.jpg")
