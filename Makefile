@@ -63,8 +63,10 @@ format: install
 wheel-check: install
 	$(BIN)/python .ci/check_wheel.py
 
+# Two test processes: much of the suite waits on servers, workers and subprocesses; each process
+# has its own PostgreSQL database (test_gw0, test_gw1) and its own private Redis servers.
 test: lint wheel-check
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 # The edit loop: no end-to-end training on the VOC sample, no PostgreSQL/Redis/Celery processes.
 test-fast: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,8 @@ def pg_url(monkeypatch) -> str:
 
     engine = create_engine(PG_URL)
     try:
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            _ensure_pg_database(PG_URL)
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))
@@ -70,6 +73,20 @@ def pg_url(monkeypatch) -> str:
     monkeypatch.setenv("VOCFLEET_DATABASE_URL", PG_URL)
     db_session.dispose_engines()
     return PG_URL
+
+
+def _ensure_pg_database(url: str) -> None:
+    """The database ``url`` names, made on the server if it is not there (each test process has its own)."""
+    from sqlalchemy import create_engine, text
+
+    base, _, name = url.rpartition("/")
+    engine = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar() is None:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from PIL import Image
 SHARED_VOC = Path(__file__).resolve().parents[1].parent / "shared" / "voc2007" / "VOCdevkit" / "VOC2007"
 WILD = Path(__file__).resolve().parents[1].parent / "shared" / "wild"
 PG_URL = os.environ.get("VOCFLEET_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):  # tests run in two processes (make test): each its own database
+    PG_URL = f"{PG_URL}_{worker}"
 # A job that runs the whole path in about a second: the tiny network (the same torchvision ResNet
 # code at 1/8 width), 32 px, two batches of 8. Tests that need ResNet-50's size say so.
 QUICK = ["--arch", "tiny", "--image-size", 32, "--batch-size", 8, "--max-batches", 2]
