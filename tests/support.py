@@ -88,3 +88,14 @@ def migrate_to(url: str, revision: str) -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     get_engine(url).dispose()
+
+
+def detectors_on_postgres(detectors) -> None:
+    """The detectors fixture wrote its rows to SQLite before pg_url switched databases: add them to PostgreSQL too."""
+    from vocfleet.db.models import Detector
+    from vocfleet.db.session import ensure_schema, session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        for cls, r in detectors.items():
+            s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics=r.metrics))

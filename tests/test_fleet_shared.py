@@ -174,7 +174,9 @@ def test_twenty_scoring_runs_at_once(shared_fleet, tmp_path, invoke):
         res = invoke("score", pics)
         assert res.exit_code == 0 and "queued" in res.output, res.output
     res = invoke("score", pics, "--wait")
-    assert res.exit_code == 0 and re.search(r"run 20 succeeded: \d+ image\(s\) scored( \(\d+ reused[^)]*\))?, \d+ file\(s\) not scored, of 13 seen", res.output), res.output
+    assert res.exit_code == 0 and re.search(
+        r"run 20 succeeded: \d+ image\(s\) scored( \(\d+ reused[^)]*\))?, \d+ file\(s\) not scored, of 13 seen", res.output
+    ), res.output
 
     def done():
         with session_scope() as s:

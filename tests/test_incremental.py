@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from tests.support import detectors_on_postgres
 from vocfleet.db.models import Detector, Score, ScoredImage, ScoreRun
 from vocfleet.db.session import session_scope
 
@@ -32,12 +33,7 @@ def library(request, detectors, wild, tmp_path):
     """A copy of the wild folder (its files' times are this test's), on SQLite and PostgreSQL."""
     if request.param == "postgresql":
         request.getfixturevalue("pg_url")
-        from vocfleet.db.session import ensure_schema
-
-        ensure_schema()
-        with session_scope() as s:
-            for cls, r in detectors.items():
-                s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics=r.metrics))
+        detectors_on_postgres(detectors)
     folder = tmp_path / "library"
     shutil.copytree(wild, folder, symlinks=True)
     return folder

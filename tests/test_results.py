@@ -8,6 +8,7 @@ import shutil
 import pytest
 from sqlalchemy import text
 
+from tests.support import detectors_on_postgres
 from vocfleet.db.session import ensure_schema, get_engine, session_scope
 
 FORMULA = '=HYPERLINK("x").jpg'
@@ -23,13 +24,7 @@ def scored(request, detectors, wild, invoke):
     """
     if request.param == "postgresql":
         request.getfixturevalue("pg_url")
-        # The detectors fixture wrote to SQLite before pg_url switched databases: add them here too.
-        ensure_schema()
-        from vocfleet.db.models import Detector
-
-        with session_scope() as s:
-            for cls, r in detectors.items():
-                s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics=r.metrics))
+        detectors_on_postgres(detectors)
     for name in (FORMULA, ODD):
         shutil.copy(wild / "grey.jpg", wild / name)
     assert invoke("score", wild).exit_code == 0

@@ -346,13 +346,7 @@ def test_actions_need_the_token(site):
 
 
 def _label(site, image_id: int, body: dict, token: str | None = TOKEN):
-    headers = {"Content-Type": "application/json", **({"X-Vocfleet-Token": token} if token else {})}
-    req = urllib.request.Request(f"{site['url']}/api/pictures/{image_id}/labels", data=json.dumps(body).encode(), method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return _post(site, f"/api/pictures/{image_id}/labels", json.dumps(body).encode(), "application/json", {"X-Vocfleet-Token": token} if token else {})
 
 
 def test_people_label_pictures_and_the_label_follows_the_content(site):
@@ -512,8 +506,8 @@ def test_openapi_describes_every_answer(data_dir):
     assert spec["components"]["schemas"]["RunRecord"]["properties"]["folders"]["type"] == "array"  # lists are lists
 
 
-def _post(site, path: str, body: bytes, content_type: str = "image/jpeg"):
-    req = urllib.request.Request(site["url"] + path, data=body, method="POST", headers={"Content-Type": content_type})
+def _post(site, path: str, body: bytes, content_type: str = "image/jpeg", headers: dict[str, str] | None = None):
+    req = urllib.request.Request(site["url"] + path, data=body, method="POST", headers={"Content-Type": content_type, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
