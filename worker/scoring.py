@@ -241,10 +241,10 @@ def _score_shard(shard_id: int, token: str, run_id: int, hb: Heartbeat, tally: T
     settings = get_settings()
     device = resolve_device()
     loaded = load_detectors(specs, device, compile=settings.score_compile, store=ArtifactStore.from_settings(settings))
-    run = partial(_compute, writer, device=device, batch_size=batch_size, threads=settings.decode_threads, stats=plan.stats)
-    changed = [e for have, entries in plan.compute.items() for e in run(entries, [d for d in loaded if d.spec.id not in have], plan.known if have else {})]
-    if changed:  # a file changed under an unchanged size and time: every detector after all
-        run(changed, loaded, {})
+    compute = partial(_compute, writer, device=device, batch_size=batch_size, threads=settings.decode_threads, stats=plan.stats)
+    changed = [e for have, entries in plan.compute.items() for e in compute(entries, [d for d in loaded if d.spec.id not in have], plan.known if have else {})]
+    if changed:  # a file changed under an unchanged size and time: every detector after all (counted once more in the progress)
+        compute(changed, loaded, {})
     writer.flush_errors()
 
 
