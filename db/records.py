@@ -88,6 +88,7 @@ class DetectorRecord:
     eval_fingerprint: str | None  # the ids and labels of the evaluation pictures (sha256)
     train_fingerprint: str | None
     created: datetime | None
+    arch: str | None  # the network: resnet50, or tiny (tests and smoke runs)
     image_size: int | None
     epochs: int | None
     init: str | None  # where training began: scratch, imagenet, a file, or "start job N"

@@ -211,6 +211,7 @@ def detector_records(s: Session, include_inactive: bool = False, ids: list[int] 
                 eval_fingerprint=m.get("eval_fingerprint"),
                 train_fingerprint=m.get("train_fingerprint"),
                 created=created,
+                arch=cfg.get("arch"),
                 image_size=cfg.get("image_size"),
                 epochs=cfg.get("epochs"),
                 init=how_started(job),

@@ -271,8 +271,8 @@ def iter_by_image(s: Session, q: ResultQuery, top: int = 3) -> Iterator[dict[str
         yield {
             "image": image,
             "folder": folder,
-            "present": ",".join(r["class"] for r in group if r["present"]),
-            "top": ", ".join(f"{r['class']} {r['probability']:.2f}" for r in group[:top]),
+            "present": [r["class"] for r in group if r["present"]],
+            "top": [{"class": r["class"], "probability": r["probability"]} for r in group[:top]],
             "sha256": group[0]["sha256"],
             "run": max(r["run"] for r in group),
         }

@@ -70,9 +70,11 @@ def test_sort_limit_and_present_by_margin(scored, invoke):
     by_image = as_json(invoke("results", 1, "--by-image", "--limit", 5, "--format", "json"))
     assert len(by_image) == 5
     for row in by_image:  # 'top' lists classes by margin: a present class before an absent one
-        first = row["top"].split(",")[0].split()[0]
+        first = row["top"][0]["class"]
         if row["present"]:
-            assert first in row["present"].split(",")
+            assert first in row["present"] and isinstance(row["present"], list)
+    table = invoke("results", 1, "--by-image", "--limit", 1).output.splitlines()[1]
+    assert f"{by_image[0]['top'][0]['class']} {by_image[0]['top'][0]['probability']:.2f}" in table
 
 
 def test_also_and_without_pick_pictures_as_the_gallery_does(scored, invoke):
@@ -84,7 +86,7 @@ def test_also_and_without_pick_pictures_as_the_gallery_does(scored, invoke):
     no_car = as_json(invoke("results", 1, "--class", "dog", "--present", "--without", "car", "--format", "json"))
     assert {r["image"] for r in no_car} == has["dog"] - has["car"] and all(r["present"] for r in no_car)
     by_image = as_json(invoke("results", 1, "--by-image", "--also", "dog", "--format", "json"))
-    assert {r["image"] for r in by_image} == has["dog"] and all("dog" in r["present"].split(",") for r in by_image)
+    assert {r["image"] for r in by_image} == has["dog"] and all("dog" in r["present"] for r in by_image)
 
 
 def test_across_runs_newest_score_and_summary(scored, invoke):

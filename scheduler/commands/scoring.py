@@ -308,7 +308,10 @@ def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, a
         many = runs is None or len(runs) > 1
         if by_image:
             columns = ["image", "present", "top"] + (["run"] if many else []) + (["folder", "sha256"] if fmt != "table" else [])
-            stream(iter_by_image(s, query), columns, fmt)
+            rows = iter_by_image(s, query)
+            if fmt == "table":  # for people: "car 0.91, dog 0.12"; scripts get the list of classes and probabilities
+                rows = ({**r, "top": ", ".join(f"{t['class']} {t['probability']:.2f}" for t in r["top"])} for r in rows)
+            stream(rows, columns, fmt)
             return
         columns = ["image", "class", "probability", "present"] + (["run"] if many else [])
         columns += ["margin", "threshold", "folder", "detector", "sha256"] if fmt != "table" else []

@@ -45,7 +45,7 @@ _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 START_EPOCHS = 20
 FINETUNE_EPOCHS = 1
 FINETUNE_LR = 2e-4  # a tenth of the start's rate: at 2e-3 one epoch undid part of the start (bench/RESULTS.md, "fine-tune rate")
-TRAINING_COLUMNS = ["job", "created", "image_size", "epochs", "init"]
+TRAINING_COLUMNS = ["job", "created", "arch", "image_size", "epochs", "init"]
 DETECTOR_COLUMNS = ["id", "class", "ap", "ap11", "auc", "accuracy", "always_absent", "f1", "threshold", "pos_rate", "eval_images", "split", "eval_data"]
 DETECTOR_COLUMNS.append("train_data")
 
