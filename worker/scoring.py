@@ -243,18 +243,19 @@ def _score_shard(shard_id: int, token: str, run_id: int, hb: Heartbeat, tally: T
     loaded = load_detectors(specs, device, compile=settings.score_compile, store=ArtifactStore.from_settings(settings))
     compute = partial(_compute, writer, device=device, batch_size=batch_size, threads=settings.decode_threads, stats=plan.stats)
     changed = [e for have, entries in plan.compute.items() for e in compute(entries, [d for d in loaded if d.spec.id not in have], plan.known if have else {})]
-    if changed:  # a file changed under an unchanged size and time: every detector after all (counted once more in the progress)
-        compute(changed, loaded, {})
+    if changed:  # a file changed under an unchanged size and time: every detector after all
+        compute(changed, loaded, {}, counted=False)
     writer.flush_errors()
 
 
-def _compute(writer: _ShardWriter, entries, detectors, known, *, device, batch_size: int, threads: int, stats) -> list[FileEntry]:
+def _compute(writer: _ShardWriter, entries, detectors, known, *, device, batch_size: int, threads: int, stats, counted: bool = True) -> list[FileEntry]:
     """Decode ``entries`` and run ``detectors`` (those the pictures lack), merged with what ``known`` holds of each.
 
     Returns the entries whose content is not the content ``known`` has (they need every detector).
     """
     changed = []
-    for chunk in iter_chunks(entries, detectors, device, chunk_size=SCORE_CHUNK, batch_size=batch_size, threads=threads, on_files=writer.tally.finished):
+    tally = writer.tally.finished if counted else None  # a file decoded again is not counted again
+    for chunk in iter_chunks(entries, detectors, device, chunk_size=SCORE_CHUNK, batch_size=batch_size, threads=threads, on_files=tally):
         rows = []
         for j, f in enumerate(chunk.scored):
             earlier = known.get(f.entry)
