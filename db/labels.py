@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from vocfleet.model import ConfigError, check_class
 
 from .models import PictureLabel, Score, ScoredImage
-from .states import as_utc, plain_text
+from .states import IN_BOUND, as_utc, plain_text
 
 
 @dataclass(frozen=True)
@@ -61,24 +61,26 @@ def latest_labels(s: Session, *, sha256: str | None = None, voc_class: str | Non
     latest = {r.last: r.n for r in s.execute(q)}
     if not latest:
         return []
-    rows = s.scalars(select(PictureLabel).where(PictureLabel.id.in_(list(latest))).order_by(PictureLabel.id)).all()
-    shas = list({r.sha256 for r in rows})
-    seen = dict(
-        s.execute(
-            select(ScoredImage.sha256, ScoredImage.folder + "/" + ScoredImage.rel_path)
-            .where(ScoredImage.sha256.in_(shas))
-            .order_by(ScoredImage.id)  # the newest sighting wins below
-        ).all()
-    )
-    return [LabelRecord(r.sha256, r.voc_class, r.present, r.who, as_utc(r.at), latest[r.id] - 1, seen.get(r.sha256)) for r in rows]
+    ids = list(latest)
+    rows = [r for i in range(0, len(ids), IN_BOUND) for r in s.scalars(select(PictureLabel).where(PictureLabel.id.in_(ids[i : i + IN_BOUND])))]
+    rows.sort(key=lambda r: r.id)
+    seen = sightings(s, list({r.sha256 for r in rows}))
+    return [
+        LabelRecord(r.sha256, r.voc_class, r.present, r.who, as_utc(r.at), latest[r.id] - 1, "/".join(seen[r.sha256]) if r.sha256 in seen else None)
+        for r in rows
+    ]
 
 
 def labelled_files(s: Session) -> dict[str, tuple[str, str]]:
     """sha256 -> (folder, relative path) where a run last saw each labelled picture (a picture no run saw is left out)."""
-    shas = list(s.scalars(select(PictureLabel.sha256).distinct()))
+    return sightings(s, list(s.scalars(select(PictureLabel.sha256).distinct())))
+
+
+def sightings(s: Session, shas: list[str]) -> dict[str, tuple[str, str]]:
+    """sha256 -> (folder, relative path) of the newest scored image with that content, for those a run saw."""
     out: dict[str, tuple[str, str]] = {}
-    for i in range(0, len(shas), 5000):
-        q = select(ScoredImage.sha256, ScoredImage.folder, ScoredImage.rel_path).where(ScoredImage.sha256.in_(shas[i : i + 5000])).order_by(ScoredImage.id)
+    for i in range(0, len(shas), IN_BOUND):
+        q = select(ScoredImage.sha256, ScoredImage.folder, ScoredImage.rel_path).where(ScoredImage.sha256.in_(shas[i : i + IN_BOUND])).order_by(ScoredImage.id)
         out.update({sha: (folder, rel) for sha, folder, rel in s.execute(q)})  # the newest sighting last, so it wins
     return out
 

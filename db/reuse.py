@@ -16,9 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .models import Score, ScoredImage, ScoreRun
+from .states import IN_BOUND
 
 EARLIER_RUNS = 5  # the newest runs of a folder asked for its files by path
-BOUND = 5000  # parameters per IN list: under every driver's limit
 
 
 @dataclass
@@ -47,9 +47,9 @@ def sha_by_path(s: Session, runs: Sequence[int], folder: str, stats: dict[str, t
     paths = list(stats)
     for run in runs:
         todo = [p for p in paths if p not in found]
-        for i in range(0, len(todo), BOUND):
+        for i in range(0, len(todo), IN_BOUND):
             q = select(ScoredImage.rel_path, ScoredImage.size_bytes, ScoredImage.mtime_ns, ScoredImage.sha256).where(
-                ScoredImage.run_id == run, ScoredImage.folder == folder, ScoredImage.rel_path.in_(todo[i : i + BOUND])
+                ScoredImage.run_id == run, ScoredImage.folder == folder, ScoredImage.rel_path.in_(todo[i : i + IN_BOUND])
             )
             for rel_path, size, mtime, sha in s.execute(q):
                 if rel_path not in found and mtime is not None and (size, mtime) == stats[rel_path]:
@@ -61,11 +61,11 @@ def known_pictures(s: Session, shas: Iterable[str], detector_ids: Sequence[int])
     """sha256 -> what earlier runs know of that content: its size, and each of ``detector_ids``' score of it."""
     shas, wanted = list(dict.fromkeys(shas)), list(detector_ids)
     known: dict[str, Known] = {}
-    for i in range(0, len(shas), BOUND):
+    for i in range(0, len(shas), IN_BOUND):
         q = (
             select(ScoredImage.sha256, ScoredImage.width, ScoredImage.height, ScoredImage.size_bytes, Score.detector_id, Score.probability, Score.present)
             .join(Score, Score.image_id == ScoredImage.id)
-            .where(ScoredImage.sha256.in_(shas[i : i + BOUND]), Score.detector_id.in_(wanted))
+            .where(ScoredImage.sha256.in_(shas[i : i + IN_BOUND]), Score.detector_id.in_(wanted))
         )
         for sha, width, height, size, detector_id, probability, present in s.execute(q):
             k = known.setdefault(sha, Known(sha, width, height, size))

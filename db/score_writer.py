@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from .claims import owned
 from .models import FileError, Score, ScoredImage, ScoreRun, ScoreShard
+from .states import IN_BOUND
 
 
 def recorded_paths(s: Session, run_id: int, entries: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -25,8 +26,8 @@ def recorded_paths(s: Session, run_id: int, entries: Sequence[tuple[str, str]]) 
     for folder in {f for f, _ in entries}:
         paths = [p for f, p in entries if f == folder]
         for table in (ScoredImage, FileError):
-            for i in range(0, len(paths), 5000):  # stay under every driver's bound-parameter limit
-                q = select(table.rel_path).where(table.run_id == run_id, table.folder == folder, table.rel_path.in_(paths[i : i + 5000]))
+            for i in range(0, len(paths), IN_BOUND):
+                q = select(table.rel_path).where(table.run_id == run_id, table.folder == folder, table.rel_path.in_(paths[i : i + IN_BOUND]))
                 found.update((folder, p) for p in s.scalars(q))
     return found
 

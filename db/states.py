@@ -17,6 +17,7 @@ SCHEMA_HEAD = "0013"
 SORTS = ("image", "probability", "margin")
 
 
+IN_BOUND = 5000  # values per SQL IN list: under every driver's bound-parameter limit
 MAX_ID = 2**31 - 1  # the largest id an INTEGER column holds: a larger one is refused in one line, never sent to the driver
 
 
