@@ -215,8 +215,7 @@ def detector_page(request: Request, s: DB, detector_id: RowId) -> HTMLResponse:
 @router.get("/detectors/{detector_id}/pictures/{picture}.jpg")
 def evaluation_thumb(request: Request, detector_id: RowId, picture: Annotated[str, FastPath(max_length=64, pattern=r"^[\w.-]+$")], size: int = 160) -> Response:
     """A thumbnail of one of a detector's evaluation pictures (its VOC root and the picture's id come from the database)."""
-    if size not in SIZES:
-        raise Problem(400, f"size={size}: one of {', '.join(map(str, SIZES))}")
+    _check_size(size)
     from vocfleet.db.session import session_scope
 
     with session_scope() as s:  # closed before the picture is read
@@ -225,9 +224,7 @@ def evaluation_thumb(request: Request, detector_id: RowId, picture: Annotated[st
         raise Problem(404, f"detector {detector_id}: no evaluation picture {picture!r}")
     key = hashlib.sha256(f"{found[0]}/{found[1]}".encode()).hexdigest()  # the cache's key: the file was never hashed
     jpeg = cached_thumbnail(request.app.state.settings.cache_dir, *found, key, size, verify=False)
-    if jpeg is None:
-        return Response(PLACEHOLDER, media_type="image/svg+xml", headers={"X-Vocfleet-Placeholder": "1", "Cache-Control": "no-store"})
-    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+    return _thumbnail(jpeg)
 
 
 @router.get("/jobs", response_class=HTMLResponse)
@@ -235,10 +232,21 @@ def jobs_page(request: Request, s: DB, tag: Tags = []) -> HTMLResponse:  # noqa:
     return page(request, "jobs.html", title="Training jobs", jobs=tagged(web_db.job_list(s), tag), tags=tag)
 
 
-@router.get("/thumbs/{image_id}.jpg")
-def thumb(request: Request, image_id: RowId, size: int = 160) -> Response:
+def _check_size(size: int) -> None:
     if size not in SIZES:
         raise Problem(400, f"size={size}: one of {', '.join(map(str, SIZES))}")
+
+
+def _thumbnail(jpeg: bytes | None) -> Response:
+    """The JPEG, or the placeholder where the picture is gone, unreadable, a link out of its folder, or changed since."""
+    if jpeg is None:
+        return Response(PLACEHOLDER, media_type="image/svg+xml", headers={"X-Vocfleet-Placeholder": "1", "Cache-Control": "no-store"})
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.get("/thumbs/{image_id}.jpg")
+def thumb(request: Request, image_id: RowId, size: int = 160) -> Response:
+    _check_size(size)
     from vocfleet.db.session import session_scope
 
     with session_scope() as s:  # closed before the picture is read: a slow disk holds no transaction
@@ -246,9 +254,7 @@ def thumb(request: Request, image_id: RowId, size: int = 160) -> Response:
     if recorded is None:
         raise Problem(404, f"picture {image_id}: no such picture in any run")
     jpeg = cached_thumbnail(request.app.state.settings.cache_dir, *recorded, size)
-    if jpeg is None:  # gone, unreadable, a link out of its folder, or changed since it was scored
-        return Response(PLACEHOLDER, media_type="image/svg+xml", headers={"X-Vocfleet-Placeholder": "1", "Cache-Control": "no-store"})
-    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+    return _thumbnail(jpeg)
 
 
 @router.get("/detectors/{detector_id}/{kind}.png")
