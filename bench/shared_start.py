@@ -129,7 +129,7 @@ def main() -> None:
         f"per class; start {args.start_epochs} epochs + {args.finetune_epochs} per class at lr {args.finetune_lrs}; fleet of {args.fleet_classes} classes",
         flush=True,
     )
-    named = f"start ({' '.join(args.start_set)})" if args.start_set else "start"
+    named = "start" + (f" [{args.arch}]" if args.arch != "resnet50" else "") + (f" ({' '.join(args.start_set)})" if args.start_set else "")
     tunes = {f"{named} + fine-tune lr {lr:g}": lr for lr in args.finetune_lrs}
     head = f"{named} alone (its head)"
     recipes = (() if args.skip_independent else ("independent",)) + (head, *tunes)

@@ -81,7 +81,8 @@ def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: boo
         zero_init_residual: start each residual branch's last batch norm at zero, so every block
             begins as the identity (torchvision's option; markedly better for short training from
             scratch). Irrelevant when weights are loaded.
-        arch: ``resnet50``, or ``tiny`` (:class:`TinyResNet`).
+        arch: ``resnet50``; ``resnet50-lowres`` (the same weights, no max pool after the stem: for small
+            pictures); or ``tiny`` (:class:`TinyResNet`).
         head: with a state dict of a many-logit network (a shared start's ``start.pt``), the row of
             its head that becomes this network's one logit (its class's); None: a fresh head.
     Returns:
@@ -91,6 +92,8 @@ def build_model(init: str = "scratch", outputs: int = 1, zero_init_residual: boo
         model = TinyResNet(num_classes=outputs, zero_init_residual=zero_init_residual)
     else:
         model = resnet50(weights=None, num_classes=outputs, zero_init_residual=zero_init_residual)
+        if arch == "resnet50-lowres":
+            model.maxpool = nn.Identity()  # no weights: state dicts, ImageNet init and export are ResNet-50's
     if init == "imagenet":
         path = ensure_imagenet_weights()
         try:

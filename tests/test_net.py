@@ -6,13 +6,27 @@ from torchvision.models import resnet50
 
 from vocfleet.model import ConfigError
 from vocfleet.model.config import check_init
-from vocfleet.model.net import bf16_training, build_model, inference_model, training_autocast
+from vocfleet.model.net import bf16_training, build_model, detector_model, inference_model, training_autocast
 
 
 def test_single_logit_head():
     model = build_model("scratch")
     assert model.fc.out_features == 1
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 1)
+
+
+def test_lowres_stem_keeps_resnet50_weights_and_a_larger_map(tmp_path):
+    plain, low = build_model("scratch"), build_model("scratch", arch="resnet50-lowres")
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in low.state_dict().items()}
+    maps = {}
+    for name, model in (("plain", plain), ("low", low)):
+        model.layer4.register_forward_hook(lambda _m, _i, out, name=name: maps.__setitem__(name, out.shape[-2:]))
+        model.eval()(torch.zeros(1, 3, 64, 64))
+    assert (maps["plain"], maps["low"]) == ((2, 2), (4, 4))
+    torch.save(plain.state_dict(), tmp_path / "r50.pt")  # a ResNet-50 file starts either
+    assert torch.equal(build_model(str(tmp_path / "r50.pt"), arch="resnet50-lowres").conv1.weight, plain.conv1.weight)
+    saved = {"model": low.state_dict(), "config": {"arch": "resnet50-lowres"}}
+    assert isinstance(detector_model(saved).maxpool, torch.nn.Identity)  # scoring rebuilds the stem it was trained with
 
 
 def test_init_from_state_dict_path(tmp_path):
