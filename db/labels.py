@@ -32,8 +32,11 @@ class LabelRecord:
     path: str | None  # where a run last saw the picture (folder/relative path), if any did
 
 
-def add_label(s: Session, sha256: str, voc_class: str, present: bool, who: str) -> PictureLabel:
+def add_label(s: Session, sha256: str, voc_class: str, present: bool, who: str, seen: tuple[str, str] | None = None) -> PictureLabel:
     """Record a person's word on a class of a picture (appended; the latest counts).
+
+    ``seen``: (folder, relative path) of the file the person looked at, for a picture no run
+    scored (a detector's evaluation picture): where `labels export` reads it.
 
     Raises:
         ConfigError: not a VOC class, a sha256 that is not 64 hex digits, or a name that is not plain text.
@@ -43,7 +46,8 @@ def add_label(s: Session, sha256: str, voc_class: str, present: bool, who: str) 
     who = plain_text("who", who.strip()) or ""
     if not who or len(who) > 200:
         raise ConfigError("who: say who labels (1 to 200 characters)")
-    label = PictureLabel(sha256=sha256, voc_class=check_class(voc_class), present=present, who=who)
+    folder, rel = seen or (None, None)
+    label = PictureLabel(sha256=sha256, voc_class=check_class(voc_class), present=present, who=who, folder=folder, rel_path=rel)
     s.add(label)
     s.flush()
     return label
@@ -64,7 +68,7 @@ def latest_labels(s: Session, *, sha256: str | None = None, voc_class: str | Non
     ids = list(latest)
     rows = [r for i in range(0, len(ids), IN_BOUND) for r in s.scalars(select(PictureLabel).where(PictureLabel.id.in_(ids[i : i + IN_BOUND])))]
     rows.sort(key=lambda r: r.id)
-    seen = sightings(s, list({r.sha256 for r in rows}))
+    seen = {**places_people_saw(s, [r.sha256 for r in rows]), **sightings(s, list({r.sha256 for r in rows}))}
     return [
         LabelRecord(r.sha256, r.voc_class, r.present, r.who, as_utc(r.at), latest[r.id] - 1, "/".join(seen[r.sha256]) if r.sha256 in seen else None)
         for r in rows
@@ -72,8 +76,22 @@ def latest_labels(s: Session, *, sha256: str | None = None, voc_class: str | Non
 
 
 def labelled_files(s: Session) -> dict[str, tuple[str, str]]:
-    """sha256 -> (folder, relative path) where a run last saw each labelled picture (a picture no run saw is left out)."""
-    return sightings(s, list(s.scalars(select(PictureLabel.sha256).distinct())))
+    """sha256 -> (folder, relative path) of each labelled picture: where a run last saw it, else where the person saw it."""
+    shas = list(s.scalars(select(PictureLabel.sha256).distinct()))
+    return {**places_people_saw(s, shas), **sightings(s, shas)}
+
+
+def places_people_saw(s: Session, shas: list[str]) -> dict[str, tuple[str, str]]:
+    """sha256 -> (folder, relative path) recorded with the newest label given on a picture no run had scored."""
+    out: dict[str, tuple[str, str]] = {}
+    for i in range(0, len(shas), IN_BOUND):
+        q = (
+            select(PictureLabel.sha256, PictureLabel.folder, PictureLabel.rel_path)
+            .where(PictureLabel.sha256.in_(shas[i : i + IN_BOUND]), PictureLabel.folder.is_not(None))
+            .order_by(PictureLabel.id)
+        )
+        out.update({sha: (folder, rel) for sha, folder, rel in s.execute(q)})
+    return out
 
 
 def sightings(s: Session, shas: list[str]) -> dict[str, tuple[str, str]]:

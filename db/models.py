@@ -213,6 +213,9 @@ class PictureLabel(Base):
     present: Mapped[bool] = mapped_column(Boolean)
     who: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where the person saw it, for a picture no run scored (a detector's evaluation picture); None otherwise.
+    folder: Mapped[str | None] = mapped_column(Text, default=None)
+    rel_path: Mapped[str | None] = mapped_column(Text, default=None)
 
     def __repr__(self) -> str:
         return f"PictureLabel(id={self.id}, sha256={self.sha256[:12]}, class={self.voc_class!r}, present={self.present}, who={self.who!r})"

@@ -8,12 +8,16 @@ least sure of, and the true positives just above its threshold.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
+from vocfleet.model.scan import MAX_FILE_BYTES, UnsafeFile, read_inside
+
+from .labels import LabelRecord, latest_labels
 from .models import Detector, EvaluationPicture, TrainJob
 
 SHOWN = 24  # pictures per kind on a page
@@ -123,6 +127,50 @@ def evaluation_file(s: Session, detector_id: int, picture: str) -> tuple[str, st
     if row is None or not row.config.get("voc_root"):
         return None
     return str(Path(row.config["voc_root"]) / "JPEGImages"), f"{picture}.jpg"
+
+
+@dataclass(frozen=True)
+class EvaluationView:
+    """One of a detector's evaluation pictures as a person checks it: the label it was judged by, what it said,
+    the file (None if gone) and what people said about that content since (latest word per class)."""
+
+    detector_id: int
+    voc_class: str
+    threshold: float
+    picture: str
+    label: bool
+    probability: float
+    place: tuple[str, str] | None  # (folder, relative path)
+    sha256: str | None  # None: the file is gone or unreadable
+    people: list[LabelRecord]
+
+    @property
+    def verdict(self) -> str:
+        said = self.probability >= self.threshold
+        return {(True, True): "right", (False, False): "right", (False, True): "false alarm", (True, False): "missed"}[(self.label, said)]
+
+
+def evaluation_view(s: Session, detector_id: int, picture: str) -> EvaluationView | None:
+    """None if the detector was not judged on that picture. Reads the file once, to know its content."""
+    row = s.execute(
+        select(Detector.voc_class, Detector.threshold, EvaluationPicture.label, EvaluationPicture.probability)
+        .join(EvaluationPicture, EvaluationPicture.detector_id == Detector.id)
+        .where(Detector.id == detector_id, EvaluationPicture.picture == picture)
+    ).first()
+    if row is None:
+        return None
+    place = evaluation_file(s, detector_id, picture)
+    sha = file_sha256(place) if place else None
+    people = latest_labels(s, sha256=sha) if sha else []
+    return EvaluationView(detector_id, row.voc_class, row.threshold, picture, row.label, row.probability, place, sha, people)
+
+
+def file_sha256(place: tuple[str, str]) -> str | None:
+    """sha256 of a file read without following links (None if it is gone, unreadable or too large)."""
+    try:
+        return hashlib.sha256(read_inside(*place, MAX_FILE_BYTES)).hexdigest()
+    except (OSError, UnsafeFile):
+        return None
 
 
 def judged(s: Session, detector_ids: list[int]) -> dict[int, tuple[list[float], list[bool]]]:

@@ -43,6 +43,13 @@ def check_voc_root(root: str | os.PathLike) -> Path:
     return path.resolve()
 
 
+# The file at the top of a `vocfleet labels export` folder. Its lists are people's word on each picture
+# (1 there, -1 not there, 0 nobody said), and a picture that came from a VOC folder keeps its id there;
+# given as a further --voc-root, such a folder's word on a picture the first folder lists replaces that
+# folder's label (the same picture: the export checked its content), and its other pictures train as new ones.
+PEOPLES_LABELS = "LABELS_FROM_PEOPLE.txt"
+
+
 def list_path(root: Path, voc_class: str, split: str) -> Path:
     return root / "ImageSets" / "Main" / f"{voc_class}_{split}.txt"
 
@@ -155,25 +162,60 @@ def planned_fingerprints(configs: Sequence[TrainConfig]) -> dict[str, tuple[str,
     return out
 
 
+def people_said(cfg: TrainConfig, voc_class: str) -> dict[str, int]:
+    """id -> 1 or -1: what people said about ``voc_class`` in the further folders that are labels exports
+    (:data:`PEOPLES_LABELS`), the first such folder's word where two speak of one picture."""
+    out: dict[str, int] = {}
+    for extra in map(check_voc_root, cfg.more_roots):
+        if (extra / PEOPLES_LABELS).is_file() and list_path(extra, voc_class, cfg.train_split).is_file():
+            for i, v in read_class_list(extra, voc_class, cfg.train_split).items():
+                if v != 0:  # 0: nobody said
+                    out.setdefault(i, v)
+    return out
+
+
+def _corrected(cfg: TrainConfig, root: Path) -> set[str]:
+    """Ids of the first folder (training or evaluation split) that a labels export speaks of: the same pictures, relabelled, never new ones."""
+    listed = None if cfg.is_start else cfg.voc_class
+    exported = set()
+    for extra in map(check_voc_root, cfg.more_roots):
+        if (extra / PEOPLES_LABELS).is_file():
+            exported |= set(split_ids(extra, cfg.train_split, listed))
+    if not exported:
+        return exported
+    ids = set(split_ids(root, cfg.train_split, listed))
+    if not (cfg.eval_split == "holdout" or eval_fold(cfg.eval_split) is not None) and has_split(root, cfg.eval_split):
+        ids |= set(split_ids(root, cfg.eval_split, listed))
+    return ids & exported
+
+
 def role_labels(cfg: TrainConfig, root: Path) -> tuple[dict[str, int], dict[str, int]]:
     """0/1 labels of the images trained on (training and validation together) and of those evaluated on, from the lists.
+
+    What people said in a labels export given as a further ``--voc-root`` replaces the list's
+    label of the same picture, wherever it is used (training or evaluation).
 
     Raises:
         ConfigError: the evaluation split shares images with the training split.
     """
+    said = people_said(cfg, cfg.voc_class)
     listed = read_class_list(root, cfg.voc_class, cfg.train_split)
+    listed.update((i, v) for i, v in said.items() if i in listed)
     train_labels = _labels_for(listed, cfg.difficult)
     # A further folder's picture whose id the first folder lists (with any label) is the first folder's: never trained from elsewhere.
+    corrected = _corrected(cfg, root)
     more = {
         i: v
         for i, v in _more_labels(cfg, lambda extra: _labels_for(read_class_list(extra, cfg.voc_class, cfg.train_split), cfg.difficult)).items()
-        if i not in listed
+        if i not in listed and i not in corrected
     }
     if cfg.eval_split == "holdout" or eval_fold(cfg.eval_split) is not None:
         held = held_out(cfg, train_labels, train_labels)
         eval_labels = {i: v for i, v in train_labels.items() if i in held}
         return {**{i: v for i, v in train_labels.items() if i not in held}, **more}, eval_labels
-    eval_labels = _labels_for(read_class_list(root, cfg.voc_class, cfg.eval_split), cfg.difficult)
+    eval_listed = read_class_list(root, cfg.voc_class, cfg.eval_split)
+    eval_listed.update((i, v) for i, v in said.items() if i in eval_listed)
+    eval_labels = _labels_for(eval_listed, cfg.difficult)
     overlap = set(eval_labels) & (set(train_labels) | set(more))
     if overlap:
         raise ConfigError(
@@ -201,7 +243,7 @@ def training_sources(cfg: TrainConfig) -> tuple[Path, list[str], list[tuple[Path
     root = check_voc_root(cfg.voc_root)
     listed = None if cfg.is_start else cfg.voc_class
     ids = split_ids(root, cfg.train_split, listed)
-    seen, more = set(ids), []
+    seen, more = set(ids) | _corrected(cfg, root), []  # a relabelled picture is decoded from the first folder, as the same picture
     for extra in map(check_voc_root, cfg.more_roots):
         new = [i for i in split_ids(extra, cfg.train_split, listed) if i not in seen]
         seen.update(new)
@@ -221,6 +263,8 @@ def start_labels(cfg: TrainConfig, root: Path) -> dict[str, list[float]]:
         raise ConfigError(f"start: no class list of split {cfg.train_split!r} in {root}/ImageSets/Main (check --voc-root and --train-split)")
     ids = list(dict.fromkeys(i for labels in lists.values() for i in labels))
     held = held_out(cfg, ids)
+    for c in VOC_CLASSES:  # people's word on a picture of the first folder replaces its list's
+        lists[c].update((i, v) for i, v in people_said(cfg, c).items() if i in lists[c] or i in ids)
     lookup = {1: 1.0, -1: 0.0, 0: -1.0}
     out = {i: [lookup[lists[c].get(i, 0)] for c in VOC_CLASSES] for i in sorted(ids) if i not in held}
 
@@ -228,7 +272,7 @@ def start_labels(cfg: TrainConfig, root: Path) -> dict[str, list[float]]:
         found = {c: read_class_list(extra, c, cfg.train_split) if list_path(extra, c, cfg.train_split).is_file() else {} for c in VOC_CLASSES}
         return {i: [lookup[found[c].get(i, 0)] for c in VOC_CLASSES] for i in sorted({i for labels in found.values() for i in labels})}
 
-    first = set(ids)
+    first = set(ids) | _corrected(cfg, root)
     return {**out, **{i: v for i, v in _more_labels(cfg, all_labels).items() if i not in first}}
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import make_fake_voc
-from vocfleet.model import ConfigError
+from vocfleet.model import VOC_CLASSES, ConfigError
 from vocfleet.model.config import START_CLASS, TrainConfig
-from vocfleet.model.data import planned_fingerprints, role_labels, start_labels
+from vocfleet.model.data import PEOPLES_LABELS, planned_fingerprints, role_labels, start_labels, training_sources
 from vocfleet.model.engine import fit, fit_start
 from vocfleet.model.splits import fingerprint, prepare_splits
 
@@ -81,3 +81,41 @@ def test_the_cli_takes_voc_root_twice_and_refuses_a_folder_given_twice(roots, in
         assert s.get(TrainJob, 1).config["more_roots"] == [str(second.resolve())]
     with pytest.raises(ConfigError, match="given twice"):
         TrainConfig(voc_class="car", voc_root="/a", more_roots=("/b", "/b"))
+
+
+def _labels_export(root: Path, first: Path, said: dict[str, dict[str, int]], marker: bool = True) -> Path:
+    """A folder as `vocfleet labels export` writes it: pictures named by their VOC id, people's word per class (0 not said)."""
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for i in said:
+        (root / "JPEGImages" / f"{i}.jpg").write_bytes((first / "JPEGImages" / f"{i}.jpg").read_bytes())
+    (root / "ImageSets" / "Main" / "train.txt").write_text("".join(f"{i}\n" for i in said))
+    for c in VOC_CLASSES:
+        (root / "ImageSets" / "Main" / f"{c}_train.txt").write_text("".join(f"{i} {said[i].get(c, 0)}\n" for i in said))
+    if marker:
+        (root / PEOPLES_LABELS).write_text("vocfleet labels export\n")
+    return root
+
+
+@pytest.mark.parametrize("split", [{"eval_split": "holdout"}, {"eval_split": "fold:1/4", "fold_by": "image"}])
+def test_peoples_word_replaces_the_label_of_the_same_picture_where_it_is_used(roots, split, tmp_path):
+    first = roots[0]
+    alone = TrainConfig(voc_class="car", voc_root=str(first), **split)
+    train, evaluation = role_labels(alone, first)
+    trained, judged = next(i for i in sorted(train) if train[i] == 0), next(i for i in sorted(evaluation) if evaluation[i] == 0)
+    said = {trained: {"car": 1}, judged: {"car": 1, "dog": -1}}
+    export = _labels_export(tmp_path / "ours", first, said)
+    cfg = alone.with_(more_roots=(str(export),))
+    new_train, new_eval = role_labels(cfg, first)
+    assert (new_train[trained], new_eval[judged]) == (1, 1)  # corrected where each is used
+    assert set(new_train) == set(train) and set(new_eval) == set(evaluation)  # the same pictures, never a second copy in training
+    assert {k: v for k, v in new_train.items() if k != trained} == {k: v for k, v in train.items() if k != trained}
+    _, _, more = training_sources(cfg)
+    assert more == [(export, [])]  # decoded from the first folder, as the same pictures
+    start_cfg = TrainConfig(voc_class=START_CLASS, voc_root=str(first), more_roots=(str(export),), balance="none", **split)
+    start = start_labels(start_cfg, first)
+    assert start[trained][VOC_CLASSES.index("car")] == 1.0 and judged not in start  # an evaluation picture never trains the start
+    assert planned_fingerprints([cfg])["car"] != planned_fingerprints([alone])["car"]  # other labels: other fingerprints
+
+    plain = _labels_export(tmp_path / "theirs", first, said, marker=False)  # a folder that only reuses the ids: the first folder's labels stand
+    assert role_labels(alone.with_(more_roots=(str(plain),)), first) == (train, evaluation)

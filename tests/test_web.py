@@ -367,6 +367,52 @@ def test_people_label_pictures_and_the_label_follows_the_content(site):
     assert b"people say" in get(site, f"/pictures/{tile['image_id']}")[2]
 
 
+def test_a_detectors_mistake_is_marked_exported_and_trained_with(site, browser, tmp_path):
+    """A detector's evaluation picture -> its page -> marked against its label -> `vocfleet labels` lists it -> exported
+    under its VOC id -> a job on that VOC folder trains with the person's word instead of the list's."""
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("dialog", lambda d: d.accept(TOKEN))  # the token prompt
+    page.goto(site["url"] + "/detectors/1")
+    page.locator("#mistakes ~ .grid .tile a").first.click()
+    picture = page.url.rsplit("/", 1)[1]
+    assert page.locator("h1").inner_text() == picture
+    page.wait_for_function("document.getElementById('picture').naturalWidth > 0")
+    was_there = page.locator("#verdict td").first.inner_text() == "car"
+    with page.expect_navigation():  # marked, then the page reloads with the word
+        page.click(f"#people tr[data-class=car] button[data-present={'false' if was_there else 'true'}]")
+    row = page.locator("#people tr[data-class=car]").inner_text()
+    assert ("not there" if was_there else "there") in row and "its label disagrees" in row, row
+    assert errors == []
+
+    listed = subprocess.run([*VOCFLEET, "labels", "--format", "json"], env=site["env"], capture_output=True, text=True, check=True)
+    mine = [r for r in json.loads(listed.stdout) if r["path"] and r["path"].endswith(f"JPEGImages/{picture}.jpg")]
+    assert [(r["class"], r["present"], r["who"]) for r in mine] == [("car", not was_there, "web")]
+    status, body = api(site, f"/api/detectors/1/evaluation/{picture}/labels", "POST", {"X-Vocfleet-Token": TOKEN})
+    assert status == 400 and "required" in body["error"]  # no body: refused before anything is stored
+    assert get(site, "/detectors/1/evaluation/999999")[0] == 404  # not one of its pictures
+
+    out = tmp_path / "ours"
+    subprocess.run([*VOCFLEET, "labels", "export", out], env=site["env"], capture_output=True, text=True, check=True)
+    said = dict(line.split() for line in (out / "ImageSets" / "Main" / "car_trainval.txt").read_text().splitlines())
+    assert said[picture] == ("-1" if was_there else "1") and (out / "JPEGImages" / f"{picture}.jpg").is_file()
+
+    from vocfleet.model.config import TrainConfig
+    from vocfleet.model.data import role_labels
+
+    voc = site["base"] / "VOC2007"
+    env = {**site["env"], "VOCFLEET_DATA_DIR": str(tmp_path / "data")}  # a job of its own, in a database of its own
+    quick = ["--arch", "tiny", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--max-batches", "2"]
+    submit = [*VOCFLEET, "submit", "--classes", "car", "--start", "none", "--voc-root", voc, "--voc-root", out, *quick]
+    subprocess.run(submit, env=env, check=True, capture_output=True)
+    subprocess.run([*VOCFLEET, "run"], env=env, check=True, capture_output=True)
+    [job] = json.loads(subprocess.run([*VOCFLEET, "status", "--format", "json"], env=env, capture_output=True, text=True, check=True).stdout)
+    assert job["status"] == "succeeded"
+    train, evaluation = role_labels(TrainConfig(voc_class="car", voc_root=str(voc), more_roots=(str(out),)), voc)
+    assert {**train, **evaluation}[picture] == (0 if was_there else 1)  # the person's word, where the job uses the picture
+
+
 def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line(site):
     env = {**site["env"], "VOCFLEET_WEB_TOKEN": "short"}
     res = subprocess.run([*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)

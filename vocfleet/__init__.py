@@ -5,4 +5,4 @@ data, training, scoring; no Celery, SQL or CLI), ``vocfleet.db`` (tables, sessio
 ``vocfleet.worker`` (the runner and its Celery tasks) and ``vocfleet.scheduler`` (the CLI).
 """
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"

@@ -461,14 +461,16 @@ def labels(ctx: click.Context, voc_class: str | None, fmt: str) -> None:
 def labels_export(folder: str) -> None:
     """Write the labels as a VOC year folder (JPEGImages/, ImageSets/Main/<class>_train.txt): 1 there, -1 not there, 0 not said.
 
-    Train on them beside VOC with 'vocfleet submit --voc-root VOC2007 --voc-root FOLDER' (0, "not said", is left out of training).
-    The folder must be new; each picture is copied as a run last saw it, checked against its sha256.
+    Train on them beside VOC with 'vocfleet submit --voc-root VOC2007 --voc-root FOLDER' (0, "not said", is left out of training):
+    a picture of that VOC folder (one of a detector's evaluation pictures, say) keeps its id, and the word replaces its label there.
+    The folder must be new; each picture is copied as a run last saw it (or as a person saw it), checked against its sha256.
     """
     import hashlib
     from pathlib import Path
 
     from vocfleet.db.labels import labelled_files, latest_labels
     from vocfleet.model import VOC_CLASSES
+    from vocfleet.model.data import PEOPLES_LABELS
     from vocfleet.model.files import write_bytes
     from vocfleet.model.scan import MAX_FILE_BYTES, UnsafeFile, read_inside
 
@@ -483,6 +485,7 @@ def labels_export(folder: str) -> None:
     if not said:
         raise ConfigError("no labels yet: mark classes on a picture's page (vocfleet serve --allow-actions)")
     pictures: dict[str, bytes] = {}
+    ids: dict[str, str] = {}
     for sha, (top, rel) in where.items():
         try:
             data = read_inside(top, rel, MAX_FILE_BYTES)
@@ -493,19 +496,29 @@ def labels_export(folder: str) -> None:
             click.echo(f"{top}/{rel}: left out (changed since it was scored)", err=True)
             continue
         pictures[sha] = data
+        # A picture of a VOC folder keeps its id, so a job on that folder takes the word as a correction of the same picture.
+        in_voc = top.endswith("/JPEGImages") and rel.endswith(".jpg") and "/" not in rel and Path(top).parent.joinpath("ImageSets", "Main").is_dir()
+        voc_id = rel[:-4] if in_voc else None
+        ids[sha] = voc_id if voc_id and voc_id not in ids.values() else sha[:16]
     labels_of = {(r.sha256, r.voc_class): r.present for r in said}
     (out / "JPEGImages").mkdir(parents=True)
     (out / "ImageSets" / "Main").mkdir(parents=True)
-    ids = {sha: sha[:16] for sha in pictures}
     for sha, data in pictures.items():
         write_bytes(out / "JPEGImages" / f"{ids[sha]}.jpg", data)  # any format Pillow reads: decoding goes by content
     order = sorted(ids.values())
-    write_bytes(out / "ImageSets" / "Main" / "train.txt", "".join(f"{i}\n" for i in order).encode())
     back = {i: sha for sha, i in ids.items()}
-    for cls in VOC_CLASSES:
-        lines = [f"{i} {({True: 1, False: -1}).get(labels_of.get((back[i], cls)), 0)}\n" for i in order]
-        write_bytes(out / "ImageSets" / "Main" / f"{cls}_train.txt", "".join(lines).encode())
-    click.echo(f"wrote {len(pictures)} labelled picture(s) to {out}; train on them with: vocfleet submit --voc-root VOC2007 --voc-root {out}")
+    for split in ("train", "trainval"):  # what a job's --train-split names: VOC2007's train, or trainval
+        write_bytes(out / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{i}\n" for i in order).encode())
+        for cls in VOC_CLASSES:
+            lines = [f"{i} {({True: 1, False: -1}).get(labels_of.get((back[i], cls)), 0)}\n" for i in order]
+            write_bytes(out / "ImageSets" / "Main" / f"{cls}_{split}.txt", "".join(lines).encode())
+    relabelled = sum(1 for sha in pictures if ids[sha] != sha[:16])
+    marker = f"vocfleet labels export: {len(pictures)} pictures, {relabelled} of them from a VOC folder (named by their id there)\n"
+    write_bytes(out / PEOPLES_LABELS, marker.encode())
+    click.echo(
+        f"wrote {len(pictures)} labelled picture(s) to {out} ({relabelled} from a VOC folder: their word replaces its label); "
+        f"train on them with: vocfleet submit --voc-root VOC2007 --voc-root {out}"
+    )
 
 
 @labels.command("evaluate")

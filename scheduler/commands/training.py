@@ -68,7 +68,15 @@ DETECTOR_COLUMNS.append("train_data")
     help=f"Each class job's epochs [default: {FINETUNE_EPOCHS} from a start, {_DEFAULTS.epochs} without].",
 )
 @click.option("--image-size", type=int, default=_DEFAULTS.image_size, help="Square training size in pixels.")
-@click.option("--arch", type=click.Choice(ARCHS), default=_DEFAULTS.arch, help="resnet50; resnet50-lowres: the same weights without the stem's max pool, for pictures of 64-128 px (4x the compute); tiny: the same code at 1/8 width for smoke runs and tests.")
+@click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default=_DEFAULTS.arch,
+    help=(
+        "resnet50; resnet50-lowres: the same weights without the stem's max pool, for pictures of 64-128 px (about 3x the compute); "
+        "tiny: the same code at 1/8 width for smoke runs and tests."
+    ),
+)
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size)
 @click.option("--lr", type=float, default=None, help=f"Peak learning rate [default: {_DEFAULTS.lr:g}; a class job from a start: {FINETUNE_LR:g}].")
 @click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay)

@@ -35,6 +35,7 @@ from .common import (
     ClassNeeded,
     ClassParam,
     ErrorLimit,
+    EvaluationId,
     Limit,
     Offset,
     OtherRun,
@@ -311,6 +312,30 @@ def api_label(request: Request, image_id: RowId, body: LabelIn) -> Done:
         return f"picture {image_id}: {body.voc_class} {'present' if body.present else 'absent'}, said by {body.who}"
 
     return _act(request, f"label picture {image_id}", change)
+
+
+@router.post("/detectors/{detector_id}/evaluation/{picture}/labels", tags=["actions"])
+def api_label_evaluation(request: Request, detector_id: RowId, picture: EvaluationId, body: LabelIn) -> Done:
+    """Say whether a class is in one of a detector's evaluation pictures (needs --allow-actions and the token): kept by
+    the file's sha256 like any label, with where it was seen, so `vocfleet labels export` can take it to training."""
+    from vocfleet.db.labels import add_label
+    from vocfleet.model import ConfigError
+
+    def change() -> str:
+        with session_scope() as s:
+            view = truth.evaluation_view(s, detector_id, picture)
+            if view is None:
+                raise Problem(404, f"detector {detector_id}: no evaluation picture {picture!r}")
+            if view.sha256 is None:
+                where = view.place[0] if view.place else "its VOC root"
+                raise Problem(409, f"detector {detector_id}: evaluation picture {picture!r} is gone from {where}; nothing to label")
+            try:
+                add_label(s, view.sha256, body.voc_class, body.present, body.who, seen=view.place)
+            except ConfigError as exc:
+                raise Problem(400, str(exc)) from None
+        return f"picture {picture}: {body.voc_class} {'present' if body.present else 'absent'}, said by {body.who}"
+
+    return _act(request, f"label picture {picture}", change)
 
 
 @router.post("/detectors/{detector_id}/activate", tags=["actions"])

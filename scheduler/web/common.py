@@ -30,6 +30,7 @@ ClassNeeded = Annotated[str, Query(alias="class", max_length=32)]
 ErrorLimit = Annotated[int, Query(ge=1, le=10000)]
 Offset = Annotated[int, Query(ge=0, le=gallery_db.MAX_COMPARED)]
 RowId = Annotated[int, FastPath(ge=1, le=MAX_ID)]  # a larger id is a 422 that names it, not the driver's overflow
+EvaluationId = Annotated[str, FastPath(max_length=64, pattern=r"^[\w.-]+$")]  # a VOC picture id (JPEGImages/<id>.jpg)
 OtherRun = Annotated[int, Query(ge=1, le=MAX_ID)]
 
 

@@ -9,7 +9,6 @@ from urllib.parse import quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Query, Request
-from fastapi import Path as FastPath
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from vocfleet import __version__
@@ -24,6 +23,7 @@ from .common import (
     ClassNeeded,
     ClassParam,
     ErrorLimit,
+    EvaluationId,
     Limit,
     Offset,
     OtherRun,
@@ -213,7 +213,7 @@ def detector_page(request: Request, s: DB, detector_id: RowId) -> HTMLResponse:
 
 
 @router.get("/detectors/{detector_id}/pictures/{picture}.jpg")
-def evaluation_thumb(request: Request, detector_id: RowId, picture: Annotated[str, FastPath(max_length=64, pattern=r"^[\w.-]+$")], size: int = 160) -> Response:
+def evaluation_thumb(request: Request, detector_id: RowId, picture: EvaluationId, size: int = 160) -> Response:
     """A thumbnail of one of a detector's evaluation pictures (its VOC root and the picture's id come from the database)."""
     _check_size(size)
     from vocfleet.db.session import session_scope
@@ -225,6 +225,15 @@ def evaluation_thumb(request: Request, detector_id: RowId, picture: Annotated[st
     key = hashlib.sha256(f"{found[0]}/{found[1]}".encode()).hexdigest()  # the cache's key: the file was never hashed
     jpeg = cached_thumbnail(request.app.state.settings.cache_dir, *found, key, size, verify=False)
     return _thumbnail(jpeg)
+
+
+@router.get("/detectors/{detector_id}/evaluation/{picture}", response_class=HTMLResponse)
+def evaluation_page(request: Request, s: DB, detector_id: RowId, picture: EvaluationId) -> HTMLResponse:
+    """One of a detector's evaluation pictures: its label, what the detector said, what people said; marked here (with actions on)."""
+    view = truth.evaluation_view(s, detector_id, picture)
+    if view is None:
+        raise Problem(404, f"detector {detector_id}: no evaluation picture {picture!r}")
+    return page(request, "evaluation.html", title=f"Detector {detector_id}: {picture}", e=view)
 
 
 @router.get("/jobs", response_class=HTMLResponse)
