@@ -413,6 +413,30 @@ def test_a_detectors_mistake_is_marked_exported_and_trained_with(site, browser, 
     assert {**train, **evaluation}[picture] == (0 if was_there else 1)  # the person's word, where the job uses the picture
 
 
+def test_several_pictures_are_marked_from_the_gallery(site, browser):
+    """Three tiles chosen (a click on a box does not open the picture), one word for all of them; all or nothing by the API."""
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.on("dialog", lambda d: d.accept(TOKEN))
+    page.goto(site["url"] + "/runs/1?class=car&min=0")
+    boxes = page.locator("#grid input.pick")
+    chosen = [boxes.nth(i).get_attribute("value") for i in (1, 2, 3)]
+    for i in (1, 2, 3):
+        boxes.nth(i).click()
+    assert page.url.endswith("/runs/1?class=car&min=0") and page.locator("#picked").inner_text() == "3 chosen"
+    page.select_option("#mark select", "bird")
+    page.click("#mark button[data-present=true]")
+    page.wait_for_function("document.getElementById('picked').textContent.startsWith('marked')")
+    assert "3 picture(s): bird present" in page.locator("#picked").inner_text() and boxes.nth(1).is_checked() is False
+    for image_id in chosen:
+        assert ("bird", True, "web") in {(lb["voc_class"], lb["present"], lb["who"]) for lb in api(site, f"/api/pictures/{image_id}")[1]["labels"]}
+    untouched = boxes.nth(0).get_attribute("value")
+    body = json.dumps({"pictures": [int(untouched), 10**9], "class": "bird", "present": True}).encode()
+    status, answer = _post(site, "/api/labels", body, "application/json", {"X-Vocfleet-Token": TOKEN})
+    assert status == 404 and "nothing labelled" in answer["error"]
+    assert not [lb for lb in api(site, f"/api/pictures/{untouched}")[1]["labels"] if lb["voc_class"] == "bird"]  # all or nothing
+    assert _post(site, "/api/labels", body, "application/json")[0] == 403  # an action: the token
+
+
 def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line(site):
     env = {**site["env"], "VOCFLEET_WEB_TOKEN": "short"}
     res = subprocess.run([*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)

@@ -314,6 +314,38 @@ def api_label(request: Request, image_id: RowId, body: LabelIn) -> Done:
     return _act(request, f"label picture {image_id}", change)
 
 
+MAX_LABELLED = 500  # pictures one request may label: a gallery page is 48
+
+
+class LabelsIn(LabelIn):
+    pictures: list[int] = Field(min_length=1, max_length=MAX_LABELLED, description="the pictures' ids (as in a gallery)")
+
+
+@router.post("/labels", tags=["actions"])
+def api_label_many(request: Request, body: LabelsIn) -> Done:
+    """Say whether a class is in several pictures at once, as chosen in a gallery (needs --allow-actions and the token):
+    all of them or, if one is not a picture of any run, none."""
+    from vocfleet.db.labels import add_label
+    from vocfleet.model import ConfigError
+
+    def change() -> str:
+        with session_scope() as s:
+            shas = {}
+            for image_id in dict.fromkeys(body.pictures):
+                found = gallery_db.recorded_file(s, image_id)
+                if found is None:
+                    raise Problem(404, f"picture {image_id}: no such picture in any run; nothing labelled")
+                shas[found[2]] = image_id  # copies of one content: one word
+            try:
+                for sha in shas:
+                    add_label(s, sha, body.voc_class, body.present, body.who)
+            except ConfigError as exc:
+                raise Problem(400, str(exc)) from None
+        return f"{len(body.pictures)} picture(s): {body.voc_class} {'present' if body.present else 'absent'}, said by {body.who}"
+
+    return _act(request, "label pictures", change)
+
+
 @router.post("/detectors/{detector_id}/evaluation/{picture}/labels", tags=["actions"])
 def api_label_evaluation(request: Request, detector_id: RowId, picture: EvaluationId, body: LabelIn) -> Done:
     """Say whether a class is in one of a detector's evaluation pictures (needs --allow-actions and the token): kept by

@@ -16,6 +16,7 @@ from vocfleet.db import gallery as gallery_db
 from vocfleet.db import truth
 from vocfleet.db import views as web_db
 from vocfleet.db.results import error_rows
+from vocfleet.model import VOC_CLASSES
 from vocfleet.model.thumbnails import SIZES, cached_thumbnail
 
 from .common import (
@@ -126,7 +127,7 @@ def run_page(
         "first_url": first_url,
         "filter_query": urlencode({**params, "class": q.voc_class} if q else params),
     }
-    return page(request, "run.html", title=f"Run {run_id}", run=view, q=q, result=result, other_runs=others, **urls)
+    return page(request, "run.html", title=f"Run {run_id}", run=view, q=q, result=result, other_runs=others, classes=VOC_CLASSES, **urls)
 
 
 @router.get("/runs/{run_id}/compare", response_class=HTMLResponse)
