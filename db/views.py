@@ -21,6 +21,7 @@ from .records import DetectorRecord, JobRecord, RunRecord
 from .registry import detector_epochs, detector_records
 from .runs import class_presence
 from .states import as_utc
+from .truth import Confusion, run_confusion
 
 
 def _conn(s: Session) -> Any:
@@ -57,6 +58,8 @@ class RunView:
     finished: datetime | None
     error: str | None
     classes: list[ClassCount]
+    # Class -> the run's answers on the pictures people labelled for it, against their word (classes nobody labelled absent).
+    judged_by_people: dict[str, Confusion]
 
 
 def run_view(s: Session, run_id: int) -> RunView | None:
@@ -83,6 +86,7 @@ def run_view(s: Session, run_id: int) -> RunView | None:
         as_utc(run.finished_at),
         run.error,
         classes,
+        run_confusion(s, run_id),
     )
 
 

@@ -436,6 +436,21 @@ def test_several_pictures_are_marked_from_the_gallery(site, browser):
     assert not [lb for lb in api(site, f"/api/pictures/{untouched}")[1]["labels"] if lb["voc_class"] == "bird"]  # all or nothing
     assert _post(site, "/api/labels", body, "application/json")[0] == 403  # an action: the token
 
+    car = api(site, "/api/runs/1/gallery?class=car&min=0&limit=4")[1]["pictures"]  # the run's answers beside people's word
+    for tile, there in zip(car, (True, False, True, False), strict=True):
+        body = json.dumps({"pictures": [tile["image_id"]], "class": "car", "present": there}).encode()
+        assert _post(site, "/api/labels", body, "application/json", {"X-Vocfleet-Token": TOKEN})[0] == 200
+    said = [(t["present"], there) for t, there in zip(car, (True, False, True, False), strict=True)]
+    k = api(site, "/api/runs/1")[1]["judged_by_people"]["car"]
+    assert (k["true_positives"], k["false_positives"], k["false_negatives"], k["true_negatives"]) == (
+        said.count((True, True)),
+        said.count((True, False)),
+        said.count((False, True)),
+        said.count((False, False)),
+    )
+    page.goto(site["url"] + "/runs/1")
+    assert "4 labelled by people" in page.locator("#classes tr[data-class=car]").inner_text()
+
 
 def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line(site):
     env = {**site["env"], "VOCFLEET_WEB_TOKEN": "short"}
