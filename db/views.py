@@ -113,15 +113,36 @@ class ClassRegistry:
     detectors: list[DetectorRecord]
 
 
-def registry(s: Session) -> list[ClassRegistry]:
+# What the detectors page sorts each class by: the active one first, then by this (the newest first by default).
+REGISTRY_SORTS = ("newest", "ap", "auc", "image_size", "epochs", "lr", "batch_size", "seed", "arch", "init", "name")
+
+
+def registry(s: Session, sort: str = "newest", tag: str | None = None) -> list[ClassRegistry]:
+    """Every detector, by class. ``sort``: one of :data:`REGISTRY_SORTS` (metrics highest first, settings
+    smallest first); ``tag``: sort by that tag's value instead. Missing values go last."""
     by_class: dict[str, list[DetectorRecord]] = {}
     for record in detector_records(s, include_inactive=True):
         by_class.setdefault(record.voc_class, []).append(record)
+
+    def value(r: DetectorRecord):
+        v = r.tags.get(tag) if tag is not None else None if sort == "newest" else getattr(r, sort)
+        if isinstance(v, (int, float)) and sort in ("ap", "auc") and tag is None:
+            v = -v  # the best first
+        return (v is None, "" if v is None else v if isinstance(v, (int, float)) else str(v))
+
     out = []
     for cls, records in sorted(by_class.items()):
-        records.sort(key=lambda r: (not r.active, -r.detector_id))
+        records.sort(key=lambda r: -r.detector_id)
+        if tag is not None or sort != "newest":
+            records.sort(key=value)
+        records.sort(key=lambda r: not r.active)
         out.append(ClassRegistry(cls, next((r.detector_id for r in records if r.active), None), records))
     return out
+
+
+def detectors_of_jobs(s: Session) -> dict[int, int]:
+    """Job id -> the detector it made (jobs that made none are absent)."""
+    return dict(s.execute(select(Detector.job_id, Detector.id).where(Detector.job_id.is_not(None))).all())
 
 
 def detector_view(s: Session, detector_id: int) -> DetectorView | None:

@@ -82,6 +82,21 @@ def test_a_worse_detector_does_not_replace_a_better_one(invoke):
     assert _finish(0.99, promote="never") not in active_ids()
 
 
+def test_the_registry_sorts_each_class_by_a_metric_a_setting_or_a_tag():
+    from vocfleet.db.views import registry
+
+    ids = {ap: _finish(ap, promote="never") for ap in (0.3, 0.5, 0.4)}
+    active = _finish(0.1, promote="always")
+    with session_scope() as s:  # tags as `submit --tag recipe=...` gives them
+        for ap, recipe in ((0.3, "a"), (0.4, "b")):
+            s.get(TrainJob, s.get(Detector, ids[ap]).job_id).tags = {"recipe": recipe}
+    with session_scope() as s:
+        order = lambda *how: [d.detector_id for d in registry(s, *how)[0].detectors]
+        assert order() == [active, ids[0.4], ids[0.5], ids[0.3]]  # the active one, then the newest first
+        assert order("ap") == [active, ids[0.5], ids[0.4], ids[0.3]]  # metrics: the best first
+        assert order("newest", "recipe") == [active, ids[0.3], ids[0.4], ids[0.5]]  # a tag's value; without it, last
+
+
 def test_activate_a_detector_by_hand(invoke):
     first, second = _finish(0.3), _finish(0.4)
     res = invoke("detectors", "activate", first)

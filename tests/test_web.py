@@ -452,6 +452,27 @@ def test_several_pictures_are_marked_from_the_gallery(site, browser):
     assert "4 labelled by people" in page.locator("#classes tr[data-class=car]").inner_text()
 
 
+def test_jobs_lead_to_their_detectors_and_compare_and_detectors_sort(site, browser):
+    """A job's id opens its detector; jobs chosen on the jobs page are compared; the detectors page sorts by a setting or tag."""
+    page = browser.new_page()
+    page.goto(site["url"] + "/jobs")
+    made = {r.get_attribute("data-job"): r.locator("a[title='its detector']").get_attribute("href") for r in page.locator("#jobs tr[data-job]").all()}
+    assert made == {"1": "/detectors/1", "2": "/detectors/2", "3": "/detectors/3"}
+    page.check("#jobs tr[data-job='2'] input[name=ids]")
+    page.check("#jobs tr[data-job='3'] input[name=ids]")
+    page.click("#choose button")
+    assert page.locator("h1").inner_text() in ("Detectors 2, 3 side by side", "Detectors 3, 2 side by side") and "seed" in page.locator("#differ").inner_text()
+
+    def order(query: str) -> list[str]:
+        page.goto(site["url"] + "/detectors" + query)
+        return [r.get_attribute("data-detector") for r in page.locator("#class-dog + table tr[data-detector]").all()]
+
+    assert order("") == ["3", "2"] and order("?sort=seed") == ["3", "2"]  # the active one first, whatever the order
+    assert page.locator("#sorting select").input_value() == "seed"
+    assert get(site, "/detectors?sort=colour")[0] == 400
+    assert get(site, "/detectors?tag=recipe")[0] == 200  # no detector has it: the order stays
+
+
 def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line(site):
     env = {**site["env"], "VOCFLEET_WEB_TOKEN": "short"}
     res = subprocess.run([*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)

@@ -176,8 +176,15 @@ def picture_page(
 
 
 @router.get("/detectors", response_class=HTMLResponse)
-def detectors_page(request: Request, s: DB) -> HTMLResponse:
-    return page(request, "detectors.html", title="Detectors", classes=web_db.registry(s))
+def detectors_page(
+    request: Request,
+    s: DB,
+    sort: Annotated[str, Query(pattern="^(" + "|".join(web_db.REGISTRY_SORTS) + ")$")] = "newest",
+    by_tag: Annotated[str | None, Query(alias="tag", max_length=200)] = None,
+) -> HTMLResponse:
+    """Every detector by class, the active one first, then sorted by a metric, a setting or a tag's value."""
+    classes = web_db.registry(s, sort, by_tag or None)
+    return page(request, "detectors.html", title="Detectors", classes=classes, sorts=web_db.REGISTRY_SORTS, sort=sort, by_tag=by_tag or "")
 
 
 Ids = Annotated[list[int], Query(description="the detectors to compare, each as ids=N")]
@@ -239,7 +246,8 @@ def evaluation_page(request: Request, s: DB, detector_id: RowId, picture: Evalua
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request, s: DB, tag: Tags = []) -> HTMLResponse:  # noqa: B006 - FastAPI copies defaults per request
-    return page(request, "jobs.html", title="Training jobs", jobs=tagged(web_db.job_list(s), tag), tags=tag)
+    made = web_db.detectors_of_jobs(s)
+    return page(request, "jobs.html", title="Training jobs", jobs=tagged(web_db.job_list(s), tag), tags=tag, made=made)
 
 
 def _check_size(size: int) -> None:
