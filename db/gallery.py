@@ -78,6 +78,7 @@ class GalleryQuery:
     after: Cursor | None = None
     limit: int = PAGE
     before: Cursor | None = None
+    counted: bool = True  # False: no count and no position (a picture's page asks for its neighbours only once counted)
 
     def __post_init__(self) -> None:
         if self.after is not None and self.before is not None:
@@ -101,7 +102,11 @@ class Tile:
     filtered: dict[str, float] = field(default_factory=dict)  # the probability of each class the filter names besides (also, without)
 
 
-COUNT_CAP = 10_000  # counted exactly up to here; above, "more than" (a count stays an index range scan of at most this many rows)
+# Counted exactly up to here; above, "more than" and no position. A count walks the scores' index from
+# where the filter's rows start, a heap fetch per row (and, with "also" or "without", a lookup of another
+# class's score: about 25 µs a row at a million pictures on PostgreSQL), so it stays inside a page's
+# 150 ms. A class alone needs no count: the run keeps its per-class counts.
+COUNT_CAP = 1_000
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,9 @@ class GalleryPage:
     tiles: list[Tile]
     next: Cursor | None  # None: the last page
     previous: Cursor | None = None  # the ``before`` of the page before; None: the first page
-    total: int = 0  # pictures matching the filter, at most COUNT_CAP
-    total_is_exact: bool = True  # False: more than COUNT_CAP
-    start: int | None = 1  # the first tile's position (1-based) among them; None: past COUNT_CAP
+    total: int = 0  # pictures matching the filter: exact for a class alone (the run's counts), else at most the cap
+    total_is_exact: bool = True  # False: more than the cap (COUNT_CAP)
+    start: int | None = 1  # the first tile's position (1-based) among them; None: past the cap
 
 
 def _like_prefix(path: str) -> str:
@@ -143,33 +148,26 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
         raise ValueError(f"limit={q.limit}: between 1 and {MAX_PAGE}")
     if clash := (set(q.also) | {q.voc_class}) & set(q.without):
         raise ValueError(f"{', '.join(sorted(clash))}: asked to be both present and absent")
+    conds = [Score.run_id == q.run_id, Score.voc_class == q.voc_class]
+    if q.min_prob is None and q.max_prob is None:
+        conds.append(Score.present.is_(True))
+    if q.min_prob is not None:
+        conds.append(Score.probability >= q.min_prob)
+    if q.max_prob is not None:
+        conds.append(Score.probability <= q.max_prob)
+    conds += [class_present(Score.image_id, cls).is_(True) for cls in q.also]
+    conds += [class_present(Score.image_id, cls).is_(False) for cls in q.without]
+    counted = select(Score.image_id).where(*conds)  # the count reads the scores' index alone, joining a table only to filter by it
+    run = s.get(ScoreRun, q.run_id)
+    if q.folder:
+        conds.append(and_(ScoredImage.run_id == q.run_id, _under(list(run.folders) if run else [], q.folder)))  # the run's path index
+        counted = counted.join(ScoredImage, ScoredImage.id == Score.image_id).where(conds[-1])
     stmt = (
-        select(
-            Score.image_id,
-            Score.probability,
-            Score.present,
-            Detector.threshold,
-            ScoredImage.folder,
-            ScoredImage.rel_path,
-            ScoredImage.sha256,
-        )
+        select(Score.image_id, Score.probability, Score.present, Detector.threshold, ScoredImage.folder, ScoredImage.rel_path, ScoredImage.sha256)
         .join(ScoredImage, ScoredImage.id == Score.image_id)
         .join(Detector, Detector.id == Score.detector_id)
-        .where(Score.run_id == q.run_id, Score.voc_class == q.voc_class)
+        .where(*conds)
     )
-    if q.min_prob is None and q.max_prob is None:
-        stmt = stmt.where(Score.present.is_(True))
-    if q.min_prob is not None:
-        stmt = stmt.where(Score.probability >= q.min_prob)
-    if q.max_prob is not None:
-        stmt = stmt.where(Score.probability <= q.max_prob)
-    for cls in q.also:
-        stmt = stmt.where(class_present(Score.image_id, cls).is_(True))
-    for cls in q.without:
-        stmt = stmt.where(class_present(Score.image_id, cls).is_(False))
-    if q.folder:
-        run = s.get(ScoreRun, q.run_id)
-        stmt = stmt.where(_under(list(run.folders) if run else [], q.folder))
     order = (Score.present.desc(), Score.probability.desc(), Score.image_id.desc())
     if q.before is not None:  # the page before: read upwards from the cursor, shown in the usual order
         rows = s.execute(stmt.where(_ahead_of(q.before)).order_by(*(c.element.asc() for c in order)).limit(q.limit)).all()[::-1]
@@ -184,15 +182,24 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
         for r in rows
     ]
     first, last = (_cursor(tiles[0]), _cursor(tiles[-1])) if tiles else (None, None)
-    total = _capped_count(s, stmt)
-    ahead = _capped_count(s, stmt.where(_ahead_of(first))) if first is not None else 0
+    plain = not (q.also or q.without or q.folder) and q.min_prob is None and q.max_prob is None
+    known = (run.class_counts or {}).get(q.voc_class) if plain and run is not None else None  # kept as shards end: exact, free
+    cap = COUNT_CAP
+    if not q.counted:
+        return GalleryPage(tiles, last if has_more_after and tiles else None, first if q.after or q.before else None, 0, False, None)
+    # Under a folder the path index bounds the rows (a folder's pictures): counted in any order, PostgreSQL reads them
+    # from there instead of walking the class's whole score range in probability order to find them.
+    walk, back = ([], []) if q.folder else (order, [c.element.asc() for c in order])
+    total = known if known is not None else _capped_count(s, counted, walk, cap)
+    starts_the_gallery = q.after is None and q.before is None
+    ahead = _capped_count(s, counted.where(_ahead_of(first)), back, cap) if first is not None and not starts_the_gallery else 0
     return GalleryPage(
         tiles,
         last if has_more_after and tiles else None,
         first if ahead else None,
-        min(total, COUNT_CAP),
-        total <= COUNT_CAP,
-        ahead + 1 if ahead <= COUNT_CAP else None,
+        total if known is not None else min(total, cap),
+        known is not None or total <= cap,
+        ahead + 1 if ahead <= cap else None,
     )
 
 
@@ -222,9 +229,14 @@ def _ahead_of(a: Cursor):
     return and_(head >= at, or_(head > at, Score.image_id > a.image_id))
 
 
-def _capped_count(s: Session, stmt) -> int:
-    """How many rows ``stmt`` gives, counting at most COUNT_CAP + 1 of them (an index range, never the whole run)."""
-    inner = stmt.with_only_columns(Score.image_id).order_by(None).limit(COUNT_CAP + 1).subquery()
+def _capped_count(s: Session, stmt, order, cap: int) -> int:
+    """How many rows ``stmt`` gives, counting at most ``cap`` + 1 of them (an index range, never the whole run).
+
+    Counted in ``order`` (the gallery's, or its reverse from a cursor), so PostgreSQL walks the
+    ``(run, class, present, probability)`` index from where the rows start and stops at the cap;
+    unordered, it may plan a bitmap scan of the whole run for a cursor's OR condition.
+    """
+    inner = stmt.order_by(*order).limit(cap + 1).subquery()
     return int(s.scalar(select(func.count()).select_from(inner)))
 
 

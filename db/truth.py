@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from vocfleet.model.scan import MAX_FILE_BYTES, UnsafeFile, read_inside
 
 from .labels import LabelRecord, latest_labels
-from .models import Detector, EvaluationPicture, PictureLabel, Score, ScoredImage, TrainJob
+from .models import Detector, EvaluationPicture, PictureLabel, Score, ScoredImage, ScoreRun, TrainJob
 
 SHOWN = 24  # pictures per kind on a page
 MAX_SHOWN = 500
@@ -135,12 +135,18 @@ def run_confusion(s: Session, run_id: int) -> dict[str, Confusion]:
     One query, driven by the labels (few) through the pictures' sha256 index: as cheap on a
     million-picture run as on a small one. Classes nobody labelled in this run are absent.
     """
+    run = s.get(ScoreRun, run_id)
+    used = dict(s.execute(select(Detector.voc_class, Detector.id).where(Detector.id.in_(list(run.detector_ids or [])))).all()) if run else {}
+    if not used:
+        return {}
     latest = select(func.max(PictureLabel.id)).group_by(PictureLabel.sha256, PictureLabel.voc_class)
     q = (
         select(Score.voc_class, Score.present, PictureLabel.present, func.count())
-        .join(ScoredImage, ScoredImage.id == Score.image_id)
-        .join(PictureLabel, and_(PictureLabel.sha256 == ScoredImage.sha256, PictureLabel.voc_class == Score.voc_class))
-        .where(Score.run_id == run_id, PictureLabel.id.in_(latest))
+        .select_from(PictureLabel)
+        .join(ScoredImage, ScoredImage.sha256 == PictureLabel.sha256)
+        # the class's detector in this run: one primary-key lookup of the score per labelled picture
+        .join(Score, and_(Score.image_id == ScoredImage.id, Score.detector_id == case(used, value=PictureLabel.voc_class)))
+        .where(ScoredImage.run_id == run_id, PictureLabel.id.in_(latest), PictureLabel.voc_class.in_(list(used)))
         .group_by(Score.voc_class, Score.present, PictureLabel.present)
     )
     counts: dict[str, dict[tuple[bool, bool], int]] = {}

@@ -62,7 +62,9 @@ class RunView:
     judged_by_people: dict[str, Confusion]
 
 
-def run_view(s: Session, run_id: int) -> RunView | None:
+def run_view(s: Session, run_id: int, judged: bool = True) -> RunView | None:
+    """None if there is no such run. ``judged``: also count its answers against people's labels (a query per
+    thousand labelled pictures' worth of lookups; a picture's page, which does not show them, leaves it out)."""
     run = s.get(ScoreRun, run_id)
     if run is None:
         return None
@@ -86,7 +88,7 @@ def run_view(s: Session, run_id: int) -> RunView | None:
         as_utc(run.finished_at),
         run.error,
         classes,
-        run_confusion(s, run_id),
+        run_confusion(s, run_id) if judged else {},
     )
 
 

@@ -198,3 +198,31 @@ def test_report_is_capped(scored, invoke, tmp_path, monkeypatch):
     page = out.read_text()
     assert page.count("class=card ") <= 4 and "The first 1 of 4" in page
     assert "<h2>Classes</h2>" in page and "<tr><td>car</td><td>18</td>" in page  # the counts cover every picture
+
+
+def test_gallery_counts_exactly_from_the_runs_counts_else_up_to_a_cap(scored, monkeypatch):
+    """A class alone: the run's own per-class count, exact at any size; with a filter: counted to a cap, then "more than"."""
+    from vocfleet.db import gallery
+    from vocfleet.db.models import ScoreRun
+
+    monkeypatch.setattr(gallery, "COUNT_CAP", 5)
+    with session_scope() as s:
+        counts = s.get(ScoreRun, 1).class_counts
+        page = lambda **kw: gallery.gallery_page(s, gallery.GalleryQuery(run_id=1, limit=2, **kw))
+        plain = page(voc_class="car")
+        assert (plain.total, plain.total_is_exact) == (counts["car"], True) and counts["car"] > 5
+        ranged = page(voc_class="car", min_prob=0.0)  # every picture: counted, up to the cap
+        assert (ranged.total, ranged.total_is_exact, ranged.start) == (5, False, 1)
+        filtered = page(voc_class="car", min_prob=0.0, without=("dog",))
+        from sqlalchemy import select
+
+        from vocfleet.db.models import Score
+
+        dogs = set(s.scalars(select(Score.image_id).where(Score.run_id == 1, Score.voc_class == "dog", Score.present)))
+        cars = set(s.scalars(select(Score.image_id).where(Score.run_id == 1, Score.voc_class == "car")))
+        really = len(cars - dogs)
+        assert (filtered.total, filtered.total_is_exact) == (min(really, 5), really <= 5)
+        deeper = page(voc_class="car", min_prob=0.0, after=ranged.next)
+        assert deeper.start == 3  # two pictures ahead: its position, counted from the cursor
+        far = page(voc_class="car", min_prob=0.0, after=page(voc_class="car", min_prob=0.0, after=deeper.next).next)
+        assert far.start is None  # six pictures ahead, past the cap of five: no position claimed

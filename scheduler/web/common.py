@@ -81,8 +81,8 @@ def class_list(text: str | None) -> tuple[str, ...]:
     return tuple(c for c in (text or "").replace(" ", ",").split(",") if c)
 
 
-def run_or_404(s: Session, run_id: int) -> web_db.RunView:
-    view = web_db.run_view(s, run_id)
+def run_or_404(s: Session, run_id: int, judged: bool = True) -> web_db.RunView:
+    view = web_db.run_view(s, run_id, judged)
     if view is None:
         raise Problem(404, f"run {run_id}: no such run (see /api/runs)")
     return view
@@ -103,10 +103,10 @@ def detector_or_404(s: Session, detector_id: int) -> web_db.DetectorView:
 
 
 def gallery(
-    s: Session, run_id: int, voc_class: str | None, also: str | None, without: str | None, min_prob, max_prob, folder, after, limit, before=None
+    s: Session, run_id: int, voc_class: str | None, also: str | None, without: str | None, min_prob, max_prob, folder, after, limit, before=None, judged=True
 ) -> tuple[web_db.RunView, gallery_db.GalleryQuery | None, gallery_db.GalleryPage | None]:
     """A run, the query its gallery asks, and the page (no query or page where the run scored no class)."""
-    view = run_or_404(s, run_id)
+    view = run_or_404(s, run_id, judged)
     cls = voc_class or (view.classes[0].voc_class if view.classes else None)
     if cls is None:
         return view, None, None

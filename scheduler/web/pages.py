@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from functools import cache
 from typing import Annotated, Any
@@ -165,12 +166,14 @@ def picture_page(
         if mine is not None:
             here = gallery_db.Cursor(mine.present, mine.probability, image_id)
             lo, hi = form_prob("min", min), form_prob("max", max)
-            view, _, after = gallery(s, p.run_id, voc_class, also, without, lo, hi, folder, here.encode(), 1)
-            _, _, before = gallery(s, p.run_id, voc_class, also, without, lo, hi, folder, None, 1, here.encode())
+            # The picture before it, counted (the filter's total, and how many come before: its position);
+            # the one after it, not counted again.
+            _, q, before = gallery(s, p.run_id, voc_class, also, without, lo, hi, folder, None, 1, here.encode(), judged=False)
+            after = gallery_db.gallery_page(s, dataclasses.replace(q, after=here, before=None, counted=False)) if q else None
             params = dict(request.query_params)
             link = lambda found: f"/pictures/{found.tiles[0].image_id}?{urlencode(params)}" if found and found.tiles else None
             position = (before.start + 1 if before.start else None) if before and before.tiles else 1
-            total = f"{after.total:,}" if after.total_is_exact else f"more than {after.total:,}"
+            total = f"{before.total:,}" if before.total_is_exact else f"more than {before.total:,}"
             around = {"previous": link(before), "next": link(after), "gallery": f"/runs/{p.run_id}?{urlencode(params)}", "where": (position, total)}
     return page(request, "picture.html", title="Picture", p=p, around=around)
 
