@@ -334,3 +334,11 @@ def test_epoch_metric_columns_are_the_epoch_record():
 
     columns = {c.name for c in EpochMetric.__table__.columns} - {"id", "job_id", "created_at"}
     assert columns == {f.name for f in fields(EpochRecord)}
+
+
+def test_postgresql_connections_run_without_jit(pg_url):
+    """vocfleet's queries are index ranges of at most thousands of rows: JIT compiling them (on by default above a cost) costs more than they do."""
+    from sqlalchemy import text
+
+    with session_scope() as s:
+        assert s.execute(text("SHOW jit")).scalar() == "off"
