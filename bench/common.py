@@ -99,3 +99,27 @@ def fresh_database(url: str) -> None:
             c.execute(text("CREATE SCHEMA public"))
         engine.dispose()
     upgrade_database(url)
+
+
+@contextmanager
+def served(env: dict[str, str], port: int):
+    """`vocfleet serve` on ``port`` as a subprocess with ``env``, once it answers: (its process, its base URL); stopped after."""
+    import subprocess
+    import urllib.request
+
+    server = subprocess.Popen([sys.executable, "-m", "vocfleet", "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/api/runs", timeout=5).read()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    sys.exit(f"vocfleet serve did not start: {server.stderr.read().decode()[-2000:]}")
+                time.sleep(0.3)
+        yield server, base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

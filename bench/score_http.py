@@ -19,17 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import machine, table, voc_root
-
-VOCFLEET = [sys.executable, "-m", "vocfleet"]
+from common import machine, served, table, voc_root
 
 
 def post(url: str, data: bytes) -> float:
@@ -112,18 +108,8 @@ def main() -> None:
 
     port = 8900 + os.getpid() % 100
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOCFLEET_")} | {"VOCFLEET_DATA_DIR": str(work / "data")}
-    server = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/api/score"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs", timeout=5).read()
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    sys.exit(f"vocfleet serve did not start: {server.stderr.read().decode()[-2000:]}")
-                time.sleep(0.3)
+    with served(env, port) as (_, base):
+        url = base + "/api/score"
         post(url, pictures[0])  # loads the detectors once
         for d in pictures[:3]:
             alone(d)  # warm, as the server is
@@ -159,9 +145,6 @@ def main() -> None:
         ]
         print(f"{len(dets)} detectors at {args.size} px on {device}")
         print(table(rows, ("requests", "p50", "p99", "pictures/s", "")))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

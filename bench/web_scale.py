@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from common import machine, table
+from common import machine, served, table
 from results_scale import build
 
-VOCFLEET = [sys.executable, "-m", "vocfleet"]
 REPEAT = 20
 
 
@@ -110,18 +107,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vocfleet-web-"))
     port = 8700 + os.getpid() % 200
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOCFLEET_")} | {"VOCFLEET_DATABASE_URL": url, "VOCFLEET_DATA_DIR": str(tmp)}
-    server = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                timed(base + "/api/runs")
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    sys.exit(f"vocfleet serve did not start: {server.stderr.read().decode()[-2000:]}")
-                time.sleep(0.3)
+    with served(env, port) as (server, base):
         deep = cursor_at(url, "car", min(48 * 4999, args.images // 4))  # page 5,000, or deep in a smaller run
         mid = args.images // 2
         cases = [
@@ -159,9 +145,6 @@ def main() -> None:
         mib = peak_mib(server.pid)
         rows.append(("server peak memory (VmHWM)", f"{mib:.0f} MiB", "", "<= 300 MB", "met" if mib * 1.048576 <= 300 else "MISSED"))
         print(table(rows, ("request", f"median of {REPEAT}", "slowest", "target", "")))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":
