@@ -473,6 +473,25 @@ def test_jobs_lead_to_their_detectors_and_compare_and_detectors_sort(site, brows
     assert get(site, "/detectors?tag=recipe")[0] == 200  # no detector has it: the order stays
 
 
+def test_a_person_scores_one_picture_from_the_browser(site, browser, tmp_path):
+    """The upload form: a picture chosen, every active detector's answer shown as the API gives it; a text file refused in one line."""
+    photo = next(p for p in sorted(site["folder"].rglob("*.jpg")) if p.is_file() and not p.is_symlink() and p.name != "notes.jpg")
+    expected = _post(site, "/api/score", photo.read_bytes())[1]
+    page = browser.new_page()
+    page.goto(site["url"] + "/score")
+    page.set_input_files("#picture", str(photo))
+    page.click("#upload button")
+    page.wait_for_selector("#answer:not([hidden])")
+    shown = [r.locator("td").all_inner_texts() for r in page.locator("#answer tbody tr").all()]
+    assert [(c[0], c[1]) for c in shown] == [(a["class"], f"{a['probability']:.3f}") for a in expected["classes"]]
+    assert page.locator("#said").inner_text().startswith(f"{expected['width']} x {expected['height']} px")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    page.set_input_files("#picture", str(text))
+    page.click("#upload button")
+    page.wait_for_function("document.getElementById('said').textContent.startsWith('not a picture')")
+
+
 def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line(site):
     env = {**site["env"], "VOCFLEET_WEB_TOKEN": "short"}
     res = subprocess.run([*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
