@@ -114,9 +114,9 @@ class GalleryPage:
     tiles: list[Tile]
     next: Cursor | None  # None: the last page
     previous: Cursor | None = None  # the ``before`` of the page before; None: the first page
-    total: int = 0  # pictures matching the filter: exact for a class alone (the run's counts), else at most the cap
-    total_is_exact: bool = True  # False: more than the cap (COUNT_CAP)
-    start: int | None = 1  # the first tile's position (1-based) among them; None: past the cap
+    total: int = 0  # pictures matching the filter: exact for a class alone (the run's counts), else at most COUNT_CAP
+    total_is_exact: bool = True  # False: more than COUNT_CAP
+    start: int | None = 1  # the first tile's position (1-based) among them; None: past COUNT_CAP
 
 
 def _like_prefix(path: str) -> str:
@@ -184,22 +184,21 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
     first, last = (_cursor(tiles[0]), _cursor(tiles[-1])) if tiles else (None, None)
     plain = not (q.also or q.without or q.folder) and q.min_prob is None and q.max_prob is None
     known = (run.class_counts or {}).get(q.voc_class) if plain and run is not None else None  # kept as shards end: exact, free
-    cap = COUNT_CAP
     if not q.counted:
         return GalleryPage(tiles, last if has_more_after and tiles else None, first if q.after or q.before else None, 0, False, None)
     # Under a folder the path index bounds the rows (a folder's pictures): counted in any order, PostgreSQL reads them
     # from there instead of walking the class's whole score range in probability order to find them.
     walk, back = ([], []) if q.folder else (order, [c.element.asc() for c in order])
-    total = known if known is not None else _capped_count(s, counted, walk, cap)
+    total = known if known is not None else _capped_count(s, counted, walk)
     starts_the_gallery = q.after is None and q.before is None
-    ahead = _capped_count(s, counted.where(_ahead_of(first)), back, cap) if first is not None and not starts_the_gallery else 0
+    ahead = _capped_count(s, counted.where(_ahead_of(first)), back) if first is not None and not starts_the_gallery else 0
     return GalleryPage(
         tiles,
         last if has_more_after and tiles else None,
         first if ahead else None,
-        total if known is not None else min(total, cap),
-        known is not None or total <= cap,
-        ahead + 1 if ahead <= cap else None,
+        total if known is not None else min(total, COUNT_CAP),
+        known is not None or total <= COUNT_CAP,
+        ahead + 1 if ahead <= COUNT_CAP else None,
     )
 
 
@@ -229,14 +228,14 @@ def _ahead_of(a: Cursor):
     return and_(head >= at, or_(head > at, Score.image_id > a.image_id))
 
 
-def _capped_count(s: Session, stmt, order, cap: int) -> int:
-    """How many rows ``stmt`` gives, counting at most ``cap`` + 1 of them (an index range, never the whole run).
+def _capped_count(s: Session, stmt, order) -> int:
+    """How many rows ``stmt`` gives, counting at most COUNT_CAP + 1 of them (an index range, never the whole run).
 
     Counted in ``order`` (the gallery's, or its reverse from a cursor), so PostgreSQL walks the
     ``(run, class, present, probability)`` index from where the rows start and stops at the cap;
     unordered, it may plan a bitmap scan of the whole run for a cursor's OR condition.
     """
-    inner = stmt.order_by(*order).limit(cap + 1).subquery()
+    inner = stmt.order_by(*order).limit(COUNT_CAP + 1).subquery()
     return int(s.scalar(select(func.count()).select_from(inner)))
 
 
