@@ -486,6 +486,7 @@ def labels_export(folder: str) -> None:
         raise ConfigError("no labels yet: mark classes on a picture's page (vocfleet serve --allow-actions)")
     pictures: dict[str, bytes] = {}
     ids: dict[str, str] = {}
+    taken: set[str] = set()
     for sha, (top, rel) in where.items():
         try:
             data = read_inside(top, rel, MAX_FILE_BYTES)
@@ -497,9 +498,10 @@ def labels_export(folder: str) -> None:
             continue
         pictures[sha] = data
         # A picture of a VOC folder keeps its id, so a job on that folder takes the word as a correction of the same picture.
-        in_voc = top.endswith("/JPEGImages") and rel.endswith(".jpg") and "/" not in rel and Path(top).parent.joinpath("ImageSets", "Main").is_dir()
-        voc_id = rel[:-4] if in_voc else None
-        ids[sha] = voc_id if voc_id and voc_id not in ids.values() else sha[:16]
+        whole = Path(top, rel)
+        in_voc = whole.suffix == ".jpg" and whole.parent.name == "JPEGImages" and whole.parent.parent.joinpath("ImageSets", "Main").is_dir()
+        ids[sha] = whole.stem if in_voc and whole.stem not in taken else sha[:16]
+        taken.add(ids[sha])
     labels_of = {(r.sha256, r.voc_class): r.present for r in said}
     (out / "JPEGImages").mkdir(parents=True)
     (out / "ImageSets" / "Main").mkdir(parents=True)
