@@ -99,3 +99,13 @@ def detectors_on_postgres(detectors) -> None:
     with session_scope() as s:
         for cls, r in detectors.items():
             s.add(Detector(voc_class=cls, checkpoint_path=r.checkpoint, sha256=r.sha256, threshold=r.threshold, ap=r.metrics["ap"], metrics=r.metrics))
+
+
+def distinct_pictures(sources: list[Path], root: Path, n: int, per_folder: int) -> None:
+    """``n`` JPEGs under ``root`` (``per_folder`` to each numbered subfolder), each its own content: a source's bytes and
+    two more after its end, which decoders ignore. A copy of another picture would be reused by incremental scoring,
+    not scored, and a run meant to be caught part-way would end at once."""
+    for i in range(n):
+        folder = root / f"{i // per_folder}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img{i:04d}.jpg").write_bytes(sources[i % len(sources)].read_bytes() + i.to_bytes(2, "big"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import time
@@ -28,7 +27,7 @@ from tests.fleet import (
     run_finished,
     shard_rows,
 )
-from tests.support import SHARED_VOC, free_port, make_fake_voc, wait_for
+from tests.support import SHARED_VOC, distinct_pictures, free_port, make_fake_voc, wait_for
 from vocfleet.db.models import Detector, EpochMetric, JobStatus, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, session_scope
 
@@ -177,10 +176,7 @@ def test_one_run_sharded_over_two_workers_survives_kill_9(fleet, tmp_path, monke
     pics = tmp_path / "roots" / "pics"
     pics.mkdir(parents=True)
     sources = sorted(SHARED_VOC.glob("JPEGImages/*.jpg"))[:150] or sorted((fleet.voc / "JPEGImages").glob("*.jpg"))
-    for i in range(2000):  # hard links: 2,000 files in 4 folders to scan and score, little disk
-        folder = pics / f"{i // 500}"
-        folder.mkdir(exist_ok=True)
-        os.link(sources[i % len(sources)], folder / f"img{i:04d}.jpg")
+    distinct_pictures(sources, pics, 2000, 500)  # 2,000 files in 4 folders to scan and score
     (pics / "broken.jpg").write_bytes(b"nope")
     (pics / "notes.txt").write_text("not a picture")
     monkeypatch.setenv("VOCFLEET_SCORE_ROOTS", str(tmp_path / "roots"))
@@ -273,10 +269,7 @@ def test_postgres_restart_under_training_and_scoring_loses_nothing(pg_fleet, tmp
 
     pics = tmp_path / "roots" / "pics"
     sources = sorted(SHARED_VOC.glob("JPEGImages/*.jpg"))[:100] or sorted((fleet.voc / "JPEGImages").glob("*.jpg"))
-    for i in range(400):
-        folder = pics / f"{i // 200}"
-        folder.mkdir(parents=True, exist_ok=True)
-        os.link(sources[i % len(sources)], folder / f"img{i:04d}.jpg")
+    distinct_pictures(sources, pics, 400, 200)
     assert "queued" in invoke("score", pics, "--shard-size", 40).output
 
     fleet.wait(tolerant(lambda: count_shards(JobStatus.succeeded) >= 2 and count_shards(JobStatus.queued) >= 4), 120, "the scoring run part-way")

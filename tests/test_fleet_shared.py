@@ -4,7 +4,6 @@ dropped database connections, cancel, twenty scoring runs at once."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from tests.fleet import FLEET_ENV, REDIS, VOCFLEET, Fleet, Redis, add_detectors, all_finished, assert_ran_once_each, count_shards, job_rows, run_finished
-from tests.support import PG_URL, SHARED_VOC, free_port, make_fake_voc, wait_for
+from tests.support import PG_URL, SHARED_VOC, distinct_pictures, free_port, make_fake_voc, wait_for
 from vocfleet.db.models import Base, EpochMetric, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
 
@@ -110,10 +109,7 @@ def test_redis_restart_mid_scoring_run_loses_nothing(shared_fleet, tmp_path, inv
     add_detectors(fleet, tmp_path)
     pics = Path(fleet.env["VOCFLEET_SCORE_ROOTS"]) / "many"
     sources = sorted(SHARED_VOC.glob("JPEGImages/*.jpg"))[:200] or sorted((fleet.voc / "JPEGImages").glob("*.jpg"))
-    for i in range(2000):  # hard links: many files, little disk
-        folder = pics / f"{i // 500}"
-        folder.mkdir(parents=True, exist_ok=True)
-        os.link(sources[i % len(sources)], folder / f"img{i:04d}.jpg")
+    distinct_pictures(sources, pics, 2000, 500)
     (pics / "broken.jpg").write_bytes(b"nope")
     fleet.start_scheduler()
     assert "queued" in invoke("score", pics, "--shard-size", 100).output
