@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from vocfleet.db import gallery as gallery_db
 from vocfleet.db import truth
@@ -293,25 +294,38 @@ class LabelIn(_Out):
     who: str = Field("web", max_length=200, description="who says so (kept with the label)")
 
 
-@router.post("/pictures/{image_id}/labels", tags=["actions"])
-def api_label(request: Request, image_id: RowId, body: LabelIn) -> Done:
-    """Say whether a class is in a picture (needs --allow-actions and the token); kept by the picture's sha256 with who
-    and when, never overwriting: the latest word counts, earlier ones stay as its history."""
+def _say(request: Request, what: str, body: LabelIn, pictures: Callable[[Session], tuple[list[str], tuple[str, str] | None]]) -> Done:
+    """Record a person's word on ``body``'s class for the pictures (sha256s) ``pictures`` finds, and where they were seen;
+    an action (the token), all or nothing (one transaction; a lookup that fails stores nothing)."""
     from vocfleet.db.labels import add_label
     from vocfleet.model import ConfigError
 
     def change() -> str:
         with session_scope() as s:
-            found = gallery_db.recorded_file(s, image_id)
-            if found is None:
-                raise Problem(404, f"picture {image_id}: no such picture in any run")
+            shas, seen = pictures(s)
             try:
-                add_label(s, found[2], body.voc_class, body.present, body.who)
+                for sha in shas:
+                    add_label(s, sha, body.voc_class, body.present, body.who, seen=seen)
             except ConfigError as exc:
                 raise Problem(400, str(exc)) from None
-        return f"picture {image_id}: {body.voc_class} {'present' if body.present else 'absent'}, said by {body.who}"
+        return f"{what}: {body.voc_class} {'present' if body.present else 'absent'}, said by {body.who}"
 
-    return _act(request, f"label picture {image_id}", change)
+    return _act(request, f"label {what}", change)
+
+
+def _scored(s: Session, image_id: int, also: str = "") -> str:
+    """The sha256 of a picture a run scored (404 if none did)."""
+    found = gallery_db.recorded_file(s, image_id)
+    if found is None:
+        raise Problem(404, f"picture {image_id}: no such picture in any run{also}")
+    return found[2]
+
+
+@router.post("/pictures/{image_id}/labels", tags=["actions"])
+def api_label(request: Request, image_id: RowId, body: LabelIn) -> Done:
+    """Say whether a class is in a picture (needs --allow-actions and the token); kept by the picture's sha256 with who
+    and when, never overwriting: the latest word counts, earlier ones stay as its history."""
+    return _say(request, f"picture {image_id}", body, lambda s: ([_scored(s, image_id)], None))
 
 
 MAX_LABELLED = 500  # pictures one request may label: a gallery page is 48
@@ -325,49 +339,25 @@ class LabelsIn(LabelIn):
 def api_label_many(request: Request, body: LabelsIn) -> Done:
     """Say whether a class is in several pictures at once, as chosen in a gallery (needs --allow-actions and the token):
     all of them or, if one is not a picture of any run, none."""
-    from vocfleet.db.labels import add_label
-    from vocfleet.model import ConfigError
-
-    def change() -> str:
-        with session_scope() as s:
-            shas = {}
-            for image_id in dict.fromkeys(body.pictures):
-                found = gallery_db.recorded_file(s, image_id)
-                if found is None:
-                    raise Problem(404, f"picture {image_id}: no such picture in any run; nothing labelled")
-                shas[found[2]] = image_id  # copies of one content: one word
-            try:
-                for sha in shas:
-                    add_label(s, sha, body.voc_class, body.present, body.who)
-            except ConfigError as exc:
-                raise Problem(400, str(exc)) from None
-        return f"{len(body.pictures)} picture(s): {body.voc_class} {'present' if body.present else 'absent'}, said by {body.who}"
-
-    return _act(request, "label pictures", change)
+    found = lambda s: (list(dict.fromkeys(_scored(s, i, "; nothing labelled") for i in body.pictures)), None)  # copies of one content: one word
+    return _say(request, f"{len(body.pictures)} picture(s)", body, found)
 
 
 @router.post("/detectors/{detector_id}/evaluation/{picture}/labels", tags=["actions"])
 def api_label_evaluation(request: Request, detector_id: RowId, picture: EvaluationId, body: LabelIn) -> Done:
     """Say whether a class is in one of a detector's evaluation pictures (needs --allow-actions and the token): kept by
     the file's sha256 like any label, with where it was seen, so `vocfleet labels export` can take it to training."""
-    from vocfleet.db.labels import add_label
-    from vocfleet.model import ConfigError
 
-    def change() -> str:
-        with session_scope() as s:
-            view = truth.evaluation_view(s, detector_id, picture)
-            if view is None:
-                raise Problem(404, f"detector {detector_id}: no evaluation picture {picture!r}")
-            if view.sha256 is None:
-                where = view.place[0] if view.place else "its VOC root"
-                raise Problem(409, f"detector {detector_id}: evaluation picture {picture!r} is gone from {where}; nothing to label")
-            try:
-                add_label(s, view.sha256, body.voc_class, body.present, body.who, seen=view.place)
-            except ConfigError as exc:
-                raise Problem(400, str(exc)) from None
-        return f"picture {picture}: {body.voc_class} {'present' if body.present else 'absent'}, said by {body.who}"
+    def found(s: Session) -> tuple[list[str], tuple[str, str] | None]:
+        view = truth.evaluation_view(s, detector_id, picture)
+        if view is None:
+            raise Problem(404, f"detector {detector_id}: no evaluation picture {picture!r}")
+        if view.sha256 is None:
+            where = view.place[0] if view.place else "its VOC root"
+            raise Problem(409, f"detector {detector_id}: evaluation picture {picture!r} is gone from {where}; nothing to label")
+        return [view.sha256], view.place
 
-    return _act(request, f"label picture {picture}", change)
+    return _say(request, f"picture {picture}", body, found)
 
 
 @router.post("/detectors/{detector_id}/activate", tags=["actions"])
