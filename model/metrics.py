@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _pr(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def precision_recall(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall at every rank, highest score first (the VOC devkit's construction)."""
     order = np.argsort(-probs, kind="stable")
     tp = np.cumsum(labels[order] == 1)
@@ -26,7 +26,7 @@ def average_precision(probs, labels) -> float:
     probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
     if (labels == 1).sum() == 0:
         return 0.0
-    prec, rec = _pr(probs, labels)
+    prec, rec = precision_recall(probs, labels)
     mrec = np.concatenate([[0.0], rec, [1.0]])
     mpre = np.concatenate([[0.0], prec, [0.0]])
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
@@ -39,7 +39,7 @@ def average_precision_11pt(probs, labels) -> float:
     probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
     if (labels == 1).sum() == 0:
         return 0.0
-    prec, rec = _pr(probs, labels)
+    prec, rec = precision_recall(probs, labels)
     return float(np.mean([prec[rec >= t].max() if (rec >= t).any() else 0.0 for t in np.linspace(0, 1, 11)]))
 
 

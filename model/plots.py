@@ -10,6 +10,7 @@ import numpy as np
 
 from .events import EpochRecord
 from .files import writing
+from .metrics import precision_recall
 
 
 def _pyplot():
@@ -125,11 +126,10 @@ def save_comparison_plot(
     if pr:
         ax3 = axes[2]
         for label, (probs, labels) in pr.items():
-            order = np.argsort(-np.asarray(probs, dtype=float), kind="stable")
-            hits = np.asarray(labels, dtype=bool)[order]
-            tp = np.cumsum(hits)
-            if tp.size and tp[-1]:
-                ax3.plot(tp / tp[-1], tp / np.arange(1, tp.size + 1), color=colours.get(label), lw=1.2, label=label)
+            there = np.asarray(labels, dtype=int)
+            if there.any():
+                prec, rec = precision_recall(np.asarray(probs, dtype=float), there)
+                ax3.plot(rec, prec, color=colours.get(label), lw=1.2, label=label)
         ax3.set_title("precision-recall (evaluation pictures)")
         ax3.set_xlabel("recall")
         ax3.set_ylabel("precision")
