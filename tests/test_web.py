@@ -577,7 +577,9 @@ def test_a_person_browses_runs_gallery_picture_and_detector(site, browser):
     page.locator("#scores tr[data-class='dog'] a").first.click()
     assert page.locator("h1").inner_text().startswith("Detector") and "dog" in page.locator("h1").inner_text()
     assert page.locator("#epochs tr").count() == 3  # a header and two epochs
-    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")  # the curves and the PR curve
+    # the curves and the PR curve (the mistakes' thumbnails below load lazily, as they are scrolled to)
+    page.wait_for_function("Array.from(document.querySelectorAll('figure img')).every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator("figure img").count() == 2
     shot("detector")
     assert errors == []
     keep = Path(os.environ.get("WEB_SCREENSHOTS") or site["base"])  # WEB_SCREENSHOTS=docs: refresh the README's pictures
