@@ -162,12 +162,23 @@ def _as_text(expr) -> Any:
     return case((first.in_(_FORMULA_START), literal("'") + expr), else_=expr)
 
 
-def _export_select(stmt: Select, col, columns: list[str], text: bool) -> list:
+_REALS = ("probability", "margin", "threshold")
+
+
+def _exact(e):
+    """A REAL as text that reads back as the same double. SQLite writes 15 significant digits
+    (0.5031665563583374 became 0.503166556358337, under the threshold it equals); 17 always do."""
+    return func.printf("%!.17g", e)
+
+
+def _export_select(stmt: Select, col, columns: list[str], text: bool, sqlite: bool) -> list:
     exprs = []
     for name in columns:
         c = col(RESULT_COLUMNS[name])
         if text and name == "image":  # folders are absolute paths and classes VOC names: neither starts a formula
             c = _as_text(c)
+        if sqlite and name in _REALS:  # PostgreSQL writes the shortest exact text itself
+            c = _exact(c) if text else func.json(_exact(c))
         exprs.append(c)
     return exprs
 
@@ -180,10 +191,11 @@ def export_csv(s: Session, q: ResultQuery, columns: list[str], out: BinaryIO) ->
     is quoted, as :mod:`vocfleet.scheduler.output` does.
     """
     stmt, col = _statement(q)
-    exprs = _export_select(stmt, col, columns, text=True)
+    postgres = s.get_bind().dialect.name == "postgresql"
+    exprs = _export_select(stmt, col, columns, text=True, sqlite=not postgres)
     exprs = [case((e, "True"), else_="False") if name == "present" else e for name, e in zip(columns, exprs, strict=True)]
     stmt = stmt.with_only_columns(*[e.label(name) for name, e in zip(columns, exprs, strict=True)], maintain_column_froms=True)
-    if s.get_bind().dialect.name == "postgresql":
+    if postgres:
         _copy_out(s, stmt, "FORMAT csv, HEADER", out)
         return
     # SQLite writes each line itself (text always quoted, as CSV allows): a Python csv writer
@@ -208,7 +220,7 @@ def export_json(s: Session, q: ResultQuery, columns: list[str], out: BinaryIO, *
     stmt, col = _statement(q)
     postgres = s.get_bind().dialect.name == "postgresql"
     pairs = []
-    for name, e in zip(columns, _export_select(stmt, col, columns, text=False), strict=True):
+    for name, e in zip(columns, _export_select(stmt, col, columns, text=False, sqlite=not postgres), strict=True):
         if name == "present" and not postgres:  # SQLite stores booleans as 0/1: say true/false as JSON does
             e = func.json(case((e, "true"), else_="false"))
         pairs += [literal(name), e]

@@ -39,6 +39,15 @@ class DetectorSpec:
         """From anything with the detector row's attributes (``db.models.Detector``)."""
         return cls(row.id, row.voc_class, row.checkpoint_path, row.sha256, row.threshold)
 
+    def answer(self, probability) -> tuple[float, bool]:
+        """The probability as a Python float, and whether it is at or above the threshold.
+
+        Compared as float64, the stored value: NumPy 2 compares a float32 with a Python float in
+        float32, rounding the threshold, so a probability just under it would be called present.
+        """
+        p = float(probability)
+        return p, p >= self.threshold
+
 
 @dataclass
 class LoadedDetector:

@@ -68,6 +68,17 @@ def test_score_wild_every_file_has_an_outcome(detectors, wild, invoke):
 @pytest.mark.services
 def test_score_wild_on_postgresql(pg_url, detectors, wild, invoke):
     _score_wild_and_check(invoke, wild)
+    _exports_give_the_stored_doubles(invoke)
+
+
+def _exports_give_the_stored_doubles(invoke, run_id: int = 1) -> None:
+    """JSON and CSV give back each stored probability exactly, so present is probability >= threshold as read."""
+    data = json.loads(invoke("results", run_id, "--format", "json").output)
+    rows = list(csv.DictReader(io.StringIO(invoke("results", run_id, "--format", "csv").output)))
+    with session_scope() as s:
+        stored = sorted(s.execute(select(Score.probability).where(Score.run_id == run_id)).scalars())
+    assert sorted(d["probability"] for d in data) == sorted(float(r["probability"]) for r in rows) == stored
+    assert all(d["present"] == (d["probability"] >= d["threshold"]) and d["margin"] == d["probability"] - d["threshold"] for d in data)
 
 
 def test_running_again_adds_no_rows(detectors, wild, invoke):
@@ -127,6 +138,7 @@ def test_results_formats_agree(detectors, wild, invoke):
         assert line.split()[0] == d["image"].split()[0] == r["image"].split()[0]
         assert d["class"] == r["class"] and float(r["probability"]) == pytest.approx(d["probability"])
         assert f"{d['probability']:.3f}" in line
+    _exports_give_the_stored_doubles(invoke)
     present = json.loads(invoke("results", 1, "--present", "--format", "json").output)
     assert present and all(d["present"] for d in present)
     dogs = json.loads(invoke("results", 1, "--class", "dog", "--min-prob", "0", "--format", "json").output)
@@ -321,3 +333,15 @@ def _try_raw(decode_file, entry):
         return decode_file(entry, [32, 48], jpeg_raw=True)
     except BadImage:
         return None
+
+
+def test_present_is_decided_on_the_stored_probability_not_a_float32_rounding():
+    """NumPy 2 compares a float32 with a Python float in float32: 0.7 rounds down to 0.699999988, so the
+    picture whose float32 probability is that would be called present while its stored probability is under 0.7."""
+    from vocfleet.model.score import DetectorSpec
+
+    p32 = np.float32(0.7)
+    assert bool(p32 >= 0.7) and float(p32) < 0.7  # the trap
+    spec = DetectorSpec(1, "car", "c.pt", "0" * 64, 0.7)
+    assert spec.answer(p32) == (float(p32), False)
+    assert spec.answer(np.float32(0.75)) == (0.75, True)

@@ -263,7 +263,7 @@ def _compute(writer: _ShardWriter, entries, detectors, known, *, device, batch_s
                 changed.append(f.entry)
                 continue
             scores = dict(earlier.scores) if earlier else {}
-            scores.update({d.spec.id: (float(chunk.probs[k, j]), bool(chunk.probs[k, j] >= d.spec.threshold)) for k, d in enumerate(detectors)})
+            scores.update({d.spec.id: d.spec.answer(chunk.probs[k, j]) for k, d in enumerate(detectors)})
             rows.append((f.entry, f.sha256, f.width, f.height, f.size_bytes, stats.get(f.entry), scores))
         writer.write(rows, chunk.errors)
     return changed

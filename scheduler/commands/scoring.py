@@ -397,8 +397,8 @@ def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
     rows, failed = [], 0
     for chunk in iter_chunks(entries, loaded, device):
         for j, f in enumerate(chunk.scored):
-            per = sorted(((float(chunk.probs[k, j]), d) for k, d in enumerate(loaded)), key=lambda t: -t[0])
-            rows += [{"image": str(f.entry.path), "class": d.spec.voc_class, "probability": p, "present": p >= d.spec.threshold} for p, d in per]
+            per = sorted(((*d.spec.answer(chunk.probs[k, j]), d) for k, d in enumerate(loaded)), key=lambda t: -t[0])
+            rows += [{"image": str(f.entry.path), "class": d.spec.voc_class, "probability": p, "present": present} for p, present, d in per]
         for e, reason in chunk.errors:
             click.echo(f"vocfleet: error: {e.path}: {reason}", err=True)
             failed += 1

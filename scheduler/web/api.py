@@ -266,12 +266,10 @@ async def api_score(request: Request, store: Store) -> ScoreAnswer:
             raise Problem(400, f"not a picture vocfleet scores: {exc}") from None
         except DetectorUnavailable as exc:
             raise Problem(409, str(exc)) from None
-        answers = [
-            ClassAnswer(
-                voc_class=d.spec.voc_class, probability=float(p), present=bool(p >= d.spec.threshold), threshold=d.spec.threshold, detector_id=d.spec.id
-            )
-            for d, p in zip(scorer.detectors, probs, strict=True)
-        ]
+        answers = []
+        for d, raw in zip(scorer.detectors, probs, strict=True):
+            p, present = d.spec.answer(raw)
+            answers.append(ClassAnswer(voc_class=d.spec.voc_class, probability=p, present=present, threshold=d.spec.threshold, detector_id=d.spec.id))
         answers.sort(key=lambda a: a.threshold - a.probability)
         return ScoreAnswer(sha256=decoded.sha256, width=decoded.width, height=decoded.height, classes=answers)
 
