@@ -63,10 +63,11 @@ format: install
 wheel-check: install
 	$(BIN)/python .ci/check_wheel.py
 
-# Two test processes: much of the suite waits on servers, workers and subprocesses; each process
-# has its own PostgreSQL database (test_gw0, test_gw1) and its own private Redis servers.
+# Three test processes: much of the suite waits on servers, workers and subprocesses; each process
+# has its own PostgreSQL database (test_gw0, ...) and its own private Redis servers, and one math
+# thread (tests/conftest.py).
 test: lint wheel-check
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 3
 
 # The edit loop: no end-to-end training on the VOC sample, no PostgreSQL/Redis/Celery processes.
 test-fast: install

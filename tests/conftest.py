@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.support import CHROMIUM, CHROMIUM_FLAGS, PG_URL, SHARED_VOC, WILD, connectable, free_port, make_fake_voc, wait_for
 from vocfleet.db import session as db_session
@@ -17,6 +18,13 @@ from vocfleet.db.models import Detector
 from vocfleet.db.session import session_scope
 from vocfleet.model.config import TrainConfig
 from vocfleet.model.engine import fit
+
+
+def pytest_configure(config):
+    """One math thread per process. The suite runs in three processes on a few cores, beside the
+    workers, CLIs and servers its tests start; a thread per core in each oversubscribed them."""
+    os.environ["OMP_NUM_THREADS"] = "1"  # what the tests start
+    torch.set_num_threads(1)  # this process
 
 
 @pytest.fixture(autouse=True)
