@@ -31,10 +31,10 @@ def test_help_imports_neither_torch_nor_sqlalchemy(args, data_dir):
     assert got == {"code": 0, "heavy": [], "sqlalchemy": False}
 
 
-@pytest.mark.parametrize("args", [["status"], ["runs"], ["detectors"], ["results", "1"], ["cancel", "7"]])
+@pytest.mark.parametrize("args", [["status"], ["runs"], ["detectors"], ["results", "1"], ["cancel", "7"], ["run"]])
 def test_database_commands_import_no_torch(args, data_dir):
     got = probe(*args, data_dir=data_dir)
-    assert got["heavy"] == [] and got["code"] in (0, 1, 2)  # cancel 7: no such job, exit 1
+    assert got["heavy"] == [] and got["code"] in (0, 1, 2)  # cancel 7: no such job, exit 1; run: nothing queued, no torch
 
 
 COMPLETE = """

@@ -487,7 +487,6 @@ def run(stale_after: float | None, fmt: str) -> None:
     from vocfleet.db.models import TrainJob
     from vocfleet.db.registry import detector_records
     from vocfleet.db.training import next_queued
-    from vocfleet.worker.runner import Outcome, run_train_job
 
     from ..progress import TrainProgress
 
@@ -499,13 +498,15 @@ def run(stale_after: float | None, fmt: str) -> None:
         click.echo(f"job {job_id}: its worker stopped; requeued to resume from its checkpoint", err=True)
     for job_id in failed:
         click.echo(f"job {job_id}: failed after too many attempts", err=True)
-    outcomes: list[Outcome] = []
+    any_failed = False
     ran: list[dict[str, Any]] = []
     while True:
         with database() as s:
             job_id, voc_class = next_queued(s) or (None, None)
         if job_id is None:
             break
+        from vocfleet.worker.runner import Outcome, run_train_job  # torch, only once there is a job to train
+
         with read_connection() as conn:
             what = "the shared start (one network on all 20 labels)" if voc_class == START_CLASS else voc_class
             click.echo(f"job {job_id}: training {what}; {queue_line(*queue_left(conn))}", err=True)
@@ -514,20 +515,20 @@ def run(stale_after: float | None, fmt: str) -> None:
                 outcome = run_train_job(job_id, progress=TrainProgress(f"job {job_id} {voc_class}"))
         except KeyboardInterrupt as exc:
             exit_interrupted(exc, f"job {job_id} will resume from its last checkpoint on the next 'vocfleet run'")
-        outcomes.append(outcome)
         ran.append({"job": job_id, "class": voc_class, "outcome": outcome.value, "error": None})
         if outcome == Outcome.failed:
+            any_failed = True
             with database() as s:
                 ran[-1]["error"] = (work_states(s, TrainJob, [job_id])[job_id].error or "").splitlines()[0]
             click.echo(f"job {job_id} ({voc_class}) failed: {ran[-1]['error']}", err=True)
-    waiting = _say_what_is_left(ran_any=bool(outcomes), stale_after=stale_after)
+    waiting = _say_what_is_left(ran_any=bool(ran), stale_after=stale_after)
     with database() as s:
         rows = [columns(r) for r in detector_records(s)]
     if rows and fmt == "text":
         click.echo(render(rows, DETECTOR_COLUMNS))
     blocked = [{"start_job": w.start_job_id, "start_status": w.start_status.value, "jobs": list(w.job_ids)} for w in waiting]
     emit(fmt, {"jobs": ran, "requeued": requeued, "failed_stale": failed, "waiting": blocked})
-    if Outcome.failed in outcomes or any(w.start_status.finished for w in waiting):
+    if any_failed or any(w.start_status.finished for w in waiting):
         sys.exit(1)
 
 
