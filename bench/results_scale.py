@@ -34,7 +34,7 @@ def build(url: str, n: int) -> None:
     """One finished run of ``n`` images, each scored by the 20 detectors (deterministic pseudo-random probabilities)."""
     from sqlalchemy import create_engine, text
 
-    from vocfleet.db.models import Detector, JobStatus
+    from vocfleet.db.models import Detector, JobStatus, Score
     from vocfleet.db.runs import create_run
     from vocfleet.db.session import session_scope
 
@@ -68,13 +68,16 @@ def build(url: str, n: int) -> None:
             with raw.cursor() as cur:
                 # Loading, then indexing, is several times faster than keeping the indexes up to date.
                 cur.execute("ALTER TABLE scores DROP CONSTRAINT scores_pkey")
-                cur.execute("DROP INDEX ix_scores_run_class_present_prob")
+                for index in Score.__table__.indexes:
+                    cur.execute(f"DROP INDEX {index.name}")
                 for name, cols, rows in (("scored_images", img_cols, images()), ("scores", score_cols, scores())):
                     with cur.copy(f"COPY {name} ({', '.join(cols)}) FROM STDIN") as copy:
                         for row in rows:
                             copy.write_row(row)
                 cur.execute("ALTER TABLE scores ADD CONSTRAINT scores_pkey PRIMARY KEY (image_id, detector_id)")
-                cur.execute("CREATE INDEX ix_scores_run_class_present_prob ON scores (run_id, voc_class, present, probability)")
+            for index in Score.__table__.indexes:  # the indexes the models declare, whatever their names
+                index.create(conn)
+            with raw.cursor() as cur:
                 cur.execute("SELECT setval(pg_get_serial_sequence('scored_images', 'id'), %s)", (n,))
             conn.execute(text("ANALYZE"))
         else:

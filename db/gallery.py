@@ -1,6 +1,6 @@
 """A scoring run's pictures a page at a time, and one picture with everything known about it.
 
-The gallery is read with keyset pagination over the ``(run, class, present, probability)`` index
+The gallery is read with keyset pagination over the ``(run, class, present, probability, image)`` index
 of ``scores``: a page starts where the previous one ended (its last picture's present flag,
 probability and image id), so page 5,000 of a million-image run costs what page 1 costs. Within
 one run a class has one detector and so one threshold: ordering by probability is ordering by
@@ -103,10 +103,16 @@ class Tile:
 
 
 # Counted exactly up to here; above, "more than" and no position. A count walks the scores' index from
-# where the filter's rows start, a heap fetch per row (and, with "also" or "without", a lookup of another
-# class's score: about 25 µs a row at a million pictures on PostgreSQL), so it stays inside a page's
+# where the filter's rows start, reading the index alone (with "also" or "without", a lookup of another
+# class's score per row: about 25 µs at a million pictures on PostgreSQL), so it stays inside a page's
 # 150 ms. A class alone needs no count: the run keeps its per-class counts.
 COUNT_CAP = 1_000
+
+# A folder with at most this many pictures is read from its pictures (one lookup of each picture's score by its key,
+# then a sort): walking the class's scores in gallery order to find a small folder's pictures reads about
+# page size x (the run's pictures / the folder's) rows, 50,000 for a page of a 1,000-picture folder in a million, and
+# PostgreSQL's estimate of a path prefix's share is too rough to choose between the two (1.3 s against 66 ms).
+FEW_PICTURES = 5_000
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,15 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
         raise ValueError(f"limit={q.limit}: between 1 and {MAX_PAGE}")
     if clash := (set(q.also) | {q.voc_class}) & set(q.without):
         raise ValueError(f"{', '.join(sorted(clash))}: asked to be both present and absent")
-    conds = [Score.run_id == q.run_id, Score.voc_class == q.voc_class]
+    run = s.get(ScoreRun, q.run_id)
+    under = and_(ScoredImage.run_id == q.run_id, _under(list(run.folders) if run else [], q.folder)) if q.folder else None  # the run's path index
+    few = s.scalars(select(ScoredImage.id).where(under).limit(FEW_PICTURES + 1)).all() if under is not None else None
+    if few is not None and len(few) <= FEW_PICTURES and run is not None:
+        # A small folder: each of its pictures' score by the scores' key (picture, the run's detector of the class), then sorted.
+        conds = [Score.image_id.in_(few), Score.detector_id == dict(zip(run.classes, run.detector_ids, strict=True)).get(q.voc_class)]
+    else:
+        few = None
+        conds = [Score.run_id == q.run_id, Score.voc_class == q.voc_class]
     if q.min_prob is None and q.max_prob is None:
         conds.append(Score.present.is_(True))
     if q.min_prob is not None:
@@ -158,10 +172,9 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
     conds += [class_present(Score.image_id, cls).is_(True) for cls in q.also]
     conds += [class_present(Score.image_id, cls).is_(False) for cls in q.without]
     counted = select(Score.image_id).where(*conds)  # the count reads the scores' index alone, joining a table only to filter by it
-    run = s.get(ScoreRun, q.run_id)
-    if q.folder:
-        conds.append(and_(ScoredImage.run_id == q.run_id, _under(list(run.folders) if run else [], q.folder)))  # the run's path index
-        counted = counted.join(ScoredImage, ScoredImage.id == Score.image_id).where(conds[-1])
+    if under is not None and few is None:  # a large folder: the class's scores in gallery order, kept where they lie under it
+        conds.append(under)
+        counted = counted.join(ScoredImage, ScoredImage.id == Score.image_id).where(under)
     stmt = (
         select(Score.image_id, Score.probability, Score.present, Detector.threshold, ScoredImage.folder, ScoredImage.rel_path, ScoredImage.sha256)
         .join(ScoredImage, ScoredImage.id == Score.image_id)
@@ -186,9 +199,9 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
     known = (run.class_counts or {}).get(q.voc_class) if plain and run is not None else None  # kept as shards end: exact, free
     if not q.counted:
         return GalleryPage(tiles, last if has_more_after and tiles else None, first if q.after or q.before else None, 0, False, None)
-    # Under a folder the path index bounds the rows (a folder's pictures): counted in any order, PostgreSQL reads them
-    # from there instead of walking the class's whole score range in probability order to find them.
-    walk, back = ([], []) if q.folder else (order, [c.element.asc() for c in order])
+    # Under a small folder its pictures bound the rows: counted in any order. Otherwise counted in the gallery's order
+    # (or its reverse, from a cursor), so the walk of the class's scores stops at the cap.
+    walk, back = ([], []) if few is not None else (order, [c.element.asc() for c in order])
     total = known if known is not None else _capped_count(s, counted, walk)
     starts_the_gallery = q.after is None and q.before is None
     ahead = _capped_count(s, counted.where(_ahead_of(first)), back) if first is not None and not starts_the_gallery else 0
@@ -216,23 +229,21 @@ def _cursor(t: Tile) -> Cursor:
 
 
 def _behind(a: Cursor):
-    """(present, probability, image id) after the cursor's in gallery order, written so that the first two,
-    which the index holds, bound the index scan; the image id only breaks ties."""
-    head, at = tuple_(Score.present, Score.probability), tuple_(a.present, a.probability)
-    return and_(head <= at, or_(head < at, Score.image_id < a.image_id))
+    """After the cursor in gallery order: one row comparison of the index's last three columns, so the
+    cursor itself is where the index scan starts."""
+    return tuple_(Score.present, Score.probability, Score.image_id) < tuple_(a.present, a.probability, a.image_id)
 
 
 def _ahead_of(a: Cursor):
     """Before the cursor in gallery order (the pictures shown on earlier pages)."""
-    head, at = tuple_(Score.present, Score.probability), tuple_(a.present, a.probability)
-    return and_(head >= at, or_(head > at, Score.image_id > a.image_id))
+    return tuple_(Score.present, Score.probability, Score.image_id) > tuple_(a.present, a.probability, a.image_id)
 
 
 def _capped_count(s: Session, stmt, order) -> int:
     """How many rows ``stmt`` gives, counting at most COUNT_CAP + 1 of them (an index range, never the whole run).
 
     Counted in ``order`` (the gallery's, or its reverse from a cursor), so PostgreSQL walks the
-    ``(run, class, present, probability)`` index from where the rows start and stops at the cap;
+    ``(run, class, present, probability, image)`` index from where the rows start and stops at the cap;
     unordered, it may plan a bitmap scan of the whole run for a cursor's OR condition.
     """
     inner = stmt.order_by(*order).limit(COUNT_CAP + 1).subquery()

@@ -312,9 +312,10 @@ class Score(Base):
     """
 
     __tablename__ = "scores"
-    # One class of one run, present or not, most probable first: results --class X --present
-    # --limit N reads N index entries; per-run queries use its first column.
-    __table_args__ = (Index("ix_scores_run_class_present_prob", "run_id", "voc_class", "present", "probability"),)
+    # One class of one run, present or not, most probable first, in the gallery's order to the last
+    # column: results --class X --present --limit N reads N index entries, and a gallery's count or a
+    # picture's place in it reads the index alone; per-run queries use its first column.
+    __table_args__ = (Index("ix_scores_gallery", "run_id", "voc_class", "present", "probability", "image_id"),)
 
     # The key is (image, detector): no surrogate id, no second unique index to maintain.
     image_id: Mapped[int] = mapped_column(ForeignKey("scored_images.id", ondelete="CASCADE"), primary_key=True)

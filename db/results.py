@@ -120,7 +120,7 @@ def _statement(q: ResultQuery) -> tuple[Select, Callable[[str], Any]]:
         stmt = stmt.order_by(col("folder"), col("rel_path"), col("margin").desc())
     elif q.sort == "probability" or (q.voc_class and not across):
         # One class of one run is one detector, one threshold: margin order is probability order,
-        # which the (run, class, present, probability) index gives without sorting.
+        # which the (run, class, present, probability, image) index gives without sorting.
         stmt = stmt.order_by(col("probability").desc(), col("image_id"))
     else:
         stmt = stmt.order_by(col("margin").desc(), col("image_id"))

@@ -11,7 +11,7 @@ from vocfleet.model import utf8
 
 # The newest Alembic revision (tests/test_db.py checks it against the migrations folder): a
 # database already there is used without importing Alembic, which costs a CLI command ~0.5 s.
-SCHEMA_HEAD = "0014"
+SCHEMA_HEAD = "0015"
 
 # How `vocfleet results` orders rows (db/results.py; the CLI's --sort choices, offered without importing SQLAlchemy).
 SORTS = ("image", "probability", "margin")

@@ -183,7 +183,7 @@ def test_queries_are_index_scans_on_postgresql(pg_url):
             return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + sql)))
 
         top = plan(ResultQuery((1,), voc_class="car", present=True, limit=100), [Score.probability.desc()])
-        assert "Index Scan Backward using ix_scores_run_class_present_prob" in top and "Sort" not in top, top
+        assert "Index Scan Backward using ix_scores_gallery" in top and "Sort" not in top, top
         one = plan(ResultQuery((1,), image="d3/3333.jpg"), [ScoredImage.id])
         assert "ix_scored_images_run_rel_path" in one and "Seq Scan" not in one, one
 
@@ -198,6 +198,33 @@ def test_report_is_capped(scored, invoke, tmp_path, monkeypatch):
     page = out.read_text()
     assert page.count("class=card ") <= 4 and "The first 1 of 4" in page
     assert "<h2>Classes</h2>" in page and "<tr><td>car</td><td>18</td>" in page  # the counts cover every picture
+
+
+def test_a_folders_gallery_is_the_same_read_from_its_pictures_or_by_the_walk(scored, wild, monkeypatch):
+    """A small folder is read from its pictures (their scores by key, then sorted), a large one by walking the class's
+    scores in gallery order: the same tiles, order, totals and positions either way, page after page."""
+    from vocfleet.db import gallery
+
+    def pages(**kw):
+        out = []
+        with session_scope() as s:
+            q = gallery.GalleryQuery(run_id=1, limit=1, **kw)
+            while True:
+                p = gallery.gallery_page(s, q)
+                out.append(([t.image_id for t in p.tiles], p.total, p.total_is_exact, p.start, p.previous is not None))
+                if p.next is None:
+                    return out
+                q = gallery.GalleryQuery(run_id=1, limit=1, after=p.next, **kw)
+
+    cases = [
+        {"voc_class": "car", "folder": str(wild), "min_prob": 0.0},
+        {"voc_class": "car", "folder": str(wild / "holiday"), "min_prob": 0.0, "max_prob": 1.0},
+        {"voc_class": "dog", "folder": str(wild), "min_prob": 0.0, "without": ("car",)},
+    ]
+    small = [pages(**kw) for kw in cases]
+    monkeypatch.setattr(gallery, "FEW_PICTURES", 0)  # every folder is large
+    assert [pages(**kw) for kw in cases] == small
+    assert [len(p) > 1 for p in small] == [True, True, True], small  # several pages each
 
 
 def test_gallery_counts_exactly_from_the_runs_counts_else_up_to_a_cap(scored, monkeypatch):
