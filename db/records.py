@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from .states import JobStatus
 
@@ -57,6 +58,39 @@ class RunRecord:
     @property
     def done_fraction(self) -> float | None:
         return (self.scored + self.errors) / self.files if self.files else None
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One score of a run (``vocfleet results``, the Python API): a picture, a class, and its detector's answer."""
+
+    image: str  # the file's path relative to ``folder``
+    folder: str  # the folder the run scored
+    voc_class: str
+    probability: float
+    threshold: float  # the detector's
+    margin: float  # probability - threshold: how far above (or below) the threshold
+    present: bool  # probability >= threshold
+    detector: int
+    sha256: str
+    run: int
+    image_id: int
+
+    def as_row(self) -> dict[str, Any]:
+        """The fields under the names ``vocfleet results`` prints (``class`` for ``voc_class``)."""
+        return {
+            "image": self.image,
+            "class": self.voc_class,
+            "probability": self.probability,
+            "present": self.present,
+            "run": self.run,
+            "margin": self.margin,
+            "threshold": self.threshold,
+            "folder": self.folder,
+            "detector": self.detector,
+            "sha256": self.sha256,
+            "image_id": self.image_id,
+        }
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from vocfleet.model import ConfigError
 from vocfleet.model.events import EpochRecord
 
 from .models import Detector, ScoreRun
-from .records import DetectorRecord
+from .records import DetectorRecord, ResultRow
 from .registry import detector_epochs, detector_records
 from .results import ResultQuery, error_rows, image_scores, iter_results, summary_rows
 
@@ -66,10 +66,10 @@ def run_report(s: Session, run_id: int) -> RunReport:
     if run is None:
         raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
     dets = list(s.scalars(select(Detector).where(Detector.id.in_(run.detector_ids)).order_by(Detector.voc_class)))
-    picked: dict[int, dict[str, Any]] = {}
+    picked: dict[int, ResultRow] = {}
     for d in dets:
         for r in iter_results(s, ResultQuery((run_id,), voc_class=d.voc_class, present=True, sort="margin", limit=PER_CLASS)):
-            picked.setdefault(r["image_id"], r)
+            picked.setdefault(r.image_id, r)
     scores = image_scores(s, list(picked))
     used = {d.id for d in dets}
     return RunReport(
@@ -81,7 +81,7 @@ def run_report(s: Session, run_id: int) -> RunReport:
         total_files=run.total_files,
         classes=[d.voc_class for d in dets],
         counts=summary_rows(s, (run_id,)),
-        pictures=[Picture(first["folder"], first["image"], scores[image_id]) for image_id, first in picked.items()],
+        pictures=[Picture(first.folder, first.image, scores[image_id]) for image_id, first in picked.items()],
         errors=error_rows(s, run_id, limit=MAX_ERRORS),
         detectors=detector_records(s, ids=sorted(used)),
     )

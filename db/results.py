@@ -16,6 +16,7 @@ from sqlalchemy import Select, String, case, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from .models import Detector, FileError, Score, ScoredImage, ScoreRun
+from .records import ResultRow
 from .states import SORTS
 
 BATCH = 5000  # rows per fetch
@@ -144,13 +145,11 @@ RESULT_COLUMNS = {
 }
 
 
-def iter_results(s: Session, q: ResultQuery) -> Iterator[dict[str, Any]]:
-    """Scores as dicts (image, folder, class, probability, threshold, margin, present, detector, sha256, run, image_id)."""
+def iter_results(s: Session, q: ResultQuery) -> Iterator[ResultRow]:
+    """The scores ``q`` asks for, in its order, read in batches."""
     stmt, _ = _statement(q)
     for r in s.execute(stmt.execution_options(yield_per=BATCH)):
-        row = {name: getattr(r, source) for name, source in RESULT_COLUMNS.items()}
-        row["image_id"] = r.image_id
-        yield row
+        yield ResultRow(r.rel_path, r.folder, r.voc_class, r.probability, r.threshold, r.margin, bool(r.present), r.detector_id, r.sha256, r.run_id, r.image_id)
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -278,15 +277,15 @@ def iter_by_image(s: Session, q: ResultQuery, top: int = 3) -> Iterator[dict[str
     """One row per image: the classes present, and the ``top`` classes by how far above their threshold."""
     rows = iter_results(s, replace(q, sort="image", limit=None))
     count = 0
-    for (folder, image), group in groupby(rows, key=lambda r: (r["folder"], r["image"])):
+    for (folder, image), group in groupby(rows, key=lambda r: (r.folder, r.image)):
         group = list(group)  # one image's classes: at most one per detector
         yield {
             "image": image,
             "folder": folder,
-            "present": [r["class"] for r in group if r["present"]],
-            "top": [{"class": r["class"], "probability": r["probability"]} for r in group[:top]],
-            "sha256": group[0]["sha256"],
-            "run": max(r["run"] for r in group),
+            "present": [r.voc_class for r in group if r.present],
+            "top": [{"class": r.voc_class, "probability": r.probability} for r in group[:top]],
+            "sha256": group[0].sha256,
+            "run": max(r.run for r in group),
         }
         count += 1
         if q.limit is not None and count >= q.limit:

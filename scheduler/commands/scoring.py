@@ -323,7 +323,7 @@ def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, a
                 export_json(s, query, columns, sys.stdout.buffer, lines=fmt == "jsonl")
             sys.stdout.buffer.flush()
             return
-        stream(iter_results(s, query), columns, fmt)
+        stream((r.as_row() for r in iter_results(s, query)), columns, fmt)
 
 
 def _pictures_with(also: str | None, without: str | None, voc_class: str | None, counting: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
