@@ -62,9 +62,23 @@ class RunView:
     judged_by_people: dict[str, Confusion]
 
 
-def run_view(s: Session, run_id: int, judged: bool = True) -> RunView | None:
-    """None if there is no such run. ``judged``: also count its answers against people's labels (a query per
-    thousand labelled pictures' worth of lookups; a picture's page, which does not show them, leaves it out)."""
+@dataclass(frozen=True)
+class RunScope:
+    """What a gallery of a run may ask for: the classes it scored and its folders."""
+
+    run_id: int
+    classes: list[str]
+    folders: list[str]
+
+
+def run_scope(s: Session, run_id: int) -> RunScope | None:
+    """None if there is no such run; no counts (a gallery page or a picture's place in one needs none)."""
+    row = s.execute(select(ScoreRun.classes, ScoreRun.folders).where(ScoreRun.id == run_id)).first()
+    return RunScope(run_id, list(row.classes or []), list(row.folders or [])) if row else None
+
+
+def run_view(s: Session, run_id: int) -> RunView | None:
+    """None if there is no such run; with its answers counted against people's labels."""
     run = s.get(ScoreRun, run_id)
     if run is None:
         return None
@@ -88,7 +102,7 @@ def run_view(s: Session, run_id: int, judged: bool = True) -> RunView | None:
         as_utc(run.finished_at),
         run.error,
         classes,
-        run_confusion(s, run_id) if judged else {},
+        run_confusion(s, run_id),
     )
 
 

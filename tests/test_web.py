@@ -660,7 +660,10 @@ def test_one_picture_scored_over_http_as_a_run_scores_it(site):
     assert margins == sorted(margins, reverse=True)  # the class most above its threshold first
     with ThreadPoolExecutor(6) as pool:  # requests together: each gets its own answer
         answers = list(pool.map(lambda _: _post(site, "/api/score", photo), range(6)))
-    assert all(s == 200 and a["classes"] == got["classes"] for s, a in answers)
+    # the same answer, to float noise: a batch of several runs other kernels than a batch of one
+    for status, a in answers:
+        assert status == 200 and [(c["class"], c["detector_id"]) for c in a["classes"]] == [(c["class"], c["detector_id"]) for c in got["classes"]]
+        assert [c["probability"] for c in a["classes"]] == pytest.approx([c["probability"] for c in got["classes"]], abs=1e-5)
     assert api(site, "/api/runs")[1][0]["run_id"] == 3  # no run was made
 
     assert _post(site, "/api/score", b"")[0] == 400

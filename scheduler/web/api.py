@@ -37,6 +37,7 @@ from .common import (
     ClassParam,
     ErrorLimit,
     EvaluationId,
+    GalleryFilter,
     Limit,
     Offset,
     OtherRun,
@@ -156,7 +157,7 @@ def api_gallery(
     limit: Limit = gallery_db.PAGE,
 ) -> GalleryAnswer:
     """A page of the pictures where a class is present (or, with min/max, whose probability is in a range), highest first."""
-    _, q, result = gallery(s, run_id, voc_class, also, without, min, max, folder, after, limit, before, judged=False)
+    q, result = gallery(s, run_id, GalleryFilter(voc_class, also, without, min, max, folder), after, limit, before)
     if result is None:
         return GalleryAnswer(voc_class=None, pictures=[], next=None)
     cursors = {k: c.encode() if (c := getattr(result, k)) else None for k in ("next", "previous")}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
@@ -81,8 +82,8 @@ def class_list(text: str | None) -> tuple[str, ...]:
     return tuple(c for c in (text or "").replace(" ", ",").split(",") if c)
 
 
-def run_or_404(s: Session, run_id: int, judged: bool = True) -> web_db.RunView:
-    view = web_db.run_view(s, run_id, judged)
+def run_or_404(s: Session, run_id: int) -> web_db.RunView:
+    view = web_db.run_view(s, run_id)
     if view is None:
         raise Problem(404, f"run {run_id}: no such run (see /api/runs)")
     return view
@@ -102,29 +103,58 @@ def detector_or_404(s: Session, detector_id: int) -> web_db.DetectorView:
     return d
 
 
+@dataclass(frozen=True)
+class GalleryFilter:
+    """What a gallery shows: a class (the run's first when none), classes present too and absent
+    (comma-separated), a probability range, a folder (a path, or one relative to the run's folder)."""
+
+    voc_class: str | None = None
+    also: str | None = None
+    without: str | None = None
+    min_prob: float | None = None
+    max_prob: float | None = None
+    folder: str | None = None
+
+
+def form_filter(
+    voc_class: ClassParam = None,
+    also: str | None = None,
+    without: str | None = None,
+    min: str | None = None,  # the query parameter's name; a form's empty field is ""
+    max: str | None = None,
+    folder: str | None = None,
+) -> GalleryFilter:
+    """A gallery's filter from a page's query: the run page's form, and the picture page reached from it."""
+    return GalleryFilter(voc_class, also, without, form_prob("min", min), form_prob("max", max), folder)
+
+
+FormFilter = Annotated[GalleryFilter, Depends(form_filter)]
+
+
 def gallery(
-    s: Session, run_id: int, voc_class: str | None, also: str | None, without: str | None, min_prob, max_prob, folder, after, limit, before=None, judged=True
-) -> tuple[web_db.RunView, gallery_db.GalleryQuery | None, gallery_db.GalleryPage | None]:
-    """A run, the query its gallery asks, and the page (no query or page where the run scored no class)."""
-    view = run_or_404(s, run_id, judged)
-    cls = voc_class or (view.classes[0].voc_class if view.classes else None)
+    s: Session, run_id: int, f: GalleryFilter, after: str | None, limit: int, before: str | None = None
+) -> tuple[gallery_db.GalleryQuery | None, gallery_db.GalleryPage | None]:
+    """The query a run's gallery asks, and its page (neither where the run scored no class)."""
+    scope = web_db.run_scope(s, run_id)
+    if scope is None:
+        raise Problem(404, f"run {run_id}: no such run (see /api/runs)")
+    cls = f.voc_class or (scope.classes[0] if scope.classes else None)
     if cls is None:
-        return view, None, None
-    known = {c.voc_class for c in view.classes}
-    for name in (cls, *class_list(also), *class_list(without)):
-        if name not in known:
-            raise Problem(400, f"class={name!r}: run {run_id} scored {', '.join(sorted(known)) or 'no class'}")
+        return None, None
+    for name in (cls, *class_list(f.also), *class_list(f.without)):
+        if name not in scope.classes:
+            raise Problem(400, f"class={name!r}: run {run_id} scored {', '.join(sorted(scope.classes)) or 'no class'}")
     try:
         cursor = gallery_db.Cursor.decode(after) if after else None
         back = gallery_db.Cursor.decode(before) if before else None
-        folder = _in_run(view, folder) if folder else None
-        q = gallery_db.GalleryQuery(run_id, cls, class_list(also), class_list(without), min_prob, max_prob, folder, cursor, limit, back)
-        return view, q, gallery_db.gallery_page(s, q)
+        folder = _in_run(scope, f.folder) if f.folder else None
+        q = gallery_db.GalleryQuery(run_id, cls, class_list(f.also), class_list(f.without), f.min_prob, f.max_prob, folder, cursor, limit, back)
+        return q, gallery_db.gallery_page(s, q)
     except ValueError as exc:
         raise Problem(400, str(exc)) from None
 
 
-def _in_run(view: web_db.RunView, folder: str) -> str:
+def _in_run(view: web_db.RunScope, folder: str) -> str:
     """A folder filter as given: a path, or one relative to the run's folder (``phone``, as tiles show paths)."""
     if folder.startswith("/"):
         return folder

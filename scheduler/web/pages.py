@@ -23,9 +23,9 @@ from vocfleet.model.thumbnails import SIZES, cached_thumbnail
 from .common import (
     DB,
     ClassNeeded,
-    ClassParam,
     ErrorLimit,
     EvaluationId,
+    FormFilter,
     Limit,
     Offset,
     OtherRun,
@@ -36,7 +36,6 @@ from .common import (
     compare,
     compared_detectors,
     detector_or_404,
-    form_prob,
     gallery,
     picture_or_404,
     run_or_404,
@@ -106,17 +105,13 @@ def run_page(
     request: Request,
     s: DB,
     run_id: RowId,
-    voc_class: ClassParam = None,
-    also: str | None = None,
-    without: str | None = None,
-    min: str | None = None,  # the query parameter's name; a form's empty field is ""
-    max: str | None = None,
-    folder: str | None = None,
+    f: FormFilter,
     after: str | None = None,
     before: str | None = None,
     limit: Limit = gallery_db.PAGE,
 ) -> HTMLResponse:
-    view, q, result = gallery(s, run_id, voc_class, also, without, form_prob("min", min), form_prob("max", max), folder, after, limit, before)
+    view = run_or_404(s, run_id)
+    q, result = gallery(s, run_id, f, after, limit, before)
     params = {k: v for k, v in request.query_params.items() if k not in ("after", "before")}
     next_url = f"/runs/{run_id}?{urlencode({**params, 'after': result.next.encode()})}" if result and result.next else None
     previous_url = f"/runs/{run_id}?{urlencode({**params, 'before': result.previous.encode()})}" if result and result.previous else None
@@ -151,24 +146,18 @@ def picture_page(
     request: Request,
     s: DB,
     image_id: RowId,
-    voc_class: ClassParam = None,
-    also: str | None = None,
-    without: str | None = None,
-    min: str | None = None,
-    max: str | None = None,
-    folder: str | None = None,
+    f: FormFilter,
 ) -> HTMLResponse:
     """A picture; reached from a gallery (its filter in the query), also the previous and next pictures of that filter."""
     p = picture_or_404(s, image_id)
     around = None
-    if voc_class is not None:
-        mine = next((c for c in p.scores if c.voc_class == voc_class), None)
+    if f.voc_class is not None:
+        mine = next((c for c in p.scores if c.voc_class == f.voc_class), None)
         if mine is not None:
             here = gallery_db.Cursor(mine.present, mine.probability, image_id)
-            lo, hi = form_prob("min", min), form_prob("max", max)
             # The picture before it, counted (the filter's total, and how many come before: its position);
             # the one after it, not counted again.
-            _, q, before = gallery(s, p.run_id, voc_class, also, without, lo, hi, folder, None, 1, here.encode(), judged=False)
+            q, before = gallery(s, p.run_id, f, None, 1, here.encode())
             after = gallery_db.gallery_page(s, dataclasses.replace(q, after=here, before=None, counted=False)) if q else None
             params = dict(request.query_params)
             link = lambda found: f"/pictures/{found.tiles[0].image_id}?{urlencode(params)}" if found and found.tiles else None
