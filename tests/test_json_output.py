@@ -29,3 +29,10 @@ def test_score_as_json(detectors, wild, invoke):
     got = as_json(invoke("score", wild, "--format", "json"))
     assert got["run"] == 1 and got["status"] == "succeeded" and got["classes"] == ["car", "dog"]
     assert got["scored"] + got["errors"] == got["files"] > 0 and got["errors"] > 0 and got["reason"] is None
+
+
+def test_listings_of_an_empty_database_are_empty_lists(invoke):
+    """A script asking a new database for its jobs or runs as JSON gets [] (people get a line saying what to do)."""
+    for command in ("status", "runs"):
+        assert as_json(invoke(command, "--format", "json")) == []
+        assert "yet:" in invoke(command).output

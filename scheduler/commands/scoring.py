@@ -237,7 +237,7 @@ def runs(fmt: str, **filters: Any) -> None:
     with read_connection() as conn:
         every = run_records(conn)
         warn_idle_queue(conn, "score")
-    if not every:
+    if not every and fmt == "table":  # a script asking for JSON or CSV gets an empty list
         click.echo("no scoring runs yet: vocfleet score FOLDER")
         return
     rows, more = chosen.apply(every, classes="classes")
