@@ -48,7 +48,6 @@ def save_training_plots(
     Returns:
         {"curves": path, "pr": path}.
     """
-    from matplotlib.ticker import MaxNLocator
     from sklearn.metrics import precision_recall_curve
 
     plt = _pyplot()
@@ -65,8 +64,7 @@ def save_training_plots(
     ax2.set_title("validation AP")
     for ax in (ax1, ax2):
         ax.axvline(best_epoch, color="tab:red", ls=":", label=f"best epoch ({best_epoch}): the detector")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 1.5
+        _epoch_axis(ax, epochs)
         ax.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
@@ -93,6 +91,17 @@ def save_training_plots(
     return {"curves": str(curves), "pr": str(pr)}
 
 
+def _epoch_axis(ax, epochs: list[int]) -> None:
+    """Whole epochs on the x axis, half an epoch of margin each side: never 1.5, and one epoch (a
+    fine-tune) shows as 1 instead of matplotlib's 0.945 ... 1.050."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if epochs:
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+
+
 def save_comparison_plot(
     out: Path | BinaryIO,
     curves: dict[str, Sequence[EpochRecord]],
@@ -109,7 +118,6 @@ def save_comparison_plot(
         pr: the same labels -> (probabilities, labels) of their evaluation pictures: a third panel
             overlays their precision-recall curves.
     """
-    from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
     if isinstance(out, Path):
@@ -139,8 +147,7 @@ def save_comparison_plot(
     ax1.set_title("loss (solid: training, dashed: validation)")
     ax2.set_title("validation AP")
     for ax in (ax1, ax2):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, [h.epoch for history in curves.values() for h in history])
         ax.grid(alpha=0.3)
     ax2.set_ylim(0, 1)
     ax2.legend(fontsize=8, loc="lower right")

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from vocfleet.db.models import Score, ScoredImage
@@ -95,3 +96,23 @@ def test_fleet_report_shows_settings_and_f1_and_plots_read_right(fake_voc, tmp_p
     for png in re.findall(r"src='data:image/png;base64,([^']+)'", page):
         im = Image.open(io.BytesIO(base64.b64decode(png)))
         assert round(im.info["dpi"][0]) == 150
+
+
+@pytest.mark.parametrize("epochs", [[1], [1, 2], list(range(1, 21))])
+def test_curves_mark_whole_epochs_even_for_a_one_epoch_fine_tune(epochs):
+    """A class fine-tuned for one epoch showed 0.945 ... 1.050 under its one point; ticks are whole epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vocfleet.model.plots import _epoch_axis
+
+    fig, ax = plt.subplots()
+    ax.plot(epochs, [0.5] * len(epochs), "o")
+    _epoch_axis(ax, epochs)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+    plt.close(fig)
+    assert shown and all(t == int(t) for t in shown) and min(epochs) - 0.5 == lo and hi == max(epochs) + 0.5
