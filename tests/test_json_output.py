@@ -35,4 +35,5 @@ def test_listings_of_an_empty_database_are_empty_lists(invoke):
     """A script asking a new database for its jobs or runs as JSON gets [] (people get a line saying what to do)."""
     for command in ("status", "runs"):
         assert as_json(invoke(command, "--format", "json")) == []
+        assert invoke(command, "--format", "jsonl").stdout == ""
         assert "yet:" in invoke(command).output

@@ -245,7 +245,8 @@ def runs(fmt: str, **filters: Any) -> None:
         click.echo(f"none of the {len(every)} runs match")
         return
     shown, labels = with_labels([columns(r) for r in rows], fmt)
-    click.echo(render(shown, ["run", *labels, "status", "files", "scored", "reused", "errors", "classes", "created", "finished", "folders", "error"], fmt))
+    text = render(shown, ["run", *labels, "status", "files", "scored", "reused", "errors", "classes", "created", "finished", "folders", "error"], fmt)
+    click.echo(text, nl=bool(text))  # no rows as JSON Lines: nothing, not an empty line
     more_line(fmt, more, "runs")
 
 

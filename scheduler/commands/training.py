@@ -293,7 +293,8 @@ def status(watch: bool, interval: float, fmt: str, **filters: Any) -> None:
             return
         progress = ["epoch"] if fmt == "table" else ["epochs_done", "epochs"]  # "2/3" for people, two numbers for scripts
         shown, labels = with_labels([columns(r) for r in rows], fmt)
-        click.echo(render(shown, ["job", "class", *labels, "status", *progress, "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
+        text = render(shown, ["job", "class", *labels, "status", *progress, "val_ap", "attempts", "worker", "heartbeat", "error"], fmt)
+        click.echo(text, nl=bool(text))  # no rows as JSON Lines: nothing, not an empty line
         more_line(fmt, more, "jobs")
         if fmt == "table":
             click.echo(queue_line(*left))
