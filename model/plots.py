@@ -48,8 +48,6 @@ def save_training_plots(
     Returns:
         {"curves": path, "pr": path}.
     """
-    from sklearn.metrics import precision_recall_curve
-
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     epochs = [h.epoch for h in history]
@@ -73,7 +71,7 @@ def save_training_plots(
         fig.savefig(fh, dpi=150, format="png")
     plt.close(fig)
 
-    prec, rec, _ = precision_recall_curve(np.asarray(labels) == 1, probs)
+    prec, rec = precision_recall(np.asarray(probs, dtype=float), np.asarray(labels, dtype=int))  # the construction AP is computed from
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     ax.step(rec, prec, where="post")
     ax.axhline(float(np.mean(labels)), ls="--", color="grey", label="chance (positive rate)")
