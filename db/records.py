@@ -8,7 +8,7 @@ templates' business; the API returns the record's fields as they are (FastAPI de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -78,19 +78,9 @@ class ResultRow:
 
     def as_row(self) -> dict[str, Any]:
         """The fields under the names ``vocfleet results`` prints (``class`` for ``voc_class``)."""
-        return {
-            "image": self.image,
-            "class": self.voc_class,
-            "probability": self.probability,
-            "present": self.present,
-            "run": self.run,
-            "margin": self.margin,
-            "threshold": self.threshold,
-            "folder": self.folder,
-            "detector": self.detector,
-            "sha256": self.sha256,
-            "image_id": self.image_id,
-        }
+        row = asdict(self)
+        row["class"] = row.pop("voc_class")
+        return row
 
 
 @dataclass(frozen=True)
