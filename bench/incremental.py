@@ -18,12 +18,16 @@ import argparse
 import io
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import machine, table, voc_root
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support import distinct_pictures  # the test suite's way to make pictures of their own content
 
 
 def main() -> None:
@@ -55,11 +59,11 @@ def main() -> None:
             for path in samples[: args.images]:
                 shutil.copy(path, library / path.name)  # a copy: its own modification time, as a user's library has
         else:
-            thumbs = [_thumbnail(path, args.thumb) for path in samples]
-            for i in range(args.images):
-                folder = library / f"{i // 1000:04d}"
-                folder.mkdir(exist_ok=True)
-                (folder / f"IMG_{i:07d}.jpg").write_bytes(thumbs[i % len(thumbs)] + i.to_bytes(4, "big"))  # after the JPEG's end: its own content
+            thumbs = work / "thumbs"
+            thumbs.mkdir()
+            for path in samples:
+                (thumbs / path.name).write_bytes(_thumbnail(path, args.thumb))
+            distinct_pictures(sorted(thumbs.iterdir()), library, args.images, 1000)  # the test suite's: bytes after each JPEG's end
         ensure_schema()
         with session_scope() as s:
             cfgs = [TrainConfig(voc_class=c, voc_root=str(root), arch=args.arch, image_size=args.size, epochs=1, max_batches=1) for c in ("car", "dog")]

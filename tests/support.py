@@ -103,9 +103,9 @@ def detectors_on_postgres(detectors) -> None:
 
 def distinct_pictures(sources: list[Path], root: Path, n: int, per_folder: int) -> None:
     """``n`` JPEGs under ``root`` (``per_folder`` to each numbered subfolder), each its own content: a source's bytes and
-    two more after its end, which decoders ignore. A copy of another picture would be reused by incremental scoring,
+    four more after its end, which decoders ignore. A copy of another picture would be reused by incremental scoring,
     not scored, and a run meant to be caught part-way would end at once."""
     for i in range(n):
         folder = root / f"{i // per_folder}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"img{i:04d}.jpg").write_bytes(sources[i % len(sources)].read_bytes() + i.to_bytes(2, "big"))
+        (folder / f"img{i:04d}.jpg").write_bytes(sources[i % len(sources)].read_bytes() + i.to_bytes(4, "big"))
