@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -251,19 +252,11 @@ def upgrade_database(url: str | None = None) -> None:
     on its own connection that does so, so a kill or power loss part-way leaves the database as it
     was before the upgrade, never half-migrated.
     """
-    from alembic import command
-    from alembic.config import Config
-
     url = url or get_settings().database_url
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["connection_url"] = url
     engine = get_engine(url)
     if engine.dialect.name != "sqlite":
         with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-            _record_compat(conn, cfg)
+            _migrate_to_head(conn, url)
         return
     # A connection of its own: the driver's implicit transactions off, one BEGIN IMMEDIATE around
     # every migration. Foreign keys off first (the pragma is ignored inside a transaction): SQLite
@@ -274,9 +267,7 @@ def upgrade_database(url: str | None = None) -> None:
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-                _record_compat(conn, cfg)
+                _migrate_to_head(conn, url)
                 conn.exec_driver_sql("COMMIT")
             except BaseException:
                 conn.exec_driver_sql("ROLLBACK")
@@ -286,20 +277,39 @@ def upgrade_database(url: str | None = None) -> None:
     engine.dispose()  # pooled connections may hold the old schema's statements
 
 
-def oldest_compatible(cfg) -> str:  # alembic's Config, imported only here
-    """The oldest revision whose code can run on a schema at head: down from head past each migration marked ``older_code_ok``."""
+@functools.cache
+def migrations():  # alembic's ScriptDirectory, imported only here
+    """The migration scripts, loaded once per process: Alembic's own commands import every script
+    again on each call (twice per upgrade with the compatibility walk), most of the cost of making
+    a new database."""
     from alembic.script import ScriptDirectory
 
-    script = ScriptDirectory.from_config(cfg)
+    return ScriptDirectory(str(MIGRATIONS))
+
+
+def _migrate_to_head(conn, url: str) -> None:
+    """Alembic's ``upgrade head`` on ``conn`` (what ``alembic.command.upgrade`` does, with the scripts
+    loaded once), then the oldest code that may run on the result recorded beside it."""
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+
+    script = migrations()
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes.update(connection=conn, connection_url=url)
+    with EnvironmentContext(cfg, script, fn=lambda rev, _context: script._upgrade_revs("head", rev), destination_rev="head"):
+        script.run_env()
+    conn.execute(text("DELETE FROM schema_compat"))
+    conn.execute(text("INSERT INTO schema_compat (oldest_code) VALUES (:r)"), {"r": oldest_compatible()})
+
+
+def oldest_compatible() -> str:
+    """The oldest revision whose code can run on a schema at head: down from head past each migration marked ``older_code_ok``."""
+    script = migrations()
     rev = script.get_revision("head")
     while getattr(rev.module, "older_code_ok", False) and rev.down_revision:
         rev = script.get_revision(rev.down_revision)
     return rev.revision
-
-
-def _record_compat(conn, cfg) -> None:
-    conn.execute(text("DELETE FROM schema_compat"))
-    conn.execute(text("INSERT INTO schema_compat (oldest_code) VALUES (:r)"), {"r": oldest_compatible(cfg)})
 
 
 def _oldest_code(url: str) -> str | None:
