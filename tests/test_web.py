@@ -492,27 +492,31 @@ def test_a_person_scores_one_picture_from_the_browser(site, browser, tmp_path):
     page.wait_for_function("document.getElementById('said').textContent.startsWith('not a picture')")
 
 
-def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line(site):
-    env = {**site["env"], "VOCFLEET_WEB_TOKEN": "short"}
-    res = subprocess.run([*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and res.stderr.startswith("vocfleet: error: --allow-actions needs a secret of at least 16 characters")
-    without_extra = "import sys; sys.modules['uvicorn'] = None; from vocfleet.scheduler.cli import main; sys.argv = ['vocfleet', 'serve']; main()"
-    res = subprocess.run([sys.executable, "-c", without_extra], env=site["env"], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and res.stderr.splitlines() == [
+def test_read_only_by_default_a_password_when_set_and_setup_mistakes_in_one_line(site, invoke, monkeypatch):
+    # Each setup mistake is refused before anything is served: the CLI in this process, on the site's data.
+    monkeypatch.setenv("VOCFLEET_DATA_DIR", site["env"]["VOCFLEET_DATA_DIR"])
+    monkeypatch.setenv("VOCFLEET_WEB_TOKEN", "short")
+    res = invoke("serve", "--allow-actions", "--port", free_port())
+    assert res.exit_code == 2 and res.output.startswith("vocfleet: error: --allow-actions needs a secret of at least 16 characters")
+    with monkeypatch.context() as without_extra:
+        without_extra.setitem(sys.modules, "uvicorn", None)
+        res = invoke("serve")
+    assert res.exit_code == 2 and res.output.splitlines() == [
         "vocfleet: error: vocfleet serve needs the web extra (uvicorn is missing): pip install 'vocfleet[web]'"
     ]
     for token in (" " * 16, "a" * 20, "  a-token-of-at-least-16  "):  # guessable, or spaces a copy and paste may add
-        argv = [*VOCFLEET, "serve", "--allow-actions", "--port", str(free_port())]
-        res = subprocess.run(argv, env={**env, "VOCFLEET_WEB_TOKEN": token}, capture_output=True, text=True, timeout=60)
-        assert res.returncode == 2 and "not easily guessed and without spaces" in res.stderr, (token, res.stderr)
-    res = subprocess.run([*VOCFLEET, "serve", "--host", "0.0.0.0", "--port", str(free_port())], env=site["env"], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and res.stderr.splitlines() == [
-        f"vocfleet: error: --host 0.0.0.0: every machine that reaches port {res.args[-1]} could read the results; set VOCFLEET_WEB_PASSWORD, "
+        monkeypatch.setenv("VOCFLEET_WEB_TOKEN", token)
+        res = invoke("serve", "--allow-actions", "--port", free_port())
+        assert res.exit_code == 2 and "not easily guessed and without spaces" in res.output, (token, res.output)
+    port = free_port()
+    res = invoke("serve", "--host", "0.0.0.0", "--port", port)
+    assert res.exit_code == 2 and res.output.splitlines() == [
+        f"vocfleet: error: --host 0.0.0.0: every machine that reaches port {port} could read the results; set VOCFLEET_WEB_PASSWORD, "
         "or pass --no-password to serve them to all"
     ]
     taken = site["url"].rsplit(":", 1)[1].rstrip("/")
-    res = subprocess.run([*VOCFLEET, "serve", "--port", taken], env=site["env"], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and "cannot listen there (Address already in use)" in res.stderr and "serving" not in res.stderr, res.stderr
+    res = invoke("serve", "--port", taken)
+    assert res.exit_code == 2 and "cannot listen there (Address already in use)" in res.output and "serving" not in res.output, res.output
     port = free_port()
     env = {**site["env"], "VOCFLEET_WEB_PASSWORD": "sesame"}  # behind a password, as compose runs it
     proc = subprocess.Popen([*VOCFLEET, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
