@@ -10,31 +10,40 @@ HEAVY = ("torch", "torchvision", "numpy", "PIL", "matplotlib", "sklearn", "cv2",
 PROBE = """
 import json, sys
 from vocfleet.scheduler.cli import cli
-try:
-    cli.main(sys.argv[1:], prog_name="vocfleet")
-except SystemExit as exc:
-    code = exc.code
-print(json.dumps({"code": code, "heavy": [m for m in HEAVY if m in sys.modules], "sqlalchemy": "sqlalchemy" in sys.modules}))
+for argv in json.loads(sys.argv[1]):
+    try:
+        cli.main(argv, prog_name="vocfleet")
+    except SystemExit as exc:
+        code = exc.code
+    print(json.dumps({"code": code, "heavy": [m for m in HEAVY if m in sys.modules], "sqlalchemy": "sqlalchemy" in sys.modules}))
 """.replace("HEAVY", repr(HEAVY))
 
 
-def probe(*args, data_dir):
+def probe(*commands, data_dir):
+    """The commands run one after another in one fresh interpreter: after each, its exit code and the heavy modules loaded so far."""
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env={"VOCFLEET_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"}, check=False
+        [sys.executable, "-c", PROBE, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env={"VOCFLEET_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"},
+        check=False,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    got = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(got) == len(commands), out.stdout + out.stderr
+    return dict(zip((" ".join(c) for c in commands), got, strict=True))
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["submit", "--help"], ["score", "--help"], ["data", "--help"]])
 def test_help_imports_neither_torch_nor_sqlalchemy(args, data_dir):
-    got = probe(*args, data_dir=data_dir)
+    [got] = probe(args, data_dir=data_dir).values()
     assert got == {"code": 0, "heavy": [], "sqlalchemy": False}
 
 
-@pytest.mark.parametrize("args", [["status"], ["runs"], ["detectors"], ["results", "1"], ["cancel", "7"], ["run"]])
-def test_database_commands_import_no_torch(args, data_dir):
-    got = probe(*args, data_dir=data_dir)
-    assert got["heavy"] == [] and got["code"] in (0, 1, 2)  # cancel 7: no such job, exit 1; run: nothing queued, no torch
+def test_database_commands_import_no_torch(data_dir):
+    """One interpreter for all six: none may have loaded a heavy module by the time it ends (nor before it)."""
+    got = probe(["status"], ["runs"], ["detectors"], ["results", "1"], ["cancel", "7"], ["run"], data_dir=data_dir)
+    for command, answer in got.items():
+        assert answer["heavy"] == [] and answer["code"] in (0, 1, 2), (command, answer)  # cancel 7: no such job, exit 1; run: nothing queued
 
 
 COMPLETE = """
@@ -86,24 +95,12 @@ def filled(data_dir, fake_voc):
     return fake_voc
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["status"],
-        ["runs"],
-        ["detectors"],
-        ["detectors", "history", "car"],
-        ["results", "1"],
-        ["compare", "1", "2"],
-        ["submit", "--classes", "car", "--dry-run"],
-    ],  # fmt: skip
-)
-def test_commands_that_only_read_import_no_torch_with_data(filled, data_dir, args):
+def test_commands_that_only_read_import_no_torch_with_data(filled, data_dir):
     """With rows to show (and recorded rates for the dry run's estimate) these answer from the database alone."""
-    if args[0] == "submit":
-        args = [*args, "--voc-root", str(filled), "--image-size", "64", "--start", "none"]
-    got = probe(*args, data_dir=data_dir)
-    assert got["code"] == 0 and [m for m in got["heavy"] if m in ("torch", "torchvision")] == []
+    dry_run = ["submit", "--classes", "car", "--dry-run", "--voc-root", str(filled), "--image-size", "64", "--start", "none"]
+    got = probe(["status"], ["runs"], ["detectors"], ["detectors", "history", "car"], ["results", "1"], ["compare", "1", "2"], dry_run, data_dir=data_dir)
+    for command, answer in got.items():
+        assert answer["code"] == 0 and [m for m in answer["heavy"] if m in ("torch", "torchvision")] == [], (command, answer)
 
 
 WEB_PROBE = "import sys; from vocfleet.scheduler.web.app import create_app; create_app(); print([m for m in ('torch', 'torchvision') if m in sys.modules])"
