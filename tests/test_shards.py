@@ -2,6 +2,7 @@
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -162,7 +163,7 @@ def big_tree(tmp_path_factory):
         sub = root / f"d{d:03d}"
         sub.mkdir(parents=True)
         for f in range(1000):
-            (sub / f"{f:04d}.jpg").touch()
+            os.mknod(sub / f"{f:04d}.jpg", 0o644 | stat.S_IFREG)  # one system call a file (touch: three, 6x the time)
     return root
 
 
