@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -25,6 +27,28 @@ def pytest_configure(config):
     workers, CLIs and servers its tests start; a thread per core in each oversubscribed them."""
     os.environ["OMP_NUM_THREADS"] = "1"  # what the tests start
     torch.set_num_threads(1)  # this process
+
+
+# Tests whose module-scoped fixture is costly (a site trained and scored, a fleet of two workers,
+# 50,000 files): each module runs in one test process, so its fixture is built once.
+SHARED_SETUP = ("tests/test_web.py", "tests/test_fleet_shared.py", "tests/test_shards.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``pytest -n N``: each test to whichever process is free, one at a time, except the modules above,
+    which go whole (the largest first). xdist's own ``load`` sends runs of neighbouring tests to one
+    process, which put all seven tests/test_fleet.py tests (three minutes) on one; its ``loadgroup``
+    marks tests by renaming them, which pytest 9 ignores. Another ``--dist`` is left to xdist."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedSetupTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED_SETUP else nodeid
+
+    return SharedSetupTogether(config, log)
 
 
 @pytest.fixture(autouse=True)
@@ -133,16 +157,25 @@ def s3_root(s3_server, monkeypatch) -> str:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """Two real detectors (car at 32 px, dog at 48 px), trained briefly on a fake VOC tree."""
-    base = tmp_path_factory.mktemp("detectors")
-    voc = make_fake_voc(base / "VOC2007")
-    out = {}
-    for cls, size in (("car", 32), ("dog", 48)):  # two input sizes: scoring decodes once for both
-        cfg = TrainConfig(
-            voc_class=cls, voc_root=str(voc), arch="tiny", image_size=size, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3
-        )
-        out[cls] = fit(cfg, out_dir=base / cls, cache_dir=base / "cache")
-    return out
+    """Two real detectors (car at 32 px, dog at 48 px), trained briefly on a fake VOC tree: once for
+    all test processes of a run (the first to ask trains them while the others wait, then read its result)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each test process's own
+    base, result = root / "trained-detectors", root / "trained-detectors.pickle"
+    with open(root / "trained-detectors.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if result.is_file():
+            return pickle.loads(result.read_bytes())
+        voc = make_fake_voc(base / "VOC2007")
+        out = {}
+        for cls, size in (("car", 32), ("dog", 48)):  # two input sizes: scoring decodes once for both
+            cfg = TrainConfig(
+                voc_class=cls, voc_root=str(voc), arch="tiny", image_size=size, epochs=1, batch_size=8, max_batches=2, eval_fraction=0.3, val_fraction=0.3
+            )
+            out[cls] = fit(cfg, out_dir=base / cls, cache_dir=base / "cache")
+        result.write_bytes(pickle.dumps(out))
+        return out
 
 
 @pytest.fixture
