@@ -294,12 +294,13 @@ def test_an_upgrade_killed_at_any_statement_leaves_the_database_as_it_was(tmp_pa
     import os
     import signal
     import sqlite3
+    from contextlib import closing
 
     from vocfleet.db.session import dispose_engines, schema_revision, upgrade_database
     from vocfleet.db.states import SCHEMA_HEAD
 
     def dump(path):
-        with sqlite3.connect(path) as conn:
+        with closing(sqlite3.connect(path)) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             return list(conn.iterdump())
 
