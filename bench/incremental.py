@@ -15,7 +15,6 @@ harder to meet than with a library of photos scored by ResNet-50s: what a second
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import sys
@@ -47,6 +46,7 @@ def main() -> None:
     from vocfleet.db.session import ensure_schema, session_scope
     from vocfleet.db.training import create_jobs
     from vocfleet.model.config import TrainConfig
+    from vocfleet.model.thumbnails import render
     from vocfleet.worker.runner import run_train_job
     from vocfleet.worker.scoring import run_score_run
 
@@ -62,7 +62,7 @@ def main() -> None:
             thumbs = work / "thumbs"
             thumbs.mkdir()
             for path in samples:
-                (thumbs / path.name).write_bytes(_thumbnail(path, args.thumb))
+                (thumbs / path.name).write_bytes(render(path.read_bytes(), args.thumb))  # the web app's thumbnails
             distinct_pictures(sorted(thumbs.iterdir()), library, args.images, 1000)  # the test suite's: bytes after each JPEG's end
         ensure_schema()
         with session_scope() as s:
@@ -96,14 +96,6 @@ def main() -> None:
         print(table([(n, f"{s:.1f} s", scored, reused, r) for n, s, scored, reused, r in rows], ("pass", "time", "scored", "reused", "time / first pass")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _thumbnail(path: Path, size: int) -> bytes:
-    with Image.open(path) as im:
-        im.thumbnail((size, size))
-        out = io.BytesIO()
-        im.convert("RGB").save(out, "JPEG", quality=85)
-    return out.getvalue()
 
 
 if __name__ == "__main__":
