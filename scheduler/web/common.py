@@ -154,13 +154,13 @@ def gallery(
         raise Problem(400, str(exc)) from None
 
 
-def _in_run(view: web_db.RunScope, folder: str) -> str:
+def _in_run(scope: web_db.RunScope, folder: str) -> str:
     """A folder filter as given: a path, or one relative to the run's folder (``phone``, as tiles show paths)."""
     if folder.startswith("/"):
         return folder
-    if len(view.folders) != 1:
-        raise Problem(400, f"folder={folder!r}: run {view.run_id} scored {len(view.folders)} folders; give the full path of one ({', '.join(view.folders)})")
-    return f"{view.folders[0].rstrip('/')}/{folder.strip('/')}"
+    if len(scope.folders) != 1:
+        raise Problem(400, f"folder={folder!r}: run {scope.run_id} scored {len(scope.folders)} folders; give the full path of one ({', '.join(scope.folders)})")
+    return f"{scope.folders[0].rstrip('/')}/{folder.strip('/')}"
 
 
 def compare(s: Session, run_id: int, other: int, voc_class: str, offset: int, limit: int) -> tuple[web_db.RunView, list[gallery_db.Disagreement]]:
