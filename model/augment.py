@@ -48,28 +48,59 @@ def preprocess_eval(batch: torch.Tensor) -> torch.Tensor:
     return x
 
 
+# --augment-policy: the origin's three (the default), or "strong": a wider zoom, a shift of up to 15% of
+# the side, and a brightness, contrast and colour-cast jitter; for a long schedule on few pictures.
+POLICIES: dict[str, dict] = {
+    "origin": {},
+    "strong": {"scale": (0.75, 1.75), "translate": 0.15, "jitter": 0.4},
+}
+
+
 class TrainAugment:
-    """Per-sample random scale, horizontal flip and rotation (the origin's three), on a whole batch.
+    """Per-sample random scale, horizontal flip and rotation (the origin's three), on a whole batch;
+    optionally a shift (``translate``) and a brightness/contrast/colour jitter (``jitter``).
 
     One random affine map per sample, drawn the same way on every device. On a GPU the batch is
     converted and normalised there and resampled with one ``grid_sample``: a small fraction of a
     ResNet-50 step. On a CPU each uint8 image is resampled by OpenCV (fixed-point bilinear) and
     normalised through a lookup table straight into the float batch, in parallel threads: the same
     map and border rule, a quarter of the memory traffic, and several times faster than float
-    resampling there.
+    resampling there. The jitter is a per-pixel map of each picture's levels, so on a CPU it lives
+    in that picture's lookup table and costs nothing more.
     """
 
-    def __init__(self, *, scale: tuple[float, float] = (0.75, 1.25), max_degrees: float = 15.0, hflip: float = 0.5, reuse_output: bool = False):
-        """``reuse_output``: on a CPU, write every batch into one buffer, so each call overwrites the
+    def __init__(
+        self,
+        *,
+        scale: tuple[float, float] = (0.75, 1.25),
+        max_degrees: float = 15.0,
+        hflip: float = 0.5,
+        translate: float = 0.0,
+        jitter: float = 0.0,
+        reuse_output: bool = False,
+    ):
+        """``translate``: the largest shift, a share of the side; ``jitter``: the largest relative change
+        of brightness and of contrast (a quarter of it per channel, a colour cast); 0: off.
+
+        ``reuse_output``: on a CPU, write every batch into one buffer, so each call overwrites the
         last call's result; for a training loop that is done with a batch before it asks for the
         next. A fresh 38 MB buffer per batch costs more in page faults than the resampling itself."""
         if not (0 < scale[0] <= scale[1]):
             raise ValueError(f"scale range {scale} must satisfy 0 < low <= high")
+        if not (0 <= translate < 1 and 0 <= jitter < 1):
+            raise ValueError(f"translate {translate} and jitter {jitter} must be at least 0 and below 1")
         self.scale = scale
         self.max_degrees = max_degrees
         self.hflip = hflip
+        self.translate = translate
+        self.jitter = jitter
         self.reuse_output = reuse_output
         self._last: torch.Tensor | None = None
+
+    @classmethod
+    def policy(cls, name: str, **kwargs) -> TrainAugment:
+        """The augmentation of ``--augment-policy name`` (:data:`POLICIES`)."""
+        return cls(**POLICIES[name], **kwargs)
 
     def thetas(self, b: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 2, 3) float32 maps from output to input coordinates, normalised to [-1, 1] (``affine_grid``'s)."""
@@ -79,23 +110,65 @@ class TrainAugment:
         s = torch.exp(math.log(lo) + rand[:, 0] * (math.log(hi) - math.log(lo)))
         angle = (rand[:, 1] * 2 - 1) * math.radians(self.max_degrees)
         flip = torch.where(rand[:, 2] < self.hflip, -1.0, 1.0).to(torch.float64)
-        cos, sin, zero = torch.cos(angle) / s, torch.sin(angle) / s, torch.zeros_like(s)
-        return torch.stack([torch.stack([cos * flip, -sin, zero], 1), torch.stack([sin * flip, cos, zero], 1)], 1).float()
+        cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+        shift = torch.zeros(b, 2, dtype=torch.float64)
+        if self.translate:  # drawn after the origin's three, which stay the same stream
+            shift = (torch.rand(b, 2, generator=generator).double() * 2 - 1) * (2 * self.translate)  # [-1, 1] spans the side
+        return torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1).float()
+
+    def jitters(self, b: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """(B, 5) float64 per-picture factors: contrast, brightness, and the three channels' gains; None when off."""
+        if not self.jitter:
+            return None
+        r = torch.rand(b, 5, generator=generator).double() * 2 - 1
+        return 1 + r * torch.tensor([self.jitter, self.jitter, self.jitter / 4, self.jitter / 4, self.jitter / 4], dtype=torch.float64)
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         theta = self.thetas(batch.shape[0], generator)
+        factors = self.jitters(batch.shape[0], generator)
         if batch.device.type == "cpu":
-            result = warp_cpu(batch, theta, self._last if self.reuse_output else None)
+            result = warp_cpu(batch, theta, self._last if self.reuse_output else None, factors)
             if self.reuse_output:
                 self._last = result
             return result
+        if factors is not None:  # the levels are warped, then mapped: the CPU path's order
+            return jitter_levels(batch, host_to_device(factors, batch.device), host_to_device(theta, batch.device))
         x = preprocess_eval(batch)
-        grid = F.affine_grid(host_to_device(theta, x.device), list(x.shape), align_corners=False)
-        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        return out.contiguous(memory_format=torch.channels_last)
+        return _warp(x, host_to_device(theta, x.device))
 
     def __repr__(self) -> str:
-        return f"TrainAugment(scale={self.scale}, max_degrees={self.max_degrees}, hflip={self.hflip})"
+        extra = f", translate={self.translate}, jitter={self.jitter}" if self.translate or self.jitter else ""
+        return f"TrainAugment(scale={self.scale}, max_degrees={self.max_degrees}, hflip={self.hflip}{extra})"
+
+
+def _level_map(levels: torch.Tensor, mean: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """The jitter's map of grey levels (0-255): contrast about the picture's mean level, then brightness
+    and each channel's gain, clipped. ``levels`` (B, 3, ...) float, ``mean`` (B,), ``factors`` (B, 5)."""
+    shape = (-1, 1) + (1,) * (levels.ndim - 2)
+    m = mean.view(shape)
+    gain = (factors[:, 1:2] * factors[:, 2:]).view(-1, 3, *(1,) * (levels.ndim - 2))
+    return (((levels - m) * factors[:, 0].view(shape) + m) * gain).clamp_(0, 255)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def jitter_levels(batch: torch.Tensor, factors: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``TrainAugment`` with a jitter, in float on the batch's device: (B, H, W, 3) uint8 -> (B, 3, H, W) normalised.
+
+    The levels are warped by ``theta``, then mapped by the jitter (about each picture's mean level
+    before the warp), then normalised: :func:`warp_cpu`'s order, so both paths give the same batch.
+    """
+    if batch.shape[-1] == 3 and batch.shape[1] != 3:
+        batch = batch.permute(0, 3, 1, 2)
+    levels = batch.to(torch.float32)
+    mean = levels.mean(dim=(1, 2, 3), dtype=torch.float64)
+    warped = _level_map(_warp(levels, theta).double(), mean, factors.to(mean.device)).float()
+    scale, shift = _scale_shift(batch.device)
+    return warped.mul_(scale).add_(shift)
 
 
 def pixel_maps(theta: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -120,13 +193,15 @@ def _normalise_lut() -> np.ndarray:
     return ((v - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype(np.float32).reshape(256, 1, 3)
 
 
-def warp_cpu(batch: torch.Tensor, theta: torch.Tensor, reuse: torch.Tensor | None = None) -> torch.Tensor:
+def warp_cpu(batch: torch.Tensor, theta: torch.Tensor, reuse: torch.Tensor | None = None, factors: torch.Tensor | None = None) -> torch.Tensor:
     """``TrainAugment`` on a CPU: (B, H, W, 3) uint8 -> (B, 3, H, W) normalised float32, channels_last.
 
-    ``reuse``: an earlier result to overwrite, when it has the right shape.
+    ``reuse``: an earlier result to overwrite, when it has the right shape. ``factors``: the
+    jitter's (:meth:`TrainAugment.jitters`), applied through each picture's own lookup table.
 
     Equals ``grid_sample(preprocess_eval(batch), affine_grid(theta), padding_mode="reflection")``
-    up to OpenCV's fixed-point rounding (about a grey level; tests/test_augment.py).
+    (``jitter_levels`` for ``preprocess_eval`` with ``factors``) up to OpenCV's fixed-point rounding
+    (about a grey level, times the jitter's gain; tests/test_augment.py).
     """
     import cv2
 
@@ -135,6 +210,11 @@ def warp_cpu(batch: torch.Tensor, theta: torch.Tensor, reuse: torch.Tensor | Non
     images = np.ascontiguousarray(batch.numpy())
     b, h, w, _ = images.shape
     maps, lut = pixel_maps(theta, h, w), _normalise_lut()
+    if factors is not None:  # one table per picture: its jittered levels, normalised
+        mean = torch.from_numpy(images.reshape(b, -1).mean(axis=1, dtype=np.float64))
+        levels = torch.arange(256, dtype=torch.float64).view(1, 1, 256).expand(b, 3, 256)
+        mapped = _level_map(levels, mean, factors).permute(0, 2, 1).numpy()  # (B, 256, 3)
+        luts = ((mapped / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype(np.float32).reshape(b, 256, 1, 3)
     fits = reuse is not None and tuple(reuse.shape) == (b, 3, h, w)
     out = reuse.permute(0, 2, 3, 1).numpy() if fits else np.empty((b, h, w, 3), np.float32)
 
@@ -152,7 +232,7 @@ def warp_cpu(batch: torch.Tensor, theta: torch.Tensor, reuse: torch.Tensor | Non
             padded = cv2.copyMakeBorder(images[i], m, m, m, m, cv2.BORDER_REFLECT)
             shifted = maps[i] + np.array([[0, 0, m], [0, 0, m]])
             warped = cv2.warpAffine(padded, shifted, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
-            cv2.LUT(warped, lut, dst=out[i])
+            cv2.LUT(warped, lut if factors is None else luts[i], dst=out[i])
 
     threads = max(1, min(torch.get_num_threads(), b))
     list(_pool(os.getpid(), threads).map(work, np.array_split(np.arange(b), threads)))

@@ -29,6 +29,9 @@ RESNET50_WEIGHTS = ("resnet50", "resnet50-lowres")  # the archs whose state dict
 # The class of a shared start job: one network learning all 20 VOC labels, that class jobs start from.
 START_CLASS = "all"
 FOLD_BY = ("label", "image")
+# --augment-policy (model/augment.py's POLICIES): the origin's scale, flip and rotation, or "strong" (a wider
+# zoom, shifts and a colour jitter), for a long schedule on few pictures.
+AUGMENT_POLICIES = ("origin", "strong")
 
 
 def check_init(init: str) -> str:
@@ -113,6 +116,7 @@ class TrainConfig:
     zero_init_residual: bool = True
     ema: float = 0.95
     augment: bool = True
+    augment_policy: str = "origin"
     balance: str = "sampler"
     aux_classes: bool = False
     label_smoothing: float = 0.0
@@ -155,6 +159,7 @@ class TrainConfig:
             ("schedule", self.schedule, SCHEDULES),
             ("arch", self.arch, ARCHS),
             ("fold-by", self.fold_by, FOLD_BY),
+            ("augment-policy", self.augment_policy, AUGMENT_POLICIES),
         ):
             if value not in valid:
                 raise ConfigError(f"--{name} {value!r}: only {', '.join(valid)} are supported")

@@ -287,7 +287,7 @@ def _train(  # noqa: C901 - the epoch loop with resume, EMA, best epoch and stop
     steps = min(steps, cfg.max_batches or steps)
     optimizer = _make_optimizer(cfg, model, device)
     scheduler = _make_scheduler(cfg, optimizer, steps)
-    augment = TrainAugment(reuse_output=True) if cfg.augment else NoAugment()  # each batch is done with before the next
+    augment = TrainAugment.policy(cfg.augment_policy, reuse_output=True) if cfg.augment else NoAugment()  # each batch is done with before the next
     soft = SoftTargets(cfg.mixup, cfg.label_smoothing) if cfg.mixup or cfg.label_smoothing else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -78,6 +78,43 @@ def test_cpu_sampler_equals_grid_sample_on_real_pictures(shared_voc):
     assert not torch.allclose(got, x, atol=0.1)  # and the pictures did move
 
 
+def test_strong_policy_on_a_cpu_equals_the_float_path_on_real_pictures(shared_voc):
+    """Shifts and the colour jitter: OpenCV's uint8 path with a lookup table per picture gives the
+    batch the float path (the GPU's) gives, and the default policy is the origin's stream unchanged."""
+    import numpy as np
+
+    from vocfleet.model.augment import jitter_levels, warp_cpu
+    from vocfleet.model.data import load_rgb
+
+    b = torch.from_numpy(np.stack([np.asarray(load_rgb(p, 48)) for p in sorted((shared_voc / "JPEGImages").glob("*.jpg"))[:12]]))
+    strong = TrainAugment.policy("strong")
+    gen = torch.Generator().manual_seed(3)
+    theta, factors = strong.thetas(len(b), gen), strong.jitters(len(b), gen)
+    assert theta[:, :, 2].abs().max() > 0.1 and (factors[:, :2] - 1).abs().max() > 0.2  # it shifts, and changes levels
+    expected, got = jitter_levels(b, factors, theta), warp_cpu(b, theta, None, factors)
+    grey_levels = (got - expected).abs() * 255 * 0.229
+    assert grey_levels.max() < 1.5 and grey_levels.mean() < 0.4  # a level's rounding, times the jitter's gain
+    assert torch.equal(strong(b, torch.Generator().manual_seed(3)), got)  # what a batch gets on a CPU
+    assert not torch.allclose(got, warp_cpu(b, theta), atol=0.1)  # the jitter did something
+    default = TrainAugment.policy("origin")
+    assert torch.equal(default(b, torch.Generator().manual_seed(4)), TrainAugment()(b, torch.Generator().manual_seed(4)))
+
+
+def test_shift_alone_moves_the_picture_by_its_share_of_the_side():
+    b = _batch()
+    aug = TrainAugment(scale=(1.0, 1.0), max_degrees=0.0, hflip=0.0, translate=0.25)
+    theta = aug.thetas(len(b), torch.Generator().manual_seed(0))
+    shift_px = theta[:, :, 2] * 32 / 2  # normalised [-1, 1] -> pixels of the 32-px side
+    assert shift_px.abs().max() <= 8 and shift_px.abs().max() > 2
+    pixels = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)
+    pixels[0, 10, 10] = 255
+    one = torch.tensor([[[1.0, 0.0, 4 / 16], [0.0, 1.0, -2 / 16]]])  # input x = output x + 4 px, y = output y - 2 px
+    from vocfleet.model.augment import warp_cpu
+
+    moved = warp_cpu(pixels, one)[0, 0]
+    assert moved.argmax() == 12 * 32 + 6  # the bright pixel at (x 10, y 10) now at (x 6, y 12)
+
+
 def test_reused_output_buffer_gives_the_same_batches():
     b = _batch()
     fresh, reused = TrainAugment(), TrainAugment(reuse_output=True)

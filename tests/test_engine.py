@@ -193,7 +193,15 @@ def test_progressive_resizing_grows_to_the_full_size_by_the_last_epoch(fake_voc)
 
 
 @pytest.mark.parametrize(
-    "kw", [{"mixup": 0.2}, {"label_smoothing": 0.1}, {"mixup": 0.2, "label_smoothing": 0.1}, {"drop_path": 0.2}, {"progressive_resize": 0.5, "image_size": 64}]
+    "kw",
+    [
+        {"mixup": 0.2},
+        {"label_smoothing": 0.1},
+        {"mixup": 0.2, "label_smoothing": 0.1},
+        {"drop_path": 0.2},
+        {"progressive_resize": 0.5, "image_size": 64},
+        {"augment_policy": "strong"},
+    ],
 )
 def test_fit_trains_with_each_new_idea(fake_voc, tmp_path, kw):
     plain = fit(_cfg(fake_voc, epochs=1), out_dir=tmp_path / "plain", cache_dir=tmp_path / "cache")
@@ -224,6 +232,7 @@ def test_mixup_and_smoothing_keep_a_starts_unknown_labels_unknown():
         ({"progressive_resize": 0.5, "image_size": 48}, "--progressive-resize 0.5: the first epoch would train at 24 px, below 32; raise it"),
         ({"progressive_resize": 1.0}, "--progressive-resize 1.0: the first epoch's share of --image-size must be at least 0 (off) and below 1"),
         ({"drop_path": 1.0}, "--drop-path 1.0: the last block's drop probability must be at least 0 (off) and below 1"),
+        ({"augment_policy": "heavy"}, "--augment-policy 'heavy': only origin, strong are supported"),
     ],
 )
 def test_new_idea_settings_are_checked(fake_voc, kw, said):

@@ -12,7 +12,7 @@ import click
 from vocfleet.db.settings import MAX_SECONDS, get_settings
 from vocfleet.db.states import PROMOTE, JobStatus
 from vocfleet.model import ConfigError, DetectorUnavailable
-from vocfleet.model.config import ARCHS, BALANCE, DIFFICULT, FOLD_BY, OPTIMIZERS, SCHEDULES, START_CLASS, TrainConfig, check_init
+from vocfleet.model.config import ARCHS, AUGMENT_POLICIES, BALANCE, DIFFICULT, FOLD_BY, OPTIMIZERS, SCHEDULES, START_CLASS, TrainConfig, check_init
 from vocfleet.worker.executor import executor
 
 from ..output import duration, queue_line, render
@@ -88,6 +88,12 @@ DETECTOR_COLUMNS.append("train_data")
 )
 @click.option("--ema", type=float, default=_DEFAULTS.ema, help="Decay of a moving average of the weights, used for validation and the detector (0: off).")
 @click.option("--augment/--no-augment", default=_DEFAULTS.augment, help="Random scale, flip and rotation.")
+@click.option(
+    "--augment-policy",
+    type=click.Choice(AUGMENT_POLICIES),
+    default=_DEFAULTS.augment_policy,
+    help="origin: those three; strong: also a wider zoom, shifts and a brightness, contrast and colour jitter (for long schedules).",
+)
 @click.option("--balance", type=click.Choice(BALANCE), default=_DEFAULTS.balance, help="Class-imbalance handling.")
 @click.option(
     "--aux-classes/--no-aux-classes",
