@@ -144,8 +144,32 @@ def _under(folders: list[str], path: str):
     return or_(*parts)
 
 
-def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
+@dataclass(frozen=True)
+class RunScope:
+    """What a gallery of a run needs of the run: the classes it scored, its folders, each class's detector,
+    and, where known, how many pictures each class is present in (a class alone's exact total)."""
+
+    run_id: int
+    classes: list[str]
+    folders: list[str]
+    detectors: dict[str, int | None] = field(default_factory=dict)
+    class_counts: dict[str, int] | None = None
+
+
+def run_scope(s: Session, run_id: int) -> RunScope | None:
+    """None if there is no such run; one read of its row, no counting."""
+    cols = (ScoreRun.classes, ScoreRun.folders, ScoreRun.detector_ids, ScoreRun.class_counts)
+    row = s.execute(select(*cols).where(ScoreRun.id == run_id)).first()
+    if row is None:
+        return None
+    classes = list(row.classes or [])
+    return RunScope(run_id, classes, list(row.folders or []), dict(zip(classes, row.detector_ids or [], strict=False)), row.class_counts)
+
+
+def gallery_page(s: Session, q: GalleryQuery, scope: RunScope | None = None) -> GalleryPage:
     """One page of the run's pictures for ``q.voc_class``, highest probability first.
+
+    ``scope``: the run's, where the caller has read it (else read here).
 
     Raises:
         ValueError: a limit outside 1..MAX_PAGE, or a class in both ``also`` and ``without``.
@@ -154,12 +178,12 @@ def gallery_page(s: Session, q: GalleryQuery) -> GalleryPage:
         raise ValueError(f"limit={q.limit}: between 1 and {MAX_PAGE}")
     if clash := (set(q.also) | {q.voc_class}) & set(q.without):
         raise ValueError(f"{', '.join(sorted(clash))}: asked to be both present and absent")
-    run = s.get(ScoreRun, q.run_id)
-    under = and_(ScoredImage.run_id == q.run_id, _under(list(run.folders) if run else [], q.folder)) if q.folder else None  # the run's path index
+    run = scope if scope is not None else run_scope(s, q.run_id)
+    under = and_(ScoredImage.run_id == q.run_id, _under(run.folders if run else [], q.folder)) if q.folder else None  # the run's path index
     few = s.scalars(select(ScoredImage.id).where(under).limit(FEW_PICTURES + 1)).all() if under is not None else None
     if few is not None and len(few) <= FEW_PICTURES and run is not None:
         # A small folder: each of its pictures' score by the scores' key (picture, the run's detector of the class), then sorted.
-        conds = [Score.image_id.in_(few), Score.detector_id == dict(zip(run.classes, run.detector_ids, strict=True)).get(q.voc_class)]
+        conds = [Score.image_id.in_(few), Score.detector_id == run.detectors.get(q.voc_class)]
     else:
         few = None
         conds = [Score.run_id == q.run_id, Score.voc_class == q.voc_class]

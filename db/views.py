@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from vocfleet.model.events import EpochRecord
 
+from .gallery import RunScope
 from .listing import job_records, run_records
 from .models import Detector, ScoreRun, ScoreShard
 from .records import DetectorRecord, JobRecord, RunRecord
@@ -61,20 +62,10 @@ class RunView:
     # Class -> the run's answers on the pictures people labelled for it, against their word (classes nobody labelled absent).
     judged_by_people: dict[str, Confusion]
 
-
-@dataclass(frozen=True)
-class RunScope:
-    """What a gallery of a run may ask for: the classes it scored and its folders."""
-
-    run_id: int
-    classes: list[str]
-    folders: list[str]
-
-
-def run_scope(s: Session, run_id: int) -> RunScope | None:
-    """None if there is no such run; no counts (a gallery page or a picture's place in one needs none)."""
-    row = s.execute(select(ScoreRun.classes, ScoreRun.folders).where(ScoreRun.id == run_id)).first()
-    return RunScope(run_id, list(row.classes or []), list(row.folders or [])) if row else None
+    def scope(self) -> RunScope:
+        """What its gallery needs, from what the view read (its counts are exact: kept, or counted now)."""
+        detectors = {c.voc_class: c.detector_id for c in self.classes}
+        return RunScope(self.run_id, list(detectors), self.folders, detectors, {c.voc_class: c.present for c in self.classes})
 
 
 def run_view(s: Session, run_id: int) -> RunView | None:

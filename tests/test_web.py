@@ -227,6 +227,47 @@ def test_gallery_pages_follow_each_other_and_filters_combine(site):
     assert near and all(abs(p["margin"]) <= 0.0501 for p in near)
 
 
+def test_a_run_page_and_a_picture_page_read_the_run_once(site, monkeypatch):
+    """The gallery takes the run's scope (classes, folders, detectors, counts) from the page that read
+    the run, and gives what the API's gallery, reading it alone, gives."""
+    from sqlalchemy import event
+    from starlette.requests import Request
+
+    from vocfleet.db.session import session_scope
+    from vocfleet.scheduler.web import pages
+    from vocfleet.scheduler.web.app import create_app
+    from vocfleet.scheduler.web.common import GalleryFilter
+
+    monkeypatch.setenv("VOCFLEET_DATA_DIR", site["env"]["VOCFLEET_DATA_DIR"])
+    dispose_engines()
+    app = create_app()
+
+    def request(path: str, query: str) -> Request:
+        scope = {"type": "http", "method": "GET", "scheme": "http", "server": ("t", 80), "path": path, "headers": [], "app": app}
+        return Request({**scope, "query_string": query.encode()})
+
+    def listen(_conn, _cursor, statement: str, *_) -> None:
+        if "FROM score_runs" in statement and "score_runs.id =" in statement:  # the run's row, not the list of runs
+            reads.append(statement)
+
+    reads: list[str] = []
+    dog = GalleryFilter("dog", None, None, None, None, None)
+    first = api(site, "/api/runs/1/gallery?class=dog&limit=2")[1]
+    try:
+        with session_scope() as s:
+            event.listen(s.get_bind(), "before_cursor_execute", listen)
+            run_html = pages.run_page(request("/runs/1", "class=dog"), s, 1, dog, limit=2).body.decode()
+            run_reads, reads[:] = len(reads), []
+            picture = first["pictures"][1]["image_id"]
+            picture_html = pages.picture_page(request(f"/pictures/{picture}", "class=dog"), s, picture, dog).body.decode()
+            event.remove(s.get_bind(), "before_cursor_execute", listen)
+    finally:
+        dispose_engines()
+    assert (run_reads, len(reads)) == (1, 1)
+    assert f"pictures 1–2 of {first['total']}" in run_html and f"picture 2 of {first['total']}" in picture_html
+    assert f'href="/pictures/{first["pictures"][0]["image_id"]}?class=dog">previous' in picture_html.replace("id=previous ", "")
+
+
 @pytest.mark.parametrize(
     "path, status, says",
     [

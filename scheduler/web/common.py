@@ -132,10 +132,18 @@ FormFilter = Annotated[GalleryFilter, Depends(form_filter)]
 
 
 def gallery(
-    s: Session, run_id: int, f: GalleryFilter, after: str | None, limit: int, before: str | None = None
+    s: Session,
+    run_id: int,
+    f: GalleryFilter,
+    after: str | None,
+    limit: int,
+    before: str | None = None,
+    scope: gallery_db.RunScope | None = None,
 ) -> tuple[gallery_db.GalleryQuery | None, gallery_db.GalleryPage | None]:
-    """The query a run's gallery asks, and its page (neither where the run scored no class)."""
-    scope = web_db.run_scope(s, run_id)
+    """The query a run's gallery asks, and its page (neither where the run scored no class).
+
+    ``scope``: the run's, where the caller has read the run already (else read here)."""
+    scope = scope if scope is not None else gallery_db.run_scope(s, run_id)
     if scope is None:
         raise Problem(404, f"run {run_id}: no such run (see /api/runs)")
     cls = f.voc_class or (scope.classes[0] if scope.classes else None)
@@ -149,12 +157,12 @@ def gallery(
         back = gallery_db.Cursor.decode(before) if before else None
         folder = _in_run(scope, f.folder) if f.folder else None
         q = gallery_db.GalleryQuery(run_id, cls, class_list(f.also), class_list(f.without), f.min_prob, f.max_prob, folder, cursor, limit, back)
-        return q, gallery_db.gallery_page(s, q)
+        return q, gallery_db.gallery_page(s, q, scope)
     except ValueError as exc:
         raise Problem(400, str(exc)) from None
 
 
-def _in_run(scope: web_db.RunScope, folder: str) -> str:
+def _in_run(scope: gallery_db.RunScope, folder: str) -> str:
     """A folder filter as given: a path, or one relative to the run's folder (``phone``, as tiles show paths)."""
     if folder.startswith("/"):
         return folder

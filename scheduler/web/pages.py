@@ -111,7 +111,7 @@ def run_page(
     limit: Limit = gallery_db.PAGE,
 ) -> HTMLResponse:
     view = run_or_404(s, run_id)
-    q, result = gallery(s, run_id, f, after, limit, before)
+    q, result = gallery(s, run_id, f, after, limit, before, view.scope())
     params = {k: v for k, v in request.query_params.items() if k not in ("after", "before")}
     next_url = f"/runs/{run_id}?{urlencode({**params, 'after': result.next.encode()})}" if result and result.next else None
     previous_url = f"/runs/{run_id}?{urlencode({**params, 'before': result.previous.encode()})}" if result and result.previous else None
@@ -157,8 +157,9 @@ def picture_page(
             here = gallery_db.Cursor(mine.present, mine.probability, image_id)
             # The picture before it, counted (the filter's total, and how many come before: its position);
             # the one after it, not counted again.
-            q, before = gallery(s, p.run_id, f, None, 1, here.encode())
-            after = gallery_db.gallery_page(s, dataclasses.replace(q, after=here, before=None, counted=False)) if q else None
+            scope = gallery_db.run_scope(s, p.run_id)
+            q, before = gallery(s, p.run_id, f, None, 1, here.encode(), scope)
+            after = gallery_db.gallery_page(s, dataclasses.replace(q, after=here, before=None, counted=False), scope) if q else None
             params = dict(request.query_params)
             link = lambda found: f"/pictures/{found.tiles[0].image_id}?{urlencode(params)}" if found and found.tiles else None
             position = (before.start + 1 if before.start else None) if before and before.tiles else 1
