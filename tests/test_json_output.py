@@ -32,8 +32,9 @@ def test_score_as_json(detectors, wild, invoke):
 
 
 def test_listings_of_an_empty_database_are_empty_lists(invoke):
-    """A script asking a new database for its jobs or runs as JSON gets [] (people get a line saying what to do)."""
-    for command in ("status", "runs"):
-        assert as_json(invoke(command, "--format", "json")) == []
-        assert invoke(command, "--format", "jsonl").stdout == ""
-        assert "yet:" in invoke(command).output
+    """A script asking a new database for any listing as JSON gets [], as CSV its header (people get a line saying what to do)."""
+    for command in (["status"], ["runs"], ["detectors"], ["workers"], ["labels"], ["labels", "evaluate"]):
+        assert as_json(invoke(*command, "--format", "json")) == []
+        assert invoke(*command, "--format", "jsonl").stdout == ""
+        assert invoke(*command, "--format", "csv").stdout.count("\n") == 1
+        assert "yet:" in invoke(*command).output or "no live workers:" in invoke(*command).output

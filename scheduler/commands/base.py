@@ -6,7 +6,7 @@ import json
 import math
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -183,6 +183,21 @@ def class_names(given: tuple[str, ...]) -> tuple[str, ...]:
                 raise ConfigError(f"--class {said}: not a VOC class; use one of {', '.join(VOC_CLASSES)} (or 'all' for shared starts)")
             names.append(name)
     return tuple(names)
+
+
+def nothing_to_show(fmt: str, rows: Sequence[Any], none_yet: str, every: Sequence[Any] | None = None, noun: str = "") -> bool:
+    """Where a table would have no rows, say why in one line and return True: nothing yet (``none_yet``:
+    what to run first), or none of ``every`` matching the filter. A script asking for JSON, CSV or
+    JSON Lines gets its empty listing instead (False: render the rows)."""
+    if rows or fmt != "table":
+        return False
+    click.echo(f"none of the {len(every)} {noun} match" if every else none_yet)
+    return True
+
+
+def echo_listing(text: str) -> None:
+    """A rendered listing: no rows as JSON Lines is no output at all, not an empty line."""
+    click.echo(text, nl=bool(text))
 
 
 def more_line(fmt: str, more: int, what: str) -> None:

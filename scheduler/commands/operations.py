@@ -16,7 +16,21 @@ from vocfleet.model import ConfigError
 from vocfleet.model.files import output_path
 from vocfleet.worker.executor import executor
 
-from .base import ID, Finite, action_format_option, columns, database, emit, format_option, say, stale_option, stale_window, takeback_note
+from .base import (
+    ID,
+    Finite,
+    action_format_option,
+    columns,
+    database,
+    echo_listing,
+    emit,
+    format_option,
+    nothing_to_show,
+    say,
+    stale_option,
+    stale_window,
+    takeback_note,
+)
 
 resend_option = click.option(
     "--resend-after",
@@ -309,10 +323,9 @@ def workers(show_all: bool, stale_after: float | None, fmt: str) -> None:
 
     with database(read=True) as s:
         records = worker_records(s, stale_window(stale_after), include_gone=show_all)
-    if not records:
-        click.echo("no live workers: start one with 'vocfleet worker' (--all lists those that stopped)")
+    if nothing_to_show(fmt, records, "no live workers: start one with 'vocfleet worker' (--all lists those that stopped)"):
         return
-    click.echo(render([columns(r) for r in records], ["name", "host", "queues", "version", "device", "state", "holding", "heartbeat_s"], fmt))
+    echo_listing(render([columns(r) for r in records], ["name", "host", "queues", "version", "device", "state", "holding", "heartbeat_s"], fmt))
 
 
 @click.command()

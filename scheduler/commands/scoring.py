@@ -23,6 +23,7 @@ from .base import (
     columns,
     complete_classes,
     database,
+    echo_listing,
     emit,
     exit_interrupted,
     filter_options,
@@ -32,6 +33,7 @@ from .base import (
     labels_options,
     list_filter,
     more_line,
+    nothing_to_show,
     say,
     stale_option,
     stale_window,
@@ -237,16 +239,11 @@ def runs(fmt: str, **filters: Any) -> None:
     with read_connection() as conn:
         every = run_records(conn)
         warn_idle_queue(conn, "score")
-    if not every and fmt == "table":  # a script asking for JSON or CSV gets an empty list
-        click.echo("no scoring runs yet: vocfleet score FOLDER")
-        return
     rows, more = chosen.apply(every, classes="classes")
-    if not rows and fmt == "table":
-        click.echo(f"none of the {len(every)} runs match")
+    if nothing_to_show(fmt, rows, "no scoring runs yet: vocfleet score FOLDER", every, "runs"):
         return
     shown, labels = with_labels([columns(r) for r in rows], fmt)
-    text = render(shown, ["run", *labels, "status", "files", "scored", "reused", "errors", "classes", "created", "finished", "folders", "error"], fmt)
-    click.echo(text, nl=bool(text))  # no rows as JSON Lines: nothing, not an empty line
+    echo_listing(render(shown, ["run", *labels, "status", "files", "scored", "reused", "errors", "classes", "created", "finished", "folders", "error"], fmt))
     more_line(fmt, more, "runs")
 
 
@@ -450,11 +447,10 @@ def labels(ctx: click.Context, voc_class: str | None, fmt: str) -> None:
 
     with database(read=True) as s:
         found = latest_labels(s, voc_class=voc_class)
-    if not found:
-        click.echo("no labels yet: mark classes on a picture's page (vocfleet serve --allow-actions)")
+    if nothing_to_show(fmt, found, "no labels yet: mark classes on a picture's page (vocfleet serve --allow-actions)"):
         return
     rows = [{"sha256": r.sha256, "class": r.voc_class, "present": r.present, "who": r.who, "at": r.at, "earlier": r.earlier, "path": r.path} for r in found]
-    click.echo(render(rows, ["class", "present", "who", "at", "earlier", "path", "sha256"], fmt))
+    echo_listing(render(rows, ["class", "present", "who", "at", "earlier", "path", "sha256"], fmt))
 
 
 @labels.command("export")
@@ -550,10 +546,9 @@ def labels_evaluate(fmt: str) -> None:
                     "ap_on_voc": d.ap,
                 }
             )
-    if not rows:
-        click.echo("no labelled picture scored by an active detector yet: label pictures of a run (vocfleet serve --allow-actions)")
+    if nothing_to_show(fmt, rows, "no labelled picture scored by an active detector yet: label pictures of a run (vocfleet serve --allow-actions)"):
         return
-    click.echo(render(rows, ["detector", "class", "pictures", "there", "ap", "auc", "ap_on_voc"], fmt))
+    echo_listing(render(rows, ["detector", "class", "pictures", "there", "ap", "auc", "ap_on_voc"], fmt))
 
 
 COMMANDS = [score, resume_run, runs, results, predict, report, labels]

@@ -23,6 +23,7 @@ from .base import (
     columns,
     complete_classes,
     database,
+    echo_listing,
     emit,
     exit_interrupted,
     filter_options,
@@ -32,6 +33,7 @@ from .base import (
     labels_options,
     list_filter,
     more_line,
+    nothing_to_show,
     say,
     stale_option,
     stale_window,
@@ -290,17 +292,12 @@ def status(watch: bool, interval: float, fmt: str, **filters: Any) -> None:
             warn_idle_queue(conn, "train")
         if watch and sys.stdout.isatty():
             click.clear()
-        if not every and fmt == "table":  # a script asking for JSON or CSV gets an empty list
-            click.echo("no jobs yet: vocfleet submit --classes car --voc-root PATH")
-            return
         rows, more = chosen.apply(every)
-        if not rows and fmt == "table":
-            click.echo(f"none of the {len(every)} jobs match")
+        if nothing_to_show(fmt, rows, "no jobs yet: vocfleet submit --classes car --voc-root PATH", every, "jobs"):
             return
         progress = ["epoch"] if fmt == "table" else ["epochs_done", "epochs"]  # "2/3" for people, two numbers for scripts
         shown, labels = with_labels([columns(r) for r in rows], fmt)
-        text = render(shown, ["job", "class", *labels, "status", *progress, "val_ap", "attempts", "worker", "heartbeat", "error"], fmt)
-        click.echo(text, nl=bool(text))  # no rows as JSON Lines: nothing, not an empty line
+        echo_listing(render(shown, ["job", "class", *labels, "status", *progress, "val_ap", "attempts", "worker", "heartbeat", "error"], fmt))
         more_line(fmt, more, "jobs")
         if fmt == "table":
             click.echo(queue_line(*left))
@@ -330,21 +327,17 @@ def detectors(ctx: click.Context, show_all: bool, plots: bool, fmt: str, **filte
     chosen = list_filter(fmt, **filters)
     with database(read=True) as s:
         every = detector_records(s, show_all or "inactive" in chosen.statuses)
-    if not every:
-        click.echo("no detectors yet: vocfleet submit ... then vocfleet run")
-        return
     rows, more = chosen.apply(every)
-    if not rows and fmt == "table":
-        click.echo(f"none of the {len(every)} detectors match")
+    if nothing_to_show(fmt, rows, "no detectors yet: vocfleet submit ... then vocfleet run", every, "detectors"):
         return
     if plots:
-        click.echo(render([columns(r) for r in rows], ["id", "class", "curves", "pr_curve"], fmt))
+        echo_listing(render([columns(r) for r in rows], ["id", "class", "curves", "pr_curve"], fmt))
         more_line(fmt, more, "detectors")
         return
     shown, labels = with_labels([columns(r) for r in rows], fmt)
     cols = DETECTOR_COLUMNS[:2] + labels + DETECTOR_COLUMNS[2:] + (["active"] if show_all else []) + TRAINING_COLUMNS
     cols += ["start", "checkpoint", "curves", "pr_curve", "decision"] if fmt != "table" else []
-    click.echo(render(shown, cols, fmt))
+    echo_listing(render(shown, cols, fmt))
     more_line(fmt, more, "detectors")
 
 
