@@ -46,15 +46,25 @@ def check_init(init: str) -> str:
 def check_start_fits(start: TrainConfig, cfg: TrainConfig, start_job_id: int | str) -> None:
     """A class job may begin from ``start`` only if no picture it is judged on was in the start's training.
 
+    The same network, first folder, training split and evaluation split (with a start, evaluation
+    pictures are chosen by image alone, so labels cannot move them); the job may train on further
+    folders the start did not (a labels export, another year: more for this job, nothing new for the
+    start), but not lack one the start trained on.
+
     Raises:
         ConfigError: another network, VOC folder, training split or evaluation split (one line naming it).
     """
-    for name in ("arch", "voc_root", "more_roots", "train_split", "eval_split", "fold_by") + (("eval_fraction",) if cfg.eval_split == "holdout" else ()):
+    for name in ("arch", "voc_root", "train_split", "eval_split", "fold_by") + (("eval_fraction",) if cfg.eval_split == "holdout" else ()):
         ours, its = getattr(cfg, name), getattr(start, name)
         if ours != its:
             why = "its network does not fit" if name == "arch" else "pictures this job is judged on could be in the start's training"
             setting = name.replace("_", "-")
             raise ConfigError(f"--start {start_job_id}: the start has {setting} {its!r}, this job {ours!r} ({why}); use the same, or --start new")
+    if lacking := [r for r in start.more_roots if r not in cfg.more_roots]:
+        raise ConfigError(
+            f"--start {start_job_id}: the start also trained on {', '.join(lacking)}, this job does not "
+            "(pictures this job is judged on could be in the start's training); give it as a further --voc-root too, or --start new"
+        )
 
 
 _FOLD = re.compile(r"fold:(\d+)/(\d+)")

@@ -8,7 +8,7 @@ import pytest
 
 from tests.support import make_fake_voc
 from vocfleet.model import VOC_CLASSES, ConfigError
-from vocfleet.model.config import START_CLASS, TrainConfig
+from vocfleet.model.config import START_CLASS, TrainConfig, check_start_fits
 from vocfleet.model.data import PEOPLES_LABELS, planned_fingerprints, role_labels, start_labels, training_sources
 from vocfleet.model.engine import fit, fit_start
 from vocfleet.model.splits import fingerprint, prepare_splits
@@ -119,3 +119,23 @@ def test_peoples_word_replaces_the_label_of_the_same_picture_where_it_is_used(ro
 
     plain = _labels_export(tmp_path / "theirs", first, said, marker=False)  # a folder that only reuses the ids: the first folder's labels stand
     assert role_labels(alone.with_(more_roots=(str(plain),)), first) == (train, evaluation)
+
+
+def test_a_class_job_may_add_folders_to_its_start_but_not_lack_one(roots, tmp_path):
+    """A start trained on the first folder serves a job that also trains on people's labels or another
+    year (its evaluation pictures, chosen by image, are the same, and the start trained on none); a
+    start that trained on a further folder does not serve a job without it."""
+    first, second = roots
+    split = {"eval_split": "fold:1/4", "fold_by": "image"}
+    start = TrainConfig(voc_class=START_CLASS, voc_root=str(first), balance="none", **split)
+    job = TrainConfig(voc_class="car", voc_root=str(first), **split)
+    train, evaluation = role_labels(job, first)
+    export = _labels_export(tmp_path / "ours", first, {next(iter(sorted(evaluation))): {"car": 1}, next(iter(sorted(train))): {"car": 1}})
+    for more in ((str(export),), (str(second),), (str(export), str(second))):
+        check_start_fits(start, job.with_(more_roots=more), 7)  # accepted
+        assert set(role_labels(job.with_(more_roots=more), first)[1]) == set(evaluation)  # judged on the same pictures
+    assert not set(start_labels(start, first)) & set(evaluation)  # none of which the start trained on
+    with pytest.raises(ConfigError, match=rf"--start 7: the start also trained on {second}, this job does not .*give it as a further --voc-root too"):
+        check_start_fits(start.with_(more_roots=(str(second),)), job.with_(more_roots=(str(export),)), 7)
+    with pytest.raises(ConfigError, match="the start has eval-split 'fold:1/4', this job 'holdout'"):
+        check_start_fits(start, job.with_(eval_split="holdout", fold_by="label"), 7)
