@@ -32,15 +32,17 @@ def record_detector(s: Session, job: TrainJob, result: FitResult) -> Detector:
     """Add the detector a finished job trained; whether it becomes active is the job's ``promote`` policy.
 
     ``if-better`` (the default): active only if its AP is at least the active detector's, when both
-    were judged on the same pictures with the same labels (the data fingerprint); otherwise the APs
-    do not compare, and the new one becomes active. ``always`` / ``never``: as they say. The
+    were judged on the same pictures with the same labels (the data fingerprint). On the same
+    pictures with other labels (people corrected some), the active detector's AP is computed again
+    from its stored probabilities against the new job's labels, and compared with that. Otherwise
+    the APs do not compare, and the new one becomes active. ``always`` / ``never``: as they say. The
     decision and both APs are stored in the detector's ``metrics["promotion"]``.
     """
     metrics = dict(result.metrics)
     metrics.update(val=result.val_metrics, best_epoch=result.best_epoch, skipped_images=result.skipped_images, plots=result.plots)
     lock_class(s, job.voc_class)
     current = s.scalar(select(Detector).where(Detector.voc_class == job.voc_class, Detector.active.is_(True)).with_for_update())
-    promote, decision = _promotion(s, job, metrics, current)
+    promote, decision = _promotion(s, job, metrics, current, result.pictures)
     if current is not None and (note := _other_training_data(metrics, current)):
         decision["decision"] += f"; {note}"
     metrics["promotion"] = decision
@@ -67,7 +69,9 @@ def record_detector(s: Session, job: TrainJob, result: FitResult) -> Detector:
     return detector
 
 
-def _promotion(s: Session, job: TrainJob, metrics: dict[str, Any], current: Detector | None) -> tuple[bool, dict[str, Any]]:
+def _promotion(
+    s: Session, job: TrainJob, metrics: dict[str, Any], current: Detector | None, pictures: list[tuple[str, bool, float]]
+) -> tuple[bool, dict[str, Any]]:
     policy = job.promote or "if-better"
     decision: dict[str, Any] = {"policy": policy, "ap": metrics["ap"], "active_id": None, "active_ap": None}
     if current is None:
@@ -76,10 +80,31 @@ def _promotion(s: Session, job: TrainJob, metrics: dict[str, Any], current: Dete
     if policy != "if-better":
         return policy == "always", decision | {"decision": f"--promote {policy}"}
     if not _same_evaluation(s, current, job, metrics):
-        return True, decision | {"decision": "promoted: the active detector was evaluated on other pictures or labels, the APs do not compare"}
+        again = _ap_on_these_labels(s, current, pictures)
+        if again is None:
+            return True, decision | {"decision": "promoted: the active detector was evaluated on other pictures or labels, the APs do not compare"}
+        decision["active_ap_these_labels"] = again
+        same = "on the same pictures with these labels"
+        if metrics["ap"] >= again:
+            why = f"AP at least the active detector's {same} ({again:.3f}; {current.ap:.3f} on its own labels)"
+            return True, decision | {"decision": f"promoted: {why}"}
+        return False, decision | {"decision": f"kept detector {current.id} active: {same} its AP {again:.3f} is higher ({current.ap:.3f} on its own labels)"}
     if metrics["ap"] >= current.ap:
         return True, decision | {"decision": "promoted: AP at least the active detector's"}
     return False, decision | {"decision": f"kept detector {current.id} active: its AP {current.ap:.3f} is higher"}
+
+
+def _ap_on_these_labels(s: Session, current: Detector, pictures: list[tuple[str, bool, float]]) -> float | None:
+    """The active detector's AP on the new job's evaluation labels, from its own stored probabilities,
+    where it was judged on exactly the same pictures; None otherwise (or where it kept none: before 0.11)."""
+    from vocfleet.model.metrics import average_precision
+
+    if not pictures:
+        return None
+    stored = dict(s.execute(select(EvaluationPicture.picture, EvaluationPicture.probability).where(EvaluationPicture.detector_id == current.id)).all())
+    if len(stored) != len(pictures) or any(pic not in stored for pic, _, _ in pictures):
+        return None
+    return average_precision([stored[pic] for pic, _, _ in pictures], [int(label) for _, label, _ in pictures])
 
 
 def _other_training_data(metrics: dict[str, Any], current: Detector) -> str | None:

@@ -35,8 +35,18 @@ def _race(voc_class: str, i: int, spare: int) -> str:
         return f"{type(exc).__name__}: {exc}"
 
 
-def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root: str = "/voc", voc_class: str = "car", trained_on: str | None = None) -> int:
-    """A finished job of ``voc_class`` whose detector file (a few bytes) is in the store; the detector's id."""
+def _finish(
+    ap: float,
+    promote: str = "if-better",
+    split: str = "holdout",
+    root: str = "/voc",
+    voc_class: str = "car",
+    trained_on: str | None = None,
+    judged: tuple[str, list[tuple[str, bool, float]]] | None = None,
+) -> int:
+    """A finished job of ``voc_class`` whose detector file (a few bytes) is in the store; the detector's id.
+
+    ``judged``: its evaluation's fingerprint (a letter) and pictures (VOC id, label, probability)."""
     import hashlib
 
     from vocfleet.db.claims import claim_job
@@ -54,7 +64,9 @@ def _finish(ap: float, promote: str = "if-better", split: str = "holdout", root:
     (store.job_dir(key) / "detector.pt").write_bytes(key.encode())
     sha = hashlib.sha256(key.encode()).hexdigest()
     m = {"ap": ap, "split": split, "positives": 5, "images": 50} | ({"train_fingerprint": trained_on * 64} if trained_on else {})
-    result = FitResult(checkpoint=store.location(key, "detector.pt"), sha256=sha, threshold=0.5, metrics=m, val_metrics=m, best_epoch=1)
+    m |= {"eval_fingerprint": judged[0] * 64} if judged else {}
+    pictures = judged[1] if judged else []
+    result = FitResult(checkpoint=store.location(key, "detector.pt"), sha256=sha, threshold=0.5, metrics=m, val_metrics=m, best_epoch=1, pictures=pictures)
     with session_scope() as s:
         return finish_job(s, job_id, token, result).id
 
@@ -243,6 +255,28 @@ def test_db_upgrade_gives_a_detector_from_before_fingerprints_one(fake_voc, tmp_
         old, _, new = s.scalars(select(Detector).order_by(Detector.id)).all()
         assert old.metrics["eval_fingerprint"] == fp == new.metrics["eval_fingerprint"]
         assert "other pictures" not in new.metrics["promotion"]["decision"]
+
+
+def test_on_the_same_pictures_with_labels_people_corrected_the_active_detector_is_judged_again(invoke):
+    """Retrained with people's labels: the same evaluation pictures, one label corrected (another
+    fingerprint). The active detector's AP on the corrected labels, from its stored probabilities,
+    is what the new one must reach; on other pictures the APs still do not compare."""
+    ids = [f"{i:06d}" for i in range(1, 9)]
+    labels = [True, True, False, False, False, False, True, False]
+    probs = [0.9, 0.8, 0.7, 0.1, 0.2, 0.3, 0.6, 0.05]  # AP 0.917 on these labels
+    first = _finish(0.917, judged=("a", list(zip(ids, labels, probs, strict=True))))
+    corrected = [(i, label or i == "000003", 0.5) for i, label in zip(ids, labels, strict=True)]  # people: 000003 has a car
+    worse = _finish(0.95, judged=("b", corrected))  # above 0.917, below the active one's 1.0 on the corrected labels
+    assert active_ids() == [first]
+    better = _finish(1.0, judged=("b", corrected))
+    assert active_ids() == [better]
+    elsewhere = _finish(0.2, judged=("c", [(f"{i:06d}", i % 2 == 0, 0.5) for i in range(11, 19)]))
+    assert active_ids() == [elsewhere]
+    history = {h["id"]: h for h in json.loads(invoke("detectors", "history", "car", "--format", "json").output)}
+    said = f"kept detector {first} active: on the same pictures with these labels its AP 1.000 is higher (0.917 on its own labels)"
+    assert history[worse]["decision"] == said
+    assert "promoted: AP at least the active detector's on the same pictures with these labels" in history[first]["decision"]
+    assert "the APs do not compare" in history[better]["decision"]
 
 
 def test_a_detector_trained_on_other_data_says_so_in_its_decision(invoke):
