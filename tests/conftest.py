@@ -86,15 +86,25 @@ def shared_voc() -> Path:
     return SHARED_VOC
 
 
+@pytest.fixture(scope="session")
+def pg_database() -> str:
+    """This test process's PostgreSQL database (``test_gw0``, ... under xdist), made on the server if it is not
+    there: a fresh server has only ``test``, and whichever test of a process comes first must find its own."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        try:
+            _ensure_pg_database(PG_URL)
+        except Exception as exc:  # noqa: BLE001
+            pytest.fail(f"PostgreSQL at {PG_URL} is not reachable ({exc}); start it (see .ci/run)")
+    return PG_URL
+
+
 @pytest.fixture
-def pg_url(monkeypatch) -> str:
+def pg_url(pg_database, monkeypatch) -> str:
     """A clean PostgreSQL database (the real server on 127.0.0.1), used as VOCFLEET_DATABASE_URL."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(PG_URL)
     try:
-        if os.environ.get("PYTEST_XDIST_WORKER"):
-            _ensure_pg_database(PG_URL)
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from tests.fleet import FLEET_ENV, REDIS, VOCFLEET, Fleet, Redis, add_detectors, all_finished, assert_ran_once_each, count_shards, job_rows, run_finished
-from tests.support import PG_URL, SHARED_VOC, distinct_pictures, free_port, make_fake_voc, wait_for
+from tests.support import SHARED_VOC, distinct_pictures, free_port, make_fake_voc, wait_for
 from vocfleet.db.models import Base, EpochMetric, JobStatus, ScoreRun, ScoreShard, TrainJob
 from vocfleet.db.session import dispose_engines, ensure_schema, get_engine, session_scope
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def shared_workers(tmp_path_factory):
+def shared_workers(tmp_path_factory, pg_database):
     """Redis, a fresh PostgreSQL schema and two workers (w0, w1 on the train and score queues), started once
     for the tests that kill no worker: starting workers (Python, torch, Celery) is most of a fleet test's time."""
     if REDIS is None:
@@ -34,7 +34,7 @@ def shared_workers(tmp_path_factory):
     redis.start()
     env = {
         **FLEET_ENV,
-        "VOCFLEET_DATABASE_URL": PG_URL,
+        "VOCFLEET_DATABASE_URL": pg_database,
         "VOCFLEET_BROKER_URL": f"redis://127.0.0.1:{redis.port}/0",
         "VOCFLEET_DATA_DIR": str(tmp / "data"),
         "VOCFLEET_SCORE_ROOTS": str(tmp / "roots"),
