@@ -15,6 +15,7 @@ VOC="${VOC_ROOT:-../.bench-data/VOC2007-224}"
 [ -d "$VOC/JPEGImages" ] || { echo "no images at $VOC: run Q224=1 bench/prepare_gpu_data.sh first (or set VOC_ROOT)"; exit 2; }
 DEVICE="${DEVICE:-cuda}" SIZE="${SIZE:-224}" EPOCHS="${EPOCHS:-10}" START_EPOCHS="${START_EPOCHS:-180}" FINETUNE="${FINETUNE:-1}"
 FOLDS="${FOLDS:-0}" BUDGET="${BUDGET:-400}" CLASSES="${CLASSES:-all}" ARCH="${ARCH:-resnet50}" MAX_BATCHES="${MAX_BATCHES:-}"
+START_SET="${START_SET-augment_policy=strong}"  # the start's settings as submit's default makes it (START_SET= for the origin's augmentation)
 LOG="${OUT:-/tmp}/gpu_start.log"
 export PYTHONUNBUFFERED=1
 [ -w /dev/shm ] && export TMPDIR=/dev/shm  # each fit's checkpoints, in memory where it can
@@ -24,6 +25,6 @@ export PYTHONUNBUFFERED=1
   # shellcheck disable=SC2086
   timeout "$BUDGET" "${PYTHON:-python3}" shared_start.py --voc-root "$VOC" --classes "$CLASSES" --size "$SIZE" --epochs "$EPOCHS" \
     --start-epochs "$START_EPOCHS" --finetune-epochs "$FINETUNE" --finetune-lrs ${FINETUNE_LRS:-2e-3 2e-4} --only-folds $FOLDS --device "$DEVICE" \
-    --arch "$ARCH" --save "${OUT:-/tmp}/gpu_start-folds" ${MAX_BATCHES:+--max-batches $MAX_BATCHES}
+    --arch "$ARCH" --save "${OUT:-/tmp}/gpu_start-folds" ${MAX_BATCHES:+--max-batches $MAX_BATCHES} ${START_SET:+--start-set $START_SET}
   echo "== exit $?; $(date -u)"
 } 2>&1 | tee "$LOG"
