@@ -251,29 +251,42 @@ def training_sources(cfg: TrainConfig) -> tuple[Path, list[str], list[tuple[Path
     return root, ids, more
 
 
-def start_labels(cfg: TrainConfig, root: Path) -> dict[str, list[float]]:
-    """A start job's training pictures, each with its 20 labels (1 present, 0 absent, -1 difficult only: left out of the loss).
+def every_class_labels(cfg: TrainConfig, root: Path) -> tuple[dict[str, list[float]], list[str]]:
+    """Every picture of the training split with its 20 labels (1 present, 0 absent, -1 difficult only or
+    unknown: left out of the loss), and the first folder's ids.
 
-    Every picture of the training split that no class evaluates on: the hold-out or fold is cut by
-    image (:func:`held_out`), so it is the same for every class; a named evaluation split is other pictures.
+    The first folder's pictures with its lists' labels, people's word (a labels export given as a
+    further folder) replacing a list's where they gave it; then each further folder's pictures that
+    no earlier folder has. What a start trains on (less the pictures held out) and what
+    ``--aux-classes`` learns beside a class.
     """
     # A class without a list for the split (a folder of one's own with a few classes) is unknown for every picture.
     lists = {c: read_class_list(root, c, cfg.train_split) if list_path(root, c, cfg.train_split).is_file() else {} for c in VOC_CLASSES}
     if not any(lists.values()):
-        raise ConfigError(f"start: no class list of split {cfg.train_split!r} in {root}/ImageSets/Main (check --voc-root and --train-split)")
+        raise ConfigError(f"no class list of split {cfg.train_split!r} in {root}/ImageSets/Main (check --voc-root and --train-split)")
     ids = list(dict.fromkeys(i for labels in lists.values() for i in labels))
-    held = held_out(cfg, ids)
     for c in VOC_CLASSES:  # people's word on a picture of the first folder replaces its list's
         lists[c].update((i, v) for i, v in people_said(cfg, c).items() if i in lists[c] or i in ids)
     lookup = {1: 1.0, -1: 0.0, 0: -1.0}
-    out = {i: [lookup[lists[c].get(i, 0)] for c in VOC_CLASSES] for i in sorted(ids) if i not in held}
+    out = {i: [lookup[lists[c].get(i, 0)] for c in VOC_CLASSES] for i in sorted(ids)}
 
-    def all_labels(extra: Path) -> dict[str, list[float]]:  # every picture of a further folder trains the start
+    def all_labels(extra: Path) -> dict[str, list[float]]:
         found = {c: read_class_list(extra, c, cfg.train_split) if list_path(extra, c, cfg.train_split).is_file() else {} for c in VOC_CLASSES}
         return {i: [lookup[found[c].get(i, 0)] for c in VOC_CLASSES] for i in sorted({i for labels in found.values() for i in labels})}
 
     first = set(ids) | _corrected(cfg, root)
-    return {**out, **{i: v for i, v in _more_labels(cfg, all_labels).items() if i not in first}}
+    return {**out, **{i: v for i, v in _more_labels(cfg, all_labels).items() if i not in first}}, ids
+
+
+def start_labels(cfg: TrainConfig, root: Path) -> dict[str, list[float]]:
+    """A start job's training pictures, each with its 20 labels (:func:`every_class_labels`).
+
+    Every picture of the training split that no class evaluates on: the hold-out or fold is cut by
+    image (:func:`held_out`), so it is the same for every class; a named evaluation split is other pictures.
+    """
+    labels, first = every_class_labels(cfg, root)
+    held = held_out(cfg, first)
+    return {i: v for i, v in labels.items() if i not in held}
 
 
 def _labels_for(labels: dict[str, int], difficult: str) -> dict[str, int]:

@@ -15,9 +15,8 @@ from .data import (
     DecodedImages,
     check_voc_root,
     decoded_cache,
+    every_class_labels,
     label_digest,
-    list_path,
-    read_class_list,
     role_labels,
     split_ids,
     start_labels,
@@ -78,17 +77,16 @@ def prepare_splits(cfg: TrainConfig, cache_dir: Path, progress: Progress | None 
 
     skipped = sorted(set(train_dec.bad) | set(eval_dec.bad))
 
-    aux_labels = None
-    if cfg.aux_classes:  # every class's list of the training split; only training images are used
-        aux_labels = {c: read_class_list(root, c, cfg.train_split) if list_path(root, c, cfg.train_split).is_file() else {} for c in VOC_CLASSES}
+    # Every class's labels of the training pictures (people's word, further folders), as a start learns them; only training images use them.
+    aux_labels = every_class_labels(cfg, root)[0] if cfg.aux_classes else None
 
     def to_split(decoded: DecodedImages, labels: dict[str, int], ids: list[str], aux: bool = False) -> SplitData:
         index = decoded.index()
         keep = [i for i in ids if i in index and decoded.ok[index[i]]]
         matrix = None
         if aux and aux_labels is not None:
-            lookup = {1: 1.0, -1: 0.0, 0: -1.0}  # difficult-only: unknown, masked out of the loss
-            matrix = np.array([[lookup[aux_labels[c].get(i, 0)] for c in VOC_CLASSES] for i in keep], dtype=np.float32)
+            unknown = [-1.0] * len(VOC_CLASSES)  # difficult-only or not listed: masked out of the loss
+            matrix = np.array([aux_labels.get(i, unknown) for i in keep], dtype=np.float32).reshape(len(keep), len(VOC_CLASSES))
         return SplitData(decoded, np.array([index[i] for i in keep], dtype=np.int64), np.array([labels[i] for i in keep], dtype=np.float32), matrix)
 
     # Validation: a seeded, stratified part of the training images (threshold and best epoch).

@@ -9,7 +9,7 @@ import pytest
 from tests.support import make_fake_voc
 from vocfleet.model import VOC_CLASSES, ConfigError
 from vocfleet.model.config import START_CLASS, TrainConfig, check_start_fits
-from vocfleet.model.data import PEOPLES_LABELS, planned_fingerprints, role_labels, start_labels, training_sources
+from vocfleet.model.data import PEOPLES_LABELS, every_class_labels, planned_fingerprints, role_labels, start_labels, training_sources
 from vocfleet.model.engine import fit, fit_start
 from vocfleet.model.splits import fingerprint, prepare_splits
 
@@ -139,3 +139,20 @@ def test_a_class_job_may_add_folders_to_its_start_but_not_lack_one(roots, tmp_pa
         check_start_fits(start.with_(more_roots=(str(second),)), job.with_(more_roots=(str(export),)), 7)
     with pytest.raises(ConfigError, match="the start has eval-split 'fold:1/4', this job 'holdout'"):
         check_start_fits(start, job.with_(eval_split="holdout", fold_by="label"), 7)
+
+
+def test_aux_classes_learn_peoples_word_and_further_folders(roots, tmp_path):
+    """--aux-classes learns the other classes' labels as a start does: people's word where they gave it, and
+    the pictures of a further folder with that folder's labels (it read the first folder's lists alone)."""
+    first, second = roots
+    dog = VOC_CLASSES.index("dog")
+    base = _cfg(roots, aux_classes=True).with_(more_roots=())
+    labels, _ = every_class_labels(base, first)
+    pick = next(i for i in sorted(labels) if labels[i][dog] == 0.0)  # a picture people say has a dog
+    export = _labels_export(tmp_path / "ours", first, {pick: {"dog": 1}})
+    cfg = base.with_(more_roots=(str(export), str(second)))
+    labels, _ = every_class_labels(cfg, first)
+    assert labels[pick][dog] == 1.0 and labels["2008_000002"][dog] in (0.0, 1.0)  # people's word; the further folder's pictures
+    train = prepare_splits(cfg, tmp_path / "cache")[0]
+    rows = {train.decoded.ids[r]: train.aux[k].tolist() for k, r in enumerate(train.rows)}
+    assert any(i.startswith("2008_") for i in rows) and all(rows[i] == labels[i] for i in rows)  # what the network is given
