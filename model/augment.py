@@ -32,6 +32,11 @@ def _scale_shift(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return (1.0 / (255.0 * std)).view(1, 3, 1, 1), (-mean / std).view(1, 3, 1, 1)
 
 
+def _channels_first(batch: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) seen as (B, 3, H, W); NHWC memory seen as NCHW is already channels_last."""
+    return batch.permute(0, 3, 1, 2) if batch.shape[-1] == 3 and batch.shape[1] != 3 else batch
+
+
 def preprocess_eval(batch: torch.Tensor) -> torch.Tensor:
     """The one eval preprocessing, shared by validation and scoring.
 
@@ -40,8 +45,7 @@ def preprocess_eval(batch: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, 3, H, W) float32 normalised with ImageNet statistics, channels_last.
     """
-    if batch.shape[-1] == 3 and batch.shape[1] != 3:
-        batch = batch.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW is already channels_last
+    batch = _channels_first(batch)
     scale, shift = _scale_shift(batch.device)
     # One conversion pass and one in-place multiply-add: on a CPU this is memory-bound.
     x = batch.to(torch.float32, memory_format=torch.channels_last).mul_(scale).add_(shift)
@@ -162,9 +166,7 @@ def jitter_levels(batch: torch.Tensor, factors: torch.Tensor, theta: torch.Tenso
     The levels are warped by ``theta``, then mapped by the jitter (about each picture's mean level
     before the warp), then normalised: :func:`warp_cpu`'s order, so both paths give the same batch.
     """
-    if batch.shape[-1] == 3 and batch.shape[1] != 3:
-        batch = batch.permute(0, 3, 1, 2)
-    levels = batch.to(torch.float32)
+    levels = _channels_first(batch).to(torch.float32)
     mean = levels.mean(dim=(1, 2, 3), dtype=torch.float64).float()  # float32 maps: a 224-px GPU batch in float64 is 300 MB more
     warped = _level_map(_warp(levels, theta), mean, factors.to(device=mean.device, dtype=torch.float32))
     scale, shift = _scale_shift(batch.device)

@@ -96,6 +96,10 @@ def test_strong_policy_on_a_cpu_equals_the_float_path_on_real_pictures(shared_vo
     assert grey_levels.max() < 1.5 and grey_levels.mean() < 0.4  # a level's rounding, times the jitter's gain
     assert torch.equal(strong(b, torch.Generator().manual_seed(3)), got)  # what a batch gets on a CPU
     assert not torch.allclose(got, warp_cpu(b, theta), atol=0.1)  # the jitter did something
+    from vocfleet.model.augment import POLICIES
+    from vocfleet.model.config import AUGMENT_POLICIES
+
+    assert tuple(POLICIES) == AUGMENT_POLICIES  # the names TrainConfig accepts (no torch there) are the policies that exist
     default = TrainAugment.policy("origin")
     assert torch.equal(default(b, torch.Generator().manual_seed(4)), TrainAugment()(b, torch.Generator().manual_seed(4)))
 
