@@ -103,18 +103,18 @@ def pg_url(pg_database, monkeypatch) -> str:
     """A clean PostgreSQL database (the real server on 127.0.0.1), used as VOCFLEET_DATABASE_URL."""
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(PG_URL)
+    engine = create_engine(pg_database)
     try:
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))
     except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable ({exc}); start it (see .ci/run)")
+        pytest.fail(f"PostgreSQL at {pg_database} is not reachable ({exc}); start it (see .ci/run)")
     finally:
         engine.dispose()
-    monkeypatch.setenv("VOCFLEET_DATABASE_URL", PG_URL)
+    monkeypatch.setenv("VOCFLEET_DATABASE_URL", pg_database)
     db_session.dispose_engines()
-    return PG_URL
+    return pg_database
 
 
 def _ensure_pg_database(url: str) -> None:
