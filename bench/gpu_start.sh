@@ -15,7 +15,7 @@ VOC="${VOC_ROOT:-../.bench-data/VOC2007-224}"
 [ -d "$VOC/JPEGImages" ] || { echo "no images at $VOC: run Q224=1 bench/prepare_gpu_data.sh first (or set VOC_ROOT)"; exit 2; }
 DEVICE="${DEVICE:-cuda}" SIZE="${SIZE:-224}" EPOCHS="${EPOCHS:-10}" START_EPOCHS="${START_EPOCHS:-180}" FINETUNE="${FINETUNE:-1}"
 FOLDS="${FOLDS:-0}" BUDGET="${BUDGET:-400}" CLASSES="${CLASSES:-all}" ARCH="${ARCH:-resnet50}" MAX_BATCHES="${MAX_BATCHES:-}"
-START_SET="${START_SET-}"  # the start's settings: empty is submit's default; START_SET=augment_policy=strong for the candidate (bench/RESULTS.md)
+START_SET="${START_SET-augment_policy=strong}"  # the start's settings as submit's default makes it (START_SET= for the origin's augmentation)
 LOG="${OUT:-/tmp}/gpu_start.log"
 export PYTHONUNBUFFERED=1
 [ -w /dev/shm ] && export TMPDIR=/dev/shm  # each fit's checkpoints, in memory where it can

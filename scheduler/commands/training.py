@@ -44,7 +44,10 @@ from .base import (
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 # With a shared start (bench/RESULTS.md, "A shared start"): the start's epochs, and each class's fine-tune after it.
-START_EPOCHS = 20
+START_EPOCHS = 40
+# A start's augmentation under --augment-policy auto: its long schedule pays with the strong policy, a class
+# job's single epoch from it does not need it (over image-level folds: bench/RESULTS.md, 2026-12-03 third session).
+START_POLICY = "strong"
 FINETUNE_EPOCHS = 1
 FINETUNE_LR = 2e-4  # a tenth of the start's rate: at 2e-3 one epoch undid part of the start (bench/RESULTS.md, "fine-tune rate")
 TRAINING_COLUMNS = ["job", "created", "arch", "image_size", "epochs", "init"]
@@ -92,9 +95,10 @@ DETECTOR_COLUMNS.append("train_data")
 @click.option("--augment/--no-augment", default=_DEFAULTS.augment, help="Random scale, flip and rotation.")
 @click.option(
     "--augment-policy",
-    type=click.Choice(AUGMENT_POLICIES),
-    default=_DEFAULTS.augment_policy,
-    help="origin: those three; strong: also a wider zoom, shifts and a brightness, contrast and colour jitter (for long schedules).",
+    type=click.Choice(("auto", *AUGMENT_POLICIES)),
+    default="auto",
+    help="origin: those three; strong: also a wider zoom, shifts and a brightness, contrast and colour jitter (for long schedules); "
+    f"auto: {START_POLICY} for a new start, {_DEFAULTS.augment_policy} for class jobs.",
 )
 @click.option("--balance", type=click.Choice(BALANCE), default=_DEFAULTS.balance, help="Class-imbalance handling.")
 @click.option(
@@ -179,9 +183,15 @@ def submit(
     if options["lr"] is None:
         options["lr"] = FINETUNE_LR if begin is not None else _DEFAULTS.lr
     options["fold_by"] = ("image" if begin is not None else "label") if fold_by == "auto" else fold_by
+    policy = options["augment_policy"]
+    if policy == "auto":
+        options["augment_policy"] = _DEFAULTS.augment_policy
     init = options.get("init", "scratch")
     configs = build_configs(voc_classes, **options, start=None if begin is None else str(begin))  # with "new": --init is the start's
-    first = start_config(configs[0], init=check_init(init), epochs=start_epochs, lr=peak) if begin == "new" else None
+    if begin == "new":
+        first = start_config(configs[0], init=check_init(init), epochs=start_epochs, lr=peak, augment_policy=START_POLICY if policy == "auto" else policy)
+    else:
+        first = None
     notes = _other_data(configs, promote)
     if dry_run:
         _estimate(([first] if first else []) + configs, fmt, notes)
