@@ -46,7 +46,7 @@ _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
 # With a shared start (bench/RESULTS.md, "A shared start"): the start's epochs, and each class's fine-tune after it.
 START_EPOCHS = 40
 # A start's augmentation under --augment-policy auto: its long schedule pays with the strong policy, a class
-# job's single epoch from it does not need it (over image-level folds: bench/RESULTS.md, 2026-12-03 third session).
+# job's single epoch from it does not need it (over four image-level folds: bench/RESULTS.md, 2026-12-03 third and fourth sessions).
 START_POLICY = "strong"
 FINETUNE_EPOCHS = 1
 FINETUNE_LR = 2e-4  # a tenth of the start's rate: at 2e-3 one epoch undid part of the start (bench/RESULTS.md, "fine-tune rate")
