@@ -12,6 +12,9 @@ Folds are cut by image (``--fold-by image``): the same evaluation pictures for e
 recipe, never seen by the start. Reports per class the pooled AP over the folds (every picture
 evaluated once), the per-fold mean and spread, and the mean over the classes, beside the start's
 own head evaluated as a detector (no fine-tune).
+
+``--pretext-epochs N`` first pretrains the start's network without labels on the start's own
+training pictures (SimCLR, bench/pretext.py), each picture seen twice per epoch and counted so.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from vocfleet.model.config import START_CLASS, TrainConfig
 from vocfleet.model.engine import evaluate, fit, fit_start, resolve_device
 from vocfleet.model.metrics import average_precision, roc_auc
 from vocfleet.model.net import SelectLogit, build_model
-from vocfleet.model.splits import prepare_splits
+from vocfleet.model.splits import prepare_splits, prepare_start_splits
 
 
 def images_trained(history) -> float:
@@ -112,6 +115,7 @@ def main() -> None:
     ap.add_argument("--max-batches", type=int, default=None, help="smoke runs only")
     ap.add_argument("--save", help="a folder: each fold's labels and probabilities as fold<N>.json once it ends")
     ap.add_argument("--start-set", nargs="+", default=[], metavar="KEY=VALUE", help="the start's TrainConfig settings (mixup=0.4), named in its recipes")
+    ap.add_argument("--pretext-epochs", type=int, default=0, help="SimCLR on the start's pictures first (bench/pretext.py), the start's init")
     ap.add_argument("--skip-independent", action="store_true", help="the start's recipes only (--combine joins saved independent fits)")
     ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, and nothing else (one fold's runs joined)")
     args = ap.parse_args()
@@ -130,6 +134,7 @@ def main() -> None:
         flush=True,
     )
     named = "start" + (f" [{args.arch}]" if args.arch != "resnet50" else "") + (f" ({' '.join(args.start_set)})" if args.start_set else "")
+    named += f" after {args.pretext_epochs} SimCLR epochs" if args.pretext_epochs else ""
     tunes = {f"{named} + fine-tune lr {lr:g}": lr for lr in args.finetune_lrs}
     head = f"{named} alone (its head)"
     recipes = (() if args.skip_independent else ("independent",)) + (head, *tunes)
@@ -144,6 +149,19 @@ def main() -> None:
             )  # fmt: skip
             t = time.perf_counter()
             start_cfg = TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common).with_(**start_set)
+            pretext_images = 0.0
+            if args.pretext_epochs:
+                from pretext import simclr
+
+                train, _, _ = prepare_start_splits(start_cfg, cache)
+                weights = work / f"pretext{fold}.pt"
+                done = simclr(
+                    train, weights, arch=args.arch, epochs=args.pretext_epochs, batch=args.batch, seed=fold, device=device, max_batches=args.max_batches
+                )
+                pretext_images, losses = done["images"], done["losses"]
+                took = f"loss {losses[0]:.3f} -> {losses[-1]:.3f} ({done['seconds'] / 60:.1f} min)"
+                print(f"fold {fold}: SimCLR {args.pretext_epochs} epochs on {len(train)} pictures, {took}", flush=True)
+                start_cfg = start_cfg.with_(init=str(weights))
             start = fit_start(start_cfg, out_dir=work / f"start{fold}", cache_dir=cache)
             start_seconds = time.perf_counter() - t
             best = max(start.history, key=lambda r: r.val_ap, default=None)
@@ -169,7 +187,7 @@ def main() -> None:
                 got["probs"][head][c] = evaluate(SelectLogit(start_net, VOC_CLASSES.index(c)), evaluation, device)["probs"].tolist()
                 aps = ", ".join(f"{r} {average_precision(np.array(got['probs'][r][c]), evaluation.labels):.3f}" for r in recipes)
                 print(f"fold {fold}, {c}: AP {aps} ({len(evaluation)} pictures, {int(evaluation.labels.sum())} positives)", flush=True)
-            start_images = images_trained(start.history)
+            start_images = images_trained(start.history) + pretext_images
             for recipe in recipes:
                 fleet = args.fleet_classes * np.mean(per_class[recipe]) if per_class[recipe] else 0.0
                 got["images"][recipe] = fleet + (start_images if recipe != "independent" else 0.0)
