@@ -69,7 +69,7 @@ def simclr(
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr)
     steps = min(len(train) // batch, max_batches or len(train))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps, pct_start=0.1)
-    views = TrainAugment(**VIEW), TrainAugment(**VIEW)  # two buffers: the first view must survive the second
+    view = TrainAugment(**VIEW)  # a fresh batch per call (no reuse_output): the first view survives the second
     feeder = BatchFeeder(train, device)
     autocast = training_autocast(device)
     losses, images, start = [], 0, time.perf_counter()
@@ -80,7 +80,7 @@ def simclr(
         total = 0.0
         for s in range(steps):
             pictures, _ = feeder.batch(order[s * batch : (s + 1) * batch])
-            x = torch.cat([views[0](pictures, gen), views[1](pictures, gen)])
+            x = torch.cat([view(pictures, gen), view(pictures, gen)])
             with autocast:
                 z = model(x.contiguous(memory_format=torch.channels_last))
             loss = nt_xent(z[:batch], z[batch:], temperature)
