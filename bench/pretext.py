@@ -24,8 +24,9 @@ from torch import nn
 
 from vocfleet.model.augment import TrainAugment
 from vocfleet.model.checkpoint import save_checkpoint
+from vocfleet.model.engine import _epoch_generator
 from vocfleet.model.net import build_model, training_autocast
-from vocfleet.model.splits import BatchFeeder, SplitData
+from vocfleet.model.splits import BatchFeeder, SplitData, epoch_positions
 
 VIEW = dict(scale=(0.9, 2.5), max_degrees=10.0, hflip=0.5, translate=0.25, jitter=0.6)
 
@@ -75,8 +76,8 @@ def simclr(
     losses, images, start = [], 0, time.perf_counter()
     model.train()
     for epoch in range(1, epochs + 1):
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(train), generator=gen).numpy()
+        gen = _epoch_generator(seed, epoch)  # a job's draws: the same stream per (seed, epoch)
+        order = epoch_positions(train, balance="none", generator=gen)
         total = 0.0
         for s in range(steps):
             pictures, _ = feeder.batch(order[s * batch : (s + 1) * batch])

@@ -100,10 +100,10 @@ def parse_start(spec: str, classes: int = 1) -> str | int | None:
     raise ConfigError(f"--start {spec!r}: 'auto', 'none', 'new' (queue a start first) or the id of a start job")
 
 
-def start_config(first: TrainConfig, *, init: str, epochs: int, lr: float, augment_policy: str | None = None) -> TrainConfig:
+def start_config(first: TrainConfig, *, init: str, epochs: int, lr: float, augment_policy: str) -> TrainConfig:
     """A shared start for class jobs like ``first``: the same network, pictures, size and optimiser, on all 20 labels for ``epochs``
-    at peak rate ``lr``, from ``init``, augmented by ``augment_policy`` (None: ``first``'s)."""
+    at peak rate ``lr``, from ``init``, augmented by ``augment_policy``."""
     if not 1 <= epochs <= MAX_EPOCHS:
         raise ConfigError(f"--start-epochs {epochs}: must be between 1 and {MAX_EPOCHS}")
     alone = {"balance": "none", "aux_classes": False, "mixup": 0.0, "label_smoothing": 0.0}  # what a start never takes from a class job
-    return first.with_(voc_class=START_CLASS, epochs=epochs, lr=lr, init=init, start=None, augment_policy=augment_policy or first.augment_policy, **alone)
+    return first.with_(voc_class=START_CLASS, epochs=epochs, lr=lr, init=init, start=None, augment_policy=augment_policy, **alone)
