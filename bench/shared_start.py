@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--start-set", nargs="+", default=[], metavar="KEY=VALUE", help="the start's TrainConfig settings (mixup=0.4), named in its recipes")
     ap.add_argument("--pretext-epochs", type=int, default=0, help="SimCLR on the start's pictures first (bench/pretext.py), the start's init")
     ap.add_argument("--skip-independent", action="store_true", help="the start's recipes only (--combine joins saved independent fits)")
+    ap.add_argument("--keep-starts", help="a folder (outside the repository: about 100 MB each): each fold's start.pt as start<N>.pt")
     ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, and nothing else (one fold's runs joined)")
     args = ap.parse_args()
     if args.combine:
@@ -197,6 +198,9 @@ def main() -> None:
             if args.save:
                 Path(args.save).mkdir(parents=True, exist_ok=True)
                 Path(args.save, f"fold{fold}.json").write_text(json.dumps(got))
+            if args.keep_starts:
+                Path(args.keep_starts).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(start.checkpoint, Path(args.keep_starts, f"start{fold}.pt"))
             shutil.rmtree(work / f"start{fold}", ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
