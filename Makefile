@@ -6,6 +6,7 @@ VOC_ROOT ?= ../shared/voc2007/VOCdevkit/VOC2007
 CLASSES  ?= car,dog
 EPOCHS   ?=
 START_EPOCHS ?=
+AUGMENT  ?=
 SIZE     ?= 64
 BIN      := $(VENV)/bin
 
@@ -38,7 +39,7 @@ REPORT   ?= vocfleet-report.html
 
 # Uses VOC_ROOT if it holds VOC images, else downloads VOC2007 (needs internet) into the data dir.
 # submit's defaults for two classes: a shared start (40 epochs on all 20 labels, strong augmentation), then 1 epoch a class;
-# START_EPOCHS= and EPOCHS= override them.
+# START_EPOCHS=, EPOCHS= and AUGMENT= (submit's --augment-policy: auto, origin, strong) override them.
 demo: install-run
 	@root="$(VOC_ROOT)"; \
 	if [ ! -d "$$root/JPEGImages" ]; then \
@@ -46,7 +47,7 @@ demo: install-run
 	  $(BIN)/vocfleet data download --year 2007 > .demo-download.log || exit 1; cat .demo-download.log; \
 	  root=$$(sed -n 's/^VOC2007 ready at \(.*\); next.*/\1/p' .demo-download.log); rm -f .demo-download.log; \
 	fi; \
-	$(BIN)/vocfleet submit --classes $(CLASSES) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(START_EPOCHS),--start-epochs $(START_EPOCHS)) --image-size $(SIZE) --voc-root "$$root" && \
+	$(BIN)/vocfleet submit --classes $(CLASSES) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(START_EPOCHS),--start-epochs $(START_EPOCHS)) $(if $(AUGMENT),--augment-policy $(AUGMENT)) --image-size $(SIZE) --voc-root "$$root" && \
 	$(BIN)/vocfleet run && \
 	$(BIN)/vocfleet report --fleet --out $(REPORT) && \
 	echo "Shared start by default (--start none trains each class alone): over image-level folds of the sample it beats independent fits at the same fleet compute on each of the six classes measured (bench/RESULTS.md); --init imagenet or 224 px on a GPU reach far more."
