@@ -215,10 +215,10 @@ def test_the_default_is_a_start_for_several_classes_and_none_for_one(voc, invoke
     assert json.loads(res.stdout)["start_job"] is None
     with session_scope() as s:
         epochs = {j.id: (j.voc_class, j.config["epochs"], j.config["fold_by"], j.config["lr"], j.config["augment_policy"]) for j in s.query(TrainJob)}
-    # The folds' choice (bench/RESULTS.md): a 40-epoch start at 2e-3 with the strong augmentation, then one epoch per class at a
+    # The folds' choice (bench/RESULTS.md): an 80-epoch start at 2e-3 with the strong augmentation, then one epoch per class at a
     # tenth of the rate with the origin's; a class alone keeps five at 2e-3, the origin's.
     assert epochs == {
-        1: (START_CLASS, 40, "image", 2e-3, "strong"),
+        1: (START_CLASS, 80, "image", 2e-3, "strong"),
         2: ("car", 1, "image", 2e-4, "origin"),
         3: ("dog", 1, "image", 2e-4, "origin"),
         4: ("cat", 5, "label", 2e-3, "origin"),
@@ -229,7 +229,7 @@ def test_the_default_is_a_start_for_several_classes_and_none_for_one(voc, invoke
         given = {(j.config["lr"], j.config["augment_policy"]) for j in s.query(TrainJob).filter(TrainJob.id > 4)}
         assert given == {(0.001, "origin")}  # a rate or a policy given is every job's, the start's too
     res = invoke("submit", "--classes", "car,dog", *tiny, "--dry-run", "--format", "json")
-    assert [(j["class"], j["epochs"]) for j in json.loads(res.stdout)["jobs"]] == [(START_CLASS, 40), ("car", 1), ("dog", 1)]
+    assert [(j["class"], j["epochs"]) for j in json.loads(res.stdout)["jobs"]] == [(START_CLASS, 80), ("car", 1), ("dog", 1)]
 
 
 def test_bad_start_options_are_one_line_and_queue_nothing(voc, invoke):

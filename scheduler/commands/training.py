@@ -43,8 +43,8 @@ from .base import (
 )
 
 _DEFAULTS = TrainConfig(voc_class="car", voc_root=".")
-# With a shared start (bench/RESULTS.md, "A shared start"): the start's epochs, and each class's fine-tune after it.
-START_EPOCHS = 40
+# With a shared start (bench/RESULTS.md, "A shared start"; 80 epochs: 2026-12-03 fifth session): the start's epochs, and each class's fine-tune after it.
+START_EPOCHS = 80
 # A start's augmentation under --augment-policy auto: its long schedule pays with the strong policy, a class
 # job's single epoch from it does not need it (over four image-level folds: bench/RESULTS.md, 2026-12-03 third and fourth sessions).
 START_POLICY = "strong"
