@@ -38,7 +38,7 @@ install: $(BIN)/.installed
 REPORT   ?= vocfleet-report.html
 
 # Uses VOC_ROOT if it holds VOC images, else downloads VOC2007 (needs internet) into the data dir.
-# submit's defaults for two classes: a shared start (40 epochs on all 20 labels, strong augmentation), then 1 epoch a class;
+# submit's defaults for two classes: a shared start (80 epochs on all 20 labels, strong augmentation), then 1 epoch a class;
 # START_EPOCHS=, EPOCHS= and AUGMENT= (submit's --augment-policy: auto, origin, strong) override them.
 demo: install-run
 	@root="$(VOC_ROOT)"; \
