@@ -87,6 +87,16 @@ def joined(saved: list[dict]) -> list[dict]:
     return [by_fold[k] for k in sorted(by_fold)]
 
 
+def labelled(arg: str) -> dict:
+    """A fold saved by --save, from ``PATH`` or ``PATH=LABEL``: each recipe named ``LABEL: recipe`` (two runs of one recipe side by side)."""
+    path, _, label = arg.partition("=")
+    got = json.loads(Path(path).read_text())
+    if label:
+        for key in ("probs", "seconds", "images"):
+            got[key] = {(r if r == "independent" else f"{label}: {r}"): v for r, v in got[key].items()}
+    return got
+
+
 def start_setting(kv: str) -> tuple[str, object]:
     """``mixup=0.4`` as ("mixup", 0.4), typed by TrainConfig's field."""
     key, _, value = kv.partition("=")
@@ -118,10 +128,10 @@ def main() -> None:
     ap.add_argument("--pretext-epochs", type=int, default=0, help="SimCLR on the start's pictures first (bench/pretext.py), the start's init")
     ap.add_argument("--skip-independent", action="store_true", help="the start's recipes only (--combine joins saved independent fits)")
     ap.add_argument("--keep-starts", help="a folder (outside the repository: about 100 MB each): each fold's start.pt as start<N>.pt")
-    ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, and nothing else (one fold's runs joined)")
+    ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, nothing else (PATH=LABEL: 'LABEL: recipe')")
     args = ap.parse_args()
     if args.combine:
-        table_of(joined([json.loads(Path(p).read_text()) for p in args.combine]), args.fleet_classes)
+        table_of(joined([labelled(p) for p in args.combine]), args.fleet_classes)
         return
     start_set = dict(start_setting(kv) for kv in args.start_set)
     root = voc_root(args.voc_root)
