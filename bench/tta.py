@@ -1,7 +1,7 @@
 """Test-time augmentation on a shared start's head: each class's detector on the fold's evaluation pictures as they are, and averaged with their mirror image.
 
 ``bench/shared_start.py --keep-starts DIR`` keeps each fold's ``start.pt`` as ``DIR/start<N>.pt``;
-this script evaluates every class's row of it on the same image-level fold (the pictures the start
+this script runs it once over the fold's evaluation pictures and judges every class's row of it on the same image-level fold (the pictures the start
 never trained on) twice: the picture alone, and the mean of the logits of the picture and its
 left-right mirror (twice the scoring compute). Prints AP and AUC per class and the paired
 difference; nothing is trained.
@@ -20,9 +20,9 @@ from common import machine, table, voc_root
 
 from vocfleet.model import VOC_CLASSES
 from vocfleet.model.config import TrainConfig
-from vocfleet.model.engine import predict_split, resolve_device
+from vocfleet.model.engine import predict_uint8, resolve_device
 from vocfleet.model.metrics import average_precision, roc_auc
-from vocfleet.model.net import SelectLogit, build_model
+from vocfleet.model.net import build_model
 from vocfleet.model.splits import prepare_splits
 
 
@@ -49,23 +49,31 @@ def main() -> None:
     args = ap.parse_args()
     root, device = voc_root(args.voc_root), resolve_device(args.device)
     print(f"machine: {machine()}")
-    rows, diffs = [], []
+    rows_out, diffs = [], []
     with tempfile.TemporaryDirectory(prefix="vocfleet-tta-") as work:
         for path in args.starts:
             fold = int(re.search(r"start(\d+)\.pt$", path).group(1))
             net = build_model(path, outputs=len(VOC_CLASSES), arch=args.arch).to(device)
+            evals = {}
             for c in args.classes.split(","):
                 cfg = TrainConfig(
                     voc_class=c, voc_root=str(root), image_size=args.size, eval_split=f"fold:{fold}/{args.folds}", fold_by="image", seed=fold, arch=args.arch
                 )  # fmt: skip
-                _, _, evaluation, _ = prepare_splits(cfg, Path(work, "cache"))
-                head = SelectLogit(net, VOC_CLASSES.index(c))
-                got = [predict_split(m, evaluation, device) for m in (head, Mirrored(head))]
+                evals[c] = prepare_splits(cfg, Path(work, "cache"))[2]
+            # The classes' evaluation pictures are one fold of one decoded array: the 20 outputs once for them all, each way.
+            decoded = next(iter(evals.values())).decoded
+            assert all(e.decoded.ids == decoded.ids for e in evals.values())
+            rows = np.unique(np.concatenate([e.rows for e in evals.values()]))
+            where = np.full(len(decoded.ids), -1)
+            where[rows] = np.arange(len(rows))
+            outputs = [predict_uint8(m, decoded.images[rows], device) for m in (net, Mirrored(net))]
+            for c, evaluation in evals.items():
+                got = [out[where[evaluation.rows], VOC_CLASSES.index(c)] for out in outputs]
                 aps = [average_precision(p, evaluation.labels) for p in got]
                 aucs = [roc_auc(p, evaluation.labels) for p in got]
                 diffs.append(aps[1] - aps[0])
-                rows.append([fold, c, f"{aps[0]:.3f} / {aucs[0]:.3f}", f"{aps[1]:.3f} / {aucs[1]:.3f}", f"{aps[1] - aps[0]:+.3f}"])
-    print(table(rows, ("fold", "class", "as it is: AP / AUC", "with its mirror: AP / AUC", "AP change")))
+                rows_out.append([fold, c, f"{aps[0]:.3f} / {aucs[0]:.3f}", f"{aps[1]:.3f} / {aucs[1]:.3f}", f"{aps[1] - aps[0]:+.3f}"])
+    print(table(rows_out, ("fold", "class", "as it is: AP / AUC", "with its mirror: AP / AUC", "AP change")))
     print(f"mean AP change {np.mean(diffs):+.4f} (sd {np.std(diffs, ddof=1) if len(diffs) > 1 else 0:.4f}, {sum(d > 0 for d in diffs)} of {len(diffs)} up)")
 
 
