@@ -1,10 +1,10 @@
 """Test-time augmentation on a shared start's head: each class's detector on the fold's evaluation pictures as they are, and averaged with their mirror image.
 
 ``bench/shared_start.py --keep-starts DIR`` keeps each fold's ``start.pt`` as ``DIR/start<N>.pt``;
-this script runs it once over the fold's evaluation pictures and judges every class's row of it on the same image-level fold (the pictures the start
-never trained on) twice: the picture alone, and the mean of the logits of the picture and its
-left-right mirror (twice the scoring compute). Prints AP and AUC per class and the paired
-difference; nothing is trained.
+this script runs it once over the fold's evaluation pictures (the same image-level fold, which the
+start never trained on) in two ways: the picture alone, and the mean of the logits of the picture
+and its left-right mirror (twice the scoring compute), then judges every class's row of it. Prints
+AP and AUC per class and the paired difference; nothing is trained.
 """
 
 from __future__ import annotations
