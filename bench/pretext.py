@@ -24,7 +24,8 @@ from torch import nn
 
 from vocfleet.model.augment import TrainAugment
 from vocfleet.model.checkpoint import save_checkpoint
-from vocfleet.model.engine import _epoch_generator
+from vocfleet.model.config import START_CLASS, TrainConfig
+from vocfleet.model.engine import _epoch_generator, _make_optimizer
 from vocfleet.model.net import build_model, training_autocast
 from vocfleet.model.splits import BatchFeeder, SplitData, epoch_positions
 
@@ -65,9 +66,8 @@ def simclr(
     width = model.fc.in_features
     model.fc = nn.Sequential(nn.Linear(width, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Linear(512, 128))
     model.to(device)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr)
+    # A job's optimiser (AdamW, no decay on norms and biases); the schedule is SimCLR's own (a 10% warm-up, a job's is 25%).
+    optimizer = _make_optimizer(TrainConfig(voc_class=START_CLASS, voc_root=".", balance="none", lr=lr, weight_decay=weight_decay), model, device)
     steps = min(len(train) // batch, max_batches or len(train))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps, pct_start=0.1)
     view = TrainAugment(**VIEW)  # a fresh batch per call (no reuse_output): the first view survives the second
