@@ -107,6 +107,30 @@ def start_setting(kv: str) -> tuple[str, object]:
     return key, (value.lower() in ("1", "true", "yes") if kind is bool else kind(value) if kind in (int, float) else value)
 
 
+def fit_shared(args, start_cfg: TrainConfig, work: Path, cache: Path, fold: int, device: torch.device):
+    """One fold's start (after SimCLR with ``--pretext-epochs``): its result, its 20-output network, seconds and pictures trained."""
+    t = time.perf_counter()
+    pretext_images = 0.0
+    if args.pretext_epochs:
+        from pretext import simclr
+
+        train, _, _ = prepare_start_splits(start_cfg, cache)
+        weights = work / f"pretext{fold}.pt"
+        done = simclr(train, weights, arch=args.arch, epochs=args.pretext_epochs, batch=args.batch, seed=fold, device=device, max_batches=args.max_batches)
+        pretext_images, losses = done["images"], done["losses"]
+        took = f"loss {losses[0]:.3f} -> {losses[-1]:.3f} ({done['seconds'] / 60:.1f} min)"
+        print(f"fold {fold}: SimCLR {args.pretext_epochs} epochs on {len(train)} pictures, {took}", flush=True)
+        start_cfg = start_cfg.with_(init=str(weights))
+    start = fit_start(start_cfg, out_dir=work / f"start{fold}", cache_dir=cache)
+    start_seconds = time.perf_counter() - t
+    best = max(start.history, key=lambda r: r.val_ap, default=None)
+    learned = f"val mAP {start.metrics['map']:.3f} over {len(start.metrics['class_ap'])} classes"
+    learned += f" (best epoch {best.epoch} of {len(start.history)})" if best else ""
+    print(f"fold {fold}: start {learned} ({start_seconds / 60:.1f} min)", flush=True)
+    start_net = build_model(start.checkpoint, outputs=len(VOC_CLASSES), arch=args.arch).to(device)
+    return start, start_net, start_seconds, images_trained(start.history) + pretext_images
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--voc-root")
@@ -127,9 +151,12 @@ def main() -> None:
     ap.add_argument("--start-set", nargs="+", default=[], metavar="KEY=VALUE", help="the start's TrainConfig settings (mixup=0.4), named in its recipes")
     ap.add_argument("--pretext-epochs", type=int, default=0, help="SimCLR on the start's pictures first (bench/pretext.py), the start's init")
     ap.add_argument("--skip-independent", action="store_true", help="the start's recipes only (--combine joins saved independent fits)")
+    ap.add_argument("--skip-start", action="store_true", help="the independent fits only (--combine joins saved starts)")
     ap.add_argument("--keep-starts", help="a folder (outside the repository: about 100 MB each): each fold's start.pt as start<N>.pt")
     ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, nothing else (PATH=LABEL: 'LABEL: recipe')")
     args = ap.parse_args()
+    if args.skip_start and (args.skip_independent or args.pretext_epochs or args.keep_starts):
+        raise SystemExit("--skip-start runs the independent fits alone: drop --skip-independent, --pretext-epochs and --keep-starts")
     if args.combine:
         table_of(joined([labelled(p) for p in args.combine]), args.fleet_classes)
         return
@@ -148,7 +175,7 @@ def main() -> None:
     named += f" after {args.pretext_epochs} SimCLR epochs" if args.pretext_epochs else ""
     tunes = {f"{named} + fine-tune lr {lr:g}": lr for lr in args.finetune_lrs}
     head = f"{named} alone (its head)"
-    recipes = (() if args.skip_independent else ("independent",)) + (head, *tunes)
+    recipes = (() if args.skip_independent else ("independent",)) + (() if args.skip_start else (head, *tunes))
     work = Path(tempfile.mkdtemp(prefix="vocfleet-start-"))
     cache = work / "cache"
     saved = []
@@ -158,28 +185,10 @@ def main() -> None:
                 voc_root=str(root), image_size=args.size, batch_size=args.batch, eval_split=f"fold:{fold}/{args.folds}", fold_by="image",
                 seed=fold, device=args.device, arch=args.arch, max_batches=args.max_batches,
             )  # fmt: skip
-            t = time.perf_counter()
             start_cfg = TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common).with_(**start_set)
-            pretext_images = 0.0
-            if args.pretext_epochs:
-                from pretext import simclr
-
-                train, _, _ = prepare_start_splits(start_cfg, cache)
-                weights = work / f"pretext{fold}.pt"
-                done = simclr(
-                    train, weights, arch=args.arch, epochs=args.pretext_epochs, batch=args.batch, seed=fold, device=device, max_batches=args.max_batches
-                )
-                pretext_images, losses = done["images"], done["losses"]
-                took = f"loss {losses[0]:.3f} -> {losses[-1]:.3f} ({done['seconds'] / 60:.1f} min)"
-                print(f"fold {fold}: SimCLR {args.pretext_epochs} epochs on {len(train)} pictures, {took}", flush=True)
-                start_cfg = start_cfg.with_(init=str(weights))
-            start = fit_start(start_cfg, out_dir=work / f"start{fold}", cache_dir=cache)
-            start_seconds = time.perf_counter() - t
-            best = max(start.history, key=lambda r: r.val_ap, default=None)
-            learned = f"val mAP {start.metrics['map']:.3f} over {len(start.metrics['class_ap'])} classes"
-            learned += f" (best epoch {best.epoch} of {len(start.history)})" if best else ""
-            print(f"fold {fold}: start {learned} ({start_seconds / 60:.1f} min)", flush=True)
-            start_net = build_model(start.checkpoint, outputs=len(VOC_CLASSES), arch=args.arch).to(device)
+            start, start_net, start_seconds, start_images = None, None, 0.0, 0.0
+            if not args.skip_start:
+                start, start_net, start_seconds, start_images = fit_shared(args, start_cfg, work, cache, fold, device)
             got = {"fold": fold, "labels": {}, "probs": {r: {} for r in recipes}, "seconds": {r: 0.0 for r in recipes}, "images": {}}
             per_class = {r: [] for r in recipes}
             for c in classes:
@@ -187,7 +196,8 @@ def main() -> None:
                 _, _, evaluation, _ = prepare_splits(cfg, cache)
                 got["labels"][c] = evaluation.labels.tolist()
                 fits = {} if args.skip_independent else {"independent": (cfg, None)}
-                fits.update({r: (cfg.with_(epochs=args.finetune_epochs, start="bench", lr=lr), Path(start.checkpoint)) for r, lr in tunes.items()})
+                if start is not None:
+                    fits.update({r: (cfg.with_(epochs=args.finetune_epochs, start="bench", lr=lr), Path(start.checkpoint)) for r, lr in tunes.items()})
                 for recipe, (run_cfg, weights) in fits.items():
                     t = time.perf_counter()
                     r = fit(run_cfg, out_dir=work / f"fit{fold}-{c}", cache_dir=cache, start_weights=weights)
@@ -195,10 +205,10 @@ def main() -> None:
                     got["probs"][recipe][c] = evaluate(build_model(r.checkpoint, arch=args.arch).to(device), evaluation, device)["probs"].tolist()
                     per_class[recipe].append(images_trained(r.history))
                     shutil.rmtree(work / f"fit{fold}-{c}", ignore_errors=True)
-                got["probs"][head][c] = evaluate(SelectLogit(start_net, VOC_CLASSES.index(c)), evaluation, device)["probs"].tolist()
+                if start_net is not None:
+                    got["probs"][head][c] = evaluate(SelectLogit(start_net, VOC_CLASSES.index(c)), evaluation, device)["probs"].tolist()
                 aps = ", ".join(f"{r} {average_precision(np.array(got['probs'][r][c]), evaluation.labels):.3f}" for r in recipes)
                 print(f"fold {fold}, {c}: AP {aps} ({len(evaluation)} pictures, {int(evaluation.labels.sum())} positives)", flush=True)
-            start_images = images_trained(start.history) + pretext_images
             for recipe in recipes:
                 fleet = args.fleet_classes * np.mean(per_class[recipe]) if per_class[recipe] else 0.0
                 got["images"][recipe] = fleet + (start_images if recipe != "independent" else 0.0)
@@ -208,7 +218,7 @@ def main() -> None:
             if args.save:
                 Path(args.save).mkdir(parents=True, exist_ok=True)
                 Path(args.save, f"fold{fold}.json").write_text(json.dumps(got))
-            if args.keep_starts:
+            if args.keep_starts and start is not None:
                 Path(args.keep_starts).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(start.checkpoint, Path(args.keep_starts, f"start{fold}.pt"))
             shutil.rmtree(work / f"start{fold}", ignore_errors=True)
