@@ -297,6 +297,7 @@ def _migrate_to_head(conn, url: str) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes.update(connection=conn, connection_url=url)
+    # The step alembic.command.upgrade itself takes (a private method: alembic is held below 2 in pyproject.toml).
     with EnvironmentContext(cfg, script, fn=lambda rev, _context: script._upgrade_revs("head", rev), destination_rev="head"):
         script.run_env()
     conn.execute(text("DELETE FROM schema_compat"))
