@@ -166,9 +166,11 @@ def main() -> None:
     folds = args.only_folds if args.only_folds else list(range(args.folds))
     device = resolve_device(args.device)
     print(f"machine: {machine()}")
+    independent = "" if args.skip_independent else f"; independent {args.epochs} epochs per class"
+    shared = "" if args.skip_start else f"; start {args.start_epochs} epochs + {args.finetune_epochs} per class at lr {args.finetune_lrs}"
     print(
-        f"{args.folds}-fold by image (folds {folds}), classes {','.join(classes)}, {args.size} px, batch {args.batch}; independent {args.epochs} epochs "
-        f"per class; start {args.start_epochs} epochs + {args.finetune_epochs} per class at lr {args.finetune_lrs}; fleet of {args.fleet_classes} classes",
+        f"{args.folds}-fold by image (folds {folds}), classes {','.join(classes)}, {args.size} px, batch {args.batch}{independent}{shared}; "
+        f"fleet of {args.fleet_classes} classes",
         flush=True,
     )
     named = "start" + (f" [{args.arch}]" if args.arch != "resnet50" else "") + (f" ({' '.join(args.start_set)})" if args.start_set else "")
