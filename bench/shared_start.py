@@ -81,9 +81,12 @@ def joined(saved: list[dict]) -> list[dict]:
         for key in ("probs", "seconds", "images"):
             into[key].update(f[key])
     order = [r for f in saved for r in f["probs"]]
-    first = sorted(order, key=lambda r: r != "independent")  # the baseline first: the ratios are against it
+    first = sorted(dict.fromkeys(order), key=lambda r: r != "independent")  # the baseline first: the ratios are against it
+    every = [r for r in first if all(r in f["probs"] for f in by_fold.values())]
+    if dropped := [r for r in first if r not in every]:
+        print(f"left out, not run on every fold given: {'; '.join(dropped)}")
     for f in by_fold.values():
-        f["probs"] = {r: f["probs"][r] for r in dict.fromkeys(first)}
+        f["probs"] = {r: f["probs"][r] for r in every}
     return [by_fold[k] for k in sorted(by_fold)]
 
 
