@@ -190,9 +190,9 @@ def main() -> None:
                 voc_root=str(root), image_size=args.size, batch_size=args.batch, eval_split=f"fold:{fold}/{args.folds}", fold_by="image",
                 seed=fold, device=args.device, arch=args.arch, max_batches=args.max_batches,
             )  # fmt: skip
-            start_cfg = TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common).with_(**start_set)
             start, start_net, start_seconds, start_images = None, None, 0.0, 0.0
             if not args.skip_start:
+                start_cfg = TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common).with_(**start_set)
                 start, start_net, start_seconds, start_images = fit_shared(args, start_cfg, work, cache, fold, device)
             got = {"fold": fold, "labels": {}, "probs": {r: {} for r in recipes}, "seconds": {r: 0.0 for r in recipes}, "images": {}}
             per_class = {r: [] for r in recipes}
