@@ -18,6 +18,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # escape sequences and newlines 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run a cell starting with these
 
 
+def epoch_count(n: int) -> str:
+    """``1 epoch``, ``5 epochs``: a class job from a start trains one."""
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def clean(text: str) -> str:
     """Text safe for a terminal: control characters (escape sequences, newlines) and undecodable bytes written as escapes."""
     text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

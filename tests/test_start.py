@@ -175,6 +175,7 @@ def test_start_new_through_the_cli_then_run_trains_the_start_first(voc, invoke, 
     res = invoke("submit", "--classes", "car,dog", "--voc-root", voc, "--start", "new", "--start-epochs", 2, "--eval-split", "fold:2/4", *tiny)
     assert res.exit_code == 0, res.output
     assert "queued start job 1" in res.output and "beginning from start job 1" in res.output
+    assert "2 epochs from scratch" in res.output and "(1 epoch, 32 px" in res.output  # not "1 epochs"
     res = invoke("status")
     assert res.output.count("waits for start job 1 (queued)") == 2
 

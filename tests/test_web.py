@@ -638,6 +638,7 @@ def test_a_detectors_page_keeps_every_decision(site):
     status, _, body = get(site, f"/detectors/{first}")
     page = body.decode()
     assert status == 200 and "every decision (" in page and "first detector of its class" in page and "replaced by detector" in page, page[:2000]
+    assert "32 px, 2 epochs, init" in page  # the job's settings, counted as `submit` counts them ("1 epoch")
 
 
 def test_text_stored_before_it_was_refused_still_renders(fake_voc, invoke, data_dir):

@@ -15,7 +15,7 @@ from vocfleet.model import ConfigError, DetectorUnavailable
 from vocfleet.model.config import ARCHS, AUGMENT_POLICIES, BALANCE, DIFFICULT, FOLD_BY, OPTIMIZERS, SCHEDULES, START_CLASS, TrainConfig, check_init
 from vocfleet.worker.executor import executor
 
-from ..output import duration, queue_line, render
+from ..output import duration, epoch_count, queue_line, render
 from .base import (
     ID,
     Finite,
@@ -211,12 +211,12 @@ def submit(
         where += f"; the class jobs go when start job {start_id} has succeeded"
     cfg = configs[0]
     if first:
-        say(fmt, f"queued start job {start_id}: one network on all 20 labels, {first.epochs} epochs from {init}; the jobs below begin from it")
+        say(fmt, f"queued start job {start_id}: one network on all 20 labels, {epoch_count(first.epochs)} from {init}; the jobs below begin from it")
     after = f", beginning from start job {start_id}" if start_id else ""
     say(
         fmt,
         f"queued {len(ids)} job(s) {ids[0]}..{ids[-1]} for {', '.join(c.voc_class for c in configs)} "
-        f"({cfg.epochs} epochs, {cfg.image_size} px, eval split: {cfg.eval_split}{after}); {where}",
+        f"({epoch_count(cfg.epochs)}, {cfg.image_size} px, eval split: {cfg.eval_split}{after}); {where}",
     )
     jobs = [{"job": start_id, "class": first.voc_class, "status": "queued"}] if first else []
     jobs += [{"job": i, "class": c.voc_class, "status": "queued"} for i, c in zip(ids, configs, strict=True)]

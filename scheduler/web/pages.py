@@ -20,6 +20,7 @@ from vocfleet.db.results import error_rows
 from vocfleet.model import VOC_CLASSES
 from vocfleet.model.thumbnails import SIZES, cached_thumbnail
 
+from ..output import epoch_count
 from .common import (
     DB,
     ClassNeeded,
@@ -55,6 +56,7 @@ PLACEHOLDER = (
 @cache
 def templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("vocfleet.scheduler.web", "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["epochs"] = epoch_count
     env.filters["pct"] = lambda x: "" if x is None else f"{100 * x:.0f}%"
     env.filters["num"] = lambda x, d=3: "" if x is None else f"{x:.{d}f}"
     env.filters["when"] = lambda t: "" if t is None else t.strftime("%Y-%m-%d %H:%M:%S")
