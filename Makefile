@@ -36,12 +36,15 @@ install-run: $(BIN)/.installed-run
 install: $(BIN)/.installed
 
 REPORT   ?= vocfleet-report.html
+FORCE    ?=
 
 # Uses VOC_ROOT if it holds VOC images, else downloads VOC2007 (needs internet) into the data dir.
 # submit's defaults for two classes: a shared start (80 epochs on all 20 labels, strong augmentation), then 1 epoch a class;
 # START_EPOCHS=, EPOCHS= and AUGMENT= (submit's --augment-policy: auto, origin, strong) override them.
 demo: install-run
-	@root="$(VOC_ROOT)"; \
+	@$(BIN)/vocfleet report --fleet --out "$(REPORT)" $(if $(FORCE),--force) --dry-run > /dev/null || \
+	  { echo "make demo: REPORT=PATH names another file, FORCE=1 replaces it (checked before any training)" >&2; exit 1; }; \
+	root="$(VOC_ROOT)"; \
 	if [ ! -d "$$root/JPEGImages" ]; then \
 	  echo "no VOC images at $$root: downloading VOC2007"; \
 	  $(BIN)/vocfleet data download --year 2007 > .demo-download.log || exit 1; cat .demo-download.log; \
@@ -49,7 +52,7 @@ demo: install-run
 	fi; \
 	$(BIN)/vocfleet submit --classes $(CLASSES) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(START_EPOCHS),--start-epochs $(START_EPOCHS)) $(if $(AUGMENT),--augment-policy $(AUGMENT)) --image-size $(SIZE) --voc-root "$$root" && \
 	$(BIN)/vocfleet run && \
-	$(BIN)/vocfleet report --fleet --out $(REPORT) && \
+	$(BIN)/vocfleet report --fleet --out "$(REPORT)" $(if $(FORCE),--force) && \
 	echo "Shared start by default (--start none trains each class alone): over image-level folds of the sample it beats independent fits at the same fleet compute on each of the six classes measured (bench/RESULTS.md); --init imagenet or 224 px on a GPU reach far more."
 
 lint: install

@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 from vocfleet.model import ConfigError
 from vocfleet.model.events import EpochRecord
 
-from .models import Detector, ScoreRun
+from .models import Detector
 from .records import DetectorRecord, ResultRow
 from .registry import detector_epochs, detector_records
 from .results import ResultQuery, error_rows, image_scores, iter_results, summary_rows
+from .runs import scoring_run
 
 PER_CLASS = 24  # pictures per class in a run's report: the most confident present ones
 MAX_ERRORS = 500  # files not scored listed in a report (the count is always shown)
@@ -62,9 +63,7 @@ class FleetReport:
 
 
 def run_report(s: Session, run_id: int) -> RunReport:
-    run = s.get(ScoreRun, run_id)
-    if run is None:
-        raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+    run = scoring_run(s, run_id)
     dets = list(s.scalars(select(Detector).where(Detector.id.in_(run.detector_ids)).order_by(Detector.voc_class)))
     picked: dict[int, ResultRow] = {}
     for d in dets:

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from vocfleet.model import ConfigError
+
 from .claims import cancel_work, clock, is_stale, owned
 from .models import Detector, JobStatus, Score, ScoreRun, ScoreShard, utcnow
 from .states import UNFINISHED, Labels, as_utc
@@ -43,6 +45,23 @@ def run_state(s: Session, run_id: int) -> RunState | None:
     if run is None:
         return None
     return RunState(run.id, run.status, list(run.classes), run.total_files, run.scored_images, run.error_files, run.error, run.reused)
+
+
+def missing_run(run_id: int) -> ConfigError:
+    """The one line for a scoring run id that names none."""
+    return ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+
+
+def scoring_run(s: Session, run_id: int) -> ScoreRun:
+    """The scoring run ``run_id``.
+
+    Raises:
+        ConfigError: there is none (:func:`missing_run`).
+    """
+    run = s.get(ScoreRun, run_id)
+    if run is None:
+        raise missing_run(run_id)
+    return run
 
 
 def create_run(

@@ -64,6 +64,23 @@ def test_report_needs_run_or_fleet(tmp_path, invoke):
 def test_report_unknown_run(tmp_path, invoke):
     res = invoke("report", 42, "--out", tmp_path / "x.html")
     assert res.exit_code == 2 and "no scoring run 42" in res.output
+    res = invoke("report", 42, "--out", tmp_path / "x.html", "--dry-run")
+    assert res.exit_code == 2 and "no scoring run 42" in res.output
+
+
+def test_a_dry_run_checks_the_out_path_before_any_training_and_writes_nothing(data_dir, tmp_path, invoke):
+    """make demo asks this before it trains: an existing REPORT, or one in the data folder, is refused in seconds, not after the start."""
+    out = tmp_path / "fleet.html"
+    res = invoke("report", "--fleet", "--out", out, "--dry-run")  # no detectors yet: the path alone is judged
+    assert res.exit_code == 0 and "nothing written (dry run)" in res.output and not out.exists()
+    out.write_text("a page someone keeps")
+    res = invoke("report", "--fleet", "--out", out, "--dry-run")
+    assert res.exit_code == 2 and "the file exists; pass --force" in res.output
+    assert invoke("report", "--fleet", "--out", out, "--dry-run", "--force").exit_code == 0
+    data_dir.mkdir(exist_ok=True)
+    res = invoke("report", "--fleet", "--out", data_dir / "fleet.html", "--dry-run")
+    assert res.exit_code == 2 and "where vocfleet keeps its own files" in res.output
+    assert out.read_text() == "a page someone keeps" and not (data_dir / "fleet.html").exists()
 
 
 def test_fleet_report_shows_settings_and_f1_and_plots_read_right(fake_voc, tmp_path, invoke):

@@ -207,12 +207,12 @@ def _run_scoring(run_id: int, names: list[str], fmt: str = "text") -> None:
 def resume_run(run_id: int, stale_after: float | None) -> None:
     """Continue an interrupted scoring run where it stopped (already recorded files are not redone)."""
     from vocfleet.db.models import ScoreRun
-    from vocfleet.db.runs import Reopen, last_heartbeat, reopen_run
+    from vocfleet.db.runs import Reopen, last_heartbeat, missing_run, reopen_run
 
     with database() as s:
         state, run = reopen_run(s, run_id, stale_window(stale_after))
         if state == Reopen.missing:
-            raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+            raise missing_run(run_id)
         if state == Reopen.running:
             beat, host = last_heartbeat(s, run_id)
             note = takeback_note(beat, host, stale_window(stale_after), f"'vocfleet resume-run {run_id}'")
@@ -279,14 +279,13 @@ def results(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, a
     Streamed: an export of millions of rows starts at once and holds a few thousand in memory.
     """
     from vocfleet.db.results import ResultQuery, export_csv, export_json, iter_by_image, iter_errors, iter_results, runs_have_class, summary_rows
-    from vocfleet.db.runs import run_state
+    from vocfleet.db.runs import scoring_run
 
     present, voc_class = _check_results_options(run_ids, all_runs, voc_class, min_prob, only_present, only_absent, image, by_image, summary, show_errors, limit)
     also, without = _pictures_with(also, without, voc_class, summary or show_errors)
     with database(read=True) as s:
         for run_id in run_ids:
-            if run_state(s, run_id) is None:
-                raise ConfigError(f"no scoring run {run_id}: see 'vocfleet runs'")
+            scoring_run(s, run_id)
         runs = None if all_runs else tuple(dict.fromkeys(run_ids))
         for cls in filter(None, (voc_class, *also, *without)):
             if not runs_have_class(s, runs, cls):
@@ -411,9 +410,11 @@ def predict(images: tuple[str, ...], classes: str | None, fmt: str) -> None:
 @click.option("--fleet", is_flag=True, help="Report on the active detectors (table and training curves) instead of a run.")
 @click.option("--out", required=True, help="The HTML file to write (a new name, or an existing file with --force); never inside the data folder.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def report(run_id: int | None, fleet: bool, out: str, force: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Check the arguments and that --out may be written; write nothing (make demo checks REPORT before it trains).")
+def report(run_id: int | None, fleet: bool, out: str, force: bool, dry_run: bool) -> None:
     """Write a self-contained HTML page: a scoring run (RUN_ID) or the fleet's detectors (--fleet)."""
     from vocfleet.db.reports import fleet_report, run_report
+    from vocfleet.db.runs import scoring_run
     from vocfleet.model.artifacts import ArtifactStore
     from vocfleet.model.files import output_path, write_bytes
 
@@ -423,6 +424,12 @@ def report(run_id: int | None, fleet: bool, out: str, force: bool) -> None:
         raise ConfigError("give a scoring run id, or --fleet (not both)")
     settings = get_settings()
     path = output_path(out, option="--out", force=force, protected=settings.own_paths())
+    if dry_run:
+        if run_id is not None:
+            with database(read=True) as s:
+                scoring_run(s, run_id)
+        click.echo(f"would write {out}; nothing written (dry run)")
+        return
     with database(read=True) as s:
         page = render_fleet(fleet_report(s), ArtifactStore.from_settings(settings)) if fleet else render_run(run_report(s, run_id))
     data = page.encode("utf-8")
