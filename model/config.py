@@ -30,8 +30,8 @@ RESNET50_WEIGHTS = ("resnet50", "resnet50-lowres")  # the archs whose state dict
 START_CLASS = "all"
 FOLD_BY = ("label", "image")
 # --augment-policy (model/augment.py's POLICIES): the origin's scale, flip and rotation, or "strong" (a wider
-# zoom, shifts and a colour jitter), for a long schedule on few pictures.
-AUGMENT_POLICIES = ("origin", "strong")
+# zoom, shifts and a colour jitter), for a long schedule on few pictures; "erase": strong and random erasing.
+AUGMENT_POLICIES = ("origin", "strong", "erase")
 
 
 def check_init(init: str) -> str:

@@ -127,3 +127,28 @@ def test_reused_output_buffer_gives_the_same_batches():
     second = reused(b, torch.Generator().manual_seed(6))
     assert second.data_ptr() == first.data_ptr()  # one buffer: the previous batch is overwritten
     assert torch.equal(second, fresh(b, torch.Generator().manual_seed(6)))
+
+
+def test_erase_policy_is_strong_with_a_rectangle_of_half_the_pictures_at_the_mean_colour():
+    """--augment-policy erase: the strong policy's batch, the same draws, then per picture one
+    rectangle of 2-33% of it set to 0 (the normalised mean colour), about half the pictures."""
+    g = torch.Generator().manual_seed(0)
+    b = torch.randint(0, 256, (64, 48, 40, 3), dtype=torch.uint8, generator=g)
+    strong, erasing = TrainAugment.policy("strong"), TrainAugment.policy("erase")
+    plain, erased = strong(b, torch.Generator().manual_seed(7)), erasing(b, torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    erasing.thetas(64, gen), erasing.jitters(64, gen)  # drawn first, as a call does
+    boxes = erasing.erasures(64, 48, 40, gen)  # what the call above drew, after the strong policy's
+    heights, widths = boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]
+    whole = heights == 0
+    assert 16 <= int(whole.sum()) <= 48  # about half the pictures are left whole
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] <= 48).all() and (boxes[:, 2] >= 0).all() and (boxes[:, 3] <= 40).all()
+    share = (heights * widths)[~whole].double() / (48 * 40)
+    assert share.min() > 0.005 and share.max() < 0.45  # 2-33% of the picture, less where a long side is clipped
+    for i in range(64):
+        t, bt, left, r = boxes[i].tolist()
+        inside = torch.zeros(48, 40, dtype=torch.bool)
+        inside[t:bt, left:r] = True
+        assert (erased[i][:, inside] == 0).all()
+        assert torch.equal(erased[i][:, ~inside], plain[i][:, ~inside])  # outside the rectangle: the strong policy's batch
+    assert not torch.equal(erased, plain)

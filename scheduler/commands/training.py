@@ -98,6 +98,7 @@ DETECTOR_COLUMNS.append("train_data")
     type=click.Choice(("auto", *AUGMENT_POLICIES)),
     default="auto",
     help="origin: those three; strong: also a wider zoom, shifts and a brightness, contrast and colour jitter (for long schedules); "
+    "erase: strong, and a random rectangle of half the pictures set to the mean colour; "
     f"auto: {START_POLICY} for a new start, {_DEFAULTS.augment_policy} for class jobs.",
 )
 @click.option("--balance", type=click.Choice(BALANCE), default=_DEFAULTS.balance, help="Class-imbalance handling.")
