@@ -232,7 +232,7 @@ def test_mixup_and_smoothing_keep_a_starts_unknown_labels_unknown():
         ({"progressive_resize": 0.5, "image_size": 48}, "--progressive-resize 0.5: the first epoch would train at 24 px, below 32; raise it"),
         ({"progressive_resize": 1.0}, "--progressive-resize 1.0: the first epoch's share of --image-size must be at least 0 (off) and below 1"),
         ({"drop_path": 1.0}, "--drop-path 1.0: the last block's drop probability must be at least 0 (off) and below 1"),
-        ({"augment_policy": "heavy"}, "--augment-policy 'heavy': only origin, strong are supported"),
+        ({"augment_policy": "heavy"}, "--augment-policy 'heavy': only origin, strong, erase are supported"),
     ],
 )
 def test_new_idea_settings_are_checked(fake_voc, kw, said):
