@@ -40,7 +40,7 @@ FORCE    ?=
 
 # Uses VOC_ROOT if it holds VOC images, else downloads VOC2007 (needs internet) into the data dir.
 # submit's defaults for two classes: a shared start (80 epochs on all 20 labels, strong augmentation), then 1 epoch a class;
-# START_EPOCHS=, EPOCHS= and AUGMENT= (submit's --augment-policy: auto, origin, strong) override them.
+# START_EPOCHS=, EPOCHS= and AUGMENT= (submit's --augment-policy: auto, origin, strong, erase) override them.
 demo: install-run
 	@$(BIN)/vocfleet report --fleet --out "$(REPORT)" $(if $(FORCE),--force) --dry-run > /dev/null || \
 	  { echo "make demo: REPORT=PATH names another file, FORCE=1 replaces it (checked before any training)" >&2; exit 1; }; \
