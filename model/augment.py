@@ -56,11 +56,8 @@ def preprocess_eval(batch: torch.Tensor) -> torch.Tensor:
 # the side, and a brightness, contrast and colour-cast jitter; for a long schedule on few pictures.
 # "erase": strong, and half the pictures with a random rectangle set to the mean colour (random erasing,
 # Zhong et al. 2017, with torchvision's RandomErasing defaults: 2-33% of the picture, aspect 0.3-3.3).
-POLICIES: dict[str, dict] = {
-    "origin": {},
-    "strong": {"scale": (0.75, 1.75), "translate": 0.15, "jitter": 0.4},
-    "erase": {"scale": (0.75, 1.75), "translate": 0.15, "jitter": 0.4, "erase": 0.5},
-}
+_STRONG = {"scale": (0.75, 1.75), "translate": 0.15, "jitter": 0.4}
+POLICIES: dict[str, dict] = {"origin": {}, "strong": _STRONG, "erase": {**_STRONG, "erase": 0.5}}
 ERASE_AREA = (0.02, 0.33)
 ERASE_ASPECT = (0.3, 3.3)
 
