@@ -13,6 +13,13 @@ recipe, never seen by the start. Reports per class the pooled AP over the folds 
 evaluated once), the per-fold mean and spread, and the mean over the classes, beside the start's
 own head evaluated as a detector (no fine-tune).
 
+``--eval-sizes 80 96`` also evaluates every detector on the same pictures decoded at those sizes
+(a network trained at ``--size`` run on larger pictures: FixRes, Touvron et al. 2019), each as its
+own recipe ``... [eval N px]``; ``--finetune-size N`` fine-tunes each class at N px from a start
+trained at ``--size`` (FixRes's adaptation at the test resolution). ``--reuse-starts DIR`` takes
+each fold's start from ``--keep-starts DIR`` instead of training it (its pictures counted as
+``--start-epochs`` over the start's training split, its time as none).
+
 ``--pretext-epochs N`` first pretrains the start's network without labels on the start's own
 training pictures (SimCLR, bench/pretext.py), each picture seen twice per epoch and counted so.
 """
@@ -26,6 +33,7 @@ import tempfile
 import time
 from dataclasses import MISSING, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -134,6 +142,21 @@ def fit_shared(args, start_cfg: TrainConfig, work: Path, cache: Path, fold: int,
     return start, start_net, start_seconds, images_trained(start.history) + pretext_images
 
 
+def reused_start(args, start_cfg: TrainConfig, cache: Path, fold: int, device: torch.device):
+    """``fit_shared``'s answer from a start kept by an earlier run (``--keep-starts``): the same settings, no time."""
+    path = Path(args.reuse_starts, f"start{fold}.pt")
+    if not path.is_file():
+        raise SystemExit(f"--reuse-starts {args.reuse_starts}: no start{fold}.pt there; keep one with --keep-starts first")
+    kept = torch.load(path, map_location="cpu", weights_only=False)["config"]
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in start_cfg.__dict__.items() if k != "device"}
+    if differ := {k: (kept.get(k), v) for k, v in plain.items() if (list(kept[k]) if isinstance(kept.get(k), tuple) else kept.get(k)) != v}:
+        raise SystemExit(f"{path}: trained with other settings than asked (kept, asked): {differ}")
+    train, _, _ = prepare_start_splits(start_cfg, cache)
+    print(f"fold {fold}: start reused from {path} ({len(train)} pictures x {args.start_epochs} epochs counted)", flush=True)
+    start_net = build_model(str(path), outputs=len(VOC_CLASSES), arch=args.arch).to(device)
+    return SimpleNamespace(checkpoint=str(path)), start_net, 0.0, float(len(train) * args.start_epochs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--voc-root")
@@ -156,10 +179,15 @@ def main() -> None:
     ap.add_argument("--skip-independent", action="store_true", help="the start's recipes only (--combine joins saved independent fits)")
     ap.add_argument("--skip-start", action="store_true", help="the independent fits only (--combine joins saved starts)")
     ap.add_argument("--keep-starts", help="a folder (outside the repository: about 100 MB each): each fold's start.pt as start<N>.pt")
+    ap.add_argument("--eval-sizes", type=int, nargs="*", default=[], help="also evaluate each detector on its pictures decoded at these sizes")
+    ap.add_argument("--finetune-size", type=int, help="fine-tune each class at this size (default --size); evaluate there with --eval-sizes")
+    ap.add_argument("--reuse-starts", help="a --keep-starts folder: each fold's start from start<N>.pt, not trained again")
     ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, nothing else (PATH=LABEL: 'LABEL: recipe')")
     args = ap.parse_args()
     if args.skip_start and (args.skip_independent or args.pretext_epochs or args.keep_starts):
         raise SystemExit("--skip-start runs the independent fits alone: drop --skip-independent, --pretext-epochs and --keep-starts")
+    if args.reuse_starts and (args.keep_starts or args.pretext_epochs or args.skip_start):
+        raise SystemExit("--reuse-starts takes the starts from a folder: drop --keep-starts, --pretext-epochs and --skip-start")
     if args.combine:
         table_of(joined([labelled(p) for p in args.combine]), args.fleet_classes)
         return
@@ -178,9 +206,12 @@ def main() -> None:
     )
     named = "start" + (f" [{args.arch}]" if args.arch != "resnet50" else "") + (f" ({' '.join(args.start_set)})" if args.start_set else "")
     named += f" after {args.pretext_epochs} SimCLR epochs" if args.pretext_epochs else ""
-    tunes = {f"{named} + fine-tune lr {lr:g}": lr for lr in args.finetune_lrs}
+    at = f" at {args.finetune_size} px" if args.finetune_size and args.finetune_size != args.size else ""
+    tunes = {f"{named} + fine-tune{at} lr {lr:g}": lr for lr in args.finetune_lrs}
     head = f"{named} alone (its head)"
-    recipes = (() if args.skip_independent else ("independent",)) + (() if args.skip_start else (head, *tunes))
+    trained = (() if args.skip_independent else ("independent",)) + (() if args.skip_start else (head, *tunes))
+    sizes = [s for s in args.eval_sizes if s != args.size]
+    recipes = trained + tuple(f"{r} [eval {s} px]" for s in sizes for r in trained)
     work = Path(tempfile.mkdtemp(prefix="vocfleet-start-"))
     cache = work / "cache"
     saved = []
@@ -193,32 +224,46 @@ def main() -> None:
             start, start_net, start_seconds, start_images = None, None, 0.0, 0.0
             if not args.skip_start:
                 start_cfg = TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common).with_(**start_set)
-                start, start_net, start_seconds, start_images = fit_shared(args, start_cfg, work, cache, fold, device)
+                fitted = reused_start(args, start_cfg, cache, fold, device) if args.reuse_starts else fit_shared(args, start_cfg, work, cache, fold, device)
+                start, start_net, start_seconds, start_images = fitted
             got = {"fold": fold, "labels": {}, "probs": {r: {} for r in recipes}, "seconds": {r: 0.0 for r in recipes}, "images": {}}
             per_class = {r: [] for r in recipes}
             for c in classes:
                 cfg = TrainConfig(voc_class=c, epochs=args.epochs, **common)
                 _, _, evaluation, _ = prepare_splits(cfg, cache)
                 got["labels"][c] = evaluation.labels.tolist()
+                at_size = {args.size: evaluation} | {s: prepare_splits(cfg.with_(image_size=s), cache)[2] for s in sizes}
+                if any(e.labels.tolist() != got["labels"][c] for e in at_size.values()):
+                    raise SystemExit(f"fold {fold}, {c}: the pictures decoded at {sizes} px differ from those at {args.size} px")
+
+                def evaluated(net, recipe, c=c, at_size=at_size, got=got):
+                    for s, e in at_size.items():
+                        got["probs"][recipe if s == args.size else f"{recipe} [eval {s} px]"][c] = evaluate(net, e, device)["probs"].tolist()
+
                 fits = {} if args.skip_independent else {"independent": (cfg, None)}
                 if start is not None:
-                    fits.update({r: (cfg.with_(epochs=args.finetune_epochs, start="bench", lr=lr), Path(start.checkpoint)) for r, lr in tunes.items()})
+                    tune_cfg = cfg.with_(epochs=args.finetune_epochs, start="bench", image_size=args.finetune_size or args.size)
+                    fits.update({r: (tune_cfg.with_(lr=lr), Path(start.checkpoint)) for r, lr in tunes.items()})
                 for recipe, (run_cfg, weights) in fits.items():
                     t = time.perf_counter()
                     r = fit(run_cfg, out_dir=work / f"fit{fold}-{c}", cache_dir=cache, start_weights=weights)
                     got["seconds"][recipe] += time.perf_counter() - t
-                    got["probs"][recipe][c] = evaluate(build_model(r.checkpoint, arch=args.arch).to(device), evaluation, device)["probs"].tolist()
+                    evaluated(build_model(r.checkpoint, arch=args.arch).to(device), recipe)
                     per_class[recipe].append(images_trained(r.history))
                     shutil.rmtree(work / f"fit{fold}-{c}", ignore_errors=True)
                 if start_net is not None:
-                    got["probs"][head][c] = evaluate(SelectLogit(start_net, VOC_CLASSES.index(c)), evaluation, device)["probs"].tolist()
+                    evaluated(SelectLogit(start_net, VOC_CLASSES.index(c)), head)
                 aps = ", ".join(f"{r} {average_precision(np.array(got['probs'][r][c]), evaluation.labels):.3f}" for r in recipes)
                 print(f"fold {fold}, {c}: AP {aps} ({len(evaluation)} pictures, {int(evaluation.labels.sum())} positives)", flush=True)
-            for recipe in recipes:
+            for recipe in trained:
                 fleet = args.fleet_classes * np.mean(per_class[recipe]) if per_class[recipe] else 0.0
                 got["images"][recipe] = fleet + (start_images if recipe != "independent" else 0.0)
                 if recipe != "independent":
                     got["seconds"][recipe] += start_seconds
+            for s in sizes:  # the same training; only the evaluation's pictures differ
+                for recipe in trained:
+                    got["images"][f"{recipe} [eval {s} px]"] = got["images"][recipe]
+                    got["seconds"][f"{recipe} [eval {s} px]"] = got["seconds"][recipe]
             saved.append(got)
             if args.save:
                 Path(args.save).mkdir(parents=True, exist_ok=True)
