@@ -108,6 +108,18 @@ def labelled(arg: str) -> dict:
     return got
 
 
+def mean_of(fold: dict, recipes: list[str]) -> dict:
+    """``fold`` and one recipe more: the mean of ``recipes``' probabilities per picture (their ensemble;
+    its compute the sum of theirs where they trained apart, the largest where they differ only in evaluation)."""
+    if missing := [r for r in recipes if r not in fold["probs"]]:
+        raise SystemExit(f"--mean-of: fold {fold['fold']} has no recipe {missing[0]!r}; it has {list(fold['probs'])}")
+    name = "mean of " + " and ".join(recipes)
+    fold["probs"][name] = {c: np.mean([fold["probs"][r][c] for r in recipes], axis=0).tolist() for c in fold["labels"]}
+    fold["images"][name] = max(fold["images"][r] for r in recipes)
+    fold["seconds"][name] = max(fold["seconds"][r] for r in recipes)
+    return fold
+
+
 def start_setting(kv: str) -> tuple[str, object]:
     """``mixup=0.4`` as ("mixup", 0.4), typed by TrainConfig's field."""
     key, _, value = kv.partition("=")
@@ -182,6 +194,7 @@ def main() -> None:
     ap.add_argument("--eval-sizes", type=int, nargs="*", default=[], help="also evaluate each detector on its pictures decoded at these sizes")
     ap.add_argument("--finetune-size", type=int, help="fine-tune each class at this size (default --size); evaluate there with --eval-sizes")
     ap.add_argument("--reuse-starts", help="a --keep-starts folder: each fold's start from start<N>.pt, not trained again")
+    ap.add_argument("--mean-of", nargs="+", metavar="RECIPE", help="with --combine: also a recipe whose probabilities are the mean of these saved recipes")
     ap.add_argument("--combine", nargs="+", metavar="FOLD_JSON", help="print the table of folds saved by --save, nothing else (PATH=LABEL: 'LABEL: recipe')")
     args = ap.parse_args()
     if args.skip_start and (args.skip_independent or args.pretext_epochs or args.keep_starts):
@@ -189,7 +202,8 @@ def main() -> None:
     if args.reuse_starts and (args.keep_starts or args.pretext_epochs or args.skip_start):
         raise SystemExit("--reuse-starts takes the starts from a folder: drop --keep-starts, --pretext-epochs and --skip-start")
     if args.combine:
-        table_of(joined([labelled(p) for p in args.combine]), args.fleet_classes)
+        saved = joined([labelled(p) for p in args.combine])
+        table_of([mean_of(f, args.mean_of) for f in saved] if args.mean_of else saved, args.fleet_classes)
         return
     start_set = dict(start_setting(kv) for kv in args.start_set)
     root = voc_root(args.voc_root)
