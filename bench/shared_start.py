@@ -121,11 +121,11 @@ def mean_of(fold: dict, recipes: list[str]) -> dict:
 
 
 def start_setting(kv: str) -> tuple[str, object]:
-    """``mixup=0.4`` as ("mixup", 0.4), typed by TrainConfig's field."""
+    """``mixup=0.4`` as ("mixup", 0.4), typed by TrainConfig's field (``--start-set``, ``--finetune-set``)."""
     key, _, value = kv.partition("=")
     kinds = {f.name: str if f.default is MISSING else type(f.default) for f in fields(TrainConfig)}
     if key not in kinds or not value:
-        raise SystemExit(f"--start-set {kv!r}: use KEY=VALUE with a TrainConfig field, e.g. mixup=0.4")
+        raise SystemExit(f"{kv!r}: use KEY=VALUE with a TrainConfig field, e.g. mixup=0.4")
     kind = kinds[key]
     return key, (value.lower() in ("1", "true", "yes") if kind is bool else kind(value) if kind in (int, float) else value)
 
@@ -187,6 +187,7 @@ def main() -> None:
     ap.add_argument("--max-batches", type=int, default=None, help="smoke runs only")
     ap.add_argument("--save", help="a folder: each fold's labels and probabilities as fold<N>.json once it ends")
     ap.add_argument("--start-set", nargs="+", default=[], metavar="KEY=VALUE", help="the start's TrainConfig settings (mixup=0.4), named in its recipes")
+    ap.add_argument("--finetune-set", nargs="+", default=[], metavar="KEY=VALUE", help="the class fine-tunes' TrainConfig settings, named in their recipes")
     ap.add_argument("--pretext-epochs", type=int, default=0, help="SimCLR on the start's pictures first (bench/pretext.py), the start's init")
     ap.add_argument("--skip-independent", action="store_true", help="the start's recipes only (--combine joins saved independent fits)")
     ap.add_argument("--skip-start", action="store_true", help="the independent fits only (--combine joins saved starts)")
@@ -206,6 +207,7 @@ def main() -> None:
         table_of([mean_of(f, args.mean_of) for f in saved] if args.mean_of else saved, args.fleet_classes)
         return
     start_set = dict(start_setting(kv) for kv in args.start_set)
+    finetune_set = dict(start_setting(kv) for kv in args.finetune_set)
     root = voc_root(args.voc_root)
     classes = list(VOC_CLASSES) if args.classes == "all" else args.classes.split(",")
     folds = args.only_folds if args.only_folds else list(range(args.folds))
@@ -221,6 +223,7 @@ def main() -> None:
     named = "start" + (f" [{args.arch}]" if args.arch != "resnet50" else "") + (f" ({' '.join(args.start_set)})" if args.start_set else "")
     named += f" after {args.pretext_epochs} SimCLR epochs" if args.pretext_epochs else ""
     at = f" at {args.finetune_size} px" if args.finetune_size and args.finetune_size != args.size else ""
+    at += f" ({' '.join(args.finetune_set)})" if args.finetune_set else ""
     tunes = {f"{named} + fine-tune{at} lr {lr:g}": lr for lr in args.finetune_lrs}
     head = f"{named} alone (its head)"
     trained = (() if args.skip_independent else ("independent",)) + (() if args.skip_start else (head, *tunes))
@@ -256,7 +259,7 @@ def main() -> None:
 
                 fits = {} if args.skip_independent else {"independent": (cfg, None)}
                 if start is not None:
-                    tune_cfg = cfg.with_(epochs=args.finetune_epochs, start="bench", image_size=args.finetune_size or args.size)
+                    tune_cfg = cfg.with_(epochs=args.finetune_epochs, start="bench", image_size=args.finetune_size or args.size).with_(**finetune_set)
                     fits.update({r: (tune_cfg.with_(lr=lr), Path(start.checkpoint)) for r, lr in tunes.items()})
                 for recipe, (run_cfg, weights) in fits.items():
                     t = time.perf_counter()
