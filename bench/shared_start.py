@@ -16,9 +16,11 @@ own head evaluated as a detector (no fine-tune).
 ``--eval-sizes 80 96`` also evaluates every detector on the same pictures decoded at those sizes
 (a network trained at ``--size`` run on larger pictures: FixRes, Touvron et al. 2019), each as its
 own recipe ``... [eval N px]``; ``--finetune-size N`` fine-tunes each class at N px from a start
-trained at ``--size`` (FixRes's adaptation at the test resolution). ``--reuse-starts DIR`` takes
-each fold's start from ``--keep-starts DIR`` instead of training it (its pictures counted as
-``--start-epochs`` over the start's training split, its time as none).
+trained at ``--size`` (FixRes's adaptation at the test resolution; fleet compute still counts
+pictures, not pixels). ``--finetune-set KEY=VALUE`` changes the fine-tunes' settings as
+``--start-set`` the start's. ``--reuse-starts DIR`` takes each fold's start from ``--keep-starts
+DIR`` instead of training it (its pictures counted as ``--start-epochs`` over the start's training
+split, its time as none). ``--combine ... --mean-of A B`` adds the mean of two saved recipes.
 
 ``--pretext-epochs N`` first pretrains the start's network without labels on the start's own
 training pictures (SimCLR, bench/pretext.py), each picture seen twice per epoch and counted so.
@@ -109,8 +111,9 @@ def labelled(arg: str) -> dict:
 
 
 def mean_of(fold: dict, recipes: list[str]) -> dict:
-    """``fold`` and one recipe more: the mean of ``recipes``' probabilities per picture (their ensemble;
-    its compute the sum of theirs where they trained apart, the largest where they differ only in evaluation)."""
+    """``fold`` and one recipe more: the mean of ``recipes``' probabilities per picture. Its images and
+    time are the larger of theirs: right for one detector scored two ways (``--eval-sizes``), an
+    undercount for detectors trained apart (their sum)."""
     if missing := [r for r in recipes if r not in fold["probs"]]:
         raise SystemExit(f"--mean-of: fold {fold['fold']} has no recipe {missing[0]!r}; it has {list(fold['probs'])}")
     name = "mean of " + " and ".join(recipes)
@@ -160,8 +163,11 @@ def reused_start(args, start_cfg: TrainConfig, cache: Path, fold: int, device: t
     if not path.is_file():
         raise SystemExit(f"--reuse-starts {args.reuse_starts}: no start{fold}.pt there; keep one with --keep-starts first")
     kept = torch.load(path, map_location="cpu", weights_only=False)["config"]
-    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in start_cfg.__dict__.items() if k != "device"}
-    if differ := {k: (kept.get(k), v) for k, v in plain.items() if (list(kept[k]) if isinstance(kept.get(k), tuple) else kept.get(k)) != v}:
+
+    def plain(v):
+        return list(v) if isinstance(v, tuple) else v
+
+    if differ := {k: (kept.get(k), v) for k, v in start_cfg.__dict__.items() if k != "device" and plain(kept.get(k)) != plain(v)}:
         raise SystemExit(f"{path}: trained with other settings than asked (kept, asked): {differ}")
     train, _, _ = prepare_start_splits(start_cfg, cache)
     print(f"fold {fold}: start reused from {path} ({len(train)} pictures x {args.start_epochs} epochs counted)", flush=True)
@@ -208,6 +214,8 @@ def main() -> None:
         return
     start_set = dict(start_setting(kv) for kv in args.start_set)
     finetune_set = dict(start_setting(kv) for kv in args.finetune_set)
+    if "lr" in finetune_set:
+        raise SystemExit("--finetune-set lr=...: the fine-tunes' rates are --finetune-lrs")
     root = voc_root(args.voc_root)
     classes = list(VOC_CLASSES) if args.classes == "all" else args.classes.split(",")
     folds = args.only_folds if args.only_folds else list(range(args.folds))
