@@ -19,8 +19,8 @@ own recipe ``... [eval N px]``; ``--finetune-size N`` fine-tunes each class at N
 trained at ``--size`` (FixRes's adaptation at the test resolution; fleet compute still counts
 pictures, not pixels). ``--finetune-set KEY=VALUE`` changes the fine-tunes' settings as
 ``--start-set`` the start's. ``--reuse-starts DIR`` takes each fold's start from ``--keep-starts
-DIR`` instead of training it (its pictures counted as ``--start-epochs`` over the start's training
-split, its time as none). ``--combine ... --mean-of A B`` adds the mean of two saved recipes.
+DIR`` instead of training it (its pictures as the run that trained it counted them, its time as
+none). ``--combine ... --mean-of A B`` adds the mean of two saved recipes.
 
 ``--pretext-epochs N`` first pretrains the start's network without labels on the start's own
 training pictures (SimCLR, bench/pretext.py), each picture seen twice per epoch and counted so.
@@ -42,6 +42,7 @@ import torch
 from common import machine, table, voc_root
 
 from vocfleet.model import VOC_CLASSES
+from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import START_CLASS, TrainConfig
 from vocfleet.model.engine import evaluate, fit, fit_start, resolve_device
 from vocfleet.model.metrics import average_precision, roc_auc
@@ -157,22 +158,21 @@ def fit_shared(args, start_cfg: TrainConfig, work: Path, cache: Path, fold: int,
     return start, start_net, start_seconds, images_trained(start.history) + pretext_images
 
 
-def reused_start(args, start_cfg: TrainConfig, cache: Path, fold: int, device: torch.device):
-    """``fit_shared``'s answer from a start kept by an earlier run (``--keep-starts``): the same settings, no time."""
-    path = Path(args.reuse_starts, f"start{fold}.pt")
-    if not path.is_file():
-        raise SystemExit(f"--reuse-starts {args.reuse_starts}: no start{fold}.pt there; keep one with --keep-starts first")
-    kept = torch.load(path, map_location="cpu", weights_only=False)["config"]
-
-    def plain(v):
-        return list(v) if isinstance(v, tuple) else v
-
-    if differ := {k: (kept.get(k), v) for k, v in start_cfg.__dict__.items() if k != "device" and plain(kept.get(k)) != plain(v)}:
+def reused_start(args, start_cfg: TrainConfig, fold: int, device: torch.device):
+    """``fit_shared``'s answer from a start kept by an earlier run (``--keep-starts``): the same settings,
+    the pictures it trained over as that run counted them, no time."""
+    path, record = Path(args.reuse_starts, f"start{fold}.pt"), Path(args.reuse_starts, f"start{fold}.json")
+    if not (path.is_file() and record.is_file()):
+        raise SystemExit(f"--reuse-starts {args.reuse_starts}: no start{fold}.pt and start{fold}.json there; keep them with --keep-starts first")
+    kept = TrainConfig.from_dict(load_checkpoint(path)["config"])
+    if kept.with_(device=start_cfg.device) != start_cfg:
+        pairs = {f.name: (getattr(kept, f.name), getattr(start_cfg, f.name)) for f in fields(TrainConfig)}
+        differ = {k: pair for k, pair in pairs.items() if pair[0] != pair[1] and k != "device"}
         raise SystemExit(f"{path}: trained with other settings than asked (kept, asked): {differ}")
-    train, _, _ = prepare_start_splits(start_cfg, cache)
-    print(f"fold {fold}: start reused from {path} ({len(train)} pictures x {args.start_epochs} epochs counted)", flush=True)
+    images = json.loads(record.read_text())["images"]
+    print(f"fold {fold}: start reused from {path} ({images / 1e3:.0f}k pictures trained, as its run counted)", flush=True)
     start_net = build_model(str(path), outputs=len(VOC_CLASSES), arch=args.arch).to(device)
-    return SimpleNamespace(checkpoint=str(path)), start_net, 0.0, float(len(train) * args.start_epochs)
+    return SimpleNamespace(checkpoint=str(path)), start_net, 0.0, float(images)
 
 
 def main() -> None:
@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--pretext-epochs", type=int, default=0, help="SimCLR on the start's pictures first (bench/pretext.py), the start's init")
     ap.add_argument("--skip-independent", action="store_true", help="the start's recipes only (--combine joins saved independent fits)")
     ap.add_argument("--skip-start", action="store_true", help="the independent fits only (--combine joins saved starts)")
-    ap.add_argument("--keep-starts", help="a folder (outside the repository: about 100 MB each): each fold's start.pt as start<N>.pt")
+    ap.add_argument("--keep-starts", help="a folder (outside the repository: about 100 MB each): each fold's start as start<N>.pt (+ .json)")
     ap.add_argument("--eval-sizes", type=int, nargs="*", default=[], help="also evaluate each detector on its pictures decoded at these sizes")
     ap.add_argument("--finetune-size", type=int, help="fine-tune each class at this size (default --size); evaluate there with --eval-sizes")
     ap.add_argument("--reuse-starts", help="a --keep-starts folder: each fold's start from start<N>.pt, not trained again")
@@ -249,10 +249,10 @@ def main() -> None:
             start, start_net, start_seconds, start_images = None, None, 0.0, 0.0
             if not args.skip_start:
                 start_cfg = TrainConfig(voc_class=START_CLASS, epochs=args.start_epochs, balance="none", **common).with_(**start_set)
-                fitted = reused_start(args, start_cfg, cache, fold, device) if args.reuse_starts else fit_shared(args, start_cfg, work, cache, fold, device)
+                fitted = reused_start(args, start_cfg, fold, device) if args.reuse_starts else fit_shared(args, start_cfg, work, cache, fold, device)
                 start, start_net, start_seconds, start_images = fitted
             got = {"fold": fold, "labels": {}, "probs": {r: {} for r in recipes}, "seconds": {r: 0.0 for r in recipes}, "images": {}}
-            per_class = {r: [] for r in recipes}
+            per_class = {r: [] for r in trained}
             for c in classes:
                 cfg = TrainConfig(voc_class=c, epochs=args.epochs, **common)
                 _, _, evaluation, _ = prepare_splits(cfg, cache)
@@ -296,6 +296,7 @@ def main() -> None:
             if args.keep_starts and start is not None:
                 Path(args.keep_starts).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(start.checkpoint, Path(args.keep_starts, f"start{fold}.pt"))
+                Path(args.keep_starts, f"start{fold}.json").write_text(json.dumps({"images": start_images}))
             shutil.rmtree(work / f"start{fold}", ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
