@@ -111,6 +111,11 @@ def labelled(arg: str) -> dict:
     return got
 
 
+def scored_at(recipe: str, size: int) -> str:
+    """The recipe of ``recipe``'s detectors scored on pictures decoded at ``size`` px (``--eval-sizes``)."""
+    return f"{recipe} [eval {size} px]"
+
+
 def mean_of(fold: dict, recipes: list[str]) -> dict:
     """``fold`` and one recipe more: the mean of ``recipes``' probabilities per picture. Its images and
     time are the larger of theirs: right for one detector scored two ways (``--eval-sizes``), an
@@ -236,7 +241,7 @@ def main() -> None:
     head = f"{named} alone (its head)"
     trained = (() if args.skip_independent else ("independent",)) + (() if args.skip_start else (head, *tunes))
     sizes = [s for s in args.eval_sizes if s != args.size]
-    recipes = trained + tuple(f"{r} [eval {s} px]" for s in sizes for r in trained)
+    recipes = trained + tuple(scored_at(r, s) for s in sizes for r in trained)
     work = Path(tempfile.mkdtemp(prefix="vocfleet-start-"))
     cache = work / "cache"
     saved = []
@@ -263,7 +268,7 @@ def main() -> None:
 
                 def evaluated(net, recipe, c=c, at_size=at_size, got=got):
                     for s, e in at_size.items():
-                        got["probs"][recipe if s == args.size else f"{recipe} [eval {s} px]"][c] = evaluate(net, e, device)["probs"].tolist()
+                        got["probs"][recipe if s == args.size else scored_at(recipe, s)][c] = evaluate(net, e, device)["probs"].tolist()
 
                 fits = {} if args.skip_independent else {"independent": (cfg, None)}
                 if start is not None:
@@ -287,8 +292,8 @@ def main() -> None:
                     got["seconds"][recipe] += start_seconds
             for s in sizes:  # the same training; only the evaluation's pictures differ
                 for recipe in trained:
-                    got["images"][f"{recipe} [eval {s} px]"] = got["images"][recipe]
-                    got["seconds"][f"{recipe} [eval {s} px]"] = got["seconds"][recipe]
+                    got["images"][scored_at(recipe, s)] = got["images"][recipe]
+                    got["seconds"][scored_at(recipe, s)] = got["seconds"][recipe]
             saved.append(got)
             if args.save:
                 Path(args.save).mkdir(parents=True, exist_ok=True)
