@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import MISSING, fields
@@ -45,10 +46,10 @@ from vocfleet.model import VOC_CLASSES
 from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import START_CLASS, TrainConfig
 from vocfleet.model.engine import evaluate, fit, fit_start, resolve_device
-from vocfleet.model.events import EpochFinished
 from vocfleet.model.metrics import average_precision, roc_auc
 from vocfleet.model.net import SelectLogit, build_model
 from vocfleet.model.splits import prepare_splits, prepare_start_splits
+from vocfleet.scheduler.progress import TrainProgress
 
 
 def images_trained(history) -> float:
@@ -140,13 +141,6 @@ def start_setting(kv: str) -> tuple[str, object]:
     return key, (value.lower() in ("1", "true", "yes") if kind is bool else kind(value) if kind in (int, float) else value)
 
 
-def said_epoch(fold: int, event) -> None:
-    """A line every tenth epoch of a start (and its last), so an hour's run shows where it is."""
-    if isinstance(event, EpochFinished) and (event.record.epoch % 10 == 0 or event.record.epoch == event.epochs):
-        r = event.record
-        print(f"fold {fold}: start epoch {r.epoch} of {event.epochs}, val mAP {r.val_ap:.3f}, {r.images_per_s:.0f} pictures/s", flush=True)
-
-
 def fit_shared(args, start_cfg: TrainConfig, work: Path, cache: Path, fold: int, device: torch.device):
     """One fold's start (after SimCLR with ``--pretext-epochs``): its result, its 20-output network, seconds and pictures trained."""
     t = time.perf_counter()
@@ -161,7 +155,7 @@ def fit_shared(args, start_cfg: TrainConfig, work: Path, cache: Path, fold: int,
         took = f"loss {losses[0]:.3f} -> {losses[-1]:.3f} ({done['seconds'] / 60:.1f} min)"
         print(f"fold {fold}: SimCLR {args.pretext_epochs} epochs on {len(train)} pictures, {took}", flush=True)
         start_cfg = start_cfg.with_(init=str(weights))
-    start = fit_start(start_cfg, out_dir=work / f"start{fold}", cache_dir=cache, progress=lambda event: said_epoch(fold, event))
+    start = fit_start(start_cfg, out_dir=work / f"start{fold}", cache_dir=cache, progress=TrainProgress(f"fold {fold}: start", sys.stdout))
     start_seconds = time.perf_counter() - t
     best = max(start.history, key=lambda r: r.val_ap, default=None)
     learned = f"val mAP {start.metrics['map']:.3f} over {len(start.metrics['class_ap'])} classes"
