@@ -56,6 +56,19 @@ def images_trained(history) -> float:
     return sum(r.images_per_s * r.seconds for r in history)
 
 
+def with_totals(got: dict, per_class: dict, sizes: list[int], fleet_classes: int, start_seconds: float, start_images: float) -> dict:
+    """A fold as saved: each recipe's fleet pictures (``fleet_classes`` x the mean class job's, plus the start
+    once for a start's recipes) and seconds, over the classes finished so far."""
+    out = {**got, "images": {}, "seconds": dict(got["seconds"])}
+    for recipe, jobs in per_class.items():
+        shared = recipe != "independent"
+        out["images"][recipe] = (fleet_classes * np.mean(jobs) if jobs else 0.0) + (start_images if shared else 0.0)
+        out["seconds"][recipe] += start_seconds if shared else 0.0
+        for s in sizes:  # the same training; only the evaluation's pictures differ
+            out["images"][scored_at(recipe, s)], out["seconds"][scored_at(recipe, s)] = out["images"][recipe], out["seconds"][recipe]
+    return out
+
+
 def table_of(saved: list[dict], fleet_classes: int) -> None:
     """Pool saved folds (each: labels and probabilities per class and recipe, fleet images, seconds) into one table."""
     classes, recipes = list(saved[0]["labels"]), list(saved[0]["probs"])
@@ -86,11 +99,16 @@ def table_of(saved: list[dict], fleet_classes: int) -> None:
 
 def joined(saved: list[dict]) -> list[dict]:
     """Folds saved by several runs, one entry per fold with every run's recipes (the same fold must have the same labels)."""
+    classes = [c for c in saved[0]["labels"] if all(c in f["labels"] for f in saved)]  # a run stopped early saved the classes it finished
+    if left := sorted({c for f in saved for c in f["labels"]} - set(classes)):
+        print(f"left out, not finished by every run given: {', '.join(left)}")
     by_fold: dict[int, dict] = {}
     for f in saved:
-        into = by_fold.setdefault(f["fold"], {"fold": f["fold"], "labels": f["labels"], "probs": {}, "seconds": {}, "images": {}})
-        if into["labels"] != f["labels"]:
+        labels = {c: f["labels"][c] for c in classes}
+        into = by_fold.setdefault(f["fold"], {"fold": f["fold"], "labels": labels, "probs": {}, "seconds": {}, "images": {}})
+        if into["labels"] != labels:
             raise SystemExit(f"fold {f['fold']}: two runs evaluated different pictures; combine runs of the same split only")
+        f["probs"] = {r: {c: p[c] for c in classes} for r, p in f["probs"].items()}
         for key in ("probs", "seconds", "images"):
             into[key].update(f[key])
     order = [r for f in saved for r in f["probs"]]
@@ -287,19 +305,11 @@ def main() -> None:
                     evaluated(SelectLogit(start_net, VOC_CLASSES.index(c)), head)
                 aps = ", ".join(f"{r} {average_precision(np.array(got['probs'][r][c]), evaluation.labels):.3f}" for r in recipes)
                 print(f"fold {fold}, {c}: AP {aps} ({len(evaluation)} pictures, {int(evaluation.labels.sum())} positives)", flush=True)
-            for recipe in trained:
-                fleet = args.fleet_classes * np.mean(per_class[recipe]) if per_class[recipe] else 0.0
-                got["images"][recipe] = fleet + (start_images if recipe != "independent" else 0.0)
-                if recipe != "independent":
-                    got["seconds"][recipe] += start_seconds
-            for s in sizes:  # the same training; only the evaluation's pictures differ
-                for recipe in trained:
-                    got["images"][scored_at(recipe, s)] = got["images"][recipe]
-                    got["seconds"][scored_at(recipe, s)] = got["seconds"][recipe]
-            saved.append(got)
-            if args.save:
-                Path(args.save).mkdir(parents=True, exist_ok=True)
-                Path(args.save, f"fold{fold}.json").write_text(json.dumps(got))
+                done = with_totals(got, per_class, sizes, args.fleet_classes, start_seconds, start_images)
+                if args.save:  # after every class, so that a run stopped by its time limit keeps the classes it finished
+                    Path(args.save).mkdir(parents=True, exist_ok=True)
+                    Path(args.save, f"fold{fold}.json").write_text(json.dumps(done))
+            saved.append(done)
             if args.keep_starts and start is not None:
                 Path(args.keep_starts).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(start.checkpoint, Path(args.keep_starts, f"start{fold}.pt"))
