@@ -46,6 +46,7 @@ from vocfleet.model import VOC_CLASSES
 from vocfleet.model.checkpoint import load_checkpoint
 from vocfleet.model.config import START_CLASS, TrainConfig
 from vocfleet.model.engine import evaluate, fit, fit_start, resolve_device
+from vocfleet.model.files import write_bytes
 from vocfleet.model.metrics import average_precision, roc_auc
 from vocfleet.model.net import SelectLogit, build_model
 from vocfleet.model.splits import prepare_splits, prepare_start_splits
@@ -308,7 +309,7 @@ def main() -> None:
                 done = with_totals(got, per_class, sizes, args.fleet_classes, start_seconds, start_images)
                 if args.save:  # after every class, so that a run stopped by its time limit keeps the classes it finished
                     Path(args.save).mkdir(parents=True, exist_ok=True)
-                    Path(args.save, f"fold{fold}.json").write_text(json.dumps(done))
+                    write_bytes(Path(args.save, f"fold{fold}.json"), json.dumps(done).encode())  # whole or not at all, if stopped mid-write
             saved.append(done)
             if args.keep_starts and start is not None:
                 Path(args.keep_starts).mkdir(parents=True, exist_ok=True)
