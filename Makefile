@@ -53,7 +53,7 @@ demo: install-run
 	$(BIN)/vocfleet submit --classes $(CLASSES) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(START_EPOCHS),--start-epochs $(START_EPOCHS)) $(if $(AUGMENT),--augment-policy $(AUGMENT)) --image-size $(SIZE) --voc-root "$$root" && \
 	$(BIN)/vocfleet run && \
 	$(BIN)/vocfleet report --fleet --out "$(REPORT)" $(if $(FORCE),--force) && \
-	echo "Shared start by default (--start none trains each class alone): at the same fleet compute it beats independent fits over image-level folds of the sample (six classes at 64 px here; all 20 at 224 px on a GPU, mAP 0.51 against 0.27: bench/RESULTS.md); --init imagenet or 224 px on a GPU reach far more."
+	echo "Shared start by default (--start none trains each class alone): over image-level folds of the sample it beats independent fits at the same fleet compute on each of the six classes measured (bench/RESULTS.md); --init imagenet or 224 px on a GPU reach far more."
 
 lint: install
 	$(BIN)/ruff check .
