@@ -150,7 +150,7 @@ def mean_of(fold: dict, recipes: list[str]) -> dict:
     return fold
 
 
-def start_setting(kv: str) -> tuple[str, object]:
+def config_setting(kv: str) -> tuple[str, object]:
     """``mixup=0.4`` as ("mixup", 0.4), typed by TrainConfig's field (``--start-set``, ``--finetune-set``)."""
     key, _, value = kv.partition("=")
     kinds = {f.name: str if f.default is MISSING else type(f.default) for f in fields(TrainConfig)}
@@ -238,8 +238,8 @@ def main() -> None:
         saved = joined([labelled(p) for p in args.combine])
         table_of([mean_of(f, args.mean_of) for f in saved] if args.mean_of else saved, args.fleet_classes)
         return
-    start_set = dict(start_setting(kv) for kv in args.start_set)
-    finetune_set = dict(start_setting(kv) for kv in args.finetune_set)
+    start_set = dict(config_setting(kv) for kv in args.start_set)
+    finetune_set = dict(config_setting(kv) for kv in args.finetune_set)
     if "lr" in finetune_set:
         raise SystemExit("--finetune-set lr=...: the fine-tunes' rates are --finetune-lrs")
     root = voc_root(args.voc_root)
