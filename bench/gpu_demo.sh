@@ -4,8 +4,8 @@
 # submit (car and dog: a shared start with submit's defaults, then 1 epoch a class), run, detectors,
 # report. On the sample at 224 px (.bench-data/VOC2007-224, JPEG quality 85) with its usual hold-out.
 #
-# First, here:  Q224=1 N=300 bash bench/prepare_gpu_data.sh && bash bench/prepare_gpu_wheels.sh
-# then, with .bench-data and .whl carried:  bash bench/gpu_demo.sh   (about 3 minutes on an H200)
+# First, here:  Q224=1 bash bench/prepare_gpu_data.sh && bash bench/prepare_gpu_wheels.sh
+# then, carrying .bench-data/VOC2007-224 and .whl:  bash bench/gpu_demo.sh   (about 3 minutes on an H200)
 # Smoke test on a CPU (Python 3.11 here: the vocfleet wheel alone): WHEELS='.whl/vocfleet-*.whl' PYTHON=.venv/bin/python DEVICE_CHECK=0 SIZE=32 START_EPOCHS=1 EPOCHS=1 VOC_ROOT=../shared/voc2007/VOCdevkit/VOC2007 bash bench/gpu_demo.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
