@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo` on a GPU host at 224 px (issue 33: the demo's dog detector, AUC >= 0.75): the product's
-# own commands, as the Makefile runs them, on the embedded default (SQLite, the in-process executor):
-# submit (car and dog: a shared start with submit's defaults, then 1 epoch a class), run, detectors,
-# report. On the sample at 224 px (.bench-data/VOC2007-224, JPEG quality 85) with its usual hold-out.
+# own `make demo` recipe (its install step skipped: the wheels below), on the embedded default (SQLite,
+# the in-process executor): submit (car and dog: a shared start with submit's defaults, then 1 epoch a
+# class), run, the AP table, report; then status. Needs `make` on the host. On the sample at 224 px
+# (.bench-data/VOC2007-224, JPEG quality 85) with its usual hold-out.
 #
 # First, here:  Q224=1 bash bench/prepare_gpu_data.sh && bash bench/prepare_gpu_wheels.sh
 # then, carrying .bench-data/VOC2007-224 and .whl:  bash bench/gpu_demo.sh   (about 3 minutes on an H200)
@@ -20,13 +21,14 @@ export PYTHONUNBUFFERED=1 VOCFLEET_DATA_DIR="${VOCFLEET_DATA_DIR:-$(mktemp -d)}"
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  rm -rf /tmp/vocfleet-site
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/vocfleet-site ${WHEELS:-.whl/*.whl} || exit 1
   export PYTHONPATH=/tmp/vocfleet-site
-  vf() { "$PY" -m vocfleet.scheduler.cli "$@"; }
   [ "${DEVICE_CHECK:-1}" = 0 ] || "$PY" -c 'import torch; assert torch.cuda.is_available(), "no GPU"; print(torch.cuda.get_device_name())' || exit 1
   t0=$(date +%s)
-  # shellcheck disable=SC2086
-  vf submit --classes "$CLASSES" --image-size "$SIZE" ${START_EPOCHS:+--start-epochs $START_EPOCHS} ${EPOCHS:+--epochs $EPOCHS} --voc-root "$VOC" &&
-    vf run && vf detectors && vf status && vf report --fleet --out "$OUTDIR/gpu_demo-report.html" --force
+  # The Makefile's own demo recipe, its install step taken as done (-o): the wheels' vocfleet in BIN.
+  make -o install-run demo BIN=/tmp/vocfleet-site/bin VOC_ROOT="$VOC" SIZE="$SIZE" CLASSES="$CLASSES" \
+    START_EPOCHS="$START_EPOCHS" EPOCHS="$EPOCHS" REPORT="$OUTDIR/gpu_demo-report.html" FORCE=1 &&
+    /tmp/vocfleet-site/bin/vocfleet status
   echo "== exit $?; $(( $(date +%s) - t0 )) s; $(date -u)"
 } 2>&1 | tee "$OUTDIR/gpu_demo.log"
