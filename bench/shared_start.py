@@ -109,8 +109,8 @@ def joined(saved: list[dict]) -> list[dict]:
         into = by_fold.setdefault(f["fold"], {"fold": f["fold"], "labels": labels, "probs": {}, "seconds": {}, "images": {}})
         if into["labels"] != labels:
             raise SystemExit(f"fold {f['fold']}: two runs evaluated different pictures; combine runs of the same split only")
-        f["probs"] = {r: {c: p[c] for c in classes} for r, p in f["probs"].items()}
-        for key in ("probs", "seconds", "images"):
+        into["probs"].update({r: {c: p[c] for c in classes} for r, p in f["probs"].items()})
+        for key in ("seconds", "images"):
             into[key].update(f[key])
     order = [r for f in saved for r in f["probs"]]
     first = sorted(dict.fromkeys(order), key=lambda r: r != "independent")  # the baseline first: the ratios are against it
