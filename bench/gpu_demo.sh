@@ -2,7 +2,7 @@
 # `make demo` on a GPU host at 224 px (issue 33: the demo's dog detector, AUC >= 0.75): the product's
 # own `make demo` recipe (its install step skipped: the wheels below), on the embedded default (SQLite,
 # the in-process executor): submit (car and dog: a shared start with submit's defaults, then 1 epoch a
-# class), run, the AP table, report; then status. Needs `make` on the host. On the sample at 224 px
+# class), run, the AP table, report; then status. Needs `make` (the host's, else .whl/bin/make). On the sample at 224 px
 # (.bench-data/VOC2007-224, JPEG quality 85) with its usual hold-out.
 #
 # First, here:  Q224=1 bash bench/prepare_gpu_data.sh && bash bench/prepare_gpu_wheels.sh
@@ -25,6 +25,7 @@ export PYTHONUNBUFFERED=1 VOCFLEET_DATA_DIR="${VOCFLEET_DATA_DIR:-$(mktemp -d)}"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/vocfleet-site ${WHEELS:-.whl/*.whl} || exit 1
   export PYTHONPATH=/tmp/vocfleet-site
   [ "${DEVICE_CHECK:-1}" = 0 ] || "$PY" -c 'import torch; assert torch.cuda.is_available(), "no GPU"; print(torch.cuda.get_device_name())' || exit 1
+  command -v make > /dev/null || { echo "no make on this host: the one carried in .whl/bin"; PATH="$PWD/.whl/bin:$PATH"; }
   t0=$(date +%s)
   # The Makefile's own demo recipe, its install step taken as done (-o): the wheels' vocfleet in BIN.
   make -o install-run demo BIN=/tmp/vocfleet-site/bin VOC_ROOT="$VOC" SIZE="$SIZE" CLASSES="$CLASSES" \

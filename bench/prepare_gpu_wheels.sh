@@ -16,4 +16,7 @@ sqlalchemy=$("$PY" -c 'import sqlalchemy; print(sqlalchemy.__version__)')
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .whl "sqlalchemy==$sqlalchemy" "alembic==$("$PY" -c 'import alembic; print(alembic.__version__)')" mako
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .whl .
+# GNU make, in case the host has none (its package notes list CMake and ninja, not make): gpu_demo.sh
+# puts .whl/bin on PATH only where `make` is missing. It needs only the C library (x86-64 both sides).
+mkdir -p .whl/bin && cp "$(command -v make)" .whl/bin/make
 ls .whl; du -sh .whl
