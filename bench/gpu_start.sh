@@ -41,7 +41,7 @@ run() {  # run NAME ARGS...: one shared_start.py over the folds, saved to $OUT/N
     run gpu_start-shared --skip-independent
     wait
     echo "== the independent fits' log:"; cat "${OUT:-/tmp}/gpu_start-independent.log"
-    "${PYTHON:-python3}" shared_start.py --combine "${OUT:-/tmp}"/gpu_start-{independent,shared}/fold*.json
+    "${PYTHON:-python3}" shared_start.py --combine "${OUT:-/tmp}"/gpu_start-{independent,shared}/fold*.json.gz
   else
     run gpu_start-folds
   fi
