@@ -5,9 +5,9 @@
 #   VOC2007-64/  every image of the sample as the 64 px training cache holds it, stored losslessly
 #                as PNG under its usual .jpg name (Pillow reads by content; about 19 MB), so
 #                bench/quality.py sees the same pixels there as here.
-# With Q224=1, instead of VOC2007-64/ (about 56 MB: with the repository, 12 MB by 2026-12-04, more
-# than one call carries, so gpu_check.sh's call carries .bench-data/VOC2007 and the 224 px ones
-# .bench-data/VOC2007-224; N=300 keeps it one carry, as on 2026-12-04):
+# With Q224=1, instead of VOC2007-64/ (about 60 MB: with the repository, 7 MB since its saved folds
+# are gzipped, and the wheels, more than one call carries, so gpu_check.sh's call carries
+# .bench-data/VOC2007 and the next .bench-data/VOC2007-224 and .whl):
 #   VOC2007-224/ every image of the sample as the 224 px training cache holds it, saved as JPEG
 #                quality 85 (about 33 MB; losslessly it would not travel): the GPU's 20-class
 #                comparison at 224 px trains on these, the same pixels for every recipe; and the
