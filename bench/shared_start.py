@@ -219,7 +219,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--max-batches", type=int, default=None, help="smoke runs only")
-    ap.add_argument("--save", help="a folder: each fold's labels and probabilities as fold<N>.json.gz (gzip: a third of the size in the repository)")
+    ap.add_argument("--save", help="a folder: each fold's labels and probabilities as fold<N>.json.gz (gzip: under half the size in the repository)")
     ap.add_argument("--start-set", nargs="+", default=[], metavar="KEY=VALUE", help="the start's TrainConfig settings (mixup=0.4), named in its recipes")
     ap.add_argument("--finetune-set", nargs="+", default=[], metavar="KEY=VALUE", help="the class fine-tunes' TrainConfig settings, named in their recipes")
     ap.add_argument("--pretext-epochs", type=int, default=0, help="SimCLR on the start's pictures first (bench/pretext.py), the start's init")
