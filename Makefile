@@ -7,7 +7,7 @@ CLASSES  ?= car,dog
 EPOCHS   ?=
 START_EPOCHS ?=
 AUGMENT  ?=
-SIZE     ?= 64
+SIZE     ?=
 BIN      := $(VENV)/bin
 
 .PHONY: install install-run demo test test-fast lint format wheel-check
@@ -41,16 +41,23 @@ FORCE    ?=
 # Uses VOC_ROOT if it holds VOC images, else downloads VOC2007 (needs internet) into the data dir.
 # submit's defaults for two classes: a shared start (80 epochs on all 20 labels, strong augmentation), then 1 epoch a class;
 # START_EPOCHS=, EPOCHS= and AUGMENT= (submit's --augment-policy: auto, origin, strong, erase) override them.
+# SIZE= the pictures' side: by default 224 px where torch sees a CUDA GPU of 8 GiB or more, else 64 px
+# (ResNet-50's own size against what a CPU trains in an hour: bench/RESULTS.md, issue 33).
 demo: install-run
 	@$(BIN)/vocfleet report --fleet --out "$(REPORT)" $(if $(FORCE),--force) --dry-run > /dev/null || \
 	  { echo "make demo: REPORT=PATH names another file, FORCE=1 replaces it (checked before any training)" >&2; exit 1; }; \
+	size="$(SIZE)"; \
+	if [ -z "$$size" ]; then \
+	  size=$$($(BIN)/python -c 'import torch; gpu = torch.cuda.is_available() and torch.cuda.get_device_properties(0).total_memory >= 8 << 30; print(224 if gpu else 64)') || exit 1; \
+	  echo "make demo: $$size px (a CUDA GPU of 8 GiB or more: 224, else 64; SIZE=N chooses)"; \
+	fi; \
 	root="$(VOC_ROOT)"; \
 	if [ ! -d "$$root/JPEGImages" ]; then \
 	  echo "no VOC images at $$root: downloading VOC2007"; \
 	  $(BIN)/vocfleet data download --year 2007 > .demo-download.log || exit 1; cat .demo-download.log; \
 	  root=$$(sed -n 's/^VOC2007 ready at \(.*\); next.*/\1/p' .demo-download.log); rm -f .demo-download.log; \
 	fi; \
-	$(BIN)/vocfleet submit --classes $(CLASSES) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(START_EPOCHS),--start-epochs $(START_EPOCHS)) $(if $(AUGMENT),--augment-policy $(AUGMENT)) --image-size $(SIZE) --voc-root "$$root" && \
+	$(BIN)/vocfleet submit --classes $(CLASSES) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(START_EPOCHS),--start-epochs $(START_EPOCHS)) $(if $(AUGMENT),--augment-policy $(AUGMENT)) --image-size "$$size" --voc-root "$$root" && \
 	$(BIN)/vocfleet run && \
 	$(BIN)/vocfleet report --fleet --out "$(REPORT)" $(if $(FORCE),--force) && \
 	echo "Shared start by default (--start none trains each class alone): over image-level folds of the sample it beats independent fits at the same fleet compute on each of the six classes measured (bench/RESULTS.md); --init imagenet or 224 px on a GPU reach far more."
