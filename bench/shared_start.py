@@ -127,7 +127,7 @@ def labelled(arg: str) -> dict:
     """A fold saved by --save, from ``PATH`` or ``PATH=LABEL``: each recipe named ``LABEL: recipe`` (two runs of one recipe side by side)."""
     path, _, label = arg.partition("=")
     raw = Path(path).read_bytes()
-    got = json.loads(gzip.decompress(raw) if path.endswith(".gz") else raw)
+    got = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)  # gzip's magic, whatever the name
     if label:
         for key in ("probs", "seconds", "images"):
             got[key] = {(r if r == "independent" else f"{label}: {r}"): v for r, v in got[key].items()}
