@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED=1 VOCFLEET_DATA_DIR="${VOCFLEET_DATA_DIR:-$(mktemp -d)}"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/vocfleet-site ${WHEELS:-.whl/*.whl} || exit 1
   export PYTHONPATH=/tmp/vocfleet-site
   # The recipe asks $(BIN)/python which size this host gets: the host's python, with the wheels on PYTHONPATH.
-  PYBIN=$(command -v "$PY") && printf '#!/bin/sh\nexec "%s" "$@"\n' "$PYBIN" > /tmp/vocfleet-site/bin/python && chmod +x /tmp/vocfleet-site/bin/python || exit 1
+  PYBIN=$("$PY" -c 'import sys; print(sys.executable)') && printf '#!/bin/sh\nexec "%s" "$@"\n' "$PYBIN" > /tmp/vocfleet-site/bin/python && chmod +x /tmp/vocfleet-site/bin/python || exit 1
   [ "${DEVICE_CHECK:-1}" = 0 ] || "$PY" -c 'import torch; assert torch.cuda.is_available(), "no GPU"; print(torch.cuda.get_device_name())' || exit 1
   command -v make > /dev/null || { echo "no make on this host: the one carried in .whl/bin"; PATH="$PWD/.whl/bin:$PATH"; }
   t0=$(date +%s)
