@@ -42,13 +42,13 @@ FORCE    ?=
 # submit's defaults for two classes: a shared start (80 epochs on all 20 labels, strong augmentation), then 1 epoch a class;
 # START_EPOCHS=, EPOCHS= and AUGMENT= (submit's --augment-policy: auto, origin, strong, erase) override them.
 # SIZE= the pictures' side: by default 224 px where torch sees a CUDA GPU of 8 GiB or more, else 64 px
-# (ResNet-50's own size against what a CPU trains in an hour: bench/RESULTS.md, issue 33).
+# (vocfleet.model.engine.demo_image_size).
 demo: install-run
 	@$(BIN)/vocfleet report --fleet --out "$(REPORT)" $(if $(FORCE),--force) --dry-run > /dev/null || \
 	  { echo "make demo: REPORT=PATH names another file, FORCE=1 replaces it (checked before any training)" >&2; exit 1; }; \
 	size="$(SIZE)"; \
 	if [ -z "$$size" ]; then \
-	  size=$$($(BIN)/python -c 'import torch; gpu = torch.cuda.is_available() and torch.cuda.get_device_properties(0).total_memory >= 8 << 30; print(224 if gpu else 64)') || exit 1; \
+	  size=$$($(BIN)/python -c 'from vocfleet.model.engine import demo_image_size; print(demo_image_size())') || exit 1; \
 	  echo "make demo: $$size px (a CUDA GPU of 8 GiB or more: 224, else 64; SIZE=N chooses)"; \
 	fi; \
 	root="$(VOC_ROOT)"; \

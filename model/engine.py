@@ -72,6 +72,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def demo_image_size(device: torch.device | None = None) -> int:
+    """The side ``make demo`` trains at on this host: 224 px (ResNet-50's own) on a CUDA device of 8 GiB or more,
+    else 64 px (what a CPU trains in about an hour; bench/RESULTS.md, issue 33)."""
+    device = device or resolve_device()
+    if device.type != "cuda":
+        return 64
+    return 224 if torch.cuda.get_device_properties(device).total_memory >= 8 << 30 else 64
+
+
 class SoftTargets:
     """Mixup (each batch blended with itself shuffled, labels alike; weight ~ Beta(a, a)) and label smoothing (0/1 -> e/2, 1 - e/2).
 

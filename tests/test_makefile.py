@@ -47,13 +47,13 @@ def submitted_size(calls: list[str]) -> str:
 
 
 def test_demo_picks_the_size_for_this_host(tmp_path):
-    import torch
+    from vocfleet.model.engine import demo_image_size
 
-    gpu = torch.cuda.is_available() and torch.cuda.get_device_properties(0).total_memory >= 8 << 30
+    want = str(demo_image_size())
     done, calls = run_demo(tmp_path)
     assert done.returncode == 0, done.stderr
-    assert submitted_size(calls) == ("224" if gpu else "64")
-    assert f"make demo: {'224' if gpu else '64'} px" in done.stdout
+    assert submitted_size(calls) == want
+    assert f"make demo: {want} px" in done.stdout
     assert [c.split()[0] for c in calls] == ["report", "submit", "run", "report"]
 
 
